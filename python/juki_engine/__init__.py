@@ -1,0 +1,29 @@
+"""juki_engine: the identity verification engine of a national resident registry network.
+
+A Rust core holds every resident's 本人確認情報 as Apache Arrow columns with hash indexes on My
+Number and resident code; this package is its typed Python API.
+"""
+
+from juki_engine import ids
+from juki_engine._core import (
+    MAX_ROWS,
+    DuplicateIdentifier,
+    InvalidIdentifier,
+    InvalidInput,
+    JukiError,
+    SnapshotCorrupt,
+    SnapshotIOError,
+)
+from juki_engine.registry import Registry
+
+__all__ = [
+    "MAX_ROWS",
+    "DuplicateIdentifier",
+    "InvalidIdentifier",
+    "InvalidInput",
+    "JukiError",
+    "Registry",
+    "SnapshotCorrupt",
+    "SnapshotIOError",
+    "ids",
+]

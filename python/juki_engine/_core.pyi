@@ -1,0 +1,91 @@
+"""The compiled core (Rust). This stub is the API's documentation; `mypy.stubtest` checks it."""
+
+from typing import final
+
+import pyarrow as pa
+
+REFERENCE_DATE: int
+"""The synthetic registry's "today" (2026-01-01) as days since 1970-01-01."""
+MAX_ROWS: int
+"""The most residents one registry can hold (2**27)."""
+
+class JukiError(Exception):
+    """Base class of every juki_engine error."""
+
+class InvalidIdentifier(JukiError):
+    """An identifier is malformed or has a wrong check digit; the message names the value."""
+
+class InvalidInput(JukiError):
+    """Input does not have the documented shape; the message names the column or argument."""
+
+class DuplicateIdentifier(InvalidInput):
+    """Two rows carry the same identifier; the message names both rows."""
+
+class SnapshotCorrupt(JukiError):
+    """A snapshot file is truncated, corrupted or missing; the message names the file."""
+
+class SnapshotIOError(JukiError):
+    """An I/O failure (missing path, permissions, disk full) while reading or writing."""
+
+@final
+class Registry:
+    """The registry in memory: Arrow columns plus hash indexes. Immutable, thread-safe."""
+
+    @staticmethod
+    def generate(
+        municipalities: pa.Table,
+        towns: pa.Table,
+        family_names: pa.Table,
+        given_names: pa.Table,
+        seed: int = 0,
+    ) -> Registry:
+        """Draw a synthetic registry from a plan built by `juki_engine.synthetic`."""
+
+    @staticmethod
+    def open(path: str, mmap: bool = False) -> Registry:
+        """Open a snapshot directory (read into huge-page memory, or mapped with `mmap`)."""
+
+    def save(self, path: str) -> None:
+        """Save atomically to a snapshot directory."""
+
+    @staticmethod
+    def from_arrow(table: pa.Table) -> Registry:
+        """Build from a table of the public schema."""
+
+    def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
+        """The registry as a table of the public schema."""
+
+    def lookup(
+        self, keys: pa.Array, by: str = "my_number", columns: list[str] | None = None
+    ) -> pa.Table:
+        """One row per key: `found`, `error`, then the requested columns."""
+
+    def verify(self, claims: pa.Table, by: str = "my_number") -> pa.Table:
+        """Per claim: `found`, `status`, `error`, and `<field>_match` per claimed field."""
+
+    def __len__(self) -> int: ...
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by row columns and indexes."""
+
+    @staticmethod
+    def column_names() -> list[str]:
+        """The public schema's column names."""
+
+def is_valid(kind: str, value: str) -> bool:
+    """Whether `value` is a valid identifier of `kind` (strict)."""
+
+def validate(kind: str, value: str) -> None:
+    """Raise InvalidIdentifier naming the value unless it is valid."""
+
+def check_digit(kind: str, base: str) -> int:
+    """The check digit for the identifier's base digits."""
+
+def normalize(kind: str, value: str) -> tuple[str, bool, bool]:
+    """(canonical value, folded full-width digits, removed separators)."""
+
+def is_valid_array(kind: str, values: pa.Array) -> pa.BooleanArray:
+    """Vectorised `is_valid`; null stays null."""
+
+def check_digit_array(kind: str, bases: pa.Array) -> pa.UInt8Array:
+    """Vectorised `check_digit`; malformed bases give null."""

@@ -1,0 +1,325 @@
+//! Identifiers and their check digits: My Number (個人番号), resident code (住民票コード),
+//! local-government code (全国地方公共団体コード) and corporate number (法人番号).
+//!
+//! Identifiers are strings at every boundary (leading zeros are significant); inside the engine a
+//! valid identifier is held as the `u64` of its digits. Parsing is strict — exactly the right
+//! number of ASCII digits with a valid check digit. [`normalize`] is the one lenient entry point:
+//! it folds full-width digits and drops hyphen/space separators, and says what it changed.
+
+use crate::error::{JukiError, Result};
+
+/// The kinds of identifier the registry knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdKind {
+    /// 個人番号: 11 digits + check digit (総務省令第85号 第5条).
+    MyNumber,
+    /// 住民票コード: 10 digits + check digit, same modulus-11 scheme as My Number.
+    ResidentCode,
+    /// 全国地方公共団体コード: 5 digits + check digit.
+    LocalGovernment,
+    /// 法人番号: check digit first, then 12 digits.
+    Corporate,
+}
+
+impl IdKind {
+    /// The field name used in messages and column names.
+    pub fn name(self) -> &'static str {
+        match self {
+            IdKind::MyNumber => "my_number",
+            IdKind::ResidentCode => "resident_code",
+            IdKind::LocalGovernment => "local_government_code",
+            IdKind::Corporate => "corporate_number",
+        }
+    }
+
+    /// Total number of digits, check digit included.
+    pub fn len(self) -> usize {
+        match self {
+            IdKind::MyNumber => 12,
+            IdKind::ResidentCode => 11,
+            IdKind::LocalGovernment => 6,
+            IdKind::Corporate => 13,
+        }
+    }
+
+    /// Parse a kind from its field name (as used by `by=` arguments).
+    pub fn from_name(name: &str) -> Result<IdKind> {
+        match name {
+            "my_number" => Ok(IdKind::MyNumber),
+            "resident_code" => Ok(IdKind::ResidentCode),
+            "local_government_code" | "municipality_code" => Ok(IdKind::LocalGovernment),
+            "corporate_number" => Ok(IdKind::Corporate),
+            other => Err(JukiError::InvalidInput(format!(
+                "unknown identifier kind '{other}': expected my_number, resident_code, \
+                 local_government_code or corporate_number"
+            ))),
+        }
+    }
+
+    /// Number of base digits (the identifier without its check digit).
+    pub fn base_len(self) -> usize {
+        self.len() - 1
+    }
+
+    /// The check digit for `base`, given as its base digits (most significant first).
+    pub fn check_digit_of_digits(self, digits: &[u8]) -> u8 {
+        debug_assert_eq!(digits.len(), self.base_len());
+        match self {
+            IdKind::MyNumber | IdKind::ResidentCode => modulus11(digits),
+            IdKind::LocalGovernment => {
+                let sum: u32 = digits.iter().zip([6u32, 5, 4, 3, 2]).map(|(&d, w)| d as u32 * w).sum();
+                ((11 - sum % 11) % 10) as u8
+            }
+            IdKind::Corporate => {
+                // n counts from the rightmost base digit; Q = 1 for odd n, 2 for even n.
+                let sum: u32 = digits
+                    .iter()
+                    .rev()
+                    .enumerate()
+                    .map(|(i, &d)| d as u32 * if i % 2 == 0 { 1 } else { 2 })
+                    .sum();
+                (9 - sum % 9) as u8
+            }
+        }
+    }
+
+    /// The check digit for a base held as an integer (`0 <= base < 10^base_len`).
+    pub fn check_digit(self, base: u64) -> u8 {
+        let mut digits = [0u8; 12];
+        let n = self.base_len();
+        let mut v = base;
+        for i in (0..n).rev() {
+            digits[i] = (v % 10) as u8;
+            v /= 10;
+        }
+        self.check_digit_of_digits(&digits[..n])
+    }
+
+    /// The full identifier value for a base: the check digit appended (or, for corporate
+    /// numbers, prepended).
+    pub fn with_check_digit(self, base: u64) -> u64 {
+        let c = self.check_digit(base) as u64;
+        match self {
+            IdKind::Corporate => c * 10u64.pow(12) + base,
+            _ => base * 10 + c,
+        }
+    }
+
+    /// Whether an integer value is a valid identifier of this kind.
+    pub fn is_valid_value(self, value: u64) -> bool {
+        if value >= 10u64.pow(self.len() as u32) {
+            return false;
+        }
+        match self {
+            IdKind::Corporate => {
+                let base = value % 10u64.pow(12);
+                self.with_check_digit(base) == value
+            }
+            _ => self.check_digit(value / 10) as u64 == value % 10,
+        }
+    }
+
+    /// The base of a valid value (the value without its check digit); the index key.
+    pub fn base_of(self, value: u64) -> u64 {
+        match self {
+            IdKind::Corporate => value % 10u64.pow(12),
+            _ => value / 10,
+        }
+    }
+
+    /// Render a value with its leading zeros.
+    pub fn format(self, value: u64) -> String {
+        format!("{:0width$}", value, width = self.len())
+    }
+
+    /// Parse strictly: exactly `len()` ASCII digits with a valid check digit.
+    pub fn parse(self, s: &str) -> Result<u64> {
+        self.parse_bytes(s.as_bytes()).map_err(|why| self.error(s, why))
+    }
+
+    /// Parse strictly and return a short reason on failure (no allocation on success).
+    pub fn parse_bytes(self, b: &[u8]) -> std::result::Result<u64, Reason> {
+        if b.len() != self.len() {
+            return Err(Reason::Length(b.len()));
+        }
+        let mut v = 0u64;
+        for &c in b {
+            if !c.is_ascii_digit() {
+                return Err(Reason::NotDigit);
+            }
+            v = v * 10 + (c - b'0') as u64;
+        }
+        if !self.is_valid_value(v) {
+            let expected = self.check_digit(self.base_of(v));
+            return Err(Reason::CheckDigit(expected));
+        }
+        Ok(v)
+    }
+
+    /// Validate an integer key (as from a numpy array).
+    pub fn check_value(self, v: u64) -> std::result::Result<u64, Reason> {
+        if v >= 10u64.pow(self.len() as u32) {
+            return Err(Reason::TooLarge);
+        }
+        if !self.is_valid_value(v) {
+            return Err(Reason::CheckDigit(self.check_digit(self.base_of(v))));
+        }
+        Ok(v)
+    }
+
+    /// A full error for a rejected value.
+    pub fn error(self, value: &str, why: Reason) -> JukiError {
+        JukiError::InvalidIdentifier(self.describe(value, why))
+    }
+
+    /// The message naming the value and the reason it was rejected.
+    pub fn describe(self, value: &str, why: Reason) -> String {
+        let name = self.name();
+        let n = self.len();
+        match why {
+            Reason::Length(got) => format!(
+                "{name} '{value}': must be exactly {n} ASCII digits, got {} characters",
+                value.chars().count().min(got)
+            ),
+            Reason::NotDigit => format!(
+                "{name} '{value}': must be exactly {n} ASCII digits \
+                 (full-width digits and separators are not accepted; use normalize)"
+            ),
+            Reason::CheckDigit(expected) => {
+                format!("{name} '{value}': wrong check digit, expected {expected}")
+            }
+            Reason::TooLarge => format!("{name} {value}: more than {n} digits"),
+            Reason::Null => format!("{name} is null"),
+        }
+    }
+}
+
+/// Why an identifier was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Wrong number of bytes.
+    Length(usize),
+    /// A byte that is not an ASCII digit.
+    NotDigit,
+    /// The check digit does not match; holds the expected one.
+    CheckDigit(u8),
+    /// An integer key with more digits than the identifier has.
+    TooLarge,
+    /// A null key.
+    Null,
+}
+
+/// The modulus-11 scheme shared by My Number and resident code: weights count down 2..=7
+/// cyclically from the rightmost base digit (giving 6,5,4,3,2,7,6,5,4,3,2 for My Number's 11
+/// digits and 5,4,3,2,7,6,5,4,3,2 for the resident code's 10); r = Σ mod 11; check = 0 if r ≤ 1
+/// else 11 − r.
+fn modulus11(digits: &[u8]) -> u8 {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| d as u32 * if i < 6 { i as u32 + 2 } else { i as u32 - 4 })
+        .sum();
+    let r = sum % 11;
+    if r <= 1 {
+        0
+    } else {
+        (11 - r) as u8
+    }
+}
+
+/// What [`normalize`] changed, so callers can say so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Normalized {
+    /// The canonical identifier: ASCII digits only.
+    pub value: String,
+    /// Full-width digits were folded to ASCII.
+    pub folded_full_width: bool,
+    /// Hyphens or spaces were removed.
+    pub removed_separators: bool,
+}
+
+/// Lenient parsing for human-typed identifiers: full-width digits (０–９) become ASCII, hyphens
+/// (-, ‐, −, －, ー) and spaces (ASCII, full-width) are dropped; the result must then be a valid
+/// identifier. Anything else is rejected with the value named.
+pub fn normalize(kind: IdKind, s: &str) -> Result<Normalized> {
+    let mut out = Normalized::default();
+    for ch in s.chars() {
+        match ch {
+            '0'..='9' => out.value.push(ch),
+            '０'..='９' => {
+                out.value.push(char::from(b'0' + (ch as u32 - '０' as u32) as u8));
+                out.folded_full_width = true;
+            }
+            '-' | '‐' | '−' | '－' | 'ー' | ' ' | '\u{3000}' => out.removed_separators = true,
+            other => {
+                return Err(JukiError::InvalidIdentifier(format!(
+                    "{} '{s}': character '{other}' is neither a digit nor a separator",
+                    kind.name()
+                )))
+            }
+        }
+    }
+    kind.parse_bytes(out.value.as_bytes()).map_err(|why| kind.error(s, why))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn my_number_vectors() {
+        for ok in ["123456789018", "023456789013", "614106526000"] {
+            assert!(IdKind::MyNumber.parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["123456789010", "111111111111"] {
+            let e = IdKind::MyNumber.parse(bad).unwrap_err();
+            assert!(e.to_string().contains(bad), "{e}");
+            assert!(e.to_string().contains("check digit"), "{e}");
+        }
+        assert_eq!(IdKind::MyNumber.check_digit(12345678901), 8);
+    }
+
+    #[test]
+    fn resident_code_weights_are_the_documented_ones() {
+        // weights 5,4,3,2,7,6,5,4,3,2 left to right
+        let digits = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 0];
+        let sum: u32 = digits
+            .iter()
+            .zip([5u32, 4, 3, 2, 7, 6, 5, 4, 3, 2])
+            .map(|(&d, w)| d as u32 * w)
+            .sum();
+        let r = sum % 11;
+        let expected = if r <= 1 { 0 } else { 11 - r } as u8;
+        assert_eq!(IdKind::ResidentCode.check_digit_of_digits(&digits), expected);
+    }
+
+    #[test]
+    fn local_government_and_corporate() {
+        assert_eq!(IdKind::LocalGovernment.check_digit(16201), 9);
+        assert!(IdKind::LocalGovernment.parse("162019").is_ok());
+        assert!(IdKind::LocalGovernment.parse("162018").is_err());
+        // 国税庁's corporate number
+        assert_eq!(IdKind::Corporate.check_digit(12050002), 7);
+        assert!(IdKind::Corporate.parse("7000012050002").is_ok());
+        assert!(IdKind::Corporate.parse("6000012050002").is_err());
+    }
+
+    #[test]
+    fn strictness_and_normalize() {
+        assert!(matches!(IdKind::MyNumber.parse_bytes(b"12345678901"), Err(Reason::Length(11))));
+        assert!(matches!(IdKind::MyNumber.parse_bytes("１２３４５６７８９０１８".as_bytes()), Err(_)));
+        let n = normalize(IdKind::MyNumber, "１２３４-５６７８-９０１８").unwrap();
+        assert_eq!(n.value, "123456789018");
+        assert!(n.folded_full_width && n.removed_separators);
+        assert!(normalize(IdKind::MyNumber, "1234a5678901").is_err());
+        assert!(normalize(IdKind::MyNumber, "1234 5678 9010").is_err());
+    }
+
+    #[test]
+    fn leading_zeros_round_trip() {
+        let v = IdKind::MyNumber.parse("023456789013").unwrap();
+        assert_eq!(IdKind::MyNumber.format(v), "023456789013");
+    }
+}

@@ -1,0 +1,24 @@
+//! juki_engine core: the national identity index (本人確認情報) over Apache Arrow columns.
+//!
+//! Modules by subject: `ids` (identifiers and check digits), `storage` (columns and the public
+//! schema), `index` (hash indexes), `query` (lookup and verify kernels), `generate` (synthetic
+//! registry), `import` (building from an Arrow table), `snapshot` (save/open), `memory` (huge-page
+//! allocation and prefetch), `error` (the error type and its Python mapping), `python` (bindings).
+
+pub mod error;
+pub mod generate;
+pub mod ids;
+pub mod import;
+pub mod index;
+pub mod memory;
+pub mod python;
+pub mod query;
+pub mod snapshot;
+pub mod storage;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    python::register(m)
+}

@@ -1,0 +1,107 @@
+//! Large column and index allocations: anonymous mappings advised onto transparent huge pages.
+//!
+//! Random gathers over a registry-sized array are dominated by page walks on 4 KiB pages; on
+//! 2 MiB pages the TLB covers far more and software prefetch pays off. The machine's THP mode is
+//! `madvise`, so the advice must be given before the pages are first touched.
+
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use arrow_buffer::{ArrowNativeType, Buffer, ScalarBuffer};
+use memmap2::{Advice, MmapMut};
+
+use crate::error::{JukiError, Result};
+
+/// A zero-initialised, huge-page-advised array of `len` values of a plain numeric type.
+pub struct HugeVec<T> {
+    map: MmapMut,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: ArrowNativeType> HugeVec<T> {
+    /// Map `len` zeroed values (an anonymous mapping is zero-filled by the kernel).
+    pub fn zeroed(len: usize) -> Result<Self> {
+        let bytes = (len * std::mem::size_of::<T>()).max(1);
+        let map = MmapMut::map_anon(bytes)
+            .map_err(|e| JukiError::Io(format!("cannot allocate {bytes} bytes: {e}")))?;
+        // Advice is a hint: a kernel without THP still gives correct (slower) memory.
+        let _ = map.advise(Advice::HugePage);
+        Ok(HugeVec { map, len, _t: PhantomData })
+    }
+
+    /// The values, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: the mapping is page-aligned (so aligned for T), at least len * size_of::<T>()
+        // bytes long, zero-initialised, and T is a plain numeric type for which any bit pattern
+        // (zero included) is valid.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr() as *mut T, self.len) }
+    }
+
+    /// Hand the memory to Arrow without copying.
+    pub fn into_buffer(self) -> ScalarBuffer<T> {
+        let bytes = self.len * std::mem::size_of::<T>();
+        let ptr = NonNull::new(self.map.as_ptr() as *mut u8).expect("mmap never returns null");
+        // SAFETY: ptr points at `bytes` initialised bytes owned by `self.map`, which the Arc keeps
+        // alive (and unmoved: the mapping's address is fixed) for as long as the Buffer lives.
+        let buffer = unsafe { Buffer::from_custom_allocation(ptr, bytes, Arc::new(self.map)) };
+        ScalarBuffer::new(buffer, 0, self.len)
+    }
+}
+
+/// Read a whole file into huge-page-advised anonymous memory and return it as an Arrow buffer.
+pub fn read_file_huge(path: &std::path::Path) -> std::io::Result<Buffer> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len() as usize;
+    let mut v: HugeVec<u8> =
+        HugeVec::zeroed(len).map_err(|e| std::io::Error::other(e.to_string()))?;
+    f.read_exact(v.as_mut_slice())?;
+    Ok(v.into_buffer().into_inner())
+}
+
+/// Memory-map a whole file read-only and return it as an Arrow buffer (zero-copy).
+pub fn map_file(path: &std::path::Path) -> std::io::Result<Buffer> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: the snapshot files are written once, renamed into place and never modified in
+    // place afterwards; a later save writes a new version directory instead.
+    let map = unsafe { memmap2::Mmap::map(&f)? };
+    let len = map.len();
+    if len == 0 {
+        return Ok(Buffer::from_vec(Vec::<u8>::new()));
+    }
+    let ptr = NonNull::new(map.as_ptr() as *mut u8).expect("mmap never returns null");
+    // SAFETY: ptr points at `len` bytes owned by `map`, kept alive by the Arc.
+    Ok(unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(map)) })
+}
+
+/// Hint the CPU to fetch the cache line holding `p` (no effect where unsupported).
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_vec_round_trips_into_arrow() {
+        let mut v: HugeVec<u64> = HugeVec::zeroed(1000).unwrap();
+        for (i, x) in v.as_mut_slice().iter_mut().enumerate() {
+            *x = i as u64 * 3;
+        }
+        let b = v.into_buffer();
+        assert_eq!(b.len(), 1000);
+        assert_eq!(b[999], 2997);
+        let empty: HugeVec<u32> = HugeVec::zeroed(0).unwrap();
+        assert_eq!(empty.into_buffer().len(), 0);
+    }
+}

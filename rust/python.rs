@@ -1,0 +1,262 @@
+//! Python bindings: the `Registry` class and identifier functions of `juki_engine._core`.
+//!
+//! Arrow crosses the boundary through the C Data / PyCapsule interface (no Python lists); every
+//! build, scan and lookup runs with the GIL released.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringViewArray, UInt8Array};
+use arrow_cast::cast;
+use arrow_data::ArrayData;
+use arrow_pyarrow::{PyArrowType, Table};
+use arrow_schema::{ArrowError, DataType};
+use arrow_select::concat::concat_batches;
+use pyo3::prelude::*;
+
+use crate::error::{JukiError, Result};
+use crate::generate::{self, Plan};
+use crate::ids::{self, IdKind};
+use crate::query::{self, ExactMatch};
+use crate::snapshot;
+use crate::storage::{schema_of, Column, RegistryData};
+
+fn one_batch(table: Table, what: &str) -> Result<RecordBatch> {
+    let (batches, schema) = table.into_inner();
+    concat_batches(&schema, &batches)
+        .map_err(|e| JukiError::InvalidInput(format!("{what}: {e}")))
+}
+
+fn columns_of(names: Option<Vec<String>>) -> Result<Vec<Column>> {
+    match names {
+        None => Ok(Column::ALL.to_vec()),
+        Some(v) => v.iter().map(|n| Column::from_name(n)).collect(),
+    }
+}
+
+fn to_table(batches: Vec<RecordBatch>, schema: arrow_schema::SchemaRef) -> PyResult<PyArrowType<Table>> {
+    let table = Table::try_new(batches, schema).map_err(|e: ArrowError| JukiError::InvalidInput(e.to_string()))?;
+    Ok(PyArrowType(table))
+}
+
+/// The national resident registry held in memory: Arrow columns plus hash indexes on My Number
+/// and resident code. Immutable and safe to share between threads.
+#[pyclass(frozen, name = "Registry", module = "juki_engine._core")]
+pub struct PyRegistry {
+    data: Arc<RegistryData>,
+}
+
+#[pymethods]
+impl PyRegistry {
+    /// Draw a synthetic registry from a plan (see `juki_engine.synthetic`).
+    #[staticmethod]
+    #[pyo3(signature = (municipalities, towns, family_names, given_names, seed = 0))]
+    fn generate(
+        py: Python<'_>,
+        municipalities: PyArrowType<Table>,
+        towns: PyArrowType<Table>,
+        family_names: PyArrowType<Table>,
+        given_names: PyArrowType<Table>,
+        seed: u64,
+    ) -> PyResult<PyRegistry> {
+        let plan = Plan {
+            municipalities: one_batch(municipalities.0, "municipalities")?,
+            towns: one_batch(towns.0, "towns")?,
+            family_names: one_batch(family_names.0, "family_names")?,
+            given_names: one_batch(given_names.0, "given_names")?,
+        };
+        let data = py.detach(|| generate::generate(&plan, seed))?;
+        Ok(PyRegistry { data: Arc::new(data) })
+    }
+
+    /// Open a snapshot directory written by `save`.
+    #[staticmethod]
+    #[pyo3(signature = (path, mmap = false))]
+    fn open(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyRegistry> {
+        let data = py.detach(|| snapshot::open(&path, mmap))?;
+        Ok(PyRegistry { data: Arc::new(data) })
+    }
+
+    /// Save atomically to a snapshot directory.
+    fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| snapshot::save(&self.data, &path))?;
+        Ok(())
+    }
+
+    /// Build from an Arrow table of the public schema.
+    #[staticmethod]
+    fn from_arrow(py: Python<'_>, table: PyArrowType<Table>) -> PyResult<PyRegistry> {
+        let batch = one_batch(table.0, "registry table")?;
+        let data = py.detach(|| crate::import::from_batch(&batch))?;
+        Ok(PyRegistry { data: Arc::new(data) })
+    }
+
+    /// The registry as an Arrow table of the public schema.
+    #[pyo3(signature = (columns = None))]
+    fn to_arrow(&self, py: Python<'_>, columns: Option<Vec<String>>) -> PyResult<PyArrowType<Table>> {
+        let cols = columns_of(columns)?;
+        let schema = schema_of(&cols);
+        let batch = py.detach(|| {
+            let arrays: Vec<ArrayRef> = cols.iter().map(|&c| self.data.column(c, None)).collect();
+            RecordBatch::try_new(schema.clone(), arrays).map_err(JukiError::from)
+        })?;
+        to_table(vec![batch], schema)
+    }
+
+    /// Look keys up; see `juki_engine.Registry.lookup`.
+    #[pyo3(signature = (keys, by = "my_number", columns = None))]
+    fn lookup(
+        &self,
+        py: Python<'_>,
+        keys: PyArrowType<ArrayData>,
+        by: &str,
+        columns: Option<Vec<String>>,
+    ) -> PyResult<PyArrowType<Table>> {
+        let kind = IdKind::from_name(by)?;
+        let cols = columns_of(columns)?;
+        let keys = arrow_array::make_array(keys.0);
+        let batch = py.detach(|| query::lookup(&self.data, keys.as_ref(), kind, &cols))?;
+        let schema = batch.schema();
+        to_table(vec![batch], schema)
+    }
+
+    /// Verify claims; see `juki_engine.Registry.verify`.
+    #[pyo3(signature = (claims, by = "my_number"))]
+    fn verify(&self, py: Python<'_>, claims: PyArrowType<Table>, by: &str) -> PyResult<PyArrowType<Table>> {
+        let kind = IdKind::from_name(by)?;
+        let (batches, _) = claims.0.into_inner();
+        let results = py.detach(|| {
+            batches
+                .iter()
+                .map(|b| query::verify(&self.data, b, kind, &ExactMatch))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let schema = match results.first() {
+            Some(b) => b.schema(),
+            None => {
+                return Err(JukiError::InvalidInput("claims table has no record batch".into()).into())
+            }
+        };
+        to_table(results, schema)
+    }
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Bytes held by row columns and indexes.
+    #[getter]
+    fn memory_bytes(&self) -> usize {
+        self.data.memory_bytes()
+    }
+
+    /// Names of the public columns, in schema order.
+    #[staticmethod]
+    fn column_names() -> Vec<&'static str> {
+        Column::ALL.iter().map(|c| c.name()).collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Registry({} residents)", self.data.len())
+    }
+}
+
+/// Whether `value` is a valid identifier of `kind` (strict: exact ASCII digits).
+#[pyfunction]
+fn is_valid(kind: &str, value: &str) -> PyResult<bool> {
+    Ok(IdKind::from_name(kind)?.parse(value).is_ok())
+}
+
+/// Check the identifier strictly, raising `InvalidIdentifier` naming the value if it is not valid.
+#[pyfunction]
+fn validate(kind: &str, value: &str) -> PyResult<()> {
+    IdKind::from_name(kind)?.parse(value)?;
+    Ok(())
+}
+
+/// The check digit for a base (the identifier's digits without its check digit).
+#[pyfunction]
+fn check_digit(kind: &str, base: &str) -> PyResult<u8> {
+    let k = IdKind::from_name(kind)?;
+    let b = base.as_bytes();
+    if b.len() != k.base_len() || !b.iter().all(u8::is_ascii_digit) {
+        return Err(JukiError::InvalidIdentifier(format!(
+            "{} base '{base}': must be exactly {} ASCII digits",
+            k.name(),
+            k.base_len()
+        ))
+        .into());
+    }
+    let digits: Vec<u8> = b.iter().map(|c| c - b'0').collect();
+    Ok(k.check_digit_of_digits(&digits))
+}
+
+/// Lenient parsing: returns (canonical value, folded full-width digits, removed separators).
+#[pyfunction]
+fn normalize(kind: &str, value: &str) -> PyResult<(String, bool, bool)> {
+    let n = ids::normalize(IdKind::from_name(kind)?, value)?;
+    Ok((n.value, n.folded_full_width, n.removed_separators))
+}
+
+/// Vectorised `is_valid` over an Arrow array of strings or integers; null stays null.
+#[pyfunction]
+fn is_valid_array(py: Python<'_>, kind: &str, values: PyArrowType<ArrayData>) -> PyResult<PyArrowType<ArrayData>> {
+    let k = IdKind::from_name(kind)?;
+    let array = arrow_array::make_array(values.0);
+    let out = py.detach(|| -> Result<BooleanArray> {
+        let parsed = query::parse_keys(k, array.as_ref())?;
+        let mut valid: Vec<Option<bool>> =
+            parsed.bases.iter().map(|&b| Some(b != crate::index::INVALID_KEY)).collect();
+        for i in 0..array.len() {
+            if array.is_null(i) {
+                valid[i] = None;
+            }
+        }
+        Ok(BooleanArray::from(valid))
+    })?;
+    Ok(PyArrowType(out.into_data()))
+}
+
+/// Vectorised `check_digit` over an Arrow array of base strings; malformed bases give null.
+#[pyfunction]
+fn check_digit_array(py: Python<'_>, kind: &str, bases: PyArrowType<ArrayData>) -> PyResult<PyArrowType<ArrayData>> {
+    let k = IdKind::from_name(kind)?;
+    let array = arrow_array::make_array(bases.0);
+    let out = py.detach(|| -> Result<UInt8Array> {
+        let strings = cast(array.as_ref(), &DataType::Utf8View)
+            .map_err(|e| JukiError::InvalidInput(format!("bases must be strings: {e}")))?;
+        let strings = strings.as_any().downcast_ref::<StringViewArray>().expect("cast");
+        Ok(strings
+            .iter()
+            .map(|s| {
+                let b = s?.as_bytes();
+                (b.len() == k.base_len() && b.iter().all(u8::is_ascii_digit)).then(|| {
+                    let digits: Vec<u8> = b.iter().map(|c| c - b'0').collect();
+                    k.check_digit_of_digits(&digits)
+                })
+            })
+            .collect())
+    })?;
+    Ok(PyArrowType(out.into_data()))
+}
+
+/// Register the module's contents.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<PyRegistry>()?;
+    m.add_function(wrap_pyfunction!(is_valid, m)?)?;
+    m.add_function(wrap_pyfunction!(validate, m)?)?;
+    m.add_function(wrap_pyfunction!(check_digit, m)?)?;
+    m.add_function(wrap_pyfunction!(normalize, m)?)?;
+    m.add_function(wrap_pyfunction!(is_valid_array, m)?)?;
+    m.add_function(wrap_pyfunction!(check_digit_array, m)?)?;
+    m.add("JukiError", py.get_type::<crate::error::PyJukiError>())?;
+    m.add("InvalidIdentifier", py.get_type::<crate::error::InvalidIdentifier>())?;
+    m.add("InvalidInput", py.get_type::<crate::error::InvalidInput>())?;
+    m.add("DuplicateIdentifier", py.get_type::<crate::error::DuplicateIdentifier>())?;
+    m.add("SnapshotCorrupt", py.get_type::<crate::error::SnapshotCorrupt>())?;
+    m.add("SnapshotIOError", py.get_type::<crate::error::SnapshotIOError>())?;
+    m.add("REFERENCE_DATE", generate::REFERENCE_DATE)?;
+    m.add("MAX_ROWS", crate::index::MAX_ROWS)?;
+    Ok(())
+}

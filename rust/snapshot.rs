@@ -1,0 +1,379 @@
+//! Snapshots (スナップショット): a registry saved as a directory of Arrow IPC files plus its
+//! persisted indexes, with a manifest of sizes and checksums.
+//!
+//! Layout: `<dir>/CURRENT` names the live version directory `<dir>/v-<n>/`, which holds
+//! `manifest.json`, `residents.arrow` (the row columns), `dict_*.arrow` (the dictionaries) and
+//! `index_*.u64` (the hash tables' raw slots, so opening never rebuilds them). Saving writes a new
+//! version aside, fsyncs it, then atomically replaces `CURRENT`: a crash at any point leaves the
+//! previous snapshot intact and current. Opening checks every file's size and xxh3 checksum and
+//! every dictionary key's bounds; anything wrong raises `SnapshotCorrupt` naming the file.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::types::{Date32Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBatch, StringArray};
+use arrow_buffer::{Buffer, ScalarBuffer};
+use arrow_ipc::reader::{read_footer_length, FileDecoder};
+use arrow_ipc::writer::FileWriter;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::error::{JukiError, Result};
+use crate::ids::IdKind;
+use crate::index::HashIndex;
+use crate::memory::{map_file, read_file_huge};
+use crate::storage::{Columns, Dictionaries, RegistryData, CARD_VALUES, STATUS_VALUES};
+
+const FORMAT: &str = "juki-snapshot/1";
+const RESIDENTS: &str = "residents.arrow";
+const INDEX_MY_NUMBER: &str = "index_my_number.u64";
+const INDEX_RESIDENT_CODE: &str = "index_resident_code.u64";
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    rows: usize,
+    files: Vec<FileEntry>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct FileEntry {
+    name: String,
+    bytes: u64,
+    xxh3: String,
+}
+
+fn io(path: &Path, e: std::io::Error) -> JukiError {
+    JukiError::Io(format!("{}: {e}", path.display()))
+}
+
+fn corrupt(file: &str, why: impl std::fmt::Display) -> JukiError {
+    JukiError::SnapshotCorrupt(format!("snapshot file '{file}' is corrupt: {why}"))
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W: Write> {
+    inner: W,
+    hasher: Xxh3,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Create `dir/name`, let `fill` write it, fsync it, and return its manifest entry.
+fn write_file(
+    dir: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut Hashing<BufWriter<File>>) -> Result<()>,
+) -> Result<FileEntry> {
+    let path = dir.join(name);
+    let file = File::create(&path).map_err(|e| io(&path, e))?;
+    let mut w = Hashing { inner: BufWriter::with_capacity(1 << 22, file), hasher: Xxh3::new(), bytes: 0 };
+    fill(&mut w)?;
+    w.flush().map_err(|e| io(&path, e))?;
+    let entry =
+        FileEntry { name: name.to_string(), bytes: w.bytes, xxh3: format!("{:016x}", w.hasher.digest()) };
+    let file = w.inner.into_inner().map_err(|e| io(&path, e.into_error()))?;
+    file.sync_all().map_err(|e| io(&path, e))?;
+    Ok(entry)
+}
+
+fn write_ipc(dir: &Path, name: &str, columns: Vec<(&str, ArrayRef)>) -> Result<FileEntry> {
+    let batch = RecordBatch::try_from_iter(columns)?;
+    write_file(dir, name, |w| {
+        let mut writer = FileWriter::try_new(w, &batch.schema())?;
+        writer.write(&batch)?;
+        writer.finish()?;
+        Ok(())
+    })
+}
+
+fn write_slots(dir: &Path, name: &str, index: &HashIndex) -> Result<FileEntry> {
+    let path = dir.join(name);
+    write_file(dir, name, |w| {
+        w.write_all(index.slots().inner().as_slice()).map_err(|e| io(&path, e))
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))
+}
+
+fn versions(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("v-").and_then(|s| s.split('.').next()?.parse().ok()) {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn prim<T: ArrowPrimitiveType>(values: &ScalarBuffer<T::Native>) -> ArrayRef {
+    Arc::new(PrimitiveArray::<T>::new(values.clone(), None))
+}
+
+/// Save a registry to `dir` atomically (see the module docs).
+pub fn save(data: &RegistryData, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let next = versions(dir)?.last().map_or(1, |(n, _)| n + 1);
+    let final_dir = dir.join(format!("v-{next}"));
+    let tmp = dir.join(format!("v-{next}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
+
+    let c = &data.cols;
+    let d = &data.dicts;
+    let s = |a: &StringArray| Arc::new(a.clone()) as ArrayRef;
+    let jobs: Vec<Box<dyn FnOnce() -> Result<FileEntry> + Send + '_>> = vec![
+        Box::new(|| {
+            write_ipc(
+                &tmp,
+                RESIDENTS,
+                vec![
+                    ("resident_code", prim::<UInt64Type>(&c.resident_code)),
+                    ("my_number", prim::<UInt64Type>(&c.my_number)),
+                    ("family", prim::<UInt32Type>(&c.family)),
+                    ("given", prim::<UInt32Type>(&c.given)),
+                    ("birth_date", prim::<Date32Type>(&c.birth_date)),
+                    ("sex", prim::<UInt8Type>(&c.sex)),
+                    ("municipality", prim::<UInt16Type>(&c.municipality)),
+                    ("town", prim::<UInt32Type>(&c.town)),
+                    ("block", prim::<UInt32Type>(&c.block)),
+                    ("status", prim::<UInt8Type>(&c.status)),
+                    ("status_date", Arc::new(c.status_date.clone())),
+                    ("card", prim::<UInt8Type>(&c.card)),
+                ],
+            )
+        }),
+        Box::new(|| {
+            write_ipc(&tmp, "dict_family.arrow", vec![("name", s(&d.family_name)), ("kana", s(&d.family_name_kana))])
+        }),
+        Box::new(|| {
+            write_ipc(&tmp, "dict_given.arrow", vec![("name", s(&d.given_name)), ("kana", s(&d.given_name_kana))])
+        }),
+        Box::new(|| {
+            write_ipc(
+                &tmp,
+                "dict_municipality.arrow",
+                vec![
+                    ("code", s(&d.municipality_code)),
+                    ("name", s(&d.municipality_name)),
+                    ("prefecture", s(&d.prefecture)),
+                ],
+            )
+        }),
+        Box::new(|| write_ipc(&tmp, "dict_town.arrow", vec![("name", s(&d.address_town))])),
+        Box::new(|| write_ipc(&tmp, "dict_block.arrow", vec![("name", s(&d.address_block))])),
+        Box::new(|| write_slots(&tmp, INDEX_MY_NUMBER, &data.by_my_number)),
+        Box::new(|| write_slots(&tmp, INDEX_RESIDENT_CODE, &data.by_resident_code)),
+    ];
+    let files: Vec<FileEntry> =
+        jobs.into_par_iter().map(|job| job()).collect::<Result<Vec<_>>>()?;
+    let manifest = Manifest { format: FORMAT.to_string(), rows: data.len(), files };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    write_file(&tmp, "manifest.json", |w| w.write_all(&json).map_err(|e| io(&tmp, e)))?;
+    sync_dir(&tmp)?;
+    fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
+    sync_dir(dir)?;
+
+    let current_tmp = dir.join("CURRENT.tmp");
+    let mut f = File::create(&current_tmp).map_err(|e| io(&current_tmp, e))?;
+    writeln!(f, "v-{next}").map_err(|e| io(&current_tmp, e))?;
+    f.sync_all().map_err(|e| io(&current_tmp, e))?;
+    fs::rename(&current_tmp, dir.join("CURRENT")).map_err(|e| io(dir, e))?;
+    sync_dir(dir)?;
+    // Older versions are now unreachable; a failure to remove one loses nothing.
+    for (n, path) in versions(dir)? {
+        if n != next {
+            let _ = fs::remove_dir_all(path);
+        }
+    }
+    Ok(())
+}
+
+/// Parse one IPC file held in `buf` (zero-copy) into its single record batch.
+fn read_ipc(buf: &Buffer, name: &str) -> Result<RecordBatch> {
+    let len = buf.len();
+    if len < 10 {
+        return Err(corrupt(name, "too short to be an Arrow IPC file"));
+    }
+    let trailer: [u8; 10] = buf[len - 10..].try_into().expect("10 bytes");
+    let footer_len = read_footer_length(trailer).map_err(|e| corrupt(name, e))?;
+    if footer_len + 10 > len {
+        return Err(corrupt(name, "footer longer than the file"));
+    }
+    let footer = arrow_ipc::root_as_footer(&buf[len - 10 - footer_len..len - 10])
+        .map_err(|e| corrupt(name, e))?;
+    let schema = footer.schema().ok_or_else(|| corrupt(name, "no schema"))?;
+    let schema = arrow_ipc::convert::try_fb_to_schema(schema).map_err(|e| corrupt(name, e))?;
+    let mut decoder = FileDecoder::new(Arc::new(schema), footer.version());
+    let slice = |block: &arrow_ipc::Block| -> Result<Buffer> {
+        let start = block.offset() as usize;
+        let size = block.metaDataLength() as usize + block.bodyLength() as usize;
+        if block.offset() < 0 || start.checked_add(size).is_none_or(|end| end > len) {
+            return Err(corrupt(name, "a block lies outside the file"));
+        }
+        Ok(buf.slice_with_length(start, size))
+    };
+    for block in footer.dictionaries().iter().flatten() {
+        decoder.read_dictionary(block, &slice(block)?).map_err(|e| corrupt(name, e))?;
+    }
+    let batches = footer.recordBatches().ok_or_else(|| corrupt(name, "no record batch"))?;
+    if batches.len() != 1 {
+        return Err(corrupt(name, format!("{} record batches, expected 1", batches.len())));
+    }
+    let block = batches.get(0);
+    decoder
+        .read_record_batch(block, &slice(block)?)
+        .map_err(|e| corrupt(name, e))?
+        .ok_or_else(|| corrupt(name, "empty record batch"))
+}
+
+fn values<T: ArrowPrimitiveType>(batch: &RecordBatch, file: &str, col: &str) -> Result<PrimitiveArray<T>> {
+    batch
+        .column_by_name(col)
+        .and_then(|a| a.as_any().downcast_ref::<PrimitiveArray<T>>())
+        .cloned()
+        .ok_or_else(|| corrupt(file, format!("column '{col}' is missing or has the wrong type")))
+}
+
+fn strings(batch: &RecordBatch, file: &str, col: &str) -> Result<StringArray> {
+    batch
+        .column_by_name(col)
+        .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+        .cloned()
+        .ok_or_else(|| corrupt(file, format!("column '{col}' is missing or has the wrong type")))
+}
+
+/// Every key must address its dictionary: the kernels rely on it.
+fn check_keys<T: Copy + Into<u64> + Send + Sync>(keys: &[T], bound: usize, what: &str) -> Result<()> {
+    let max = keys.par_iter().map(|&k| k.into()).max().unwrap_or(0);
+    if !keys.is_empty() && max >= bound as u64 {
+        return Err(corrupt(RESIDENTS, format!("{what} key {max} outside its dictionary of {bound}")));
+    }
+    Ok(())
+}
+
+/// Open a snapshot. `mmap` maps the files (zero-copy, pages shared with the page cache);
+/// otherwise they are read into huge-page memory, which is faster for random lookups.
+pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
+    if !dir.is_dir() {
+        return Err(JukiError::Io(format!("snapshot '{}' does not exist", dir.display())));
+    }
+    let current = fs::read_to_string(dir.join("CURRENT"))
+        .map_err(|e| JukiError::SnapshotCorrupt(format!("snapshot file 'CURRENT' cannot be read: {e}")))?;
+    let version = current.trim();
+    if !version.strip_prefix("v-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(corrupt("CURRENT", format!("'{version}' is not a version name")));
+    }
+    let vdir = dir.join(version);
+    let manifest_path = vdir.join("manifest.json");
+    let manifest_name = format!("{version}/manifest.json");
+    let raw = fs::read(&manifest_path).map_err(|e| corrupt(&manifest_name, e))?;
+    let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| corrupt(&manifest_name, e))?;
+    if manifest.format != FORMAT {
+        return Err(corrupt(&manifest_name, format!("format '{}', expected '{FORMAT}'", manifest.format)));
+    }
+    let loaded: Vec<(String, Buffer)> = manifest
+        .files
+        .par_iter()
+        .map(|entry| {
+            let path = vdir.join(&entry.name);
+            let shown = format!("{version}/{}", entry.name);
+            let actual = fs::metadata(&path).map_err(|e| corrupt(&shown, e))?.len();
+            if actual != entry.bytes {
+                return Err(corrupt(&shown, format!("{actual} bytes, the manifest says {} (truncated?)", entry.bytes)));
+            }
+            let buf = if mmap { map_file(&path) } else { read_file_huge(&path) }
+                .map_err(|e| corrupt(&shown, e))?;
+            let sum = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(buf.as_slice()));
+            if sum != entry.xxh3 {
+                return Err(corrupt(&shown, format!("checksum {sum}, the manifest says {}", entry.xxh3)));
+            }
+            Ok((entry.name.clone(), buf))
+        })
+        .collect::<Result<_>>()?;
+    let get = |name: &str| -> Result<&Buffer> {
+        loaded
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b)
+            .ok_or_else(|| corrupt(&manifest_name, format!("does not list '{name}'")))
+    };
+    let rows = read_ipc(get(RESIDENTS)?, RESIDENTS)?;
+    let fam = read_ipc(get("dict_family.arrow")?, "dict_family.arrow")?;
+    let giv = read_ipc(get("dict_given.arrow")?, "dict_given.arrow")?;
+    let mun = read_ipc(get("dict_municipality.arrow")?, "dict_municipality.arrow")?;
+    let town = read_ipc(get("dict_town.arrow")?, "dict_town.arrow")?;
+    let block = read_ipc(get("dict_block.arrow")?, "dict_block.arrow")?;
+    if rows.num_rows() != manifest.rows {
+        return Err(corrupt(RESIDENTS, format!("{} rows, the manifest says {}", rows.num_rows(), manifest.rows)));
+    }
+    let r = |col| values::<UInt64Type>(&rows, RESIDENTS, col).map(|a| a.values().clone());
+    let cols = Columns {
+        resident_code: r("resident_code")?,
+        my_number: r("my_number")?,
+        family: values::<UInt32Type>(&rows, RESIDENTS, "family")?.values().clone(),
+        given: values::<UInt32Type>(&rows, RESIDENTS, "given")?.values().clone(),
+        birth_date: values::<Date32Type>(&rows, RESIDENTS, "birth_date")?.values().clone(),
+        sex: values::<UInt8Type>(&rows, RESIDENTS, "sex")?.values().clone(),
+        municipality: values::<UInt16Type>(&rows, RESIDENTS, "municipality")?.values().clone(),
+        town: values::<UInt32Type>(&rows, RESIDENTS, "town")?.values().clone(),
+        block: values::<UInt32Type>(&rows, RESIDENTS, "block")?.values().clone(),
+        status: values::<UInt8Type>(&rows, RESIDENTS, "status")?.values().clone(),
+        status_date: values::<Date32Type>(&rows, RESIDENTS, "status_date")?,
+        card: values::<UInt8Type>(&rows, RESIDENTS, "card")?.values().clone(),
+    };
+    let dicts = Dictionaries {
+        family_name: strings(&fam, "dict_family.arrow", "name")?,
+        family_name_kana: strings(&fam, "dict_family.arrow", "kana")?,
+        given_name: strings(&giv, "dict_given.arrow", "name")?,
+        given_name_kana: strings(&giv, "dict_given.arrow", "kana")?,
+        municipality_code: strings(&mun, "dict_municipality.arrow", "code")?,
+        municipality_name: strings(&mun, "dict_municipality.arrow", "name")?,
+        prefecture: strings(&mun, "dict_municipality.arrow", "prefecture")?,
+        address_town: strings(&town, "dict_town.arrow", "name")?,
+        address_block: strings(&block, "dict_block.arrow", "name")?,
+    };
+    check_keys(&cols.family, dicts.family_name.len().min(dicts.family_name_kana.len()), "family")?;
+    check_keys(&cols.given, dicts.given_name.len().min(dicts.given_name_kana.len()), "given")?;
+    let m = dicts.municipality_code.len().min(dicts.municipality_name.len()).min(dicts.prefecture.len());
+    check_keys(&cols.municipality, m, "municipality")?;
+    check_keys(&cols.town, dicts.address_town.len(), "town")?;
+    check_keys(&cols.block, dicts.address_block.len(), "block")?;
+    check_keys(&cols.status, STATUS_VALUES.len(), "status")?;
+    check_keys(&cols.card, CARD_VALUES.len(), "card")?;
+    let slots = |name: &str| -> Result<ScalarBuffer<u64>> {
+        let buf = get(name)?.clone();
+        if buf.len() % 8 != 0 {
+            return Err(corrupt(name, "length is not a whole number of slots"));
+        }
+        let n = buf.len() / 8;
+        Ok(ScalarBuffer::new(buf, 0, n))
+    };
+    let by_my_number = HashIndex::from_slots(IdKind::MyNumber, slots(INDEX_MY_NUMBER)?, manifest.rows)?;
+    let by_resident_code =
+        HashIndex::from_slots(IdKind::ResidentCode, slots(INDEX_RESIDENT_CODE)?, manifest.rows)?;
+    Ok(RegistryData { cols, dicts, by_my_number, by_resident_code })
+}

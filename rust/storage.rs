@@ -1,0 +1,428 @@
+//! The registry's storage: 本人確認情報 held column-wise as Arrow buffers, and the public schema.
+//!
+//! Storage is narrower than the public schema: names, readings, municipalities and address parts
+//! repeat, so each is a small dictionary plus a key column, and one key column serves several
+//! public columns (family name and its reading share `family`; municipality code, name and
+//! prefecture share `municipality`). Identifiers are held as `u64` and rendered as 11/12-digit
+//! strings (inline `Utf8View`, no data buffer) at the boundary.
+
+use std::sync::Arc;
+
+use arrow_array::types::{UInt16Type, UInt32Type, UInt8Type};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, PrimitiveArray, StringArray,
+    StringViewArray, UInt8Array,
+};
+use arrow_buffer::{ArrowNativeType, BooleanBuffer, NullBuffer, ScalarBuffer};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use rayon::prelude::*;
+
+use crate::error::{JukiError, Result};
+use crate::ids::IdKind;
+use crate::index::{HashIndex, NOT_FOUND};
+use crate::memory::{prefetch, HugeVec};
+
+/// Registry status codes (the order is the stored code).
+pub const STATUS_VALUES: [&str; 4] = ["resident", "moved_abroad", "deceased", "removed"];
+/// My Number card states (the order is the stored code).
+pub const CARD_VALUES: [&str; 3] = ["none", "applied", "issued"];
+
+/// The dictionaries behind the key columns.
+#[derive(Clone)]
+pub struct Dictionaries {
+    /// 氏 (kanji) per family key.
+    pub family_name: StringArray,
+    /// 氏の振り仮名 (katakana) per family key.
+    pub family_name_kana: StringArray,
+    /// 名 per given key.
+    pub given_name: StringArray,
+    /// 名の振り仮名 per given key.
+    pub given_name_kana: StringArray,
+    /// 全国地方公共団体コード per municipality key.
+    pub municipality_code: StringArray,
+    /// 市区町村名 per municipality key.
+    pub municipality_name: StringArray,
+    /// 都道府県名 per municipality key.
+    pub prefecture: StringArray,
+    /// 町域 per town key.
+    pub address_town: StringArray,
+    /// 番地 per block key.
+    pub address_block: StringArray,
+}
+
+/// The row columns, all of the registry's length.
+#[derive(Clone)]
+pub struct Columns {
+    /// 住民票コード (full value with check digit).
+    pub resident_code: ScalarBuffer<u64>,
+    /// 個人番号 (full value with check digit).
+    pub my_number: ScalarBuffer<u64>,
+    /// Key into the family-name dictionaries.
+    pub family: ScalarBuffer<u32>,
+    /// Key into the given-name dictionaries.
+    pub given: ScalarBuffer<u32>,
+    /// 生年月日, days since 1970-01-01.
+    pub birth_date: ScalarBuffer<i32>,
+    /// 性別: 1 = male, 2 = female.
+    pub sex: ScalarBuffer<u8>,
+    /// Key into the municipality dictionaries.
+    pub municipality: ScalarBuffer<u16>,
+    /// Key into the town dictionary.
+    pub town: ScalarBuffer<u32>,
+    /// Key into the block dictionary.
+    pub block: ScalarBuffer<u32>,
+    /// Index into [`STATUS_VALUES`].
+    pub status: ScalarBuffer<u8>,
+    /// Date the status took effect; null while resident.
+    pub status_date: Date32Array,
+    /// Index into [`CARD_VALUES`].
+    pub card: ScalarBuffer<u8>,
+}
+
+impl Columns {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.resident_code.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by the row columns.
+    pub fn memory_bytes(&self) -> usize {
+        self.len() * (8 + 8 + 4 + 4 + 4 + 1 + 2 + 4 + 4 + 1 + 4 + 1) + self.len() / 8
+    }
+}
+
+/// A whole registry: rows, dictionaries and the two indexes.
+pub struct RegistryData {
+    /// Row columns.
+    pub cols: Columns,
+    /// Dictionaries behind the key columns.
+    pub dicts: Dictionaries,
+    /// Index on My Number.
+    pub by_my_number: HashIndex,
+    /// Index on resident code.
+    pub by_resident_code: HashIndex,
+}
+
+/// A public column of 本人確認情報.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    /// 住民票コード.
+    ResidentCode,
+    /// 個人番号.
+    MyNumber,
+    /// 氏.
+    FamilyName,
+    /// 氏の振り仮名.
+    FamilyNameKana,
+    /// 名.
+    GivenName,
+    /// 名の振り仮名.
+    GivenNameKana,
+    /// 生年月日.
+    BirthDate,
+    /// 性別.
+    Sex,
+    /// 全国地方公共団体コード.
+    MunicipalityCode,
+    /// 市区町村名.
+    MunicipalityName,
+    /// 都道府県.
+    Prefecture,
+    /// 町域.
+    AddressTown,
+    /// 番地.
+    AddressBlock,
+    /// 状態 (resident / moved_abroad / deceased / removed).
+    Status,
+    /// 状態の日付.
+    StatusDate,
+    /// 個人番号カードの状態.
+    CardState,
+}
+
+impl Column {
+    /// Every public column, in schema order.
+    pub const ALL: [Column; 16] = [
+        Column::ResidentCode,
+        Column::MyNumber,
+        Column::FamilyName,
+        Column::FamilyNameKana,
+        Column::GivenName,
+        Column::GivenNameKana,
+        Column::BirthDate,
+        Column::Sex,
+        Column::MunicipalityCode,
+        Column::MunicipalityName,
+        Column::Prefecture,
+        Column::AddressTown,
+        Column::AddressBlock,
+        Column::Status,
+        Column::StatusDate,
+        Column::CardState,
+    ];
+
+    /// The column's name in the public schema.
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::ResidentCode => "resident_code",
+            Column::MyNumber => "my_number",
+            Column::FamilyName => "family_name",
+            Column::FamilyNameKana => "family_name_kana",
+            Column::GivenName => "given_name",
+            Column::GivenNameKana => "given_name_kana",
+            Column::BirthDate => "birth_date",
+            Column::Sex => "sex",
+            Column::MunicipalityCode => "municipality_code",
+            Column::MunicipalityName => "municipality_name",
+            Column::Prefecture => "prefecture",
+            Column::AddressTown => "address_town",
+            Column::AddressBlock => "address_block",
+            Column::Status => "status",
+            Column::StatusDate => "status_date",
+            Column::CardState => "card_state",
+        }
+    }
+
+    /// Look a column up by name; the error lists the valid names.
+    pub fn from_name(name: &str) -> Result<Column> {
+        Column::ALL.into_iter().find(|c| c.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = Column::ALL.iter().map(|c| c.name()).collect();
+            JukiError::InvalidInput(format!(
+                "unknown column '{name}': expected one of {}",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// The column's Arrow type.
+    pub fn data_type(self) -> DataType {
+        let dict = |k: DataType| DataType::Dictionary(Box::new(k), Box::new(DataType::Utf8));
+        match self {
+            Column::ResidentCode | Column::MyNumber => DataType::Utf8View,
+            Column::FamilyName
+            | Column::FamilyNameKana
+            | Column::GivenName
+            | Column::GivenNameKana
+            | Column::AddressTown
+            | Column::AddressBlock => dict(DataType::UInt32),
+            Column::MunicipalityCode | Column::MunicipalityName | Column::Prefecture => {
+                dict(DataType::UInt16)
+            }
+            Column::Status | Column::CardState => dict(DataType::UInt8),
+            Column::BirthDate | Column::StatusDate => DataType::Date32,
+            Column::Sex => DataType::UInt8,
+        }
+    }
+
+    /// The Arrow field (nullable: rows not found come back null).
+    pub fn field(self) -> Field {
+        Field::new(self.name(), self.data_type(), true)
+    }
+}
+
+/// The public schema of the given columns.
+pub fn schema_of(columns: &[Column]) -> SchemaRef {
+    Arc::new(Schema::new(columns.iter().map(|c| c.field()).collect::<Vec<_>>()))
+}
+
+/// Which rows of a gather were found, as Arrow validity (None when all were).
+pub fn found_validity(rows: &[u32]) -> Option<NullBuffer> {
+    let bits = BooleanBuffer::collect_bool(rows.len(), |i| rows[i] != NOT_FOUND);
+    NullBuffer::from(bits).into()
+}
+
+/// Gather `src[rows[i]]` for each i on all cores, prefetching ahead; missing rows give zero.
+pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> ScalarBuffer<T> {
+    const AHEAD: usize = 16;
+    let mut out: HugeVec<T> = HugeVec::zeroed(rows.len()).expect("allocation for a gather");
+    out.as_mut_slice().par_chunks_mut(1 << 14).zip(rows.par_chunks(1 << 14)).for_each(|(o, r)| {
+        for i in 0..r.len() {
+            if let Some(&ahead) = r.get(i + AHEAD) {
+                if ahead != NOT_FOUND {
+                    prefetch(&src[ahead as usize]);
+                }
+            }
+            let row = r[i];
+            if row != NOT_FOUND {
+                o[i] = src[row as usize];
+            }
+        }
+    });
+    out.into_buffer()
+}
+
+/// Render identifier values as fixed-width digit strings, inline in `Utf8View` views.
+pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> StringViewArray {
+    let n = kind.len();
+    let mut views: HugeVec<u128> = HugeVec::zeroed(values.len()).expect("allocation for views");
+    views.as_mut_slice().par_chunks_mut(1 << 14).zip(values.par_chunks(1 << 14)).for_each(
+        |(out, vals)| {
+            for (o, &v) in out.iter_mut().zip(vals) {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&(n as u32).to_le_bytes());
+                let mut x = v;
+                for i in (0..n).rev() {
+                    b[4 + i] = b'0' + (x % 10) as u8;
+                    x /= 10;
+                }
+                *o = u128::from_le_bytes(b);
+            }
+        },
+    );
+    let views = views.into_buffer();
+    // SAFETY: every view is an inline view (length ≤ 12) of ASCII digits, so the array needs no
+    // data buffers and every value is valid UTF-8; nulls has the views' length.
+    unsafe { StringViewArray::new_unchecked(views, Vec::<arrow_buffer::Buffer>::new().into(), nulls) }
+}
+
+fn small_dict(values: &[&str]) -> StringArray {
+    StringArray::from(values.to_vec())
+}
+
+impl RegistryData {
+    /// Assemble a registry, building both indexes (in parallel with each other).
+    pub fn new(cols: Columns, dicts: Dictionaries) -> Result<RegistryData> {
+        let (by_my_number, by_resident_code) = rayon::join(
+            || HashIndex::build(IdKind::MyNumber, &cols.my_number),
+            || HashIndex::build(IdKind::ResidentCode, &cols.resident_code),
+        );
+        Ok(RegistryData {
+            cols,
+            dicts,
+            by_my_number: by_my_number?,
+            by_resident_code: by_resident_code?,
+        })
+    }
+
+    /// Number of residents.
+    pub fn len(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Whether the registry is empty.
+    pub fn is_empty(&self) -> bool {
+        self.cols.is_empty()
+    }
+
+    /// The index for a key kind.
+    pub fn index(&self, kind: IdKind) -> Result<&HashIndex> {
+        match kind {
+            IdKind::MyNumber => Ok(&self.by_my_number),
+            IdKind::ResidentCode => Ok(&self.by_resident_code),
+            other => Err(JukiError::InvalidInput(format!(
+                "the registry is not indexed by {}: use my_number or resident_code",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Bytes held by rows and indexes (dictionaries are small and not counted).
+    pub fn memory_bytes(&self) -> usize {
+        self.cols.memory_bytes()
+            + self.by_my_number.memory_bytes()
+            + self.by_resident_code.memory_bytes()
+    }
+
+    /// A public column for the given rows (`None` = every row, zero-copy where storage allows);
+    /// rows equal to [`NOT_FOUND`] come back null.
+    pub fn column(&self, col: Column, rows: Option<&[u32]>) -> ArrayRef {
+        let c = &self.cols;
+        let d = &self.dicts;
+        let nulls = rows.and_then(found_validity);
+        fn keys<T: ArrowNativeType + Send + Sync>(
+            src: &ScalarBuffer<T>,
+            rows: Option<&[u32]>,
+        ) -> ScalarBuffer<T> {
+            match rows {
+                None => src.clone(),
+                Some(r) => gather(src, r),
+            }
+        }
+        macro_rules! dict {
+            ($kt:ty, $src:expr, $values:expr) => {{
+                let k = PrimitiveArray::<$kt>::new(keys($src, rows), nulls);
+                // SAFETY: stored keys are always < the length of their dictionary: the builders
+                // (generation, import, snapshot checks) guarantee it.
+                Arc::new(unsafe { DictionaryArray::<$kt>::new_unchecked(k, Arc::new($values)) })
+                    as ArrayRef
+            }};
+        }
+        match col {
+            Column::ResidentCode => {
+                Arc::new(render_ids(IdKind::ResidentCode, &keys(&c.resident_code, rows), nulls))
+            }
+            Column::MyNumber => {
+                Arc::new(render_ids(IdKind::MyNumber, &keys(&c.my_number, rows), nulls))
+            }
+            Column::FamilyName => dict!(UInt32Type, &c.family, d.family_name.clone()),
+            Column::FamilyNameKana => dict!(UInt32Type, &c.family, d.family_name_kana.clone()),
+            Column::GivenName => dict!(UInt32Type, &c.given, d.given_name.clone()),
+            Column::GivenNameKana => dict!(UInt32Type, &c.given, d.given_name_kana.clone()),
+            Column::MunicipalityCode => {
+                dict!(UInt16Type, &c.municipality, d.municipality_code.clone())
+            }
+            Column::MunicipalityName => {
+                dict!(UInt16Type, &c.municipality, d.municipality_name.clone())
+            }
+            Column::Prefecture => dict!(UInt16Type, &c.municipality, d.prefecture.clone()),
+            Column::AddressTown => dict!(UInt32Type, &c.town, d.address_town.clone()),
+            Column::AddressBlock => dict!(UInt32Type, &c.block, d.address_block.clone()),
+            Column::Status => dict!(UInt8Type, &c.status, small_dict(&STATUS_VALUES)),
+            Column::CardState => dict!(UInt8Type, &c.card, small_dict(&CARD_VALUES)),
+            Column::BirthDate => Arc::new(Date32Array::new(keys(&c.birth_date, rows), nulls)),
+            Column::Sex => Arc::new(UInt8Array::new(keys(&c.sex, rows), nulls)),
+            Column::StatusDate => {
+                let values = keys(c.status_date.values(), rows);
+                let stored = match rows {
+                    None => c.status_date.nulls().cloned(),
+                    Some(r) => c.status_date.nulls().map(|n| {
+                        NullBuffer::from(BooleanBuffer::collect_bool(r.len(), |i| {
+                            r[i] != NOT_FOUND && n.is_valid(r[i] as usize)
+                        }))
+                    }),
+                };
+                Arc::new(Date32Array::new(values, NullBuffer::union(stored.as_ref(), nulls.as_ref())))
+            }
+        }
+    }
+
+    /// Whether each row was found, as a boolean column.
+    pub fn found_column(rows: &[u32]) -> BooleanArray {
+        BooleanArray::new(BooleanBuffer::collect_bool(rows.len(), |i| rows[i] != NOT_FOUND), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_names_round_trip() {
+        for c in Column::ALL {
+            assert_eq!(Column::from_name(c.name()).unwrap(), c);
+        }
+        let e = Column::from_name("nope").unwrap_err();
+        assert!(e.to_string().contains("'nope'") && e.to_string().contains("my_number"));
+    }
+
+    #[test]
+    fn render_keeps_leading_zeros() {
+        let a = render_ids(IdKind::MyNumber, &[23456789013, 123456789018], None);
+        assert_eq!(a.value(0), "023456789013");
+        assert_eq!(a.value(1), "123456789018");
+    }
+
+    #[test]
+    fn gather_nulls_missing_rows() {
+        let src = vec![10u32, 11, 12, 13];
+        let rows = [3, NOT_FOUND, 0];
+        assert_eq!(&gather(&src, &rows)[..], &[13, 0, 10]);
+        let v = found_validity(&rows).unwrap();
+        assert!(v.is_valid(0) && v.is_null(1) && v.is_valid(2));
+    }
+}
