@@ -47,14 +47,24 @@ impl From<arrow_schema::ArrowError> for JukiError {
     }
 }
 
-create_exception!(_core, PyJukiError, PyException, "Base class of every juki_engine error.");
+create_exception!(
+    _core,
+    PyJukiError,
+    PyException,
+    "Base class of every juki_engine error."
+);
 create_exception!(
     _core,
     InvalidIdentifier,
     PyJukiError,
     "An identifier is malformed or has a wrong check digit."
 );
-create_exception!(_core, InvalidInput, PyJukiError, "Input does not have the documented shape.");
+create_exception!(
+    _core,
+    InvalidInput,
+    PyJukiError,
+    "Input does not have the documented shape."
+);
 create_exception!(
     _core,
     DuplicateIdentifier,
@@ -67,7 +77,12 @@ create_exception!(
     PyJukiError,
     "A snapshot file is truncated, corrupted or missing."
 );
-create_exception!(_core, SnapshotIOError, PyJukiError, "An I/O failure while reading or writing.");
+create_exception!(
+    _core,
+    SnapshotIOError,
+    PyJukiError,
+    "An I/O failure while reading or writing."
+);
 
 impl From<JukiError> for PyErr {
     fn from(e: JukiError) -> PyErr {
@@ -84,6 +99,7 @@ impl From<JukiError> for PyErr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pyo3::types::PyTypeMethods;
     use pyo3::Python;
 
     #[test]
@@ -91,9 +107,15 @@ mod tests {
         Python::initialize();
         Python::attach(|py| {
             let cases: Vec<(JukiError, &str)> = vec![
-                (JukiError::InvalidIdentifier("x".into()), "InvalidIdentifier"),
+                (
+                    JukiError::InvalidIdentifier("x".into()),
+                    "InvalidIdentifier",
+                ),
                 (JukiError::InvalidInput("x".into()), "InvalidInput"),
-                (JukiError::DuplicateIdentifier("x".into()), "DuplicateIdentifier"),
+                (
+                    JukiError::DuplicateIdentifier("x".into()),
+                    "DuplicateIdentifier",
+                ),
                 (JukiError::SnapshotCorrupt("x".into()), "SnapshotCorrupt"),
                 (JukiError::Io("x".into()), "SnapshotIOError"),
             ];

@@ -8,7 +8,9 @@
 //! Card states and statuses are exact per municipality: a permutation of the municipality's rows
 //! picks which residents hold them.
 
-use arrow_array::{Array, BooleanArray, Date32Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{
+    Array, BooleanArray, Date32Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use arrow_buffer::{BooleanBuffer, NullBuffer};
 use arrow_schema::DataType;
 use rayon::prelude::*;
@@ -30,8 +32,8 @@ const REMOVED_RATE: f64 = 0.0005;
 
 /// Japan's age structure (2016, thousands per 5-year band from 0–4 to 100–104).
 const AGE_BANDS: [u32; 21] = [
-    5000, 5300, 5600, 6000, 6100, 6400, 7200, 8100, 9700, 8700, 7900, 7600, 8600, 9800, 7800,
-    6300, 5000, 3300, 1500, 400, 70,
+    5000, 5300, 5600, 6000, 6100, 6400, 7200, 8100, 9700, 8700, 7900, 7600, 8600, 9800, 7800, 6300,
+    5000, 3300, 1500, 400, 70,
 ];
 
 /// What the generator draws from (see `juki_engine.synthetic`).
@@ -49,13 +51,18 @@ pub struct Plan {
 fn column<'a, T: 'static>(batch: &'a RecordBatch, table: &str, name: &str) -> Result<&'a T> {
     batch
         .column_by_name(name)
-        .ok_or_else(|| JukiError::InvalidInput(format!("plan table '{table}' has no column '{name}'")))?
+        .ok_or_else(|| {
+            JukiError::InvalidInput(format!("plan table '{table}' has no column '{name}'"))
+        })?
         .as_any()
         .downcast_ref::<T>()
         .ok_or_else(|| {
             JukiError::InvalidInput(format!(
                 "plan table '{table}' column '{name}' has the wrong type ({})",
-                batch.column_by_name(name).map(|c| c.data_type().clone()).unwrap_or(DataType::Null)
+                batch
+                    .column_by_name(name)
+                    .map(|c| c.data_type().clone())
+                    .unwrap_or(DataType::Null)
             ))
         })
 }
@@ -65,7 +72,10 @@ struct Rng(u64);
 
 impl Rng {
     fn for_row(seed: u64, stream: u64, row: u64) -> Rng {
-        Rng(mix(seed ^ mix(stream.wrapping_add(row.wrapping_mul(0xD1B5_4A32_D192_ED03)))))
+        Rng(mix(seed
+            ^ mix(
+                stream.wrapping_add(row.wrapping_mul(0xD1B5_4A32_D192_ED03))
+            )))
     }
 
     #[inline]
@@ -101,7 +111,11 @@ impl Permutation {
         let bits = 64 - domain.saturating_sub(1).leading_zeros();
         let half_bits = bits.div_ceil(2).max(1);
         let keys = [mix(key ^ 1), mix(key ^ 2), mix(key ^ 3), mix(key ^ 4)];
-        Permutation { half_bits, keys, domain }
+        Permutation {
+            half_bits,
+            keys,
+            domain,
+        }
     }
 
     fn round_trip(&self, v: u64) -> u64 {
@@ -205,8 +219,8 @@ pub fn generate(plan: &Plan, seed: u64) -> Result<RegistryData> {
             )));
         }
         let round = |rate: f64| ((pop as f64) * rate).round() as u64;
-        let non_resident = (round(DECEASED_RATE) + round(ABROAD_RATE) + round(REMOVED_RATE))
-            .min(pop - card_any);
+        let non_resident =
+            (round(DECEASED_RATE) + round(ABROAD_RATE) + round(REMOVED_RATE)).min(pop - card_any);
         let deceased = round(DECEASED_RATE).min(non_resident);
         let abroad = round(ABROAD_RATE).min(non_resident - deceased);
         let removed = non_resident - deceased - abroad;
@@ -234,13 +248,19 @@ pub fn generate(plan: &Plan, seed: u64) -> Result<RegistryData> {
         family_cumulative.push(acc);
     }
     if acc == 0 {
-        return Err(JukiError::InvalidInput("plan has no surname with a weight".into()));
+        return Err(JukiError::InvalidInput(
+            "plan has no surname with a weight".into(),
+        ));
     }
     let given_by_sex: [Vec<u32>; 2] = [1u8, 2].map(|s| {
-        (0..given_sex.len() as u32).filter(|&i| given_sex.value(i as usize) == s).collect()
+        (0..given_sex.len() as u32)
+            .filter(|&i| given_sex.value(i as usize) == s)
+            .collect()
     });
     if given_by_sex.iter().any(|v| v.is_empty()) {
-        return Err(JukiError::InvalidInput("plan needs given names for both sexes".into()));
+        return Err(JukiError::InvalidInput(
+            "plan needs given names for both sexes".into(),
+        ));
     }
     let age_cumulative: Vec<u32> = AGE_BANDS
         .iter()

@@ -33,7 +33,7 @@ impl IdKind {
     }
 
     /// Total number of digits, check digit included.
-    pub fn len(self) -> usize {
+    pub fn digits(self) -> usize {
         match self {
             IdKind::MyNumber => 12,
             IdKind::ResidentCode => 11,
@@ -58,7 +58,7 @@ impl IdKind {
 
     /// Number of base digits (the identifier without its check digit).
     pub fn base_len(self) -> usize {
-        self.len() - 1
+        self.digits() - 1
     }
 
     /// The check digit for `base`, given as its base digits (most significant first).
@@ -67,7 +67,11 @@ impl IdKind {
         match self {
             IdKind::MyNumber | IdKind::ResidentCode => modulus11(digits),
             IdKind::LocalGovernment => {
-                let sum: u32 = digits.iter().zip([6u32, 5, 4, 3, 2]).map(|(&d, w)| d as u32 * w).sum();
+                let sum: u32 = digits
+                    .iter()
+                    .zip([6u32, 5, 4, 3, 2])
+                    .map(|(&d, w)| d as u32 * w)
+                    .sum();
                 ((11 - sum % 11) % 10) as u8
             }
             IdKind::Corporate => {
@@ -107,7 +111,7 @@ impl IdKind {
 
     /// Whether an integer value is a valid identifier of this kind.
     pub fn is_valid_value(self, value: u64) -> bool {
-        if value >= 10u64.pow(self.len() as u32) {
+        if value >= 10u64.pow(self.digits() as u32) {
             return false;
         }
         match self {
@@ -129,17 +133,18 @@ impl IdKind {
 
     /// Render a value with its leading zeros.
     pub fn format(self, value: u64) -> String {
-        format!("{:0width$}", value, width = self.len())
+        format!("{:0width$}", value, width = self.digits())
     }
 
     /// Parse strictly: exactly `len()` ASCII digits with a valid check digit.
     pub fn parse(self, s: &str) -> Result<u64> {
-        self.parse_bytes(s.as_bytes()).map_err(|why| self.error(s, why))
+        self.parse_bytes(s.as_bytes())
+            .map_err(|why| self.error(s, why))
     }
 
     /// Parse strictly and return a short reason on failure (no allocation on success).
     pub fn parse_bytes(self, b: &[u8]) -> std::result::Result<u64, Reason> {
-        if b.len() != self.len() {
+        if b.len() != self.digits() {
             return Err(Reason::Length(b.len()));
         }
         let mut v = 0u64;
@@ -158,7 +163,7 @@ impl IdKind {
 
     /// Validate an integer key (as from a numpy array).
     pub fn check_value(self, v: u64) -> std::result::Result<u64, Reason> {
-        if v >= 10u64.pow(self.len() as u32) {
+        if v >= 10u64.pow(self.digits() as u32) {
             return Err(Reason::TooLarge);
         }
         if !self.is_valid_value(v) {
@@ -175,7 +180,7 @@ impl IdKind {
     /// The message naming the value and the reason it was rejected.
     pub fn describe(self, value: &str, why: Reason) -> String {
         let name = self.name();
-        let n = self.len();
+        let n = self.digits();
         match why {
             Reason::Length(got) => format!(
                 "{name} '{value}': must be exactly {n} ASCII digits, got {} characters",
@@ -248,7 +253,8 @@ pub fn normalize(kind: IdKind, s: &str) -> Result<Normalized> {
         match ch {
             '0'..='9' => out.value.push(ch),
             '０'..='９' => {
-                out.value.push(char::from(b'0' + (ch as u32 - '０' as u32) as u8));
+                out.value
+                    .push(char::from(b'0' + (ch as u32 - '０' as u32) as u8));
                 out.folded_full_width = true;
             }
             '-' | '‐' | '−' | '－' | 'ー' | ' ' | '\u{3000}' => out.removed_separators = true,
@@ -260,7 +266,8 @@ pub fn normalize(kind: IdKind, s: &str) -> Result<Normalized> {
             }
         }
     }
-    kind.parse_bytes(out.value.as_bytes()).map_err(|why| kind.error(s, why))?;
+    kind.parse_bytes(out.value.as_bytes())
+        .map_err(|why| kind.error(s, why))?;
     Ok(out)
 }
 
@@ -292,7 +299,10 @@ mod tests {
             .sum();
         let r = sum % 11;
         let expected = if r <= 1 { 0 } else { 11 - r } as u8;
-        assert_eq!(IdKind::ResidentCode.check_digit_of_digits(&digits), expected);
+        assert_eq!(
+            IdKind::ResidentCode.check_digit_of_digits(&digits),
+            expected
+        );
     }
 
     #[test]
@@ -308,8 +318,13 @@ mod tests {
 
     #[test]
     fn strictness_and_normalize() {
-        assert!(matches!(IdKind::MyNumber.parse_bytes(b"12345678901"), Err(Reason::Length(11))));
-        assert!(matches!(IdKind::MyNumber.parse_bytes("１２３４５６７８９０１８".as_bytes()), Err(_)));
+        assert!(matches!(
+            IdKind::MyNumber.parse_bytes(b"12345678901"),
+            Err(Reason::Length(11))
+        ));
+        assert!(IdKind::MyNumber
+            .parse_bytes("１２３４５６７８９０１８".as_bytes())
+            .is_err());
         let n = normalize(IdKind::MyNumber, "１２３４-５６７８-９０１８").unwrap();
         assert_eq!(n.value, "123456789018");
         assert!(n.folded_full_width && n.removed_separators);

@@ -30,7 +30,7 @@ const ROW_MASK: u64 = (1 << ROW_BITS) - 1;
 const PREFETCH_DISTANCE: usize = 16;
 
 /// An index from identifier to row.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct HashIndex {
     kind: IdKind,
     slots: ScalarBuffer<u64>,
@@ -61,7 +61,10 @@ impl HashIndex {
         let cap = capacity_for(values.len());
         let shift = 64 - cap.trailing_zeros();
         let mut table: HugeVec<u64> = HugeVec::zeroed(cap)?;
-        table.as_mut_slice().par_chunks_mut(1 << 16).for_each(|c| c.fill(EMPTY));
+        table
+            .as_mut_slice()
+            .par_chunks_mut(1 << 16)
+            .for_each(|c| c.fill(EMPTY));
         let duplicate = {
             let slots = table.as_mut_slice();
             // SAFETY: AtomicU64 has the same size and alignment as u64, and the exclusive borrow
@@ -98,7 +101,12 @@ impl HashIndex {
                 kind.format(values[a])
             )));
         }
-        Ok(HashIndex { kind, slots: table.into_buffer(), shift, len: values.len() })
+        Ok(HashIndex {
+            kind,
+            slots: table.into_buffer(),
+            shift,
+            len: values.len(),
+        })
     }
 
     /// Rebuild from persisted slots (see `snapshot`); checks the table's shape.
@@ -110,7 +118,12 @@ impl HashIndex {
                 kind.name()
             )));
         }
-        Ok(HashIndex { kind, slots, shift: 64 - cap.trailing_zeros(), len })
+        Ok(HashIndex {
+            kind,
+            slots,
+            shift: 64 - cap.trailing_zeros(),
+            len,
+        })
     }
 
     /// The identifier this index is on.
@@ -196,7 +209,9 @@ mod tests {
     use super::*;
 
     fn ids(n: u64) -> Vec<u64> {
-        (0..n).map(|i| IdKind::MyNumber.with_check_digit(i * 7_919 + 13)).collect()
+        (0..n)
+            .map(|i| IdKind::MyNumber.with_check_digit(i * 7_919 + 13))
+            .collect()
     }
 
     #[test]
@@ -213,7 +228,14 @@ mod tests {
         bases.push(missing / 10);
         let mut rows = vec![0u32; bases.len()];
         index.probe(&bases, &mut rows);
-        assert_eq!(rows[..10_000].iter().enumerate().filter(|(i, &r)| *i as u32 != r).count(), 0);
+        assert_eq!(
+            rows[..10_000]
+                .iter()
+                .enumerate()
+                .filter(|(i, &r)| *i as u32 != r)
+                .count(),
+            0
+        );
         assert_eq!(&rows[10_000..], &[NOT_FOUND, NOT_FOUND]);
     }
 

@@ -28,7 +28,11 @@ impl<T: ArrowNativeType> HugeVec<T> {
             .map_err(|e| JukiError::Io(format!("cannot allocate {bytes} bytes: {e}")))?;
         // Advice is a hint: a kernel without THP still gives correct (slower) memory.
         let _ = map.advise(Advice::HugePage);
-        Ok(HugeVec { map, len, _t: PhantomData })
+        Ok(HugeVec {
+            map,
+            len,
+            _t: PhantomData,
+        })
     }
 
     /// The values, mutably.

@@ -23,8 +23,7 @@ use crate::storage::{schema_of, Column, RegistryData};
 
 fn one_batch(table: Table, what: &str) -> Result<RecordBatch> {
     let (batches, schema) = table.into_inner();
-    concat_batches(&schema, &batches)
-        .map_err(|e| JukiError::InvalidInput(format!("{what}: {e}")))
+    concat_batches(&schema, &batches).map_err(|e| JukiError::InvalidInput(format!("{what}: {e}")))
 }
 
 fn columns_of(names: Option<Vec<String>>) -> Result<Vec<Column>> {
@@ -34,8 +33,12 @@ fn columns_of(names: Option<Vec<String>>) -> Result<Vec<Column>> {
     }
 }
 
-fn to_table(batches: Vec<RecordBatch>, schema: arrow_schema::SchemaRef) -> PyResult<PyArrowType<Table>> {
-    let table = Table::try_new(batches, schema).map_err(|e: ArrowError| JukiError::InvalidInput(e.to_string()))?;
+fn to_table(
+    batches: Vec<RecordBatch>,
+    schema: arrow_schema::SchemaRef,
+) -> PyResult<PyArrowType<Table>> {
+    let table = Table::try_new(batches, schema)
+        .map_err(|e: ArrowError| JukiError::InvalidInput(e.to_string()))?;
     Ok(PyArrowType(table))
 }
 
@@ -66,7 +69,9 @@ impl PyRegistry {
             given_names: one_batch(given_names.0, "given_names")?,
         };
         let data = py.detach(|| generate::generate(&plan, seed))?;
-        Ok(PyRegistry { data: Arc::new(data) })
+        Ok(PyRegistry {
+            data: Arc::new(data),
+        })
     }
 
     /// Open a snapshot directory written by `save`.
@@ -74,7 +79,9 @@ impl PyRegistry {
     #[pyo3(signature = (path, mmap = false))]
     fn open(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyRegistry> {
         let data = py.detach(|| snapshot::open(&path, mmap))?;
-        Ok(PyRegistry { data: Arc::new(data) })
+        Ok(PyRegistry {
+            data: Arc::new(data),
+        })
     }
 
     /// Save atomically to a snapshot directory.
@@ -88,12 +95,18 @@ impl PyRegistry {
     fn from_arrow(py: Python<'_>, table: PyArrowType<Table>) -> PyResult<PyRegistry> {
         let batch = one_batch(table.0, "registry table")?;
         let data = py.detach(|| crate::import::from_batch(&batch))?;
-        Ok(PyRegistry { data: Arc::new(data) })
+        Ok(PyRegistry {
+            data: Arc::new(data),
+        })
     }
 
     /// The registry as an Arrow table of the public schema.
     #[pyo3(signature = (columns = None))]
-    fn to_arrow(&self, py: Python<'_>, columns: Option<Vec<String>>) -> PyResult<PyArrowType<Table>> {
+    fn to_arrow(
+        &self,
+        py: Python<'_>,
+        columns: Option<Vec<String>>,
+    ) -> PyResult<PyArrowType<Table>> {
         let cols = columns_of(columns)?;
         let schema = schema_of(&cols);
         let batch = py.detach(|| {
@@ -122,7 +135,12 @@ impl PyRegistry {
 
     /// Verify claims; see `juki_engine.Registry.verify`.
     #[pyo3(signature = (claims, by = "my_number"))]
-    fn verify(&self, py: Python<'_>, claims: PyArrowType<Table>, by: &str) -> PyResult<PyArrowType<Table>> {
+    fn verify(
+        &self,
+        py: Python<'_>,
+        claims: PyArrowType<Table>,
+        by: &str,
+    ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
         let (batches, _) = claims.0.into_inner();
         let results = py.detach(|| {
@@ -134,7 +152,9 @@ impl PyRegistry {
         let schema = match results.first() {
             Some(b) => b.schema(),
             None => {
-                return Err(JukiError::InvalidInput("claims table has no record batch".into()).into())
+                return Err(
+                    JukiError::InvalidInput("claims table has no record batch".into()).into(),
+                )
             }
         };
         to_table(results, schema)
@@ -200,18 +220,21 @@ fn normalize(kind: &str, value: &str) -> PyResult<(String, bool, bool)> {
 
 /// Vectorised `is_valid` over an Arrow array of strings or integers; null stays null.
 #[pyfunction]
-fn is_valid_array(py: Python<'_>, kind: &str, values: PyArrowType<ArrayData>) -> PyResult<PyArrowType<ArrayData>> {
+fn is_valid_array(
+    py: Python<'_>,
+    kind: &str,
+    values: PyArrowType<ArrayData>,
+) -> PyResult<PyArrowType<ArrayData>> {
     let k = IdKind::from_name(kind)?;
     let array = arrow_array::make_array(values.0);
     let out = py.detach(|| -> Result<BooleanArray> {
         let parsed = query::parse_keys(k, array.as_ref())?;
-        let mut valid: Vec<Option<bool>> =
-            parsed.bases.iter().map(|&b| Some(b != crate::index::INVALID_KEY)).collect();
-        for i in 0..array.len() {
-            if array.is_null(i) {
-                valid[i] = None;
-            }
-        }
+        let valid: Vec<Option<bool>> = parsed
+            .bases
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (!array.is_null(i)).then_some(b != crate::index::INVALID_KEY))
+            .collect();
         Ok(BooleanArray::from(valid))
     })?;
     Ok(PyArrowType(out.into_data()))
@@ -219,13 +242,20 @@ fn is_valid_array(py: Python<'_>, kind: &str, values: PyArrowType<ArrayData>) ->
 
 /// Vectorised `check_digit` over an Arrow array of base strings; malformed bases give null.
 #[pyfunction]
-fn check_digit_array(py: Python<'_>, kind: &str, bases: PyArrowType<ArrayData>) -> PyResult<PyArrowType<ArrayData>> {
+fn check_digit_array(
+    py: Python<'_>,
+    kind: &str,
+    bases: PyArrowType<ArrayData>,
+) -> PyResult<PyArrowType<ArrayData>> {
     let k = IdKind::from_name(kind)?;
     let array = arrow_array::make_array(bases.0);
     let out = py.detach(|| -> Result<UInt8Array> {
         let strings = cast(array.as_ref(), &DataType::Utf8View)
             .map_err(|e| JukiError::InvalidInput(format!("bases must be strings: {e}")))?;
-        let strings = strings.as_any().downcast_ref::<StringViewArray>().expect("cast");
+        let strings = strings
+            .as_any()
+            .downcast_ref::<StringViewArray>()
+            .expect("cast");
         Ok(strings
             .iter()
             .map(|s| {
@@ -251,11 +281,23 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_valid_array, m)?)?;
     m.add_function(wrap_pyfunction!(check_digit_array, m)?)?;
     m.add("JukiError", py.get_type::<crate::error::PyJukiError>())?;
-    m.add("InvalidIdentifier", py.get_type::<crate::error::InvalidIdentifier>())?;
+    m.add(
+        "InvalidIdentifier",
+        py.get_type::<crate::error::InvalidIdentifier>(),
+    )?;
     m.add("InvalidInput", py.get_type::<crate::error::InvalidInput>())?;
-    m.add("DuplicateIdentifier", py.get_type::<crate::error::DuplicateIdentifier>())?;
-    m.add("SnapshotCorrupt", py.get_type::<crate::error::SnapshotCorrupt>())?;
-    m.add("SnapshotIOError", py.get_type::<crate::error::SnapshotIOError>())?;
+    m.add(
+        "DuplicateIdentifier",
+        py.get_type::<crate::error::DuplicateIdentifier>(),
+    )?;
+    m.add(
+        "SnapshotCorrupt",
+        py.get_type::<crate::error::SnapshotCorrupt>(),
+    )?;
+    m.add(
+        "SnapshotIOError",
+        py.get_type::<crate::error::SnapshotIOError>(),
+    )?;
     m.add("REFERENCE_DATE", generate::REFERENCE_DATE)?;
     m.add("MAX_ROWS", crate::index::MAX_ROWS)?;
     Ok(())

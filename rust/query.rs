@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use arrow_array::{
-    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray, StringViewArray, UInt8Array,
+    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, Int64Array, RecordBatch,
+    StringArray, StringViewArray, UInt8Array,
 };
 use arrow_buffer::{BooleanBuffer, NullBuffer};
 use arrow_cast::{cast_with_options, CastOptions};
@@ -34,7 +35,10 @@ pub struct ParsedKeys {
 }
 
 fn strict_cast(array: &dyn Array, to: &DataType, what: &str) -> Result<ArrayRef> {
-    let options = CastOptions { safe: false, ..Default::default() };
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
     cast_with_options(array, to, &options)
         .map_err(|e| JukiError::InvalidInput(format!("{what}: {e}")))
 }
@@ -45,18 +49,19 @@ pub fn parse_keys(kind: IdKind, keys: &dyn Array) -> Result<ParsedKeys> {
     let n = keys.len();
     let mut bases = vec![INVALID_KEY; n];
     let errors: Vec<(usize, String)> = match keys.data_type() {
-        DataType::Utf8
-        | DataType::LargeUtf8
-        | DataType::Utf8View
-        | DataType::Dictionary(_, _) => {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _) => {
             let owned = strict_cast(keys, &DataType::Utf8View, kind.name())?;
-            let strings = owned.as_any().downcast_ref::<StringViewArray>().expect("cast");
+            let strings = owned
+                .as_any()
+                .downcast_ref::<StringViewArray>()
+                .expect("cast");
             parse_chunks(&mut bases, |i| {
                 if strings.is_null(i) {
                     return Err(kind.describe("", Reason::Null));
                 }
                 let s = strings.value(i);
-                kind.parse_bytes(s.as_bytes()).map_err(|why| kind.describe(s, why))
+                kind.parse_bytes(s.as_bytes())
+                    .map_err(|why| kind.describe(s, why))
             })
         }
         t if t.is_integer() => {
@@ -231,9 +236,19 @@ impl ClaimField {
 
 /// One claimed column, prepared for the kernel.
 enum Check<'a> {
-    Text { claims: StringViewArray, keys: Keys<'a>, dict: &'a StringArray },
-    Date { claims: Date32Array, stored: &'a [i32] },
-    Sex { claims: UInt8Array, stored: &'a [u8] },
+    Text {
+        claims: StringViewArray,
+        keys: Keys<'a>,
+        dict: &'a StringArray,
+    },
+    Date {
+        claims: Date32Array,
+        stored: &'a [i32],
+    },
+    Sex {
+        claims: UInt8Array,
+        stored: &'a [u8],
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -301,7 +316,11 @@ impl Check<'_> {
     }
 }
 
-fn prepare<'a>(data: &'a RegistryData, field: ClaimField, claimed: &dyn Array) -> Result<Check<'a>> {
+fn prepare<'a>(
+    data: &'a RegistryData,
+    field: ClaimField,
+    claimed: &dyn Array,
+) -> Result<Check<'a>> {
     let c = &data.cols;
     let d = &data.dicts;
     let what = format!("claims column '{}'", field.name());
@@ -316,7 +335,11 @@ fn prepare<'a>(data: &'a RegistryData, field: ClaimField, claimed: &dyn Array) -
             )));
         }
         let cast = strict_cast(claimed, &DataType::Utf8View, &what)?;
-        let claims = cast.as_any().downcast_ref::<StringViewArray>().expect("cast").clone();
+        let claims = cast
+            .as_any()
+            .downcast_ref::<StringViewArray>()
+            .expect("cast")
+            .clone();
         Ok(Check::Text { claims, keys, dict })
     };
     match field {
@@ -327,8 +350,15 @@ fn prepare<'a>(data: &'a RegistryData, field: ClaimField, claimed: &dyn Array) -
         ClaimField::MunicipalityCode => text(Keys::U16(&c.municipality), &d.municipality_code),
         ClaimField::BirthDate => {
             let cast = strict_cast(claimed, &DataType::Date32, &what)?;
-            let claims = cast.as_any().downcast_ref::<Date32Array>().expect("cast").clone();
-            Ok(Check::Date { claims, stored: &c.birth_date })
+            let claims = cast
+                .as_any()
+                .downcast_ref::<Date32Array>()
+                .expect("cast")
+                .clone();
+            Ok(Check::Date {
+                claims,
+                stored: &c.birth_date,
+            })
         }
         ClaimField::Sex => {
             if !claimed.data_type().is_integer() {
@@ -338,8 +368,15 @@ fn prepare<'a>(data: &'a RegistryData, field: ClaimField, claimed: &dyn Array) -
                 )));
             }
             let cast = strict_cast(claimed, &DataType::UInt8, &what)?;
-            let claims = cast.as_any().downcast_ref::<UInt8Array>().expect("cast").clone();
-            Ok(Check::Sex { claims, stored: &c.sex })
+            let claims = cast
+                .as_any()
+                .downcast_ref::<UInt8Array>()
+                .expect("cast")
+                .clone();
+            Ok(Check::Sex {
+                claims,
+                stored: &c.sex,
+            })
         }
     }
 }
@@ -363,15 +400,18 @@ pub fn verify(
         if f.name() == by.name() {
             continue;
         }
-        let field = ClaimField::ALL.into_iter().find(|c| c.name() == f.name()).ok_or_else(|| {
-            let known: Vec<&str> = ClaimField::ALL.iter().map(|c| c.name()).collect();
-            JukiError::InvalidInput(format!(
-                "claims column '{}' cannot be verified: expected the key '{}' and any of {}",
-                f.name(),
-                by.name(),
-                known.join(", ")
-            ))
-        })?;
+        let field = ClaimField::ALL
+            .into_iter()
+            .find(|c| c.name() == f.name())
+            .ok_or_else(|| {
+                let known: Vec<&str> = ClaimField::ALL.iter().map(|c| c.name()).collect();
+                JukiError::InvalidInput(format!(
+                    "claims column '{}' cannot be verified: expected the key '{}' and any of {}",
+                    f.name(),
+                    by.name(),
+                    known.join(", ")
+                ))
+            })?;
         checks.push(prepare(data, field, array.as_ref())?);
         names.push(format!("{}_match", field.name()));
     }
@@ -380,23 +420,25 @@ pub fn verify(
     let n = rows.len();
     let mut out = vec![UNCLAIMED; n * k];
     if k > 0 {
-        out.par_chunks_mut(CHUNK * k).enumerate().for_each(|(c, o)| {
-            let start = c * CHUNK;
-            let r = &rows[start..(start + CHUNK).min(n)];
-            for i in 0..r.len() {
-                if let Some(&ahead) = r.get(i + AHEAD) {
-                    if ahead != NOT_FOUND {
-                        checks.iter().for_each(|ch| ch.prefetch(ahead as usize));
+        out.par_chunks_mut(CHUNK * k)
+            .enumerate()
+            .for_each(|(c, o)| {
+                let start = c * CHUNK;
+                let r = &rows[start..(start + CHUNK).min(n)];
+                for i in 0..r.len() {
+                    if let Some(&ahead) = r.get(i + AHEAD) {
+                        if ahead != NOT_FOUND {
+                            checks.iter().for_each(|ch| ch.prefetch(ahead as usize));
+                        }
+                    }
+                    if r[i] == NOT_FOUND {
+                        continue;
+                    }
+                    for (j, ch) in checks.iter().enumerate() {
+                        o[i * k + j] = ch.check(start + i, r[i] as usize, text);
                     }
                 }
-                if r[i] == NOT_FOUND {
-                    continue;
-                }
-                for (j, ch) in checks.iter().enumerate() {
-                    o[i * k + j] = ch.check(start + i, r[i] as usize, text);
-                }
-            }
-        });
+            });
     }
     let mut fields = vec![
         Field::new("found", DataType::Boolean, false),
@@ -404,12 +446,16 @@ pub fn verify(
         error_field(),
     ];
     let status = data.column(Column::Status, Some(&rows));
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(RegistryData::found_column(&rows)), status, errors];
+    let mut arrays: Vec<ArrayRef> =
+        vec![Arc::new(RegistryData::found_column(&rows)), status, errors];
     for (j, name) in names.into_iter().enumerate() {
         let values = BooleanBuffer::collect_bool(n, |i| out[i * k + j] == YES);
         let valid = BooleanBuffer::collect_bool(n, |i| out[i * k + j] != UNCLAIMED);
         fields.push(Field::new(name, DataType::Boolean, true));
-        arrays.push(Arc::new(BooleanArray::new(values, Some(NullBuffer::from(valid)))));
+        arrays.push(Arc::new(BooleanArray::new(
+            values,
+            Some(NullBuffer::from(valid)),
+        )));
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }

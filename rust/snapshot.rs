@@ -83,12 +83,22 @@ fn write_file(
 ) -> Result<FileEntry> {
     let path = dir.join(name);
     let file = File::create(&path).map_err(|e| io(&path, e))?;
-    let mut w = Hashing { inner: BufWriter::with_capacity(1 << 22, file), hasher: Xxh3::new(), bytes: 0 };
+    let mut w = Hashing {
+        inner: BufWriter::with_capacity(1 << 22, file),
+        hasher: Xxh3::new(),
+        bytes: 0,
+    };
     fill(&mut w)?;
     w.flush().map_err(|e| io(&path, e))?;
-    let entry =
-        FileEntry { name: name.to_string(), bytes: w.bytes, xxh3: format!("{:016x}", w.hasher.digest()) };
-    let file = w.inner.into_inner().map_err(|e| io(&path, e.into_error()))?;
+    let entry = FileEntry {
+        name: name.to_string(),
+        bytes: w.bytes,
+        xxh3: format!("{:016x}", w.hasher.digest()),
+    };
+    let file = w
+        .inner
+        .into_inner()
+        .map_err(|e| io(&path, e.into_error()))?;
     file.sync_all().map_err(|e| io(&path, e))?;
     Ok(entry)
 }
@@ -106,12 +116,15 @@ fn write_ipc(dir: &Path, name: &str, columns: Vec<(&str, ArrayRef)>) -> Result<F
 fn write_slots(dir: &Path, name: &str, index: &HashIndex) -> Result<FileEntry> {
     let path = dir.join(name);
     write_file(dir, name, |w| {
-        w.write_all(index.slots().inner().as_slice()).map_err(|e| io(&path, e))
+        w.write_all(index.slots().inner().as_slice())
+            .map_err(|e| io(&path, e))
     })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
 }
 
 fn versions(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
@@ -119,7 +132,10 @@ fn versions(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in fs::read_dir(dir).map_err(|e| io(dir, e))? {
         let entry = entry.map_err(|e| io(dir, e))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(n) = name.strip_prefix("v-").and_then(|s| s.split('.').next()?.parse().ok()) {
+        if let Some(n) = name
+            .strip_prefix("v-")
+            .and_then(|s| s.split('.').next()?.parse().ok())
+        {
             out.push((n, entry.path()));
         }
     }
@@ -167,10 +183,21 @@ pub fn save(data: &RegistryData, dir: &Path) -> Result<()> {
             )
         }),
         Box::new(|| {
-            write_ipc(&tmp, "dict_family.arrow", vec![("name", s(&d.family_name)), ("kana", s(&d.family_name_kana))])
+            write_ipc(
+                &tmp,
+                "dict_family.arrow",
+                vec![
+                    ("name", s(&d.family_name)),
+                    ("kana", s(&d.family_name_kana)),
+                ],
+            )
         }),
         Box::new(|| {
-            write_ipc(&tmp, "dict_given.arrow", vec![("name", s(&d.given_name)), ("kana", s(&d.given_name_kana))])
+            write_ipc(
+                &tmp,
+                "dict_given.arrow",
+                vec![("name", s(&d.given_name)), ("kana", s(&d.given_name_kana))],
+            )
         }),
         Box::new(|| {
             write_ipc(
@@ -184,15 +211,29 @@ pub fn save(data: &RegistryData, dir: &Path) -> Result<()> {
             )
         }),
         Box::new(|| write_ipc(&tmp, "dict_town.arrow", vec![("name", s(&d.address_town))])),
-        Box::new(|| write_ipc(&tmp, "dict_block.arrow", vec![("name", s(&d.address_block))])),
+        Box::new(|| {
+            write_ipc(
+                &tmp,
+                "dict_block.arrow",
+                vec![("name", s(&d.address_block))],
+            )
+        }),
         Box::new(|| write_slots(&tmp, INDEX_MY_NUMBER, &data.by_my_number)),
         Box::new(|| write_slots(&tmp, INDEX_RESIDENT_CODE, &data.by_resident_code)),
     ];
-    let files: Vec<FileEntry> =
-        jobs.into_par_iter().map(|job| job()).collect::<Result<Vec<_>>>()?;
-    let manifest = Manifest { format: FORMAT.to_string(), rows: data.len(), files };
+    let files: Vec<FileEntry> = jobs
+        .into_par_iter()
+        .map(|job| job())
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = Manifest {
+        format: FORMAT.to_string(),
+        rows: data.len(),
+        files,
+    };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    write_file(&tmp, "manifest.json", |w| w.write_all(&json).map_err(|e| io(&tmp, e)))?;
+    write_file(&tmp, "manifest.json", |w| {
+        w.write_all(&json).map_err(|e| io(&tmp, e))
+    })?;
     sync_dir(&tmp)?;
     fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, e))?;
     sync_dir(dir)?;
@@ -237,11 +278,18 @@ fn read_ipc(buf: &Buffer, name: &str) -> Result<RecordBatch> {
         Ok(buf.slice_with_length(start, size))
     };
     for block in footer.dictionaries().iter().flatten() {
-        decoder.read_dictionary(block, &slice(block)?).map_err(|e| corrupt(name, e))?;
+        decoder
+            .read_dictionary(block, &slice(block)?)
+            .map_err(|e| corrupt(name, e))?;
     }
-    let batches = footer.recordBatches().ok_or_else(|| corrupt(name, "no record batch"))?;
+    let batches = footer
+        .recordBatches()
+        .ok_or_else(|| corrupt(name, "no record batch"))?;
     if batches.len() != 1 {
-        return Err(corrupt(name, format!("{} record batches, expected 1", batches.len())));
+        return Err(corrupt(
+            name,
+            format!("{} record batches, expected 1", batches.len()),
+        ));
     }
     let block = batches.get(0);
     decoder
@@ -250,12 +298,21 @@ fn read_ipc(buf: &Buffer, name: &str) -> Result<RecordBatch> {
         .ok_or_else(|| corrupt(name, "empty record batch"))
 }
 
-fn values<T: ArrowPrimitiveType>(batch: &RecordBatch, file: &str, col: &str) -> Result<PrimitiveArray<T>> {
+fn values<T: ArrowPrimitiveType>(
+    batch: &RecordBatch,
+    file: &str,
+    col: &str,
+) -> Result<PrimitiveArray<T>> {
     batch
         .column_by_name(col)
         .and_then(|a| a.as_any().downcast_ref::<PrimitiveArray<T>>())
         .cloned()
-        .ok_or_else(|| corrupt(file, format!("column '{col}' is missing or has the wrong type")))
+        .ok_or_else(|| {
+            corrupt(
+                file,
+                format!("column '{col}' is missing or has the wrong type"),
+            )
+        })
 }
 
 fn strings(batch: &RecordBatch, file: &str, col: &str) -> Result<StringArray> {
@@ -263,14 +320,26 @@ fn strings(batch: &RecordBatch, file: &str, col: &str) -> Result<StringArray> {
         .column_by_name(col)
         .and_then(|a| a.as_any().downcast_ref::<StringArray>())
         .cloned()
-        .ok_or_else(|| corrupt(file, format!("column '{col}' is missing or has the wrong type")))
+        .ok_or_else(|| {
+            corrupt(
+                file,
+                format!("column '{col}' is missing or has the wrong type"),
+            )
+        })
 }
 
 /// Every key must address its dictionary: the kernels rely on it.
-fn check_keys<T: Copy + Into<u64> + Send + Sync>(keys: &[T], bound: usize, what: &str) -> Result<()> {
+fn check_keys<T: Copy + Into<u64> + Send + Sync>(
+    keys: &[T],
+    bound: usize,
+    what: &str,
+) -> Result<()> {
     let max = keys.par_iter().map(|&k| k.into()).max().unwrap_or(0);
     if !keys.is_empty() && max >= bound as u64 {
-        return Err(corrupt(RESIDENTS, format!("{what} key {max} outside its dictionary of {bound}")));
+        return Err(corrupt(
+            RESIDENTS,
+            format!("{what} key {max} outside its dictionary of {bound}"),
+        ));
     }
     Ok(())
 }
@@ -279,21 +348,35 @@ fn check_keys<T: Copy + Into<u64> + Send + Sync>(keys: &[T], bound: usize, what:
 /// otherwise they are read into huge-page memory, which is faster for random lookups.
 pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
     if !dir.is_dir() {
-        return Err(JukiError::Io(format!("snapshot '{}' does not exist", dir.display())));
+        return Err(JukiError::Io(format!(
+            "snapshot '{}' does not exist",
+            dir.display()
+        )));
     }
-    let current = fs::read_to_string(dir.join("CURRENT"))
-        .map_err(|e| JukiError::SnapshotCorrupt(format!("snapshot file 'CURRENT' cannot be read: {e}")))?;
+    let current = fs::read_to_string(dir.join("CURRENT")).map_err(|e| {
+        JukiError::SnapshotCorrupt(format!("snapshot file 'CURRENT' cannot be read: {e}"))
+    })?;
     let version = current.trim();
-    if !version.strip_prefix("v-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(corrupt("CURRENT", format!("'{version}' is not a version name")));
+    if !version
+        .strip_prefix("v-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(corrupt(
+            "CURRENT",
+            format!("'{version}' is not a version name"),
+        ));
     }
     let vdir = dir.join(version);
     let manifest_path = vdir.join("manifest.json");
     let manifest_name = format!("{version}/manifest.json");
     let raw = fs::read(&manifest_path).map_err(|e| corrupt(&manifest_name, e))?;
-    let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| corrupt(&manifest_name, e))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&raw).map_err(|e| corrupt(&manifest_name, e))?;
     if manifest.format != FORMAT {
-        return Err(corrupt(&manifest_name, format!("format '{}', expected '{FORMAT}'", manifest.format)));
+        return Err(corrupt(
+            &manifest_name,
+            format!("format '{}', expected '{FORMAT}'", manifest.format),
+        ));
     }
     let loaded: Vec<(String, Buffer)> = manifest
         .files
@@ -303,13 +386,26 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
             let shown = format!("{version}/{}", entry.name);
             let actual = fs::metadata(&path).map_err(|e| corrupt(&shown, e))?.len();
             if actual != entry.bytes {
-                return Err(corrupt(&shown, format!("{actual} bytes, the manifest says {} (truncated?)", entry.bytes)));
+                return Err(corrupt(
+                    &shown,
+                    format!(
+                        "{actual} bytes, the manifest says {} (truncated?)",
+                        entry.bytes
+                    ),
+                ));
             }
-            let buf = if mmap { map_file(&path) } else { read_file_huge(&path) }
-                .map_err(|e| corrupt(&shown, e))?;
+            let buf = if mmap {
+                map_file(&path)
+            } else {
+                read_file_huge(&path)
+            }
+            .map_err(|e| corrupt(&shown, e))?;
             let sum = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(buf.as_slice()));
             if sum != entry.xxh3 {
-                return Err(corrupt(&shown, format!("checksum {sum}, the manifest says {}", entry.xxh3)));
+                return Err(corrupt(
+                    &shown,
+                    format!("checksum {sum}, the manifest says {}", entry.xxh3),
+                ));
             }
             Ok((entry.name.clone(), buf))
         })
@@ -328,22 +424,47 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
     let town = read_ipc(get("dict_town.arrow")?, "dict_town.arrow")?;
     let block = read_ipc(get("dict_block.arrow")?, "dict_block.arrow")?;
     if rows.num_rows() != manifest.rows {
-        return Err(corrupt(RESIDENTS, format!("{} rows, the manifest says {}", rows.num_rows(), manifest.rows)));
+        return Err(corrupt(
+            RESIDENTS,
+            format!(
+                "{} rows, the manifest says {}",
+                rows.num_rows(),
+                manifest.rows
+            ),
+        ));
     }
     let r = |col| values::<UInt64Type>(&rows, RESIDENTS, col).map(|a| a.values().clone());
     let cols = Columns {
         resident_code: r("resident_code")?,
         my_number: r("my_number")?,
-        family: values::<UInt32Type>(&rows, RESIDENTS, "family")?.values().clone(),
-        given: values::<UInt32Type>(&rows, RESIDENTS, "given")?.values().clone(),
-        birth_date: values::<Date32Type>(&rows, RESIDENTS, "birth_date")?.values().clone(),
-        sex: values::<UInt8Type>(&rows, RESIDENTS, "sex")?.values().clone(),
-        municipality: values::<UInt16Type>(&rows, RESIDENTS, "municipality")?.values().clone(),
-        town: values::<UInt32Type>(&rows, RESIDENTS, "town")?.values().clone(),
-        block: values::<UInt32Type>(&rows, RESIDENTS, "block")?.values().clone(),
-        status: values::<UInt8Type>(&rows, RESIDENTS, "status")?.values().clone(),
+        family: values::<UInt32Type>(&rows, RESIDENTS, "family")?
+            .values()
+            .clone(),
+        given: values::<UInt32Type>(&rows, RESIDENTS, "given")?
+            .values()
+            .clone(),
+        birth_date: values::<Date32Type>(&rows, RESIDENTS, "birth_date")?
+            .values()
+            .clone(),
+        sex: values::<UInt8Type>(&rows, RESIDENTS, "sex")?
+            .values()
+            .clone(),
+        municipality: values::<UInt16Type>(&rows, RESIDENTS, "municipality")?
+            .values()
+            .clone(),
+        town: values::<UInt32Type>(&rows, RESIDENTS, "town")?
+            .values()
+            .clone(),
+        block: values::<UInt32Type>(&rows, RESIDENTS, "block")?
+            .values()
+            .clone(),
+        status: values::<UInt8Type>(&rows, RESIDENTS, "status")?
+            .values()
+            .clone(),
         status_date: values::<Date32Type>(&rows, RESIDENTS, "status_date")?,
-        card: values::<UInt8Type>(&rows, RESIDENTS, "card")?.values().clone(),
+        card: values::<UInt8Type>(&rows, RESIDENTS, "card")?
+            .values()
+            .clone(),
     };
     let dicts = Dictionaries {
         family_name: strings(&fam, "dict_family.arrow", "name")?,
@@ -356,9 +477,21 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
         address_town: strings(&town, "dict_town.arrow", "name")?,
         address_block: strings(&block, "dict_block.arrow", "name")?,
     };
-    check_keys(&cols.family, dicts.family_name.len().min(dicts.family_name_kana.len()), "family")?;
-    check_keys(&cols.given, dicts.given_name.len().min(dicts.given_name_kana.len()), "given")?;
-    let m = dicts.municipality_code.len().min(dicts.municipality_name.len()).min(dicts.prefecture.len());
+    check_keys(
+        &cols.family,
+        dicts.family_name.len().min(dicts.family_name_kana.len()),
+        "family",
+    )?;
+    check_keys(
+        &cols.given,
+        dicts.given_name.len().min(dicts.given_name_kana.len()),
+        "given",
+    )?;
+    let m = dicts
+        .municipality_code
+        .len()
+        .min(dicts.municipality_name.len())
+        .min(dicts.prefecture.len());
     check_keys(&cols.municipality, m, "municipality")?;
     check_keys(&cols.town, dicts.address_town.len(), "town")?;
     check_keys(&cols.block, dicts.address_block.len(), "block")?;
@@ -372,8 +505,17 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
         let n = buf.len() / 8;
         Ok(ScalarBuffer::new(buf, 0, n))
     };
-    let by_my_number = HashIndex::from_slots(IdKind::MyNumber, slots(INDEX_MY_NUMBER)?, manifest.rows)?;
-    let by_resident_code =
-        HashIndex::from_slots(IdKind::ResidentCode, slots(INDEX_RESIDENT_CODE)?, manifest.rows)?;
-    Ok(RegistryData { cols, dicts, by_my_number, by_resident_code })
+    let by_my_number =
+        HashIndex::from_slots(IdKind::MyNumber, slots(INDEX_MY_NUMBER)?, manifest.rows)?;
+    let by_resident_code = HashIndex::from_slots(
+        IdKind::ResidentCode,
+        slots(INDEX_RESIDENT_CODE)?,
+        manifest.rows,
+    )?;
+    Ok(RegistryData {
+        cols,
+        dicts,
+        by_my_number,
+        by_resident_code,
+    })
 }

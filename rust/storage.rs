@@ -190,13 +190,16 @@ impl Column {
 
     /// Look a column up by name; the error lists the valid names.
     pub fn from_name(name: &str) -> Result<Column> {
-        Column::ALL.into_iter().find(|c| c.name() == name).ok_or_else(|| {
-            let names: Vec<&str> = Column::ALL.iter().map(|c| c.name()).collect();
-            JukiError::InvalidInput(format!(
-                "unknown column '{name}': expected one of {}",
-                names.join(", ")
-            ))
-        })
+        Column::ALL
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Column::ALL.iter().map(|c| c.name()).collect();
+                JukiError::InvalidInput(format!(
+                    "unknown column '{name}': expected one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 
     /// The column's Arrow type.
@@ -227,7 +230,9 @@ impl Column {
 
 /// The public schema of the given columns.
 pub fn schema_of(columns: &[Column]) -> SchemaRef {
-    Arc::new(Schema::new(columns.iter().map(|c| c.field()).collect::<Vec<_>>()))
+    Arc::new(Schema::new(
+        columns.iter().map(|c| c.field()).collect::<Vec<_>>(),
+    ))
 }
 
 /// Which rows of a gather were found, as Arrow validity (None when all were).
@@ -240,28 +245,34 @@ pub fn found_validity(rows: &[u32]) -> Option<NullBuffer> {
 pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> ScalarBuffer<T> {
     const AHEAD: usize = 16;
     let mut out: HugeVec<T> = HugeVec::zeroed(rows.len()).expect("allocation for a gather");
-    out.as_mut_slice().par_chunks_mut(1 << 14).zip(rows.par_chunks(1 << 14)).for_each(|(o, r)| {
-        for i in 0..r.len() {
-            if let Some(&ahead) = r.get(i + AHEAD) {
-                if ahead != NOT_FOUND {
-                    prefetch(&src[ahead as usize]);
+    out.as_mut_slice()
+        .par_chunks_mut(1 << 14)
+        .zip(rows.par_chunks(1 << 14))
+        .for_each(|(o, r)| {
+            for i in 0..r.len() {
+                if let Some(&ahead) = r.get(i + AHEAD) {
+                    if ahead != NOT_FOUND {
+                        prefetch(&src[ahead as usize]);
+                    }
+                }
+                let row = r[i];
+                if row != NOT_FOUND {
+                    o[i] = src[row as usize];
                 }
             }
-            let row = r[i];
-            if row != NOT_FOUND {
-                o[i] = src[row as usize];
-            }
-        }
-    });
+        });
     out.into_buffer()
 }
 
 /// Render identifier values as fixed-width digit strings, inline in `Utf8View` views.
 pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> StringViewArray {
-    let n = kind.len();
+    let n = kind.digits();
     let mut views: HugeVec<u128> = HugeVec::zeroed(values.len()).expect("allocation for views");
-    views.as_mut_slice().par_chunks_mut(1 << 14).zip(values.par_chunks(1 << 14)).for_each(
-        |(out, vals)| {
+    views
+        .as_mut_slice()
+        .par_chunks_mut(1 << 14)
+        .zip(values.par_chunks(1 << 14))
+        .for_each(|(out, vals)| {
             for (o, &v) in out.iter_mut().zip(vals) {
                 let mut b = [0u8; 16];
                 b[..4].copy_from_slice(&(n as u32).to_le_bytes());
@@ -272,12 +283,13 @@ pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> St
                 }
                 *o = u128::from_le_bytes(b);
             }
-        },
-    );
+        });
     let views = views.into_buffer();
     // SAFETY: every view is an inline view (length ≤ 12) of ASCII digits, so the array needs no
     // data buffers and every value is valid UTF-8; nulls has the views' length.
-    unsafe { StringViewArray::new_unchecked(views, Vec::<arrow_buffer::Buffer>::new().into(), nulls) }
+    unsafe {
+        StringViewArray::new_unchecked(views, Vec::<arrow_buffer::Buffer>::new().into(), nulls)
+    }
 }
 
 fn small_dict(values: &[&str]) -> StringArray {
@@ -353,12 +365,16 @@ impl RegistryData {
             }};
         }
         match col {
-            Column::ResidentCode => {
-                Arc::new(render_ids(IdKind::ResidentCode, &keys(&c.resident_code, rows), nulls))
-            }
-            Column::MyNumber => {
-                Arc::new(render_ids(IdKind::MyNumber, &keys(&c.my_number, rows), nulls))
-            }
+            Column::ResidentCode => Arc::new(render_ids(
+                IdKind::ResidentCode,
+                &keys(&c.resident_code, rows),
+                nulls,
+            )),
+            Column::MyNumber => Arc::new(render_ids(
+                IdKind::MyNumber,
+                &keys(&c.my_number, rows),
+                nulls,
+            )),
             Column::FamilyName => dict!(UInt32Type, &c.family, d.family_name.clone()),
             Column::FamilyNameKana => dict!(UInt32Type, &c.family, d.family_name_kana.clone()),
             Column::GivenName => dict!(UInt32Type, &c.given, d.given_name.clone()),
@@ -386,14 +402,20 @@ impl RegistryData {
                         }))
                     }),
                 };
-                Arc::new(Date32Array::new(values, NullBuffer::union(stored.as_ref(), nulls.as_ref())))
+                Arc::new(Date32Array::new(
+                    values,
+                    NullBuffer::union(stored.as_ref(), nulls.as_ref()),
+                ))
             }
         }
     }
 
     /// Whether each row was found, as a boolean column.
     pub fn found_column(rows: &[u32]) -> BooleanArray {
-        BooleanArray::new(BooleanBuffer::collect_bool(rows.len(), |i| rows[i] != NOT_FOUND), None)
+        BooleanArray::new(
+            BooleanBuffer::collect_bool(rows.len(), |i| rows[i] != NOT_FOUND),
+            None,
+        )
     }
 }
 
