@@ -5,8 +5,6 @@
 
 use std::fmt;
 
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
 use pyo3::PyErr;
 
 /// Errors raised by the engine core.
@@ -47,51 +45,58 @@ impl From<arrow_schema::ArrowError> for JukiError {
     }
 }
 
-create_exception!(
-    _core,
-    PyJukiError,
-    PyException,
-    "Base class of every juki_engine error."
-);
-create_exception!(
-    _core,
-    InvalidIdentifier,
-    PyJukiError,
-    "An identifier is malformed or has a wrong check digit."
-);
-create_exception!(
-    _core,
-    InvalidInput,
-    PyJukiError,
-    "Input does not have the documented shape."
-);
-create_exception!(
-    _core,
-    DuplicateIdentifier,
-    InvalidInput,
-    "Two rows carry the same identifier."
-);
-create_exception!(
-    _core,
-    SnapshotCorrupt,
-    PyJukiError,
-    "A snapshot file is truncated, corrupted or missing."
-);
-create_exception!(
-    _core,
-    SnapshotIOError,
-    PyJukiError,
-    "An I/O failure while reading or writing."
-);
+/// The Python exception classes, one per variant, under `juki_engine._core.JukiError`.
+pub mod exceptions {
+    use pyo3::create_exception;
+    use pyo3::exceptions::PyException;
+
+    create_exception!(
+        juki_engine._core,
+        JukiError,
+        PyException,
+        "Base class of every juki_engine error."
+    );
+    create_exception!(
+        juki_engine._core,
+        InvalidIdentifier,
+        JukiError,
+        "An identifier is malformed or has a wrong check digit."
+    );
+    create_exception!(
+        juki_engine._core,
+        InvalidInput,
+        JukiError,
+        "Input does not have the documented shape."
+    );
+    create_exception!(
+        juki_engine._core,
+        DuplicateIdentifier,
+        InvalidInput,
+        "Two rows carry the same identifier."
+    );
+    create_exception!(
+        juki_engine._core,
+        SnapshotCorrupt,
+        JukiError,
+        "A snapshot file is truncated, corrupted or missing."
+    );
+    create_exception!(
+        juki_engine._core,
+        SnapshotIOError,
+        JukiError,
+        "An I/O failure while reading or writing."
+    );
+}
 
 impl From<JukiError> for PyErr {
     fn from(e: JukiError) -> PyErr {
+        use exceptions as py;
         match e {
-            JukiError::InvalidIdentifier(m) => InvalidIdentifier::new_err(m),
-            JukiError::InvalidInput(m) => InvalidInput::new_err(m),
-            JukiError::DuplicateIdentifier(m) => DuplicateIdentifier::new_err(m),
-            JukiError::SnapshotCorrupt(m) => SnapshotCorrupt::new_err(m),
-            JukiError::Io(m) => SnapshotIOError::new_err(m),
+            JukiError::InvalidIdentifier(m) => py::InvalidIdentifier::new_err(m),
+            JukiError::InvalidInput(m) => py::InvalidInput::new_err(m),
+            JukiError::DuplicateIdentifier(m) => py::DuplicateIdentifier::new_err(m),
+            JukiError::SnapshotCorrupt(m) => py::SnapshotCorrupt::new_err(m),
+            JukiError::Io(m) => py::SnapshotIOError::new_err(m),
         }
     }
 }
@@ -123,7 +128,8 @@ mod tests {
                 let py_err: PyErr = err.into();
                 let ty = py_err.get_type(py);
                 assert_eq!(ty.name().unwrap().to_string(), name);
-                assert!(py_err.is_instance_of::<PyJukiError>(py));
+                assert!(py_err.is_instance_of::<exceptions::JukiError>(py));
+                assert_eq!(ty.module().unwrap().to_string(), "juki_engine._core");
                 assert_eq!(py_err.value(py).to_string(), "x");
             }
         });

@@ -137,6 +137,30 @@ impl Permutation {
     }
 }
 
+/// Share `total` out in proportion to `weights` by largest remainder (ties to the lower index),
+/// so the shares sum to `total` exactly.
+pub fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|&w| w as u128).sum();
+    if sum == 0 {
+        return vec![0; weights.len()];
+    }
+    let exact: Vec<(u64, u128)> = weights
+        .iter()
+        .map(|&w| {
+            let x = total as u128 * w as u128;
+            ((x / sum) as u64, x % sum)
+        })
+        .collect();
+    let mut out: Vec<u64> = exact.iter().map(|e| e.0).collect();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| exact[b].1.cmp(&exact[a].1).then(a.cmp(&b)));
+    let leftover = total - out.iter().sum::<u64>();
+    for &i in order.iter().take(leftover as usize) {
+        out[i] += 1;
+    }
+    out
+}
+
 /// 番地 dictionary: first the 丁目 forms (for towns with 丁目), then the 番地 forms.
 fn block_dictionary() -> (StringArray, u32, u32) {
     let mut v = Vec::new();
@@ -195,7 +219,6 @@ pub fn generate(plan: &Plan, seed: u64) -> Result<RegistryData> {
         )));
     }
     let mut starts = Vec::with_capacity(m.num_rows() + 1);
-    let mut quotas = Vec::with_capacity(m.num_rows());
     let mut total = 0u64;
     for i in 0..m.num_rows() {
         IdKind::LocalGovernment
@@ -218,19 +241,6 @@ pub fn generate(plan: &Plan, seed: u64) -> Result<RegistryData> {
                 code.value(i)
             )));
         }
-        let round = |rate: f64| ((pop as f64) * rate).round() as u64;
-        let non_resident =
-            (round(DECEASED_RATE) + round(ABROAD_RATE) + round(REMOVED_RATE)).min(pop - card_any);
-        let deceased = round(DECEASED_RATE).min(non_resident);
-        let abroad = round(ABROAD_RATE).min(non_resident - deceased);
-        let removed = non_resident - deceased - abroad;
-        quotas.push(Quota {
-            card_issued: issued.value(i),
-            card_any,
-            deceased_from: pop - deceased,
-            abroad_from: pop - deceased - abroad,
-            removed_from: pop - deceased - abroad - removed,
-        });
         starts.push(total);
         total += pop;
     }
@@ -241,6 +251,32 @@ pub fn generate(plan: &Plan, seed: u64) -> Result<RegistryData> {
             "population {n} exceeds the registry's limit of {MAX_ROWS}"
         )));
     }
+    // Statuses are shared out over the whole registry, so a small registry spread over many
+    // municipalities still has its share of each.
+    let pops = population.values();
+    let share = |rate: f64| apportion((total as f64 * rate).round() as u64, pops);
+    let (deceased, abroad, removed) = (
+        share(DECEASED_RATE),
+        share(ABROAD_RATE),
+        share(REMOVED_RATE),
+    );
+    let quotas: Vec<Quota> = (0..m.num_rows())
+        .map(|i| {
+            let pop = pops[i];
+            let card_any = issued.value(i) + applied.value(i);
+            let free = pop - card_any;
+            let deceased = deceased[i].min(free);
+            let abroad = abroad[i].min(free - deceased);
+            let removed = removed[i].min(free - deceased - abroad);
+            Quota {
+                card_issued: issued.value(i),
+                card_any,
+                deceased_from: pop - deceased,
+                abroad_from: pop - deceased - abroad,
+                removed_from: pop - deceased - abroad - removed,
+            }
+        })
+        .collect();
     let mut family_cumulative = Vec::with_capacity(family_weight.len());
     let mut acc = 0u64;
     for w in family_weight.values() {
@@ -421,6 +457,15 @@ mod tests {
             seen.sort_unstable();
             assert_eq!(seen, (0..domain).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn apportion_is_exact_and_proportional() {
+        assert_eq!(apportion(10, &[1, 1, 1]), vec![4, 3, 3]);
+        assert_eq!(apportion(7, &[0, 5, 0, 5]), vec![0, 4, 0, 3]);
+        let w: Vec<u64> = (1..=1000).collect();
+        assert_eq!(apportion(12_345, &w).iter().sum::<u64>(), 12_345);
+        assert_eq!(apportion(5, &[0, 0]), vec![0, 0]);
     }
 
     #[test]

@@ -61,42 +61,61 @@ impl IdKind {
         self.digits() - 1
     }
 
-    /// The check digit for `base`, given as its base digits (most significant first).
-    pub fn check_digit_of_digits(self, digits: &[u8]) -> u8 {
-        debug_assert_eq!(digits.len(), self.base_len());
+    /// The weights of the base digits, most significant first. Every kind's check digit is a
+    /// function ([`IdKind::finish`]) of the weighted digit sum.
+    pub fn weights(self) -> &'static [u32] {
+        // My Number: 6,5,4,3,2,7,6,5,4,3,2 (総務省令第85号 第5条); the resident code uses the same
+        // modulus-11 scheme over its 10 digits, i.e. the last ten of those weights.
+        const MOD11: [u32; 11] = [6, 5, 4, 3, 2, 7, 6, 5, 4, 3, 2];
+        // Corporate number: Q = 1 for odd n, 2 for even n, n counted from the rightmost digit.
+        const CORPORATE: [u32; 12] = [2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1];
         match self {
-            IdKind::MyNumber | IdKind::ResidentCode => modulus11(digits),
-            IdKind::LocalGovernment => {
-                let sum: u32 = digits
-                    .iter()
-                    .zip([6u32, 5, 4, 3, 2])
-                    .map(|(&d, w)| d as u32 * w)
-                    .sum();
-                ((11 - sum % 11) % 10) as u8
-            }
-            IdKind::Corporate => {
-                // n counts from the rightmost base digit; Q = 1 for odd n, 2 for even n.
-                let sum: u32 = digits
-                    .iter()
-                    .rev()
-                    .enumerate()
-                    .map(|(i, &d)| d as u32 * if i % 2 == 0 { 1 } else { 2 })
-                    .sum();
-                (9 - sum % 9) as u8
-            }
+            IdKind::MyNumber => &MOD11,
+            IdKind::ResidentCode => &MOD11[1..],
+            IdKind::LocalGovernment => &[6, 5, 4, 3, 2],
+            IdKind::Corporate => &CORPORATE,
         }
     }
 
-    /// The check digit for a base held as an integer (`0 <= base < 10^base_len`).
-    pub fn check_digit(self, base: u64) -> u8 {
-        let mut digits = [0u8; 12];
-        let n = self.base_len();
-        let mut v = base;
-        for i in (0..n).rev() {
-            digits[i] = (v % 10) as u8;
-            v /= 10;
+    /// The check digit for a weighted digit sum.
+    #[inline(always)]
+    pub fn finish(self, sum: u32) -> u8 {
+        match self {
+            IdKind::MyNumber | IdKind::ResidentCode => {
+                let r = sum % 11;
+                if r <= 1 {
+                    0
+                } else {
+                    (11 - r) as u8
+                }
+            }
+            IdKind::LocalGovernment => ((11 - sum % 11) % 10) as u8,
+            IdKind::Corporate => (9 - sum % 9) as u8,
         }
-        self.check_digit_of_digits(&digits[..n])
+    }
+
+    /// The check digit for `base`, given as its base digits (most significant first).
+    pub fn check_digit_of_digits(self, digits: &[u8]) -> u8 {
+        debug_assert_eq!(digits.len(), self.base_len());
+        self.finish(
+            digits
+                .iter()
+                .zip(self.weights())
+                .map(|(&d, &w)| d as u32 * w)
+                .sum(),
+        )
+    }
+
+    /// The check digit for a base held as an integer (`0 <= base < 10^base_len`).
+    #[inline]
+    pub fn check_digit(self, base: u64) -> u8 {
+        let mut x = base;
+        let mut sum = 0;
+        for &w in self.weights().iter().rev() {
+            sum += (x % 10) as u32 * w;
+            x /= 10;
+        }
+        self.finish(sum)
     }
 
     /// The full identifier value for a base: the check digit appended (or, for corporate
@@ -111,16 +130,7 @@ impl IdKind {
 
     /// Whether an integer value is a valid identifier of this kind.
     pub fn is_valid_value(self, value: u64) -> bool {
-        if value >= 10u64.pow(self.digits() as u32) {
-            return false;
-        }
-        match self {
-            IdKind::Corporate => {
-                let base = value % 10u64.pow(12);
-                self.with_check_digit(base) == value
-            }
-            _ => self.check_digit(value / 10) as u64 == value % 10,
-        }
+        self.check_value(value).is_ok()
     }
 
     /// The base of a valid value (the value without its check digit); the index key.
@@ -136,38 +146,60 @@ impl IdKind {
         format!("{:0width$}", value, width = self.digits())
     }
 
-    /// Parse strictly: exactly `len()` ASCII digits with a valid check digit.
+    /// Parse strictly: exactly `digits()` ASCII digits with a valid check digit.
     pub fn parse(self, s: &str) -> Result<u64> {
         self.parse_bytes(s.as_bytes())
             .map_err(|why| self.error(s, why))
     }
 
-    /// Parse strictly and return a short reason on failure (no allocation on success).
+    /// Parse strictly in one pass over the bytes (digits, value and weighted sum together);
+    /// returns a short reason on failure, allocating nothing.
+    #[inline]
     pub fn parse_bytes(self, b: &[u8]) -> std::result::Result<u64, Reason> {
         if b.len() != self.digits() {
             return Err(Reason::Length(b.len()));
         }
+        let (check_at, base) = match self {
+            IdKind::Corporate => (0, &b[1..]),
+            _ => (b.len() - 1, &b[..b.len() - 1]),
+        };
         let mut v = 0u64;
-        for &c in b {
-            if !c.is_ascii_digit() {
+        let mut sum = 0u32;
+        for (&c, &w) in base.iter().zip(self.weights()) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
                 return Err(Reason::NotDigit);
             }
-            v = v * 10 + (c - b'0') as u64;
+            v = v * 10 + d as u64;
+            sum += d as u32 * w;
         }
-        if !self.is_valid_value(v) {
-            let expected = self.check_digit(self.base_of(v));
+        let check = b[check_at].wrapping_sub(b'0');
+        if check > 9 {
+            return Err(Reason::NotDigit);
+        }
+        let expected = self.finish(sum);
+        if check != expected {
             return Err(Reason::CheckDigit(expected));
         }
-        Ok(v)
+        Ok(match self {
+            IdKind::Corporate => check as u64 * 10u64.pow(12) + v,
+            _ => v * 10 + check as u64,
+        })
     }
 
     /// Validate an integer key (as from a numpy array).
+    #[inline]
     pub fn check_value(self, v: u64) -> std::result::Result<u64, Reason> {
         if v >= 10u64.pow(self.digits() as u32) {
             return Err(Reason::TooLarge);
         }
-        if !self.is_valid_value(v) {
-            return Err(Reason::CheckDigit(self.check_digit(self.base_of(v))));
+        let (base, check) = match self {
+            IdKind::Corporate => (v % 10u64.pow(12), v / 10u64.pow(12)),
+            _ => (v / 10, v % 10),
+        };
+        let expected = self.check_digit(base);
+        if check != expected as u64 {
+            return Err(Reason::CheckDigit(expected));
         }
         Ok(v)
     }
@@ -182,6 +214,7 @@ impl IdKind {
         let name = self.name();
         let n = self.digits();
         match why {
+            Reason::Length(_) if !value.is_ascii() => self.describe(value, Reason::NotDigit),
             Reason::Length(got) => format!(
                 "{name} '{value}': must be exactly {n} ASCII digits, got {} characters",
                 value.chars().count().min(got)
@@ -194,6 +227,7 @@ impl IdKind {
                 format!("{name} '{value}': wrong check digit, expected {expected}")
             }
             Reason::TooLarge => format!("{name} {value}: more than {n} digits"),
+            Reason::Negative => format!("{name} {value}: negative"),
             Reason::Null => format!("{name} is null"),
         }
     }
@@ -210,27 +244,10 @@ pub enum Reason {
     CheckDigit(u8),
     /// An integer key with more digits than the identifier has.
     TooLarge,
+    /// A negative integer key.
+    Negative,
     /// A null key.
     Null,
-}
-
-/// The modulus-11 scheme shared by My Number and resident code: weights count down 2..=7
-/// cyclically from the rightmost base digit (giving 6,5,4,3,2,7,6,5,4,3,2 for My Number's 11
-/// digits and 5,4,3,2,7,6,5,4,3,2 for the resident code's 10); r = Σ mod 11; check = 0 if r ≤ 1
-/// else 11 − r.
-fn modulus11(digits: &[u8]) -> u8 {
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| d as u32 * if i < 6 { i as u32 + 2 } else { i as u32 - 4 })
-        .sum();
-    let r = sum % 11;
-    if r <= 1 {
-        0
-    } else {
-        (11 - r) as u8
-    }
 }
 
 /// What [`normalize`] changed, so callers can say so.

@@ -103,7 +103,7 @@ fn identifiers(batch: &RecordBatch, kind: IdKind) -> Result<ScalarBuffer<u64>> {
     let col = batch
         .column_by_name(kind.name())
         .expect("required columns are checked first");
-    let parsed = parse_keys(kind, col.as_ref())?;
+    let parsed = parse_keys(kind, col.as_ref(), 0)?;
     if let Some((_, msg)) = parsed.errors.first() {
         return Err(JukiError::InvalidIdentifier(msg.clone()));
     }

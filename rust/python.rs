@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringViewArray, UInt8Array};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int64Type;
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt8Array};
 use arrow_cast::cast;
 use arrow_data::ArrayData;
 use arrow_pyarrow::{PyArrowType, Table};
@@ -142,21 +144,20 @@ impl PyRegistry {
         by: &str,
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
-        let (batches, _) = claims.0.into_inner();
+        let (mut batches, schema) = claims.0.into_inner();
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema));
+        }
         let results = py.detach(|| {
-            batches
-                .iter()
-                .map(|b| query::verify(&self.data, b, kind, &ExactMatch))
-                .collect::<Result<Vec<_>>>()
-        })?;
-        let schema = match results.first() {
-            Some(b) => b.schema(),
-            None => {
-                return Err(
-                    JukiError::InvalidInput("claims table has no record batch".into()).into(),
-                )
+            let mut first_row = 0;
+            let mut out = Vec::with_capacity(batches.len());
+            for b in &batches {
+                out.push(query::verify(&self.data, b, kind, &ExactMatch, first_row)?);
+                first_row += b.num_rows();
             }
-        };
+            Ok::<_, JukiError>(out)
+        })?;
+        let schema = results[0].schema();
         to_table(results, schema)
     }
 
@@ -228,7 +229,7 @@ fn is_valid_array(
     let k = IdKind::from_name(kind)?;
     let array = arrow_array::make_array(values.0);
     let out = py.detach(|| -> Result<BooleanArray> {
-        let parsed = query::parse_keys(k, array.as_ref())?;
+        let parsed = query::parse_keys(k, array.as_ref(), 0)?;
         let valid: Vec<Option<bool>> = parsed
             .bases
             .iter()
@@ -240,7 +241,8 @@ fn is_valid_array(
     Ok(PyArrowType(out.into_data()))
 }
 
-/// Vectorised `check_digit` over an Arrow array of base strings; malformed bases give null.
+/// Vectorised `check_digit` over an Arrow array of bases: strings of the base digits, or
+/// integers (the base's value). Malformed bases give null.
 #[pyfunction]
 fn check_digit_array(
     py: Python<'_>,
@@ -250,13 +252,24 @@ fn check_digit_array(
     let k = IdKind::from_name(kind)?;
     let array = arrow_array::make_array(bases.0);
     let out = py.detach(|| -> Result<UInt8Array> {
-        let strings = cast(array.as_ref(), &DataType::Utf8View)
-            .map_err(|e| JukiError::InvalidInput(format!("bases must be strings: {e}")))?;
-        let strings = strings
-            .as_any()
-            .downcast_ref::<StringViewArray>()
-            .expect("cast");
+        if array.data_type().is_integer() {
+            let ints = cast(array.as_ref(), &DataType::Int64)
+                .map_err(|e| JukiError::InvalidInput(format!("bases: {e}")))?;
+            let limit = 10i64.pow(k.base_len() as u32);
+            return Ok(ints
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|v| {
+                    v.filter(|&b| (0..limit).contains(&b))
+                        .map(|b| k.check_digit(b as u64))
+                })
+                .collect());
+        }
+        let strings = cast(array.as_ref(), &DataType::Utf8View).map_err(|e| {
+            JukiError::InvalidInput(format!("bases must be strings or integers: {e}"))
+        })?;
         Ok(strings
+            .as_string_view()
             .iter()
             .map(|s| {
                 let b = s?.as_bytes();
@@ -280,23 +293,29 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize, m)?)?;
     m.add_function(wrap_pyfunction!(is_valid_array, m)?)?;
     m.add_function(wrap_pyfunction!(check_digit_array, m)?)?;
-    m.add("JukiError", py.get_type::<crate::error::PyJukiError>())?;
+    m.add(
+        "JukiError",
+        py.get_type::<crate::error::exceptions::JukiError>(),
+    )?;
     m.add(
         "InvalidIdentifier",
-        py.get_type::<crate::error::InvalidIdentifier>(),
+        py.get_type::<crate::error::exceptions::InvalidIdentifier>(),
     )?;
-    m.add("InvalidInput", py.get_type::<crate::error::InvalidInput>())?;
+    m.add(
+        "InvalidInput",
+        py.get_type::<crate::error::exceptions::InvalidInput>(),
+    )?;
     m.add(
         "DuplicateIdentifier",
-        py.get_type::<crate::error::DuplicateIdentifier>(),
+        py.get_type::<crate::error::exceptions::DuplicateIdentifier>(),
     )?;
     m.add(
         "SnapshotCorrupt",
-        py.get_type::<crate::error::SnapshotCorrupt>(),
+        py.get_type::<crate::error::exceptions::SnapshotCorrupt>(),
     )?;
     m.add(
         "SnapshotIOError",
-        py.get_type::<crate::error::SnapshotIOError>(),
+        py.get_type::<crate::error::exceptions::SnapshotIOError>(),
     )?;
     m.add("REFERENCE_DATE", generate::REFERENCE_DATE)?;
     m.add("MAX_ROWS", crate::index::MAX_ROWS)?;

@@ -7,9 +7,11 @@
 
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, UInt64Type};
 use arrow_array::{
-    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, Int64Array, RecordBatch,
-    StringArray, StringViewArray, UInt8Array,
+    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, RecordBatch, StringArray,
+    StringViewArray, UInt8Array,
 };
 use arrow_buffer::{BooleanBuffer, NullBuffer};
 use arrow_cast::{cast_with_options, CastOptions};
@@ -44,42 +46,53 @@ fn strict_cast(array: &dyn Array, to: &DataType, what: &str) -> Result<ArrayRef>
 }
 
 /// Parse a key column: strings (any Arrow string type or a dictionary of them) must be exactly the
-/// identifier's ASCII digits; integers are taken as the identifier's value.
-pub fn parse_keys(kind: IdKind, keys: &dyn Array) -> Result<ParsedKeys> {
+/// identifier's ASCII digits; integers are taken as the identifier's value. Messages name rows
+/// counting from `first_row` (the batch's place in a larger job).
+pub fn parse_keys(kind: IdKind, keys: &dyn Array, first_row: usize) -> Result<ParsedKeys> {
     let n = keys.len();
     let mut bases = vec![INVALID_KEY; n];
+    let null = || kind.describe("", Reason::Null);
     let errors: Vec<(usize, String)> = match keys.data_type() {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _) => {
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Dictionary(_, _)
+        | DataType::Null => {
             let owned = strict_cast(keys, &DataType::Utf8View, kind.name())?;
-            let strings = owned
-                .as_any()
-                .downcast_ref::<StringViewArray>()
-                .expect("cast");
-            parse_chunks(&mut bases, |i| {
+            let strings = owned.as_string_view();
+            parse_chunks(kind, &mut bases, first_row, |i| {
                 if strings.is_null(i) {
-                    return Err(kind.describe("", Reason::Null));
+                    return Err(null());
                 }
                 let s = strings.value(i);
                 kind.parse_bytes(s.as_bytes())
                     .map_err(|why| kind.describe(s, why))
             })
         }
-        t if t.is_integer() => {
-            let owned = strict_cast(keys, &DataType::Int64, kind.name())?;
-            let ints = owned.as_any().downcast_ref::<Int64Array>().expect("cast");
-            parse_chunks(&mut bases, |i| {
+        DataType::UInt64 => {
+            let ints = keys.as_primitive::<UInt64Type>();
+            parse_chunks(kind, &mut bases, first_row, |i| {
                 if ints.is_null(i) {
-                    return Err(kind.describe("", Reason::Null));
+                    return Err(null());
                 }
                 let v = ints.value(i);
-                let why = match u64::try_from(v) {
-                    Ok(u) => match kind.check_value(u) {
-                        Ok(ok) => return Ok(ok),
-                        Err(why) => why,
-                    },
-                    Err(_) => Reason::TooLarge,
+                kind.check_value(v)
+                    .map_err(|why| kind.describe(&v.to_string(), why))
+            })
+        }
+        t if t.is_integer() => {
+            let owned = strict_cast(keys, &DataType::Int64, kind.name())?;
+            let ints = owned.as_primitive::<Int64Type>();
+            parse_chunks(kind, &mut bases, first_row, |i| {
+                if ints.is_null(i) {
+                    return Err(null());
+                }
+                let v = ints.value(i);
+                let checked = match u64::try_from(v) {
+                    Ok(u) => kind.check_value(u),
+                    Err(_) => Err(Reason::Negative),
                 };
-                Err(kind.describe(&v.to_string(), why))
+                checked.map_err(|why| kind.describe(&v.to_string(), why))
             })
         }
         other => {
@@ -89,16 +102,15 @@ pub fn parse_keys(kind: IdKind, keys: &dyn Array) -> Result<ParsedKeys> {
             )))
         }
     };
-    for b in bases.iter_mut() {
-        if *b != INVALID_KEY {
-            *b = kind.base_of(*b);
-        }
-    }
     Ok(ParsedKeys { bases, errors })
 }
 
+/// Run `parse` (row → identifier value) over all rows on all cores, storing each valid value's
+/// base and collecting the messages of rejected rows.
 fn parse_chunks(
+    kind: IdKind,
     out: &mut [u64],
+    first_row: usize,
     parse: impl Fn(usize) -> std::result::Result<u64, String> + Sync,
 ) -> Vec<(usize, String)> {
     let per_chunk: Vec<Vec<(usize, String)>> = out
@@ -109,8 +121,8 @@ fn parse_chunks(
             for (j, slot) in chunk.iter_mut().enumerate() {
                 let i = c * CHUNK + j;
                 match parse(i) {
-                    Ok(v) => *slot = v,
-                    Err(msg) => errs.push((i, format!("row {i}: {msg}"))),
+                    Ok(v) => *slot = kind.base_of(v),
+                    Err(msg) => errs.push((i, format!("row {}: {msg}", first_row + i))),
                 }
             }
             errs
@@ -138,9 +150,14 @@ fn error_column(n: usize, errors: &[(usize, String)]) -> ArrayRef {
 }
 
 /// Parse and probe: the row of each key, or [`NOT_FOUND`].
-fn resolve(data: &RegistryData, by: IdKind, keys: &dyn Array) -> Result<(Vec<u32>, ArrayRef)> {
+fn resolve(
+    data: &RegistryData,
+    by: IdKind,
+    keys: &dyn Array,
+    first_row: usize,
+) -> Result<(Vec<u32>, ArrayRef)> {
     let index = data.index(by)?;
-    let parsed = parse_keys(by, keys)?;
+    let parsed = parse_keys(by, keys, first_row)?;
     let mut rows = vec![NOT_FOUND; parsed.bases.len()];
     index.probe(&parsed.bases, &mut rows);
     Ok((rows, error_column(keys.len(), &parsed.errors)))
@@ -154,7 +171,7 @@ pub fn lookup(
     by: IdKind,
     columns: &[Column],
 ) -> Result<RecordBatch> {
-    let (rows, errors) = resolve(data, by, keys)?;
+    let (rows, errors) = resolve(data, by, keys, 0)?;
     let mut fields = vec![Field::new("found", DataType::Boolean, false), error_field()];
     let mut arrays: Vec<ArrayRef> = vec![Arc::new(RegistryData::found_column(&rows)), errors];
     for &c in columns {
@@ -327,7 +344,11 @@ fn prepare<'a>(
     let text = |keys: Keys<'a>, dict: &'a StringArray| -> Result<Check<'a>> {
         if !matches!(
             claimed.data_type(),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Dictionary(_, _)
+                | DataType::Null
         ) {
             return Err(JukiError::InvalidInput(format!(
                 "{what} must hold strings, not {}",
@@ -361,7 +382,7 @@ fn prepare<'a>(
             })
         }
         ClaimField::Sex => {
-            if !claimed.data_type().is_integer() {
+            if !claimed.data_type().is_integer() && claimed.data_type() != &DataType::Null {
                 return Err(JukiError::InvalidInput(format!(
                     "{what} must hold integers (1 = male, 2 = female), not {}",
                     claimed.data_type()
@@ -383,12 +404,14 @@ fn prepare<'a>(
 
 /// Verify claims (本人確認): for each claim row, in input order, whether the key was found, the
 /// resident's status, the key's error (if rejected) and one `<field>_match` per claimed field
-/// (null where not found or not claimed in that row).
+/// (null where not found or not claimed in that row). `first_row` is the batch's first row in
+/// the whole job, for messages.
 pub fn verify(
     data: &RegistryData,
     claims: &RecordBatch,
     by: IdKind,
     text: &dyn TextMatch,
+    first_row: usize,
 ) -> Result<RecordBatch> {
     let schema = claims.schema();
     let key_col = claims.column_by_name(by.name()).ok_or_else(|| {
@@ -415,7 +438,7 @@ pub fn verify(
         checks.push(prepare(data, field, array.as_ref())?);
         names.push(format!("{}_match", field.name()));
     }
-    let (rows, errors) = resolve(data, by, key_col.as_ref())?;
+    let (rows, errors) = resolve(data, by, key_col.as_ref(), first_row)?;
     let k = checks.len();
     let n = rows.len();
     let mut out = vec![UNCLAIMED; n * k];

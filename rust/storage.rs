@@ -4,16 +4,16 @@
 //! repeat, so each is a small dictionary plus a key column, and one key column serves several
 //! public columns (family name and its reading share `family`; municipality code, name and
 //! prefecture share `municipality`). Identifiers are held as `u64` and rendered as 11/12-digit
-//! strings (inline `Utf8View`, no data buffer) at the boundary.
+//! strings (fixed-width `Utf8`) at the boundary.
 
 use std::sync::Arc;
 
 use arrow_array::types::{UInt16Type, UInt32Type, UInt8Type};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, PrimitiveArray, StringArray,
-    StringViewArray, UInt8Array,
+    UInt8Array,
 };
-use arrow_buffer::{ArrowNativeType, BooleanBuffer, NullBuffer, ScalarBuffer};
+use arrow_buffer::{ArrowNativeType, BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
 
@@ -206,7 +206,7 @@ impl Column {
     pub fn data_type(self) -> DataType {
         let dict = |k: DataType| DataType::Dictionary(Box::new(k), Box::new(DataType::Utf8));
         match self {
-            Column::ResidentCode | Column::MyNumber => DataType::Utf8View,
+            Column::ResidentCode | Column::MyNumber => DataType::Utf8,
             Column::FamilyName
             | Column::FamilyNameKana
             | Column::GivenName
@@ -264,32 +264,29 @@ pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> Scal
     out.into_buffer()
 }
 
-/// Render identifier values as fixed-width digit strings, inline in `Utf8View` views.
-pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> StringViewArray {
+/// Render identifier values as fixed-width digit strings (leading zeros kept). Plain `Utf8`
+/// rather than `Utf8View`: every consumer (pyarrow compute included) supports it, and at a fixed
+/// width the offsets cost no more than views would.
+pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> StringArray {
     let n = kind.digits();
-    let mut views: HugeVec<u128> = HugeVec::zeroed(values.len()).expect("allocation for views");
-    views
+    let mut bytes: HugeVec<u8> = HugeVec::zeroed(values.len() * n).expect("allocation for ids");
+    bytes
         .as_mut_slice()
-        .par_chunks_mut(1 << 14)
+        .par_chunks_mut(n << 14)
         .zip(values.par_chunks(1 << 14))
         .for_each(|(out, vals)| {
-            for (o, &v) in out.iter_mut().zip(vals) {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&(n as u32).to_le_bytes());
+            for (o, &v) in out.chunks_exact_mut(n).zip(vals) {
                 let mut x = v;
-                for i in (0..n).rev() {
-                    b[4 + i] = b'0' + (x % 10) as u8;
+                for d in o.iter_mut().rev() {
+                    *d = b'0' + (x % 10) as u8;
                     x /= 10;
                 }
-                *o = u128::from_le_bytes(b);
             }
         });
-    let views = views.into_buffer();
-    // SAFETY: every view is an inline view (length ≤ 12) of ASCII digits, so the array needs no
-    // data buffers and every value is valid UTF-8; nulls has the views' length.
-    unsafe {
-        StringViewArray::new_unchecked(views, Vec::<arrow_buffer::Buffer>::new().into(), nulls)
-    }
+    let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(n, values.len()));
+    // SAFETY: the offsets step by n over a buffer of values.len() * n ASCII digits, so every value
+    // is in bounds and valid UTF-8; nulls has values.len() entries.
+    unsafe { StringArray::new_unchecked(offsets, bytes.into_buffer().into_inner(), nulls) }
 }
 
 fn small_dict(values: &[&str]) -> StringArray {

@@ -7,10 +7,11 @@ import io
 import re
 from importlib.resources import files
 
-import juki_engine.synthetic as synthetic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import juki_engine.synthetic as synthetic
 
 KATAKANA = re.compile(r"[ァ-ヺー]+")
 

@@ -98,5 +98,6 @@ def is_valid_array(kind: str, values: Any) -> pa.BooleanArray:
 
 
 def check_digit_array(kind: str, bases: Any) -> pa.UInt8Array:
-    """Vectorised check digits over base strings; malformed bases give null."""
-    return pa.array(_core.check_digit_array(kind, pa.array(bases, type=pa.string())))
+    """Vectorised check digits over bases (digit strings, or integers giving the base's value);
+    malformed bases give null."""
+    return pa.array(_core.check_digit_array(kind, pa.array(bases)))

@@ -38,10 +38,10 @@ def _as_key_array(keys: Any) -> pa.Array:
     if hasattr(keys, "__arrow_c_stream__"):
         return pa.chunked_array(keys).combine_chunks()
     if isinstance(keys, Sequence) and not isinstance(keys, str | bytes):
-        if all(isinstance(k, str) for k in keys):
+        if all(k is None or isinstance(k, str) for k in keys):
             return pa.array(keys, type=pa.string())
         raise _core.InvalidInput(
-            "a key list must hold only str (identifiers are strings: leading zeros matter)"
+            "a key list must hold only str or None (identifiers are strings: leading zeros matter)"
         )
     raise _core.InvalidInput(
         f"keys must be a list of str, a pyarrow array or a numpy array, not {type(keys).__name__}"

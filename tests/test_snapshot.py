@@ -1,0 +1,241 @@
+"""Tests for snapshots: save/open, atomic replacement, corruption detection (rust/snapshot.rs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from juki_engine import JukiError, Registry, SnapshotCorrupt, SnapshotIOError
+
+MMAP = pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.generate(population=3_000, seed=5)
+
+
+@pytest.fixture(scope="module")
+def other() -> Registry:
+    return Registry.generate(population=2_000, seed=6)
+
+
+@pytest.fixture(scope="module")
+def saved(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pristine snapshot of `registry`; tests copy it before damaging it."""
+    path = tmp_path_factory.mktemp("pristine") / "snap"
+    registry.save(path)
+    return path
+
+
+@pytest.fixture
+def snap(saved: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "snap"
+    shutil.copytree(saved, path)
+    return path
+
+
+def current_version(path: Path) -> Path:
+    return path / (path / "CURRENT").read_text().strip()
+
+
+def sample_keys(registry: Registry) -> dict[str, pa.Array]:
+    table = registry.to_arrow(["my_number", "resident_code"])
+    return {
+        kind: table[kind].combine_chunks().cast(pa.string())[::37]
+        for kind in ("my_number", "resident_code")
+    }
+
+
+def assert_same(opened: Registry, original: Registry) -> None:
+    assert len(opened) == len(original)
+    assert opened.to_arrow().equals(original.to_arrow())
+    for kind, keys in sample_keys(original).items():
+        probe = pa.concat_arrays([keys, pa.array(["123456789018", "bad", None], keys.type)])
+        assert opened.lookup(probe, by=kind).equals(original.lookup(probe, by=kind))
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+@MMAP
+def test_round_trip(registry: Registry, snap: Path, mmap: bool) -> None:
+    opened = Registry.open(snap, mmap=mmap)
+    assert_same(opened, registry)
+    claims = registry.to_arrow(["my_number", "family_name", "birth_date", "sex"])
+    assert opened.verify(claims).equals(registry.verify(claims))
+
+
+def test_open_accepts_str_paths(registry: Registry, snap: Path) -> None:
+    assert_same(Registry.open(str(snap)), registry)
+
+
+def test_layout(snap: Path) -> None:
+    assert (snap / "CURRENT").read_text() == "v-1\n"
+    version = current_version(snap)
+    manifest = json.loads((version / "manifest.json").read_text())
+    listed = {entry["name"] for entry in manifest["files"]}
+    assert "residents.arrow" in listed
+    assert {"index_my_number.u64", "index_resident_code.u64"} <= listed
+    assert listed | {"manifest.json"} == {p.name for p in version.iterdir()}
+    assert manifest["rows"] == 3_000
+
+
+def test_save_twice_keeps_only_the_newest(registry: Registry, other: Registry, snap: Path) -> None:
+    other.save(snap)
+    assert sorted(p.name for p in snap.iterdir()) == ["CURRENT", "v-2"]
+    assert (snap / "CURRENT").read_text().strip() == "v-2"
+    assert_same(Registry.open(snap), other)
+    registry.save(snap)
+    assert sorted(p.name for p in snap.iterdir()) == ["CURRENT", "v-3"]
+    assert_same(Registry.open(snap, mmap=True), registry)
+
+
+def test_mapped_registry_survives_a_newer_save(
+    registry: Registry, other: Registry, snap: Path
+) -> None:
+    mapped = Registry.open(snap, mmap=True)
+    other.save(snap)  # removes v-1, which `mapped` still maps
+    assert_same(mapped, registry)
+
+
+def test_save_into_a_new_nested_directory(registry: Registry, tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "snap"
+    registry.save(path)
+    assert_same(Registry.open(path), registry)
+
+
+# ----------------------------------------------------------------------------- corruption
+
+
+def truncate(path: Path) -> None:
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.truncate(size // 2)
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def drop_last_byte(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+DAMAGE: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "truncate-residents": ("residents.arrow", truncate),
+    "truncate-index-my-number": ("index_my_number.u64", truncate),
+    "truncate-index-resident-code": ("index_resident_code.u64", drop_last_byte),
+    "flip-residents": ("residents.arrow", flip_byte),
+    "flip-index": ("index_resident_code.u64", flip_byte),
+    "flip-dictionary": ("dict_family.arrow", flip_byte),
+    "delete-residents": ("residents.arrow", Path.unlink),
+    "delete-index": ("index_my_number.u64", Path.unlink),
+    "delete-dictionary": ("dict_town.arrow", Path.unlink),
+    "empty-residents": ("residents.arrow", lambda p: p.write_bytes(b"")),
+    "garbage-manifest": ("manifest.json", lambda p: p.write_text("{not json")),
+    "empty-manifest": ("manifest.json", lambda p: p.write_bytes(b"")),
+    "wrong-manifest": ("manifest.json", lambda p: p.write_text('{"format": "x"}')),
+    "delete-manifest": ("manifest.json", Path.unlink),
+}
+
+
+@MMAP
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_file_is_named(snap: Path, case: str, mmap: bool) -> None:
+    name, damage = DAMAGE[case]
+    damage(current_version(snap) / name)
+    with pytest.raises(SnapshotCorrupt) as info:
+        Registry.open(snap, mmap=mmap)
+    assert name in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"garbage", b"v-\n", b"v-x\n", b"../v-1\n", b"\xff\xfe\x00", b"v-99\n"]
+)
+def test_bad_current_is_named(snap: Path, content: bytes) -> None:
+    (snap / "CURRENT").write_bytes(content)
+    with pytest.raises(SnapshotCorrupt) as info:
+        Registry.open(snap)
+    message = str(info.value)
+    assert "CURRENT" in message or "v-99" in message, message
+
+
+def test_missing_current_is_named(snap: Path) -> None:
+    (snap / "CURRENT").unlink()
+    with pytest.raises(SnapshotCorrupt, match="CURRENT"):
+        Registry.open(snap)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_missing_path(tmp_path: Path, mmap: bool) -> None:
+    path = tmp_path / "no-such-snapshot"
+    with pytest.raises(SnapshotIOError) as info:
+        Registry.open(path, mmap=mmap)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, JukiError)
+    assert not isinstance(info.value, SnapshotCorrupt)
+
+
+def test_path_is_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "a-file"
+    path.write_text("x")
+    with pytest.raises(JukiError) as info:
+        Registry.open(path)
+    assert str(path) in str(info.value)
+
+
+def test_save_over_a_file_is_an_io_error(registry: Registry, tmp_path: Path) -> None:
+    path = tmp_path / "a-file"
+    path.write_text("x")
+    with pytest.raises(SnapshotIOError) as info:
+        registry.save(path)
+    assert str(path) in str(info.value)
+    assert path.read_text() == "x"  # nothing already stored is lost
+
+
+# ----------------------------------------------------------------------------- crash mid-save
+
+
+def junk_version(path: Path) -> None:
+    path.mkdir()
+    (path / "residents.arrow").write_bytes(b"ARROW1\x00\x00partial")
+    (path / "manifest.json").write_text('{"format": "juki-snap')
+    (path / "index_my_number.u64").write_bytes(os.urandom(100))
+
+
+@pytest.mark.parametrize(
+    "leftover",
+    [
+        "v-2.tmp",  # crashed while writing the new version
+        "v-2",  # crashed after renaming the version, before replacing CURRENT
+        "v-7.tmp",
+    ],
+)
+def test_crash_mid_save_keeps_the_previous_snapshot(
+    registry: Registry, other: Registry, snap: Path, leftover: str
+) -> None:
+    junk_version(snap / leftover)
+    (snap / "CURRENT.tmp").write_text("v-2")  # a CURRENT replacement that never landed
+    assert_same(Registry.open(snap), registry)
+    assert_same(Registry.open(snap, mmap=True), registry)
+
+    other.save(snap)
+    assert_same(Registry.open(snap), other)
+    names = sorted(p.name for p in snap.iterdir())
+    version = (snap / "CURRENT").read_text().strip()
+    assert names == sorted(["CURRENT", version]), names  # junk and old versions cleaned up
+
+
+def test_open_ignores_files_not_in_the_version(registry: Registry, snap: Path) -> None:
+    (current_version(snap) / "stray.txt").write_text("x")
+    (snap / "notes.txt").write_text("x")
+    assert_same(Registry.open(snap), registry)
