@@ -154,7 +154,7 @@ impl IdKind {
 
     /// Parse strictly in one pass over the bytes (digits, value and weighted sum together);
     /// returns a short reason on failure, allocating nothing.
-    #[inline]
+    #[inline(always)]
     pub fn parse_bytes(self, b: &[u8]) -> std::result::Result<u64, Reason> {
         if b.len() != self.digits() {
             return Err(Reason::Length(b.len()));

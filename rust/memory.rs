@@ -20,7 +20,16 @@ pub struct HugeVec<T> {
     _t: PhantomData<T>,
 }
 
-impl<T: ArrowNativeType> HugeVec<T> {
+/// Plain data for which the all-zero bit pattern is a valid value.
+///
+/// # Safety
+/// Implement only for types made of integers (no references, no niches, no padding that matters).
+pub unsafe trait Zeroable: Copy + Send + Sync + 'static {}
+
+// SAFETY: Arrow's native types are integers and floats.
+unsafe impl<T: ArrowNativeType> Zeroable for T {}
+
+impl<T: Zeroable> HugeVec<T> {
     /// Map `len` zeroed values (an anonymous mapping is zero-filled by the kernel).
     pub fn zeroed(len: usize) -> Result<Self> {
         let bytes = (len * std::mem::size_of::<T>()).max(1);
@@ -38,11 +47,18 @@ impl<T: ArrowNativeType> HugeVec<T> {
     /// The values, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: the mapping is page-aligned (so aligned for T), at least len * size_of::<T>()
-        // bytes long, zero-initialised, and T is a plain numeric type for which any bit pattern
-        // (zero included) is valid.
+        // bytes long and zero-initialised, and T: Zeroable makes zero a valid T.
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr() as *mut T, self.len) }
     }
 
+    /// The values.
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: as for `as_mut_slice`, read-only.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr() as *const T, self.len) }
+    }
+}
+
+impl<T: ArrowNativeType> HugeVec<T> {
     /// Hand the memory to Arrow without copying.
     pub fn into_buffer(self) -> ScalarBuffer<T> {
         let bytes = self.len * std::mem::size_of::<T>();

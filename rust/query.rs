@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, UInt64Type};
+use arrow_array::types::{Date32Type, Int64Type, UInt64Type, UInt8Type};
 use arrow_array::{
-    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, RecordBatch, StringArray,
-    StringViewArray, UInt8Array,
+    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, LargeStringArray,
+    RecordBatch, StringArray, StringViewArray, UInt8Array,
 };
 use arrow_buffer::{BooleanBuffer, NullBuffer};
 use arrow_cast::{cast_with_options, CastOptions};
@@ -22,7 +22,7 @@ use crate::error::{JukiError, Result};
 use crate::ids::{IdKind, Reason};
 use crate::index::{INVALID_KEY, NOT_FOUND};
 use crate::memory::prefetch;
-use crate::storage::{Column, RegistryData};
+use crate::storage::{found_validity, Column, Person, RegistryData, STATUS_VALUES};
 
 const CHUNK: usize = 1 << 14;
 const AHEAD: usize = 16;
@@ -188,17 +188,18 @@ fn error_field() -> Field {
 /// How a claimed text is compared with the stored one. Exact today; a normalising comparison
 /// (異体字, kana folding) implements the same trait.
 pub trait TextMatch: Sync {
-    /// Whether the claimed value matches the stored value.
-    fn matches(&self, claimed: &str, stored: &str) -> bool;
+    /// Whether the claimed value matches the stored value (both UTF-8 bytes).
+    fn matches(&self, claimed: &[u8], stored: &[u8]) -> bool;
 }
 
 /// Byte-for-byte equality.
 pub struct ExactMatch;
 
 impl TextMatch for ExactMatch {
-    #[inline]
-    fn matches(&self, claimed: &str, stored: &str) -> bool {
-        claimed == stored
+    #[inline(always)]
+    fn matches(&self, claimed: &[u8], stored: &[u8]) -> bool {
+        // Names are a few bytes: an inline loop beats a call to memcmp.
+        claimed.len() == stored.len() && claimed.iter().zip(stored).all(|(a, b)| a == b)
     }
 }
 
@@ -251,43 +252,90 @@ impl ClaimField {
     }
 }
 
-/// One claimed column, prepared for the kernel.
+/// A string column in any of Arrow's string layouts, read in place (no conversion copy).
+#[derive(Clone)]
+pub enum TextColumn {
+    /// `Utf8`.
+    Utf8(StringArray),
+    /// `LargeUtf8`.
+    Large(LargeStringArray),
+    /// `Utf8View`.
+    View(StringViewArray),
+}
+
+impl TextColumn {
+    /// Wrap a string column; dictionaries and all-null columns are converted to `Utf8View`.
+    pub fn new(array: &dyn Array, what: &str) -> Result<TextColumn> {
+        Ok(match array.data_type() {
+            DataType::Utf8 => TextColumn::Utf8(array.as_string::<i32>().clone()),
+            DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone()),
+            DataType::Utf8View => TextColumn::View(array.as_string_view().clone()),
+            DataType::Dictionary(_, _) | DataType::Null => TextColumn::View(
+                strict_cast(array, &DataType::Utf8View, what)?
+                    .as_string_view()
+                    .clone(),
+            ),
+            other => {
+                return Err(JukiError::InvalidInput(format!(
+                    "{what} must hold strings, not {other}"
+                )))
+            }
+        })
+    }
+
+    /// Whether the type can be read as text.
+    pub fn accepts(t: &DataType) -> bool {
+        matches!(
+            t,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Dictionary(_, _)
+                | DataType::Null
+        )
+    }
+
+    /// The bytes of row `i`, or None where null.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        match self {
+            TextColumn::Utf8(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+            TextColumn::Large(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+            TextColumn::View(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+        }
+    }
+}
+
+/// A claimed column, prepared for the kernel: what it is compared with in a [`Person`].
 enum Check<'a> {
     Text {
-        claims: StringViewArray,
-        keys: Keys<'a>,
+        claims: TextColumn,
+        key: PersonKey,
         dict: &'a StringArray,
     },
     Date {
         claims: Date32Array,
-        stored: &'a [i32],
     },
     Sex {
         claims: UInt8Array,
-        stored: &'a [u8],
     },
 }
 
+/// Which dictionary key of a [`Person`] a text claim is compared through.
 #[derive(Clone, Copy)]
-enum Keys<'a> {
-    U32(&'a [u32]),
-    U16(&'a [u16]),
+enum PersonKey {
+    Family,
+    Given,
+    Municipality,
 }
 
-impl Keys<'_> {
+impl PersonKey {
     #[inline(always)]
-    fn get(self, row: usize) -> usize {
+    fn of(self, p: &Person) -> usize {
         match self {
-            Keys::U32(k) => k[row] as usize,
-            Keys::U16(k) => k[row] as usize,
-        }
-    }
-
-    #[inline(always)]
-    fn prefetch(self, row: usize) {
-        match self {
-            Keys::U32(k) => prefetch(&k[row]),
-            Keys::U16(k) => prefetch(&k[row]),
+            PersonKey::Family => p.family as usize,
+            PersonKey::Given => p.given as usize,
+            PersonKey::Municipality => p.municipality as usize,
         }
     }
 }
@@ -297,36 +345,24 @@ const UNCLAIMED: u8 = 2;
 
 impl Check<'_> {
     #[inline(always)]
-    fn prefetch(&self, row: usize) {
+    fn check<M: TextMatch>(&self, i: usize, p: &Person, text: &M) -> u8 {
         match self {
-            Check::Text { keys, .. } => keys.prefetch(row),
-            Check::Date { stored, .. } => prefetch(&stored[row]),
-            Check::Sex { stored, .. } => prefetch(&stored[row]),
-        }
-    }
-
-    #[inline(always)]
-    fn check(&self, i: usize, row: usize, text: &dyn TextMatch) -> u8 {
-        match self {
-            Check::Text { claims, keys, dict } => {
+            Check::Text { claims, key, dict } => match claims.get(i) {
+                None => UNCLAIMED,
+                Some(c) => text.matches(c, dict.value(key.of(p)).as_bytes()) as u8,
+            },
+            Check::Date { claims } => {
                 if claims.is_null(i) {
                     UNCLAIMED
                 } else {
-                    text.matches(claims.value(i), dict.value(keys.get(row))) as u8
+                    (claims.value(i) == p.birth_date) as u8
                 }
             }
-            Check::Date { claims, stored } => {
+            Check::Sex { claims } => {
                 if claims.is_null(i) {
                     UNCLAIMED
                 } else {
-                    (claims.value(i) == stored[row]) as u8
-                }
-            }
-            Check::Sex { claims, stored } => {
-                if claims.is_null(i) {
-                    UNCLAIMED
-                } else {
-                    (claims.value(i) == stored[row]) as u8
+                    (claims.value(i) == p.sex) as u8
                 }
             }
         }
@@ -338,47 +374,25 @@ fn prepare<'a>(
     field: ClaimField,
     claimed: &dyn Array,
 ) -> Result<Check<'a>> {
-    let c = &data.cols;
     let d = &data.dicts;
     let what = format!("claims column '{}'", field.name());
-    let text = |keys: Keys<'a>, dict: &'a StringArray| -> Result<Check<'a>> {
-        if !matches!(
-            claimed.data_type(),
-            DataType::Utf8
-                | DataType::LargeUtf8
-                | DataType::Utf8View
-                | DataType::Dictionary(_, _)
-                | DataType::Null
-        ) {
-            return Err(JukiError::InvalidInput(format!(
-                "{what} must hold strings, not {}",
-                claimed.data_type()
-            )));
-        }
-        let cast = strict_cast(claimed, &DataType::Utf8View, &what)?;
-        let claims = cast
-            .as_any()
-            .downcast_ref::<StringViewArray>()
-            .expect("cast")
-            .clone();
-        Ok(Check::Text { claims, keys, dict })
+    let text = |key: PersonKey, dict: &'a StringArray| -> Result<Check<'a>> {
+        Ok(Check::Text {
+            claims: TextColumn::new(claimed, &what)?,
+            key,
+            dict,
+        })
     };
     match field {
-        ClaimField::FamilyName => text(Keys::U32(&c.family), &d.family_name),
-        ClaimField::FamilyNameKana => text(Keys::U32(&c.family), &d.family_name_kana),
-        ClaimField::GivenName => text(Keys::U32(&c.given), &d.given_name),
-        ClaimField::GivenNameKana => text(Keys::U32(&c.given), &d.given_name_kana),
-        ClaimField::MunicipalityCode => text(Keys::U16(&c.municipality), &d.municipality_code),
+        ClaimField::FamilyName => text(PersonKey::Family, &d.family_name),
+        ClaimField::FamilyNameKana => text(PersonKey::Family, &d.family_name_kana),
+        ClaimField::GivenName => text(PersonKey::Given, &d.given_name),
+        ClaimField::GivenNameKana => text(PersonKey::Given, &d.given_name_kana),
+        ClaimField::MunicipalityCode => text(PersonKey::Municipality, &d.municipality_code),
         ClaimField::BirthDate => {
             let cast = strict_cast(claimed, &DataType::Date32, &what)?;
-            let claims = cast
-                .as_any()
-                .downcast_ref::<Date32Array>()
-                .expect("cast")
-                .clone();
             Ok(Check::Date {
-                claims,
-                stored: &c.birth_date,
+                claims: cast.as_primitive::<Date32Type>().clone(),
             })
         }
         ClaimField::Sex => {
@@ -389,14 +403,8 @@ fn prepare<'a>(
                 )));
             }
             let cast = strict_cast(claimed, &DataType::UInt8, &what)?;
-            let claims = cast
-                .as_any()
-                .downcast_ref::<UInt8Array>()
-                .expect("cast")
-                .clone();
             Ok(Check::Sex {
-                claims,
-                stored: &c.sex,
+                claims: cast.as_primitive::<UInt8Type>().clone(),
             })
         }
     }
@@ -406,11 +414,14 @@ fn prepare<'a>(
 /// resident's status, the key's error (if rejected) and one `<field>_match` per claimed field
 /// (null where not found or not claimed in that row). `first_row` is the batch's first row in
 /// the whole job, for messages.
-pub fn verify(
+///
+/// After the probe, one prefetched pass reads each found resident's packed [`Person`] (one cache
+/// miss for every field and the status) and compares the claimed fields.
+pub fn verify<M: TextMatch>(
     data: &RegistryData,
     claims: &RecordBatch,
     by: IdKind,
-    text: &dyn TextMatch,
+    text: &M,
     first_row: usize,
 ) -> Result<RecordBatch> {
     let schema = claims.schema();
@@ -439,38 +450,53 @@ pub fn verify(
         names.push(format!("{}_match", field.name()));
     }
     let (rows, errors) = resolve(data, by, key_col.as_ref(), first_row)?;
-    let k = checks.len();
+    let persons = data.persons.rows();
+    // One result byte per claim and field (at least one per claim so chunks line up with rows).
+    let k = checks.len().max(1);
     let n = rows.len();
     let mut out = vec![UNCLAIMED; n * k];
-    if k > 0 {
-        out.par_chunks_mut(CHUNK * k)
-            .enumerate()
-            .for_each(|(c, o)| {
-                let start = c * CHUNK;
-                let r = &rows[start..(start + CHUNK).min(n)];
-                for i in 0..r.len() {
-                    if let Some(&ahead) = r.get(i + AHEAD) {
-                        if ahead != NOT_FOUND {
-                            checks.iter().for_each(|ch| ch.prefetch(ahead as usize));
-                        }
-                    }
-                    if r[i] == NOT_FOUND {
-                        continue;
-                    }
-                    for (j, ch) in checks.iter().enumerate() {
-                        o[i * k + j] = ch.check(start + i, r[i] as usize, text);
+    let mut status = vec![0u8; n];
+    out.par_chunks_mut(CHUNK * k)
+        .zip(status.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(c, (o, st))| {
+            let start = c * CHUNK;
+            let r = &rows[start..start + st.len()];
+            for i in 0..r.len() {
+                if let Some(&ahead) = r.get(i + AHEAD) {
+                    if ahead != NOT_FOUND {
+                        prefetch(&persons[ahead as usize]);
                     }
                 }
-            });
-    }
+                if r[i] == NOT_FOUND {
+                    continue;
+                }
+                let p = &persons[r[i] as usize];
+                st[i] = p.status;
+                for (j, ch) in checks.iter().enumerate() {
+                    o[i * k + j] = ch.check(start + i, p, text);
+                }
+            }
+        });
+    let found = found_validity(&rows);
+    let status_keys = UInt8Array::new(status.into(), found);
+    // SAFETY: stored status codes are < STATUS_VALUES.len() (checked when built or opened).
+    let status = unsafe {
+        DictionaryArray::<UInt8Type>::new_unchecked(
+            status_keys,
+            Arc::new(StringArray::from(STATUS_VALUES.to_vec())),
+        )
+    };
     let mut fields = vec![
         Field::new("found", DataType::Boolean, false),
         Column::Status.field(),
         error_field(),
     ];
-    let status = data.column(Column::Status, Some(&rows));
-    let mut arrays: Vec<ArrayRef> =
-        vec![Arc::new(RegistryData::found_column(&rows)), status, errors];
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(RegistryData::found_column(&rows)),
+        Arc::new(status),
+        errors,
+    ];
     for (j, name) in names.into_iter().enumerate() {
         let values = BooleanBuffer::collect_bool(n, |i| out[i * k + j] == YES);
         let valid = BooleanBuffer::collect_bool(n, |i| out[i * k + j] != UNCLAIMED);

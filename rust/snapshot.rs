@@ -512,10 +512,5 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
         slots(INDEX_RESIDENT_CODE)?,
         manifest.rows,
     )?;
-    Ok(RegistryData {
-        cols,
-        dicts,
-        by_my_number,
-        by_resident_code,
-    })
+    RegistryData::with_indexes(cols, dicts, by_my_number, by_resident_code)
 }

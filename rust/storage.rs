@@ -96,7 +96,65 @@ impl Columns {
     }
 }
 
-/// A whole registry: rows, dictionaries and the two indexes.
+/// The fields a verification compares, packed in 16 bytes per resident so one cache miss brings
+/// all of them (four per cache line). Derived from the columns when a registry is built or opened;
+/// it trades 2 GiB at national scale for one random miss per claim instead of one per field.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Person {
+    /// Family-name key.
+    pub family: u32,
+    /// Given-name key.
+    pub given: u32,
+    /// Birth date (days since 1970-01-01).
+    pub birth_date: i32,
+    /// Municipality key.
+    pub municipality: u16,
+    /// 1 = male, 2 = female.
+    pub sex: u8,
+    /// Status code.
+    pub status: u8,
+}
+
+// SAFETY: Person is integers only, with no padding (4 + 4 + 4 + 2 + 1 + 1 = 16 bytes).
+unsafe impl crate::memory::Zeroable for Person {}
+
+/// One [`Person`] per row, on huge pages.
+pub struct PersonTable(HugeVec<Person>);
+
+impl PersonTable {
+    /// Pack the verification fields of every row, on all cores.
+    pub fn build(c: &Columns) -> Result<PersonTable> {
+        let mut table: HugeVec<Person> = HugeVec::zeroed(c.len())?;
+        const CHUNK: usize = 1 << 16;
+        table
+            .as_mut_slice()
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(k, out)| {
+                let start = k * CHUNK;
+                for (j, p) in out.iter_mut().enumerate() {
+                    let i = start + j;
+                    *p = Person {
+                        family: c.family[i],
+                        given: c.given[i],
+                        birth_date: c.birth_date[i],
+                        municipality: c.municipality[i],
+                        sex: c.sex[i],
+                        status: c.status[i],
+                    };
+                }
+            });
+        Ok(PersonTable(table))
+    }
+
+    /// The packed rows.
+    pub fn rows(&self) -> &[Person] {
+        self.0.as_slice()
+    }
+}
+
+/// A whole registry: rows, dictionaries, the two indexes and the packed verification rows.
 pub struct RegistryData {
     /// Row columns.
     pub cols: Columns,
@@ -106,6 +164,8 @@ pub struct RegistryData {
     pub by_my_number: HashIndex,
     /// Index on resident code.
     pub by_resident_code: HashIndex,
+    /// Verification fields packed per row.
+    pub persons: PersonTable,
 }
 
 /// A public column of 本人確認情報.
@@ -300,11 +360,23 @@ impl RegistryData {
             || HashIndex::build(IdKind::MyNumber, &cols.my_number),
             || HashIndex::build(IdKind::ResidentCode, &cols.resident_code),
         );
+        RegistryData::with_indexes(cols, dicts, by_my_number?, by_resident_code?)
+    }
+
+    /// Assemble a registry whose indexes exist already (opened from a snapshot).
+    pub fn with_indexes(
+        cols: Columns,
+        dicts: Dictionaries,
+        by_my_number: HashIndex,
+        by_resident_code: HashIndex,
+    ) -> Result<RegistryData> {
+        let persons = PersonTable::build(&cols)?;
         Ok(RegistryData {
             cols,
             dicts,
-            by_my_number: by_my_number?,
-            by_resident_code: by_resident_code?,
+            by_my_number,
+            by_resident_code,
+            persons,
         })
     }
 
@@ -330,9 +402,10 @@ impl RegistryData {
         }
     }
 
-    /// Bytes held by rows and indexes (dictionaries are small and not counted).
+    /// Bytes held by rows, indexes and packed rows (dictionaries are small and not counted).
     pub fn memory_bytes(&self) -> usize {
         self.cols.memory_bytes()
+            + self.persons.rows().len() * std::mem::size_of::<Person>()
             + self.by_my_number.memory_bytes()
             + self.by_resident_code.memory_bytes()
     }
