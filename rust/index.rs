@@ -27,7 +27,7 @@ pub const MAX_ROWS: usize = 1 << ROW_BITS;
 const EMPTY: u64 = u64::MAX;
 const ROW_MASK: u64 = (1 << ROW_BITS) - 1;
 /// How many probes ahead the prefetch runs: enough to cover memory latency on this machine.
-const PREFETCH_DISTANCE: usize = 16;
+const PREFETCH_DISTANCE: usize = 32;
 
 /// An index from identifier to row.
 #[derive(Clone, Debug)]
@@ -169,7 +169,8 @@ impl HashIndex {
             .for_each(|(b, r)| self.probe_chunk(b, r));
     }
 
-    fn probe_chunk(&self, bases: &[u64], rows: &mut [u32]) {
+    /// Probe one slice of bases on the calling thread (see [`HashIndex::probe`]).
+    pub fn probe_chunk(&self, bases: &[u64], rows: &mut [u32]) {
         let slots: &[u64] = &self.slots;
         let mask = slots.len() - 1;
         let shift = self.shift;

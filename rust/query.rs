@@ -1,40 +1,36 @@
 //! Bulk lookup and verification kernels (照会・本人確認).
 //!
-//! Both run in two passes over a batch: parse and probe the keys (one index miss each, prefetched),
-//! then touch only the stored columns that the request needs, fused in one prefetched pass so
-//! the misses for different fields of one row overlap. An invalid key never fails the batch: its
-//! row comes back not found, with the reason in the `error` column.
+//! A batch is cut into chunks that the cores share. Each chunk runs its whole pipeline while its
+//! rows are hot: parse the keys, probe the index (one miss per key, prefetched ahead), then — for
+//! verification — read each found resident's packed [`Person`] (one more miss, prefetched) and
+//! write the result bits. Nothing batch-sized is allocated but the outputs. An invalid key never
+//! fails the batch: its row comes back not found, with the reason in the `error` column.
 
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int64Type, UInt64Type, UInt8Type};
 use arrow_array::{
-    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, LargeStringArray,
-    RecordBatch, StringArray, StringViewArray, UInt8Array,
+    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, Int64Array,
+    LargeStringArray, RecordBatch, StringArray, StringViewArray, UInt64Array, UInt8Array,
 };
-use arrow_buffer::{BooleanBuffer, NullBuffer};
+use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer};
 use arrow_cast::{cast_with_options, CastOptions};
 use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 
 use crate::error::{JukiError, Result};
 use crate::ids::{IdKind, Reason};
-use crate::index::{INVALID_KEY, NOT_FOUND};
+use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
 use crate::memory::prefetch;
-use crate::storage::{found_validity, Column, Person, RegistryData, STATUS_VALUES};
+use crate::storage::{Column, Person, RegistryData, STATUS_VALUES};
 
-const CHUNK: usize = 1 << 14;
-const AHEAD: usize = 16;
-
-/// Keys parsed for probing: one base per input row ([`INVALID_KEY`] where the key was rejected)
-/// and, for rejected rows, the reason.
-pub struct ParsedKeys {
-    /// Identifier bases, in input order.
-    pub bases: Vec<u64>,
-    /// (row, message) for each rejected key, in row order.
-    pub errors: Vec<(usize, String)>,
-}
+/// Rows per chunk: a multiple of 64 (result bits fill whole words), small enough that a chunk's
+/// scratch stays in L2.
+const CHUNK: usize = 1 << 13;
+const WORDS: usize = CHUNK / 64;
+/// How far ahead the prefetches run.
+const AHEAD: usize = 32;
 
 fn strict_cast(array: &dyn Array, to: &DataType, what: &str) -> Result<ArrayRef> {
     let options = CastOptions {
@@ -45,90 +41,187 @@ fn strict_cast(array: &dyn Array, to: &DataType, what: &str) -> Result<ArrayRef>
         .map_err(|e| JukiError::InvalidInput(format!("{what}: {e}")))
 }
 
-/// Parse a key column: strings (any Arrow string type or a dictionary of them) must be exactly the
-/// identifier's ASCII digits; integers are taken as the identifier's value. Messages name rows
-/// counting from `first_row` (the batch's place in a larger job).
-pub fn parse_keys(kind: IdKind, keys: &dyn Array, first_row: usize) -> Result<ParsedKeys> {
-    let n = keys.len();
-    let mut bases = vec![INVALID_KEY; n];
-    let null = || kind.describe("", Reason::Null);
-    let errors: Vec<(usize, String)> = match keys.data_type() {
-        DataType::Utf8
-        | DataType::LargeUtf8
-        | DataType::Utf8View
-        | DataType::Dictionary(_, _)
-        | DataType::Null => {
-            let owned = strict_cast(keys, &DataType::Utf8View, kind.name())?;
-            let strings = owned.as_string_view();
-            parse_chunks(kind, &mut bases, first_row, |i| {
-                if strings.is_null(i) {
-                    return Err(null());
-                }
-                let s = strings.value(i);
-                kind.parse_bytes(s.as_bytes())
-                    .map_err(|why| kind.describe(s, why))
-            })
+/// A string column in any of Arrow's string layouts, read in place (no conversion copy).
+#[derive(Clone)]
+pub enum TextColumn {
+    /// `Utf8`.
+    Utf8(StringArray),
+    /// `LargeUtf8`.
+    Large(LargeStringArray),
+    /// `Utf8View`.
+    View(StringViewArray),
+}
+
+impl TextColumn {
+    /// Wrap a string column; dictionaries and all-null columns are converted to `Utf8View`.
+    pub fn new(array: &dyn Array, what: &str) -> Result<TextColumn> {
+        Ok(match array.data_type() {
+            DataType::Utf8 => TextColumn::Utf8(array.as_string::<i32>().clone()),
+            DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone()),
+            DataType::Utf8View => TextColumn::View(array.as_string_view().clone()),
+            DataType::Dictionary(_, _) | DataType::Null => TextColumn::View(
+                strict_cast(array, &DataType::Utf8View, what)?
+                    .as_string_view()
+                    .clone(),
+            ),
+            other => {
+                return Err(JukiError::InvalidInput(format!(
+                    "{what} must hold strings, not {other}"
+                )))
+            }
+        })
+    }
+
+    /// Whether a column of this type can be read as text.
+    pub fn accepts(t: &DataType) -> bool {
+        matches!(
+            t,
+            DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Dictionary(_, _)
+                | DataType::Null
+        )
+    }
+
+    /// The bytes of row `i`, or None where null.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        match self {
+            TextColumn::Utf8(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+            TextColumn::Large(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+            TextColumn::View(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
         }
-        DataType::UInt64 => {
-            let ints = keys.as_primitive::<UInt64Type>();
-            parse_chunks(kind, &mut bases, first_row, |i| {
-                if ints.is_null(i) {
+    }
+}
+
+/// A key column: strings (any Arrow string layout, or a dictionary of them) must be exactly the
+/// identifier's ASCII digits; integers are taken as the identifier's value.
+pub enum KeyColumn {
+    /// Digit strings.
+    Text(TextColumn),
+    /// Unsigned integers (numpy's uint64 fast path).
+    U64(UInt64Array),
+    /// Any other integers, widened.
+    I64(Int64Array),
+}
+
+impl KeyColumn {
+    /// Wrap a key column of `kind`.
+    pub fn new(kind: IdKind, keys: &dyn Array) -> Result<KeyColumn> {
+        Ok(match keys.data_type() {
+            t if TextColumn::accepts(t) => KeyColumn::Text(TextColumn::new(keys, kind.name())?),
+            DataType::UInt64 => KeyColumn::U64(keys.as_primitive::<UInt64Type>().clone()),
+            t if t.is_integer() => KeyColumn::I64(
+                strict_cast(keys, &DataType::Int64, kind.name())?
+                    .as_primitive::<Int64Type>()
+                    .clone(),
+            ),
+            other => {
+                return Err(JukiError::InvalidInput(format!(
+                    "{} keys must be strings or integers, not {other}",
+                    kind.name()
+                )))
+            }
+        })
+    }
+
+    /// The identifier value of row `i`, or the message saying why it is rejected.
+    #[inline(always)]
+    fn parse(&self, kind: IdKind, i: usize) -> std::result::Result<u64, String> {
+        let null = || kind.describe("", Reason::Null);
+        match self {
+            KeyColumn::Text(t) => {
+                let b = t.get(i).ok_or_else(null)?;
+                kind.parse_bytes(b)
+                    .map_err(|why| kind.describe(&String::from_utf8_lossy(b), why))
+            }
+            KeyColumn::U64(a) => {
+                if a.is_null(i) {
                     return Err(null());
                 }
-                let v = ints.value(i);
+                let v = a.value(i);
                 kind.check_value(v)
                     .map_err(|why| kind.describe(&v.to_string(), why))
-            })
-        }
-        t if t.is_integer() => {
-            let owned = strict_cast(keys, &DataType::Int64, kind.name())?;
-            let ints = owned.as_primitive::<Int64Type>();
-            parse_chunks(kind, &mut bases, first_row, |i| {
-                if ints.is_null(i) {
+            }
+            KeyColumn::I64(a) => {
+                if a.is_null(i) {
                     return Err(null());
                 }
-                let v = ints.value(i);
+                let v = a.value(i);
                 let checked = match u64::try_from(v) {
                     Ok(u) => kind.check_value(u),
                     Err(_) => Err(Reason::Negative),
                 };
                 checked.map_err(|why| kind.describe(&v.to_string(), why))
-            })
+            }
         }
-        other => {
-            return Err(JukiError::InvalidInput(format!(
-                "{} keys must be strings or integers, not {other}",
-                kind.name()
-            )))
+    }
+
+    /// Parse rows `start..start + bases.len()` into identifier bases ([`INVALID_KEY`] where
+    /// rejected), adding the rejections to `errors` with rows counted from `first_row`.
+    fn parse_into(
+        &self,
+        kind: IdKind,
+        start: usize,
+        first_row: usize,
+        bases: &mut [u64],
+        errors: &mut Vec<(usize, String)>,
+    ) {
+        for (j, b) in bases.iter_mut().enumerate() {
+            let i = start + j;
+            match self.parse(kind, i) {
+                Ok(v) => *b = kind.base_of(v),
+                Err(msg) => {
+                    *b = INVALID_KEY;
+                    errors.push((i, format!("row {}: {msg}", first_row + i)));
+                }
+            }
         }
-    };
+    }
+}
+
+/// Keys parsed for probing: one base per input row ([`INVALID_KEY`] where the key was rejected)
+/// and, for rejected rows, the reason.
+pub struct ParsedKeys {
+    /// Identifier bases, in input order.
+    pub bases: Vec<u64>,
+    /// (row, message) for each rejected key, in row order.
+    pub errors: Vec<(usize, String)>,
+}
+
+/// Parse a whole key column (see [`KeyColumn`]) on all cores.
+pub fn parse_keys(kind: IdKind, keys: &dyn Array, first_row: usize) -> Result<ParsedKeys> {
+    let column = KeyColumn::new(kind, keys)?;
+    let mut bases = vec![INVALID_KEY; keys.len()];
+    let errors = bases
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(c, b)| {
+            let mut errs = Vec::new();
+            column.parse_into(kind, c * CHUNK, first_row, b, &mut errs);
+            errs
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(ParsedKeys { bases, errors })
 }
 
-/// Run `parse` (row → identifier value) over all rows on all cores, storing each valid value's
-/// base and collecting the messages of rejected rows.
-fn parse_chunks(
-    kind: IdKind,
-    out: &mut [u64],
+/// Parse and probe one chunk: `rows` gets the row of each key at `start..`, or [`NOT_FOUND`].
+fn resolve_chunk(
+    keys: &KeyColumn,
+    index: &HashIndex,
+    start: usize,
     first_row: usize,
-    parse: impl Fn(usize) -> std::result::Result<u64, String> + Sync,
-) -> Vec<(usize, String)> {
-    let per_chunk: Vec<Vec<(usize, String)>> = out
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .map(|(c, chunk)| {
-            let mut errs = Vec::new();
-            for (j, slot) in chunk.iter_mut().enumerate() {
-                let i = c * CHUNK + j;
-                match parse(i) {
-                    Ok(v) => *slot = kind.base_of(v),
-                    Err(msg) => errs.push((i, format!("row {}: {msg}", first_row + i))),
-                }
-            }
-            errs
-        })
-        .collect();
-    per_chunk.into_iter().flatten().collect()
+    rows: &mut [u32],
+    errors: &mut Vec<(usize, String)>,
+) {
+    let mut bases = [INVALID_KEY; CHUNK];
+    let bases = &mut bases[..rows.len()];
+    keys.parse_into(index.kind(), start, first_row, bases, errors);
+    index.probe_chunk(bases, rows);
 }
 
 /// The `error` column: null where the key was accepted.
@@ -149,18 +242,8 @@ fn error_column(n: usize, errors: &[(usize, String)]) -> ArrayRef {
     Arc::new(values)
 }
 
-/// Parse and probe: the row of each key, or [`NOT_FOUND`].
-fn resolve(
-    data: &RegistryData,
-    by: IdKind,
-    keys: &dyn Array,
-    first_row: usize,
-) -> Result<(Vec<u32>, ArrayRef)> {
-    let index = data.index(by)?;
-    let parsed = parse_keys(by, keys, first_row)?;
-    let mut rows = vec![NOT_FOUND; parsed.bases.len()];
-    index.probe(&parsed.bases, &mut rows);
-    Ok((rows, error_column(keys.len(), &parsed.errors)))
+fn error_field() -> Field {
+    Field::new("error", DataType::Utf8, true)
 }
 
 /// Look keys up: one output row per key, in input order, with `found`, `error` and the requested
@@ -171,18 +254,31 @@ pub fn lookup(
     by: IdKind,
     columns: &[Column],
 ) -> Result<RecordBatch> {
-    let (rows, errors) = resolve(data, by, keys, 0)?;
+    let index = data.index(by)?;
+    let column = KeyColumn::new(by, keys)?;
+    let mut rows = vec![NOT_FOUND; keys.len()];
+    let errors: Vec<(usize, String)> = rows
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(c, r)| {
+            let mut errs = Vec::new();
+            resolve_chunk(&column, index, c * CHUNK, 0, r, &mut errs);
+            errs
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect();
     let mut fields = vec![Field::new("found", DataType::Boolean, false), error_field()];
-    let mut arrays: Vec<ArrayRef> = vec![Arc::new(RegistryData::found_column(&rows)), errors];
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(RegistryData::found_column(&rows)),
+        error_column(rows.len(), &errors),
+    ];
     for &c in columns {
         fields.push(c.field());
         arrays.push(data.column(c, Some(&rows)));
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
-}
-
-fn error_field() -> Field {
-    Field::new("error", DataType::Utf8, true)
 }
 
 /// How a claimed text is compared with the stored one. Exact today; a normalising comparison
@@ -252,60 +348,6 @@ impl ClaimField {
     }
 }
 
-/// A string column in any of Arrow's string layouts, read in place (no conversion copy).
-#[derive(Clone)]
-pub enum TextColumn {
-    /// `Utf8`.
-    Utf8(StringArray),
-    /// `LargeUtf8`.
-    Large(LargeStringArray),
-    /// `Utf8View`.
-    View(StringViewArray),
-}
-
-impl TextColumn {
-    /// Wrap a string column; dictionaries and all-null columns are converted to `Utf8View`.
-    pub fn new(array: &dyn Array, what: &str) -> Result<TextColumn> {
-        Ok(match array.data_type() {
-            DataType::Utf8 => TextColumn::Utf8(array.as_string::<i32>().clone()),
-            DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone()),
-            DataType::Utf8View => TextColumn::View(array.as_string_view().clone()),
-            DataType::Dictionary(_, _) | DataType::Null => TextColumn::View(
-                strict_cast(array, &DataType::Utf8View, what)?
-                    .as_string_view()
-                    .clone(),
-            ),
-            other => {
-                return Err(JukiError::InvalidInput(format!(
-                    "{what} must hold strings, not {other}"
-                )))
-            }
-        })
-    }
-
-    /// Whether the type can be read as text.
-    pub fn accepts(t: &DataType) -> bool {
-        matches!(
-            t,
-            DataType::Utf8
-                | DataType::LargeUtf8
-                | DataType::Utf8View
-                | DataType::Dictionary(_, _)
-                | DataType::Null
-        )
-    }
-
-    /// The bytes of row `i`, or None where null.
-    #[inline(always)]
-    pub fn get(&self, i: usize) -> Option<&[u8]> {
-        match self {
-            TextColumn::Utf8(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
-            TextColumn::Large(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
-            TextColumn::View(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
-        }
-    }
-}
-
 /// A claimed column, prepared for the kernel: what it is compared with in a [`Person`].
 enum Check<'a> {
     Text {
@@ -340,7 +382,6 @@ impl PersonKey {
     }
 }
 
-const YES: u8 = 1;
 const UNCLAIMED: u8 = 2;
 
 impl Check<'_> {
@@ -414,9 +455,6 @@ fn prepare<'a>(
 /// resident's status, the key's error (if rejected) and one `<field>_match` per claimed field
 /// (null where not found or not claimed in that row). `first_row` is the batch's first row in
 /// the whole job, for messages.
-///
-/// After the probe, one prefetched pass reads each found resident's packed [`Person`] (one cache
-/// miss for every field and the status) and compares the claimed fields.
 pub fn verify<M: TextMatch>(
     data: &RegistryData,
     claims: &RecordBatch,
@@ -449,37 +487,66 @@ pub fn verify<M: TextMatch>(
         checks.push(prepare(data, field, array.as_ref())?);
         names.push(format!("{}_match", field.name()));
     }
-    let (rows, errors) = resolve(data, by, key_col.as_ref(), first_row)?;
+    let index = data.index(by)?;
+    let keys = KeyColumn::new(by, key_col.as_ref())?;
     let persons = data.persons.rows();
-    // One result byte per claim and field (at least one per claim so chunks line up with rows).
-    let k = checks.len().max(1);
-    let n = rows.len();
-    let mut out = vec![UNCLAIMED; n * k];
+    let n = claims.num_rows();
+    let k = checks.len();
+    // Per chunk: WORDS words of found bits, then per field WORDS of match bits and WORDS of
+    // validity bits (claimed and found).
+    let stride = WORDS * (1 + 2 * k);
+    let mut bits = vec![0u64; n.div_ceil(CHUNK) * stride];
     let mut status = vec![0u8; n];
-    out.par_chunks_mut(CHUNK * k)
+    let errors: Vec<(usize, String)> = bits
+        .par_chunks_mut(stride)
         .zip(status.par_chunks_mut(CHUNK))
         .enumerate()
-        .for_each(|(c, (o, st))| {
+        .map(|(c, (b, st))| {
             let start = c * CHUNK;
-            let r = &rows[start..start + st.len()];
-            for i in 0..r.len() {
-                if let Some(&ahead) = r.get(i + AHEAD) {
+            let mut errs = Vec::new();
+            let mut rows = [NOT_FOUND; CHUNK];
+            let rows = &mut rows[..st.len()];
+            resolve_chunk(&keys, index, start, first_row, rows, &mut errs);
+            for i in 0..rows.len() {
+                if let Some(&ahead) = rows.get(i + AHEAD) {
                     if ahead != NOT_FOUND {
                         prefetch(&persons[ahead as usize]);
                     }
                 }
-                if r[i] == NOT_FOUND {
+                let row = rows[i];
+                if row == NOT_FOUND {
                     continue;
                 }
-                let p = &persons[r[i] as usize];
+                let (word, bit) = (i / 64, 1u64 << (i % 64));
+                b[word] |= bit;
+                let p = &persons[row as usize];
                 st[i] = p.status;
                 for (j, ch) in checks.iter().enumerate() {
-                    o[i * k + j] = ch.check(start + i, p, text);
+                    let r = ch.check(start + i, p, text);
+                    if r != UNCLAIMED {
+                        let at = WORDS * (1 + 2 * j) + word;
+                        b[at] |= bit * r as u64;
+                        b[at + WORDS] |= bit;
+                    }
                 }
             }
-        });
-    let found = found_validity(&rows);
-    let status_keys = UInt8Array::new(status.into(), found);
+            errs
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect();
+    // Reassemble each bit plane from its per-chunk words.
+    let plane = |p: usize| -> BooleanBuffer {
+        let words: Vec<u64> = bits
+            .chunks(stride)
+            .flat_map(|b| &b[WORDS * p..WORDS * (p + 1)])
+            .copied()
+            .collect();
+        BooleanBuffer::new(Buffer::from_vec(words), 0, n)
+    };
+    let found = plane(0);
+    let status_keys = UInt8Array::new(status.into(), Some(NullBuffer::from(found.clone())));
     // SAFETY: stored status codes are < STATUS_VALUES.len() (checked when built or opened).
     let status = unsafe {
         DictionaryArray::<UInt8Type>::new_unchecked(
@@ -493,13 +560,12 @@ pub fn verify<M: TextMatch>(
         error_field(),
     ];
     let mut arrays: Vec<ArrayRef> = vec![
-        Arc::new(RegistryData::found_column(&rows)),
+        Arc::new(BooleanArray::new(found, None)),
         Arc::new(status),
-        errors,
+        error_column(n, &errors),
     ];
     for (j, name) in names.into_iter().enumerate() {
-        let values = BooleanBuffer::collect_bool(n, |i| out[i * k + j] == YES);
-        let valid = BooleanBuffer::collect_bool(n, |i| out[i * k + j] != UNCLAIMED);
+        let (values, valid) = (plane(1 + 2 * j), plane(2 + 2 * j));
         fields.push(Field::new(name, DataType::Boolean, true));
         arrays.push(Arc::new(BooleanArray::new(
             values,
