@@ -405,7 +405,7 @@ impl RegistryData {
     /// Bytes held by rows, indexes and packed rows (dictionaries are small and not counted).
     pub fn memory_bytes(&self) -> usize {
         self.cols.memory_bytes()
-            + self.persons.rows().len() * std::mem::size_of::<Person>()
+            + std::mem::size_of_val(self.persons.rows())
             + self.by_my_number.memory_bytes()
             + self.by_resident_code.memory_bytes()
     }
