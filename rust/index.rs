@@ -171,6 +171,13 @@ impl HashIndex {
 
     /// Probe one slice of bases on the calling thread (see [`HashIndex::probe`]).
     pub fn probe_chunk(&self, bases: &[u64], rows: &mut [u32]) {
+        self.probe_chunk_with(bases, rows, |_| {});
+    }
+
+    /// Probe one slice of bases, calling `on_hit(row)` as soon as each key's row is known — e.g.
+    /// to prefetch the row's data so that its miss overlaps the probes still in flight.
+    #[inline(always)]
+    pub fn probe_chunk_with(&self, bases: &[u64], rows: &mut [u32], on_hit: impl Fn(u32)) {
         let slots: &[u64] = &self.slots;
         let mask = slots.len() - 1;
         let shift = self.shift;
@@ -196,7 +203,9 @@ impl HashIndex {
                         break NOT_FOUND;
                     }
                     if slot >> ROW_BITS == base {
-                        break (slot & ROW_MASK) as u32;
+                        let row = (slot & ROW_MASK) as u32;
+                        on_hit(row);
+                        break row;
                     }
                     s = (s + 1) & mask;
                 }

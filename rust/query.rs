@@ -23,14 +23,12 @@ use crate::error::{JukiError, Result};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
 use crate::memory::prefetch;
-use crate::storage::{Column, Person, RegistryData, STATUS_VALUES};
+use crate::storage::{inline_key, Column, Person, RegistryData, STATUS_VALUES};
 
 /// Rows per chunk: a multiple of 64 (result bits fill whole words), small enough that a chunk's
 /// scratch stays in L2.
 const CHUNK: usize = 1 << 13;
 const WORDS: usize = CHUNK / 64;
-/// How far ahead the prefetches run.
-const AHEAD: usize = 32;
 
 fn strict_cast(array: &dyn Array, to: &DataType, what: &str) -> Result<ArrayRef> {
     let options = CastOptions {
@@ -82,6 +80,26 @@ impl TextColumn {
                 | DataType::Dictionary(_, _)
                 | DataType::Null
         )
+    }
+
+    /// The inline key (see [`inline_key`]) of row `i`, whose bytes `b` (at most 12) the caller
+    /// has already read: one unaligned load where the buffer allows, no copy loop.
+    #[inline(always)]
+    pub fn inline_key_at(&self, i: usize, b: &[u8]) -> u128 {
+        debug_assert!(b.len() <= 12);
+        let load = |values: &[u8], start: usize| -> Option<u128> {
+            let raw = values.get(start..start + 16)?;
+            let raw = u128::from_le_bytes(raw.try_into().expect("16 bytes"));
+            let mask = (1u128 << (b.len() * 8)) - 1;
+            Some(((raw & mask) << 32) | b.len() as u128)
+        };
+        let fast = match self {
+            // A short string's view is its inline key.
+            TextColumn::View(a) => Some(a.views()[i]),
+            TextColumn::Utf8(a) => load(a.values(), a.value_offsets()[i] as usize),
+            TextColumn::Large(a) => load(a.values(), a.value_offsets()[i] as usize),
+        };
+        fast.unwrap_or_else(|| inline_key(b))
     }
 
     /// The bytes of row `i`, or None where null.
@@ -209,7 +227,8 @@ pub fn parse_keys(kind: IdKind, keys: &dyn Array, first_row: usize) -> Result<Pa
     Ok(ParsedKeys { bases, errors })
 }
 
-/// Parse and probe one chunk: `rows` gets the row of each key at `start..`, or [`NOT_FOUND`].
+/// Parse and probe one chunk: `rows` gets the row of each key at `start..`, or [`NOT_FOUND`];
+/// `on_hit` sees each row as soon as the probe finds it.
 fn resolve_chunk(
     keys: &KeyColumn,
     index: &HashIndex,
@@ -217,11 +236,12 @@ fn resolve_chunk(
     first_row: usize,
     rows: &mut [u32],
     errors: &mut Vec<(usize, String)>,
+    on_hit: impl Fn(u32),
 ) {
     let mut bases = [INVALID_KEY; CHUNK];
     let bases = &mut bases[..rows.len()];
     keys.parse_into(index.kind(), start, first_row, bases, errors);
-    index.probe_chunk(bases, rows);
+    index.probe_chunk_with(bases, rows, on_hit);
 }
 
 /// The `error` column: null where the key was accepted.
@@ -262,7 +282,7 @@ pub fn lookup(
         .enumerate()
         .map(|(c, r)| {
             let mut errs = Vec::new();
-            resolve_chunk(&column, index, c * CHUNK, 0, r, &mut errs);
+            resolve_chunk(&column, index, c * CHUNK, 0, r, &mut errs, |_| {});
             errs
         })
         .collect::<Vec<_>>()
@@ -286,6 +306,13 @@ pub fn lookup(
 pub trait TextMatch: Sync {
     /// Whether the claimed value matches the stored value (both UTF-8 bytes).
     fn matches(&self, claimed: &[u8], stored: &[u8]) -> bool;
+
+    /// A shortcut on the two values' inline keys (both values at most 12 bytes long, see
+    /// [`inline_key`]): `Some(answer)` where the keys decide, `None` to fall back to `matches`.
+    #[inline(always)]
+    fn matches_inline(&self, _claimed: u128, _stored: u128) -> Option<bool> {
+        None
+    }
 }
 
 /// Byte-for-byte equality.
@@ -296,6 +323,13 @@ impl TextMatch for ExactMatch {
     fn matches(&self, claimed: &[u8], stored: &[u8]) -> bool {
         // Names are a few bytes: an inline loop beats a call to memcmp.
         claimed.len() == stored.len() && claimed.iter().zip(stored).all(|(a, b)| a == b)
+    }
+
+    #[inline(always)]
+    fn matches_inline(&self, claimed: u128, stored: u128) -> Option<bool> {
+        // A short claim equals the stored value exactly when the inline keys are equal (a stored
+        // value over 12 bytes has a different length field).
+        Some(claimed == stored)
     }
 }
 
@@ -354,6 +388,7 @@ enum Check<'a> {
         claims: TextColumn,
         key: PersonKey,
         dict: &'a StringArray,
+        inline: &'a [u128],
     },
     Date {
         claims: Date32Array,
@@ -388,9 +423,22 @@ impl Check<'_> {
     #[inline(always)]
     fn check<M: TextMatch>(&self, i: usize, p: &Person, text: &M) -> u8 {
         match self {
-            Check::Text { claims, key, dict } => match claims.get(i) {
+            Check::Text {
+                claims,
+                key,
+                dict,
+                inline,
+            } => match claims.get(i) {
                 None => UNCLAIMED,
-                Some(c) => text.matches(c, dict.value(key.of(p)).as_bytes()) as u8,
+                Some(c) => {
+                    let k = key.of(p);
+                    let shortcut = if c.len() <= 12 {
+                        text.matches_inline(claims.inline_key_at(i, c), inline[k])
+                    } else {
+                        None
+                    };
+                    shortcut.unwrap_or_else(|| text.matches(c, dict.value(k).as_bytes())) as u8
+                }
             },
             Check::Date { claims } => {
                 if claims.is_null(i) {
@@ -417,19 +465,27 @@ fn prepare<'a>(
 ) -> Result<Check<'a>> {
     let d = &data.dicts;
     let what = format!("claims column '{}'", field.name());
-    let text = |key: PersonKey, dict: &'a StringArray| -> Result<Check<'a>> {
+    let t = &data.text_keys;
+    let text = |key: PersonKey, dict: &'a StringArray, inline: &'a [u128]| -> Result<Check<'a>> {
         Ok(Check::Text {
             claims: TextColumn::new(claimed, &what)?,
             key,
             dict,
+            inline,
         })
     };
     match field {
-        ClaimField::FamilyName => text(PersonKey::Family, &d.family_name),
-        ClaimField::FamilyNameKana => text(PersonKey::Family, &d.family_name_kana),
-        ClaimField::GivenName => text(PersonKey::Given, &d.given_name),
-        ClaimField::GivenNameKana => text(PersonKey::Given, &d.given_name_kana),
-        ClaimField::MunicipalityCode => text(PersonKey::Municipality, &d.municipality_code),
+        ClaimField::FamilyName => text(PersonKey::Family, &d.family_name, &t.family_name),
+        ClaimField::FamilyNameKana => {
+            text(PersonKey::Family, &d.family_name_kana, &t.family_name_kana)
+        }
+        ClaimField::GivenName => text(PersonKey::Given, &d.given_name, &t.given_name),
+        ClaimField::GivenNameKana => text(PersonKey::Given, &d.given_name_kana, &t.given_name_kana),
+        ClaimField::MunicipalityCode => text(
+            PersonKey::Municipality,
+            &d.municipality_code,
+            &t.municipality_code,
+        ),
         ClaimField::BirthDate => {
             let cast = strict_cast(claimed, &DataType::Date32, &what)?;
             Ok(Check::Date {
@@ -506,14 +562,12 @@ pub fn verify<M: TextMatch>(
             let mut errs = Vec::new();
             let mut rows = [NOT_FOUND; CHUNK];
             let rows = &mut rows[..st.len()];
-            resolve_chunk(&keys, index, start, first_row, rows, &mut errs);
-            for i in 0..rows.len() {
-                if let Some(&ahead) = rows.get(i + AHEAD) {
-                    if ahead != NOT_FOUND {
-                        prefetch(&persons[ahead as usize]);
-                    }
-                }
-                let row = rows[i];
+            // The probe prefetches each found resident's packed row, so its miss overlaps the
+            // probes still in flight and the pass below finds it in cache (a chunk's rows fit L2).
+            resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
+                prefetch(&persons[row as usize])
+            });
+            for (i, &row) in rows.iter().enumerate() {
                 if row == NOT_FOUND {
                     continue;
                 }
@@ -573,4 +627,46 @@ pub fn verify<M: TextMatch>(
         )));
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_keys_agree_across_layouts() {
+        let values = vec!["渡邉", "", "abcdefghijkl", "高橋", "x"];
+        let utf8 = StringArray::from(values.clone());
+        let view = StringViewArray::from(values.clone());
+        let large = LargeStringArray::from(values.clone());
+        for col in [
+            TextColumn::Utf8(utf8),
+            TextColumn::View(view),
+            TextColumn::Large(large),
+        ] {
+            for (i, v) in values.iter().enumerate() {
+                let b = col.get(i).unwrap();
+                assert_eq!(col.inline_key_at(i, b), inline_key(v.as_bytes()), "{v}");
+            }
+        }
+        assert_ne!(inline_key("渡辺".as_bytes()), inline_key("渡邉".as_bytes()));
+        assert_ne!(inline_key(b"ab"), inline_key(b"ab\0"));
+    }
+
+    #[test]
+    fn exact_match_shortcut_agrees_with_bytes() {
+        let m = ExactMatch;
+        for (a, b) in [
+            ("高橋", "髙橋"),
+            ("サトウ", "サトウ"),
+            ("", ""),
+            ("a", "ab"),
+        ] {
+            let (a, b) = (a.as_bytes(), b.as_bytes());
+            assert_eq!(
+                m.matches_inline(inline_key(a), inline_key(b)),
+                Some(m.matches(a, b))
+            );
+        }
+    }
 }

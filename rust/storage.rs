@@ -154,6 +154,48 @@ impl PersonTable {
     }
 }
 
+/// A string's 16-byte inline key: its length in the low 32 bits, then its first 12 bytes (zero
+/// padded) — the layout of an Arrow `Utf8View` view of a short string. Two strings of at most 12
+/// bytes are equal exactly when their inline keys are; most names and readings are that short.
+#[inline(always)]
+pub fn inline_key(b: &[u8]) -> u128 {
+    let mut buf = [0u8; 16];
+    let n = b.len().min(12);
+    buf[4..4 + n].copy_from_slice(&b[..n]);
+    u128::from_le_bytes(buf) | b.len() as u128
+}
+
+/// Inline keys of the dictionaries that claims are compared with (see [`inline_key`]).
+pub struct TextKeys {
+    /// Per family key: the name's inline key.
+    pub family_name: Vec<u128>,
+    /// Per family key: the reading's inline key.
+    pub family_name_kana: Vec<u128>,
+    /// Per given key: the name's inline key.
+    pub given_name: Vec<u128>,
+    /// Per given key: the reading's inline key.
+    pub given_name_kana: Vec<u128>,
+    /// Per municipality key: the code's inline key.
+    pub municipality_code: Vec<u128>,
+}
+
+impl TextKeys {
+    fn build(d: &Dictionaries) -> TextKeys {
+        let keys = |a: &StringArray| {
+            a.iter()
+                .map(|v| inline_key(v.unwrap_or("").as_bytes()))
+                .collect()
+        };
+        TextKeys {
+            family_name: keys(&d.family_name),
+            family_name_kana: keys(&d.family_name_kana),
+            given_name: keys(&d.given_name),
+            given_name_kana: keys(&d.given_name_kana),
+            municipality_code: keys(&d.municipality_code),
+        }
+    }
+}
+
 /// A whole registry: rows, dictionaries, the two indexes and the packed verification rows.
 pub struct RegistryData {
     /// Row columns.
@@ -166,6 +208,8 @@ pub struct RegistryData {
     pub by_resident_code: HashIndex,
     /// Verification fields packed per row.
     pub persons: PersonTable,
+    /// Inline keys of the compared dictionaries.
+    pub text_keys: TextKeys,
 }
 
 /// A public column of 本人確認情報.
@@ -371,7 +415,9 @@ impl RegistryData {
         by_resident_code: HashIndex,
     ) -> Result<RegistryData> {
         let persons = PersonTable::build(&cols)?;
+        let text_keys = TextKeys::build(&dicts);
         Ok(RegistryData {
+            text_keys,
             cols,
             dicts,
             by_my_number,
