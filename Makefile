@@ -32,7 +32,7 @@ lint: build
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy
-	$(PY) -m mypy.stubtest juki_engine._core
+	$(PY) -m mypy.stubtest juki_engine._core --mypy-config-file pyproject.toml
 
 rust-test: build
 	cargo test --release

@@ -70,6 +70,22 @@ impl<T: ArrowNativeType> HugeVec<T> {
     }
 }
 
+/// Below one huge page, a mapping per buffer costs more than huge pages save.
+const HUGE_THRESHOLD: usize = 2 << 20;
+
+/// A buffer of `len` values, zeroed and then filled by `fill`: on huge pages when large, on the
+/// heap when small (a single-record query result should not cost an `mmap`).
+pub fn filled<T: ArrowNativeType>(len: usize, fill: impl FnOnce(&mut [T])) -> ScalarBuffer<T> {
+    if len * std::mem::size_of::<T>() < HUGE_THRESHOLD {
+        let mut v = vec![T::default(); len];
+        fill(&mut v);
+        return v.into();
+    }
+    let mut h: HugeVec<T> = HugeVec::zeroed(len).expect("memory for a query result");
+    fill(h.as_mut_slice());
+    h.into_buffer()
+}
+
 /// Read a whole file into huge-page-advised anonymous memory and return it as an Arrow buffer.
 pub fn read_file_huge(path: &std::path::Path) -> std::io::Result<Buffer> {
     use std::io::Read;

@@ -136,12 +136,13 @@ impl PyRegistry {
     }
 
     /// Verify claims; see `juki_engine.Registry.verify`.
-    #[pyo3(signature = (claims, by = "my_number"))]
+    #[pyo3(signature = (claims, by = "my_number", first_row = 0))]
     fn verify(
         &self,
         py: Python<'_>,
         claims: PyArrowType<Table>,
         by: &str,
+        first_row: usize,
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
         let (mut batches, schema) = claims.0.into_inner();
@@ -149,7 +150,7 @@ impl PyRegistry {
             batches.push(RecordBatch::new_empty(schema));
         }
         let results = py.detach(|| {
-            let mut first_row = 0;
+            let mut first_row = first_row;
             let mut out = Vec::with_capacity(batches.len());
             for b in &batches {
                 out.push(query::verify(&self.data, b, kind, &ExactMatch, first_row)?);

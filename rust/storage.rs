@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::error::{JukiError, Result};
 use crate::ids::IdKind;
 use crate::index::{HashIndex, NOT_FOUND};
-use crate::memory::{prefetch, HugeVec};
+use crate::memory::{filled, prefetch, HugeVec};
 
 /// Registry status codes (the order is the stored code).
 pub const STATUS_VALUES: [&str; 4] = ["resident", "moved_abroad", "deceased", "removed"];
@@ -348,24 +348,23 @@ pub fn found_validity(rows: &[u32]) -> Option<NullBuffer> {
 /// Gather `src[rows[i]]` for each i on all cores, prefetching ahead; missing rows give zero.
 pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> ScalarBuffer<T> {
     const AHEAD: usize = 16;
-    let mut out: HugeVec<T> = HugeVec::zeroed(rows.len()).expect("allocation for a gather");
-    out.as_mut_slice()
-        .par_chunks_mut(1 << 14)
-        .zip(rows.par_chunks(1 << 14))
-        .for_each(|(o, r)| {
-            for i in 0..r.len() {
-                if let Some(&ahead) = r.get(i + AHEAD) {
-                    if ahead != NOT_FOUND {
-                        prefetch(&src[ahead as usize]);
+    filled(rows.len(), |out: &mut [T]| {
+        out.par_chunks_mut(1 << 14)
+            .zip(rows.par_chunks(1 << 14))
+            .for_each(|(o, r)| {
+                for i in 0..r.len() {
+                    if let Some(&ahead) = r.get(i + AHEAD) {
+                        if ahead != NOT_FOUND {
+                            prefetch(&src[ahead as usize]);
+                        }
+                    }
+                    let row = r[i];
+                    if row != NOT_FOUND {
+                        o[i] = src[row as usize];
                     }
                 }
-                let row = r[i];
-                if row != NOT_FOUND {
-                    o[i] = src[row as usize];
-                }
-            }
-        });
-    out.into_buffer()
+            });
+    })
 }
 
 /// Render identifier values as fixed-width digit strings (leading zeros kept). Plain `Utf8`
@@ -373,24 +372,24 @@ pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> Scal
 /// width the offsets cost no more than views would.
 pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> StringArray {
     let n = kind.digits();
-    let mut bytes: HugeVec<u8> = HugeVec::zeroed(values.len() * n).expect("allocation for ids");
-    bytes
-        .as_mut_slice()
-        .par_chunks_mut(n << 14)
-        .zip(values.par_chunks(1 << 14))
-        .for_each(|(out, vals)| {
-            for (o, &v) in out.chunks_exact_mut(n).zip(vals) {
-                let mut x = v;
-                for d in o.iter_mut().rev() {
-                    *d = b'0' + (x % 10) as u8;
-                    x /= 10;
+    let bytes = filled(values.len() * n, |bytes: &mut [u8]| {
+        bytes
+            .par_chunks_mut(n << 14)
+            .zip(values.par_chunks(1 << 14))
+            .for_each(|(out, vals)| {
+                for (o, &v) in out.chunks_exact_mut(n).zip(vals) {
+                    let mut x = v;
+                    for d in o.iter_mut().rev() {
+                        *d = b'0' + (x % 10) as u8;
+                        x /= 10;
+                    }
                 }
-            }
-        });
+            });
+    });
     let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(n, values.len()));
     // SAFETY: the offsets step by n over a buffer of values.len() * n ASCII digits, so every value
     // is in bounds and valid UTF-8; nulls has values.len() entries.
-    unsafe { StringArray::new_unchecked(offsets, bytes.into_buffer().into_inner(), nulls) }
+    unsafe { StringArray::new_unchecked(offsets, bytes.into_inner(), nulls) }
 }
 
 fn small_dict(values: &[&str]) -> StringArray {

@@ -4,6 +4,24 @@ from typing import final
 
 import pyarrow as pa
 
+__all__ = [
+    "MAX_ROWS",
+    "REFERENCE_DATE",
+    "DuplicateIdentifier",
+    "InvalidIdentifier",
+    "InvalidInput",
+    "JukiError",
+    "Registry",
+    "SnapshotCorrupt",
+    "SnapshotIOError",
+    "check_digit",
+    "check_digit_array",
+    "is_valid",
+    "is_valid_array",
+    "normalize",
+    "validate",
+]
+
 REFERENCE_DATE: int
 """The synthetic registry's "today" (2026-01-01) as days since 1970-01-01."""
 MAX_ROWS: int
@@ -60,7 +78,7 @@ class Registry:
     ) -> pa.Table:
         """One row per key: `found`, `error`, then the requested columns."""
 
-    def verify(self, claims: pa.Table, by: str = "my_number") -> pa.Table:
+    def verify(self, claims: pa.Table, by: str = "my_number", first_row: int = 0) -> pa.Table:
         """Per claim: `found`, `status`, `error`, and `<field>_match` per claimed field."""
 
     def __len__(self) -> int: ...

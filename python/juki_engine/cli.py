@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -113,54 +113,56 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_claims(path: Path) -> pa.Table:
-    if path.suffix.lower() == ".csv":
+def _claim_batches(path: Path, batch_size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
+    """Stream the claims file: (row count if known, else -1; its record batches)."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
         # Identifiers stay strings: leading zeros matter.
-        options = pacsv.ConvertOptions(
+        convert = pacsv.ConvertOptions(
             column_types={
                 "my_number": pa.string(),
                 "resident_code": pa.string(),
                 "municipality_code": pa.string(),
             }
         )
-        return pacsv.read_csv(path, convert_options=options)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return pq.read_table(path)
+        reader = pacsv.open_csv(path, convert_options=convert)
+        return -1, iter(reader)
+    if suffix in (".parquet", ".pq"):
+        parquet = pq.ParquetFile(path)
+        return parquet.metadata.num_rows, parquet.iter_batches(batch_size=batch_size)
     raise JukiError(f"input {path}: expected a .parquet or .csv file")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     registry = _open(Path(args.registry), args.mmap)
-    claims = _read_claims(Path(args.input))
-    batches = claims.to_batches(max_chunksize=args.batch_size)
+    total, batches = _claim_batches(Path(args.input), args.batch_size)
     started = time.perf_counter()
     writer: pq.ParquetWriter | None = None
-    found = 0
+    done = found = 0
     with Progress(
         TextColumn("verifying"),
         BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} claims"),
+        TextColumn("{task.completed:,} claims"),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("verify", total=claims.num_rows, rate="")
+        task = progress.add_task("verify", total=total if total >= 0 else None, rate="")
         for batch in batches:
-            result = registry.verify(pa.Table.from_batches([batch]), by=args.by)
+            result = registry.verify(batch, by=args.by, first_row=done)
             found += pc.sum(result["found"]).as_py() or 0
             if writer is None:
                 writer = pq.ParquetWriter(args.out, result.schema)
             writer.write_table(result)
-            elapsed = time.perf_counter() - started
-            progress.advance(task, batch.num_rows)
-            done = progress.tasks[0].completed
-            progress.update(task, rate=f"{done / max(elapsed, 1e-9) / 1e6:.1f} M/s")
+            done += batch.num_rows
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=done, rate=f"{rate / 1e6:.1f} M/s")
     if writer is not None:
         writer.close()
     elapsed = time.perf_counter() - started
     console.print(
-        f"verified {claims.num_rows:,} claims in {elapsed:.2f} s: {found:,} found, "
-        f"{claims.num_rows - found:,} not found → {args.out}"
+        f"verified {done:,} claims in {elapsed:.2f} s: {found:,} found, "
+        f"{done - found:,} not found → {args.out}"
     )
     return 0
 
