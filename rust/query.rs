@@ -333,54 +333,16 @@ impl TextMatch for ExactMatch {
     }
 }
 
-/// A field that claims may carry, and how it is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimField {
-    /// 氏.
-    FamilyName,
-    /// 氏の振り仮名.
-    FamilyNameKana,
-    /// 名.
-    GivenName,
-    /// 名の振り仮名.
-    GivenNameKana,
-    /// 生年月日.
-    BirthDate,
-    /// 性別.
-    Sex,
-    /// 住所の市区町村コード.
-    MunicipalityCode,
-}
-
-impl ClaimField {
-    /// Every claimable field.
-    pub const ALL: [ClaimField; 7] = [
-        ClaimField::FamilyName,
-        ClaimField::FamilyNameKana,
-        ClaimField::GivenName,
-        ClaimField::GivenNameKana,
-        ClaimField::BirthDate,
-        ClaimField::Sex,
-        ClaimField::MunicipalityCode,
-    ];
-
-    /// The claim column's name (the public column it is compared with).
-    pub fn name(self) -> &'static str {
-        self.column().name()
-    }
-
-    fn column(self) -> Column {
-        match self {
-            ClaimField::FamilyName => Column::FamilyName,
-            ClaimField::FamilyNameKana => Column::FamilyNameKana,
-            ClaimField::GivenName => Column::GivenName,
-            ClaimField::GivenNameKana => Column::GivenNameKana,
-            ClaimField::BirthDate => Column::BirthDate,
-            ClaimField::Sex => Column::Sex,
-            ClaimField::MunicipalityCode => Column::MunicipalityCode,
-        }
-    }
-}
+/// The public columns that claims may carry for verification.
+pub const CLAIMABLE: [Column; 7] = [
+    Column::FamilyName,
+    Column::FamilyNameKana,
+    Column::GivenName,
+    Column::GivenNameKana,
+    Column::BirthDate,
+    Column::Sex,
+    Column::MunicipalityCode,
+];
 
 /// A claimed column, prepared for the kernel: what it is compared with in a [`Person`].
 enum Check<'a> {
@@ -458,11 +420,7 @@ impl Check<'_> {
     }
 }
 
-fn prepare<'a>(
-    data: &'a RegistryData,
-    field: ClaimField,
-    claimed: &dyn Array,
-) -> Result<Check<'a>> {
+fn prepare<'a>(data: &'a RegistryData, field: Column, claimed: &dyn Array) -> Result<Check<'a>> {
     let d = &data.dicts;
     let what = format!("claims column '{}'", field.name());
     let t = &data.text_keys;
@@ -475,24 +433,22 @@ fn prepare<'a>(
         })
     };
     match field {
-        ClaimField::FamilyName => text(PersonKey::Family, &d.family_name, &t.family_name),
-        ClaimField::FamilyNameKana => {
-            text(PersonKey::Family, &d.family_name_kana, &t.family_name_kana)
-        }
-        ClaimField::GivenName => text(PersonKey::Given, &d.given_name, &t.given_name),
-        ClaimField::GivenNameKana => text(PersonKey::Given, &d.given_name_kana, &t.given_name_kana),
-        ClaimField::MunicipalityCode => text(
+        Column::FamilyName => text(PersonKey::Family, &d.family_name, &t.family_name),
+        Column::FamilyNameKana => text(PersonKey::Family, &d.family_name_kana, &t.family_name_kana),
+        Column::GivenName => text(PersonKey::Given, &d.given_name, &t.given_name),
+        Column::GivenNameKana => text(PersonKey::Given, &d.given_name_kana, &t.given_name_kana),
+        Column::MunicipalityCode => text(
             PersonKey::Municipality,
             &d.municipality_code,
             &t.municipality_code,
         ),
-        ClaimField::BirthDate => {
+        Column::BirthDate => {
             let cast = strict_cast(claimed, &DataType::Date32, &what)?;
             Ok(Check::Date {
                 claims: cast.as_primitive::<Date32Type>().clone(),
             })
         }
-        ClaimField::Sex => {
+        Column::Sex => {
             if !claimed.data_type().is_integer() && claimed.data_type() != &DataType::Null {
                 return Err(JukiError::InvalidInput(format!(
                     "{what} must hold integers (1 = male, 2 = female), not {}",
@@ -504,6 +460,10 @@ fn prepare<'a>(
                 claims: cast.as_primitive::<UInt8Type>().clone(),
             })
         }
+        other => Err(JukiError::InvalidInput(format!(
+            "column '{}' cannot be verified",
+            other.name()
+        ))),
     }
 }
 
@@ -528,11 +488,11 @@ pub fn verify<M: TextMatch>(
         if f.name() == by.name() {
             continue;
         }
-        let field = ClaimField::ALL
+        let field = CLAIMABLE
             .into_iter()
             .find(|c| c.name() == f.name())
             .ok_or_else(|| {
-                let known: Vec<&str> = ClaimField::ALL.iter().map(|c| c.name()).collect();
+                let known: Vec<&str> = CLAIMABLE.iter().map(|c| c.name()).collect();
                 JukiError::InvalidInput(format!(
                     "claims column '{}' cannot be verified: expected the key '{}' and any of {}",
                     f.name(),
