@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::error::{JukiError, Result};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
-use crate::memory::prefetch;
+use crate::memory::{filled, prefetch};
 use crate::storage::{inline_key, Column, Person, RegistryData, STATUS_VALUES};
 
 /// Rows per chunk: a multiple of 64 (result bits fill whole words), small enough that a chunk's
@@ -276,19 +276,22 @@ pub fn lookup(
 ) -> Result<RecordBatch> {
     let index = data.index(by)?;
     let column = KeyColumn::new(by, keys)?;
-    let mut rows = vec![NOT_FOUND; keys.len()];
-    let errors: Vec<(usize, String)> = rows
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .map(|(c, r)| {
-            let mut errs = Vec::new();
-            resolve_chunk(&column, index, c * CHUNK, 0, r, &mut errs, |_| {});
-            errs
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flatten()
-        .collect();
+    // Every row is written by the probe, so the buffer needs no initial fill.
+    let mut errors = Vec::new();
+    let rows = filled(keys.len(), |rows: &mut [u32]| {
+        errors = rows
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(c, r)| {
+                let mut errs = Vec::new();
+                resolve_chunk(&column, index, c * CHUNK, 0, r, &mut errs, |_| {});
+                errs
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flatten()
+            .collect();
+    });
     let mut fields = vec![Field::new("found", DataType::Boolean, false), error_field()];
     let mut arrays: Vec<ArrayRef> = vec![
         Arc::new(RegistryData::found_column(&rows)),
