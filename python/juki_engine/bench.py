@@ -495,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         "lookup_key_only/gather_limit": ratio("juki_lookup_key_only", "gather_limit"),
         "lookup_key_only_uint64/gather_limit": ratio("juki_lookup_key_only_uint64", "gather_limit"),
         "lookup_3_columns/gather_limit": ratio("juki_lookup_3_columns", "gather_limit"),
+        # The same against plain `np.take` (allocating its output, as a user would write it).
+        "lookup_key_only/np_take": ratio("juki_lookup_key_only", "gather_allocating"),
+        "lookup_key_only_uint64/np_take": ratio("juki_lookup_key_only_uint64", "gather_allocating"),
     }
     results["peak_rss_bytes"] = peak_rss_bytes()
     report(results)
