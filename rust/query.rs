@@ -94,8 +94,9 @@ impl TextColumn {
             Some(((raw & mask) << 32) | b.len() as u128)
         };
         let fast = match self {
-            // A short string's view is its inline key.
-            TextColumn::View(a) => Some(a.views()[i]),
+            // A short string's view is its inline key (masked, should a producer not zero the
+            // padding).
+            TextColumn::View(a) => Some(a.views()[i] & (u128::MAX >> (96 - b.len() * 8))),
             TextColumn::Utf8(a) => load(a.values(), a.value_offsets()[i] as usize),
             TextColumn::Large(a) => load(a.values(), a.value_offsets()[i] as usize),
         };
