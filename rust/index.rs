@@ -5,7 +5,7 @@
 //! resident code) above the row id (27 bits: up to 134,217,728 rows, above the nation's
 //! 128,066,211), so a probe never touches the key column: one cache miss per lookup, hidden by
 //! software prefetch over a batch. At load ≤ 0.5 the nation's two tables take 2 × 2 GiB, on huge
-//! pages (see `memory`). Bulk probes run on all cores.
+//! pages (see `memory`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -158,18 +158,9 @@ impl HashIndex {
         (out[0] != NOT_FOUND).then_some(out[0])
     }
 
-    /// Probe a batch of bases (identifiers without check digit; [`INVALID_KEY`] for keys that
-    /// must not be probed), writing each one's row or [`NOT_FOUND`]. Runs on all cores.
-    pub fn probe(&self, bases: &[u64], rows: &mut [u32]) {
-        assert_eq!(bases.len(), rows.len());
-        const CHUNK: usize = 1 << 14;
-        bases
-            .par_chunks(CHUNK)
-            .zip(rows.par_chunks_mut(CHUNK))
-            .for_each(|(b, r)| self.probe_chunk(b, r));
-    }
-
-    /// Probe one slice of bases on the calling thread (see [`HashIndex::probe`]).
+    /// Probe a slice of bases (identifiers without check digit; [`INVALID_KEY`] for keys that
+    /// must not be probed), writing each one's row or [`NOT_FOUND`]. Runs on the calling thread:
+    /// the query kernels give each core its own chunks.
     pub fn probe_chunk(&self, bases: &[u64], rows: &mut [u32]) {
         self.probe_chunk_with(bases, rows, |_| {});
     }
@@ -237,7 +228,7 @@ mod tests {
         bases.push(INVALID_KEY);
         bases.push(missing / 10);
         let mut rows = vec![0u32; bases.len()];
-        index.probe(&bases, &mut rows);
+        index.probe_chunk(&bases, &mut rows);
         assert_eq!(
             rows[..10_000]
                 .iter()
