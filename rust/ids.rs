@@ -94,6 +94,12 @@ impl IdKind {
         }
     }
 
+    /// The value of a base given as exactly `base_len()` ASCII digits, or None.
+    pub fn parse_base(self, b: &[u8]) -> Option<u64> {
+        (b.len() == self.base_len() && b.iter().all(u8::is_ascii_digit))
+            .then(|| b.iter().fold(0u64, |v, &c| v * 10 + (c - b'0') as u64))
+    }
+
     /// The check digit for `base`, given as its base digits (most significant first).
     pub fn check_digit_of_digits(self, digits: &[u8]) -> u8 {
         debug_assert_eq!(digits.len(), self.base_len());

@@ -200,17 +200,14 @@ fn validate(kind: &str, value: &str) -> PyResult<()> {
 #[pyfunction]
 fn check_digit(kind: &str, base: &str) -> PyResult<u8> {
     let k = IdKind::from_name(kind)?;
-    let b = base.as_bytes();
-    if b.len() != k.base_len() || !b.iter().all(u8::is_ascii_digit) {
-        return Err(JukiError::InvalidIdentifier(format!(
+    let value = k.parse_base(base.as_bytes()).ok_or_else(|| {
+        JukiError::InvalidIdentifier(format!(
             "{} base '{base}': must be exactly {} ASCII digits",
             k.name(),
             k.base_len()
         ))
-        .into());
-    }
-    let digits: Vec<u8> = b.iter().map(|c| c - b'0').collect();
-    Ok(k.check_digit_of_digits(&digits))
+    })?;
+    Ok(k.check_digit(value))
 }
 
 /// Lenient parsing: returns (canonical value, folded full-width digits, removed separators).
@@ -272,13 +269,7 @@ fn check_digit_array(
         Ok(strings
             .as_string_view()
             .iter()
-            .map(|s| {
-                let b = s?.as_bytes();
-                (b.len() == k.base_len() && b.iter().all(u8::is_ascii_digit)).then(|| {
-                    let digits: Vec<u8> = b.iter().map(|c| c - b'0').collect();
-                    k.check_digit_of_digits(&digits)
-                })
-            })
+            .map(|s| k.parse_base(s?.as_bytes()).map(|b| k.check_digit(b)))
             .collect())
     })?;
     Ok(PyArrowType(out.into_data()))

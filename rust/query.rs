@@ -200,6 +200,25 @@ impl KeyColumn {
     }
 }
 
+/// Run `f(first index, chunk, errors)` over `out` in [`CHUNK`]s on all cores; returns the
+/// errors the chunks reported, in row order.
+fn for_chunks<T: Send>(
+    out: &mut [T],
+    f: impl Fn(usize, &mut [T], &mut Vec<(usize, String)>) + Sync,
+) -> Vec<(usize, String)> {
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut errs = Vec::new();
+            f(c * CHUNK, chunk, &mut errs);
+            errs
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Keys parsed for probing: one base per input row ([`INVALID_KEY`] where the key was rejected)
 /// and, for rejected rows, the reason.
 pub struct ParsedKeys {
@@ -213,18 +232,9 @@ pub struct ParsedKeys {
 pub fn parse_keys(kind: IdKind, keys: &dyn Array, first_row: usize) -> Result<ParsedKeys> {
     let column = KeyColumn::new(kind, keys)?;
     let mut bases = vec![INVALID_KEY; keys.len()];
-    let errors = bases
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .map(|(c, b)| {
-            let mut errs = Vec::new();
-            column.parse_into(kind, c * CHUNK, first_row, b, &mut errs);
-            errs
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flatten()
-        .collect();
+    let errors = for_chunks(&mut bases, |start, b, errs| {
+        column.parse_into(kind, start, first_row, b, errs)
+    });
     Ok(ParsedKeys { bases, errors })
 }
 
@@ -280,18 +290,9 @@ pub fn lookup(
     // Every row is written by the probe, so the buffer needs no initial fill.
     let mut errors = Vec::new();
     let rows = filled(keys.len(), |rows: &mut [u32]| {
-        errors = rows
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .map(|(c, r)| {
-                let mut errs = Vec::new();
-                resolve_chunk(&column, index, c * CHUNK, 0, r, &mut errs, |_| {});
-                errs
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .flatten()
-            .collect();
+        errors = for_chunks(rows, |start, r, errs| {
+            resolve_chunk(&column, index, start, 0, r, errs, |_| {})
+        });
     });
     let mut fields = vec![Field::new("found", DataType::Boolean, false), error_field()];
     let mut arrays: Vec<ArrayRef> = vec![

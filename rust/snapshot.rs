@@ -315,6 +315,14 @@ fn values<T: ArrowPrimitiveType>(
         })
 }
 
+/// A non-null row column of `residents.arrow`, zero-copy.
+fn row_values<T: ArrowPrimitiveType>(
+    batch: &RecordBatch,
+    col: &str,
+) -> Result<ScalarBuffer<T::Native>> {
+    Ok(values::<T>(batch, RESIDENTS, col)?.values().clone())
+}
+
 fn strings(batch: &RecordBatch, file: &str, col: &str) -> Result<StringArray> {
     batch
         .column_by_name(col)
@@ -433,38 +441,19 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
             ),
         ));
     }
-    let r = |col| values::<UInt64Type>(&rows, RESIDENTS, col).map(|a| a.values().clone());
     let cols = Columns {
-        resident_code: r("resident_code")?,
-        my_number: r("my_number")?,
-        family: values::<UInt32Type>(&rows, RESIDENTS, "family")?
-            .values()
-            .clone(),
-        given: values::<UInt32Type>(&rows, RESIDENTS, "given")?
-            .values()
-            .clone(),
-        birth_date: values::<Date32Type>(&rows, RESIDENTS, "birth_date")?
-            .values()
-            .clone(),
-        sex: values::<UInt8Type>(&rows, RESIDENTS, "sex")?
-            .values()
-            .clone(),
-        municipality: values::<UInt16Type>(&rows, RESIDENTS, "municipality")?
-            .values()
-            .clone(),
-        town: values::<UInt32Type>(&rows, RESIDENTS, "town")?
-            .values()
-            .clone(),
-        block: values::<UInt32Type>(&rows, RESIDENTS, "block")?
-            .values()
-            .clone(),
-        status: values::<UInt8Type>(&rows, RESIDENTS, "status")?
-            .values()
-            .clone(),
+        resident_code: row_values::<UInt64Type>(&rows, "resident_code")?,
+        my_number: row_values::<UInt64Type>(&rows, "my_number")?,
+        family: row_values::<UInt32Type>(&rows, "family")?,
+        given: row_values::<UInt32Type>(&rows, "given")?,
+        birth_date: row_values::<Date32Type>(&rows, "birth_date")?,
+        sex: row_values::<UInt8Type>(&rows, "sex")?,
+        municipality: row_values::<UInt16Type>(&rows, "municipality")?,
+        town: row_values::<UInt32Type>(&rows, "town")?,
+        block: row_values::<UInt32Type>(&rows, "block")?,
+        status: row_values::<UInt8Type>(&rows, "status")?,
         status_date: values::<Date32Type>(&rows, RESIDENTS, "status_date")?,
-        card: values::<UInt8Type>(&rows, RESIDENTS, "card")?
-            .values()
-            .clone(),
+        card: row_values::<UInt8Type>(&rows, "card")?,
     };
     let dicts = Dictionaries {
         family_name: strings(&fam, "dict_family.arrow", "name")?,
