@@ -136,15 +136,17 @@ impl PyRegistry {
     }
 
     /// Verify claims; see `juki_engine.Registry.verify`.
-    #[pyo3(signature = (claims, by = "my_number", first_row = 0))]
+    #[pyo3(signature = (claims, by = "my_number", first_row = 0, columns = Vec::new()))]
     fn verify(
         &self,
         py: Python<'_>,
         claims: PyArrowType<Table>,
         by: &str,
         first_row: usize,
+        columns: Vec<String>,
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
+        let cols = columns_of(Some(columns))?;
         let (mut batches, schema) = claims.0.into_inner();
         if batches.is_empty() {
             batches.push(RecordBatch::new_empty(schema));
@@ -153,7 +155,14 @@ impl PyRegistry {
             let mut first_row = first_row;
             let mut out = Vec::with_capacity(batches.len());
             for b in &batches {
-                out.push(query::verify(&self.data, b, kind, &ExactMatch, first_row)?);
+                out.push(query::verify(
+                    &self.data,
+                    b,
+                    kind,
+                    &ExactMatch,
+                    first_row,
+                    &cols,
+                )?);
                 first_row += b.num_rows();
             }
             Ok::<_, JukiError>(out)

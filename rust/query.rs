@@ -474,14 +474,16 @@ fn prepare<'a>(data: &'a RegistryData, field: Column, claimed: &dyn Array) -> Re
 
 /// Verify claims (本人確認): for each claim row, in input order, whether the key was found, the
 /// resident's status, the key's error (if rejected) and one `<field>_match` per claimed field
-/// (null where not found or not claimed in that row). `first_row` is the batch's first row in
-/// the whole job, for messages.
+/// (null where not found or not claimed in that row), then the requested `columns` of each found
+/// resident, gathered with the rows the same probe found (a server auditing and disclosing in one
+/// pass probes once). `first_row` is the batch's first row in the whole job, for messages.
 pub fn verify<M: TextMatch>(
     data: &RegistryData,
     claims: &RecordBatch,
     by: IdKind,
     text: &M,
     first_row: usize,
+    columns: &[Column],
 ) -> Result<RecordBatch> {
     let schema = claims.schema();
     let key_col = claims.column_by_name(by.name()).ok_or_else(|| {
@@ -518,43 +520,47 @@ pub fn verify<M: TextMatch>(
     let stride = WORDS * (1 + 2 * k);
     let mut bits = vec![0u64; n.div_ceil(CHUNK) * stride];
     let mut status = vec![0u8; n];
-    let errors: Vec<(usize, String)> = bits
-        .par_chunks_mut(stride)
-        .zip(status.par_chunks_mut(CHUNK))
-        .enumerate()
-        .map(|(c, (b, st))| {
-            let start = c * CHUNK;
-            let mut errs = Vec::new();
-            let mut rows = [NOT_FOUND; CHUNK];
-            let rows = &mut rows[..st.len()];
-            // The probe prefetches each found resident's packed row, so its miss overlaps the
-            // probes still in flight and the pass below finds it in cache (a chunk's rows fit L2).
-            resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
-                prefetch(&persons[row as usize])
-            });
-            for (i, &row) in rows.iter().enumerate() {
-                if row == NOT_FOUND {
-                    continue;
-                }
-                let (word, bit) = (i / 64, 1u64 << (i % 64));
-                b[word] |= bit;
-                let p = &persons[row as usize];
-                st[i] = p.status;
-                for (j, ch) in checks.iter().enumerate() {
-                    let r = ch.check(start + i, p, text);
-                    if r != UNCLAIMED {
-                        let at = WORDS * (1 + 2 * j) + word;
-                        b[at] |= bit * r as u64;
-                        b[at + WORDS] |= bit;
+    // Every row is written by the probe, so the buffer needs no initial fill.
+    let mut errors: Vec<(usize, String)> = Vec::new();
+    let rows = filled(n, |rows: &mut [u32]| {
+        errors = bits
+            .par_chunks_mut(stride)
+            .zip(status.par_chunks_mut(CHUNK))
+            .zip(rows.par_chunks_mut(CHUNK))
+            .enumerate()
+            .map(|(c, ((b, st), rows))| {
+                let start = c * CHUNK;
+                let mut errs = Vec::new();
+                // The probe prefetches each found resident's packed row, so its miss overlaps the
+                // probes still in flight and the pass below finds it in cache (a chunk's rows fit
+                // L2).
+                resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
+                    prefetch(&persons[row as usize])
+                });
+                for (i, &row) in rows.iter().enumerate() {
+                    if row == NOT_FOUND {
+                        continue;
+                    }
+                    let (word, bit) = (i / 64, 1u64 << (i % 64));
+                    b[word] |= bit;
+                    let p = &persons[row as usize];
+                    st[i] = p.status;
+                    for (j, ch) in checks.iter().enumerate() {
+                        let r = ch.check(start + i, p, text);
+                        if r != UNCLAIMED {
+                            let at = WORDS * (1 + 2 * j) + word;
+                            b[at] |= bit * r as u64;
+                            b[at + WORDS] |= bit;
+                        }
                     }
                 }
-            }
-            errs
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flatten()
-        .collect();
+                errs
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .flatten()
+            .collect();
+    });
     // Reassemble each bit plane from its per-chunk words.
     let plane = |p: usize| -> BooleanBuffer {
         let words: Vec<u64> = bits
@@ -590,6 +596,11 @@ pub fn verify<M: TextMatch>(
             values,
             Some(NullBuffer::from(valid)),
         )));
+    }
+    // `status` is always in the result already.
+    for &c in columns.iter().filter(|&&c| c != Column::Status) {
+        fields.push(c.field());
+        arrays.push(data.column(c, Some(&rows)));
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }

@@ -611,6 +611,33 @@ def test_verify_accepts_polars_and_duckdb(
         con.close()
 
 
+@pytest.mark.parametrize("kind", KEY_KINDS)
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_verify_columns_come_from_the_same_probe_as_lookup(
+    small: Registry,
+    small_by: dict[str, dict[str, Row]],
+    small_rows: list[Row],
+    kind: str,
+    data: st.DataObject,
+) -> None:
+    index = small_by[kind]
+    claims, fields = draw_claims(data, kind, index, small_rows)
+    table = claims_table(claims, kind, fields, "date32", pa.uint8())
+    columns = data.draw(
+        st.lists(st.sampled_from(Registry.column_names()), unique=True, max_size=6), "columns"
+    )
+    out = small.verify(table, by=kind, first_row=0, columns=columns)
+    check_verify(out.select(range(3 + len(fields))), kind, claims, fields, index)
+    looked_up = small.lookup(table[kind], by=kind, columns=columns)
+    # `status` is already the verify result's own column; the others follow the matches.
+    extra = [c for c in columns if c != "status"]
+    assert out.column_names[3 + len(fields) :] == extra
+    assert plain(out.select(extra)) == plain(looked_up.select(extra))
+    if "status" in columns:
+        assert plain(out.select(["status"])) == plain(looked_up.select(["status"]))
+
+
 def test_verify_a_known_resident(small: Registry, small_rows: list[Row]) -> None:
     person = next(r for r in small_rows if r["status"] == "deceased")
     claims = {

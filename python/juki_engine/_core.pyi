@@ -78,8 +78,15 @@ class Registry:
     ) -> pa.Table:
         """One row per key: `found`, `error`, then the requested columns."""
 
-    def verify(self, claims: pa.Table, by: str = "my_number", first_row: int = 0) -> pa.Table:
-        """Per claim: `found`, `status`, `error`, and `<field>_match` per claimed field."""
+    def verify(
+        self,
+        claims: pa.Table,
+        by: str = "my_number",
+        first_row: int = 0,
+        columns: list[str] = ...,
+    ) -> pa.Table:
+        """Per claim: `found`, `status`, `error`, `<field>_match` per claimed field, then the
+        requested `columns` of each found resident."""
 
     def __len__(self) -> int: ...
     @property

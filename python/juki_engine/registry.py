@@ -119,13 +119,21 @@ class Registry:
             _as_key_array(keys), by, list(columns) if columns is not None else None
         )
 
-    def verify(self, claims: Any, by: KeyKind = "my_number", *, first_row: int = 0) -> pa.Table:
+    def verify(
+        self,
+        claims: Any,
+        by: KeyKind = "my_number",
+        *,
+        first_row: int = 0,
+        columns: Sequence[str] = (),
+    ) -> pa.Table:
         """Check claimed fields against the registry (本人確認): per claim, in input order,
-        `found`, `status`, `error` and one `<field>_match` per claimed field.
+        `found`, `status`, `error` and one `<field>_match` per claimed field, then the requested
+        `columns` of each found resident (null elsewhere), from the same index probe.
 
         `first_row` numbers the rows in error messages when `claims` is one batch of a larger
         job."""
-        return self._core.verify(_as_table(claims), by, first_row)
+        return self._core.verify(_as_table(claims), by, first_row, list(columns))
 
     @staticmethod
     def column_names() -> list[str]:

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of protos/ (package juki.v1): run protos/generate.py."""

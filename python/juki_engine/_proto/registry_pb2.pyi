@@ -1,0 +1,228 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class KeyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KEY_KIND_UNSPECIFIED: _ClassVar[KeyKind]
+    MY_NUMBER: _ClassVar[KeyKind]
+    RESIDENT_CODE: _ClassVar[KeyKind]
+
+class Sex(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEX_UNSPECIFIED: _ClassVar[Sex]
+    MALE: _ClassVar[Sex]
+    FEMALE: _ClassVar[Sex]
+
+class ResidentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESIDENT_STATUS_UNSPECIFIED: _ClassVar[ResidentStatus]
+    RESIDENT: _ClassVar[ResidentStatus]
+    MOVED_ABROAD: _ClassVar[ResidentStatus]
+    DECEASED: _ClassVar[ResidentStatus]
+    REMOVED: _ClassVar[ResidentStatus]
+
+class CardState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CARD_STATE_UNSPECIFIED: _ClassVar[CardState]
+    NONE: _ClassVar[CardState]
+    APPLIED: _ClassVar[CardState]
+    ISSUED: _ClassVar[CardState]
+KEY_KIND_UNSPECIFIED: KeyKind
+MY_NUMBER: KeyKind
+RESIDENT_CODE: KeyKind
+SEX_UNSPECIFIED: Sex
+MALE: Sex
+FEMALE: Sex
+RESIDENT_STATUS_UNSPECIFIED: ResidentStatus
+RESIDENT: ResidentStatus
+MOVED_ABROAD: ResidentStatus
+DECEASED: ResidentStatus
+REMOVED: ResidentStatus
+CARD_STATE_UNSPECIFIED: CardState
+NONE: CardState
+APPLIED: CardState
+ISSUED: CardState
+
+class RequestContext(_message.Message):
+    __slots__ = ("affair", "operator_id", "request_id")
+    AFFAIR_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    affair: str
+    operator_id: str
+    request_id: str
+    def __init__(self, affair: _Optional[str] = ..., operator_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Key(_message.Message):
+    __slots__ = ("my_number", "resident_code")
+    MY_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_CODE_FIELD_NUMBER: _ClassVar[int]
+    my_number: str
+    resident_code: str
+    def __init__(self, my_number: _Optional[str] = ..., resident_code: _Optional[str] = ...) -> None: ...
+
+class Claims(_message.Message):
+    __slots__ = ("family_name", "family_name_kana", "given_name", "given_name_kana", "birth_date", "sex", "municipality_code")
+    FAMILY_NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_NAME_KANA_FIELD_NUMBER: _ClassVar[int]
+    GIVEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    GIVEN_NAME_KANA_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    family_name: str
+    family_name_kana: str
+    given_name: str
+    given_name_kana: str
+    birth_date: str
+    sex: Sex
+    municipality_code: str
+    def __init__(self, family_name: _Optional[str] = ..., family_name_kana: _Optional[str] = ..., given_name: _Optional[str] = ..., given_name_kana: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., municipality_code: _Optional[str] = ...) -> None: ...
+
+class Resident(_message.Message):
+    __slots__ = ("resident_code", "my_number", "family_name", "family_name_kana", "given_name", "given_name_kana", "birth_date", "sex", "municipality_code", "municipality_name", "prefecture", "address_town", "address_block", "status", "status_date", "card_state")
+    RESIDENT_CODE_FIELD_NUMBER: _ClassVar[int]
+    MY_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_NAME_KANA_FIELD_NUMBER: _ClassVar[int]
+    GIVEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    GIVEN_NAME_KANA_FIELD_NUMBER: _ClassVar[int]
+    BIRTH_DATE_FIELD_NUMBER: _ClassVar[int]
+    SEX_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_CODE_FIELD_NUMBER: _ClassVar[int]
+    MUNICIPALITY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFECTURE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_TOWN_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_DATE_FIELD_NUMBER: _ClassVar[int]
+    CARD_STATE_FIELD_NUMBER: _ClassVar[int]
+    resident_code: str
+    my_number: str
+    family_name: str
+    family_name_kana: str
+    given_name: str
+    given_name_kana: str
+    birth_date: str
+    sex: Sex
+    municipality_code: str
+    municipality_name: str
+    prefecture: str
+    address_town: str
+    address_block: str
+    status: ResidentStatus
+    status_date: str
+    card_state: CardState
+    def __init__(self, resident_code: _Optional[str] = ..., my_number: _Optional[str] = ..., family_name: _Optional[str] = ..., family_name_kana: _Optional[str] = ..., given_name: _Optional[str] = ..., given_name_kana: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., municipality_code: _Optional[str] = ..., municipality_name: _Optional[str] = ..., prefecture: _Optional[str] = ..., address_town: _Optional[str] = ..., address_block: _Optional[str] = ..., status: _Optional[_Union[ResidentStatus, str]] = ..., status_date: _Optional[str] = ..., card_state: _Optional[_Union[CardState, str]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("context", "key", "claims")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    context: RequestContext
+    key: Key
+    claims: Claims
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., claims: _Optional[_Union[Claims, _Mapping]] = ...) -> None: ...
+
+class FieldMatch(_message.Message):
+    __slots__ = ("field", "match")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    match: bool
+    def __init__(self, field: _Optional[str] = ..., match: _Optional[bool] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("found", "matches")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    matches: _containers.RepeatedCompositeFieldContainer[FieldMatch]
+    def __init__(self, found: _Optional[bool] = ..., matches: _Optional[_Iterable[_Union[FieldMatch, _Mapping]]] = ...) -> None: ...
+
+class RetrieveRequest(_message.Message):
+    __slots__ = ("context", "key", "fields")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    context: RequestContext
+    key: Key
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RetrieveResponse(_message.Message):
+    __slots__ = ("found", "resident", "fields")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    resident: Resident
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, found: _Optional[bool] = ..., resident: _Optional[_Union[Resident, _Mapping]] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListAffairsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Affair(_message.Message):
+    __slots__ = ("code", "title", "legal_basis", "keys", "modes", "fields", "daily_quota", "used_today")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    MODES_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    DAILY_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    USED_TODAY_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    title: str
+    legal_basis: str
+    keys: _containers.RepeatedScalarFieldContainer[KeyKind]
+    modes: _containers.RepeatedScalarFieldContainer[str]
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    daily_quota: int
+    used_today: int
+    def __init__(self, code: _Optional[str] = ..., title: _Optional[str] = ..., legal_basis: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyKind, str]]] = ..., modes: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., daily_quota: _Optional[int] = ..., used_today: _Optional[int] = ...) -> None: ...
+
+class ListAffairsResponse(_message.Message):
+    __slots__ = ("agency_code", "agency_name", "affairs")
+    AGENCY_CODE_FIELD_NUMBER: _ClassVar[int]
+    AGENCY_NAME_FIELD_NUMBER: _ClassVar[int]
+    AFFAIRS_FIELD_NUMBER: _ClassVar[int]
+    agency_code: str
+    agency_name: str
+    affairs: _containers.RepeatedCompositeFieldContainer[Affair]
+    def __init__(self, agency_code: _Optional[str] = ..., agency_name: _Optional[str] = ..., affairs: _Optional[_Iterable[_Union[Affair, _Mapping]]] = ...) -> None: ...
+
+class BulkHeader(_message.Message):
+    __slots__ = ("context", "key", "retrieve_fields")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    context: RequestContext
+    key: KeyKind
+    retrieve_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., key: _Optional[_Union[KeyKind, str]] = ..., retrieve_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BulkRequest(_message.Message):
+    __slots__ = ("header", "claims")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    header: BulkHeader
+    claims: bytes
+    def __init__(self, header: _Optional[_Union[BulkHeader, _Mapping]] = ..., claims: _Optional[bytes] = ...) -> None: ...
+
+class BulkResponse(_message.Message):
+    __slots__ = ("first_row", "results")
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    first_row: int
+    results: bytes
+    def __init__(self, first_row: _Optional[int] = ..., results: _Optional[bytes] = ...) -> None: ...
