@@ -7,12 +7,17 @@ none, opens it and answers a sample lookup and verification.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import itertools
+import logging
 import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -22,10 +27,13 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from juki_engine import JukiError, Registry
+from juki_engine.policy import JST
 from juki_engine.synthetic import TOYAMA
 
 console = Console()
 DEMO_PATH = Path(os.environ.get("JUKI_DEMO_PATH", "data/demo/toyama"))
+DEMO_DIR = DEMO_PATH.parent
+DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
 def _spinner(what: str) -> Progress:
@@ -133,23 +141,45 @@ def _claim_batches(path: Path, batch_size: int) -> tuple[int, Iterator[pa.Record
     raise JukiError(f"input {path}: expected a .parquet or .csv file")
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    registry = _open(Path(args.registry), args.mmap)
-    total, batches = _claim_batches(Path(args.input), args.batch_size)
-    started = time.perf_counter()
-    writer: pq.ParquetWriter | None = None
-    done = found = 0
-    with Progress(
+def _key_column(path: Path, schema: pa.Schema, by: str | None) -> str:
+    """The key column: as given, or the one identifier column the input holds."""
+    if by is not None:
+        return by
+    present = [k for k in ("resident_code", "my_number") if k in schema.names]
+    if len(present) != 1:
+        raise JukiError(
+            f"input {path}: cannot tell the key column (found {present or 'neither'} of "
+            "resident_code, my_number); pass --by"
+        )
+    return present[0]
+
+
+def _verify_progress(total: int) -> tuple[Progress, Any]:
+    progress = Progress(
         TextColumn("verifying"),
         BarColumn(),
         TextColumn("{task.completed:,} claims"),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),
         console=console,
-    ) as progress:
-        task = progress.add_task("verify", total=total if total >= 0 else None, rate="")
+    )
+    task = progress.add_task("verify", total=total if total >= 0 else None, rate="")
+    return progress, task
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if args.server:
+        return _verify_remote(args)
+    registry = _open(Path(args.registry), args.mmap)
+    total, batches = _claim_batches(Path(args.input), args.batch_size)
+    started = time.perf_counter()
+    writer: pq.ParquetWriter | None = None
+    done = found = 0
+    progress, task = _verify_progress(total)
+    with progress:
         for batch in batches:
-            result = registry.verify(batch, by=args.by, first_row=done)
+            by = _key_column(Path(args.input), batch.schema, args.by)
+            result = registry.verify(batch, by=by, first_row=done)
             found += pc.sum(result["found"]).as_py() or 0
             if writer is None:
                 writer = pq.ParquetWriter(args.out, result.schema)
@@ -167,28 +197,232 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    path = Path(args.path)
+def _verify_remote(args: argparse.Namespace) -> int:
+    """The bulk job client: stream the input to the server, write its results."""
+    from juki_engine.client import AgencyTLS, BulkJob, request_context, run_to_parquet
+
+    if not args.cert or not args.affair:
+        raise JukiError("verify --server needs --cert and --affair")
+    tls = AgencyTLS.from_cert(args.cert, args.key, args.ca)
+    path = Path(args.input)
+    total, batches = _claim_batches(path, args.batch_size)
+    first = next(batches, None)
+    if first is None:
+        raise JukiError(f"input {path}: no claims")
+    by = _key_column(path, first.schema, args.by)
+    context = request_context(args.affair, args.operator, args.request_id)
+    with tls.channel(args.server) as channel:
+        fields = _retrieve_fields(channel, args.fields, args.affair)
+        job = BulkJob(channel, context, by, fields)
+        started = time.perf_counter()
+        progress, task = _verify_progress(total)
+        with progress:
+
+            def advance(done: int) -> None:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, completed=done, rate=f"{rate / 1e6:.2f} M/s")
+
+            summary = run_to_parquet(job, itertools.chain([first], batches), args.out, advance)
+    elapsed = time.perf_counter() - started
+    console.print(
+        f"request {context.request_id}: {summary.records:,} claims in {elapsed:.2f} s "
+        f"({summary.records / max(elapsed, 1e-9) / 1e6:.2f} M/s) → {args.out}"
+    )
+    _print_summary(summary)
+    return 0
+
+
+def _retrieve_fields(channel: Any, fields: str | None, affair: str) -> list[str]:
+    """`--fields`: a comma-separated list, or `all` for every field the affair discloses."""
+    if not fields:
+        return []
+    if fields != "all":
+        return [f.strip() for f in fields.split(",") if f.strip()]
+    from juki_engine._proto import registry_pb2 as pb
+    from juki_engine._proto import registry_pb2_grpc as pb_grpc
+
+    granted = pb_grpc.IdentityVerificationStub(channel).ListAffairs(pb.ListAffairsRequest())
+    for a in granted.affairs:
+        if a.code == affair:
+            return list(a.fields) if "retrieve" in a.modes else []
+    raise JukiError(f"affair '{affair}' is not granted to agency '{granted.agency_code}'")
+
+
+def _print_summary(summary: Any) -> None:
+    out = Table(title="bulk job summary")
+    out.add_column("")
+    out.add_column("records", justify="right")
+    out.add_row("claims", f"{summary.records:,}")
+    out.add_row("found", f"{summary.found:,}")
+    out.add_row("not found", f"{summary.records - summary.found - summary.invalid:,}")
+    out.add_row("rejected keys", f"{summary.invalid:,}")
+    for status, n in sorted(summary.statuses.items()):
+        out.add_row(f"status {status}", f"{n:,}")
+    for field, n in sorted(summary.mismatches.items()):
+        out.add_row(f"{field} differs", f"{n:,}")
+    console.print(out)
+
+
+def _demo_registry(path: Path) -> Registry:
+    """The snapshot at `path`; the Toyama demo registry is generated there on first use."""
     if (path / "CURRENT").exists():
-        registry = _open(path)
-    else:
-        registry = _generate(None, TOYAMA, 0)
-        registry.save(path)
-        console.print(f"saved the demo registry to {path}")
-    sample = registry.to_arrow(["my_number", "family_name", "given_name", "birth_date"]).slice(0, 3)
-    keys = [*sample["my_number"].to_pylist(), "123456789018", "123456789010"]
-    result = registry.lookup(
-        keys, columns=["my_number", "family_name", "given_name", "municipality_name", "status"]
+        return _open(path)
+    if path != DEMO_PATH:
+        raise JukiError(f"snapshot {path}: no snapshot there (juki generate --out {path})")
+    registry = _generate(None, TOYAMA, 0)
+    registry.save(path)
+    console.print(f"saved the demo registry to {path}")
+    return registry
+
+
+def _policy_path(arg: str | None) -> Path:
+    from juki_engine.policy import example_path
+
+    return Path(arg) if arg else example_path()
+
+
+def _demo_certs(directory: Path, policy_path: Path) -> None:
+    """Create a demo CA, server and agency certificates where they are missing."""
+    from juki_engine import certs
+    from juki_engine.policy import Policy
+
+    agencies = {a.code: a.certificate_subject for a in Policy.load(policy_path).agencies}
+    certs.create_demo(directory, agencies)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    policy = _policy_path(args.policy)
+    _demo_certs(out, policy)
+    console.print(
+        f"demo CA, server certificate and agency certificates for the agencies of {policy} "
+        f"in {out} (agency certificates under {out / 'agencies'}; not for production)"
     )
-    _print_table(result, "sample lookup by My Number (the last two: absent, wrong check digit)")
-    claims = pa.table(
-        {
-            "my_number": keys[:3],
-            "family_name": [*sample["family_name"].to_pylist()[:2], "山田"],
-            "birth_date": sample["birth_date"],
-        }
+    return 0
+
+
+def _start_server(args: argparse.Namespace) -> tuple[Any, Path]:
+    from juki_engine.server import Frontend, ServerTLS, start
+
+    registry = _demo_registry(Path(args.snapshot))
+    policy = _policy_path(args.policy)
+    certs_dir = Path(args.certs) if args.certs else DEMO_DIR / "certs"
+    if args.certs is None:
+        _demo_certs(certs_dir, policy)
+    frontend = Frontend.open(registry, policy, Path(args.audit), args.retention_days)
+    server = start(frontend, ServerTLS.in_directory(certs_dir), args.listen, args.workers)
+    return server, policy
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from juki_engine.server import serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server, policy = _start_server(args)
+    console.print(
+        f"serving {len(server.frontend.registry):,} residents on port {server.port} "
+        f"(mutual TLS; policy {policy}; audit trail {args.audit}); SIGHUP reloads the policy"
     )
-    _print_table(registry.verify(claims), "sample verification (本人確認): third name is wrong")
+    serve_forever(server, policy)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from juki_engine import audit
+
+    def when(text: str | None) -> dt.datetime | None:
+        if text is None:
+            return None
+        try:
+            value = dt.datetime.fromisoformat(text)
+        except ValueError as e:
+            raise JukiError(f"'{text}' is not an ISO 8601 date or time") from e
+        return value if value.tzinfo else value.replace(tzinfo=JST)
+
+    records = audit.read(
+        args.dir,
+        subject=args.subject,
+        agency=args.agency,
+        affair=args.affair,
+        since=when(args.since),
+        until=when(args.until),
+    )
+    if args.out:
+        pq.write_table(records, args.out)
+        console.print(f"{records.num_rows:,} audit records → {args.out}")
+        return 0
+    shown = records.slice(max(records.num_rows - args.limit, 0))
+    local = shown.set_column(
+        0, "time (JST)", pc.strftime(pc.cast(shown["time"], pa.timestamp("s", "Asia/Tokyo")))
+    )
+    _print_table(local, f"audit trail: {records.num_rows:,} records (the last {shown.num_rows:,})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serve the Toyama demo registry over mutual TLS and run the pension status check on it."""
+    from juki_engine import audit
+    from juki_engine.client import AgencyTLS
+    from juki_engine.samples import pension_claims
+
+    args.snapshot, args.policy, args.certs, args.listen, args.workers = (
+        args.path,
+        None,
+        None,
+        "127.0.0.1:0",
+        4,
+    )
+    server, _ = _start_server(args)
+    try:
+        pensioners = DEMO_DIR / "pensioners.parquet"
+        pq.write_table(pension_claims(server.frontend.registry, args.pensioners, seed=1), pensioners)
+        console.print(
+            f"server on 127.0.0.1:{server.port}; {args.pensioners:,} pensioners → {pensioners}"
+        )
+        certs_dir = DEMO_DIR / "certs"
+        results = DEMO_DIR / "pension_results.parquet"
+        job = argparse.Namespace(
+            server=f"127.0.0.1:{server.port}",
+            cert=certs_dir / "agencies" / "nenkin.pem",
+            key=None,
+            ca=None,
+            affair="pension-benefit",
+            operator="demo-operator",
+            request_id=None,
+            fields="status,status_date,municipality_name,address_town,address_block",
+            input=str(pensioners),
+            out=str(results),
+            by=None,
+            batch_size=1_000_000,
+        )
+        console.rule("日本年金機構: pension status check (現況確認) over gRPC")
+        _verify_remote(job)
+        table = pq.read_table(results)
+        changed = table.filter(
+            pc.or_(pc.not_equal(pc.cast(table["status"], pa.string()), "resident"),
+                   pc.invert(table["family_name_match"]))
+        )
+        _print_table(changed.slice(0, 5), f"some of {results}: not resident, or the name differs")
+
+        console.rule("法務省 asks for the pension affair: refused")
+        refused = AgencyTLS.from_cert(certs_dir / "agencies" / "moj.pem")
+        from juki_engine.client import BulkJob, request_context
+
+        with refused.channel(job.server) as channel:
+            sample = pq.read_table(pensioners).slice(0, 10).to_batches()
+            try:
+                list(BulkJob(channel, request_context("pension-benefit", "demo"), "resident_code").run(sample))
+            except Exception as e:  # grpc.RpcError
+                console.print(f"{e.code().name}: {e.details()}")  # type: ignore[attr-defined]
+
+        subject = table["resident_code"][0].as_py()
+        console.rule(f"who looked at resident {subject} (juki audit --subject {subject})")
+        _print_table(
+            audit.read(args.audit, subject=subject).drop_columns(["subject"]),
+            "audit trail",
+        )
+    finally:
+        server.stop()
     return 0
 
 
@@ -227,17 +461,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mmap", action="store_true")
     p.set_defaults(func=cmd_lookup)
 
-    p = sub.add_parser("verify", help="bulk verification job: Parquet/CSV in, Parquet out")
-    p.add_argument("--registry", required=True, help="snapshot directory")
+    p = sub.add_parser(
+        "verify",
+        help="bulk verification job: Parquet/CSV in, Parquet out (in-process or over gRPC)",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--registry", help="verify in-process against this snapshot directory")
+    where.add_argument("--server", help="HOST:PORT of a juki server (mutual TLS)")
     p.add_argument("--input", required=True, help="claims (.parquet or .csv)")
     p.add_argument("--out", required=True, help="results (.parquet)")
-    p.add_argument("--by", default="my_number", choices=["my_number", "resident_code"])
-    p.add_argument("--batch-size", type=int, default=1_000_000)
-    p.add_argument("--mmap", action="store_true")
+    p.add_argument(
+        "--by",
+        choices=["my_number", "resident_code"],
+        help="key column (default: the one the input holds)",
+    )
+    p.add_argument("--batch-size", type=int, default=1_000_000, help="rows read at a time")
+    p.add_argument("--mmap", action="store_true", help="with --registry: map the snapshot")
+    p.add_argument("--cert", help="with --server: the agency's client certificate (PEM)")
+    p.add_argument("--key", help="its private key (default: the certificate's name with .key)")
+    p.add_argument("--ca", help="the CA of the server's certificate (default: ca.pem nearby)")
+    p.add_argument("--affair", help="with --server: the affair (事務) code the job is for")
+    p.add_argument("--operator", default=os.environ.get("USER", "operator"), help="operator id")
+    p.add_argument("--request-id", help="request id (default: a new UUID)")
+    p.add_argument(
+        "--fields",
+        help="with --server: fields to retrieve, comma-separated, or 'all' the affair allows",
+    )
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("demo", help="generate the Toyama demo if needed and answer a sample")
+    def server_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--audit", default=str(DEMO_DIR / "audit"), help="audit trail directory"
+        )
+        p.add_argument(
+            "--retention-days", type=int, default=7 * 366, help="audit retention (7 years)"
+        )
+
+    p = sub.add_parser("serve", help="serve a snapshot over gRPC with mutual TLS")
+    p.add_argument(
+        "--snapshot",
+        default=str(DEMO_PATH),
+        help=f"snapshot directory (default: the Toyama demo {DEMO_PATH}, generated if missing)",
+    )
+    p.add_argument("--policy", help="policy TOML (default: the shipped example policy)")
+    p.add_argument(
+        "--certs",
+        help="directory with server.pem, server.key and ca.pem "
+        f"(default: demo certificates in {DEMO_DIR / 'certs'}, created if missing)",
+    )
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"address (default {DEFAULT_LISTEN})")
+    p.add_argument("--workers", type=int, default=8, help="threads serving calls")
+    server_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("certs", help="create a demo CA, server and agency certificates")
+    p.add_argument("--out", default=str(DEMO_DIR / "certs"), help="directory to write")
+    p.add_argument("--policy", help="issue one certificate per agency of this policy")
+    p.set_defaults(func=cmd_certs)
+
+    p = sub.add_parser("audit", help="query the audit trail: who looked at whom, when, why")
+    p.add_argument("--dir", default=str(DEMO_DIR / "audit"), help="audit trail directory")
+    p.add_argument("--subject", help="resident code: every access to this resident")
+    p.add_argument("--agency", help="agency code")
+    p.add_argument("--affair", help="affair code")
+    p.add_argument("--since", help="from this ISO 8601 time (Japan time if no zone)")
+    p.add_argument("--until", help="up to this ISO 8601 time (exclusive)")
+    p.add_argument("--limit", type=int, default=50, help="records to show (the latest)")
+    p.add_argument("--out", help="write all matching records to this Parquet file instead")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser(
+        "demo", help="serve the Toyama demo and run a sample pension status check against it"
+    )
     p.add_argument("--path", default=str(DEMO_PATH), help=f"demo snapshot (default {DEMO_PATH})")
+    p.add_argument("--pensioners", type=int, default=200_000, help="pensioners in the sample job")
+    server_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="lookup/verify benchmark against DuckDB, Polars, numpy")
@@ -256,6 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (JukiError, ValueError, OSError) as e:
         console.print(f"[red]error:[/red] {e}")
+        return 2
+    except grpc.RpcError as e:
+        console.print(f"[red]refused:[/red] {e.code().name}: {e.details()}")
         return 2
 
 

@@ -1,0 +1,181 @@
+"""The agency side of the gRPC contract: mutual-TLS channels and the bulk job client.
+
+A bulk job (e.g. the pension status check, 年金受給権者の現況確認) streams claims to the server as
+Arrow IPC messages of 1–4 MiB and receives the results message by message, so neither side ever
+holds the whole job; grpc's flow control keeps the reader from running ahead of the server.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pyarrow as pa
+
+from juki_engine._core import InvalidInput
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.server import KEY_NAMES, MAX_MESSAGE_BYTES, write_ipc
+
+# Claims per message are sized to this many bytes (the server accepts up to MAX_MESSAGE_BYTES).
+MESSAGE_TARGET_BYTES = 2 << 20
+KEY_KINDS = {name: kind for kind, name in KEY_NAMES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyTLS:
+    """An agency's client certificate and key, and the CA that signed the server's."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def from_cert(
+        cls, cert: str | Path, key: str | Path | None = None, ca: str | Path | None = None
+    ) -> AgencyTLS:
+        """Defaults as `juki certs` lays them out: `<name>.key` beside `<name>.pem`, and `ca.pem`
+        in the certificate directory's parent (or the directory itself)."""
+        cert = Path(cert)
+        key = Path(key) if key else cert.with_suffix(".key")
+        if ca is None:
+            candidates = [cert.parent.parent / "ca.pem", cert.parent / "ca.pem"]
+            ca = next((c for c in candidates if c.exists()), candidates[0])
+        tls = cls(cert, key, Path(ca))
+        missing = [str(p) for p in (tls.cert, tls.key, tls.ca) if not p.exists()]
+        if missing:
+            raise InvalidInput(f"agency credentials: missing {', '.join(missing)}")
+        return tls
+
+    def channel(self, address: str) -> grpc.Channel:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes(),
+            certificate_chain=self.cert.read_bytes(),
+        )
+        return grpc.secure_channel(
+            address,
+            credentials,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+
+
+def request_context(affair: str, operator: str, request_id: str | None = None) -> pb.RequestContext:
+    return pb.RequestContext(
+        affair=affair, operator_id=operator, request_id=request_id or str(uuid.uuid4())
+    )
+
+
+def split_messages(
+    batches: Iterable[pa.RecordBatch], target_bytes: int = MESSAGE_TARGET_BYTES
+) -> Iterator[pa.RecordBatch]:
+    """Re-cut record batches so that each is about `target_bytes` of Arrow data."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        per_row = max(batch.nbytes / batch.num_rows, 1.0)
+        rows = max(int(target_bytes / per_row), 1)
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
+
+
+@dataclass
+class BulkJob:
+    """One bulk verification job over a channel; iterate `run` for (claims, results) pairs."""
+
+    channel: grpc.Channel
+    context: pb.RequestContext
+    by: str
+    retrieve: Sequence[str] = ()
+    sent_rows: int = field(default=0, init=False)
+
+    def run(
+        self, batches: Iterable[pa.RecordBatch], timeout: float | None = None
+    ) -> Iterator[tuple[pa.RecordBatch, pa.Table]]:
+        """Stream the claims; yield each claims message with its results, in input order."""
+        if self.by not in KEY_KINDS:
+            raise InvalidInput(f"key '{self.by}': expected my_number or resident_code")
+        in_flight: deque[pa.RecordBatch] = deque()
+        lock = threading.Lock()
+
+        def requests() -> Iterator[pb.BulkRequest]:
+            yield pb.BulkRequest(
+                header=pb.BulkHeader(
+                    context=self.context, key=KEY_KINDS[self.by], retrieve_fields=self.retrieve
+                )
+            )
+            for message in split_messages(batches):
+                with lock:
+                    in_flight.append(message)
+                    self.sent_rows += message.num_rows
+                yield pb.BulkRequest(claims=write_ipc(pa.Table.from_batches([message])))
+
+        stub = pb_grpc.BulkVerificationStub(self.channel)
+        for response in stub.VerifyStream(requests(), timeout=timeout):
+            results = pa.ipc.open_stream(pa.py_buffer(response.results)).read_all()
+            with lock:
+                claims = in_flight.popleft()
+            yield claims, results
+
+
+def run_to_parquet(
+    job: BulkJob,
+    batches: Iterable[pa.RecordBatch],
+    out: str | Path,
+    on_progress: Callable[[int], None] | None = None,
+) -> JobSummary:
+    """Run a bulk job and write `<key>` plus the results to a Parquet file, message by message."""
+    import pyarrow.parquet as pq
+
+    summary = JobSummary()
+    writer: pq.ParquetWriter | None = None
+    try:
+        for claims, results in job.run(batches):
+            table = results.add_column(0, job.by, claims.column(job.by))
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+            summary.add(results)
+            if on_progress is not None:
+                on_progress(summary.records)
+    finally:
+        if writer is not None:
+            writer.close()
+    return summary
+
+
+@dataclass
+class JobSummary:
+    """Counts over a job's results: found, rejected keys, statuses, and mismatches per field."""
+
+    records: int = 0
+    found: int = 0
+    invalid: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    mismatches: dict[str, int] = field(default_factory=dict)
+
+    def add(self, results: pa.Table) -> None:
+        import pyarrow.compute as pc
+
+        self.records += results.num_rows
+        self.found += pc.sum(results["found"]).as_py() or 0
+        self.invalid += results.num_rows - results["error"].null_count
+        if "status" in results.column_names:
+            counts = pc.value_counts(pc.cast(results["status"], pa.string()).combine_chunks())
+            for entry in counts.to_pylist():
+                if entry["values"] is not None:
+                    key = entry["values"]
+                    self.statuses[key] = self.statuses.get(key, 0) + entry["counts"]
+        for name in results.column_names:
+            if name.endswith("_match"):
+                field_name = name.removesuffix("_match")
+                wrong = pc.sum(pc.invert(results[name])).as_py() or 0
+                self.mismatches[field_name] = self.mismatches.get(field_name, 0) + wrong

@@ -1,0 +1,501 @@
+"""The gRPC front end (protos/juki/v1): agencies verify and retrieve 本人確認情報 over mutual TLS.
+
+Each call goes the same way: the agency is identified by its client certificate → the purpose
+policy grants (or refuses) the affair, key, mode and fields → the Rust core verifies and gathers
+the granted fields in one probe (GIL released) → every record is audited, durably, before the
+reply leaves → the reply holds only what the policy allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from juki_engine import certs
+from juki_engine._core import InvalidIdentifier, InvalidInput, JukiError
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.audit import (
+    OUTCOMES,
+    AuditContext,
+    AuditTrail,
+    AuditUnavailable,
+    Commit,
+    counts_since,
+)
+from juki_engine.policy import (
+    Agency,
+    Grant,
+    NotPermitted,
+    Policy,
+    PolicyError,
+    QuotaExhausted,
+    Quotas,
+    start_of_today,
+)
+from juki_engine.registry import Registry
+
+log = logging.getLogger("juki.server")
+
+# Clients stream 1–4 MiB messages; anything much larger is refused by grpc itself.
+MAX_MESSAGE_BYTES = 8 << 20
+# Rows in one claims message: a bound on the memory one message can make the server allocate.
+MAX_BATCH_ROWS = 1 << 20
+# Bulk results waiting for their audit commit while the next batch is computed.
+PIPELINE_DEPTH = 2
+# Audit records are kept seven years (by the day, with leap days).
+RETENTION_DAYS = 7 * 366
+
+KEY_NAMES = {pb.MY_NUMBER: "my_number", pb.RESIDENT_CODE: "resident_code"}
+STATUS_CODES = {
+    NotPermitted: grpc.StatusCode.PERMISSION_DENIED,
+    QuotaExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    InvalidIdentifier: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    AuditUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+SERVICES = (
+    pb.DESCRIPTOR.services_by_name["IdentityVerification"].full_name,
+    pb.DESCRIPTOR.services_by_name["BulkVerification"].full_name,
+)
+
+
+def status_code(error: JukiError) -> grpc.StatusCode:
+    """The one gRPC status each class of error maps to."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def abort(context: grpc.ServicerContext, error: JukiError) -> NoReturn:
+    context.abort(status_code(error), str(error))
+    raise AssertionError("grpc's abort returns only by raising")  # pragma: no cover
+
+
+@lru_cache(maxsize=1024)
+def _subject_of(pem: bytes) -> str:
+    return certs.certificate_subject(pem)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The reply to one batch of claims, and the audit commit it must wait for."""
+
+    first_row: int
+    results: pa.Table
+    commit: Commit
+
+    def released(self) -> pa.Table:
+        """The results, once their audit records are durable."""
+        self.commit.wait()
+        return self.results
+
+
+class Frontend:
+    """What the services share: the registry, the policy (swapped on reload), quotas, audit."""
+
+    def __init__(
+        self, registry: Registry, policy: Policy, audit: AuditTrail, quotas: Quotas | None = None
+    ) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.audit = audit
+        self.quotas = quotas or Quotas()
+
+    @classmethod
+    def open(
+        cls,
+        registry: Registry,
+        policy_path: str | Path,
+        audit_dir: str | Path,
+        retention_days: int = RETENTION_DAYS,
+    ) -> Frontend:
+        """Load the policy, open the audit trail and restore today's quota use from it."""
+        policy = Policy.load(policy_path)
+        audit = AuditTrail(audit_dir, retention_days=retention_days)
+        return cls(registry, policy, audit, Quotas(counts_since(audit_dir, start_of_today())))
+
+    def reload(self, path: str | Path) -> None:
+        """Load the policy file again; a broken file leaves the running policy in force."""
+        try:
+            policy = Policy.load(path)
+        except PolicyError as e:
+            log.error("policy reload refused, keeping %s: %s", self.policy.source, e)
+            return
+        self.policy = policy
+        log.info("policy reloaded from %s: %d agencies", path, len(policy.agencies))
+
+    def caller(self, context: grpc.ServicerContext, request: pb.RequestContext | None) -> Agency:
+        """The agency behind the call's client certificate; unknown ones are refused (audited)."""
+        pems = context.auth_context().get("x509_pem_cert") or []
+        subject = _subject_of(pems[0]) if pems else ""
+        try:
+            return self.policy.agency_for(subject)
+        except NotPermitted:
+            if request is not None:
+                ctx = AuditContext(f"unregistered: {subject}", *_ids(request), "verify", ())
+                self.audit.record(ctx, pa.nulls(1, pa.string()), "denied")
+            raise
+
+    def authorize(
+        self,
+        agency: Agency,
+        request: pb.RequestContext,
+        by: str,
+        claimed: Sequence[str],
+        retrieve: Sequence[str],
+        subjects: pa.Array | None = None,
+    ) -> Grant:
+        """Check the request against the policy; a refusal is audited before it is raised."""
+        try:
+            if not request.operator_id or not request.request_id:
+                missing = "operator_id" if not request.operator_id else "request_id"
+                raise InvalidInput(f"context.{missing} is empty: every request names both")
+            return self.policy.authorize(agency, request.affair, by, claimed, retrieve)
+        except NotPermitted:
+            asked = tuple(dict.fromkeys((*claimed, *retrieve)))
+            mode = "+".join(m for m, a in (("verify", claimed), ("retrieve", retrieve)) if a)
+            ctx = AuditContext(agency.code, *_ids(request), mode or "verify", asked)
+            self.audit.record(ctx, _or_null(subjects), "denied")
+            raise
+
+    def answer(
+        self, grant: Grant, request: pb.RequestContext, by: str, claims: pa.Table, first_row: int
+    ) -> Answer:
+        """Verify one batch under `grant`, count it against the quota and audit it."""
+        retrieved = [c for c in grant.retrieved if c != "resident_code"]
+        out = self.registry.verify(
+            claims, by, first_row=first_row, columns=["resident_code", *retrieved]
+        )
+        subjects = out["resident_code"].combine_chunks()
+        ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
+        try:
+            self.quotas.take(grant, claims.num_rows)
+        except QuotaExhausted:
+            self.audit.record(ctx, subjects, "quota_exhausted")
+            raise
+        commit = self.audit.append(ctx, subjects, _outcomes(out))
+        keep = ["found", "error", *(f"{c}_match" for c in grant.claimed), *grant.retrieved]
+        return Answer(first_row, out.select(keep), commit)
+
+
+def _ids(request: pb.RequestContext) -> tuple[str, str, str]:
+    return request.operator_id, request.request_id, request.affair
+
+
+def _or_null(subjects: pa.Array | None) -> pa.Array:
+    return pa.nulls(1, pa.string()) if subjects is None else subjects
+
+
+_OUTCOME_VALUES = pa.array(["disclosed", "not_found", "invalid_key"])
+assert set(_OUTCOME_VALUES.to_pylist()) <= set(OUTCOMES)
+
+
+def _outcomes(out: pa.Table) -> pa.DictionaryArray:
+    """Per record: disclosed (found), invalid_key (rejected key) or not_found."""
+    found = out["found"].combine_chunks().to_numpy(zero_copy_only=False)
+    invalid = out["error"].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
+    codes = np.where(found, 0, np.where(invalid, 2, 1)).astype(np.int8)
+    return pa.DictionaryArray.from_arrays(codes, _OUTCOME_VALUES)
+
+
+def read_claims(payload: bytes, message: int) -> pa.Table:
+    """One claims message: a complete Arrow IPC stream; anything else names the message."""
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+        raise InvalidInput(f"message {message}: claims are not an Arrow IPC stream: {e}") from e
+    if table.num_rows > MAX_BATCH_ROWS:
+        raise InvalidInput(
+            f"message {message}: {table.num_rows:,} rows, at most {MAX_BATCH_ROWS:,} per message"
+        )
+    return table
+
+
+def write_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+# Typed per-record API ----------------------------------------------------------------------
+
+
+def _claims_table(by: str, key: str, claims: pb.Claims) -> pa.Table:
+    columns: dict[str, pa.Array] = {by: pa.array([key], pa.string())}
+    for field in ("family_name", "family_name_kana", "given_name", "given_name_kana"):
+        if claims.HasField(field):
+            columns[field] = pa.array([getattr(claims, field)], pa.string())
+    if claims.HasField("birth_date"):
+        columns["birth_date"] = pa.array([claims.birth_date], pa.string())
+    if claims.HasField("sex"):
+        columns["sex"] = pa.array([int(claims.sex)], pa.uint8())
+    if claims.HasField("municipality_code"):
+        columns["municipality_code"] = pa.array([claims.municipality_code], pa.string())
+    return pa.table(columns)
+
+
+def _key(key: pb.Key) -> tuple[str, str]:
+    which = key.WhichOneof("value")
+    if which is None:
+        raise InvalidInput("key: set my_number or resident_code")
+    return which, getattr(key, which)
+
+
+def _single(answer: Answer, by: str) -> dict[str, Any]:
+    """The one result row of a typed call; a rejected key is INVALID_ARGUMENT naming it."""
+    row: dict[str, Any] = answer.released().to_pylist()[0]
+    if row["error"] is not None:
+        raise InvalidIdentifier(f"key.{by}: {row['error'].split(': ', 1)[1]}")
+    return row
+
+
+_ENUMS = {
+    "sex": lambda v: int(v),
+    "status": lambda v: pb.ResidentStatus.Value(v.upper()),
+    "card_state": lambda v: pb.CardState.Value(v.upper()),
+}
+
+
+def _resident(row: dict[str, Any], fields: Sequence[str]) -> pb.Resident:
+    resident = pb.Resident()
+    for field in fields:
+        value = row[field]
+        if value is None:
+            continue
+        if field in _ENUMS:
+            value = _ENUMS[field](value)
+        elif field in ("birth_date", "status_date"):
+            value = value.isoformat()
+        setattr(resident, field, value)
+    return resident
+
+
+class IdentityVerification(pb_grpc.IdentityVerificationServicer):
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+
+    def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyResponse:
+        f = self.frontend
+        try:
+            agency = f.caller(context, request.context)
+            by, key = _key(request.key)
+            claims = _claims_table(by, key, request.claims)
+            claimed = claims.column_names[1:]
+            grant = f.authorize(agency, request.context, by, claimed, ())
+            row = _single(f.answer(grant, request.context, by, claims, 0), by)
+        except JukiError as e:
+            abort(context, e)
+        matches = [pb.FieldMatch(field=c, match=row[f"{c}_match"]) for c in claimed]
+        return pb.VerifyResponse(found=row["found"], matches=matches if row["found"] else [])
+
+    def Retrieve(
+        self, request: pb.RetrieveRequest, context: grpc.ServicerContext
+    ) -> pb.RetrieveResponse:
+        f = self.frontend
+        try:
+            agency = f.caller(context, request.context)
+            by, key = _key(request.key)
+            affair = agency.affairs.get(request.context.affair)
+            fields = list(request.fields) or (list(affair.fields) if affair else [])
+            grant = f.authorize(agency, request.context, by, (), fields)
+            claims = pa.table({by: pa.array([key], pa.string())})
+            row = _single(f.answer(grant, request.context, by, claims, 0), by)
+        except JukiError as e:
+            abort(context, e)
+        if not row["found"]:
+            return pb.RetrieveResponse(found=False)
+        return pb.RetrieveResponse(
+            found=True, resident=_resident(row, grant.retrieved), fields=grant.retrieved
+        )
+
+    def ListAffairs(
+        self, request: pb.ListAffairsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAffairsResponse:
+        f = self.frontend
+        try:
+            agency = f.caller(context, None)
+        except JukiError as e:
+            abort(context, e)
+        keys = {v: k for k, v in KEY_NAMES.items()}
+        return pb.ListAffairsResponse(
+            agency_code=agency.code,
+            agency_name=agency.name,
+            affairs=[
+                pb.Affair(
+                    code=a.code,
+                    title=a.title,
+                    legal_basis=a.legal_basis,
+                    keys=sorted(keys[k] for k in a.keys),
+                    modes=sorted(a.modes),
+                    fields=a.fields,
+                    daily_quota=a.daily_quota,
+                    used_today=f.quotas.used(agency.code, a.code),
+                )
+                for a in agency.affairs.values()
+            ],
+        )
+
+
+# Columnar streaming API --------------------------------------------------------------------
+
+
+class BulkVerification(pb_grpc.BulkVerificationServicer):
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+
+    def VerifyStream(
+        self, request_iterator: Iterator[pb.BulkRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.BulkResponse]:
+        f = self.frontend
+        pending: deque[Answer] = deque()
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("body") != "header":
+                raise InvalidInput("message 0: a bulk job starts with a BulkHeader")
+            header = first.header
+            agency = f.caller(context, header.context)
+            if header.key not in KEY_NAMES:
+                raise InvalidInput("header.key: set MY_NUMBER or RESIDENT_CODE")
+            by = KEY_NAMES[header.key]
+            retrieve = list(header.retrieve_fields)
+            # Refuse what the header alone already rules out before any claim arrives.
+            f.authorize(agency, header.context, by, (), retrieve)
+            row = 0
+            for n, message in enumerate(request_iterator, start=1):
+                if message.WhichOneof("body") != "claims":
+                    raise InvalidInput(f"message {n}: only the first message is a header")
+                started = time.perf_counter()
+                claims = read_claims(message.claims, n)
+                claimed = [c for c in claims.column_names if c != by]
+                if by not in claims.column_names:
+                    raise InvalidInput(f"message {n}: claims have no '{by}' column (the key)")
+                grant = f.authorize(
+                    agency, header.context, by, claimed, retrieve, claims[by].combine_chunks()
+                )
+                answer = f.answer(grant, header.context, by, claims, row)
+                log.info(
+                    "%s %s request=%s message=%d rows=%d found=%d %.1f ms",
+                    agency.code,
+                    grant.affair.code,
+                    header.context.request_id,
+                    n,
+                    claims.num_rows,
+                    pc.sum(answer.results["found"]).as_py() or 0,
+                    (time.perf_counter() - started) * 1e3,
+                )
+                row += claims.num_rows
+                pending.append(answer)
+                # The next batch is computed while this one's audit records are committed.
+                while len(pending) >= PIPELINE_DEPTH:
+                    yield _bulk_response(pending.popleft())
+            while pending:
+                yield _bulk_response(pending.popleft())
+        except JukiError as e:
+            abort(context, e)
+
+
+def _bulk_response(answer: Answer) -> pb.BulkResponse:
+    return pb.BulkResponse(first_row=answer.first_row, results=write_ipc(answer.released()))
+
+
+# Serving -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """The server's certificate and key, and the CA whose client certificates it accepts."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def in_directory(cls, directory: str | Path) -> ServerTLS:
+        """`server.pem`, `server.key` and `ca.pem` in a directory (as `juki certs` writes it)."""
+        d = Path(directory)
+        tls = cls(d / "server.pem", d / "server.key", d / "ca.pem")
+        missing = [str(p) for p in (tls.cert, tls.key, tls.ca) if not p.exists()]
+        if missing:
+            raise InvalidInput(f"certificate directory {d}: missing {', '.join(missing)}")
+        return tls
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.ca.read_bytes(),
+            require_client_auth=True,
+        )
+
+
+@dataclass
+class Server:
+    """A running server: its port, and how to stop it gracefully."""
+
+    grpc_server: grpc.Server
+    port: int
+    frontend: Frontend
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Refuse new calls, let calls in flight finish, then close the audit trail."""
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.frontend.audit.close()
+
+
+def start(frontend: Frontend, tls: ServerTLS, address: str = "127.0.0.1:0", workers: int = 8) -> Server:
+    """Start serving on `address` (port 0 picks a free one) with mutual TLS, health checking
+    and reflection."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="juki-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    pb_grpc.add_IdentityVerificationServicer_to_server(IdentityVerification(frontend), server)
+    pb_grpc.add_BulkVerificationServicer_to_server(BulkVerification(frontend), server)
+    checker = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    for name in ("", *SERVICES):
+        checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_secure_port(address, tls.credentials())
+    if port == 0:
+        raise InvalidInput(f"cannot listen on {address}")
+    server.start()
+    return Server(server, port, frontend, checker)
+
+
+def serve_forever(server: Server, policy_path: str | Path) -> None:
+    """Block until SIGTERM or SIGINT, then stop gracefully; SIGHUP reloads the policy."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGHUP, lambda *_: server.frontend.reload(policy_path))
+    while not stopping.wait(0.5):
+        pass
+    log.info("shutting down: finishing calls in flight")
+    server.stop()
+    log.info("stopped")
