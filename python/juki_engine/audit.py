@@ -1,4 +1,4 @@
-"""The audit trail (アクセスログ): who looked at whose record, when, for which affair — and the outcome.
+"""The audit trail (アクセスログ): who looked at whose record, when, for what, with what outcome.
 
 This module owns the trail's files and their format. Every disclosure and every refusal is
 appended here, and the server replies only after `Commit.wait` says the record is on disk.
@@ -14,6 +14,7 @@ which the stream format allows and pyarrow, Polars and DuckDB read.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -170,10 +171,8 @@ class _Segment:
 
     def abandon(self) -> None:
         """Close after a failure, without the end-of-stream marker (readers accept either)."""
-        try:
+        with contextlib.suppress(OSError):  # already failed; the first error is the one reported
             self.sink.close()
-        except OSError:
-            pass  # already failed; the first error is the one reported
 
 
 class AuditTrail:
@@ -224,9 +223,9 @@ class AuditTrail:
             try:
                 existing = _list_segments(self._directory)
                 self._sequence = max((s.sequence for s in existing), default=0) + 1
-                # Record times never go back past what is on disk: segment names stay in time
-                # order, so a segment's successor bounds its records (see `read`).
-                self._last_us = max((max(s.start_us, s.mtime_us) for s in existing[-1:]), default=0)
+                # Record times never go back past the newest segment's name: names stay in time
+                # order even if the clock is set back.
+                self._last_us = max((s.start_us for s in existing), default=0)
                 _expire(self._directory, retention_days, keep=None)
             except BaseException:
                 os.close(self._lock_fd)
@@ -479,7 +478,10 @@ def _list_segments(directory: Path) -> list[_SegmentFile]:
                 mtime_us = entry.stat().st_mtime_ns // 1000
             except FileNotFoundError:
                 continue  # expired by the writer's retention while we listed
-            start = datetime.strptime(match[1], _NAME_TIME).replace(tzinfo=UTC)
+            try:
+                start = datetime.strptime(match[1], _NAME_TIME).replace(tzinfo=UTC)
+            except ValueError:
+                raise AuditUnavailable(f"audit segment {entry.path} has no valid time") from None
             segments.append(_SegmentFile(Path(entry.path), _micros(start), int(match[2]), mtime_us))
     segments.sort(key=lambda s: (s.start_us, s.sequence))
     return segments
@@ -491,7 +493,7 @@ def _expire(directory: Path, retention_days: int, keep: Path | None) -> None:
     segments = _list_segments(directory)
     removed = False
     for index, segment in enumerate(segments):
-        # The last record is no later than the file's mtime, nor than the next segment's start.
+        # Its last record is no later than the file's mtime, nor than the next segment's first.
         end = segment.mtime_us
         if index + 1 < len(segments):
             end = min(end, segments[index + 1].start_us)
@@ -513,32 +515,41 @@ def _fsync_directory(directory: Path) -> None:
 def _complete_length(data: memoryview, path: Path) -> int:
     """The length of the stream's complete messages; a torn final message is left out.
 
-    A crash (kill -9, power loss) can cut the last message anywhere, or leave zeros after it;
-    anything else that does not frame as Arrow IPC messages is damage, reported as such.
+    A crash can cut the last message anywhere (kill -9 mid-write), or leave zeros where it was
+    (power loss before its blocks reached the disk). Anything else that does not frame as Arrow
+    IPC messages is damage, reported as such.
     """
     size, position = len(data), 0
     while position < size:
         rest = data[position:]
-        if not np.frombuffer(rest, np.uint8).any():
-            return position  # zero-filled tail
-        if len(rest) < 8:
-            if bytes(rest[:4]) == b"\xff" * min(4, len(rest)):
-                return position  # torn inside the message prefix
+        if len(rest) < 8 or struct.unpack_from("<I", rest)[0] != _CONTINUATION:
+            torn_prefix = len(rest) < 8 and bytes(rest[:4]) == b"\xff" * min(4, len(rest))
+            if torn_prefix or _zeros(rest):
+                return position  # torn inside the message prefix, or a zero-filled tail
             raise _damaged(path, position)
-        marker, metadata_length = struct.unpack_from("<Ii", rest)
-        if marker != _CONTINUATION or metadata_length < 0:
-            raise _damaged(path, position)
-        if metadata_length == 0:  # end-of-stream marker
-            if len(rest) > 8 and np.frombuffer(rest[8:], np.uint8).any():
+        metadata_length = struct.unpack_from("<i", rest, 4)[0]
+        if metadata_length == 0:  # the end-of-stream marker
+            if not _zeros(rest[8:]):
                 raise _damaged(path, position + 8)
             return position
+        if metadata_length < 0:
+            raise _damaged(path, position)
         if 8 + metadata_length > len(rest):
             return position  # torn inside the metadata
-        body = _body_length(rest[8 : 8 + metadata_length], path, position)
+        try:
+            body = _body_length(rest[8 : 8 + metadata_length], path, position)
+        except AuditUnavailable:
+            if _zeros(rest[8:]):
+                return position  # zero-filled after the message prefix
+            raise
         if 8 + metadata_length + body > len(rest):
             return position  # torn inside the body
         position += 8 + metadata_length + body
     return position
+
+
+def _zeros(data: memoryview | bytes) -> bool:
+    return not np.frombuffer(data, np.uint8).any()
 
 
 def _body_length(metadata: memoryview, path: Path, position: int) -> int:
@@ -551,8 +562,11 @@ def _body_length(metadata: memoryview, path: Path, position: int) -> int:
 
     table = read("<I", 0)
     vtable = table - read("<i", table)
-    field = 4 + 2 * 3  # vtable header, then one uint16 offset per field
-    offset = read("<H", vtable + field) if read("<H", vtable) > field else 0
+    vtable_size = read("<H", vtable)
+    field = 4 + 2 * 3  # the vtable's two sizes, then one uint16 offset per field
+    if table < 4 or vtable_size < 4 or vtable_size % 2:
+        raise _damaged(path, position)
+    offset = read("<H", vtable + field) if vtable_size > field else 0
     body = read("<q", table + offset) if offset else 0
     if body < 0 or body % 8:
         raise _damaged(path, position)
@@ -599,10 +613,10 @@ def _batches(
     except OSError as error:
         raise AuditUnavailable(f"cannot list the audit trail in {directory}: {error}") from error
     for index, segment in enumerate(segments):
-        # Record times never go backwards, so a segment's records all come no later than the
-        # next segment's first record (its name).
+        # Skip a segment only if both bounds on its last record (its mtime, the next segment's
+        # first record) say so: a missed audit record is worse than a slower read.
         if since_us is not None and index + 1 < len(segments):
-            if segments[index + 1].start_us < since_us:
+            if max(segment.mtime_us, segments[index + 1].start_us) < since_us:
                 continue
         if until_us is not None and segment.start_us >= until_us:
             continue

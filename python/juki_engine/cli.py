@@ -263,12 +263,10 @@ def _print_summary(summary: Any) -> None:
     console.print(out)
 
 
-def _demo_registry(path: Path) -> Registry:
-    """The snapshot at `path`; the Toyama demo registry is generated there on first use."""
-    if (path / "CURRENT").exists():
+def _registry_at(path: Path, generate_demo: bool) -> Registry:
+    """The snapshot at `path`; with `generate_demo`, the Toyama demo is generated there first."""
+    if (path / "CURRENT").exists() or not generate_demo:
         return _open(path)
-    if path != DEMO_PATH:
-        raise JukiError(f"snapshot {path}: no snapshot there (juki generate --out {path})")
     registry = _generate(None, TOYAMA, 0)
     registry.save(path)
     console.print(f"saved the demo registry to {path}")
@@ -301,27 +299,54 @@ def cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_server(args: argparse.Namespace) -> tuple[Any, Path]:
+def _start_server(
+    registry: Registry,
+    policy: Path,
+    certs_dir: Path,
+    audit_dir: Path,
+    retention_days: int,
+    listen: str,
+    workers: int,
+) -> Any:
     from juki_engine.server import Frontend, ServerTLS, start
 
-    registry = _demo_registry(Path(args.snapshot))
-    policy = _policy_path(args.policy)
-    certs_dir = Path(args.certs) if args.certs else DEMO_DIR / "certs"
-    if args.certs is None:
-        _demo_certs(certs_dir, policy)
-    frontend = Frontend.open(registry, policy, Path(args.audit), args.retention_days)
-    server = start(frontend, ServerTLS.in_directory(certs_dir), args.listen, args.workers)
-    return server, policy
+    frontend = Frontend.open(registry, policy, audit_dir, retention_days)
+    try:
+        return start(frontend, ServerTLS.in_directory(certs_dir), listen, workers)
+    except BaseException:
+        frontend.audit.close()
+        raise
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from juki_engine.server import serve_forever
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server, policy = _start_server(args)
+    snapshot = Path(args.snapshot)
+    registry = _registry_at(snapshot, generate_demo=snapshot == DEMO_PATH)
+    policy = _policy_path(args.policy)
+    if args.certs is None:
+        certs_dir = DEMO_DIR / "certs"
+        _demo_certs(certs_dir, policy)
+    else:
+        certs_dir = Path(args.certs)
+    server = _start_server(
+        registry,
+        policy,
+        certs_dir,
+        Path(args.audit),
+        args.retention_days,
+        args.listen,
+        args.workers,
+    )
+    if args.port_file:
+        # Written whole, then renamed: a watcher never reads half a number.
+        tmp = Path(f"{args.port_file}.tmp")
+        tmp.write_text(f"{server.port}\n")
+        tmp.replace(args.port_file)
     console.print(
-        f"serving {len(server.frontend.registry):,} residents on port {server.port} "
-        f"(mutual TLS; policy {policy}; audit trail {args.audit}); SIGHUP reloads the policy"
+        f"serving {len(registry):,} residents on port {server.port} (mutual TLS; policy "
+        f"{policy}; certificates {certs_dir}; audit trail {args.audit}); SIGHUP reloads the policy"
     )
     serve_forever(server, policy)
     return 0
@@ -351,76 +376,81 @@ def cmd_audit(args: argparse.Namespace) -> int:
         pq.write_table(records, args.out)
         console.print(f"{records.num_rows:,} audit records → {args.out}")
         return 0
-    shown = records.slice(max(records.num_rows - args.limit, 0))
-    local = shown.set_column(
-        0, "time (JST)", pc.strftime(pc.cast(shown["time"], pa.timestamp("s", "Asia/Tokyo")))
-    )
-    _print_table(local, f"audit trail: {records.num_rows:,} records (the last {shown.num_rows:,})")
+    shown = _local_times(records.slice(max(records.num_rows - args.limit, 0)))
+    _print_table(shown, f"audit trail: {records.num_rows:,} records (the last {shown.num_rows:,})")
     return 0
+
+
+def _local_times(records: pa.Table) -> pa.Table:
+    """Audit records with their time shown in Japan time (UTC+9, no daylight saving)."""
+    shifted = pc.add(records["time"], pa.scalar(dt.timedelta(hours=9), pa.duration("us")))
+    seconds = pc.cast(shifted, pa.timestamp("s", "UTC"), safe=False)
+    local = pc.strftime(seconds, "%Y-%m-%d %H:%M:%S", locale="C")
+    return records.set_column(0, "time (JST)", local)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Serve the Toyama demo registry over mutual TLS and run the pension status check on it."""
     from juki_engine import audit
-    from juki_engine.client import AgencyTLS
+    from juki_engine.client import AgencyTLS, BulkJob, request_context
     from juki_engine.samples import pension_claims
 
-    args.snapshot, args.policy, args.certs, args.listen, args.workers = (
-        args.path,
-        None,
-        None,
-        "127.0.0.1:0",
-        4,
+    path = Path(args.path)
+    base = path.parent
+    registry = _registry_at(path, generate_demo=True)
+    policy = _policy_path(None)
+    certs_dir = base / "certs"
+    _demo_certs(certs_dir, policy)
+    audit_dir = Path(args.audit) if args.audit else base / "audit"
+    server = _start_server(
+        registry, policy, certs_dir, audit_dir, args.retention_days, "127.0.0.1:0", 4
     )
-    server, _ = _start_server(args)
+    address = f"127.0.0.1:{server.port}"
     try:
-        pensioners = DEMO_DIR / "pensioners.parquet"
-        pq.write_table(pension_claims(server.frontend.registry, args.pensioners, seed=1), pensioners)
-        console.print(
-            f"server on 127.0.0.1:{server.port}; {args.pensioners:,} pensioners → {pensioners}"
+        pensioners = base / "pensioners.parquet"
+        pq.write_table(pension_claims(registry, args.pensioners, seed=1), pensioners)
+        console.print(f"serving on {address}; {args.pensioners:,} pensioners → {pensioners}")
+        results = base / "pension_results.parquet"
+        console.rule("日本年金機構: pension status check (現況確認) over gRPC, mutual TLS")
+        _verify_remote(
+            argparse.Namespace(
+                server=address,
+                cert=certs_dir / "agencies" / "nenkin.pem",
+                key=None,
+                ca=None,
+                affair="pension-benefit",
+                operator="demo-operator",
+                request_id=None,
+                fields="status,status_date,municipality_name,address_town,address_block",
+                input=str(pensioners),
+                out=str(results),
+                by=None,
+                batch_size=1_000_000,
+            )
         )
-        certs_dir = DEMO_DIR / "certs"
-        results = DEMO_DIR / "pension_results.parquet"
-        job = argparse.Namespace(
-            server=f"127.0.0.1:{server.port}",
-            cert=certs_dir / "agencies" / "nenkin.pem",
-            key=None,
-            ca=None,
-            affair="pension-benefit",
-            operator="demo-operator",
-            request_id=None,
-            fields="status,status_date,municipality_name,address_town,address_block",
-            input=str(pensioners),
-            out=str(results),
-            by=None,
-            batch_size=1_000_000,
-        )
-        console.rule("日本年金機構: pension status check (現況確認) over gRPC")
-        _verify_remote(job)
         table = pq.read_table(results)
         changed = table.filter(
-            pc.or_(pc.not_equal(pc.cast(table["status"], pa.string()), "resident"),
-                   pc.invert(table["family_name_match"]))
+            pc.or_(
+                pc.not_equal(pc.cast(table["status"], pa.string()), "resident"),
+                pc.invert(table["family_name_match"]),
+            )
         )
-        _print_table(changed.slice(0, 5), f"some of {results}: not resident, or the name differs")
+        shown = ["resident_code", "family_name_match", "status", "status_date", "address_town"]
+        _print_table(changed.select(shown).slice(0, 6), "not resident, or the name differs")
 
-        console.rule("法務省 asks for the pension affair: refused")
-        refused = AgencyTLS.from_cert(certs_dir / "agencies" / "moj.pem")
-        from juki_engine.client import BulkJob, request_context
-
-        with refused.channel(job.server) as channel:
-            sample = pq.read_table(pensioners).slice(0, 10).to_batches()
+        console.rule("法務省 asks for the pension affair")
+        moj = AgencyTLS.from_cert(certs_dir / "agencies" / "moj.pem")
+        with moj.channel(address) as channel:
+            job = BulkJob(channel, request_context("pension-benefit", "demo"), "resident_code")
             try:
-                list(BulkJob(channel, request_context("pension-benefit", "demo"), "resident_code").run(sample))
-            except Exception as e:  # grpc.RpcError
-                console.print(f"{e.code().name}: {e.details()}")  # type: ignore[attr-defined]
+                list(job.run(pq.read_table(pensioners).slice(0, 10).to_batches()))
+            except grpc.RpcError as e:
+                console.print(f"refused: {e.code().name}: {e.details()}")
 
         subject = table["resident_code"][0].as_py()
-        console.rule(f"who looked at resident {subject} (juki audit --subject {subject})")
-        _print_table(
-            audit.read(args.audit, subject=subject).drop_columns(["subject"]),
-            "audit trail",
-        )
+        console.rule(f"who looked at resident {subject}: juki audit --subject {subject}")
+        trail = audit.read(audit_dir, subject=subject)
+        _print_table(_local_times(trail).select([0, 1, 2, 4, 6, 8]), "audit trail")
     finally:
         server.stop()
     return 0
@@ -489,10 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_verify)
 
-    def server_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--audit", default=str(DEMO_DIR / "audit"), help="audit trail directory"
-        )
+    def server_options(p: argparse.ArgumentParser, audit: str | None) -> None:
+        p.add_argument("--audit", default=audit, help="audit trail directory")
         p.add_argument(
             "--retention-days", type=int, default=7 * 366, help="audit retention (7 years)"
         )
@@ -511,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"address (default {DEFAULT_LISTEN})")
     p.add_argument("--workers", type=int, default=8, help="threads serving calls")
-    server_options(p)
+    p.add_argument("--port-file", help="write the port here once listening (for --listen :0)")
+    server_options(p, str(DEMO_DIR / "audit"))
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("certs", help="create a demo CA, server and agency certificates")
@@ -535,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--path", default=str(DEMO_PATH), help=f"demo snapshot (default {DEMO_PATH})")
     p.add_argument("--pensioners", type=int, default=200_000, help="pensioners in the sample job")
-    server_options(p)
+    server_options(p, None)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="lookup/verify benchmark against DuckDB, Polars, numpy")

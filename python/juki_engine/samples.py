@@ -33,7 +33,9 @@ def pension_claims(
     rng = np.random.default_rng(seed)
     people = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
     born = people["birth_date"].combine_chunks()
-    pensioners = np.flatnonzero(pc.less(born, pa.scalar(PENSION_BIRTH_LIMIT)).to_numpy(zero_copy_only=False))
+    pensioners = np.flatnonzero(
+        pc.less(born, pa.scalar(PENSION_BIRTH_LIMIT)).to_numpy(zero_copy_only=False)
+    )
     if len(pensioners) == 0:
         raise ValueError("the registry holds no one of pension age")
     rows = rng.choice(pensioners, size=count, replace=count > len(pensioners))

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from functools import lru_cache
@@ -233,7 +233,8 @@ def write_ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
+    payload: bytes = sink.getvalue().to_pybytes()
+    return payload
 
 
 # Typed per-record API ----------------------------------------------------------------------
@@ -268,7 +269,7 @@ def _single(answer: Answer, by: str) -> dict[str, Any]:
     return row
 
 
-_ENUMS = {
+_ENUMS: dict[str, Callable[[Any], int]] = {
     "sex": lambda v: int(v),
     "status": lambda v: pb.ResidentStatus.Value(v.upper()),
     "card_state": lambda v: pb.CardState.Value(v.upper()),
@@ -462,7 +463,9 @@ class Server:
         self.frontend.audit.close()
 
 
-def start(frontend: Frontend, tls: ServerTLS, address: str = "127.0.0.1:0", workers: int = 8) -> Server:
+def start(
+    frontend: Frontend, tls: ServerTLS, address: str = "127.0.0.1:0", workers: int = 8
+) -> Server:
     """Start serving on `address` (port 0 picks a free one) with mutual TLS, health checking
     and reflection."""
     server = grpc.server(

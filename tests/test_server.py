@@ -1,0 +1,732 @@
+"""The gRPC front end, end to end: a real server on a loopback port with real mutual TLS."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import reference as ref
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from juki_engine import Registry, audit, certs, server
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.audit import AuditTrail
+from juki_engine.client import AgencyTLS, BulkJob, request_context, split_messages
+from juki_engine.policy import CLAIMABLE, Policy, example_path
+
+Row = dict[str, Any]
+PENSION = "pension-benefit"
+STRANGER = "CN=stranger,O=どこかの機関,C=JP"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    agencies = {a.code: a.certificate_subject for a in Policy.load(example_path()).agencies}
+    certs.create_demo(directory, {**agencies, "stranger": STRANGER})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def running(
+    small: Registry, pki: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[server.Server]:
+    trail = AuditTrail(tmp_path_factory.mktemp("audit"))
+    frontend = server.Frontend(small, Policy.load(example_path()), trail)
+    srv = server.start(frontend, server.ServerTLS.in_directory(pki))
+    try:
+        yield srv
+    finally:
+        srv.stop(grace=1)
+
+
+@pytest.fixture
+def policy(running: server.Server) -> Iterator[server.Frontend]:
+    """The running frontend; whatever policy a test installs is put back afterwards."""
+    frontend = running.frontend
+    saved = frontend.policy
+    try:
+        yield frontend
+    finally:
+        frontend.policy = saved
+
+
+def channel(pki: Path, running: server.Server, agency: str) -> grpc.Channel:
+    return AgencyTLS.from_cert(pki / "agencies" / f"{agency}.pem").channel(
+        f"127.0.0.1:{running.port}"
+    )
+
+
+def ctx(affair: str = PENSION, request_id: str | None = None) -> pb.RequestContext:
+    return request_context(affair, "operator-1", request_id or uuid.uuid4().hex)
+
+
+def records(running: server.Server, request_id: str) -> pa.Table:
+    table = audit.read(running.frontend.audit.directory)
+    return table.filter(pc.equal(table["request_id"], request_id))
+
+
+def rpc_error(call: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def person(small_rows: list[Row], status: str = "resident") -> Row:
+    return next(r for r in small_rows if r["status"] == status)
+
+
+# The typed per-record API -------------------------------------------------------------------
+
+
+def test_verify_by_resident_code(pki: Path, running: server.Server, small_rows: list[Row]) -> None:
+    p = person(small_rows)
+    request = pb.VerifyRequest(
+        context=ctx(),
+        key=pb.Key(resident_code=p["resident_code"]),
+        claims=pb.Claims(
+            family_name=p["family_name"],
+            given_name="違う名前",
+            birth_date=p["birth_date"].isoformat(),
+            sex=p["sex"],
+        ),
+    )
+    with channel(pki, running, "nenkin") as ch:
+        reply = pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10)
+    assert reply.found
+    assert [(m.field, m.match) for m in reply.matches] == [
+        ("family_name", True),
+        ("given_name", False),
+        ("birth_date", True),
+        ("sex", True),
+    ]
+    logged = records(running, request.context.request_id).to_pylist()
+    assert len(logged) == 1
+    assert logged[0] | {"time": None} == {
+        "time": None,
+        "agency": "nenkin",
+        "operator": "operator-1",
+        "request_id": request.context.request_id,
+        "affair": PENSION,
+        "mode": "verify",
+        "fields": "family_name,given_name,birth_date,sex",
+        "subject": p["resident_code"],
+        "outcome": "disclosed",
+    }
+
+
+def test_verify_unknown_resident_is_not_found(pki: Path, running: server.Server) -> None:
+    absent = ref.with_check_digit("my_number", "0" * 11)
+    request = pb.VerifyRequest(
+        context=ctx(), key=pb.Key(my_number=absent), claims=pb.Claims(family_name="佐藤")
+    )
+    with channel(pki, running, "nenkin") as ch:
+        reply = pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10)
+    assert not reply.found and not reply.matches
+    assert records(running, request.context.request_id)["outcome"].to_pylist() == ["not_found"]
+
+
+def test_retrieve_discloses_only_the_affairs_fields(
+    pki: Path, running: server.Server, small_rows: list[Row]
+) -> None:
+    p = person(small_rows, "deceased")
+    request = pb.RetrieveRequest(context=ctx("onkyu"), key=pb.Key(resident_code=p["resident_code"]))
+    with channel(pki, running, "soumu") as ch:
+        reply = pb_grpc.IdentityVerificationStub(ch).Retrieve(request, timeout=10)
+    affair = Policy.load(example_path()).agency_for("CN=soumu,O=総務省,C=JP").affairs["onkyu"]
+    assert reply.found
+    assert list(reply.fields) == list(affair.fields)
+    disclosed = {f.name for f, _ in reply.resident.ListFields()}
+    assert disclosed == set(affair.fields)
+    assert "my_number" not in disclosed and "resident_code" not in disclosed
+    assert reply.resident.family_name == p["family_name"]
+    assert reply.resident.status == pb.DECEASED
+    assert reply.resident.status_date == p["status_date"].isoformat()
+    assert reply.resident.birth_date == p["birth_date"].isoformat()
+    logged = records(running, request.context.request_id).to_pylist()
+    assert [(r["mode"], r["fields"], r["subject"]) for r in logged] == [
+        ("retrieve", ",".join(affair.fields), p["resident_code"])
+    ]
+
+
+def test_retrieve_named_fields(pki: Path, running: server.Server, small_rows: list[Row]) -> None:
+    p = person(small_rows)
+    request = pb.RetrieveRequest(
+        context=ctx(), key=pb.Key(my_number=p["my_number"]), fields=["status", "my_number"]
+    )
+    with channel(pki, running, "nenkin") as ch:
+        reply = pb_grpc.IdentityVerificationStub(ch).Retrieve(request, timeout=10)
+    assert list(reply.fields) == ["my_number", "status"]
+    assert {f.name for f, _ in reply.resident.ListFields()} == {"my_number", "status"}
+    assert reply.resident.my_number == p["my_number"]
+
+
+def test_list_affairs_shows_the_callers_grants(pki: Path, running: server.Server) -> None:
+    with channel(pki, running, "mofa") as ch:
+        reply = pb_grpc.IdentityVerificationStub(ch).ListAffairs(pb.ListAffairsRequest())
+    assert (reply.agency_code, reply.agency_name) == ("mofa", "外務省")
+    assert [a.code for a in reply.affairs] == ["passport"]
+    assert reply.affairs[0].legal_basis.startswith("住基法 別表第一")
+    assert list(reply.affairs[0].keys) == [pb.RESIDENT_CODE]
+
+
+# Refusals ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("agency", "request_", "names"),
+    [
+        pytest.param(
+            "moj",
+            pb.RetrieveRequest(context=ctx(), key=pb.Key(resident_code="x")),
+            "affair 'pension-benefit'",
+            id="affair-not-granted",
+        ),
+        pytest.param(
+            "moj",
+            pb.RetrieveRequest(context=ctx("bar-exam"), key=pb.Key(resident_code="x")),
+            "does not allow retrieve",
+            id="mode",
+        ),
+        pytest.param(
+            "mofa",
+            pb.RetrieveRequest(
+                context=ctx("passport"), key=pb.Key(resident_code="x"), fields=["my_number"]
+            ),
+            "field 'my_number'",
+            id="field",
+        ),
+        pytest.param(
+            "mofa",
+            pb.RetrieveRequest(context=ctx("passport"), key=pb.Key(my_number="x")),
+            "by my_number",
+            id="key",
+        ),
+        pytest.param(
+            "moj",
+            pb.VerifyRequest(
+                context=ctx("bar-exam"),
+                key=pb.Key(resident_code="x"),
+                claims=pb.Claims(municipality_code="162019"),
+            ),
+            "field 'municipality_code'",
+            id="claimed-field",
+        ),
+    ],
+)
+def test_refusals_name_what_is_not_granted(
+    pki: Path, running: server.Server, agency: str, request_: Any, names: str
+) -> None:
+    with channel(pki, running, agency) as ch:
+        stub = pb_grpc.IdentityVerificationStub(ch)
+        call = stub.Verify if isinstance(request_, pb.VerifyRequest) else stub.Retrieve
+        error = rpc_error(lambda: call(request_, timeout=10))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert names in error.details()
+    assert records(running, request_.context.request_id)["outcome"].to_pylist() == ["denied"]
+
+
+def test_unregistered_certificate_is_refused(pki: Path, running: server.Server) -> None:
+    request = pb.RetrieveRequest(context=ctx(), key=pb.Key(resident_code="x"))
+    with channel(pki, running, "stranger") as ch:
+        error = rpc_error(
+            lambda: pb_grpc.IdentityVerificationStub(ch).Retrieve(request, timeout=10)
+        )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert STRANGER in error.details()
+    logged = records(running, request.context.request_id).to_pylist()
+    assert [(r["agency"], r["outcome"]) for r in logged] == [
+        (f"unregistered: {STRANGER}", "denied")
+    ]
+
+
+def test_a_request_field_cannot_claim_another_agency(pki: Path, running: server.Server) -> None:
+    # The agency is its certificate: 外務省 naming the pension affair is still 外務省.
+    request = pb.RetrieveRequest(context=ctx(PENSION), key=pb.Key(resident_code="x"))
+    with channel(pki, running, "mofa") as ch:
+        error = rpc_error(
+            lambda: pb_grpc.IdentityVerificationStub(ch).Retrieve(request, timeout=10)
+        )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "agency 'mofa'" in error.details()
+
+
+@pytest.mark.parametrize("credentials", ["none", "other-ca", "expired"])
+def test_handshake_refuses_bad_client_certificates(
+    pki: Path, running: server.Server, tmp_path: Path, credentials: str
+) -> None:
+    ca = (pki / "ca.pem").read_bytes()
+    if credentials == "none":
+        creds = grpc.ssl_channel_credentials(root_certificates=ca)
+    else:
+        if credentials == "other-ca":
+            paths = certs.CertificateAuthority.create(tmp_path / "other").issue_client(
+                "nenkin", "CN=nenkin,O=日本年金機構,C=JP"
+            )
+        else:
+            import datetime as dt
+
+            paths = certs.CertificateAuthority.load(pki).issue_client(
+                "expired",
+                "CN=nenkin,O=日本年金機構,C=JP",
+                days=1,
+                not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=10),
+            )
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=paths.key.read_bytes(),
+            certificate_chain=paths.cert.read_bytes(),
+        )
+    with grpc.secure_channel(f"127.0.0.1:{running.port}", creds) as ch:
+        error = rpc_error(
+            lambda: pb_grpc.IdentityVerificationStub(ch).ListAffairs(
+                pb.ListAffairsRequest(), timeout=10
+            )
+        )
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_wrong_check_digit_is_invalid_argument(pki: Path, running: server.Server) -> None:
+    bad = ref.with_check_digit("resident_code", "1234567890")
+    bad = bad[:-1] + str((int(bad[-1]) + 1) % 10)
+    request = pb.VerifyRequest(
+        context=ctx(), key=pb.Key(resident_code=bad), claims=pb.Claims(family_name="佐藤")
+    )
+    with channel(pki, running, "nenkin") as ch:
+        error = rpc_error(lambda: pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(f"key.resident_code: resident_code '{bad}'")
+    assert records(running, request.context.request_id)["outcome"].to_pylist() == ["invalid_key"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "names"),
+    [
+        (
+            pb.RetrieveRequest(
+                context=pb.RequestContext(affair=PENSION, operator_id="o"),
+                key=pb.Key(resident_code="x"),
+            ),
+            "context.request_id",
+        ),
+        (
+            pb.RetrieveRequest(
+                context=pb.RequestContext(affair=PENSION, operator_id="o", request_id="r")
+            ),
+            "key:",
+        ),
+        (
+            pb.VerifyRequest(
+                context=ctx(), key=pb.Key(resident_code="x"), claims=pb.Claims(birth_date="昭和")
+            ),
+            "birth_date",
+        ),
+    ],
+    ids=["no-request-id", "no-key", "bad-date"],
+)
+def test_malformed_requests_are_invalid_argument(
+    pki: Path, running: server.Server, request_: Any, names: str
+) -> None:
+    with channel(pki, running, "nenkin") as ch:
+        stub = pb_grpc.IdentityVerificationStub(ch)
+        call = stub.Verify if isinstance(request_, pb.VerifyRequest) else stub.Retrieve
+        error = rpc_error(lambda: call(request_, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert names in error.details()
+
+
+def test_quota(pki: Path, policy: server.Frontend, running: server.Server) -> None:
+    document = {
+        "agency": [
+            {
+                "code": "nenkin",
+                "name": "日本年金機構",
+                "certificate_subject": "CN=nenkin,O=日本年金機構,C=JP",
+                "affair": [
+                    {
+                        "code": "tiny",
+                        "title": "t",
+                        "legal_basis": "b",
+                        "keys": ["resident_code"],
+                        "modes": ["verify"],
+                        "fields": ["family_name"],
+                        "daily_quota": 5,
+                    }
+                ],
+            }
+        ]
+    }
+    policy.policy = Policy.from_dict(document)
+    keys = [ref.with_check_digit("resident_code", f"{i:010d}") for i in range(4)]
+    claims = pa.table({"resident_code": keys})
+    with channel(pki, running, "nenkin") as ch:
+        job = BulkJob(ch, ctx("tiny"), "resident_code")
+        assert sum(r.num_rows for _, r in job.run(claims.to_batches())) == 4
+        again = BulkJob(ch, ctx("tiny"), "resident_code")
+        error = rpc_error(lambda: list(again.run(claims.to_batches())))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "5 records" in error.details()
+    assert set(records(running, again.context.request_id)["outcome"].to_pylist()) == {
+        "quota_exhausted"
+    }
+
+
+def test_audit_failure_discloses_nothing(
+    pki: Path,
+    small: Registry,
+    small_rows: list[Row],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trail that cannot write fails closed: the call is refused, nothing is disclosed."""
+    frontend = server.Frontend(small, Policy.load(example_path()), AuditTrail(tmp_path / "audit"))
+    own = server.start(frontend, server.ServerTLS.in_directory(pki))
+    try:
+
+        def disk_gone(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fsync", disk_gone)
+        code = person(small_rows)["resident_code"]
+        for _ in range(2):  # the first fails on writing, the next at once
+            request = pb.RetrieveRequest(context=ctx(), key=pb.Key(resident_code=code))
+            with channel(pki, own, "nenkin") as ch:
+                stub = pb_grpc.IdentityVerificationStub(ch)
+                error = rpc_error(functools.partial(stub.Retrieve, request, timeout=10))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            assert "audit" in error.details().lower()
+    finally:
+        monkeypatch.undo()
+        own.stop(grace=1)
+
+
+# The columnar streaming API -----------------------------------------------------------------
+
+
+def claims_of(small_rows: list[Row], n: int, start: int = 0) -> pa.Table:
+    rows = [small_rows[(start + i * 7919) % len(small_rows)] for i in range(n)]
+    return pa.table(
+        {
+            "resident_code": [r["resident_code"] for r in rows],
+            "family_name": [r["family_name"] for r in rows],
+            "birth_date": pa.array([r["birth_date"] for r in rows], pa.date32()),
+        }
+    )
+
+
+def test_bulk_job_results_and_audit(
+    pki: Path, running: server.Server, small: Registry, small_rows: list[Row]
+) -> None:
+    claims = claims_of(small_rows, 50_000)
+    bad = ref.with_check_digit("resident_code", "1" * 10)
+    bad = bad[:-1] + str((int(bad[-1]) + 1) % 10)
+    codes = claims["resident_code"].to_pylist()
+    codes[10] = bad
+    claims = claims.set_column(0, "resident_code", pa.array(codes))
+    fields = ["status", "status_date", "municipality_name"]
+    with channel(pki, running, "nenkin") as ch:
+        job = BulkJob(ch, ctx(), "resident_code", fields)
+        pairs = list(job.run(split_messages(claims.to_batches(), 200_000)))
+    assert len(pairs) > 1  # several messages
+    results = pa.concat_tables([r for _, r in pairs])
+    sent = pa.concat_tables([pa.Table.from_batches([c]) for c, _ in pairs])
+    assert sent.equals(claims)
+    assert results.column_names == [
+        "found",
+        "error",
+        "family_name_match",
+        "birth_date_match",
+        "municipality_name",
+        "status",
+        "status_date",
+    ]
+    expected = small.verify(claims, by="resident_code", columns=fields)
+    for name in results.column_names:
+        assert results[name].to_pylist() == expected[name].to_pylist(), name
+    assert results["error"][10].as_py().startswith("row 10: resident_code")
+    logged = records(running, job.context.request_id)
+    assert logged.num_rows == claims.num_rows
+    disclosed = logged.filter(pc.equal(logged["outcome"], "disclosed"))
+    assert sorted(disclosed["subject"].to_pylist()) == sorted(
+        c for i, c in enumerate(codes) if i != 10
+    )
+    assert set(logged["fields"].to_pylist()) == {
+        "family_name,birth_date,municipality_name,status,status_date"
+    }
+    assert logged.filter(pc.equal(logged["outcome"], "invalid_key")).num_rows == 1
+
+
+def test_bulk_empty_job(pki: Path, running: server.Server) -> None:
+    with channel(pki, running, "nenkin") as ch:
+        assert list(BulkJob(ch, ctx(), "resident_code").run([])) == []
+
+
+def test_bulk_by_my_number_with_my_number_disclosed(
+    pki: Path, running: server.Server, small_rows: list[Row]
+) -> None:
+    rows = small_rows[:100]
+    claims = pa.table({"my_number": [r["my_number"] for r in rows]})
+    with channel(pki, running, "nenkin") as ch:
+        job = BulkJob(ch, ctx(), "my_number", ["resident_code", "my_number"])
+        ((_, results),) = list(job.run(claims.to_batches()))
+    assert results.column_names == ["found", "error", "resident_code", "my_number"]
+    assert results["resident_code"].to_pylist() == [r["resident_code"] for r in rows]
+
+
+def raw_stream(
+    pki: Path, running: server.Server, messages: list[pb.BulkRequest], agency: str = "nenkin"
+) -> grpc.RpcError:
+    with channel(pki, running, agency) as ch:
+        stub = pb_grpc.BulkVerificationStub(ch)
+        return rpc_error(lambda: list(stub.VerifyStream(iter(messages), timeout=10)))
+
+
+def header(by: int = pb.RESIDENT_CODE, fields: tuple[str, ...] = ()) -> pb.BulkRequest:
+    return pb.BulkRequest(header=pb.BulkHeader(context=ctx(), key=by, retrieve_fields=fields))
+
+
+def ipc(table: pa.Table) -> bytes:
+    return server.write_ipc(table)
+
+
+def test_bulk_malformed_payloads(pki: Path, running: server.Server) -> None:
+    good = ipc(pa.table({"resident_code": ["x"]}))
+    cases = [
+        ([pb.BulkRequest(claims=good)], "message 0: a bulk job starts with a BulkHeader"),
+        ([header(), pb.BulkRequest(claims=b"not arrow at all")], "message 1: claims are not"),
+        ([header(), pb.BulkRequest(claims=good[: len(good) // 2])], "message 1: claims are not"),
+        ([header(), pb.BulkRequest(claims=good), header()], "message 2: only the first"),
+        ([header(), pb.BulkRequest(claims=ipc(pa.table({"my_number": ["x"]})))], "message 1"),
+        ([header(by=pb.KEY_KIND_UNSPECIFIED)], "header.key"),
+        (
+            [header(), pb.BulkRequest(claims=ipc(pa.table({"resident_code": [1.5]})))],
+            "resident_code",
+        ),
+    ]
+    for messages, names in cases:
+        error = raw_stream(pki, running, messages)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (names, error.details())
+        assert names in error.details(), (names, error.details())
+
+
+def test_bulk_refusals(pki: Path, running: server.Server) -> None:
+    denied = raw_stream(pki, running, [header(fields=("card_state",))])
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "card_state" in denied.details()
+    claimed = ipc(pa.table({"resident_code": ["x"], "address_town": ["x"]}))
+    denied = raw_stream(pki, running, [header(), pb.BulkRequest(claims=claimed)])
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "address_town" in denied.details()
+
+
+def test_bulk_oversize_messages(
+    pki: Path, running: server.Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    huge = pb.BulkRequest(claims=b"\0" * (server.MAX_MESSAGE_BYTES + 1))
+    assert raw_stream(pki, running, [header(), huge]).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    monkeypatch.setattr(server, "MAX_BATCH_ROWS", 10)
+    rows = ipc(pa.table({"resident_code": ["x"] * 11}))
+    error = raw_stream(pki, running, [header(), pb.BulkRequest(claims=rows)])
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "11 rows, at most 10" in error.details()
+
+
+def test_bulk_huge_job_streams(pki: Path, running: server.Server, small_rows: list[Row]) -> None:
+    """A job far larger than one message goes through in many, in order."""
+    claims = claims_of(small_rows, 20_000).select(["resident_code"])
+    batches = (claims.to_batches()[0] for _ in range(60))  # 1.2 M claims, made lazily
+    total = found = messages = 0
+    with channel(pki, running, "nenkin") as ch:
+        for sent, results in BulkJob(ch, ctx(), "resident_code").run(batches):
+            assert results.num_rows == sent.num_rows
+            total += results.num_rows
+            found += pc.sum(results["found"]).as_py()
+            messages += 1
+    assert total == found == 1_200_000
+    assert messages >= 60
+
+
+# Properties: nothing outside the policy is ever disclosed ---------------------------------
+
+
+FIELDS = Registry.column_names()
+
+
+@st.composite
+def affairs(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "code": "random",
+        "title": "t",
+        "legal_basis": "b",
+        "keys": draw(st.lists(st.sampled_from(["my_number", "resident_code"]), unique=True)),
+        "modes": draw(st.lists(st.sampled_from(["verify", "retrieve"]), unique=True)),
+        "fields": draw(st.lists(st.sampled_from(FIELDS), unique=True)),
+    }
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    affair=affairs(),
+    by=st.sampled_from(["my_number", "resident_code"]),
+    claimed=st.lists(st.sampled_from(CLAIMABLE), unique=True, max_size=3),
+    retrieve=st.lists(st.sampled_from(FIELDS), unique=True, max_size=5),
+)
+def test_no_response_field_outside_the_policy(
+    pki: Path,
+    policy: server.Frontend,
+    running: server.Server,
+    small_rows: list[Row],
+    affair: dict[str, Any],
+    by: str,
+    claimed: list[str],
+    retrieve: list[str],
+) -> None:
+    subject = "CN=nenkin,O=日本年金機構,C=JP"
+    agency = {"code": "nenkin", "name": "n", "certificate_subject": subject, "affair": [affair]}
+    policy.policy = Policy.from_dict({"agency": [agency]})
+    p = small_rows[3]
+    modes = {m for m, asked in (("verify", claimed), ("retrieve", retrieve)) if asked} or {"verify"}
+    allowed = (
+        by in affair["keys"]
+        and modes <= set(affair["modes"])
+        and set(claimed) | set(retrieve) <= set(affair["fields"])
+    )
+    claims = pa.table({by: [p[by]], **{c: [p[c]] for c in claimed}})
+    with channel(pki, running, "nenkin") as ch:
+        job = BulkJob(ch, ctx("random"), by, retrieve)
+        try:
+            ((_, results),) = list(job.run(claims.to_batches()))
+        except grpc.RpcError as e:
+            assert not allowed, e.details()
+            assert e.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert set(records(running, job.context.request_id)["outcome"].to_pylist()) == {
+                "denied"
+            }
+            return
+        assert allowed
+        disclosed = set(results.column_names) - {"found", "error"}
+        assert disclosed == {f"{c}_match" for c in claimed} | set(retrieve)
+        assert {c.removesuffix("_match") for c in disclosed} <= set(affair["fields"])
+        if retrieve:
+            typed = pb_grpc.IdentityVerificationStub(ch).Retrieve(
+                pb.RetrieveRequest(
+                    context=ctx("random"), key=pb.Key(**{by: p[by]}), fields=retrieve
+                ),
+                timeout=10,
+            )
+            assert {f.name for f, _ in typed.resident.ListFields()} <= set(affair["fields"])
+
+
+# Health, reflection, reload, crash ----------------------------------------------------------
+
+
+def test_health_and_reflection(pki: Path, running: server.Server) -> None:
+    with channel(pki, running, "nenkin") as ch:
+        checker = health_pb2_grpc.HealthStub(ch)
+        for name in ("", "juki.v1.BulkVerification", "juki.v1.IdentityVerification"):
+            reply = checker.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        services = ProtoReflectionDescriptorDatabase(ch).get_services()
+        assert {"juki.v1.BulkVerification", "juki.v1.IdentityVerification"} <= set(services)
+        assert "grpc.health.v1.Health" in services
+
+
+def test_policy_reload_keeps_the_old_policy_on_error(
+    policy: server.Frontend, tmp_path: Path
+) -> None:
+    broken = tmp_path / "policy.toml"
+    broken.write_text("[[agency]]\ncode = 1\n")
+    before = policy.policy
+    policy.reload(broken)
+    assert policy.policy is before
+    good = tmp_path / "good.toml"
+    good.write_text(
+        example_path().read_text().replace("daily_quota = 60_000_000", "daily_quota = 7")
+    )
+    policy.reload(good)
+    nenkin = policy.policy.agency_for("CN=nenkin,O=日本年金機構,C=JP")
+    assert nenkin.affairs[PENSION].daily_quota == 7
+
+
+def wait_for_port(path: Path, proc: subprocess.Popen[bytes]) -> int:
+    """The port a `juki serve --port-file` writes once it listens."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while not path.exists() or not path.read_text().strip():
+        if proc.poll() is not None:
+            assert proc.stderr is not None
+            raise AssertionError(f"server exited: {proc.stderr.read().decode()}")
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
+def test_every_received_disclosure_is_audited_after_kill_9(
+    small_rows: list[Row], pki: Path, tmp_path: Path
+) -> None:
+    """Kill the server mid-job; every result the client received has its audit record."""
+    snapshot = tmp_path / "snapshot"
+    Registry.generate(population=20_000, seed=7).save(snapshot)
+    trail = tmp_path / "audit"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "juki_engine.cli",
+            "serve",
+            "--snapshot",
+            str(snapshot),
+            "--certs",
+            str(pki),
+            "--audit",
+            str(trail),
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(tmp_path / "port"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        port = wait_for_port(tmp_path / "port", proc)
+        tls = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
+        claims = claims_of(small_rows, 5_000).select(["resident_code"])
+        endless = (claims.to_batches()[0] for _ in range(10_000))
+        received: list[str] = []
+        with tls.channel(f"127.0.0.1:{port}") as ch:
+            job = BulkJob(ch, ctx(), "resident_code", ["resident_code"])
+            with pytest.raises(grpc.RpcError) as died:
+                for _, results in job.run(endless):
+                    received.extend(results["resident_code"].to_pylist())
+                    if len(received) >= 50_000:
+                        os.kill(proc.pid, signal.SIGKILL)
+        assert died.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    logged = audit.read(trail, columns=["subject", "outcome"])
+    assert set(received) <= set(logged["subject"].to_pylist())
+    assert logged.num_rows >= len(received)
