@@ -8,8 +8,9 @@ On disk: one directory of append-only segments, each an Arrow IPC stream with zs
 buffers (`audit-<first record time>Z-<sequence>.arrows`, so names sort by time). One writer thread
 does group commit: everything appended since its last pass is written, then one fsync completes
 all of it. The columns a batch shares (agency, operator, …) are one-entry dictionaries, so a
-million-record batch stores each once; a changed dictionary is a replacement dictionary message,
-which the stream format allows and pyarrow, Polars and DuckDB read.
+million-record batch stores each once, and the stream writer re-sends a dictionary only when it
+differs from the previous batch's (a replacement dictionary, which the stream format allows and
+pyarrow and Polars read; Polars cannot read run-end encoded columns, the other compact choice).
 """
 
 from __future__ import annotations
@@ -52,13 +53,12 @@ MODES = ("verify", "retrieve", "verify+retrieve")
 
 _TIME = pa.timestamp("us", tz="UTC")
 _CONTEXT_COLUMNS = ("agency", "operator", "request_id", "affair", "mode", "fields")
-_LABEL = pa.dictionary(pa.int8(), pa.string())
 _STORED_SCHEMA = pa.schema(
     [
         ("time", _TIME),
-        *((name, _LABEL) for name in _CONTEXT_COLUMNS),
+        *((name, pa.dictionary(pa.int32(), pa.string())) for name in _CONTEXT_COLUMNS),
         ("subject", pa.string()),
-        ("outcome", _LABEL),
+        ("outcome", pa.dictionary(pa.int8(), pa.string())),
     ],
     metadata={"juki_engine.audit": "1"},
 )
@@ -67,15 +67,20 @@ SCHEMA = pa.schema(
 )
 """The schema `read` returns (plain string columns; `fields` is comma-joined)."""
 
-# One dictionary object for every batch: the stream writer then sends it once per segment.
+# One dictionary for every batch: codes are positions in OUTCOMES.
 _OUTCOME_VALUES = pa.array(OUTCOMES, pa.string())
+_OUTCOME_CODES = pa.array(range(len(OUTCOMES)), pa.int8())
 _WRITE_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 _SEGMENT_NAME = re.compile(r"audit-(\d{8}T\d{6}\.\d{6})Z-(\d+)\.arrows")
 _NAME_TIME = "%Y%m%dT%H%M%S.%f"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_US = 86_400_000_000
 _CONTINUATION = 0xFFFFFFFF
+_RECORD_BATCH = 3  # MessageHeader.RecordBatch in Arrow's Message.fbs
 _LOCK_NAME = "audit.lock"
+# Appends smaller than this share one record batch per writer pass: a batch costs ~0.3 ms to
+# build and compress whatever its size, which would cap one-record appends at ~3,000/s.
+_SMALL_APPEND = 4096
 
 
 class AuditUnavailable(JukiError):
@@ -311,15 +316,16 @@ class AuditTrail:
                 self._fail(error, [])
 
     def _write(self, entries: list[_Entry]) -> None:
-        for entry in entries:
+        for group in _batch_groups(entries):
+            start_us = group[0].time_us
             segment = self._segment
             if (
                 segment is None
-                or entry.time_us // _DAY_US != segment.day
+                or start_us // _DAY_US != segment.day
                 or segment.size() >= self._segment_bytes
             ):
-                segment = self._rotate(entry.time_us)
-            segment.writer.write_batch(_record_batch(entry))
+                segment = self._rotate(start_us)
+            segment.writer.write_batch(_record_batch(group))
         assert self._segment is not None
         self._segment.sync()
 
@@ -404,7 +410,7 @@ def _outcome_codes(outcomes: Any, rows: int) -> pa.Array | int:
     codes = mapping.cast(pa.int8())
     if indices is None:
         return codes
-    if codes.equals(pa.array(range(len(codes)), pa.int8())) and indices.type == pa.int8():
+    if indices.type == pa.int8() and codes.equals(_OUTCOME_CODES[: len(codes)]):
         return indices  # already our dictionary's codes: no copy
     return pc.take(codes, indices)
 
@@ -413,30 +419,69 @@ def _first(mask: pa.Array) -> int:
     return int(pc.index(mask, True).as_py())
 
 
-def _record_batch(entry: _Entry) -> pa.RecordBatch:
-    rows = len(entry.subjects)
-    zeros = pa.array(np.zeros(rows, np.int8))  # shared by every one-entry dictionary column
-    context = entry.context
-    shared = (
-        context.agency,
-        context.operator,
-        context.request_id,
-        context.affair,
-        context.mode,
-        ",".join(context.fields),
-    )
-    codes = entry.outcomes
-    if isinstance(codes, int):
-        codes = pa.array(np.full(rows, codes, np.int8))
-    times = np.full(rows, entry.time_us, np.int64)
+def _batch_groups(entries: list[_Entry]) -> Iterator[list[_Entry]]:
+    """Entries in order, small consecutive ones of one UTC day grouped into one batch."""
+    group: list[_Entry] = []
+    for entry in entries:
+        small = len(entry.subjects) < _SMALL_APPEND
+        if group and not (small and entry.time_us // _DAY_US == group[0].time_us // _DAY_US):
+            yield group
+            group = []
+        group.append(entry)
+        if not small or len(group) >= _SMALL_APPEND:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _record_batch(entries: list[_Entry]) -> pa.RecordBatch:
+    """One record batch of the entries' records; single-valued columns share zero indices."""
+    lengths = np.array([len(entry.subjects) for entry in entries])
+    rows = int(lengths.sum())
+    zeros: pa.Array | None = None
+
+    def label(values: list[str]) -> pa.DictionaryArray:
+        nonlocal zeros
+        unique = list(dict.fromkeys(values))
+        if len(unique) == 1:
+            if zeros is None:
+                zeros = pa.array(np.zeros(rows, np.int32))
+            indices = zeros
+        else:
+            position = {value: index for index, value in enumerate(unique)}
+            codes = np.array([position[value] for value in values], np.int32)
+            indices = pa.array(np.repeat(codes, lengths))
+        return pa.DictionaryArray.from_arrays(indices, pa.array(unique, pa.string()), safe=False)
+
+    contexts = [entry.context for entry in entries]
+    times = np.repeat(np.array([entry.time_us for entry in entries], np.int64), lengths)
+    if len(entries) == 1:
+        subjects = entries[0].subjects
+    else:
+        subjects = pa.concat_arrays([entry.subjects for entry in entries])
+    outcomes = [entry.outcomes for entry in entries]
+    if len(outcomes) == 1 and isinstance(outcomes[0], pa.Array):
+        codes = outcomes[0]
+    else:
+        codes = pa.array(
+            np.concatenate(
+                [
+                    np.full(length, code, np.int8) if isinstance(code, int) else code.to_numpy()
+                    for code, length in zip(outcomes, lengths, strict=True)
+                ]
+            )
+        )
     return pa.RecordBatch.from_arrays(
         [
             pa.Array.from_buffers(_TIME, rows, [None, pa.py_buffer(times)]),
-            *(
-                pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string()), safe=False)
-                for value in shared
-            ),
-            entry.subjects,
+            label([context.agency for context in contexts]),
+            label([context.operator for context in contexts]),
+            label([context.request_id for context in contexts]),
+            label([context.affair for context in contexts]),
+            label([context.mode for context in contexts]),
+            label([",".join(context.fields) for context in contexts]),
+            subjects,
             pa.DictionaryArray.from_arrays(codes, _OUTCOME_VALUES, safe=False),
         ],
         schema=_STORED_SCHEMA,
@@ -512,48 +557,60 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _complete_length(data: memoryview, path: Path) -> int:
-    """The length of the stream's complete messages; a torn final message is left out.
+def _batch_ends(data: memoryview, path: Path) -> list[int]:
+    """Where each complete record batch message of the stream ends.
 
     A crash can cut the last message anywhere (kill -9 mid-write), or leave zeros where it was
-    (power loss before its blocks reached the disk). Anything else that does not frame as Arrow
-    IPC messages is damage, reported as such.
+    (power loss before its blocks reached the disk): the torn tail is left out. Anything else
+    that does not frame as Arrow IPC messages is damage, reported as such.
     """
-    size, position = len(data), 0
+    size, position, ends = len(data), 0, []
     while position < size:
         rest = data[position:]
         if len(rest) < 8 or struct.unpack_from("<I", rest)[0] != _CONTINUATION:
-            torn_prefix = len(rest) < 8 and bytes(rest[:4]) == b"\xff" * min(4, len(rest))
-            if torn_prefix or _zeros(rest):
-                return position  # torn inside the message prefix, or a zero-filled tail
-            raise _damaged(path, position)
+            # Part of the continuation marker, then nothing (cut) or zeros (power loss).
+            marker = bytes(rest[:4]).rstrip(b"\0")
+            if marker.strip(b"\xff") or not (len(rest) < 8 or _zeros(rest[4:])):
+                raise _damaged(path, position)
+            break
         metadata_length = struct.unpack_from("<i", rest, 4)[0]
         if metadata_length == 0:  # the end-of-stream marker
             if not _zeros(rest[8:]):
                 raise _damaged(path, position + 8)
-            return position
+            break
         if metadata_length < 0:
             raise _damaged(path, position)
         if 8 + metadata_length > len(rest):
-            return position  # torn inside the metadata
+            break  # torn inside the metadata
         try:
-            body = _body_length(rest[8 : 8 + metadata_length], path, position)
+            header, body = _message_header(rest[8 : 8 + metadata_length], path, position)
         except AuditUnavailable:
-            if _zeros(rest[8:]):
-                return position  # zero-filled after the message prefix
+            if _written(rest) < 8 + metadata_length:
+                break  # zeros from inside the metadata on: never written
             raise
         if 8 + metadata_length + body > len(rest):
-            return position  # torn inside the body
+            break  # torn inside the body
         position += 8 + metadata_length + body
-    return position
+        if header == _RECORD_BATCH:
+            ends.append(position)
+    return ends
 
 
-def _zeros(data: memoryview | bytes) -> bool:
+def _zeros(data: memoryview) -> bool:
     return not np.frombuffer(data, np.uint8).any()
 
 
-def _body_length(metadata: memoryview, path: Path, position: int) -> int:
-    """`Message.bodyLength` (field 3) from the message's flatbuffer, bounds-checked."""
+def _written(data: memoryview) -> int:
+    """The length of `data` without its zero tail."""
+    nonzero = np.flatnonzero(np.frombuffer(data, np.uint8))
+    return int(nonzero[-1]) + 1 if nonzero.size else 0
+
+
+def _message_header(metadata: memoryview, path: Path, position: int) -> tuple[int, int]:
+    """The header type and body length of an IPC message, read from its flatbuffer.
+
+    `Message` fields: 0 version, 1 header type, 2 header, 3 body length; all bounds-checked.
+    """
 
     def read(fmt: str, offset: int) -> int:
         if not 0 <= offset <= len(metadata) - struct.calcsize(fmt):
@@ -563,45 +620,58 @@ def _body_length(metadata: memoryview, path: Path, position: int) -> int:
     table = read("<I", 0)
     vtable = table - read("<i", table)
     vtable_size = read("<H", vtable)
-    field = 4 + 2 * 3  # the vtable's two sizes, then one uint16 offset per field
     if table < 4 or vtable_size < 4 or vtable_size % 2:
         raise _damaged(path, position)
-    offset = read("<H", vtable + field) if vtable_size > field else 0
-    body = read("<q", table + offset) if offset else 0
+
+    def field(index: int, fmt: str) -> int:
+        slot = 4 + 2 * index  # after the vtable's two sizes, one uint16 offset per field
+        offset = read("<H", vtable + slot) if slot < vtable_size else 0
+        return read(fmt, table + offset) if offset else 0
+
+    header, body = field(1, "<B"), field(3, "<q")
     if body < 0 or body % 8:
         raise _damaged(path, position)
-    return body
+    return header, body
 
 
 def _damaged(path: Path, position: int) -> AuditUnavailable:
     return AuditUnavailable(f"audit segment {path} is damaged at byte {position}")
 
 
-def _read_segment(path: Path) -> Iterator[pa.RecordBatch]:
+def _read_segment(path: Path) -> list[pa.RecordBatch]:
     """Every complete record batch of one segment."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return  # expired by the writer's retention since we listed it
+        return []  # expired by the writer's retention since we listed it
     except OSError as error:
         raise AuditUnavailable(f"cannot read audit segment {path}: {error}") from error
-    length = _complete_length(memoryview(data), path)
-    if length == 0:
-        return
+    view = memoryview(data)
+    ends = _batch_ends(view, path)
+    if not ends:
+        return []
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(data)[:length])
-    except pa.ArrowException as error:
+        return _decode(data, ends[-1], path)
+    except AuditUnavailable:
+        # Zeros from inside the last batch's messages to the end of the file: power loss left
+        # its lengths on disk but not its contents. It was never acknowledged.
+        previous = ends[-2] if len(ends) > 1 else 0
+        if previous + _written(view[previous:]) < ends[-1]:
+            return _decode(data, previous, path)
+        raise
+
+
+def _decode(data: bytes, end: int, path: Path) -> list[pa.RecordBatch]:
+    """The record batches of the stream's first `end` bytes, which hold complete messages."""
+    if end == 0:
+        return []
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(data)[:end])
+        if not reader.schema.equals(_STORED_SCHEMA):
+            raise AuditUnavailable(f"{path} is not an audit segment (schema {reader.schema})")
+        return list(reader)
+    except (pa.ArrowException, OSError) as error:  # pyarrow raises OSError for bad messages
         raise AuditUnavailable(f"audit segment {path} is damaged: {error}") from error
-    if not reader.schema.equals(_STORED_SCHEMA):
-        raise AuditUnavailable(f"{path} is not an audit segment (schema {reader.schema})")
-    while True:
-        try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except pa.ArrowException as error:
-            raise AuditUnavailable(f"audit segment {path} is damaged: {error}") from error
-        yield batch
 
 
 def _batches(
@@ -642,10 +712,12 @@ def _matching(
         if wanted is None:
             continue
         column = batch.column(name)
-        if wanted not in column.dictionary.to_pylist():
-            return None  # the usual one-entry dictionary settles the whole batch
-        if len(column.dictionary) > 1 or column.null_count:
-            mask = _and(mask, pc.equal(column.dictionary_decode(), wanted))
+        values = column.dictionary.to_pylist()
+        if wanted not in values:
+            return None
+        if len(values) > 1 or column.null_count:  # else one entry settles the whole batch
+            codes = [code for code, value in enumerate(values) if value == wanted]
+            mask = _and(mask, pc.is_in(column.indices, pa.array(codes, column.indices.type)))
     if since_us is not None or until_us is not None:
         times = batch.column("time").view(pa.int64())
         bounds = pc.min_max(times).as_py()
@@ -703,10 +775,12 @@ def read(
         )
         if rows is None:
             continue
-        bounds = pc.min_max(rows.column("time").view(pa.int64())).as_py()
-        # Our batches share one time and come in time order; only other writers' would not.
-        in_order &= bounds["min"] == bounds["max"] and (latest is None or latest <= bounds["min"])
-        latest = bounds["max"] if latest is None else max(latest, bounds["max"])
+        micros = rows.column("time").view(pa.int64()).to_numpy()
+        # Our batches come in time order, each in time order; only damage would break that.
+        in_order &= (latest is None or latest <= micros[0]) and bool(
+            np.all(micros[1:] >= micros[:-1])
+        )
+        latest = micros[-1] if latest is None else max(latest, int(micros.max()))
         times.append(rows.column("time"))
         pieces.append(
             pa.RecordBatch.from_arrays([_plain(rows.column(name)) for name in names], schema=schema)
