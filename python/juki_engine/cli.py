@@ -263,10 +263,10 @@ def _print_summary(summary: Any) -> None:
     console.print(out)
 
 
-def _registry_at(path: Path, generate_demo: bool) -> Registry:
+def _registry_at(path: Path, generate_demo: bool, mmap: bool = False) -> Registry:
     """The snapshot at `path`; with `generate_demo`, the Toyama demo is generated there first."""
     if (path / "CURRENT").exists() or not generate_demo:
-        return _open(path)
+        return _open(path, mmap)
     registry = _generate(None, TOYAMA, 0)
     registry.save(path)
     console.print(f"saved the demo registry to {path}")
@@ -323,7 +323,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     snapshot = Path(args.snapshot)
-    registry = _registry_at(snapshot, generate_demo=snapshot == DEMO_PATH)
+    registry = _registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
     policy = _policy_path(args.policy)
     if args.certs is None:
         certs_dir = DEMO_DIR / "certs"
@@ -540,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"address (default {DEFAULT_LISTEN})")
     p.add_argument("--workers", type=int, default=8, help="threads serving calls")
     p.add_argument("--port-file", help="write the port here once listening (for --listen :0)")
+    p.add_argument("--mmap", action="store_true", help="map the snapshot instead of loading it")
     server_options(p, str(DEMO_DIR / "audit"))
     p.set_defaults(func=cmd_serve)
 

@@ -7,12 +7,14 @@ holds the whole job; grpc's flow control keeps the reader from running ahead of 
 
 from __future__ import annotations
 
+import io
 import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pyarrow as pa
@@ -119,11 +121,46 @@ class BulkJob:
                 yield pb.BulkRequest(claims=write_ipc(pa.Table.from_batches([message])))
 
         stub = pb_grpc.BulkVerificationStub(self.channel)
-        for response in stub.VerifyStream(requests(), timeout=timeout):
-            results = pa.ipc.open_stream(pa.py_buffer(response.results)).read_all()
+        responses = stub.VerifyStream(requests(), timeout=timeout)
+        parts = _ResultParts(responses)
+        if not parts.started():
+            return  # an empty job
+        # The results are one IPC stream across the responses: one record batch per message.
+        for batch in pa.ipc.open_stream(parts):
             with lock:
                 claims = in_flight.popleft()
-            yield claims, results
+            yield claims, pa.Table.from_batches([batch])
+
+
+class _ResultParts(io.RawIOBase):
+    """The bytes of a job's result stream, read from the responses as the reader needs them."""
+
+    def __init__(self, responses: Iterator[pb.BulkResponse]) -> None:
+        self._responses = responses
+        self._part = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def started(self) -> bool:
+        """Whether any result arrived (reads the first response)."""
+        return self._fill()
+
+    def _fill(self) -> bool:
+        while not self._part:
+            response = next(self._responses, None)
+            if response is None:
+                return False
+            self._part = memoryview(response.results)
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._fill():
+            return 0
+        n = min(len(buffer), len(self._part))
+        buffer[:n] = self._part[:n]
+        self._part = self._part[n:]
+        return n
 
 
 def run_to_parquet(

@@ -8,6 +8,7 @@ reply leaves → the reply holds only what the policy allows.
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import threading
@@ -58,7 +59,9 @@ MAX_MESSAGE_BYTES = 8 << 20
 # Rows in one claims message: a bound on the memory one message can make the server allocate.
 MAX_BATCH_ROWS = 1 << 20
 # Bulk results waiting for their audit commit while the next batch is computed.
-PIPELINE_DEPTH = 2
+PIPELINE_DEPTH = 4
+# Threads answering bulk messages, shared by all streams.
+BULK_WORKERS = 2
 # Audit records are kept seven years (by the day, with leap days).
 RETENTION_DAYS = 7 * 366
 
@@ -118,6 +121,8 @@ class Frontend:
         self.policy = policy
         self.audit = audit
         self.quotas = quotas or Quotas()
+        # Bulk messages in flight, answered while the stream handlers read and send.
+        self.pool = futures.ThreadPoolExecutor(BULK_WORKERS, thread_name_prefix="juki-bulk")
 
     @classmethod
     def open(
@@ -230,11 +235,40 @@ def read_claims(payload: bytes, message: int) -> pa.Table:
 
 
 def write_ipc(table: pa.Table) -> bytes:
+    """`table` as one complete Arrow IPC stream."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     payload: bytes = sink.getvalue().to_pybytes()
     return payload
+
+
+class ResultStream:
+    """A job's results as one Arrow IPC stream, cut into one part per claims message.
+
+    Retrieved fields are dictionary-encoded against the registry's dictionaries (1.6 MiB of town
+    names for the nation): one stream sends each dictionary once per job, where a stream per
+    message would resend it with every message.
+    """
+
+    def __init__(self) -> None:
+        self._sink = io.BytesIO()
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def part(self, results: pa.Table) -> bytes:
+        """The bytes that carry `results` as one record batch (after the schema, if first)."""
+        if self._writer is None:
+            self._writer = pa.ipc.new_stream(self._sink, results.schema)
+        batches = results.combine_chunks().to_batches()
+        if batches:
+            self._writer.write_batch(batches[0])
+        else:
+            empty = [pa.array([], type=f.type) for f in results.schema]
+            self._writer.write_batch(pa.RecordBatch.from_arrays(empty, schema=results.schema))
+        part = self._sink.getvalue()
+        self._sink.seek(0)
+        self._sink.truncate()
+        return part
 
 
 # Typed per-record API ----------------------------------------------------------------------
@@ -367,7 +401,7 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
         self, request_iterator: Iterator[pb.BulkRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.BulkResponse]:
         f = self.frontend
-        pending: deque[Answer] = deque()
+        pending: deque[futures.Future[Answer]] = deque()
         try:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("body") != "header":
@@ -381,41 +415,69 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
             # Refuse what the header alone already rules out before any claim arrives.
             f.authorize(agency, header.context, by, (), retrieve)
             row = 0
+            stream = ResultStream()
+            columns: list[str] | None = None
             for n, message in enumerate(request_iterator, start=1):
                 if message.WhichOneof("body") != "claims":
                     raise InvalidInput(f"message {n}: only the first message is a header")
-                started = time.perf_counter()
                 claims = read_claims(message.claims, n)
-                claimed = [c for c in claims.column_names if c != by]
                 if by not in claims.column_names:
                     raise InvalidInput(f"message {n}: claims have no '{by}' column (the key)")
-                grant = f.authorize(
-                    agency, header.context, by, claimed, retrieve, claims[by].combine_chunks()
-                )
-                answer = f.answer(grant, header.context, by, claims, row)
-                log.info(
-                    "%s %s request=%s message=%d rows=%d found=%d %.1f ms",
-                    agency.code,
-                    grant.affair.code,
-                    header.context.request_id,
-                    n,
-                    claims.num_rows,
-                    pc.sum(answer.results["found"]).as_py() or 0,
-                    (time.perf_counter() - started) * 1e3,
+                if columns is None:
+                    columns = claims.column_names
+                elif claims.column_names != columns:
+                    raise InvalidInput(
+                        f"message {n}: columns {claims.column_names} differ from the job's "
+                        f"first claims {columns}"
+                    )
+                # Messages are answered on the shared pool, several at a time (the core releases
+                # the GIL), and their replies leave in order once their audit records are durable.
+                pending.append(
+                    f.pool.submit(
+                        self._message, agency, header.context, by, retrieve, n, claims, row
+                    )
                 )
                 row += claims.num_rows
-                pending.append(answer)
-                # The next batch is computed while this one's audit records are committed.
-                while len(pending) >= PIPELINE_DEPTH:
-                    yield _bulk_response(pending.popleft())
+                while len(pending) >= PIPELINE_DEPTH or (pending and pending[0].done()):
+                    yield _bulk_response(pending.popleft().result(), stream)
             while pending:
-                yield _bulk_response(pending.popleft())
+                yield _bulk_response(pending.popleft().result(), stream)
         except JukiError as e:
+            for waiting in pending:
+                waiting.cancel()
             abort(context, e)
 
+    def _message(
+        self,
+        agency: Agency,
+        request: pb.RequestContext,
+        by: str,
+        retrieve: list[str],
+        n: int,
+        claims: pa.Table,
+        first_row: int,
+    ) -> Answer:
+        """Authorize, answer and audit one claims message; log one line."""
+        f = self.frontend
+        started = time.perf_counter()
+        claimed = [c for c in claims.column_names if c != by]
+        grant = f.authorize(agency, request, by, claimed, retrieve, claims[by].combine_chunks())
+        answer = f.answer(grant, request, by, claims, first_row)
+        log.info(
+            "%s %s request=%s message=%d rows=%d found=%d %.1f ms",
+            agency.code,
+            grant.affair.code,
+            request.request_id,
+            n,
+            claims.num_rows,
+            pc.sum(answer.results["found"]).as_py() or 0,
+            (time.perf_counter() - started) * 1e3,
+        )
+        return answer
 
-def _bulk_response(answer: Answer) -> pb.BulkResponse:
-    return pb.BulkResponse(first_row=answer.first_row, results=write_ipc(answer.released()))
+
+def _bulk_response(answer: Answer, stream: ResultStream) -> pb.BulkResponse:
+    return pb.BulkResponse(first_row=answer.first_row, results=stream.part(answer.released()))
 
 
 # Serving -----------------------------------------------------------------------------------
@@ -460,6 +522,7 @@ class Server:
         """Refuse new calls, let calls in flight finish, then close the audit trail."""
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        self.frontend.pool.shutdown()
         self.frontend.audit.close()
 
 

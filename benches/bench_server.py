@@ -1,0 +1,291 @@
+"""gRPC front end benchmark: the bulk stream and the typed per-record API, against the in-process
+`verify` measured in the same run.
+
+A real `juki serve` runs in its own process on loopback with mutual TLS and the audit trail on;
+this process is the agency's client, so client and server share the machine's cores. Both map
+the same snapshot (`--mmap`), so the registry's pages are held once.
+
+    .venv/bin/python benches/bench_server.py                          # Toyama, 4 M claims
+    .venv/bin/python benches/bench_server.py --registry /tmp/nation_snap --claims 40000000
+
+It reports, as medians of the repeats:
+- in-process `Registry.verify` of the same claims with the same retrieved columns (baseline);
+- the bulk stream (claims already in memory, results decoded, not written): records/s and its
+  ratio to the baseline;
+- the end-to-end pension job (Parquet in, stream, Parquet out: `juki verify --server`);
+- the server's peak RSS, and the audit trail's size on disk;
+- typed per-record Verify: p50/p99 latency at a fixed offered rate, and the most calls/s that
+  a few client threads sustain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from juki_engine import Registry, certs
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.bench import current_rss_bytes, gib, log, measure
+from juki_engine.client import AgencyTLS, BulkJob, request_context, run_to_parquet
+from juki_engine.policy import Policy, example_path
+from juki_engine.samples import pension_claims
+
+FIELDS = ["status", "status_date", "municipality_name", "address_town", "address_block"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--registry", help="snapshot directory (default: generate Toyama in a tmp dir)")
+    p.add_argument("--claims", type=int, default=4_000_000, help="pensioners in the job")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rate", type=float, default=1000.0, help="typed calls/s offered")
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each typed test")
+    p.add_argument("--threads", type=int, default=8, help="client threads for the max rate")
+    p.add_argument("--json", help="also write every number to this file")
+    return p.parse_args(argv)
+
+
+def start_server(snapshot: Path, pki: Path, trail: Path, work: Path) -> tuple[Any, int]:
+    port_file = work / "port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "juki_engine.cli",
+            "serve",
+            "--snapshot",
+            str(snapshot),
+            "--mmap",
+            "--certs",
+            str(pki),
+            "--audit",
+            str(trail),
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "server.log", "wb"),
+    )
+    deadline = time.monotonic() + 600
+    while not port_file.exists():
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {(work / 'server.log').read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise SystemExit("server did not start")
+        time.sleep(0.1)
+    return proc, int(port_file.read_text())
+
+
+def peak_rss(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def bulk_stream(tls: AgencyTLS, address: str, claims: pa.Table) -> int:
+    """Stream every claim and decode every result; the number of results."""
+    batches = claims.to_batches(max_chunksize=1 << 20)
+    rows = 0
+    with tls.channel(address) as channel:
+        job = BulkJob(channel, request_context("pension-benefit", "bench"), "resident_code", FIELDS)
+        for _, results in job.run(batches):
+            rows += results.num_rows
+    if rows != claims.num_rows:
+        raise SystemExit(f"the job returned {rows:,} results for {claims.num_rows:,} claims")
+    return rows
+
+
+def end_to_end(tls: AgencyTLS, address: str, src: Path, out: Path) -> None:
+    parquet = pq.ParquetFile(src)
+    with tls.channel(address) as channel:
+        job = BulkJob(channel, request_context("pension-benefit", "bench"), "resident_code", FIELDS)
+        run_to_parquet(job, parquet.iter_batches(batch_size=1 << 20), out)
+
+
+def typed_requests(claims: pa.Table, n: int) -> list[pb.VerifyRequest]:
+    rows = claims.slice(0, n).to_pylist()
+    return [
+        pb.VerifyRequest(
+            context=request_context("pension-benefit", "bench"),
+            key=pb.Key(resident_code=r["resident_code"]),
+            claims=pb.Claims(family_name=r["family_name"], birth_date=r["birth_date"].isoformat()),
+        )
+        for r in rows
+    ]
+
+
+def typed_latency(
+    tls: AgencyTLS, address: str, requests: list[pb.VerifyRequest], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Offer `rate` calls/s on a fixed schedule (open loop); latency from the scheduled send."""
+    count = int(rate * seconds)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    done = threading.Semaphore(0)
+    with tls.channel(address) as channel:
+        stub = pb_grpc.IdentityVerificationStub(channel)
+        stub.Verify(requests[0], timeout=10)  # connect before timing
+        start = time.perf_counter()
+        for i in range(count):
+            due = start + i / rate
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            future = stub.Verify.future(requests[i % len(requests)], timeout=30)
+
+            def finished(f: Any, due: float = due) -> None:
+                f.result()
+                with lock:
+                    latencies.append(time.perf_counter() - due)
+                done.release()
+
+            future.add_done_callback(finished)
+        for _ in range(count):
+            done.acquire(timeout=60)
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "offered_per_s": rate,
+        "achieved_per_s": len(latencies) / elapsed,
+        "p50_ms": 1e3 * latencies[len(latencies) // 2],
+        "p99_ms": 1e3 * latencies[int(len(latencies) * 0.99)],
+    }
+
+
+def typed_max_rate(
+    tls: AgencyTLS, address: str, requests: list[pb.VerifyRequest], threads: int, seconds: float
+) -> float:
+    """Calls/s that `threads` closed-loop clients sustain."""
+    stop = time.perf_counter() + seconds
+    with tls.channel(address) as channel:
+        stub = pb_grpc.IdentityVerificationStub(channel)
+        stub.Verify(requests[0], timeout=10)
+
+        def client(k: int) -> int:
+            calls = 0
+            while time.perf_counter() < stop:
+                stub.Verify(requests[(k + calls * threads) % len(requests)], timeout=30)
+                calls += 1
+            return calls
+
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            total = sum(pool.map(client, range(threads)))
+        return total / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results: dict[str, Any] = {"claims": args.claims, "load_average": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="juki-bench-") as tmp:
+        work = Path(tmp)
+        if args.registry:
+            snapshot = Path(args.registry)
+        else:
+            snapshot = work / "toyama"
+            log("generating Toyama")
+            Registry.generate(prefecture="富山県").save(snapshot)
+        registry = Registry.open(snapshot, mmap=True)
+        results["population"] = len(registry)
+        log(f"registry: {len(registry):,} residents; building {args.claims:,} pension claims")
+        claims = pension_claims(registry, args.claims, seed=1)
+        src = work / "pensioners.parquet"
+        pq.write_table(claims, src)
+
+        log("in-process verify (baseline)")
+        columns = ["resident_code", *FIELDS]
+        results["in_process_verify"] = measure(
+            lambda: registry.verify(claims, "resident_code", columns=columns),
+            args.claims,
+            args.repeats,
+        )
+
+        pki = work / "pki"
+        agencies = {a.code: a.certificate_subject for a in Policy.load(example_path()).agencies}
+        certs.create_demo(pki, agencies)
+        tls = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
+        trail = work / "audit"
+        log("starting juki serve")
+        proc, port = start_server(snapshot, pki, trail, work)
+        address = f"127.0.0.1:{port}"
+        try:
+            log("bulk stream")
+            results["bulk_stream"] = measure(
+                lambda: bulk_stream(tls, address, claims), args.claims, args.repeats
+            )
+            log("end-to-end job: Parquet in, Parquet out")
+            results["end_to_end"] = measure(
+                lambda: end_to_end(tls, address, src, work / "results.parquet"),
+                args.claims,
+                args.repeats,
+            )
+            clean = pension_claims(registry, 10_000, seed=2, bad_code_fraction=0.0)
+            requests = typed_requests(clean, 10_000)
+            log(f"typed Verify at {args.rate:.0f}/s")
+            results["typed_latency"] = typed_latency(
+                tls, address, requests, args.rate, args.seconds
+            )
+            log(f"typed Verify, {args.threads} closed-loop threads")
+            results["typed_max_per_s"] = typed_max_rate(
+                tls, address, requests, args.threads, args.seconds
+            )
+            results["server_peak_rss_bytes"] = peak_rss(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        results["audit_bytes"] = dir_bytes(trail)
+        results["client_rss_bytes"] = current_rss_bytes()
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def report(r: dict[str, Any]) -> None:
+    base = r["in_process_verify"]["rate_per_s"]
+    stream = r["bulk_stream"]["rate_per_s"]
+    e2e = r["end_to_end"]
+    lat = r["typed_latency"]
+    print(f"\n{r['claims']:,} pension claims against {r['population']:,} residents")
+    print(f"  in-process verify      {base / 1e6:8.2f} M/s (baseline)")
+    print(f"  bulk stream (mTLS+audit){stream / 1e6:7.2f} M/s   = {stream / base:.2f}× in-process")
+    print(
+        f"  end-to-end job         {e2e['rate_per_s'] / 1e6:8.2f} M/s   "
+        f"({statistics.median(e2e['seconds']):.2f} s median)"
+    )
+    print(f"  server peak RSS        {gib(r['server_peak_rss_bytes'])}")
+    print(f"  audit trail on disk    {r['audit_bytes'] / 2**20:8.1f} MiB")
+    print(
+        f"  typed Verify at {lat['offered_per_s']:.0f}/s: p50 {lat['p50_ms']:.2f} ms, "
+        f"p99 {lat['p99_ms']:.2f} ms (achieved {lat['achieved_per_s']:.0f}/s)"
+    )
+    print(f"  typed Verify max       {r['typed_max_per_s']:8.0f} calls/s")
+    print(f"  load average at start  {r['load_average']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
