@@ -29,8 +29,8 @@ demo: build
 lint: build
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches protos
+	$(VENV)/bin/ruff format --check python tests benches protos
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest juki_engine._core --mypy-config-file pyproject.toml
 

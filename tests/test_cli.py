@@ -1,16 +1,28 @@
-"""The `juki` command line: generate, stats, lookup, verify (Parquet/CSV in, Parquet out), demo."""
+"""The `juki` command line: generate, stats, lookup, verify (in-process and over gRPC), certs,
+serve, audit, demo."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from juki_engine import Registry
+from juki_engine import Registry, audit, server
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.cli import main
+from juki_engine.client import AgencyTLS
+from juki_engine.policy import Policy, example_path
+from juki_engine.samples import pension_claims
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +88,189 @@ def test_stats_lookup_and_demo(
     assert main(["lookup", str(snapshot), key, "--columns", "my_number", "status"]) == 0
     assert key[:6] in capsys.readouterr().out
     demo = tmp_path / "demo"
-    assert main(["demo", "--path", str(demo)]) == 0
+    assert main(["demo", "--path", str(demo), "--pensioners", "5000"]) == 0
     assert (demo / "CURRENT").exists()
-    assert main(["demo", "--path", str(demo)]) == 0  # second run opens instead of generating
+    out = capsys.readouterr().out
+    assert "5,000 claims" in out and "PERMISSION_DENIED" in out
+    results = pq.read_table(tmp_path / "pension_results.parquet")
+    assert results.num_rows == 5000
+    assert {"resident_code", "found", "status", "address_town"} <= set(results.column_names)
+    # Every disclosure of the job is in the trail, and so is the refusal.
+    trail = audit.read(tmp_path / "audit")
+    assert (
+        pc.sum(pc.equal(trail["outcome"], "disclosed")).as_py() == pc.sum(results["found"]).as_py()
+    )
+    assert trail.filter(pc.equal(trail["outcome"], "denied"))["agency"].to_pylist() == ["moj"]
+    # A second run opens the registry instead of generating it, and reuses the certificates.
+    assert main(["demo", "--path", str(demo), "--pensioners", "100"]) == 0
+    assert "generated" not in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def served(
+    snapshot: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path, Path]]:
+    """A server over the CLI's snapshot: (address, certificate directory, audit directory)."""
+    base = tmp_path_factory.mktemp("served")
+    assert main(["certs", "--out", str(base / "certs")]) == 0
+    frontend = server.Frontend.open(Registry.open(snapshot), example_path(), base / "audit")
+    running = server.start(frontend, server.ServerTLS.in_directory(base / "certs"))
+    try:
+        yield f"127.0.0.1:{running.port}", base / "certs", base / "audit"
+    finally:
+        running.stop(grace=1)
+
+
+def test_certs_writes_a_ca_server_and_one_certificate_per_agency(
+    served: tuple[str, Path, Path],
+) -> None:
+    _, pki, _ = served
+    assert {p.name for p in pki.iterdir()} >= {"ca.pem", "ca.key", "server.pem", "server.key"}
+    names = {p.stem for p in (pki / "agencies").glob("*.pem")}
+    assert names == {a.code for a in Policy.load(example_path()).agencies}
+
+
+@pytest.mark.parametrize("fields", [None, "all", "status,address_town"])
+def test_verify_over_grpc(
+    served: tuple[str, Path, Path],
+    snapshot: Path,
+    tmp_path: Path,
+    fields: str | None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    address, pki, trail = served
+    registry = Registry.open(snapshot)
+    claims = pension_claims(registry, 3000, seed=3)
+    src = tmp_path / "pensioners.csv"
+    pacsv.write_csv(claims, src)
+    out = tmp_path / "results.parquet"
+    argv = ["verify", "--server", address, "--cert", str(pki / "agencies" / "nenkin.pem")]
+    argv += ["--affair", "pension-benefit", "--input", str(src), "--out", str(out)]
+    argv += ["--request-id", f"cli-{fields}", "--batch-size", "700"]
+    assert main([*argv, *(["--fields", fields] if fields else [])]) == 0
+    assert "3,000 claims" in capsys.readouterr().out
+    results = pq.read_table(out)
+    expected = registry.verify(claims, by="resident_code")
+    assert results["resident_code"].to_pylist() == claims["resident_code"].to_pylist()
+    assert results["found"].to_pylist() == expected["found"].to_pylist()
+    assert results["family_name_match"].to_pylist() == expected["family_name_match"].to_pylist()
+    retrieved = set(results.column_names) - set(expected.column_names) - {"resident_code"}
+    if fields is None:
+        assert retrieved == set()
+    elif fields == "all":
+        nenkin = Policy.load(example_path()).agency_for("CN=nenkin,O=日本年金機構,C=JP")
+        assert retrieved | {"status", "resident_code"} == set(
+            nenkin.affairs["pension-benefit"].fields
+        )
+    else:
+        assert retrieved == {"address_town"} and "status" in results.column_names
+    logged = audit.read(trail)
+    assert logged.filter(pc.equal(logged["request_id"], f"cli-{fields}")).num_rows == 3000
+
+
+def test_verify_over_grpc_refused(
+    served: tuple[str, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, pki, _ = served
+    src = tmp_path / "claims.parquet"
+    pq.write_table(pa.table({"resident_code": ["12345678903"]}), src)
+    argv = ["verify", "--server", address, "--cert", str(pki / "agencies" / "mofa.pem")]
+    argv += ["--affair", "pension-benefit", "--input", str(src), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    out = capsys.readouterr().out
+    assert "PERMISSION_DENIED" in out and "pension-benefit" in out
+
+
+def test_audit_queries(
+    served: tuple[str, Path, Path],
+    snapshot: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    address, pki, trail = served
+    subject = Registry.open(snapshot).to_arrow(["resident_code"])["resident_code"][5].as_py()
+    src = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"resident_code": [subject]}), src)
+    argv = ["verify", "--server", address, "--cert", str(pki / "agencies" / "soumu.pem")]
+    argv += ["--affair", "onkyu", "--input", str(src), "--out", str(tmp_path / "o.parquet")]
+    assert main([*argv, "--fields", "status"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "--dir", str(trail), "--subject", subject]) == 0
+    out = capsys.readouterr().out
+    assert "soumu" in out and "onkyu" in out
+    assert (
+        main(
+            [
+                "audit",
+                "--dir",
+                str(trail),
+                "--agency",
+                "soumu",
+                "--out",
+                str(tmp_path / "a.parquet"),
+            ]
+        )
+        == 0
+    )
+    by_agency = pq.read_table(tmp_path / "a.parquet")
+    assert set(by_agency["agency"].to_pylist()) == {"soumu"}
+    assert subject in by_agency["subject"].to_pylist()
+    future = "2999-01-01"
+    assert (
+        main(
+            ["audit", "--dir", str(trail), "--since", future, "--out", str(tmp_path / "b.parquet")]
+        )
+        == 0
+    )
+    assert pq.read_table(tmp_path / "b.parquet").num_rows == 0
+    assert main(["audit", "--dir", str(trail), "--since", "yesterday"]) == 2
+
+
+def test_serve_reloads_on_sighup_and_stops_on_sigterm(
+    snapshot: Path, served: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    _, pki, _ = served
+    policy = tmp_path / "policy.toml"
+    policy.write_text(example_path().read_text())
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "juki_engine.cli", "serve", "--snapshot", str(snapshot)),
+            *("--certs", str(pki), "--policy", str(policy), "--audit", str(tmp_path / "audit")),
+            *("--listen", "127.0.0.1:0", "--port-file", str(port_file)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        tls = AgencyTLS.from_cert(pki / "agencies" / "moj.pem")
+        with tls.channel(f"127.0.0.1:{int(port_file.read_text())}") as ch:
+            stub = pb_grpc.IdentityVerificationStub(ch)
+            assert [
+                a.code for a in stub.ListAffairs(pb.ListAffairsRequest(), timeout=10).affairs
+            ] == ["bar-exam"]
+            policy.write_text(
+                policy.read_text().replace('code = "bar-exam"', 'code = "bar-exam-2"')
+            )
+            proc.send_signal(signal.SIGHUP)
+            while [
+                a.code for a in stub.ListAffairs(pb.ListAffairsRequest(), timeout=10).affairs
+            ] != ["bar-exam-2"]:
+                assert time.monotonic() < deadline, "the policy was not reloaded"
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert proc.stderr is not None
+        log = proc.stderr.read()
+        assert "policy reloaded" in log and "stopped" in log
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

@@ -176,6 +176,9 @@ def run_to_parquet(
     writer: pq.ParquetWriter | None = None
     try:
         for claims, results in job.run(batches):
+            # The input key leads each row; a retrieved copy of it would only repeat it.
+            if job.by in results.column_names:
+                results = results.drop_columns([job.by])
             table = results.add_column(0, job.by, claims.column(job.by))
             if writer is None:
                 writer = pq.ParquetWriter(out, table.schema)
