@@ -206,6 +206,13 @@ fn for_chunks<T: Send>(
     out: &mut [T],
     f: impl Fn(usize, &mut [T], &mut Vec<(usize, String)>) + Sync,
 ) -> Vec<(usize, String)> {
+    if out.len() <= CHUNK {
+        // One chunk: handing it to the pool would cost a thread wake-up, which is most of a
+        // single-record call.
+        let mut errs = Vec::new();
+        f(0, out, &mut errs);
+        return errs;
+    }
     out.par_chunks_mut(CHUNK)
         .enumerate()
         .map(|(c, chunk)| {
@@ -520,46 +527,50 @@ pub fn verify<M: TextMatch>(
     let stride = WORDS * (1 + 2 * k);
     let mut bits = vec![0u64; n.div_ceil(CHUNK) * stride];
     let mut status = vec![0u8; n];
+    let verify_chunk = |c: usize, b: &mut [u64], st: &mut [u8], rows: &mut [u32]| {
+        let start = c * CHUNK;
+        let mut errs = Vec::new();
+        // The probe prefetches each found resident's packed row, so its miss overlaps the probes
+        // still in flight and the pass below finds it in cache (a chunk's rows fit L2).
+        resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
+            prefetch(&persons[row as usize])
+        });
+        for (i, &row) in rows.iter().enumerate() {
+            if row == NOT_FOUND {
+                continue;
+            }
+            let (word, bit) = (i / 64, 1u64 << (i % 64));
+            b[word] |= bit;
+            let p = &persons[row as usize];
+            st[i] = p.status;
+            for (j, ch) in checks.iter().enumerate() {
+                let r = ch.check(start + i, p, text);
+                if r != UNCLAIMED {
+                    let at = WORDS * (1 + 2 * j) + word;
+                    b[at] |= bit * r as u64;
+                    b[at + WORDS] |= bit;
+                }
+            }
+        }
+        errs
+    };
     // Every row is written by the probe, so the buffer needs no initial fill.
     let mut errors: Vec<(usize, String)> = Vec::new();
     let rows = filled(n, |rows: &mut [u32]| {
-        errors = bits
-            .par_chunks_mut(stride)
-            .zip(status.par_chunks_mut(CHUNK))
-            .zip(rows.par_chunks_mut(CHUNK))
-            .enumerate()
-            .map(|(c, ((b, st), rows))| {
-                let start = c * CHUNK;
-                let mut errs = Vec::new();
-                // The probe prefetches each found resident's packed row, so its miss overlaps the
-                // probes still in flight and the pass below finds it in cache (a chunk's rows fit
-                // L2).
-                resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
-                    prefetch(&persons[row as usize])
-                });
-                for (i, &row) in rows.iter().enumerate() {
-                    if row == NOT_FOUND {
-                        continue;
-                    }
-                    let (word, bit) = (i / 64, 1u64 << (i % 64));
-                    b[word] |= bit;
-                    let p = &persons[row as usize];
-                    st[i] = p.status;
-                    for (j, ch) in checks.iter().enumerate() {
-                        let r = ch.check(start + i, p, text);
-                        if r != UNCLAIMED {
-                            let at = WORDS * (1 + 2 * j) + word;
-                            b[at] |= bit * r as u64;
-                            b[at + WORDS] |= bit;
-                        }
-                    }
-                }
-                errs
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .flatten()
-            .collect();
+        errors = if n <= CHUNK {
+            // One chunk stays on this thread (see `for_chunks`).
+            verify_chunk(0, &mut bits, &mut status, rows)
+        } else {
+            bits.par_chunks_mut(stride)
+                .zip(status.par_chunks_mut(CHUNK))
+                .zip(rows.par_chunks_mut(CHUNK))
+                .enumerate()
+                .map(|(c, ((b, st), rows))| verify_chunk(c, b, st, rows))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .flatten()
+                .collect()
+        };
     });
     // Reassemble each bit plane from its per-chunk words.
     let plane = |p: usize| -> BooleanBuffer {

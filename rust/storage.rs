@@ -348,22 +348,29 @@ pub fn found_validity(rows: &[u32]) -> Option<NullBuffer> {
 /// Gather `src[rows[i]]` for each i on all cores, prefetching ahead; missing rows give zero.
 pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> ScalarBuffer<T> {
     const AHEAD: usize = 16;
-    filled(rows.len(), |out: &mut [T]| {
-        out.par_chunks_mut(1 << 14)
-            .zip(rows.par_chunks(1 << 14))
-            .for_each(|(o, r)| {
-                for i in 0..r.len() {
-                    if let Some(&ahead) = r.get(i + AHEAD) {
-                        if ahead != NOT_FOUND {
-                            prefetch(&src[ahead as usize]);
-                        }
-                    }
-                    let row = r[i];
-                    if row != NOT_FOUND {
-                        o[i] = src[row as usize];
-                    }
+    const PART: usize = 1 << 14;
+    let work = |(o, r): (&mut [T], &[u32])| {
+        for i in 0..r.len() {
+            if let Some(&ahead) = r.get(i + AHEAD) {
+                if ahead != NOT_FOUND {
+                    prefetch(&src[ahead as usize]);
                 }
-            });
+            }
+            let row = r[i];
+            if row != NOT_FOUND {
+                o[i] = src[row as usize];
+            }
+        }
+    };
+    filled(rows.len(), |out: &mut [T]| {
+        if rows.len() <= PART {
+            // Small gathers stay on this thread: a pool hand-off costs more than the work.
+            work((out, rows));
+        } else {
+            out.par_chunks_mut(PART)
+                .zip(rows.par_chunks(PART))
+                .for_each(work);
+        }
     })
 }
 
@@ -372,19 +379,26 @@ pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> Scal
 /// width the offsets cost no more than views would.
 pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> StringArray {
     let n = kind.digits();
+    const PART: usize = 1 << 14;
+    let work = |(out, vals): (&mut [u8], &[u64])| {
+        for (o, &v) in out.chunks_exact_mut(n).zip(vals) {
+            let mut x = v;
+            for d in o.iter_mut().rev() {
+                *d = b'0' + (x % 10) as u8;
+                x /= 10;
+            }
+        }
+    };
     let bytes = filled(values.len() * n, |bytes: &mut [u8]| {
-        bytes
-            .par_chunks_mut(n << 14)
-            .zip(values.par_chunks(1 << 14))
-            .for_each(|(out, vals)| {
-                for (o, &v) in out.chunks_exact_mut(n).zip(vals) {
-                    let mut x = v;
-                    for d in o.iter_mut().rev() {
-                        *d = b'0' + (x % 10) as u8;
-                        x /= 10;
-                    }
-                }
-            });
+        if values.len() <= PART {
+            // Small renders stay on this thread, as in `gather`.
+            work((bytes, values));
+        } else {
+            bytes
+                .par_chunks_mut(n * PART)
+                .zip(values.par_chunks(PART))
+                .for_each(work);
+        }
     });
     let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(n, values.len()));
     // SAFETY: the offsets step by n over a buffer of values.len() * n ASCII digits, so every value

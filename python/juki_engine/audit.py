@@ -81,6 +81,8 @@ _LOCK_NAME = "audit.lock"
 # Appends smaller than this share one record batch per writer pass: a batch costs ~0.3 ms to
 # build and compress whatever its size, which would cap one-record appends at ~3,000/s.
 _SMALL_APPEND = 4096
+# How long the writer waits for more small appends before a write and fsync.
+_COMMIT_DELAY_S = 0.001
 
 
 class AuditUnavailable(JukiError):
@@ -299,6 +301,13 @@ class AuditTrail:
             with self._cond:
                 while not self._pending and not self._closing:
                     self._cond.wait()
+                if not self._closing and all(
+                    len(e.subjects) < _SMALL_APPEND for e in self._pending
+                ):
+                    # Group commit for single-record calls: a moment's wait lets the calls in
+                    # flight share one batch and one fsync instead of one each (a pass costs
+                    # ~0.5 ms of CPU, most of a typed call's budget).
+                    self._cond.wait(_COMMIT_DELAY_S)
                 entries, self._pending = self._pending, []
             if not entries:  # closing, and everything is written
                 break
