@@ -8,6 +8,7 @@ holds the whole job; grpc's flow control keeps the reader from running ahead of 
 from __future__ import annotations
 
 import io
+import queue
 import threading
 import uuid
 from collections import deque
@@ -163,33 +164,77 @@ class _ResultParts(io.RawIOBase):
         return n
 
 
+# Rows per Parquet row group in a job's output: results arrive ~50k rows a message, and a row
+# group per message would make the file slow to write and to read.
+ROW_GROUP_ROWS = 1 << 20
+
+
 def run_to_parquet(
     job: BulkJob,
     batches: Iterable[pa.RecordBatch],
     out: str | Path,
     on_progress: Callable[[int], None] | None = None,
 ) -> JobSummary:
-    """Run a bulk job and write `<key>` plus the results to a Parquet file, message by message."""
-    import pyarrow.parquet as pq
+    """Run a bulk job and write `<key>` plus the results to a Parquet file.
 
+    A writer thread encodes the Parquet file (pyarrow releases the GIL) while this thread keeps
+    the stream moving; the queue between them is bounded, so memory stays bounded too.
+    """
     summary = JobSummary()
-    writer: pq.ParquetWriter | None = None
+    tables: queue.Queue[pa.Table | None] = queue.Queue(maxsize=8)
+    failure: list[BaseException] = []
+    writer = threading.Thread(
+        target=_write_parquet, args=(tables, out, failure), name="juki-parquet", daemon=True
+    )
+    writer.start()
     try:
         for claims, results in job.run(batches):
+            if failure:
+                break
             # The input key leads each row; a retrieved copy of it would only repeat it.
             if job.by in results.column_names:
                 results = results.drop_columns([job.by])
-            table = results.add_column(0, job.by, claims.column(job.by))
-            if writer is None:
-                writer = pq.ParquetWriter(out, table.schema)
-            writer.write_table(table)
+            tables.put(results.add_column(0, job.by, claims.column(job.by)))
             summary.add(results)
             if on_progress is not None:
                 on_progress(summary.records)
     finally:
+        tables.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
+    return summary
+
+
+def _write_parquet(
+    tables: queue.Queue[pa.Table | None], out: str | Path, failure: list[BaseException]
+) -> None:
+    import pyarrow.parquet as pq
+
+    writer: pq.ParquetWriter | None = None
+    buffered: list[pa.Table] = []
+    rows = 0
+    try:
+        while True:
+            table = tables.get()
+            if table is not None:
+                buffered.append(table)
+                rows += table.num_rows
+            if buffered and (table is None or rows >= ROW_GROUP_ROWS):
+                group = pa.concat_tables(buffered)
+                if writer is None:
+                    writer = pq.ParquetWriter(out, group.schema)
+                writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+                buffered, rows = [], 0
+            if table is None:
+                break
+    except BaseException as e:  # handed to the job's thread, which raises it
+        failure.append(e)
+        while tables.get() is not None:  # let the producer finish
+            pass
+    finally:
         if writer is not None:
             writer.close()
-    return summary
 
 
 @dataclass
