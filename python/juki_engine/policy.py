@@ -110,8 +110,9 @@ class Policy:
                 document = tomllib.load(f)
         except OSError as e:
             raise PolicyError(f"policy {source}: {e.strerror or e}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise PolicyError(f"policy {source}: not valid TOML: {e}") from e
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            # TOML is UTF-8; a file saved as Shift_JIS is named here, not raised as a crash.
+            raise PolicyError(f"policy {source}: not valid TOML (UTF-8): {e}") from e
         return cls.from_dict(document, source)
 
     @classmethod
@@ -274,6 +275,8 @@ class Quotas:
 
     def take(self, grant: Grant, records: int) -> None:
         """Count `records` against the grant's quota, or raise QuotaExhausted and count none."""
+        if records < 0:
+            raise ValueError(f"records must be ≥ 0, not {records}")
         key = (grant.agency.code, grant.affair.code)
         limit = grant.affair.daily_quota
         with self._lock:
