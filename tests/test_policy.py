@@ -729,6 +729,14 @@ def test_a_zero_quota_is_unlimited() -> None:
     assert quotas.used("nenkin", "pension-benefit") == 3 * 10**12
 
 
+def test_a_negative_take_cannot_extend_the_quota() -> None:
+    quotas = Quotas()
+    grant = grant_for(10)
+    with pytest.raises(ValueError, match="-5"):
+        quotas.take(grant, -5)
+    assert quotas.used("nenkin", "pension-benefit") == 0
+
+
 def test_seeded_counts_are_honoured() -> None:
     quotas = Quotas({("nenkin", "pension-benefit"): 95, ("moj", "bar-exam"): 3})
     assert quotas.used("nenkin", "pension-benefit") == 95
