@@ -57,13 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each typed test")
     p.add_argument("--threads", type=int, default=8, help="client threads for the max rate")
-    p.add_argument("--workers", type=int, default=8, help="the server's call threads")
+    p.add_argument("--workers", type=int, default=4, help="the server's call threads")
     p.add_argument("--json", help="also write every number to this file")
     return p.parse_args(argv)
 
 
 def start_server(
-    snapshot: Path, pki: Path, trail: Path, work: Path, workers: int = 8
+    snapshot: Path, pki: Path, trail: Path, work: Path, workers: int = 4
 ) -> tuple[Any, int]:
     port_file = work / "port"
     proc = subprocess.Popen(

@@ -538,7 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: demo certificates in {DEMO_DIR / 'certs'}, created if missing)",
     )
     p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"address (default {DEFAULT_LISTEN})")
-    p.add_argument("--workers", type=int, default=8, help="threads serving calls")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="threads serving calls (each bulk stream holds one while it runs)",
+    )
     p.add_argument("--port-file", help="write the port here once listening (for --listen :0)")
     p.add_argument("--mmap", action="store_true", help="map the snapshot instead of loading it")
     server_options(p, str(DEMO_DIR / "audit"))
