@@ -66,6 +66,12 @@ def start_server(
     snapshot: Path, pki: Path, trail: Path, work: Path, workers: int = 4
 ) -> tuple[Any, int]:
     port_file = work / "port"
+    # The shipped policy caps the pension affair at 60 M records a day; the repeats of a national
+    # run go past that, so the benchmark lifts the cap (the quota check itself still runs).
+    policy = work / "policy.toml"
+    policy.write_text(
+        example_path().read_text().replace("daily_quota = 60_000_000", "daily_quota = 0")
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -83,6 +89,8 @@ def start_server(
             "127.0.0.1:0",
             "--port-file",
             str(port_file),
+            "--policy",
+            str(policy),
             "--workers",
             str(workers),
         ],

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import juki_engine as juki
 from juki_engine import Registry, audit, certs, server
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
@@ -730,3 +731,20 @@ def test_every_received_disclosure_is_audited_after_kill_9(
     logged = audit.read(trail, columns=["subject", "outcome"])
     assert set(received) <= set(logged["subject"].to_pylist())
     assert logged.num_rows >= len(received)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (juki.NotPermitted("x"), grpc.StatusCode.PERMISSION_DENIED),
+        (juki.QuotaExhausted("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (juki.InvalidIdentifier("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (juki.InvalidInput("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (juki.DuplicateIdentifier("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (juki.AuditUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
+        (juki.SnapshotCorrupt("x"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_each_error_class_maps_to_one_status(error: juki.JukiError, code: grpc.StatusCode) -> None:
+    assert server.status_code(error) == code
+    assert isinstance(error, juki.JukiError)
