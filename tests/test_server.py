@@ -491,6 +491,21 @@ def test_bulk_by_my_number_with_my_number_disclosed(
     assert results["resident_code"].to_pylist() == [r["resident_code"] for r in rows]
 
 
+@pytest.mark.parametrize("key_type", [pa.string(), pa.large_string(), pa.uint64()])
+def test_bulk_subjects_are_canonical_codes_whatever_the_key_type(
+    pki: Path, running: server.Server, small_rows: list[Row], key_type: pa.DataType
+) -> None:
+    rows = [r for r in small_rows if r["resident_code"].startswith("0")][:20]
+    codes = [r["resident_code"] for r in rows]
+    keys = pa.array([int(c) for c in codes] if key_type == pa.uint64() else codes, key_type)
+    with channel(pki, running, "nenkin") as ch:
+        job = BulkJob(ch, ctx(), "resident_code", ["resident_code", "status"])
+        ((_, results),) = list(job.run([pa.record_batch({"resident_code": keys})]))
+    assert results["resident_code"].to_pylist() == codes  # leading zeros kept
+    logged = records(running, job.context.request_id)
+    assert sorted(logged["subject"].to_pylist()) == sorted(codes)
+
+
 def raw_stream(
     pki: Path, running: server.Server, messages: list[pb.BulkRequest], agency: str = "nenkin"
 ) -> grpc.RpcError:

@@ -1,8 +1,8 @@
 """juki_engine: the identity verification engine of a national resident registry network.
 
 A Rust core holds every resident's 本人確認情報 as Apache Arrow columns with hash indexes on My
-Number and resident code; this package is its typed Python API, and the gRPC front end over it (`server`, `policy`, `audit`,
-`certs`, `client`).
+Number and resident code; this package is its typed Python API, and the gRPC front end over it
+(`server`, `policy`, `audit`, `certs`, `client`).
 """
 
 from juki_engine import ids

@@ -188,10 +188,20 @@ class Frontend:
         self, grant: Grant, request: pb.RequestContext, by: str, claims: pa.Table, first_row: int
     ) -> Answer:
         """Verify one batch under `grant`, count it against the quota and audit it."""
+        keys = claims[by]
+        # Keyed by resident code as text, each found key *is* the subject's code (the parser
+        # accepts only the canonical 11 digits), which saves gathering and rendering the column.
+        from_key = by == "resident_code" and _is_text(keys.type)
         retrieved = [c for c in grant.retrieved if c != "resident_code"]
         out = self.registry.verify(
-            claims, by, first_row=first_row, columns=["resident_code", *retrieved]
+            claims,
+            by,
+            first_row=first_row,
+            columns=retrieved if from_key else ["resident_code", *retrieved],
         )
+        if from_key:
+            subjects = pc.if_else(out["found"], keys, pa.scalar(None, keys.type))
+            out = out.append_column("resident_code", subjects)
         subjects = out["resident_code"].combine_chunks()
         ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
         try:
@@ -202,6 +212,10 @@ class Frontend:
         commit = self.audit.append(ctx, subjects, _outcomes(out))
         keep = ["found", "error", *(f"{c}_match" for c in grant.claimed), *grant.retrieved]
         return Answer(first_row, out.select(keep), commit)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
 
 
 def _ids(request: pb.RequestContext) -> tuple[str, str, str]:
