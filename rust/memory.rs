@@ -73,6 +73,11 @@ impl<T: ArrowNativeType> HugeVec<T> {
 /// Below one huge page, a mapping per buffer costs more than huge pages save.
 const HUGE_THRESHOLD: usize = 2 << 20;
 
+/// Inputs up to this many rows are worked on the calling thread. A rayon fan-out costs thread
+/// wake-ups (tens of microseconds each on a busy machine), more than a small input's work, and a
+/// server already answers several requests at once on its own threads.
+pub const PARALLEL_MIN: usize = 1 << 16;
+
 /// A buffer of `len` values, zeroed and then filled by `fill`: on huge pages when large, on the
 /// heap when small (a single-record query result should not cost an `mmap`).
 pub fn filled<T: ArrowNativeType>(len: usize, fill: impl FnOnce(&mut [T])) -> ScalarBuffer<T> {

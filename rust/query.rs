@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::error::{JukiError, Result};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
-use crate::memory::{filled, prefetch};
+use crate::memory::{filled, prefetch, PARALLEL_MIN};
 use crate::storage::{inline_key, Column, Person, RegistryData, STATUS_VALUES};
 
 /// Rows per chunk: a multiple of 64 (result bits fill whole words), small enough that a chunk's
@@ -200,17 +200,17 @@ impl KeyColumn {
     }
 }
 
-/// Run `f(first index, chunk, errors)` over `out` in [`CHUNK`]s on all cores; returns the
-/// errors the chunks reported, in row order.
+/// Run `f(first index, chunk, errors)` over `out` in [`CHUNK`]s, on all cores when `out` is
+/// large; returns the errors the chunks reported, in row order.
 fn for_chunks<T: Send>(
     out: &mut [T],
     f: impl Fn(usize, &mut [T], &mut Vec<(usize, String)>) + Sync,
 ) -> Vec<(usize, String)> {
-    if out.len() <= CHUNK {
-        // One chunk: handing it to the pool would cost a thread wake-up, which is most of a
-        // single-record call.
+    if out.len() <= PARALLEL_MIN {
         let mut errs = Vec::new();
-        f(0, out, &mut errs);
+        for (c, chunk) in out.chunks_mut(CHUNK).enumerate() {
+            f(c * CHUNK, chunk, &mut errs);
+        }
         return errs;
     }
     out.par_chunks_mut(CHUNK)
@@ -557,9 +557,13 @@ pub fn verify<M: TextMatch>(
     // Every row is written by the probe, so the buffer needs no initial fill.
     let mut errors: Vec<(usize, String)> = Vec::new();
     let rows = filled(n, |rows: &mut [u32]| {
-        errors = if n <= CHUNK {
-            // One chunk stays on this thread (see `for_chunks`).
-            verify_chunk(0, &mut bits, &mut status, rows)
+        errors = if n <= PARALLEL_MIN {
+            bits.chunks_mut(stride)
+                .zip(status.chunks_mut(CHUNK))
+                .zip(rows.chunks_mut(CHUNK))
+                .enumerate()
+                .flat_map(|(c, ((b, st), rows))| verify_chunk(c, b, st, rows))
+                .collect()
         } else {
             bits.par_chunks_mut(stride)
                 .zip(status.par_chunks_mut(CHUNK))

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::error::{JukiError, Result};
 use crate::ids::IdKind;
 use crate::index::{HashIndex, NOT_FOUND};
-use crate::memory::{filled, prefetch, HugeVec};
+use crate::memory::{filled, prefetch, HugeVec, PARALLEL_MIN};
 
 /// Registry status codes (the order is the stored code).
 pub const STATUS_VALUES: [&str; 4] = ["resident", "moved_abroad", "deceased", "removed"];
@@ -363,8 +363,7 @@ pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> Scal
         }
     };
     filled(rows.len(), |out: &mut [T]| {
-        if rows.len() <= PART {
-            // Small gathers stay on this thread: a pool hand-off costs more than the work.
+        if rows.len() <= PARALLEL_MIN {
             work((out, rows));
         } else {
             out.par_chunks_mut(PART)
@@ -390,8 +389,7 @@ pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> St
         }
     };
     let bytes = filled(values.len() * n, |bytes: &mut [u8]| {
-        if values.len() <= PART {
-            // Small renders stay on this thread, as in `gather`.
+        if values.len() <= PARALLEL_MIN {
             work((bytes, values));
         } else {
             bytes
