@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pyarrow as pa
@@ -23,12 +23,22 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from juki_engine import JukiError, Registry
 from juki_engine.policy import JST
 from juki_engine.synthetic import TOYAMA
+
+if TYPE_CHECKING:
+    from juki_engine.client import JobSummary
 
 console = Console()
 DEMO_PATH = Path(os.environ.get("JUKI_DEMO_PATH", "data/demo/toyama"))
@@ -154,7 +164,7 @@ def _key_column(path: Path, schema: pa.Schema, by: str | None) -> str:
     return present[0]
 
 
-def _verify_progress(total: int) -> tuple[Progress, Any]:
+def _verify_progress(total: int) -> tuple[Progress, TaskID]:
     progress = Progress(
         TextColumn("verifying"),
         BarColumn(),
@@ -248,7 +258,7 @@ def _retrieve_fields(channel: Any, fields: str | None, affair: str) -> list[str]
     raise JukiError(f"affair '{affair}' is not granted to agency '{granted.agency_code}'")
 
 
-def _print_summary(summary: Any) -> None:
+def _print_summary(summary: JobSummary) -> None:
     out = Table(title="bulk job summary")
     out.add_column("")
     out.add_column("records", justify="right")
