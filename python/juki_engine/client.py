@@ -1,8 +1,9 @@
 """The agency side of the gRPC contract: mutual-TLS channels and the bulk job client.
 
 A bulk job (e.g. the pension status check, 年金受給権者の現況確認) streams claims to the server as
-Arrow IPC messages of 1–4 MiB and receives the results message by message, so neither side ever
-holds the whole job; grpc's flow control keeps the reader from running ahead of the server.
+Arrow IPC messages of 1–4 MiB and reads the results as one Arrow IPC stream cut into messages, one
+record batch per claims message, so neither side ever holds the whole job; grpc's flow control
+keeps the reader from running ahead of the server.
 """
 
 from __future__ import annotations
