@@ -187,6 +187,12 @@ impl PyRegistry {
         Column::ALL.iter().map(|c| c.name()).collect()
     }
 
+    /// Names of the columns a claim may carry for `verify`, in schema order.
+    #[staticmethod]
+    fn claimable_columns() -> Vec<&'static str> {
+        query::CLAIMABLE.iter().map(|c| c.name()).collect()
+    }
+
     fn __repr__(&self) -> String {
         format!("Registry({} residents)", self.data.len())
     }

@@ -721,3 +721,17 @@ def test_verify_bad_input(small: Registry, small_rows: list[Row]) -> None:
         assert f"'{named}'" in str(info.value), (claims, str(info.value))
     with pytest.raises(InvalidInput):
         small.verify([key])  # not a table
+
+
+def test_claimable_columns_are_what_verify_accepts(small: Registry) -> None:
+    claimable = Registry.claimable_columns()
+    assert claimable == [c for c in Registry.column_names() if c in claimable]
+    for column in Registry.column_names():
+        if column == "my_number":
+            continue
+        claims = small.to_arrow(["my_number", column]).slice(0, 1)
+        if column in claimable:
+            assert small.verify(claims)[f"{column}_match"].to_pylist() == [True], column
+        else:
+            with pytest.raises(InvalidInput, match=f"'{column}' cannot be verified"):
+                small.verify(claims)

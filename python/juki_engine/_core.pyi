@@ -97,6 +97,10 @@ class Registry:
     def column_names() -> list[str]:
         """The public schema's column names."""
 
+    @staticmethod
+    def claimable_columns() -> list[str]:
+        """The columns a claim may carry for `verify`, in schema order."""
+
 def is_valid(kind: str, value: str) -> bool:
     """Whether `value` is a valid identifier of `kind` (strict)."""
 

@@ -25,15 +25,7 @@ from juki_engine.registry import Registry
 KEYS = ("my_number", "resident_code")
 MODES = ("verify", "retrieve")
 # Fields a claim can carry (verify mode); retrieve mode may disclose any public column.
-CLAIMABLE = (
-    "family_name",
-    "family_name_kana",
-    "given_name",
-    "given_name_kana",
-    "birth_date",
-    "sex",
-    "municipality_code",
-)
+CLAIMABLE = tuple(Registry.claimable_columns())
 JST = dt.timezone(dt.timedelta(hours=9), "JST")
 
 

@@ -140,6 +140,11 @@ class Registry:
         """The public schema's column names."""
         return _core.Registry.column_names()
 
+    @staticmethod
+    def claimable_columns() -> list[str]:
+        """The columns a claim may carry for `verify` besides its key, in schema order."""
+        return _core.Registry.claimable_columns()
+
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the row columns and both indexes."""
