@@ -527,9 +527,14 @@ pub fn verify<M: TextMatch>(
     let stride = WORDS * (1 + 2 * k);
     let mut bits = vec![0u64; n.div_ceil(CHUNK) * stride];
     let mut status = vec![0u8; n];
-    let verify_chunk = |c: usize, b: &mut [u64], st: &mut [u8], rows: &mut [u32]| {
+    // The rows found are kept only when columns are gathered from them; otherwise each chunk's
+    // rows live on the stack and never touch memory beyond L1.
+    let keep_rows = !columns.is_empty();
+    let verify_chunk = |c: usize, b: &mut [u64], st: &mut [u8]| {
         let start = c * CHUNK;
         let mut errs = Vec::new();
+        let mut rows = [NOT_FOUND; CHUNK];
+        let rows = &mut rows[..st.len()];
         // The probe prefetches each found resident's packed row, so its miss overlaps the probes
         // still in flight and the pass below finds it in cache (a chunk's rows fit L2).
         resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
@@ -552,30 +557,27 @@ pub fn verify<M: TextMatch>(
                 }
             }
         }
-        errs
+        (errs, if keep_rows { rows.to_vec() } else { Vec::new() })
     };
-    // Every row is written by the probe, so the buffer needs no initial fill.
-    let mut errors: Vec<(usize, String)> = Vec::new();
-    let rows = filled(n, |rows: &mut [u32]| {
-        errors = if n <= PARALLEL_MIN {
-            bits.chunks_mut(stride)
-                .zip(status.chunks_mut(CHUNK))
-                .zip(rows.chunks_mut(CHUNK))
-                .enumerate()
-                .flat_map(|(c, ((b, st), rows))| verify_chunk(c, b, st, rows))
-                .collect()
-        } else {
-            bits.par_chunks_mut(stride)
-                .zip(status.par_chunks_mut(CHUNK))
-                .zip(rows.par_chunks_mut(CHUNK))
-                .enumerate()
-                .map(|(c, ((b, st), rows))| verify_chunk(c, b, st, rows))
-                .collect::<Vec<_>>()
-                .into_iter()
-                .flatten()
-                .collect()
-        };
-    });
+    let parts: Vec<_> = if n <= PARALLEL_MIN {
+        bits.chunks_mut(stride)
+            .zip(status.chunks_mut(CHUNK))
+            .enumerate()
+            .map(|(c, (b, st))| verify_chunk(c, b, st))
+            .collect()
+    } else {
+        bits.par_chunks_mut(stride)
+            .zip(status.par_chunks_mut(CHUNK))
+            .enumerate()
+            .map(|(c, (b, st))| verify_chunk(c, b, st))
+            .collect()
+    };
+    let mut errors = Vec::new();
+    let mut rows = Vec::with_capacity(if keep_rows { n } else { 0 });
+    for (errs, found) in parts {
+        errors.extend(errs);
+        rows.extend_from_slice(&found);
+    }
     // Reassemble each bit plane from its per-chunk words.
     let plane = |p: usize| -> BooleanBuffer {
         let words: Vec<u64> = bits
