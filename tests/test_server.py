@@ -579,6 +579,27 @@ def test_bulk_huge_job_streams(pki: Path, running: server.Server, small_rows: li
     assert messages >= 60
 
 
+def test_a_cancelled_job_leaves_the_server_serving(
+    pki: Path, running: server.Server, small_rows: list[Row]
+) -> None:
+    """A client that walks away mid-job: what it received is audited; the next job is served."""
+    claims = claims_of(small_rows, 20_000).select(["resident_code"])
+    endless = (claims.to_batches()[0] for _ in range(1_000))
+    received = 0
+    with channel(pki, running, "nenkin") as ch:
+        job = BulkJob(ch, ctx(), "resident_code", ["resident_code"])
+        results = job.run(endless)
+        for _, batch in results:
+            received += batch.num_rows
+            if received >= 100_000:
+                break
+        results.close()  # cancels the call
+        logged = records(running, job.context.request_id)
+        assert logged.num_rows >= received
+        again = BulkJob(ch, ctx(), "resident_code")
+        assert sum(r.num_rows for _, r in again.run(claims.to_batches())) == claims.num_rows
+
+
 # Properties: nothing outside the policy is ever disclosed ---------------------------------
 
 

@@ -124,14 +124,19 @@ class BulkJob:
 
         stub = pb_grpc.BulkVerificationStub(self.channel)
         responses = stub.VerifyStream(requests(), timeout=timeout)
-        parts = _ResultParts(responses)
-        if not parts.started():
-            return  # an empty job
-        # The results are one IPC stream across the responses: one record batch per message.
-        for batch in pa.ipc.open_stream(parts):
-            with lock:
-                claims = in_flight.popleft()
-            yield claims, pa.Table.from_batches([batch])
+        try:
+            parts = _ResultParts(responses)
+            if not parts.started():
+                return  # an empty job
+            # The results are one IPC stream across the responses: one record batch per message.
+            for batch in pa.ipc.open_stream(parts):
+                with lock:
+                    claims = in_flight.popleft()
+                yield claims, pa.Table.from_batches([batch])
+        finally:
+            # A caller that stops reading ends the call now, not when it is garbage-collected
+            # (a no-op once the call has finished).
+            responses.cancel()
 
 
 class _ResultParts(io.RawIOBase):
