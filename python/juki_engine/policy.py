@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from juki_engine._core import JukiError
-from juki_engine.certs import canonical_subject
 from juki_engine.registry import Registry
 
 KEYS = ("my_number", "resident_code")
@@ -217,6 +216,9 @@ def _agency(entry: Any, where: str) -> Agency:
         if affair.code in affairs:
             raise PolicyError(f"{where}: affair '{affair.code}' is listed twice")
         affairs[affair.code] = affair
+    # Imported here: `cryptography` is a slow import that `import juki_engine` need not pay.
+    from juki_engine.certs import canonical_subject
+
     try:
         subject = canonical_subject(_text(entry, "certificate_subject", where))
     except ValueError as e:
