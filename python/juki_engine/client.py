@@ -24,11 +24,10 @@ import pyarrow as pa
 from juki_engine._core import InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
-from juki_engine.server import KEY_NAMES, MAX_MESSAGE_BYTES, write_ipc
+from juki_engine.wire import KEY_KINDS, MESSAGE_OPTIONS, write_ipc
 
 # Claims per message are sized to this many bytes (the server accepts up to MAX_MESSAGE_BYTES).
 MESSAGE_TARGET_BYTES = 2 << 20
-KEY_KINDS = {name: kind for kind, name in KEY_NAMES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +64,7 @@ class AgencyTLS:
         return grpc.secure_channel(
             address,
             credentials,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
+            options=MESSAGE_OPTIONS,
         )
 
 

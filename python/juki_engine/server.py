@@ -51,11 +51,16 @@ from juki_engine.policy import (
     start_of_today,
 )
 from juki_engine.registry import Registry
+from juki_engine.wire import (  # noqa: F401 (MAX_MESSAGE_BYTES, write_ipc: the server's wire)
+    KEY_KINDS,
+    KEY_NAMES,
+    MAX_MESSAGE_BYTES,
+    MESSAGE_OPTIONS,
+    write_ipc,
+)
 
 log = logging.getLogger("juki.server")
 
-# Clients stream 1–4 MiB messages; anything much larger is refused by grpc itself.
-MAX_MESSAGE_BYTES = 8 << 20
 # Rows in one claims message: a bound on the memory one message can make the server allocate.
 MAX_BATCH_ROWS = 1 << 20
 # Bulk results waiting for their audit commit while the next batch is computed.
@@ -68,7 +73,6 @@ BULK_WORKERS = 2
 # Audit records are kept seven years (by the day, with leap days).
 RETENTION_DAYS = 7 * 366
 
-KEY_NAMES = {pb.MY_NUMBER: "my_number", pb.RESIDENT_CODE: "resident_code"}
 STATUS_CODES = {
     NotPermitted: grpc.StatusCode.PERMISSION_DENIED,
     QuotaExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -251,15 +255,6 @@ def read_claims(payload: bytes, message: int) -> pa.Table:
     return table
 
 
-def write_ipc(table: pa.Table) -> bytes:
-    """`table` as one complete Arrow IPC stream."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    payload: bytes = sink.getvalue().to_pybytes()
-    return payload
-
-
 class ResultStream:
     """A job's results as one Arrow IPC stream, cut into one part per claims message.
 
@@ -387,7 +382,6 @@ class IdentityVerification(pb_grpc.IdentityVerificationServicer):
             agency = f.caller(context, None)
         except JukiError as e:
             abort(context, e)
-        keys = {v: k for k, v in KEY_NAMES.items()}
         return pb.ListAffairsResponse(
             agency_code=agency.code,
             agency_name=agency.name,
@@ -396,7 +390,7 @@ class IdentityVerification(pb_grpc.IdentityVerificationServicer):
                     code=a.code,
                     title=a.title,
                     legal_basis=a.legal_basis,
-                    keys=sorted(keys[k] for k in a.keys),
+                    keys=sorted(KEY_KINDS[k] for k in a.keys),
                     modes=sorted(a.modes),
                     fields=a.fields,
                     daily_quota=a.daily_quota,
@@ -550,10 +544,7 @@ def start(
     and reflection."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="juki-rpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
+        options=MESSAGE_OPTIONS,
     )
     pb_grpc.add_IdentityVerificationServicer_to_server(IdentityVerification(frontend), server)
     pb_grpc.add_BulkVerificationServicer_to_server(BulkVerification(frontend), server)
