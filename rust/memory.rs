@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arrow_buffer::{ArrowNativeType, Buffer, ScalarBuffer};
 use memmap2::{Advice, MmapMut};
+use rayon::prelude::*;
 
 use crate::error::{JukiError, Result};
 
@@ -89,6 +90,25 @@ pub fn filled<T: ArrowNativeType>(len: usize, fill: impl FnOnce(&mut [T])) -> Sc
     let mut h: HugeVec<T> = HugeVec::zeroed(len).expect("memory for a query result");
     fill(h.as_mut_slice());
     h.into_buffer()
+}
+
+/// A buffer of `src.len() * width` values, `work(out, src)` filling each part's `width` outputs
+/// per input: on all cores in parts when `src` is large, on the calling thread otherwise.
+pub fn filled_from<S: Sync, T: ArrowNativeType>(
+    src: &[S],
+    width: usize,
+    work: impl Fn(&mut [T], &[S]) + Sync,
+) -> ScalarBuffer<T> {
+    const PART: usize = 1 << 14;
+    filled(src.len() * width, |out: &mut [T]| {
+        if src.len() <= PARALLEL_MIN {
+            work(out, src);
+        } else {
+            out.par_chunks_mut(PART * width)
+                .zip(src.par_chunks(PART))
+                .for_each(|(o, s)| work(o, s));
+        }
+    })
 }
 
 /// Read a whole file into huge-page-advised anonymous memory and return it as an Arrow buffer.

@@ -21,7 +21,7 @@ use crate::generate::{self, Plan};
 use crate::ids::{self, IdKind};
 use crate::query::{self, ExactMatch};
 use crate::snapshot;
-use crate::storage::{schema_of, Column, RegistryData};
+use crate::storage::{schema_of, Column, RegistryData, Rows};
 
 fn one_batch(table: Table, what: &str) -> Result<RecordBatch> {
     let (batches, schema) = table.into_inner();
@@ -112,7 +112,10 @@ impl PyRegistry {
         let cols = columns_of(columns)?;
         let schema = schema_of(&cols);
         let batch = py.detach(|| {
-            let arrays: Vec<ArrayRef> = cols.iter().map(|&c| self.data.column(c, None)).collect();
+            let arrays: Vec<ArrayRef> = cols
+                .iter()
+                .map(|&c| self.data.column(c, Rows::All))
+                .collect();
             RecordBatch::try_new(schema.clone(), arrays).map_err(JukiError::from)
         })?;
         to_table(vec![batch], schema)

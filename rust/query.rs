@@ -23,7 +23,7 @@ use crate::error::{JukiError, Result};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
 use crate::memory::{filled, prefetch, PARALLEL_MIN};
-use crate::storage::{inline_key, Column, Person, RegistryData, STATUS_VALUES};
+use crate::storage::{inline_key, Column, Person, RegistryData, Rows, STATUS_VALUES};
 
 /// Rows per chunk: a multiple of 64 (result bits fill whole words), small enough that a chunk's
 /// scratch stays in L2.
@@ -308,7 +308,7 @@ pub fn lookup(
     ];
     for &c in columns {
         fields.push(c.field());
-        arrays.push(data.column(c, Some(&rows)));
+        arrays.push(data.column(c, Rows::At(&rows)));
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
@@ -527,57 +527,69 @@ pub fn verify<M: TextMatch>(
     let stride = WORDS * (1 + 2 * k);
     let mut bits = vec![0u64; n.div_ceil(CHUNK) * stride];
     let mut status = vec![0u8; n];
-    // The rows found are kept only when columns are gathered from them; otherwise each chunk's
-    // rows live on the stack and never touch memory beyond L1.
-    let keep_rows = !columns.is_empty();
-    let verify_chunk = |c: usize, b: &mut [u64], st: &mut [u8]| {
-        let start = c * CHUNK;
-        let mut errs = Vec::new();
-        let mut rows = [NOT_FOUND; CHUNK];
-        let rows = &mut rows[..st.len()];
-        // The probe prefetches each found resident's packed row, so its miss overlaps the probes
-        // still in flight and the pass below finds it in cache (a chunk's rows fit L2).
-        resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
-            prefetch(&persons[row as usize])
-        });
-        for (i, &row) in rows.iter().enumerate() {
-            if row == NOT_FOUND {
-                continue;
-            }
-            let (word, bit) = (i / 64, 1u64 << (i % 64));
-            b[word] |= bit;
-            let p = &persons[row as usize];
-            st[i] = p.status;
-            for (j, ch) in checks.iter().enumerate() {
-                let r = ch.check(start + i, p, text);
-                if r != UNCLAIMED {
-                    let at = WORDS * (1 + 2 * j) + word;
-                    b[at] |= bit * r as u64;
-                    b[at + WORDS] |= bit;
+    // Disclosed columns are built from what the probe read: each found row and its Person, copied
+    // while the Person is in cache. Without columns, each chunk's rows live on the stack and
+    // never touch memory beyond L1.
+    let keep = !columns.is_empty();
+    let mut rows = vec![NOT_FOUND; if keep { n } else { 0 }];
+    let mut people = vec![Person::default(); if keep { n } else { 0 }];
+    let verify_chunk =
+        |c: usize, b: &mut [u64], st: &mut [u8], kept: (&mut [u32], &mut [Person])| {
+            let start = c * CHUNK;
+            let mut errs = Vec::new();
+            let mut local = [NOT_FOUND; CHUNK];
+            let rows = if keep { kept.0 } else { &mut local[..st.len()] };
+            // The probe prefetches each found resident's packed row, so its miss overlaps the probes
+            // still in flight and the pass below finds it in cache (a chunk's rows fit L2).
+            resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
+                prefetch(&persons[row as usize])
+            });
+            for (i, &row) in rows.iter().enumerate() {
+                if row == NOT_FOUND {
+                    continue;
+                }
+                let (word, bit) = (i / 64, 1u64 << (i % 64));
+                b[word] |= bit;
+                let p = &persons[row as usize];
+                st[i] = p.status;
+                if keep {
+                    kept.1[i] = *p;
+                }
+                for (j, ch) in checks.iter().enumerate() {
+                    let r = ch.check(start + i, p, text);
+                    if r != UNCLAIMED {
+                        let at = WORDS * (1 + 2 * j) + word;
+                        b[at] |= bit * r as u64;
+                        b[at + WORDS] |= bit;
+                    }
                 }
             }
-        }
-        (errs, if keep_rows { rows.to_vec() } else { Vec::new() })
+            errs
+        };
+    // Each chunk's share of `rows` and `people` (empty slices when nothing is kept).
+    let kept: Vec<(&mut [u32], &mut [Person])> = if keep {
+        rows.chunks_mut(CHUNK)
+            .zip(people.chunks_mut(CHUNK))
+            .collect()
+    } else {
+        (0..n.div_ceil(CHUNK)).map(|_| Default::default()).collect()
     };
     let parts: Vec<_> = if n <= PARALLEL_MIN {
         bits.chunks_mut(stride)
             .zip(status.chunks_mut(CHUNK))
+            .zip(kept)
             .enumerate()
-            .map(|(c, (b, st))| verify_chunk(c, b, st))
+            .map(|(c, ((b, st), k))| verify_chunk(c, b, st, k))
             .collect()
     } else {
         bits.par_chunks_mut(stride)
             .zip(status.par_chunks_mut(CHUNK))
+            .zip(kept)
             .enumerate()
-            .map(|(c, (b, st))| verify_chunk(c, b, st))
+            .map(|(c, ((b, st), k))| verify_chunk(c, b, st, k))
             .collect()
     };
-    let mut errors = Vec::new();
-    let mut rows = Vec::with_capacity(if keep_rows { n } else { 0 });
-    for (errs, found) in parts {
-        errors.extend(errs);
-        rows.extend_from_slice(&found);
-    }
+    let errors: Vec<_> = parts.into_iter().flatten().collect();
     // Reassemble each bit plane from its per-chunk words.
     let plane = |p: usize| -> BooleanBuffer {
         let words: Vec<u64> = bits
@@ -617,7 +629,13 @@ pub fn verify<M: TextMatch>(
     // `status` is always in the result already.
     for &c in columns.iter().filter(|&&c| c != Column::Status) {
         fields.push(c.field());
-        arrays.push(data.column(c, Some(&rows)));
+        arrays.push(data.column(
+            c,
+            Rows::Read {
+                rows: &rows,
+                people: &people,
+            },
+        ));
     }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::error::{JukiError, Result};
 use crate::ids::IdKind;
 use crate::index::{HashIndex, NOT_FOUND};
-use crate::memory::{filled, prefetch, HugeVec, PARALLEL_MIN};
+use crate::memory::{filled_from, prefetch, HugeVec};
 
 /// Registry status codes (the order is the stored code).
 pub const STATUS_VALUES: [&str; 4] = ["resident", "moved_abroad", "deceased", "removed"];
@@ -96,10 +96,11 @@ impl Columns {
     }
 }
 
-/// The fields a verification compares, packed in 16 bytes per resident so one cache miss brings
-/// all of them (four per cache line). Derived from the columns when a registry is built or opened;
-/// it trades 2 GiB at national scale for one random miss per claim instead of one per field.
-#[repr(C, align(16))]
+/// One resident's fields packed in 32 bytes (two per cache line), so one random miss brings
+/// everything a verification compares and everything an affair discloses but the identifiers.
+/// Derived from the columns when a registry is built or opened: 4 GiB at national scale buys one
+/// miss per claim instead of one per compared or disclosed field.
+#[repr(C, align(32))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Person {
     /// Family-name key.
@@ -114,19 +115,32 @@ pub struct Person {
     pub sex: u8,
     /// Status code.
     pub status: u8,
+    /// Town key.
+    pub town: u32,
+    /// Block key.
+    pub block: u32,
+    /// Status date (days since 1970-01-01); meaningful only when `dated` is 1.
+    pub status_date: i32,
+    /// Card state code.
+    pub card: u8,
+    /// 1 when the status date is known (it is null while resident).
+    pub dated: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 2],
 }
 
-// SAFETY: Person is integers only, with no padding (4 + 4 + 4 + 2 + 1 + 1 = 16 bytes).
+// SAFETY: Person is integers only, with no implicit padding (16 + 4 + 4 + 4 + 1 + 1 + 2 = 32).
 unsafe impl crate::memory::Zeroable for Person {}
 
 /// One [`Person`] per row, on huge pages.
 pub struct PersonTable(HugeVec<Person>);
 
 impl PersonTable {
-    /// Pack the verification fields of every row, on all cores.
+    /// Pack the fields of every row, on all cores.
     pub fn build(c: &Columns) -> Result<PersonTable> {
         let mut table: HugeVec<Person> = HugeVec::zeroed(c.len())?;
         const CHUNK: usize = 1 << 16;
+        let dates = c.status_date.values();
         table
             .as_mut_slice()
             .par_chunks_mut(CHUNK)
@@ -142,6 +156,12 @@ impl PersonTable {
                         municipality: c.municipality[i],
                         sex: c.sex[i],
                         status: c.status[i],
+                        town: c.town[i],
+                        block: c.block[i],
+                        status_date: dates[i],
+                        card: c.card[i],
+                        dated: c.status_date.is_valid(i) as u8,
+                        pad: [0; 2],
                     };
                 }
             });
@@ -348,8 +368,7 @@ pub fn found_validity(rows: &[u32]) -> Option<NullBuffer> {
 /// Gather `src[rows[i]]` for each i on all cores, prefetching ahead; missing rows give zero.
 pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> ScalarBuffer<T> {
     const AHEAD: usize = 16;
-    const PART: usize = 1 << 14;
-    let work = |(o, r): (&mut [T], &[u32])| {
+    filled_from(rows, 1, |o: &mut [T], r: &[u32]| {
         for i in 0..r.len() {
             if let Some(&ahead) = r.get(i + AHEAD) {
                 if ahead != NOT_FOUND {
@@ -361,14 +380,17 @@ pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> Scal
                 o[i] = src[row as usize];
             }
         }
-    };
-    filled(rows.len(), |out: &mut [T]| {
-        if rows.len() <= PARALLEL_MIN {
-            work((out, rows));
-        } else {
-            out.par_chunks_mut(PART)
-                .zip(rows.par_chunks(PART))
-                .for_each(work);
+    })
+}
+
+/// One field of residents already read, in their order.
+fn project<T: ArrowNativeType>(
+    people: &[Person],
+    f: impl Fn(&Person) -> T + Sync,
+) -> ScalarBuffer<T> {
+    filled_from(people, 1, |o: &mut [T], ps: &[Person]| {
+        for (o, p) in o.iter_mut().zip(ps) {
+            *o = f(p);
         }
     })
 }
@@ -378,8 +400,7 @@ pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> Scal
 /// width the offsets cost no more than views would.
 pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> StringArray {
     let n = kind.digits();
-    const PART: usize = 1 << 14;
-    let work = |(out, vals): (&mut [u8], &[u64])| {
+    let bytes = filled_from(values, n, |out: &mut [u8], vals: &[u64]| {
         for (o, &v) in out.chunks_exact_mut(n).zip(vals) {
             let mut x = v;
             for d in o.iter_mut().rev() {
@@ -387,21 +408,29 @@ pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> St
                 x /= 10;
             }
         }
-    };
-    let bytes = filled(values.len() * n, |bytes: &mut [u8]| {
-        if values.len() <= PARALLEL_MIN {
-            work((bytes, values));
-        } else {
-            bytes
-                .par_chunks_mut(n * PART)
-                .zip(values.par_chunks(PART))
-                .for_each(work);
-        }
     });
     let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(n, values.len()));
     // SAFETY: the offsets step by n over a buffer of values.len() * n ASCII digits, so every value
     // is in bounds and valid UTF-8; nulls has values.len() entries.
     unsafe { StringArray::new_unchecked(offsets, bytes.into_inner(), nulls) }
+}
+
+/// Which rows a column is built for.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    /// Every row, in storage order (zero-copy where storage allows).
+    All,
+    /// These rows, gathered from the columns; [`NOT_FOUND`] gives null.
+    At(&'a [u32]),
+    /// These rows, whose [`Person`]s a probe has read already (`people[i]` belongs to `rows[i]`,
+    /// zeroed where not found): every field but the identifiers comes from them, without
+    /// another random read.
+    Read {
+        /// Row per output, [`NOT_FOUND`] where none.
+        rows: &'a [u32],
+        /// The packed residents of `rows`.
+        people: &'a [Person],
+    },
 }
 
 fn small_dict(values: &[&str]) -> StringArray {
@@ -467,24 +496,32 @@ impl RegistryData {
             + self.by_resident_code.memory_bytes()
     }
 
-    /// A public column for the given rows (`None` = every row, zero-copy where storage allows);
-    /// rows equal to [`NOT_FOUND`] come back null.
-    pub fn column(&self, col: Column, rows: Option<&[u32]>) -> ArrayRef {
+    /// A public column for `rows`; rows not found come back null.
+    pub fn column(&self, col: Column, rows: Rows) -> ArrayRef {
         let c = &self.cols;
         let d = &self.dicts;
-        let nulls = rows.and_then(found_validity);
-        fn keys<T: ArrowNativeType + Send + Sync>(
-            src: &ScalarBuffer<T>,
-            rows: Option<&[u32]>,
-        ) -> ScalarBuffer<T> {
-            match rows {
-                None => src.clone(),
-                Some(r) => gather(src, r),
-            }
+        let nulls = match rows {
+            Rows::All => None,
+            Rows::At(r) | Rows::Read { rows: r, .. } => found_validity(r),
+        };
+        // Identifiers are not packed in a Person: they are always gathered.
+        let ids = |src: &ScalarBuffer<u64>| match rows {
+            Rows::All => src.clone(),
+            Rows::At(r) | Rows::Read { rows: r, .. } => gather(src, r),
+        };
+        // The values of a field that both the columns and a Person hold under the same name.
+        macro_rules! values {
+            ($f:ident) => {
+                match rows {
+                    Rows::All => c.$f.clone(),
+                    Rows::At(r) => gather(&c.$f, r),
+                    Rows::Read { people, .. } => project(people, |p| p.$f),
+                }
+            };
         }
         macro_rules! dict {
-            ($kt:ty, $src:expr, $values:expr) => {{
-                let k = PrimitiveArray::<$kt>::new(keys($src, rows), nulls);
+            ($kt:ty, $f:ident, $values:expr) => {{
+                let k = PrimitiveArray::<$kt>::new(values!($f), nulls);
                 // SAFETY: stored keys are always < the length of their dictionary: the builders
                 // (generation, import, snapshot checks) guarantee it.
                 Arc::new(unsafe { DictionaryArray::<$kt>::new_unchecked(k, Arc::new($values)) })
@@ -494,44 +531,50 @@ impl RegistryData {
         match col {
             Column::ResidentCode => Arc::new(render_ids(
                 IdKind::ResidentCode,
-                &keys(&c.resident_code, rows),
+                &ids(&c.resident_code),
                 nulls,
             )),
-            Column::MyNumber => Arc::new(render_ids(
-                IdKind::MyNumber,
-                &keys(&c.my_number, rows),
-                nulls,
-            )),
-            Column::FamilyName => dict!(UInt32Type, &c.family, d.family_name.clone()),
-            Column::FamilyNameKana => dict!(UInt32Type, &c.family, d.family_name_kana.clone()),
-            Column::GivenName => dict!(UInt32Type, &c.given, d.given_name.clone()),
-            Column::GivenNameKana => dict!(UInt32Type, &c.given, d.given_name_kana.clone()),
+            Column::MyNumber => Arc::new(render_ids(IdKind::MyNumber, &ids(&c.my_number), nulls)),
+            Column::FamilyName => dict!(UInt32Type, family, d.family_name.clone()),
+            Column::FamilyNameKana => dict!(UInt32Type, family, d.family_name_kana.clone()),
+            Column::GivenName => dict!(UInt32Type, given, d.given_name.clone()),
+            Column::GivenNameKana => dict!(UInt32Type, given, d.given_name_kana.clone()),
             Column::MunicipalityCode => {
-                dict!(UInt16Type, &c.municipality, d.municipality_code.clone())
+                dict!(UInt16Type, municipality, d.municipality_code.clone())
             }
             Column::MunicipalityName => {
-                dict!(UInt16Type, &c.municipality, d.municipality_name.clone())
+                dict!(UInt16Type, municipality, d.municipality_name.clone())
             }
-            Column::Prefecture => dict!(UInt16Type, &c.municipality, d.prefecture.clone()),
-            Column::AddressTown => dict!(UInt32Type, &c.town, d.address_town.clone()),
-            Column::AddressBlock => dict!(UInt32Type, &c.block, d.address_block.clone()),
-            Column::Status => dict!(UInt8Type, &c.status, small_dict(&STATUS_VALUES)),
-            Column::CardState => dict!(UInt8Type, &c.card, small_dict(&CARD_VALUES)),
-            Column::BirthDate => Arc::new(Date32Array::new(keys(&c.birth_date, rows), nulls)),
-            Column::Sex => Arc::new(UInt8Array::new(keys(&c.sex, rows), nulls)),
+            Column::Prefecture => dict!(UInt16Type, municipality, d.prefecture.clone()),
+            Column::AddressTown => dict!(UInt32Type, town, d.address_town.clone()),
+            Column::AddressBlock => dict!(UInt32Type, block, d.address_block.clone()),
+            Column::Status => dict!(UInt8Type, status, small_dict(&STATUS_VALUES)),
+            Column::CardState => dict!(UInt8Type, card, small_dict(&CARD_VALUES)),
+            Column::BirthDate => Arc::new(Date32Array::new(values!(birth_date), nulls)),
+            Column::Sex => Arc::new(UInt8Array::new(values!(sex), nulls)),
             Column::StatusDate => {
-                let values = keys(c.status_date.values(), rows);
-                let stored = match rows {
-                    None => c.status_date.nulls().cloned(),
-                    Some(r) => c.status_date.nulls().map(|n| {
-                        NullBuffer::from(BooleanBuffer::collect_bool(r.len(), |i| {
-                            r[i] != NOT_FOUND && n.is_valid(r[i] as usize)
-                        }))
-                    }),
+                let stored = c.status_date.nulls();
+                let (values, known) = match rows {
+                    Rows::All => (c.status_date.values().clone(), stored.cloned()),
+                    Rows::At(r) => (
+                        gather(c.status_date.values(), r),
+                        stored.map(|n| {
+                            NullBuffer::from(BooleanBuffer::collect_bool(r.len(), |i| {
+                                r[i] != NOT_FOUND && n.is_valid(r[i] as usize)
+                            }))
+                        }),
+                    ),
+                    Rows::Read { people, .. } => (
+                        project(people, |p| p.status_date),
+                        Some(NullBuffer::from(BooleanBuffer::collect_bool(
+                            people.len(),
+                            |i| people[i].dated == 1,
+                        ))),
+                    ),
                 };
                 Arc::new(Date32Array::new(
                     values,
-                    NullBuffer::union(stored.as_ref(), nulls.as_ref()),
+                    NullBuffer::union(known.as_ref(), nulls.as_ref()),
                 ))
             }
         }
