@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -412,7 +412,6 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
         self, request_iterator: Iterator[pb.BulkRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.BulkResponse]:
         f = self.frontend
-        pending: deque[futures.Future[Answer]] = deque()
         try:
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("body") != "header":
@@ -425,38 +424,17 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
             retrieve = list(header.retrieve_fields)
             # Refuse what the header alone already rules out before any claim arrives.
             f.authorize(agency, header.context, by, (), retrieve)
-            row = 0
-            stream = ResultStream()
-            columns: list[str] | None = None
-            for n, message in enumerate(request_iterator, start=1):
-                if message.WhichOneof("body") != "claims":
-                    raise InvalidInput(f"message {n}: only the first message is a header")
-                claims = read_claims(message.claims, n)
-                if by not in claims.column_names:
-                    raise InvalidInput(f"message {n}: claims have no '{by}' column (the key)")
-                if columns is None:
-                    columns = claims.column_names
-                elif claims.column_names != columns:
-                    raise InvalidInput(
-                        f"message {n}: columns {claims.column_names} differ from the job's "
-                        f"first claims {columns}"
-                    )
-                # Messages are answered on the shared pool, several at a time (the core releases
-                # the GIL), and their replies leave in order once their audit records are durable.
-                pending.append(
-                    f.pool.submit(
-                        self._message, agency, header.context, by, retrieve, n, claims, row
-                    )
-                )
-                row += claims.num_rows
-                while len(pending) >= PIPELINE_DEPTH or (pending and pending[0].done()):
-                    yield _bulk_response(pending.popleft().result(), stream)
-            while pending:
-                yield _bulk_response(pending.popleft().result(), stream)
         except JukiError as e:
-            for waiting in pending:
-                waiting.cancel()
             abort(context, e)
+        job = _BulkJob(self, agency, header.context, by, retrieve, request_iterator)
+        stream = ResultStream()
+        try:
+            while (answer := job.next_answer()) is not None:
+                yield _bulk_response(answer, stream)
+        except JukiError as e:
+            abort(context, e)
+        finally:
+            job.stop()
 
     def _message(
         self,
@@ -485,6 +463,92 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
             (time.perf_counter() - started) * 1e3,
         )
         return answer
+
+
+class _BulkJob:
+    """One bulk call's claims, read by a thread of their own.
+
+    The reader takes each claims message off the wire as soon as it arrives and hands it to the
+    shared pool, up to PIPELINE_DEPTH messages ahead of the replies, while the call's own thread
+    sends the replies in order. Receiving, answering and sending overlap: a handler that read
+    the next message only after sending the last reply left the cores idle ~20 % of a job.
+    """
+
+    def __init__(
+        self,
+        service: BulkVerification,
+        agency: Agency,
+        request: pb.RequestContext,
+        by: str,
+        retrieve: list[str],
+        requests: Iterator[pb.BulkRequest],
+    ) -> None:
+        self._service = service
+        self._args = (agency, request, by, retrieve)
+        self._requests = requests
+        # Futures of answers in message order; then None (the end) or the error that ended it.
+        self._answers: queue.Queue[futures.Future[Answer] | Exception | None] = queue.Queue()
+        self._room = threading.Semaphore(PIPELINE_DEPTH)
+        self._stopped = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="juki-bulk-reader", daemon=True)
+        self._reader.start()
+
+    def next_answer(self) -> Answer | None:
+        """The next message's answer, in order (its audit records durable); None at the end.
+        An error in the claims is raised after the answers to the messages before it."""
+        item = self._answers.get()
+        if item is None:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        answer = item.result()
+        answer.commit.wait()
+        self._room.release()
+        return answer
+
+    def stop(self) -> None:
+        """End the job early or late: the reader stops taking messages, queued ones are dropped."""
+        self._stopped.set()
+        self._room.release()  # wake a reader waiting for room
+        while True:
+            try:
+                item = self._answers.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, futures.Future):
+                item.cancel()
+
+    def _read(self) -> None:
+        pool = self._service.frontend.pool
+        by = self._args[2]
+        row = 0
+        columns: list[str] | None = None
+        try:
+            for n, message in enumerate(self._requests, start=1):
+                if message.WhichOneof("body") != "claims":
+                    raise InvalidInput(f"message {n}: only the first message is a header")
+                claims = read_claims(message.claims, n)
+                if by not in claims.column_names:
+                    raise InvalidInput(f"message {n}: claims have no '{by}' column (the key)")
+                if columns is None:
+                    columns = claims.column_names
+                elif claims.column_names != columns:
+                    raise InvalidInput(
+                        f"message {n}: columns {claims.column_names} differ from the job's "
+                        f"first claims {columns}"
+                    )
+                self._room.acquire()
+                if self._stopped.is_set():
+                    return
+                # Answered on the shared pool, several messages at a time (the core releases
+                # the GIL); the replies leave in order once their audit records are durable.
+                self._answers.put(pool.submit(self._service._message, *self._args, n, claims, row))
+                row += claims.num_rows
+            self._answers.put(None)
+        except grpc.RpcError:
+            self._answers.put(None)  # the call ended (cancelled); the sender sees it too
+        except Exception as e:  # bad claims (JukiError), or a fault: the sender raises it
+            self._answers.put(e)
 
 
 def _bulk_response(answer: Answer, stream: ResultStream) -> pb.BulkResponse:
