@@ -10,6 +10,7 @@ the same snapshot (`--mmap`), so the registry's pages are held once.
 
 It reports, as medians of the repeats:
 - in-process `Registry.verify` of the same claims with the same retrieved columns (baseline);
+- the same, one thread and one message's rows at a time: what each server worker does;
 - the bulk stream (claims already in memory, results decoded, not written): records/s and its
   ratio to the baseline;
 - the end-to-end pension job (Parquet in, stream, Parquet out: `juki verify --server`);
@@ -45,6 +46,8 @@ from juki_engine.policy import Policy, example_path
 from juki_engine.samples import pension_claims
 
 FIELDS = ["status", "status_date", "municipality_name", "address_town", "address_block"]
+# Rows in a ~2 MiB claims message of this job (what the client's split_messages cuts).
+MESSAGE_ROWS = 46_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -230,6 +233,16 @@ def prepare(
         args.claims,
         args.repeats,
     )
+    # What one server worker does per claims message: one thread, a message's rows at a time,
+    # the server's columns (the resident code is the key itself).
+    messages = [
+        claims.slice(i, MESSAGE_ROWS) for i in range(0, min(len(claims), 4 << 20), MESSAGE_ROWS)
+    ]
+    results["in_process_messages"] = measure(
+        lambda: [registry.verify(m, "resident_code", columns=FIELDS) for m in messages],
+        sum(m.num_rows for m in messages),
+        args.repeats,
+    )
     return claims, typed_requests(pension_claims(registry, 10_000, seed=2, bad_code_fraction=0.0))
 
 
@@ -294,6 +307,9 @@ def report(r: dict[str, Any]) -> None:
     e2e = r["end_to_end"]
     print(f"\n{r['claims']:,} pension claims against {r['population']:,} residents")
     print(f"  in-process verify      {base / 1e6:8.2f} M/s (baseline)")
+    if "in_process_messages" in r:
+        per = r["in_process_messages"]["rate_per_s"]
+        print(f"  in-process, per message {per / 1e6:8.2f} M/s (one thread, 46 k-row calls)")
     print(f"  bulk stream (mTLS+audit){stream / 1e6:7.2f} M/s   = {stream / base:.2f}× in-process")
     print(
         f"  end-to-end job         {e2e['rate_per_s'] / 1e6:8.2f} M/s   "

@@ -216,7 +216,7 @@ impl TextKeys {
     }
 }
 
-/// A whole registry: rows, dictionaries, the two indexes and the packed verification rows.
+/// A whole registry: rows, dictionaries, the two indexes and the packed per-resident rows.
 pub struct RegistryData {
     /// Row columns.
     pub cols: Columns,
@@ -226,7 +226,7 @@ pub struct RegistryData {
     pub by_my_number: HashIndex,
     /// Index on resident code.
     pub by_resident_code: HashIndex,
-    /// Verification fields packed per row.
+    /// Every field but the identifiers, packed per row.
     pub persons: PersonTable,
     /// Inline keys of the compared dictionaries.
     pub text_keys: TextKeys,

@@ -314,10 +314,12 @@ class JobSummary:
         self.found += pc.sum(results["found"]).as_py() or 0
         self.invalid += results.num_rows - results["error"].null_count
         if "status" in results.column_names:
-            counts = pc.value_counts(pc.cast(results["status"], pa.string()).combine_chunks())
-            for entry in counts.to_pylist():
+            # Count the dictionary's keys, not its decoded strings (a string per record).
+            status = results["status"].combine_chunks()
+            names = status.dictionary.to_pylist()
+            for entry in pc.value_counts(status.indices).to_pylist():
                 if entry["values"] is not None:
-                    key = entry["values"]
+                    key = names[entry["values"]]
                     self.statuses[key] = self.statuses.get(key, 0) + entry["counts"]
         for name in results.column_names:
             if name.endswith("_match"):
