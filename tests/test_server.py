@@ -542,6 +542,24 @@ def test_bulk_malformed_payloads(pki: Path, running: server.Server) -> None:
         assert names in error.details(), (names, error.details())
 
 
+def test_bulk_error_mid_job_follows_the_earlier_replies(
+    pki: Path, running: server.Server, small_rows: list[Row]
+) -> None:
+    """Claims are read ahead of the replies; a bad message still ends the job only after the
+    replies to the messages before it, and names itself."""
+    good = ipc(claims_of(small_rows, 50).select(["resident_code"]))
+    changed = ipc(claims_of(small_rows, 50).select(["resident_code", "family_name"]))
+    messages = [header(), *(pb.BulkRequest(claims=good) for _ in range(3))]
+    messages.append(pb.BulkRequest(claims=changed))
+    received = []
+    with channel(pki, running, "nenkin") as ch:
+        stub = pb_grpc.BulkVerificationStub(ch)
+        error = rpc_error(lambda: received.extend(stub.VerifyStream(iter(messages), timeout=10)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message 4: columns" in error.details()
+    assert [r.first_row for r in received] == [0, 50, 100]
+
+
 def test_bulk_refusals(pki: Path, running: server.Server) -> None:
     denied = raw_stream(pki, running, [header(fields=("card_state",))])
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -494,15 +494,14 @@ class _BulkJob:
         self._reader.start()
 
     def next_answer(self) -> Answer | None:
-        """The next message's answer, in order (its audit records durable); None at the end.
-        An error in the claims is raised after the answers to the messages before it."""
+        """The next message's answer, in order; None at the end. An error in the claims is
+        raised after the answers to the messages before it."""
         item = self._answers.get()
         if item is None:
             return None
         if isinstance(item, Exception):
             raise item
         answer = item.result()
-        answer.commit.wait()
         self._room.release()
         return answer
 
