@@ -3,8 +3,9 @@
 //! A batch is cut into chunks that the cores share. Each chunk runs its whole pipeline while its
 //! rows are hot: parse the keys, probe the index (one miss per key, prefetched ahead), then — for
 //! verification — read each found resident's packed [`Person`] (one more miss, prefetched),
-//! write the result bits and, when columns are disclosed, copy the Person while it is in cache,
-//! so every disclosed field but the identifiers costs no further random read. Nothing
+//! write the result bits and, when a message-sized batch discloses columns, copy the Person
+//! and its [`Place`](crate::storage::Place) (prefetched with it), so disclosing costs one more
+//! miss per record rather than one per field. Nothing
 //! batch-sized is allocated but the outputs. An invalid key never fails the batch: its row comes
 //! back not found, with the reason in the `error` column.
 
@@ -25,7 +26,7 @@ use crate::error::{JukiError, Result};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
 use crate::memory::{filled, prefetch, PARALLEL_MIN};
-use crate::storage::{inline_key, Column, Person, RegistryData, Rows, STATUS_VALUES};
+use crate::storage::{inline_key, Column, Person, RegistryData, Resident, Rows, STATUS_VALUES};
 
 /// Rows per chunk: a multiple of 64 (result bits fill whole words), small enough that a chunk's
 /// scratch stays in L2.
@@ -522,6 +523,7 @@ pub fn verify<M: TextMatch>(
     let index = data.index(by)?;
     let keys = KeyColumn::new(by, key_col.as_ref())?;
     let persons = data.persons.rows();
+    let places = data.persons.places();
     let n = claims.num_rows();
     let k = checks.len();
     // Per chunk: WORDS words of found bits, then per field WORDS of match bits and WORDS of
@@ -530,17 +532,17 @@ pub fn verify<M: TextMatch>(
     let mut bits = vec![0u64; n.div_ceil(CHUNK) * stride];
     let mut status = vec![0u8; n];
     // Disclosed columns are gathered with the rows the probe found. A batch of a server
-    // message's size also copies each found Person while it is in cache and builds every column
-    // but the identifiers from those copies, which stay in cache (the pension job's messages:
+    // message's size also copies each found Person and Place while in cache and builds every
+    // column but the identifiers from those copies, which stay in cache (the pension job's messages:
     // 2.8 -> 4.7 M/s). A large batch gathers per column instead: a batch-sized copy streams
     // through memory twice and measured no faster on 20 M claims. Without columns, each chunk's
     // rows live on the stack.
     let keep = !columns.is_empty();
     let copy = keep && n <= PARALLEL_MIN;
     let mut rows = vec![NOT_FOUND; if keep { n } else { 0 }];
-    let mut people = vec![Person::default(); if copy { n } else { 0 }];
+    let mut people = vec![Resident::default(); if copy { n } else { 0 }];
     let verify_chunk =
-        |c: usize, b: &mut [u64], st: &mut [u8], kept: (&mut [u32], &mut [Person])| {
+        |c: usize, b: &mut [u64], st: &mut [u8], kept: (&mut [u32], &mut [Resident])| {
             let start = c * CHUNK;
             let mut errs = Vec::new();
             let mut local = [NOT_FOUND; CHUNK];
@@ -548,7 +550,10 @@ pub fn verify<M: TextMatch>(
             // The probe prefetches each found resident's packed row, so its miss overlaps the probes
             // still in flight and the pass below finds it in cache (a chunk's rows fit L2).
             resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
-                prefetch(&persons[row as usize])
+                prefetch(&persons[row as usize]);
+                if copy {
+                    prefetch(&places[row as usize]);
+                }
             });
             for (i, &row) in rows.iter().enumerate() {
                 if row == NOT_FOUND {
@@ -559,7 +564,10 @@ pub fn verify<M: TextMatch>(
                 let p = &persons[row as usize];
                 st[i] = p.status;
                 if copy {
-                    kept.1[i] = *p;
+                    kept.1[i] = Resident {
+                        person: *p,
+                        place: places[row as usize],
+                    };
                 }
                 for (j, ch) in checks.iter().enumerate() {
                     let r = ch.check(start + i, p, text);
@@ -573,7 +581,7 @@ pub fn verify<M: TextMatch>(
             errs
         };
     // Each chunk's share of `rows` and `people` (empty slices where not kept).
-    let mut kept: Vec<(&mut [u32], &mut [Person])> =
+    let mut kept: Vec<(&mut [u32], &mut [Resident])> =
         (0..n.div_ceil(CHUNK)).map(|_| Default::default()).collect();
     for (k, r) in kept.iter_mut().zip(rows.chunks_mut(CHUNK)) {
         k.0 = r;

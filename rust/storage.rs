@@ -96,11 +96,10 @@ impl Columns {
     }
 }
 
-/// One resident's fields packed in 32 bytes (two per cache line), so one random miss brings
-/// everything a verification compares and everything an affair discloses but the identifiers.
-/// Derived from the columns when a registry is built or opened: 4 GiB at national scale buys one
-/// miss per claim instead of one per compared or disclosed field.
-#[repr(C, align(32))]
+/// The fields a verification compares, packed in 16 bytes per resident so one cache miss brings
+/// all of them (four per cache line). Derived from the columns when a registry is built or opened;
+/// it trades 2 GiB at national scale for one random miss per claim instead of one per field.
+#[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Person {
     /// Family-name key.
@@ -115,6 +114,18 @@ pub struct Person {
     pub sex: u8,
     /// Status code.
     pub status: u8,
+}
+
+// SAFETY: Person is integers only, with no padding (4 + 4 + 4 + 2 + 1 + 1 = 16 bytes).
+unsafe impl crate::memory::Zeroable for Person {}
+
+/// The disclosed fields a [`Person`] lacks (address, status date, card), packed in 16 bytes, so
+/// disclosing them costs one more random miss per record instead of one per field. Kept apart
+/// from `Person`: a 32-byte row slowed verification without disclosure (twice the pages to
+/// translate), which never reads these.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Place {
     /// Town key.
     pub town: u32,
     /// Block key.
@@ -129,25 +140,39 @@ pub struct Person {
     pub pad: [u8; 2],
 }
 
-// SAFETY: Person is integers only, with no implicit padding (16 + 4 + 4 + 4 + 1 + 1 + 2 = 32).
-unsafe impl crate::memory::Zeroable for Person {}
+// SAFETY: Place is integers only, with no implicit padding (4 + 4 + 4 + 1 + 1 + 2 = 16 bytes).
+unsafe impl crate::memory::Zeroable for Place {}
 
-/// One [`Person`] per row, on huge pages.
-pub struct PersonTable(HugeVec<Person>);
+/// A resident's [`Person`] and [`Place`], as a verification that discloses copies them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resident {
+    /// Compared fields.
+    pub person: Person,
+    /// Other disclosed fields.
+    pub place: Place,
+}
+
+/// One [`Person`] and one [`Place`] per row, on huge pages.
+pub struct PersonTable {
+    persons: HugeVec<Person>,
+    places: HugeVec<Place>,
+}
 
 impl PersonTable {
     /// Pack the fields of every row, on all cores.
     pub fn build(c: &Columns) -> Result<PersonTable> {
-        let mut table: HugeVec<Person> = HugeVec::zeroed(c.len())?;
+        let mut persons: HugeVec<Person> = HugeVec::zeroed(c.len())?;
+        let mut places: HugeVec<Place> = HugeVec::zeroed(c.len())?;
         const CHUNK: usize = 1 << 16;
         let dates = c.status_date.values();
-        table
+        persons
             .as_mut_slice()
             .par_chunks_mut(CHUNK)
+            .zip(places.as_mut_slice().par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(k, out)| {
+            .for_each(|(k, (persons, places))| {
                 let start = k * CHUNK;
-                for (j, p) in out.iter_mut().enumerate() {
+                for (j, (p, q)) in persons.iter_mut().zip(places).enumerate() {
                     let i = start + j;
                     *p = Person {
                         family: c.family[i],
@@ -156,6 +181,8 @@ impl PersonTable {
                         municipality: c.municipality[i],
                         sex: c.sex[i],
                         status: c.status[i],
+                    };
+                    *q = Place {
                         town: c.town[i],
                         block: c.block[i],
                         status_date: dates[i],
@@ -165,12 +192,22 @@ impl PersonTable {
                     };
                 }
             });
-        Ok(PersonTable(table))
+        Ok(PersonTable { persons, places })
     }
 
-    /// The packed rows.
+    /// The packed compared fields.
     pub fn rows(&self) -> &[Person] {
-        self.0.as_slice()
+        self.persons.as_slice()
+    }
+
+    /// The packed other disclosed fields.
+    pub fn places(&self) -> &[Place] {
+        self.places.as_slice()
+    }
+
+    /// Bytes held.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of_val(self.rows()) + std::mem::size_of_val(self.places())
     }
 }
 
@@ -385,10 +422,10 @@ pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> Scal
 
 /// One field of residents already read, in their order.
 fn project<T: ArrowNativeType>(
-    people: &[Person],
-    f: impl Fn(&Person) -> T + Sync,
+    people: &[Resident],
+    f: impl Fn(&Resident) -> T + Sync,
 ) -> ScalarBuffer<T> {
-    filled_from(people, 1, |o: &mut [T], ps: &[Person]| {
+    filled_from(people, 1, |o: &mut [T], ps: &[Resident]| {
         for (o, p) in o.iter_mut().zip(ps) {
             *o = f(p);
         }
@@ -429,7 +466,7 @@ pub enum Rows<'a> {
         /// Row per output, [`NOT_FOUND`] where none.
         rows: &'a [u32],
         /// The packed residents of `rows`.
-        people: &'a [Person],
+        people: &'a [Resident],
     },
 }
 
@@ -491,7 +528,7 @@ impl RegistryData {
     /// Bytes held by rows, indexes and packed rows (dictionaries are small and not counted).
     pub fn memory_bytes(&self) -> usize {
         self.cols.memory_bytes()
-            + std::mem::size_of_val(self.persons.rows())
+            + self.persons.memory_bytes()
             + self.by_my_number.memory_bytes()
             + self.by_resident_code.memory_bytes()
     }
@@ -509,19 +546,19 @@ impl RegistryData {
             Rows::All => src.clone(),
             Rows::At(r) | Rows::Read { rows: r, .. } => gather(src, r),
         };
-        // The values of a field that both the columns and a Person hold under the same name.
+        // The values of a field that the columns and a Resident's `$part` hold under one name.
         macro_rules! values {
-            ($f:ident) => {
+            ($part:ident . $f:ident) => {
                 match rows {
                     Rows::All => c.$f.clone(),
                     Rows::At(r) => gather(&c.$f, r),
-                    Rows::Read { people, .. } => project(people, |p| p.$f),
+                    Rows::Read { people, .. } => project(people, |p| p.$part.$f),
                 }
             };
         }
         macro_rules! dict {
-            ($kt:ty, $f:ident, $values:expr) => {{
-                let k = PrimitiveArray::<$kt>::new(values!($f), nulls);
+            ($kt:ty, $part:ident . $f:ident, $values:expr) => {{
+                let k = PrimitiveArray::<$kt>::new(values!($part.$f), nulls);
                 // SAFETY: stored keys are always < the length of their dictionary: the builders
                 // (generation, import, snapshot checks) guarantee it.
                 Arc::new(unsafe { DictionaryArray::<$kt>::new_unchecked(k, Arc::new($values)) })
@@ -535,23 +572,23 @@ impl RegistryData {
                 nulls,
             )),
             Column::MyNumber => Arc::new(render_ids(IdKind::MyNumber, &ids(&c.my_number), nulls)),
-            Column::FamilyName => dict!(UInt32Type, family, d.family_name.clone()),
-            Column::FamilyNameKana => dict!(UInt32Type, family, d.family_name_kana.clone()),
-            Column::GivenName => dict!(UInt32Type, given, d.given_name.clone()),
-            Column::GivenNameKana => dict!(UInt32Type, given, d.given_name_kana.clone()),
+            Column::FamilyName => dict!(UInt32Type, person.family, d.family_name.clone()),
+            Column::FamilyNameKana => dict!(UInt32Type, person.family, d.family_name_kana.clone()),
+            Column::GivenName => dict!(UInt32Type, person.given, d.given_name.clone()),
+            Column::GivenNameKana => dict!(UInt32Type, person.given, d.given_name_kana.clone()),
             Column::MunicipalityCode => {
-                dict!(UInt16Type, municipality, d.municipality_code.clone())
+                dict!(UInt16Type, person.municipality, d.municipality_code.clone())
             }
             Column::MunicipalityName => {
-                dict!(UInt16Type, municipality, d.municipality_name.clone())
+                dict!(UInt16Type, person.municipality, d.municipality_name.clone())
             }
-            Column::Prefecture => dict!(UInt16Type, municipality, d.prefecture.clone()),
-            Column::AddressTown => dict!(UInt32Type, town, d.address_town.clone()),
-            Column::AddressBlock => dict!(UInt32Type, block, d.address_block.clone()),
-            Column::Status => dict!(UInt8Type, status, small_dict(&STATUS_VALUES)),
-            Column::CardState => dict!(UInt8Type, card, small_dict(&CARD_VALUES)),
-            Column::BirthDate => Arc::new(Date32Array::new(values!(birth_date), nulls)),
-            Column::Sex => Arc::new(UInt8Array::new(values!(sex), nulls)),
+            Column::Prefecture => dict!(UInt16Type, person.municipality, d.prefecture.clone()),
+            Column::AddressTown => dict!(UInt32Type, place.town, d.address_town.clone()),
+            Column::AddressBlock => dict!(UInt32Type, place.block, d.address_block.clone()),
+            Column::Status => dict!(UInt8Type, person.status, small_dict(&STATUS_VALUES)),
+            Column::CardState => dict!(UInt8Type, place.card, small_dict(&CARD_VALUES)),
+            Column::BirthDate => Arc::new(Date32Array::new(values!(person.birth_date), nulls)),
+            Column::Sex => Arc::new(UInt8Array::new(values!(person.sex), nulls)),
             Column::StatusDate => {
                 let stored = c.status_date.nulls();
                 let (values, known) = match rows {
@@ -565,10 +602,10 @@ impl RegistryData {
                         }),
                     ),
                     Rows::Read { people, .. } => (
-                        project(people, |p| p.status_date),
+                        project(people, |p| p.place.status_date),
                         Some(NullBuffer::from(BooleanBuffer::collect_bool(
                             people.len(),
-                            |i| people[i].dated == 1,
+                            |i| people[i].place.dated == 1,
                         ))),
                     ),
                 };
