@@ -121,8 +121,8 @@ unsafe impl crate::memory::Zeroable for Person {}
 
 /// The disclosed fields a [`Person`] lacks (address, status date, card), packed in 16 bytes, so
 /// disclosing them costs one more random miss per record instead of one per field. Kept apart
-/// from `Person`: a 32-byte row slowed verification without disclosure (twice the pages to
-/// translate), which never reads these.
+/// from `Person`, so a verification that discloses nothing touches 2 GiB of rows at national
+/// scale, not 4 (BENCHMARKS.md, issue 3).
 #[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Place {
@@ -459,7 +459,7 @@ pub enum Rows<'a> {
     All,
     /// These rows, gathered from the columns; [`NOT_FOUND`] gives null.
     At(&'a [u32]),
-    /// These rows, whose [`Person`]s a probe has read already (`people[i]` belongs to `rows[i]`,
+    /// These rows, whose [`Resident`]s a probe has read already (`people[i]` belongs to `rows[i]`,
     /// zeroed where not found): every field but the identifiers comes from them, without
     /// another random read.
     Read {
@@ -541,7 +541,7 @@ impl RegistryData {
             Rows::All => None,
             Rows::At(r) | Rows::Read { rows: r, .. } => found_validity(r),
         };
-        // Identifiers are not packed in a Person: they are always gathered.
+        // Identifiers are not packed in a Resident: they are always gathered.
         let ids = |src: &ScalarBuffer<u64>| match rows {
             Rows::All => src.clone(),
             Rows::At(r) | Rows::Read { rows: r, .. } => gather(src, r),
