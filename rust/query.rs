@@ -29,8 +29,11 @@ use crate::memory::{filled, prefetch, PARALLEL_MIN};
 use crate::storage::{inline_key, Column, Person, RegistryData, Resident, Rows, STATUS_VALUES};
 
 /// Rows per chunk: a multiple of 64 (result bits fill whole words), small enough that a chunk's
-/// scratch stays in L2.
-const CHUNK: usize = 1 << 13;
+/// scratch and the lines its probe prefetches stay in L2 until the chunk's check pass reads
+/// them. That is a cache line per index slot, per `Person` and per `Place`: 384 KiB at 2 K
+/// rows. At 8 K rows (1.5 MiB) the check pass found a third of them evicted and one thread ran
+/// the pension job's messages at 3.3 M/s, against 5.3 M/s now (BENCHMARKS.md).
+const CHUNK: usize = 1 << 11;
 const WORDS: usize = CHUNK / 64;
 
 fn strict_cast(array: &dyn Array, to: &DataType, what: &str) -> Result<ArrayRef> {

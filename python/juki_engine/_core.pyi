@@ -61,7 +61,8 @@ class Registry:
 
     @staticmethod
     def open(path: str, mmap: bool = False) -> Registry:
-        """Open a snapshot directory (read into huge-page memory, or mapped with `mmap`)."""
+        """Open a snapshot directory (read into huge-page memory, or its columns mapped with
+        `mmap`; the indexes are always read)."""
 
     def save(self, path: str) -> None:
         """Save atomically to a snapshot directory."""

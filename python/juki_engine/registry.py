@@ -94,7 +94,8 @@ class Registry:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, mmap: bool = False) -> Registry:
-        """Open a snapshot directory. `mmap=True` maps the files instead of loading them."""
+        """Open a snapshot directory. `mmap=True` maps the column files instead of loading them
+        (the indexes, probed at random, are read into huge pages either way)."""
         return cls(_core.Registry.open(os.fspath(path), mmap=mmap))
 
     def save(self, path: str | os.PathLike[str]) -> None:
