@@ -639,20 +639,22 @@ def test_verify_columns_come_from_the_same_probe_as_lookup(
 
 
 @pytest.mark.parametrize("kind", KEY_KINDS)
-def test_verify_columns_of_a_batch_the_cores_share(
-    small: Registry, small_rows: list[Row], kind: str
+@pytest.mark.parametrize("rows", [20_001, 70_001], ids=["one-thread", "all-cores"])
+def test_verify_columns_of_a_large_batch(
+    small: Registry, small_rows: list[Row], kind: str, rows: int
 ) -> None:
-    """Over 65,536 claims the kernel runs on all cores: every column, not-found and rejected
-    rows included, still agrees with lookup."""
+    """Over many chunks every column, not-found and rejected rows included, agrees with lookup:
+    a message-sized batch (one thread, columns built from the residents' copies) and one over
+    65,536 claims (all cores, gathered per column)."""
     rng = np.random.default_rng(7)
-    keys = [small_rows[i][kind] for i in rng.integers(0, len(small_rows), 70_001)]
+    keys = [small_rows[i][kind] for i in rng.integers(0, len(small_rows), rows)]
     keys[5] = "0" * len(keys[5])
-    keys[70_000] = None
+    keys[-1] = None
     table = pa.table({kind: pa.array(keys, pa.string())})
     columns = list(Registry.column_names())
     out = small.verify(table, by=kind, columns=columns)
     looked_up = small.lookup(table[kind], by=kind, columns=columns)
-    assert not out["found"][5].as_py() and out["error"][70_000].as_py() is not None
+    assert not out["found"][5].as_py() and out["error"][rows - 1].as_py() is not None
     extra = [c for c in columns if c != "status"]
     assert plain(out.select(extra)) == plain(looked_up.select(extra))
     assert plain(out.select(["status"])) == plain(looked_up.select(["status"]))
