@@ -406,7 +406,8 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
             // The indexes are probed at random: on the page cache's 4 KiB pages every probe
             // also walks the page tables, so they are read into huge pages even when the row
             // columns are mapped (the RSS is the same either way: their pages are all touched).
-            let buf = if mmap && !entry.name.starts_with("index_") {
+            let index = [INDEX_MY_NUMBER, INDEX_RESIDENT_CODE].contains(&entry.name.as_str());
+            let buf = if mmap && !index {
                 map_file(&path)
             } else {
                 read_file_huge(&path)
