@@ -309,7 +309,8 @@ def report(r: dict[str, Any]) -> None:
     print(f"  in-process verify      {base / 1e6:8.2f} M/s (baseline)")
     if "in_process_messages" in r:
         per = r["in_process_messages"]["rate_per_s"]
-        print(f"  in-process, per message {per / 1e6:8.2f} M/s (one thread, 46 k-row calls)")
+        calls = f"one thread, {MESSAGE_ROWS:,}-row calls"
+        print(f"  in-process, per message {per / 1e6:8.2f} M/s ({calls})")
     print(f"  bulk stream (mTLS+audit){stream / 1e6:7.2f} M/s   = {stream / base:.2f}× in-process")
     print(
         f"  end-to-end job         {e2e['rate_per_s'] / 1e6:8.2f} M/s   "

@@ -5,9 +5,9 @@
 //! verification — read each found resident's packed [`Person`] (one more miss, prefetched),
 //! write the result bits and, when a message-sized batch discloses columns, copy the Person
 //! and its [`Place`](crate::storage::Place) (prefetched with it), so disclosing costs one more
-//! miss per record rather than one per field. Nothing
-//! batch-sized is allocated but the outputs. An invalid key never fails the batch: its row comes
-//! back not found, with the reason in the `error` column.
+//! miss per record rather than one per field. Nothing batch-sized is allocated but the outputs.
+//! An invalid key never fails the batch: its row comes back not found, with the reason in the
+//! `error` column.
 
 use std::sync::Arc;
 
