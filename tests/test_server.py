@@ -570,6 +570,22 @@ def test_bulk_refusals(pki: Path, running: server.Server) -> None:
     assert "address_town" in denied.details()
 
 
+def test_bulk_refusal_audits_the_residents_behind_the_keys(
+    pki: Path, running: server.Server, small_rows: list[Row]
+) -> None:
+    """A refused job keyed by My Number is audited under the residents' codes, never the My
+    Numbers the agency sent; a key that names no resident is audited without a subject."""
+    people = small_rows[:2]
+    keys = [p["my_number"] for p in people] + ["not a number"]
+    start = pb.BulkRequest(header=pb.BulkHeader(context=ctx(), key=pb.MY_NUMBER))
+    claims = ipc(pa.table({"my_number": keys, "address_town": ["x"] * 3}))
+    denied = raw_stream(pki, running, [start, pb.BulkRequest(claims=claims)])
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    logged = records(running, start.header.context.request_id)
+    assert logged["outcome"].to_pylist() == ["denied"] * 3
+    assert logged["subject"].to_pylist() == [p["resident_code"] for p in people] + [None]
+
+
 def test_bulk_oversize_messages(
     pki: Path, running: server.Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -185,8 +185,20 @@ class Frontend:
             asked = tuple(dict.fromkeys((*claimed, *retrieve)))
             mode = "+".join(m for m, a in (("verify", claimed), ("retrieve", retrieve)) if a)
             ctx = AuditContext(agency.code, *_ids(request), mode or "verify", asked)
-            self.audit.record(ctx, _or_null(subjects), "denied")
+            self.audit.record(ctx, self.subjects_of(by, subjects), "denied")
             raise
+
+    def subjects_of(self, by: str, keys: pa.Array | None) -> pa.Array:
+        """The resident codes behind a refused request's keys, for its audit records: null where
+        a key names no resident, so the trail never holds a My Number or a client's raw key (one
+        null record for a request without keys)."""
+        if keys is None:
+            return pa.nulls(1, pa.string())
+        try:
+            codes = self.registry.lookup(keys, by, columns=["resident_code"])["resident_code"]
+        except JukiError:  # keys of no usable type: the refusal is still recorded, per row
+            return pa.nulls(len(keys), pa.string())
+        return codes.combine_chunks()
 
     def answer(
         self, grant: Grant, request: pb.RequestContext, by: str, claims: pa.Table, first_row: int
@@ -224,10 +236,6 @@ def _is_text(t: pa.DataType) -> bool:
 
 def _ids(request: pb.RequestContext) -> tuple[str, str, str]:
     return request.operator_id, request.request_id, request.affair
-
-
-def _or_null(subjects: pa.Array | None) -> pa.Array:
-    return pa.nulls(1, pa.string()) if subjects is None else subjects
 
 
 _OUTCOME_VALUES = pa.array(["disclosed", "not_found", "invalid_key"])
