@@ -14,6 +14,8 @@ It reports, as medians of the repeats:
 - the bulk stream (claims already in memory, results decoded, not written): records/s and its
   ratio to the baseline;
 - the end-to-end pension job (Parquet in, stream, Parquet out: `juki verify --server`);
+- for both jobs, the CPU each process spent per record, against the CPU per record that the
+  target rate leaves the machine's cores (the rate alone moves with other tenants' load);
 - the server's peak RSS, and the audit trail's size on disk;
 - typed per-record Verify: p50/p99 latency at a fixed offered rate, and the most calls/s that
   a few client threads sustain.
@@ -118,6 +120,23 @@ def peak_rss(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_job(fn: Any, items: int, repeats: int, server_pid: int) -> dict[str, Any]:
+    """`measure`, plus the CPU both processes spent per record: on a shared machine, what the
+    cores must cover (less noisy than the rate when other tenants take the cores)."""
+    before = process_cpu_seconds(server_pid)
+    result = measure(fn, items, repeats)
+    records = items * repeats
+    result["server_cpu_ns"] = 1e9 * (process_cpu_seconds(server_pid) - before) / records
+    result["client_cpu_ns"] = 1e9 * result["cpu_per_wall"] * sum(result["seconds"]) / records
+    return result
 
 
 def dir_bytes(path: Path) -> int:
@@ -270,14 +289,15 @@ def main(argv: list[str] | None = None) -> int:
         address = f"127.0.0.1:{port}"
         try:
             log("bulk stream")
-            results["bulk_stream"] = measure(
-                lambda: bulk_stream(tls, address, claims), args.claims, args.repeats
+            results["bulk_stream"] = measure_job(
+                lambda: bulk_stream(tls, address, claims), args.claims, args.repeats, proc.pid
             )
             log("end-to-end job: Parquet in, Parquet out")
-            results["end_to_end"] = measure(
+            results["end_to_end"] = measure_job(
                 lambda: end_to_end(tls, address, src, work / "results.parquet"),
                 args.claims,
                 args.repeats,
+                proc.pid,
             )
             results["typed_latency"] = []
             for rate in args.rates:
@@ -316,6 +336,17 @@ def report(r: dict[str, Any]) -> None:
         f"  end-to-end job         {e2e['rate_per_s'] / 1e6:8.2f} M/s   "
         f"({statistics.median(e2e['seconds']):.2f} s median)"
     )
+    # The targets as CPU budgets: what the machine's cores can spend per record.
+    cores = os.cpu_count() or 1
+    for name, job, budget, target in (
+        ("bulk stream", r["bulk_stream"], cores * 1e9 / 5e6, "5 M/s"),
+        ("end-to-end", e2e, cores * 10e9 / 40e6, "40 M in 10 s"),
+    ):
+        server, client = job["server_cpu_ns"], job["client_cpu_ns"]
+        print(
+            f"  {name + ' CPU':22s} server {server:4.0f} + client {client:4.0f} = "
+            f"{server + client:4.0f} ns/record ({target} on {cores} cores: ≤ {budget:.0f})"
+        )
     print(f"  server peak RSS        {gib(r['server_peak_rss_bytes'])}")
     print(f"  audit trail on disk    {r['audit_bytes'] / 2**20:8.1f} MiB")
     for lat in r["typed_latency"]:
