@@ -43,7 +43,13 @@ from juki_engine import Registry, certs
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.bench import current_rss_bytes, gib, log, measure
-from juki_engine.client import AgencyTLS, BulkJob, request_context, run_to_parquet
+from juki_engine.client import (
+    AgencyTLS,
+    BulkJob,
+    claim_batches,
+    request_context,
+    run_to_parquet,
+)
 from juki_engine.policy import Policy, example_path
 from juki_engine.samples import pension_claims
 
@@ -157,10 +163,11 @@ def bulk_stream(tls: AgencyTLS, address: str, claims: pa.Table) -> int:
 
 
 def end_to_end(tls: AgencyTLS, address: str, src: Path, out: Path) -> None:
-    parquet = pq.ParquetFile(src)
+    """The pension job as `juki verify --server` runs it: the same reader and writer."""
+    _, batches = claim_batches(src, 1 << 20)
     with tls.channel(address) as channel:
         job = BulkJob(channel, request_context("pension-benefit", "bench"), "resident_code", FIELDS)
-        run_to_parquet(job, parquet.iter_batches(batch_size=1 << 20), out)
+        run_to_parquet(job, batches, out)
 
 
 def typed_requests(claims: pa.Table) -> list[pb.VerifyRequest]:

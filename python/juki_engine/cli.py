@@ -13,14 +13,13 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import (
@@ -34,6 +33,7 @@ from rich.progress import (
 from rich.table import Table
 
 from juki_engine import JukiError, Registry
+from juki_engine.client import claim_batches
 from juki_engine.policy import JST
 from juki_engine.synthetic import TOYAMA
 
@@ -131,26 +131,6 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _claim_batches(path: Path, batch_size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
-    """Stream the claims file: (row count if known, else -1; its record batches)."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        # Identifiers stay strings: leading zeros matter.
-        convert = pacsv.ConvertOptions(
-            column_types={
-                "my_number": pa.string(),
-                "resident_code": pa.string(),
-                "municipality_code": pa.string(),
-            }
-        )
-        reader = pacsv.open_csv(path, convert_options=convert)
-        return -1, iter(reader)
-    if suffix in (".parquet", ".pq"):
-        parquet = pq.ParquetFile(path)
-        return parquet.metadata.num_rows, parquet.iter_batches(batch_size=batch_size)
-    raise JukiError(f"input {path}: expected a .parquet or .csv file")
-
-
 def _key_column(path: Path, schema: pa.Schema, by: str | None) -> str:
     """The key column: as given, or the one identifier column the input holds."""
     if by is not None:
@@ -181,7 +161,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.server:
         return _verify_remote(args)
     registry = _open(Path(args.registry), args.mmap)
-    total, batches = _claim_batches(Path(args.input), args.batch_size)
+    total, batches = claim_batches(Path(args.input), args.batch_size)
     started = time.perf_counter()
     writer: pq.ParquetWriter | None = None
     done = found = 0
@@ -215,7 +195,7 @@ def _verify_remote(args: argparse.Namespace) -> int:
         raise JukiError("verify --server needs --cert and --affair")
     tls = AgencyTLS.from_cert(args.cert, args.key, args.ca)
     path = Path(args.input)
-    total, batches = _claim_batches(path, args.batch_size)
+    total, batches = claim_batches(path, args.batch_size)
     first = next(batches, None)
     if first is None:
         raise JukiError(f"input {path}: no claims")

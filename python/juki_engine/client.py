@@ -74,6 +74,29 @@ def request_context(affair: str, operator: str, request_id: str | None = None) -
     )
 
 
+def claim_batches(path: str | Path, batch_size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
+    """Stream a claims file, Parquet or CSV: (its row count if known, else -1; its record
+    batches). Identifier columns of a CSV stay strings (leading zeros matter)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        convert = pacsv.ConvertOptions(
+            column_types={
+                "my_number": pa.string(),
+                "resident_code": pa.string(),
+                "municipality_code": pa.string(),
+            }
+        )
+        return -1, iter(pacsv.open_csv(path, convert_options=convert))
+    if suffix in (".parquet", ".pq"):
+        parquet = pq.ParquetFile(path)
+        return parquet.metadata.num_rows, parquet.iter_batches(batch_size=batch_size)
+    raise InvalidInput(f"input {path}: expected a .parquet or .csv file")
+
+
 def split_messages(
     batches: Iterable[pa.RecordBatch], target_bytes: int = MESSAGE_TARGET_BYTES
 ) -> Iterator[pa.RecordBatch]:
