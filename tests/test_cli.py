@@ -165,13 +165,15 @@ def test_verify_over_grpc(
     else:
         assert retrieved == {"address_town"} and "status" in results.column_names
         # The registry's dictionary columns stay dictionaries in Parquet (no min/max kept over
-        # them); the key column is plain, with statistics.
+        # them); the key column is plain and uncompressed, with statistics.
         meta = pq.ParquetFile(out).metadata.row_group(0)
         chunks = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
         assert "RLE_DICTIONARY" in chunks["address_town"].encodings
         assert not chunks["address_town"].is_stats_set
+        assert chunks["address_town"].compression == "SNAPPY"
         assert "RLE_DICTIONARY" not in chunks["resident_code"].encodings
         assert chunks["resident_code"].is_stats_set
+        assert chunks["resident_code"].compression == "UNCOMPRESSED"
         town = registry.verify(claims, by="resident_code", columns=["address_town"])
         assert results["address_town"].to_pylist() == town["address_town"].to_pylist()
     logged = audit.read(trail)
