@@ -7,14 +7,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::Int64Type;
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt8Array};
+use arrow_array::types::{Int64Type, UInt8Type};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array,
+};
 use arrow_cast::cast;
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_data::ArrayData;
 use arrow_pyarrow::{PyArrowType, Table};
-use arrow_schema::{ArrowError, DataType};
+use arrow_schema::{ArrowError, DataType, Field, Schema};
 use arrow_select::concat::concat_batches;
+use pyo3::marker::Ungil;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::error::{JukiError, Result};
 use crate::generate::{self, Plan};
@@ -35,6 +40,20 @@ fn columns_of(names: Option<Vec<String>>) -> Result<Vec<Column>> {
     }
 }
 
+/// Rows below which a lookup or verification keeps the GIL. Releasing it lets a waiting thread
+/// take it, and taking it back is a context switch (tens of µs in this VM): more than the kernel
+/// spends on a few hundred rows. A typed call, one row, stays on its thread (BENCHMARKS.md).
+const KEEP_GIL_ROWS: usize = 256;
+
+/// Run `f`, releasing the GIL only when `rows` make the work worth a thread switch.
+fn run_sized<T: Ungil>(py: Python<'_>, rows: usize, f: impl Ungil + FnOnce() -> T) -> T {
+    if rows < KEEP_GIL_ROWS {
+        f()
+    } else {
+        py.detach(f)
+    }
+}
+
 fn to_table(
     batches: Vec<RecordBatch>,
     schema: arrow_schema::SchemaRef,
@@ -42,6 +61,35 @@ fn to_table(
     let table = Table::try_new(batches, schema)
         .map_err(|e: ArrowError| JukiError::InvalidInput(e.to_string()))?;
     Ok(PyArrowType(table))
+}
+
+/// Row 0 of a one-row result column as a Python value: None where null, a bool or an int for
+/// those types, and any other value (names, codes, dates) as the text Arrow displays for it
+/// (dates as ISO 8601).
+fn python_value<'py>(py: Python<'py>, array: &dyn Array) -> PyResult<Bound<'py, PyAny>> {
+    if array.is_null(0) {
+        return Ok(py.None().into_bound(py));
+    }
+    Ok(match array.data_type() {
+        DataType::Boolean => array
+            .as_boolean()
+            .value(0)
+            .into_pyobject(py)?
+            .to_owned()
+            .into_any(),
+        DataType::UInt8 => array
+            .as_primitive::<UInt8Type>()
+            .value(0)
+            .into_pyobject(py)?
+            .into_any(),
+        _ => {
+            let text = ArrayFormatter::try_new(array, &FormatOptions::default())
+                .map_err(|e| JukiError::InvalidInput(e.to_string()))?
+                .value(0)
+                .to_string();
+            text.into_pyobject(py)?.into_any()
+        }
+    })
 }
 
 /// The national resident registry held in memory: Arrow columns plus hash indexes on My Number
@@ -133,9 +181,50 @@ impl PyRegistry {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(columns)?;
         let keys = arrow_array::make_array(keys.0);
-        let batch = py.detach(|| query::lookup(&self.data, keys.as_ref(), kind, &cols))?;
+        let batch = run_sized(py, keys.len(), || {
+            query::lookup(&self.data, keys.as_ref(), kind, &cols)
+        })?;
         let schema = batch.schema();
         to_table(vec![batch], schema)
+    }
+
+    /// Verify one claim given as Python values; see `juki_engine.Registry.verify_one`.
+    #[pyo3(signature = (by, key, claims, columns = Vec::new()))]
+    fn verify_one<'py>(
+        &self,
+        py: Python<'py>,
+        by: &str,
+        key: &str,
+        claims: Vec<(String, Bound<'py, PyAny>)>,
+        columns: Vec<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let kind = IdKind::from_name(by)?;
+        let cols = columns_of(Some(columns))?;
+        let mut fields = vec![Field::new(kind.name(), DataType::Utf8, true)];
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![key]))];
+        for (name, value) in &claims {
+            let array: ArrayRef = if let Ok(text) = value.extract::<&str>() {
+                Arc::new(StringArray::from(vec![text]))
+            } else if let Ok(number) = value.extract::<i64>() {
+                Arc::new(Int64Array::from(vec![number]))
+            } else {
+                return Err(JukiError::InvalidInput(format!(
+                    "claim '{name}' must be a string or an integer, not {}",
+                    value.get_type().name()?
+                ))
+                .into());
+            };
+            fields.push(Field::new(name, array.data_type().clone(), true));
+            arrays.push(array);
+        }
+        let claims = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .map_err(|e| JukiError::InvalidInput(format!("claims: {e}")))?;
+        let out = query::verify(&self.data, &claims, kind, &ExactMatch, 0, &cols)?;
+        let row = PyDict::new(py);
+        for (field, array) in out.schema().fields().iter().zip(out.columns()) {
+            row.set_item(field.name(), python_value(py, array.as_ref())?)?;
+        }
+        Ok(row)
     }
 
     /// Verify claims; see `juki_engine.Registry.verify`.
@@ -154,7 +243,8 @@ impl PyRegistry {
         if batches.is_empty() {
             batches.push(RecordBatch::new_empty(schema));
         }
-        let results = py.detach(|| {
+        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        let results = run_sized(py, rows, || {
             let mut first_row = first_row;
             let mut out = Vec::with_capacity(batches.len());
             for b in &batches {

@@ -612,6 +612,50 @@ def test_verify_accepts_polars_and_duckdb(
 
 
 @pytest.mark.parametrize("kind", KEY_KINDS)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_verify_one_agrees_with_verify(
+    small: Registry,
+    small_by: dict[str, dict[str, Row]],
+    small_rows: list[Row],
+    kind: str,
+    data: st.DataObject,
+) -> None:
+    """A typed call's path: one claim as Python values gives `verify`'s row, with dates and the
+    registry's names and codes as text."""
+    claims, fields = draw_claims(data, kind, small_by[kind], small_rows)
+    columns = Registry.column_names()
+    for claim in claims:
+        if not isinstance(claim[kind], str):
+            continue
+        claimed = [f for f in fields if claim[f] is not None]
+        values = {f: claim[f].isoformat() if f == "birth_date" else claim[f] for f in claimed}
+        one = small.verify_one(claim[kind], kind, values, columns=columns)
+        table = claims_table([claim], kind, claimed, "date32", pa.int64())
+        want = small.verify(table, by=kind, columns=columns).to_pylist()[0]
+        assert one == {
+            name: value.isoformat() if isinstance(value, dt.date) else value
+            for name, value in want.items()
+        }, (claim, one)
+
+
+def test_verify_one_bad_input(small: Registry, small_rows: list[Row]) -> None:
+    key = small_rows[0]["my_number"]
+    for by, claims, named in [
+        ("my_number", {"sex": 1.5}, "sex"),
+        ("my_number", {"nickname": "x"}, "nickname"),
+        ("my_number", {"birth_date": "2001-02-30"}, "birth_date"),
+        ("nope", {}, "nope"),
+    ]:
+        with pytest.raises(InvalidInput) as info:
+            small.verify_one(key, by, claims)
+        assert f"'{named}'" in str(info.value), (claims, str(info.value))
+    row = small.verify_one("123", "my_number", {"family_name": "佐藤"})
+    assert row["found"] is False and row["family_name_match"] is None
+    assert row["error"] is not None and "'123'" in row["error"]
+
+
+@pytest.mark.parametrize("kind", KEY_KINDS)
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_verify_columns_come_from_the_same_probe_as_lookup(

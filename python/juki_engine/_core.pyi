@@ -1,6 +1,6 @@
 """The compiled core (Rust). This stub is the API's documentation; `mypy.stubtest` checks it."""
 
-from typing import final
+from typing import Any, final
 
 import pyarrow as pa
 
@@ -88,6 +88,15 @@ class Registry:
     ) -> pa.Table:
         """Per claim: `found`, `status`, `error`, `<field>_match` per claimed field, then the
         requested `columns` of each found resident."""
+
+    def verify_one(
+        self,
+        by: str,
+        key: str,
+        claims: list[tuple[str, str | int]],
+        columns: list[str] = ...,
+    ) -> dict[str, Any]:
+        """`verify` of one claim given as Python values; its result row as a dict."""
 
     def __len__(self) -> int: ...
     @property

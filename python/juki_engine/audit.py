@@ -268,7 +268,10 @@ class AuditTrail:
                 commit._settle(None)  # nothing to record
                 return commit
             self._pending.append(_Entry(self._last_us, context, subject_array, codes, commit))
-            self._cond.notify()
+            # Wake the writer for the first entry of a pass, or one too large to wait; a wake per
+            # small append would cut short the writer's group-commit wait below.
+            if len(self._pending) == 1 or len(subject_array) >= _SMALL_APPEND:
+                self._cond.notify()
         return commit
 
     def record(self, context: AuditContext, subjects: pa.Array, outcomes: str | pa.Array) -> None:

@@ -226,8 +226,40 @@ class Frontend:
             self.audit.record(ctx, subjects, "quota_exhausted")
             raise
         commit = self.audit.append(ctx, subjects, _outcomes(out))
-        keep = ["found", "error", *(f"{c}_match" for c in grant.claimed), *grant.retrieved]
-        return Answer(first_row, out.select(keep), commit)
+        return Answer(first_row, out.select(_kept(grant)), commit)
+
+    def answer_one(
+        self,
+        grant: Grant,
+        request: pb.RequestContext,
+        by: str,
+        key: str,
+        claims: dict[str, str | int],
+    ) -> dict[str, Any]:
+        """A typed call's one result row, once its audit record is durable: `answer` for one
+        claim, its bookkeeping done on Python values. A typed call costs its fixed per-call work,
+        and every Arrow compute call on a one-row array can hand the GIL to another handler
+        thread, a context switch each (BENCHMARKS.md)."""
+        retrieved = [c for c in grant.retrieved if c != "resident_code"]
+        row = self.registry.verify_one(key, by, claims, columns=["resident_code", *retrieved])
+        if row["found"]:
+            outcome = "disclosed"
+        else:
+            outcome = "not_found" if row["error"] is None else "invalid_key"
+        subjects = pa.array([row["resident_code"]], pa.string())
+        ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
+        try:
+            self.quotas.take(grant, 1)
+        except QuotaExhausted:
+            self.audit.record(ctx, subjects, "quota_exhausted")
+            raise
+        self.audit.record(ctx, subjects, outcome)
+        return {name: row[name] for name in _kept(grant)}
+
+
+def _kept(grant: Grant) -> list[str]:
+    """The result columns a grant lets the caller see."""
+    return ["found", "error", *(f"{c}_match" for c in grant.claimed), *grant.retrieved]
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -294,18 +326,12 @@ class ResultStream:
 # Typed per-record API ----------------------------------------------------------------------
 
 
-def _claims_table(by: str, key: str, claims: pb.Claims) -> pa.Table:
-    columns: dict[str, pa.Array] = {by: pa.array([key], pa.string())}
-    for field in ("family_name", "family_name_kana", "given_name", "given_name_kana"):
-        if claims.HasField(field):
-            columns[field] = pa.array([getattr(claims, field)], pa.string())
-    if claims.HasField("birth_date"):
-        columns["birth_date"] = pa.array([claims.birth_date], pa.string())
-    if claims.HasField("sex"):
-        columns["sex"] = pa.array([int(claims.sex)], pa.uint8())
-    if claims.HasField("municipality_code"):
-        columns["municipality_code"] = pa.array([claims.municipality_code], pa.string())
-    return pa.table(columns)
+def _claims(claims: pb.Claims) -> dict[str, str | int]:
+    """A typed call's claimed fields, in the message's field order."""
+    return {
+        field.name: int(value) if field.name == "sex" else value
+        for field, value in claims.ListFields()
+    }
 
 
 def _key(key: pb.Key) -> tuple[str, str]:
@@ -315,9 +341,8 @@ def _key(key: pb.Key) -> tuple[str, str]:
     return which, getattr(key, which)
 
 
-def _single(answer: Answer, by: str) -> dict[str, Any]:
+def _single(row: dict[str, Any], by: str) -> dict[str, Any]:
     """The one result row of a typed call; a rejected key is INVALID_ARGUMENT naming it."""
-    row: dict[str, Any] = answer.released().to_pylist()[0]
     if row["error"] is not None:
         raise InvalidIdentifier(f"key.{by}: {row['error'].split(': ', 1)[1]}")
     return row
@@ -338,8 +363,6 @@ def _resident(row: dict[str, Any], fields: Sequence[str]) -> pb.Resident:
             continue
         if field in _ENUMS:
             value = _ENUMS[field](value)
-        elif field in ("birth_date", "status_date"):
-            value = value.isoformat()
         setattr(resident, field, value)
     return resident
 
@@ -353,10 +376,10 @@ class IdentityVerification(pb_grpc.IdentityVerificationServicer):
         try:
             agency = f.caller(context, request.context)
             by, key = _key(request.key)
-            claims = _claims_table(by, key, request.claims)
-            claimed = claims.column_names[1:]
+            claims = _claims(request.claims)
+            claimed = list(claims)
             grant = f.authorize(agency, request.context, by, claimed, ())
-            row = _single(f.answer(grant, request.context, by, claims, 0), by)
+            row = _single(f.answer_one(grant, request.context, by, key, claims), by)
         except JukiError as e:
             abort(context, e)
         matches = [pb.FieldMatch(field=c, match=row[f"{c}_match"]) for c in claimed]
@@ -372,8 +395,7 @@ class IdentityVerification(pb_grpc.IdentityVerificationServicer):
             affair = agency.affairs.get(request.context.affair)
             fields = list(request.fields) or (list(affair.fields) if affair else [])
             grant = f.authorize(agency, request.context, by, (), fields)
-            claims = pa.table({by: pa.array([key], pa.string())})
-            row = _single(f.answer(grant, request.context, by, claims, 0), by)
+            row = _single(f.answer_one(grant, request.context, by, key, {}), by)
         except JukiError as e:
             abort(context, e)
         if not row["found"]:
