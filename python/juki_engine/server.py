@@ -220,11 +220,7 @@ class Frontend:
             out = out.append_column("resident_code", subjects)
         subjects = out["resident_code"].combine_chunks()
         ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
-        try:
-            self.quotas.take(grant, claims.num_rows)
-        except QuotaExhausted:
-            self.audit.record(ctx, subjects, "quota_exhausted")
-            raise
+        self._take_quota(grant, ctx, subjects)
         commit = self.audit.append(ctx, subjects, _outcomes(out))
         return Answer(first_row, out.select(_kept(grant)), commit)
 
@@ -248,13 +244,18 @@ class Frontend:
             outcome = "not_found" if row["error"] is None else "invalid_key"
         subjects = pa.array([row["resident_code"]], pa.string())
         ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
+        self._take_quota(grant, ctx, subjects)
+        self.audit.record(ctx, subjects, outcome)
+        return {name: row[name] for name in _kept(grant)}
+
+    def _take_quota(self, grant: Grant, ctx: AuditContext, subjects: pa.Array) -> None:
+        """Count one record per subject against the grant's daily quota; a refusal is audited
+        before it is raised."""
         try:
-            self.quotas.take(grant, 1)
+            self.quotas.take(grant, len(subjects))
         except QuotaExhausted:
             self.audit.record(ctx, subjects, "quota_exhausted")
             raise
-        self.audit.record(ctx, subjects, outcome)
-        return {name: row[name] for name in _kept(grant)}
 
 
 def _kept(grant: Grant) -> list[str]:
