@@ -18,7 +18,11 @@ It reports, as medians of the repeats:
   target rate leaves the machine's cores (the rate alone moves with other tenants' load);
 - the server's peak RSS, and the audit trail's size on disk;
 - typed per-record Verify: p50/p99 latency at a fixed offered rate, and the most calls/s that
-  a few client threads sustain.
+  a few client threads sustain;
+- the floors under the two bulk targets, each measured alone: the transport (the job's real
+  messages and replies over the same mutual TLS, to a server that does no work), the verify of
+  one message on one thread, and the client's Parquet read and write. No front end can spend
+  less CPU per record than their sum; the report sets each target's budget against it.
 """
 
 from __future__ import annotations
@@ -27,15 +31,18 @@ import argparse
 import concurrent.futures
 import json
 import os
+import queue
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -46,16 +53,24 @@ from juki_engine.bench import current_rss_bytes, gib, log, measure
 from juki_engine.client import (
     AgencyTLS,
     BulkJob,
+    _write_parquet,
     claim_batches,
     request_context,
     run_to_parquet,
+    split_messages,
 )
 from juki_engine.policy import Policy, example_path
 from juki_engine.samples import pension_claims
+from juki_engine.server import RPC_WORKERS, ResultStream, ServerTLS
+from juki_engine.wire import MESSAGE_OPTIONS, write_ipc
 
 FIELDS = ["status", "status_date", "municipality_name", "address_town", "address_block"]
-# Rows in a ~2 MiB claims message of this job (what the client's split_messages cuts).
-MESSAGE_ROWS = 46_000
+# The result columns the pension affair lets the client see, in the server's order.
+KEPT = ["found", "error", "family_name_match", "given_name_match", "birth_date_match", *FIELDS]
+# Claims measured per message (the in-process verify, the floors): the job's first 4 M.
+FLOOR_CLAIMS = 4 << 20
+# A floor is the least CPU a step took over this many repeats, each with the cores to itself.
+FLOOR_REPEATS = 5
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=8, help="client threads for the max rate")
     p.add_argument("--workers", type=int, default=4, help="the server's call threads")
     p.add_argument("--json", help="also write every number to this file")
+    p.add_argument("--echo-server", metavar="DIR", help=argparse.SUPPRESS)  # the transport floor
     return p.parse_args(argv)
 
 
@@ -242,12 +258,25 @@ def typed_max_rate(
         return total / (time.perf_counter() - started)
 
 
+@dataclass(frozen=True)
+class FloorInputs:
+    """What the floors replay: the job's first claims messages as the client sends them, one
+    results message as the server sends it, and those messages' results as the client writes
+    them."""
+
+    messages: list[bytes]
+    reply: bytes
+    written: list[pa.Table]
+    rows: int
+
+
 def prepare(
     snapshot: Path, args: argparse.Namespace, results: dict[str, Any]
-) -> tuple[pa.Table, list[pb.VerifyRequest]]:
-    """The job's claims and the typed requests, and the in-process baseline. The registry opened
-    here is dropped on return: the server maps the same snapshot, and this process's copy (4 GiB
-    of packed rows for the nation) would only crowd the page cache that holds the server's pages."""
+) -> tuple[pa.Table, list[pb.VerifyRequest], FloorInputs]:
+    """The job's claims, the typed requests, the floors' inputs, and the in-process baseline. The
+    registry opened here is dropped on return: the server maps the same snapshot, and this
+    process's copy (4 GiB of packed rows for the nation) would only crowd the page cache that
+    holds the server's pages."""
     registry = Registry.open(snapshot, mmap=True)
     results["population"] = len(registry)
     log(f"registry: {len(registry):,} residents; building {args.claims:,} pension claims")
@@ -259,21 +288,142 @@ def prepare(
         args.claims,
         args.repeats,
     )
-    # What one server worker does per claims message: one thread, a message's rows at a time,
-    # the server's columns (the resident code is the key itself).
+    # What one server worker does per claims message: one thread, a message at a time as the
+    # client cuts them, the server's columns (the resident code is the key itself).
+    head = claims.slice(0, FLOOR_CLAIMS)
     messages = [
-        claims.slice(i, MESSAGE_ROWS) for i in range(0, min(len(claims), 4 << 20), MESSAGE_ROWS)
+        pa.Table.from_batches([m]) for m in split_messages(head.to_batches(max_chunksize=1 << 20))
     ]
+    results["message_rows"] = messages[0].num_rows
     results["in_process_messages"] = measure(
         lambda: [registry.verify(m, "resident_code", columns=FIELDS) for m in messages],
-        sum(m.num_rows for m in messages),
-        args.repeats,
+        head.num_rows,
+        max(args.repeats, FLOOR_REPEATS),
     )
-    return claims, typed_requests(pension_claims(registry, 10_000, seed=2, bad_code_fraction=0.0))
+    answers = [registry.verify(m, "resident_code", columns=FIELDS).select(KEPT) for m in messages]
+    stream = ResultStream()
+    replies = [stream.part(a) for a in answers[:2]]  # the first also carries the dictionaries
+    floor = FloorInputs(
+        messages=[write_ipc(m) for m in messages],
+        reply=replies[-1],
+        written=[
+            a.add_column(0, "resident_code", m["resident_code"])
+            for a, m in zip(answers, messages, strict=True)
+        ],
+        rows=head.num_rows,
+    )
+    typed = typed_requests(pension_claims(registry, 10_000, seed=2, bad_code_fraction=0.0))
+    return claims, typed, floor
+
+
+# The floors -------------------------------------------------------------------------------
+
+
+class EchoVerification(pb_grpc.BulkVerificationServicer):
+    """A bulk service that does no work: each claims message is taken out of its protobuf, as
+    the real server does, and answered with the same recorded results message."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+
+    def VerifyStream(self, requests: Any, context: grpc.ServicerContext) -> Any:
+        for n, message in enumerate(requests):
+            if message.WhichOneof("body") == "claims" and message.claims:
+                yield pb.BulkResponse(first_row=n, results=self.reply)
+
+
+def serve_echo(work: Path) -> int:
+    """The transport floor's server process: `juki serve`'s gRPC settings and mutual TLS."""
+    server = grpc.server(
+        concurrent.futures.ThreadPoolExecutor(max_workers=RPC_WORKERS), options=MESSAGE_OPTIONS
+    )
+    reply = (work / "reply.bin").read_bytes()
+    pb_grpc.add_BulkVerificationServicer_to_server(EchoVerification(reply), server)
+    tls = ServerTLS.in_directory(work / "pki")
+    port = server.add_secure_port("127.0.0.1:0", tls.credentials())
+    server.start()
+    (work / "echo.port").write_text(str(port))
+    server.wait_for_termination()
+    return 0
+
+
+def echo_job(tls: AgencyTLS, address: str, messages: list[bytes]) -> None:
+    """Send the recorded claims messages and read every reply."""
+    with tls.channel(address) as channel:
+        stub = pb_grpc.BulkVerificationStub(channel)
+
+        def requests() -> Any:
+            context = request_context("pension-benefit", "bench")
+            yield pb.BulkRequest(header=pb.BulkHeader(context=context, key=pb.RESIDENT_CODE))
+            for message in messages:
+                yield pb.BulkRequest(claims=message)
+
+        replies = sum(1 for _ in stub.VerifyStream(requests()))
+    if replies != len(messages):
+        raise SystemExit(f"the echo server answered {replies} of {len(messages)} messages")
+
+
+def write_results(tables: list[pa.Table], out: Path) -> None:
+    """The job's own results writer, fed with recorded results."""
+    pending: queue.Queue[pa.Table | None] = queue.Queue()
+    for table in tables:
+        pending.put(table)
+    pending.put(None)
+    failure: list[BaseException] = []
+    _write_parquet(pending, out, "resident_code", failure)
+    if failure:
+        raise failure[0]
+
+
+def least_cpu_ns(result: dict[str, Any]) -> float:
+    """The least CPU (this process, all threads) per item over a `measure` result's repeats."""
+    return 1e9 * min(result["cpu_seconds"]) / result["items"]
+
+
+def measure_floors(
+    work: Path, src: Path, tls: AgencyTLS, floor: FloorInputs, claims: int
+) -> dict[str, float]:
+    """The least CPU per record of each step a bulk job cannot do without, each measured alone
+    (the machine is shared: the least of the repeats is the closest to what the step costs)."""
+    log("floor: reading the claims Parquet, writing the results Parquet")
+    read = measure(
+        lambda: sum(b.num_rows for b in claim_batches(src, 1 << 20)[1]), claims, FLOOR_REPEATS
+    )
+    write = measure(
+        lambda: write_results(floor.written, work / "floor.parquet"), floor.rows, FLOOR_REPEATS
+    )
+    log("floor: the transport, to a server that does no work")
+    (work / "reply.bin").write_bytes(floor.reply)
+    echo = subprocess.Popen(
+        [sys.executable, __file__, "--echo-server", str(work)],
+        stderr=open(work / "echo.log", "wb"),
+    )
+    try:
+        while not (work / "echo.port").exists():
+            if echo.poll() is not None:
+                raise SystemExit(f"echo server exited: {(work / 'echo.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        address = f"127.0.0.1:{(work / 'echo.port').read_text()}"
+        runs = [
+            measure_job(lambda: echo_job(tls, address, floor.messages), floor.rows, 1, echo.pid)
+            for _ in range(FLOOR_REPEATS)
+        ]
+    finally:
+        echo.terminate()
+        echo.wait(timeout=60)
+    transport = min(runs, key=lambda run: run["server_cpu_ns"] + run["client_cpu_ns"])
+    return {
+        "transport_server_ns": transport["server_cpu_ns"],
+        "transport_client_ns": transport["client_cpu_ns"],
+        "parquet_read_ns": least_cpu_ns(read),
+        "parquet_write_ns": least_cpu_ns(write),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.echo_server:
+        return serve_echo(Path(args.echo_server))
     results: dict[str, Any] = {"claims": args.claims, "load_average": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="juki-bench-") as tmp:
         work = Path(tmp)
@@ -283,13 +433,17 @@ def main(argv: list[str] | None = None) -> int:
             snapshot = work / "toyama"
             log("generating Toyama")
             Registry.generate(prefecture="富山県").save(snapshot)
-        claims, requests = prepare(snapshot, args, results)
+        claims, requests, floor = prepare(snapshot, args, results)
         src = work / "pensioners.parquet"
         pq.write_table(claims, src)
         pki = work / "pki"
         agencies = {a.code: a.certificate_subject for a in Policy.load(example_path()).agencies}
         certs.create_demo(pki, agencies)
         tls = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
+        # Before the server starts: each floor is measured with the cores to itself.
+        results["floors"] = measure_floors(work, src, tls, floor, args.claims)
+        results["floors"]["verify_ns"] = least_cpu_ns(results["in_process_messages"])
+        del floor
         trail = work / "audit"
         log("starting juki serve")
         proc, port = start_server(snapshot, pki, trail, work, args.workers)
@@ -334,25 +488,37 @@ def report(r: dict[str, Any]) -> None:
     e2e = r["end_to_end"]
     print(f"\n{r['claims']:,} pension claims against {r['population']:,} residents")
     print(f"  in-process verify      {base / 1e6:8.2f} M/s (baseline)")
-    if "in_process_messages" in r:
-        per = r["in_process_messages"]["rate_per_s"]
-        calls = f"one thread, {MESSAGE_ROWS:,}-row calls"
-        print(f"  in-process, per message {per / 1e6:8.2f} M/s ({calls})")
+    per = r["in_process_messages"]["rate_per_s"]
+    calls = f"one thread, {r['message_rows']:,}-row messages"
+    print(f"  in-process, per message {per / 1e6:8.2f} M/s ({calls})")
     print(f"  bulk stream (mTLS+audit){stream / 1e6:7.2f} M/s   = {stream / base:.2f}× in-process")
     print(
         f"  end-to-end job         {e2e['rate_per_s'] / 1e6:8.2f} M/s   "
         f"({statistics.median(e2e['seconds']):.2f} s median)"
     )
-    # The targets as CPU budgets: what the machine's cores can spend per record.
+    # The targets as CPU budgets: what the machine's cores can spend per record; the floors as
+    # the least any front end spends: the steps each job cannot do without, each measured alone.
+    f = r["floors"]
+    transport = f["transport_server_ns"] + f["transport_client_ns"]
+    print(
+        f"  floors, CPU a record    transport {transport:4.0f} (server "
+        f"{f['transport_server_ns']:.0f} + client {f['transport_client_ns']:.0f}), verify "
+        f"{f['verify_ns']:.0f}, Parquet read {f['parquet_read_ns']:.0f} + write "
+        f"{f['parquet_write_ns']:.0f}"
+    )
     cores = os.cpu_count() or 1
-    for name, job, budget, target in (
-        ("bulk stream", r["bulk_stream"], cores * 1e9 / 5e6, "5 M/s"),
-        ("end-to-end", e2e, cores * 10e9 / 40e6, "40 M in 10 s"),
+    stream_floor = transport + f["verify_ns"]
+    e2e_floor = stream_floor + f["parquet_read_ns"] + f["parquet_write_ns"]
+    for name, job, budget, target, floor in (
+        ("bulk stream", r["bulk_stream"], cores * 1e9 / 5e6, "5 M/s", stream_floor),
+        ("end-to-end", e2e, cores * 10e9 / 40e6, "40 M in 10 s", e2e_floor),
     ):
-        server, client = job["server_cpu_ns"], job["client_cpu_ns"]
+        spent = job["server_cpu_ns"] + job["client_cpu_ns"]
         print(
-            f"  {name + ' CPU':22s} server {server:4.0f} + client {client:4.0f} = "
-            f"{server + client:4.0f} ns/record ({target} on {cores} cores: ≤ {budget:.0f})"
+            f"  {name + ' CPU':22s} server {job['server_cpu_ns']:4.0f} + client "
+            f"{job['client_cpu_ns']:4.0f} = {spent:4.0f} ns/record = {spent / floor:.2f}× its "
+            f"floor of {floor:.0f}; {target} on {cores} cores allows {budget:.0f} = "
+            f"{budget / floor:.2f}× the floor"
         )
     print(f"  server peak RSS        {gib(r['server_peak_rss_bytes'])}")
     print(f"  audit trail on disk    {r['audit_bytes'] / 2**20:8.1f} MiB")

@@ -80,6 +80,7 @@ def measure(fn: Callable[[], Any], items: int, repeats: int) -> dict[str, Any]:
         "rate_per_s": items / median,
         # CPU time over wall time: how many cores the call kept busy (all threads of the process).
         "cpu_per_wall": sum(cpu_seconds) / sum(seconds),
+        "cpu_seconds": cpu_seconds,
     }
 
 
