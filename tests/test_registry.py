@@ -541,8 +541,22 @@ def draw_claims(
     return claims, fields
 
 
+TEXT_LAYOUTS: dict[str, Callable[[pa.Array], pa.Array]] = {
+    "string": lambda a: a,
+    "large_string": lambda a: a.cast(pa.large_string()),
+    "string_view": lambda a: a.cast(pa.string_view()),
+    # As Parquet readers give names with `read_dictionary` (the bulk job's client does).
+    "dictionary": lambda a: a.dictionary_encode(),
+}
+
+
 def claims_table(
-    claims: list[Row], kind: str, fields: list[str], date_as: str, sex_type: pa.DataType
+    claims: list[Row],
+    kind: str,
+    fields: list[str],
+    date_as: str,
+    sex_type: pa.DataType,
+    text_as: str = "string",
 ) -> pa.Table:
     columns: dict[str, pa.Array] = {kind: pa.array([c[kind] for c in claims], pa.string())}
     for f in fields:
@@ -556,7 +570,7 @@ def claims_table(
         elif f == "sex":
             columns[f] = pa.array(values, sex_type)
         else:
-            columns[f] = pa.array(values, pa.string())
+            columns[f] = TEXT_LAYOUTS[text_as](pa.array(values, pa.string()))
     return pa.table(columns)
 
 
@@ -566,6 +580,7 @@ def claims_table(
     data=st.data(),
     date_as=st.sampled_from(["date32", "string"]),
     sex_type=st.sampled_from([pa.uint8(), pa.int64(), pa.int8(), pa.uint16()]),
+    text_as=st.sampled_from(list(TEXT_LAYOUTS)),
 )
 def test_verify_matches_reference(
     small: Registry,
@@ -575,10 +590,11 @@ def test_verify_matches_reference(
     data: st.DataObject,
     date_as: str,
     sex_type: pa.DataType,
+    text_as: str,
 ) -> None:
     index = small_by[kind]
     claims, fields = draw_claims(data, kind, index, small_rows)
-    table = claims_table(claims, kind, fields, date_as, sex_type)
+    table = claims_table(claims, kind, fields, date_as, sex_type, text_as)
     out = small.verify(table, by=kind)
     check_verify(out, kind, claims, fields, index)
 

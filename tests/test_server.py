@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import reference as ref
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,7 +30,13 @@ from juki_engine import Registry, audit, certs, server
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.audit import AuditTrail
-from juki_engine.client import AgencyTLS, BulkJob, request_context, split_messages
+from juki_engine.client import (
+    AgencyTLS,
+    BulkJob,
+    claim_batches,
+    request_context,
+    split_messages,
+)
 from juki_engine.policy import CLAIMABLE, Policy, example_path
 
 Row = dict[str, Any]
@@ -430,6 +437,19 @@ def claims_of(small_rows: list[Row], n: int, start: int = 0) -> pa.Table:
             "birth_date": pa.array([r["birth_date"] for r in rows], pa.date32()),
         }
     )
+
+
+def test_claims_from_parquet_read_as_stored(small_rows: list[Row], tmp_path: Path) -> None:
+    claims = claims_of(small_rows, 30_000)
+    claims = claims.append_column("given_name", pa.array([None] * 5 + ["太郎"] * 29_995))
+    src = tmp_path / "claims.parquet"
+    pq.write_table(claims, src, row_group_size=12_000)
+    rows, batches = claim_batches(src, 12_000)
+    read = pa.Table.from_batches(list(batches))
+    assert rows == claims.num_rows
+    # Names read through Parquet's dictionaries come out as the strings they were written as.
+    assert read.schema == claims.schema
+    assert read.equals(claims)
 
 
 def test_bulk_job_results_and_audit(
