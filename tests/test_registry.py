@@ -545,7 +545,7 @@ TEXT_LAYOUTS: dict[str, Callable[[pa.Array], pa.Array]] = {
     "string": lambda a: a,
     "large_string": lambda a: a.cast(pa.large_string()),
     "string_view": lambda a: a.cast(pa.string_view()),
-    # As Parquet readers give names with `read_dictionary` (the bulk job's client does).
+    # As Polars categoricals, or Parquet read with `read_dictionary`, give them.
     "dictionary": lambda a: a.dictionary_encode(),
 }
 

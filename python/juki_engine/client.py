@@ -30,10 +30,10 @@ from juki_engine.wire import KEY_KINDS, MESSAGE_OPTIONS, write_ipc
 MESSAGE_TARGET_BYTES = 2 << 20
 # Claimed texts that repeat across a job (the nation has ~2,000 family and ~44,000 given names).
 # Parquet stores them dictionary-encoded: read as dictionaries and decoded by Arrow, they cost
-# the client less than Parquet's own decoding (reading and encoding 4 M national claims: 110-130
-# -> 89-93 ns a record). They are sent decoded: the server compares a message's strings in
-# order, where a dictionary's keys would send each row to a random entry (+45-50 ns a record of
-# the server's verify, BENCHMARKS.md).
+# the client less than Parquet's own decoding (reading 4 M national claims: 128 -> 94 ns a
+# record). They are sent decoded: the server compares a message's strings in order, where a
+# dictionary's keys would send each row to a random entry (+45-50 ns a record of the server's
+# verify, BENCHMARKS.md).
 DICTIONARY_CLAIMS = (
     "family_name",
     "family_name_kana",
