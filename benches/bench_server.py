@@ -61,8 +61,8 @@ from juki_engine.client import (
 )
 from juki_engine.policy import Policy, example_path
 from juki_engine.samples import pension_claims
-from juki_engine.server import RPC_WORKERS, ResultStream, ServerTLS
-from juki_engine.wire import MESSAGE_OPTIONS, write_ipc
+from juki_engine.service import RPC_WORKERS, ServerTLS
+from juki_engine.service.wire import MESSAGE_OPTIONS, ResultStream, write_ipc
 
 FIELDS = ["status", "status_date", "municipality_name", "address_town", "address_block"]
 # The result columns the pension affair lets the client see, in the server's order.

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from juki_engine import Registry, audit, server
+from juki_engine import Registry, audit, service
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.cli import main
@@ -113,8 +113,9 @@ def served(
     """A server over the CLI's snapshot: (address, certificate directory, audit directory)."""
     base = tmp_path_factory.mktemp("served")
     assert main(["certs", "--out", str(base / "certs")]) == 0
-    frontend = server.Frontend.open(Registry.open(snapshot), example_path(), base / "audit")
-    running = server.start(frontend, server.ServerTLS.in_directory(base / "certs"))
+    policy = base / "certs" / "policy.toml"  # the example, bound to the demo CA by `juki certs`
+    frontend = service.Frontend.open(Registry.open(snapshot), policy, base / "audit")
+    running = service.start(frontend, service.ServerTLS.in_directory(base / "certs"))
     try:
         yield f"127.0.0.1:{running.port}", base / "certs", base / "audit"
     finally:
@@ -158,7 +159,7 @@ def test_verify_over_grpc(
     if fields is None:
         assert retrieved == set()
     elif fields == "all":
-        nenkin = Policy.load(example_path()).agency_for("CN=nenkin,O=日本年金機構,C=JP")
+        nenkin = Policy.load(example_path()).agency("nenkin")
         assert retrieved | {"status", "resident_code"} == set(
             nenkin.affairs["pension-benefit"].fields
         )
@@ -243,7 +244,7 @@ def test_serve_reloads_on_sighup_and_stops_on_sigterm(
 ) -> None:
     _, pki, _ = served
     policy = tmp_path / "policy.toml"
-    policy.write_text(example_path().read_text())
+    policy.write_text((pki / "policy.toml").read_text())
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
         [

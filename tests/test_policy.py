@@ -56,11 +56,21 @@ def affair(**changes: Any) -> dict[str, Any]:
     return entry
 
 
+# The example policy's placeholder CA, and the binding every document here is loaded with.
+DEMO = "0" * 64
+
+
+def bound(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` with the demo CA declared (as every policy declares its CAs)."""
+    return {"certificate_authorities": {"demo": DEMO}, **document}
+
+
 def agency(code: str = "nenkin", **changes: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "code": code,
         "name": "日本年金機構",
         "certificate_subject": f"CN={code},O=日本年金機構,C=JP",
+        "certificate_issuer": "demo",
         "affair": [affair()],
     }
     entry.update(changes)
@@ -69,7 +79,9 @@ def agency(code: str = "nenkin", **changes: Any) -> dict[str, Any]:
 
 def single(**affair_changes: Any) -> Agency:
     """The one agency of a policy holding one affair, `affair()` changed as given."""
-    (only,) = Policy.from_dict({"agency": [agency(affair=[affair(**affair_changes)])]}).agencies
+    (only,) = Policy.from_dict(
+        bound({"agency": [agency(affair=[affair(**affair_changes)])]})
+    ).agencies
     return only
 
 
@@ -92,7 +104,7 @@ def test_example_lists_the_agencies(example: Policy) -> None:
     for a in example.agencies:
         assert a.certificate_subject == f"CN={a.code},O={a.name},C=JP"
         assert a.certificate_subject == canonical_subject(a.certificate_subject)
-        assert example.agency_for(a.certificate_subject) is a
+        assert example.agency_for(a.certificate_subject, DEMO) is a
         assert a.affairs, a.code
 
 
@@ -104,7 +116,7 @@ def test_example_discloses_my_number_only_to_nenkin(example: Policy) -> None:
         if "my_number" in x.fields or "my_number" in x.keys
     }
     assert with_my_number == {("nenkin", "pension-benefit")}
-    pension = example.agency_for("CN=nenkin,O=日本年金機構,C=JP").affairs["pension-benefit"]
+    pension = example.agency_for("CN=nenkin,O=日本年金機構,C=JP", DEMO).affairs["pension-benefit"]
     assert pension.keys == frozenset(KEYS)
     assert "my_number" in pension.fields
 
@@ -124,8 +136,8 @@ def test_example_affairs_are_well_formed(example: Policy) -> None:
 
 
 def test_example_same_affair_code_under_two_agencies(example: Policy) -> None:
-    mofa = example.agency_for("CN=mofa,O=外務省,C=JP").affairs["passport"]
-    toyama = example.agency_for("CN=toyama-pref,O=富山県,C=JP").affairs["passport"]
+    mofa = example.agency_for("CN=mofa,O=外務省,C=JP", DEMO).affairs["passport"]
+    toyama = example.agency_for("CN=toyama-pref,O=富山県,C=JP", DEMO).affairs["passport"]
     assert mofa != toyama
     assert "prefecture" in mofa.fields
     assert "prefecture" not in toyama.fields
@@ -180,6 +192,27 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         "agency without name",
         {"agency": [{k: v for k, v in agency().items() if k != "name"}]},
         r"policy <memory>: agency 'nenkin': 'name' must be a non-empty string",
+    ),
+    (
+        "agency without issuer",
+        {"agency": [{k: v for k, v in agency().items() if k != "certificate_issuer"}]},
+        r"agency 'nenkin': 'certificate_issuer' must be a non-empty string",
+    ),
+    (
+        "issuer not declared",
+        broken("agency", certificate_issuer="elsewhere"),
+        r"agency 'nenkin': 'certificate_issuer' 'elsewhere' is not one of the policy's "
+        r"certificate_authorities \['demo'\]",
+    ),
+    (
+        "one key pin",
+        broken("agency", key_pins=["ab" * 32]),
+        r"agency 'nenkin': 'key_pins': pin two keys or more",
+    ),
+    (
+        "a pin that is no digest",
+        broken("agency", key_pins=["ab" * 32, "xyz"]),
+        r"agency 'nenkin': 'key_pins': \['xyz'\] are not SHA-256 digests",
     ),
     (
         "agency without subject",
@@ -321,49 +354,85 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
 )
 def test_malformed_policies_are_named(document: dict[str, Any], message: str) -> None:
     with pytest.raises(PolicyError, match=message):
-        Policy.from_dict(document)
+        Policy.from_dict(bound(document))
 
 
 def test_source_names_the_file_in_errors() -> None:
     with pytest.raises(PolicyError, match=r"^policy /etc/juki/policy\.toml: agency 'nenkin', "):
-        Policy.from_dict(broken("affair", modes=["write"]), "/etc/juki/policy.toml")
+        Policy.from_dict(bound(broken("affair", modes=["write"])), "/etc/juki/policy.toml")
 
 
 def test_the_second_agency_is_named_by_position_or_code() -> None:
     document = {"agency": [agency("nenkin"), {"code": "moj", "nickname": "x"}]}
     with pytest.raises(PolicyError, match=r"agency #2: unknown keys \['nickname'\]"):
-        Policy.from_dict(document)
+        Policy.from_dict(bound(document))
     document = {"agency": [agency("nenkin"), agency("moj", affair=[affair(), affair(code="b"), 7])]}
     with pytest.raises(PolicyError, match=r"agency 'moj', affair #3 must be a table"):
-        Policy.from_dict(document)
+        Policy.from_dict(bound(document))
 
 
 def test_a_valid_document_is_not_changed_by_loading() -> None:
     document = {"agency": [agency()]}
     before = copy.deepcopy(document)
-    Policy.from_dict(document)
+    Policy.from_dict(bound(document))
     assert document == before
 
 
+@pytest.mark.parametrize("fingerprint", ["abc", "g" * 64, 7])
+def test_a_ca_is_named_by_its_fingerprint(fingerprint: Any) -> None:
+    document = {"certificate_authorities": {"demo": fingerprint}, "agency": [agency()]}
+    with pytest.raises(PolicyError, match=r"'certificate_authorities': 'demo' must be"):
+        Policy.from_dict(document)
+
+
+def test_a_subject_is_bound_to_its_ca() -> None:
+    other = "ab" * 32
+    policy = Policy.from_dict(
+        {
+            "certificate_authorities": {"demo": DEMO, "other": other},
+            "agency": [agency("nenkin"), agency("moj", certificate_issuer="other")],
+        }
+    )
+    subject = "CN=nenkin,O=日本年金機構,C=JP"
+    # moj's subject differs; nenkin's subject from the other CA names no one.
+    assert policy.agency_for(subject, DEMO).code == "nenkin"
+    with pytest.raises(NotPermitted, match="not a registered agency"):
+        policy.agency_for(subject, other)
+
+
+def test_key_pins_admit_only_the_pinned_keys() -> None:
+    pins = ["aa" * 32, "bb" * 32]
+    (nenkin,) = Policy.from_dict(bound({"agency": [agency(key_pins=pins)]})).agencies
+    policy = Policy([nenkin], authorities={"demo": DEMO})
+    subject = nenkin.certificate_subject
+    assert policy.agency_for(subject, DEMO, "bb" * 32) is nenkin
+    with pytest.raises(NotPermitted, match="holds a key not pinned for agency 'nenkin'"):
+        policy.agency_for(subject, DEMO, "cc" * 32)
+
+
 def test_an_empty_policy_grants_nothing() -> None:
-    empty = Policy.from_dict({})
+    empty = Policy.from_dict(bound({}))
     assert empty.agencies == []
     with pytest.raises(NotPermitted):
-        empty.agency_for("CN=nenkin,O=日本年金機構,C=JP")
+        empty.agency_for("CN=nenkin,O=日本年金機構,C=JP", DEMO)
 
 
 def test_quota_defaults_to_unlimited() -> None:
     entry = affair()
     del entry["daily_quota"]
-    (only,) = Policy.from_dict({"agency": [agency(affair=[entry])]}).agencies
+    (only,) = Policy.from_dict(bound({"agency": [agency(affair=[entry])]})).agencies
     assert only.affairs["pension-benefit"].daily_quota == 0
 
 
 POLICY_TOML = """\
+[certificate_authorities]
+demo = "0000000000000000000000000000000000000000000000000000000000000000"
+
 [[agency]]
 code = "nenkin"
 name = "日本年金機構"
 certificate_subject = "CN=nenkin,O=日本年金機構,C=JP"
+certificate_issuer = "demo"
 
   [[agency.affair]]
   code = "pension-benefit"
@@ -446,24 +515,24 @@ def test_load_names_a_file_that_is_not_utf8(tmp_path: Path) -> None:
 def test_certificate_subjects_are_canonicalised(written: str) -> None:
     canonical = "CN=nenkin+O=日本年金機構,C=JP"
     assert canonical_subject(written) == canonical
-    loaded = Policy.from_dict({"agency": [agency(certificate_subject=written)]})
+    loaded = Policy.from_dict(bound({"agency": [agency(certificate_subject=written)]}))
     (nenkin,) = loaded.agencies
     assert nenkin.certificate_subject == canonical
-    assert loaded.agency_for(canonical) is nenkin
+    assert loaded.agency_for(canonical, DEMO) is nenkin
 
 
 def test_agency_for_matches_the_subject_exactly(example: Policy) -> None:
-    nenkin = example.agency_for("CN=nenkin,O=日本年金機構,C=JP")
+    nenkin = example.agency_for("CN=nenkin,O=日本年金機構,C=JP", DEMO)
     assert nenkin.code == "nenkin"
     for other in ("CN=nenkin,O=日本年金機構", "CN=nenkin,O=日本年金機構,C=US", "CN=nenkin"):
         with pytest.raises(NotPermitted, match=re.escape(f"'{other}' is not a registered agency")):
-            example.agency_for(other)
+            example.agency_for(other, DEMO)
 
 
 @pytest.mark.parametrize("subject", ["", "CN=mallory,O=x,C=JP", "CN=nenkin, O=日本年金機構, C=JP"])
 def test_agency_for_refuses_an_unknown_subject(example: Policy, subject: str) -> None:
     with pytest.raises(NotPermitted, match=rf"certificate subject '{re.escape(subject)}'"):
-        example.agency_for(subject)
+        example.agency_for(subject, DEMO)
 
 
 # ----------------------------------------------------------------------------- authorize
@@ -471,12 +540,12 @@ def test_agency_for_refuses_an_unknown_subject(example: Policy, subject: str) ->
 
 @pytest.fixture(scope="module")
 def nenkin(example: Policy) -> Agency:
-    return example.agency_for("CN=nenkin,O=日本年金機構,C=JP")
+    return example.agency_for("CN=nenkin,O=日本年金機構,C=JP", DEMO)
 
 
 @pytest.fixture(scope="module")
 def moj(example: Policy) -> Agency:
-    return example.agency_for("CN=moj,O=法務省,C=JP")
+    return example.agency_for("CN=moj,O=法務省,C=JP", DEMO)
 
 
 def test_verify_is_granted(example: Policy, moj: Agency) -> None:
@@ -579,7 +648,7 @@ def test_a_field_that_cannot_be_claimed_is_refused(
 def test_a_field_not_allowed_is_refused(
     example: Policy, claimed: list[str], retrieve: list[str], field: str
 ) -> None:
-    mlit = example.agency_for("CN=mlit,O=国土交通省,C=JP")
+    mlit = example.agency_for("CN=mlit,O=国土交通省,C=JP", DEMO)
     with pytest.raises(
         NotPermitted, match=rf"affair 'appraiser-exam' does not disclose the field '{field}'"
     ):
@@ -623,7 +692,7 @@ def test_authorize_grants_exactly_what_the_affair_allows(
     case: tuple[dict[str, Any], str, str, list[str], list[str]],
 ) -> None:
     entry, code, key, claimed, retrieve = case
-    granted = Policy.from_dict({"agency": [agency(affair=[entry])]})
+    granted = Policy.from_dict(bound({"agency": [agency(affair=[entry])]}))
     (only,) = granted.agencies
     x = only.affairs["a"]
     needed = {mode for mode, asked in (("verify", claimed), ("retrieve", retrieve)) if asked}
@@ -657,7 +726,9 @@ def grant_for(
     quota: int, agency_code: str = "nenkin", affair_code: str = "pension-benefit"
 ) -> Grant:
     only = Policy.from_dict(
-        {"agency": [agency(agency_code, affair=[affair(code=affair_code, daily_quota=quota)])]}
+        bound(
+            {"agency": [agency(agency_code, affair=[affair(code=affair_code, daily_quota=quota)])]}
+        )
     ).agencies[0]
     return Policy([only]).authorize(only, affair_code, "resident_code", ["family_name"])
 
@@ -677,8 +748,8 @@ def test_quotas_count_per_agency_and_affair() -> None:
 
 
 def test_example_passport_quotas_are_separate(example: Policy) -> None:
-    mofa = example.agency_for("CN=mofa,O=外務省,C=JP")
-    toyama = example.agency_for("CN=toyama-pref,O=富山県,C=JP")
+    mofa = example.agency_for("CN=mofa,O=外務省,C=JP", DEMO)
+    toyama = example.agency_for("CN=toyama-pref,O=富山県,C=JP", DEMO)
     quotas = Quotas()
     quotas.take(example.authorize(toyama, "passport", "resident_code", ["sex"]), 100_000)
     quotas.take(example.authorize(mofa, "passport", "resident_code", ["sex"]), 5)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from juki_engine._core import JukiError
 
 __all__ = [
+    "ANSWERED",
     "MODES",
     "OUTCOMES",
     "SCHEMA",
@@ -46,10 +47,28 @@ __all__ = [
     "read",
 ]
 
-OUTCOMES = ("disclosed", "not_found", "invalid_key", "denied", "quota_exhausted")
-"""What happened to one record of a request: disclosed, or why not."""
-MODES = ("verify", "retrieve", "verify+retrieve")
-"""What the agency asked for: verify claims (照合), retrieve fields (提供), or both."""
+OUTCOMES = (
+    "disclosed",
+    "not_found",
+    "invalid_key",
+    "denied",
+    "quota_exhausted",
+    "invalid_request",
+    "unavailable",
+    "failed",
+)
+"""What happened to one record of a request: disclosed, or why not. `disclosed`, `not_found` and
+`invalid_key` are answers (the reply says so, row by row); the rest are refusals of the whole
+call: `denied` (policy or identity), `quota_exhausted`, `invalid_request` (the request itself is
+malformed), `unavailable` (the server could not answer safely: its audit trail or capacity) and
+`failed` (an internal error, its id in `reason`)."""
+ANSWERED = ("disclosed", "not_found", "invalid_key")
+"""The outcomes of records the server answered: what daily quotas count."""
+# Characters of a refusal's reason kept in its record.
+_REASON_CHARS = 256
+MODES = ("verify", "retrieve", "verify+retrieve", "list_affairs")
+"""What the agency asked for: verify claims (照合), retrieve fields (提供), both, or the list of
+its affairs (recorded only when refused: it discloses nothing of a resident)."""
 
 _TIME = pa.timestamp("us", tz="UTC")
 _CONTEXT_COLUMNS = ("agency", "operator", "request_id", "affair", "mode", "fields")
@@ -59,7 +78,13 @@ _STORED_SCHEMA = pa.schema(
         *((name, pa.dictionary(pa.int32(), pa.string())) for name in _CONTEXT_COLUMNS),
         ("subject", pa.string()),
         ("outcome", pa.dictionary(pa.int8(), pa.string())),
+        ("reason", pa.dictionary(pa.int32(), pa.string())),
     ],
+    metadata={"juki_engine.audit": "2"},
+)
+# Segments written before records carried a reason: read with a null one.
+_STORED_SCHEMA_V1 = pa.schema(
+    _STORED_SCHEMA.remove(_STORED_SCHEMA.get_field_index("reason")),
     metadata={"juki_engine.audit": "1"},
 )
 SCHEMA = pa.schema(
@@ -122,20 +147,22 @@ class AuditContext:
 class Commit:
     """The promise of one `append`: `wait` returns once its records are fsync'd."""
 
-    __slots__ = ("_done", "_failure")
+    __slots__ = ("_done", "_failure", "entry")
 
     def __init__(self) -> None:
         self._done = threading.Event()
         self._failure: AuditUnavailable | None = None
+        self.entry: _Entry | None = None
 
     def _settle(self, failure: AuditUnavailable | None) -> None:
         self._failure = failure
         self._done.set()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Return once the records are durable; raise `AuditUnavailable` if they never will be."""
+        """Return once the records are durable; raise `AuditUnavailable` if they never will be,
+        or are not within `timeout` seconds (see `AuditTrail.withdraw`)."""
         if not self._done.wait(timeout):
-            raise TimeoutError(f"audit records not yet durable after {timeout} s")
+            raise AuditUnavailable(f"audit records not durable after {timeout} s")
         if self._failure is not None:
             raise AuditUnavailable(str(self._failure)) from self._failure
 
@@ -149,6 +176,7 @@ class _Entry:
     subjects: pa.Array
     outcomes: pa.Array | int  # int8 codes into OUTCOMES, or one code for every row
     commit: Commit
+    reason: str | None
 
 
 class _Segment:
@@ -248,14 +276,23 @@ class AuditTrail:
     def directory(self) -> Path:
         return self._directory
 
-    def append(self, context: AuditContext, subjects: pa.Array, outcomes: str | pa.Array) -> Commit:
+    def append(
+        self,
+        context: AuditContext,
+        subjects: pa.Array,
+        outcomes: str | pa.Array,
+        reason: str | None = None,
+    ) -> Commit:
         """Queue one record per subject; durable once the returned Commit's `wait` returns.
 
         `subjects` are resident codes (null where a record has no subject); `outcomes` is one of
-        `OUTCOMES` for every row, or a string or dictionary array of them, one per row.
+        `OUTCOMES` for every row, or a string or dictionary array of them, one per row; `reason`
+        says why a call was refused (cut to a few hundred characters).
         """
         subject_array = _subject_array(subjects)
         codes = _outcome_codes(outcomes, len(subject_array))
+        if reason is not None and len(reason) > _REASON_CHARS:
+            reason = reason[:_REASON_CHARS] + "…"
         commit = Commit()
         with self._cond:
             if self._failure is not None:
@@ -267,16 +304,35 @@ class AuditTrail:
             if len(subject_array) == 0:
                 commit._settle(None)  # nothing to record
                 return commit
-            self._pending.append(_Entry(self._last_us, context, subject_array, codes, commit))
+            commit.entry = _Entry(self._last_us, context, subject_array, codes, commit, reason)
+            self._pending.append(commit.entry)
             # Wake the writer for the first entry of a pass, or one too large to wait; a wake per
             # small append would cut short the writer's group-commit wait below.
             if len(self._pending) == 1 or len(subject_array) >= _SMALL_APPEND:
                 self._cond.notify()
         return commit
 
-    def record(self, context: AuditContext, subjects: pa.Array, outcomes: str | pa.Array) -> None:
+    def record(
+        self,
+        context: AuditContext,
+        subjects: pa.Array,
+        outcomes: str | pa.Array,
+        reason: str | None = None,
+    ) -> None:
         """`append`, then wait until the records are durable."""
-        self.append(context, subjects, outcomes).wait()
+        self.append(context, subjects, outcomes, reason).wait()
+
+    def withdraw(self, commit: Commit, outcome: str, reason: str) -> bool:
+        """Rewrite a commit's records to `outcome` (every row) and `reason` if the writer has not
+        taken them yet: for a reply that will not leave after all (its commit timed out), so the
+        trail does not claim a disclosure. False if they are already being written."""
+        codes = _outcome_codes(outcome, 0)
+        with self._cond:
+            entry = commit.entry
+            if entry is None or not any(e is entry for e in self._pending):
+                return False
+            entry.outcomes, entry.reason = codes, reason[:_REASON_CHARS]
+            return True
 
     def close(self) -> None:
         """Write what is pending, fsync, stop the writer. Idempotent.
@@ -466,6 +522,18 @@ def _record_batch(entries: list[_Entry]) -> pa.RecordBatch:
             indices = pa.array(np.repeat(codes, lengths))
         return pa.DictionaryArray.from_arrays(indices, pa.array(unique, pa.string()), safe=False)
 
+    def reasons() -> pa.DictionaryArray:
+        values = [entry.reason for entry in entries]
+        if all(value is None for value in values):
+            return pa.DictionaryArray.from_arrays(
+                pa.nulls(rows, pa.int32()), pa.array([], pa.string())
+            )
+        unique = list(dict.fromkeys(v for v in values if v is not None))
+        position = {value: index for index, value in enumerate(unique)}
+        codes = pa.array(np.repeat([position.get(v, -1) for v in values], lengths), pa.int32())
+        indices = pc.if_else(pc.equal(codes, -1), pa.scalar(None, pa.int32()), codes)
+        return pa.DictionaryArray.from_arrays(indices, pa.array(unique, pa.string()))
+
     contexts = [entry.context for entry in entries]
     times = np.repeat(np.array([entry.time_us for entry in entries], np.int64), lengths)
     if len(entries) == 1:
@@ -495,6 +563,7 @@ def _record_batch(entries: list[_Entry]) -> pa.RecordBatch:
             label([",".join(context.fields) for context in contexts]),
             subjects,
             pa.DictionaryArray.from_arrays(codes, _OUTCOME_VALUES, safe=False),
+            reasons(),
         ],
         schema=_STORED_SCHEMA,
     )
@@ -679,6 +748,14 @@ def _decode(data: bytes, end: int, path: Path) -> list[pa.RecordBatch]:
         return []
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(data)[:end])
+        if reader.schema.equals(_STORED_SCHEMA_V1):
+            reason = _STORED_SCHEMA.field("reason").type
+            return [
+                pa.RecordBatch.from_arrays(
+                    [*batch.columns, pa.nulls(batch.num_rows, reason)], schema=_STORED_SCHEMA
+                )
+                for batch in reader
+            ]
         if not reader.schema.equals(_STORED_SCHEMA):
             raise AuditUnavailable(f"{path} is not an audit segment (schema {reader.schema})")
         return list(reader)
@@ -805,7 +882,8 @@ def read(
 
 
 def counts_since(directory: str | os.PathLike[str], since: datetime) -> dict[tuple[str, str], int]:
-    """{(agency, affair): records disclosed since `since`}: the server's quotas restore from it."""
+    """{(agency, affair): records answered since `since`} (outcomes in `ANSWERED`): what the
+    server's daily quotas count, live and when restored from the trail after a restart."""
     since_us = _micros(since)
     counts: dict[tuple[str, str], int] = {}
     for batch in _batches(Path(directory), since_us, None):
@@ -814,9 +892,10 @@ def counts_since(directory: str | os.PathLike[str], since: datetime) -> dict[tup
             continue
         outcome = rows.column("outcome")
         values = outcome.dictionary.to_pylist()
-        if "disclosed" not in values:
+        answered = [code for code, value in enumerate(values) if value in ANSWERED]
+        if not answered:
             continue
-        mask = pc.equal(outcome.indices, values.index("disclosed"))
+        mask = pc.is_in(outcome.indices, pa.array(answered, outcome.indices.type))
         agency, affair = rows.column("agency"), rows.column("affair")
         if len(agency.dictionary) == 1 and len(affair.dictionary) == 1:
             count = int(pc.sum(mask).as_py() or 0)

@@ -28,6 +28,7 @@ issued with it; `canonical_subject` rewrites any parseable RFC 4514 string into 
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import os
 import re
@@ -54,6 +55,9 @@ __all__ = [
     "canonical_subject",
     "certificate_subject",
     "create_demo",
+    "fingerprint",
+    "key_pin",
+    "write_demo_policy",
 ]
 
 CA_CERT = "ca.pem"
@@ -66,6 +70,9 @@ DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 _CLOCK_SKEW = timedelta(minutes=5)
 # Names become file names: no separators, no leading dot, nothing a shell or Windows mangles.
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+# The demo CA's line in a policy's [certificate_authorities] table.
+_DEMO_AUTHORITY = re.compile(r'^(demo\s*=\s*)"[0-9a-fA-F:]*"', re.MULTILINE)
 
 _SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -282,6 +289,31 @@ class CertificateAuthority:
         _write_replacing(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
         return paths
 
+    def write_crl(
+        self, revoked: Sequence[str | os.PathLike[str]], path: str | os.PathLike[str]
+    ) -> Path:
+        """A certificate revocation list (PEM) at `path` revoking the certificates at the given
+        paths (the server honours it with `juki serve --crl`); rewritten atomically."""
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - _CLOCK_SKEW)
+            .next_update(now + timedelta(days=7))
+        )
+        for cert_path in revoked:
+            cert = x509.load_pem_x509_certificate(_read(Path(cert_path), "certificate"))
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(now - _CLOCK_SKEW)
+                .build()
+            )
+        crl = builder.sign(self._key, hashes.SHA256())
+        out = Path(path)
+        _write_replacing(out, crl.public_bytes(serialization.Encoding.PEM))
+        return out
+
     def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
         # Copy the CA's own subjectKeyIdentifier where it has one: verifiers match the two, and a
         # CA made elsewhere may have computed its identifier differently.
@@ -311,6 +343,32 @@ def certificate_subject(pem: bytes) -> str:
     `pem` is typically a gRPC peer's ``context.auth_context()["x509_pem_cert"][0]``.
     """
     return _canonical(x509.load_pem_x509_certificate(pem).subject)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """The SHA-256 fingerprint of a certificate's DER encoding, lower-case hex: how a policy
+    names the CA that issues an agency's certificates."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def key_pin(cert: x509.Certificate) -> str:
+    """The SHA-256 of a certificate's SubjectPublicKeyInfo, lower-case hex: a policy's key pin."""
+    return hashlib.sha256(_spki(cert.public_key())).hexdigest()
+
+
+def write_demo_policy(directory: str | os.PathLike[str], template: str | os.PathLike[str]) -> Path:
+    """`policy.toml` in the demo certificate `directory`: the policy `template` with its `demo`
+    certificate authority bound to the fingerprint of the directory's CA (see
+    `policy.example.toml`). Rewritten atomically; returns its path."""
+    directory = Path(directory)
+    ca = x509.load_pem_x509_certificate(_read(directory / CA_CERT, "CA certificate"))
+    text = Path(template).read_text(encoding="utf-8")
+    bound, count = _DEMO_AUTHORITY.subn(f'\\g<1>"{fingerprint(ca)}"', text)
+    if count != 1:
+        raise ValueError(f"{template}: no 'demo = \"<fingerprint>\"' line to bind to the demo CA")
+    path = directory / "policy.toml"
+    _write_replacing(path, bound.encode())
+    return path
 
 
 def canonical_subject(subject: str) -> str:

@@ -269,22 +269,25 @@ def _policy_path(arg: str | None) -> Path:
     return Path(arg) if arg else example_path()
 
 
-def _demo_certs(directory: Path, policy_path: Path) -> None:
-    """Create a demo CA, server and agency certificates where they are missing."""
+def _demo_certs(directory: Path, policy_path: Path) -> Path:
+    """Create a demo CA, server and agency certificates where they are missing, and the policy
+    `policy_path` bound to that CA (`policy.toml` beside it, whose path is returned)."""
     from juki_engine import certs
     from juki_engine.policy import Policy
 
     agencies = {a.code: a.certificate_subject for a in Policy.load(policy_path).agencies}
     certs.create_demo(directory, agencies)
+    return certs.write_demo_policy(directory, policy_path)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
     out = Path(args.out)
     policy = _policy_path(args.policy)
-    _demo_certs(out, policy)
+    bound = _demo_certs(out, policy)
     console.print(
         f"demo CA, server certificate and agency certificates for the agencies of {policy} "
-        f"in {out} (agency certificates under {out / 'agencies'}; not for production)"
+        f"in {out} (agency certificates under {out / 'agencies'}; not for production); "
+        f"the policy bound to this CA: {bound}"
     )
     return 0
 
@@ -297,28 +300,34 @@ def _start_server(
     retention_days: int,
     listen: str,
     workers: int,
+    crl: str | None = None,
+    max_bulk_jobs: int | None = None,
 ) -> Any:
-    from juki_engine.server import Frontend, ServerTLS, start
+    from juki_engine.service import MAX_BULK_JOBS, Frontend, ServerTLS, start
 
+    tls = ServerTLS.in_directory(certs_dir, crl)
     frontend = Frontend.open(registry, policy, audit_dir, retention_days)
     try:
-        return start(frontend, ServerTLS.in_directory(certs_dir), listen, workers)
+        return start(frontend, tls, listen, workers, max_bulk_jobs or MAX_BULK_JOBS)
     except BaseException:
         frontend.audit.close()
         raise
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from juki_engine.server import serve_forever
+    from juki_engine.service import serve_forever
 
     snapshot = Path(args.snapshot)
     registry = _registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
-    policy = _policy_path(args.policy)
     if args.certs is None:
         certs_dir = DEMO_DIR / "certs"
-        _demo_certs(certs_dir, policy)
+        policy = _demo_certs(certs_dir, _policy_path(args.policy))
     else:
         certs_dir = Path(args.certs)
+        bound = certs_dir / "policy.toml"
+        policy = (
+            Path(args.policy) if args.policy else bound if bound.exists() else _policy_path(None)
+        )
     server = _start_server(
         registry,
         policy,
@@ -327,6 +336,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.retention_days,
         args.listen,
         args.workers,
+        args.crl,
+        args.max_bulk_jobs,
     )
     if args.port_file:
         # Written whole, then renamed: a watcher never reads half a number.
@@ -387,9 +398,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     path = Path(args.path)
     base = path.parent
     registry = _registry_at(path, generate_demo=True)
-    policy = _policy_path(None)
     certs_dir = base / "certs"
-    _demo_certs(certs_dir, policy)
+    policy = _demo_certs(certs_dir, _policy_path(None))
     audit_dir = Path(args.audit) if args.audit else base / "audit"
     server = _start_server(
         registry, policy, certs_dir, audit_dir, args.retention_days, "127.0.0.1:0", 4
@@ -520,7 +530,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(DEMO_PATH),
         help=f"snapshot directory (default: the Toyama demo {DEMO_PATH}, generated if missing)",
     )
-    p.add_argument("--policy", help="policy TOML (default: the shipped example policy)")
+    p.add_argument(
+        "--policy",
+        help="policy TOML (default: the shipped example, bound to the demo CA; with --certs, "
+        "policy.toml in that directory)",
+    )
+    p.add_argument("--crl", help="certificate revocation list (PEM or DER), reloaded on SIGHUP")
+    p.add_argument(
+        "--max-bulk-jobs",
+        type=int,
+        help="bulk jobs served at once; more are refused with RESOURCE_EXHAUSTED (default 4)",
+    )
     p.add_argument(
         "--certs",
         help="directory with server.pem, server.key and ca.pem "
@@ -531,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=4,
-        help="threads serving calls (each bulk stream holds one while it runs)",
+        help="threads serving typed calls (bulk jobs have their own, --max-bulk-jobs)",
     )
     p.add_argument("--port-file", help="write the port here once listening (for --listen :0)")
     p.add_argument("--mmap", action="store_true", help="map the snapshot instead of loading it")

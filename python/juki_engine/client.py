@@ -24,7 +24,7 @@ import pyarrow as pa
 from juki_engine._core import InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
-from juki_engine.wire import KEY_KINDS, MESSAGE_OPTIONS, write_ipc
+from juki_engine.service.wire import KEY_KINDS, MESSAGE_OPTIONS, write_ipc
 
 # Claims per message are sized to this many bytes (the server accepts up to MAX_MESSAGE_BYTES).
 MESSAGE_TARGET_BYTES = 2 << 20

@@ -2,14 +2,17 @@
 for which fields, and how many records a day. Deny by default.
 
 The policy is a TOML file the operator writes (an example ships as `policy.example.toml`); the
-server loads it at start and again on SIGHUP. An agency is matched by its client certificate's
-subject, never by anything the client says about itself.
+server loads it at start and again on SIGHUP. An agency is matched by its client certificate:
+the CA that issued it (by the SHA-256 fingerprint of the CA's certificate, declared once under
+`[certificate_authorities]`), its subject and, optionally, its public key (two or more pins, so a
+key can rotate) — never by anything the client says about itself.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import threading
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -26,6 +29,7 @@ MODES = ("verify", "retrieve")
 # Fields a claim can carry (verify mode); retrieve mode may disclose any public column.
 CLAIMABLE = tuple(Registry.claimable_columns())
 JST = dt.timezone(dt.timedelta(hours=9), "JST")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class PolicyError(JukiError):
@@ -59,6 +63,10 @@ class Agency:
     name: str
     certificate_subject: str
     affairs: Mapping[str, Affair]
+    certificate_issuer: str = ""
+    """SHA-256 fingerprint (hex) of the CA certificate that issues the agency's certificates."""
+    key_pins: frozenset[str] = frozenset()
+    """SHA-256 (hex) of each public key the agency's certificate may hold; empty: any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +88,25 @@ class Grant:
 class Policy:
     """A loaded policy file. Immutable; the server swaps in a new one on reload."""
 
-    def __init__(self, agencies: Iterable[Agency], source: str = "<memory>") -> None:
+    def __init__(
+        self,
+        agencies: Iterable[Agency],
+        source: str = "<memory>",
+        authorities: Mapping[str, str] | None = None,
+    ) -> None:
         self.source = source
-        self._by_subject: dict[str, Agency] = {}
+        self.authorities = dict(authorities or {})
+        """{name: SHA-256 fingerprint} of the CAs the policy binds agencies to."""
+        self._by_identity: dict[tuple[str, str], Agency] = {}
         for agency in agencies:
-            if agency.certificate_subject in self._by_subject:
-                other = self._by_subject[agency.certificate_subject].code
+            identity = (agency.certificate_issuer, agency.certificate_subject)
+            if identity in self._by_identity:
+                other = self._by_identity[identity].code
                 raise PolicyError(
                     f"{source}: agencies '{other}' and '{agency.code}' share the certificate "
-                    f"subject '{agency.certificate_subject}'"
+                    f"subject '{agency.certificate_subject}' from one CA"
                 )
-            self._by_subject[agency.certificate_subject] = agency
+            self._by_identity[identity] = agency
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Policy:
@@ -108,32 +124,43 @@ class Policy:
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any], source: str = "<memory>") -> Policy:
-        unknown = set(document) - {"agency"}
+        unknown = set(document) - {"agency", "certificate_authorities"}
         if unknown:
             raise PolicyError(f"policy {source}: unknown top-level keys {sorted(unknown)}")
+        authorities = _authorities(document.get("certificate_authorities", {}), source)
         agencies = document.get("agency", [])
         if not isinstance(agencies, list):
             raise PolicyError(f"policy {source}: 'agency' must be an array of tables")
         seen: set[str] = set()
         parsed = []
         for i, entry in enumerate(agencies):
-            agency = _agency(entry, f"policy {source}: agency #{i + 1}")
+            agency = _agency(entry, f"policy {source}: agency #{i + 1}", authorities)
             if agency.code in seen:
                 raise PolicyError(f"policy {source}: agency '{agency.code}' is listed twice")
             seen.add(agency.code)
             parsed.append(agency)
-        return cls(parsed, source)
+        return cls(parsed, source, authorities)
 
     @property
     def agencies(self) -> list[Agency]:
-        return list(self._by_subject.values())
+        return list(self._by_identity.values())
 
-    def agency_for(self, certificate_subject: str) -> Agency:
-        """The agency holding a certificate with this subject; NotPermitted if none does."""
-        agency = self._by_subject.get(certificate_subject)
+    def agency(self, code: str) -> Agency:
+        """The agency with this code; KeyError if there is none."""
+        for agency in self._by_identity.values():
+            if agency.code == code:
+                return agency
+        raise KeyError(code)
+
+    def agency_for(self, subject: str, issuer: str, key: str = "") -> Agency:
+        """The agency a certificate names: its subject as issued by the CA with fingerprint
+        `issuer`, holding a pinned key where the agency pins keys. NotPermitted if none."""
+        agency = self._by_identity.get((issuer, subject))
         if agency is None:
+            raise NotPermitted(f"certificate subject '{subject}' is not a registered agency")
+        if agency.key_pins and key not in agency.key_pins:
             raise NotPermitted(
-                f"certificate subject '{certificate_subject}' is not a registered agency"
+                f"certificate subject '{subject}' holds a key not pinned for agency '{agency.code}'"
             )
         return agency
 
@@ -199,10 +226,39 @@ def _text(entry: Mapping[str, Any], name: str, where: str) -> str:
     return value
 
 
-def _agency(entry: Any, where: str) -> Agency:
+def _authorities(table: Any, source: str) -> dict[str, str]:
+    where = f"policy {source}: 'certificate_authorities'"
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where} must be a table of name = SHA-256 fingerprint")
+    authorities = {}
+    for name, value in table.items():
+        if not isinstance(value, str):
+            raise PolicyError(f"{where}: '{name}' must be a string")
+        fingerprint = value.replace(":", "").lower()
+        if not _SHA256.fullmatch(fingerprint):
+            raise PolicyError(
+                f"{where}: '{name}' must be the SHA-256 fingerprint of the CA's certificate "
+                f"(64 hex digits, colons allowed), not {value!r}"
+            )
+        authorities[name] = fingerprint
+    return authorities
+
+
+def _pins(value: Any, where: str) -> frozenset[str]:
+    pins = _strings(value, where)
+    if len(pins) == 1:
+        raise PolicyError(f"{where}: pin two keys or more (the current and the next), or none")
+    bad = [p for p in pins if not _SHA256.fullmatch(p.replace(":", "").lower())]
+    if bad:
+        raise PolicyError(f"{where}: {bad} are not SHA-256 digests (64 hex digits)")
+    return frozenset(p.replace(":", "").lower() for p in pins)
+
+
+def _agency(entry: Any, where: str, authorities: Mapping[str, str]) -> Agency:
     if not isinstance(entry, dict):
         raise PolicyError(f"{where} must be a table")
-    unknown = set(entry) - {"code", "name", "certificate_subject", "affair"}
+    known = {"code", "name", "certificate_subject", "certificate_issuer", "key_pins", "affair"}
+    unknown = set(entry) - known
     if unknown:
         raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
     code = _text(entry, "code", where)
@@ -223,7 +279,14 @@ def _agency(entry: Any, where: str) -> Agency:
         subject = canonical_subject(_text(entry, "certificate_subject", where))
     except ValueError as e:
         raise PolicyError(f"{where}: 'certificate_subject': {e}") from e
-    return Agency(code, _text(entry, "name", where), subject, affairs)
+    issuer = _text(entry, "certificate_issuer", where)
+    if issuer not in authorities:
+        raise PolicyError(
+            f"{where}: 'certificate_issuer' '{issuer}' is not one of the policy's "
+            f"certificate_authorities {sorted(authorities)}"
+        )
+    pins = _pins(entry.get("key_pins", []), f"{where}: 'key_pins'")
+    return Agency(code, _text(entry, "name", where), subject, affairs, authorities[issuer], pins)
 
 
 def _affair(entry: Any, where: str) -> Affair:
@@ -256,10 +319,13 @@ def example_path() -> Path:
 
 
 class Quotas:
-    """Records disclosed per agency and affair today (Japan time), against each daily quota.
+    """Records answered per agency and affair today (Japan time), against each daily quota.
 
-    Thread-safe. The server seeds it from the audit trail at start, so a restart does not reset
-    a day's count.
+    A record counts once answered, whatever the answer (disclosed, not found, invalid key): each
+    is a question the agency asked of the registry. Thread-safe. The server reserves before it
+    works and seeds the counts from the audit trail at start (`audit.counts_since` counts the
+    same outcomes), so a restart does not reset a day's count. Counts are per server: a
+    deployment of several servers gives each its share of an affair's quota (see docs).
     """
 
     def __init__(self, used: Mapping[tuple[str, str], int] | None = None) -> None:
@@ -282,6 +348,13 @@ class Quotas:
                     f"quota of {limit:,} records is spent ({used:,} used, {records:,} asked)"
                 )
             self._used[key] = used + records
+
+    def give_back(self, grant: Grant, records: int) -> None:
+        """Return records taken for work that was not done (a refused or failed call)."""
+        key = (grant.agency.code, grant.affair.code)
+        with self._lock:
+            self._roll()
+            self._used[key] = max(0, self._used.get(key, 0) - records)
 
     def used(self, agency: str, affair: str) -> int:
         with self._lock:

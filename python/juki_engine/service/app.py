@@ -1,0 +1,156 @@
+"""Build and run the server: its port (never shared), mutual TLS, the trust store, health
+checking and reflection, signals (SIGHUP reloads, SIGTERM drains)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from juki_engine._core import InvalidInput
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.service.bulk import MAX_BULK_JOBS, BulkVerification
+from juki_engine.service.frontend import Frontend
+from juki_engine.service.identity import TrustStore
+from juki_engine.service.verification import IdentityVerification
+from juki_engine.service.wire import MESSAGE_OPTIONS
+
+log = logging.getLogger("juki.server")
+
+# Threads serving typed calls. More do not serve more: the handlers hand the GIL to each other at
+# every call into Arrow or the core, and on 2 cores 8 threads served typed calls ~25 % slower
+# than 4 (BENCHMARKS.md). Bulk jobs get threads of their own on top (MAX_BULK_JOBS).
+RPC_WORKERS = 4
+SERVICES = (
+    pb.DESCRIPTOR.services_by_name["IdentityVerification"].full_name,
+    pb.DESCRIPTOR.services_by_name["BulkVerification"].full_name,
+)
+# grpc lets a second server bind a port in use (SO_REUSEPORT) and share its calls: never.
+SERVER_OPTIONS = [*MESSAGE_OPTIONS, ("grpc.so_reuseport", 0)]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTLS:
+    """The server's certificate and key, the CAs whose client certificates it accepts, and the
+    revocation list (CRL, PEM or DER) it honours."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None = None
+
+    @classmethod
+    def in_directory(cls, directory: str | Path, crl: str | Path | None = None) -> ServerTLS:
+        """`server.pem`, `server.key` and `ca.pem` in a directory (as `juki certs` writes it)."""
+        d = Path(directory)
+        tls = cls(d / "server.pem", d / "server.key", d / "ca.pem", Path(crl) if crl else None)
+        missing = [str(p) for p in (tls.cert, tls.key, tls.ca, tls.crl) if p and not p.exists()]
+        if missing:
+            raise InvalidInput(f"certificate directory {d}: missing {', '.join(missing)}")
+        return tls
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.ca.read_bytes(),
+            require_client_auth=True,
+        )
+
+    def trust_store(self) -> TrustStore:
+        return TrustStore(self.ca.read_bytes(), self.crl)
+
+
+@dataclass
+class Server:
+    """A running server: its port, and how to stop it gracefully."""
+
+    grpc_server: grpc.Server
+    port: int
+    frontend: Frontend
+    health: health.HealthServicer
+    bulk: BulkVerification
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Refuse new calls, let calls in flight finish (their audit records with them), then
+        close the audit trail."""
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.bulk.pool.shutdown()
+        self.frontend.audit.close()
+
+
+def _port_in_use(address: str) -> bool:
+    """Whether something already listens on `address`'s port (grpc itself would share it)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return False
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
+def start(
+    frontend: Frontend,
+    tls: ServerTLS,
+    address: str = "127.0.0.1:0",
+    workers: int = RPC_WORKERS,
+    max_bulk_jobs: int = MAX_BULK_JOBS,
+) -> Server:
+    """Start serving on `address` (port 0 picks a free one) with mutual TLS, health checking
+    and reflection. Typed calls keep `workers` threads whatever the bulk jobs do."""
+    if frontend.trust is None:
+        frontend.trust = tls.trust_store()
+    frontend.trust.check_policy(frontend.policy)
+    if _port_in_use(address):
+        raise InvalidInput(f"cannot listen on {address}: the port is in use (another server?)")
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=workers + max_bulk_jobs, thread_name_prefix="juki-rpc"
+        ),
+        options=SERVER_OPTIONS,
+    )
+    bulk = BulkVerification(frontend, max_bulk_jobs)
+    pb_grpc.add_IdentityVerificationServicer_to_server(IdentityVerification(frontend), server)
+    pb_grpc.add_BulkVerificationServicer_to_server(bulk, server)
+    checker = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    for name in ("", *SERVICES):
+        checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_secure_port(address, tls.credentials())
+    except RuntimeError as e:  # grpc raises this when it cannot bind
+        raise InvalidInput(f"cannot listen on {address}: {e}") from e
+    if port == 0:
+        raise InvalidInput(f"cannot listen on {address}")
+    server.start()
+    return Server(server, port, frontend, checker, bulk)
+
+
+def serve_forever(server: Server, policy_path: str | Path) -> None:
+    """Block until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads the policy and CRL."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGHUP, lambda *_: server.frontend.reload(policy_path))
+    while not stopping.wait(0.5):
+        pass
+    log.info("shutting down: finishing calls in flight")
+    server.stop()
+    log.info("stopped")

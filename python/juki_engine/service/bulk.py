@@ -1,0 +1,198 @@
+"""The columnar streaming API (`BulkVerification.VerifyStream`): a job's claims stream in as
+Arrow IPC messages, results stream out in order, each message authorized against the policy and
+the trust store in force when it arrives."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from juki_engine._core import InvalidInput
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.service.frontend import Answer, Call, Frontend, JobSlots, Refused
+from juki_engine.service.wire import KEY_NAMES, ResultStream, echo, read_claims
+
+log = logging.getLogger("juki.server")
+
+# Bulk results waiting for their audit commit while the next batch is computed.
+PIPELINE_DEPTH = 4
+# Threads answering bulk messages, shared by all streams.
+BULK_WORKERS = 2
+# Bulk jobs one server runs at once; each holds a server thread for its whole life.
+MAX_BULK_JOBS = 4
+
+
+class BulkVerification(pb_grpc.BulkVerificationServicer):
+    def __init__(self, frontend: Frontend, max_jobs: int = MAX_BULK_JOBS) -> None:
+        self.frontend = frontend
+        self.slots = JobSlots(max_jobs)
+        # Bulk messages in flight, answered while the stream handlers read and send.
+        self.pool = futures.ThreadPoolExecutor(BULK_WORKERS, thread_name_prefix="juki-bulk")
+
+    def VerifyStream(
+        self, request_iterator: Iterator[pb.BulkRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.BulkResponse]:
+        f = self.frontend
+        call = Call("verify")
+        with f.guard(context, call):
+            first = next(request_iterator, None)
+            if first is not None and first.WhichOneof("body") == "header":
+                call.request = first.header.context
+                call.mode = "retrieve" if first.header.retrieve_fields else "verify"
+                call.fields = tuple(first.header.retrieve_fields)
+            agency = f.identify(context, call)
+            if first is None or first.WhichOneof("body") != "header":
+                raise InvalidInput("message 0: a bulk job starts with a BulkHeader")
+            header = first.header
+            if header.key not in KEY_NAMES:
+                raise InvalidInput("header.key: set MY_NUMBER or RESIDENT_CODE")
+            by = KEY_NAMES[header.key]
+            retrieve = list(header.retrieve_fields)
+            # Refuse what the header alone already rules out before any claim arrives.
+            f.authorize(call, agency, header.context, by, (), retrieve)
+            with self.slots.held():
+                job = _BulkJob(self, call, header.context, by, retrieve, request_iterator)
+                stream = ResultStream()
+                try:
+                    while (answer := job.next_answer()) is not None:
+                        yield _bulk_response(answer, stream, f.audit_timeout)
+                finally:
+                    job.stop()
+
+    def _message(
+        self,
+        call: Call,
+        request: pb.RequestContext,
+        by: str,
+        retrieve: list[str],
+        n: int,
+        claims: pa.Table,
+        first_row: int,
+    ) -> Answer:
+        """Identify, authorize, answer and audit one claims message; log one line. A refusal
+        carries the message's subjects, so its records name the residents it concerned."""
+        f = self.frontend
+        started = time.perf_counter()
+        claimed = [c for c in claims.column_names if c != by]
+        try:
+            # The policy and revocations in force now: a revoked agency stops here.
+            agency = f.agency_of(call)
+            grant = f.authorize(call, agency, request, by, claimed, retrieve)
+            answer = f.answer(grant, request, by, claims, first_row)
+        except Exception as e:
+            raise Refused(e, f.subjects_of(by, claims[by].combine_chunks())) from e
+        log.info(
+            "%s %s request=%s message=%d rows=%d found=%d %.1f ms",
+            agency.code,
+            grant.affair.code,
+            echo(request.request_id),
+            n,
+            claims.num_rows,
+            pc.sum(answer.results["found"]).as_py() or 0,
+            (time.perf_counter() - started) * 1e3,
+        )
+        return answer
+
+
+class _BulkJob:
+    """One bulk call's claims, read by a thread of their own.
+
+    The reader takes each claims message off the wire as soon as it arrives and hands it to the
+    shared pool, up to PIPELINE_DEPTH messages ahead of the replies, while the call's own thread
+    sends the replies in order, so receiving, answering and sending overlap.
+    """
+
+    def __init__(
+        self,
+        service: BulkVerification,
+        call: Call,
+        request: pb.RequestContext,
+        by: str,
+        retrieve: list[str],
+        requests: Iterator[pb.BulkRequest],
+    ) -> None:
+        self._service = service
+        self._by = by
+        self._args = (call, request, by, retrieve)
+        self._requests = requests
+        # Futures of answers in message order; then None (the end) or the error that ended it.
+        self._answers: queue.Queue[futures.Future[Answer] | BaseException | None] = queue.Queue()
+        self._room = threading.Semaphore(PIPELINE_DEPTH)
+        self._stopped = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="juki-bulk-reader", daemon=True)
+        self._reader.start()
+
+    def next_answer(self) -> Answer | None:
+        """The next message's answer, in order; None at the end. An error in the claims is
+        raised after the answers to the messages before it."""
+        item = self._answers.get()
+        if item is None:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        answer = item.result()
+        self._room.release()
+        return answer
+
+    def stop(self) -> None:
+        """End the job early or late: the reader stops taking messages; answers computed but
+        not sent are withdrawn from the audit trail where their records are not yet written."""
+        self._stopped.set()
+        self._room.release()  # wake a reader waiting for room
+        while True:
+            try:
+                item = self._answers.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, futures.Future) and not item.cancel():
+                try:
+                    item.result().withdraw("the job ended before this reply was sent")
+                except Exception:
+                    pass
+
+    def _read(self) -> None:
+        pool = self._service.pool
+        by = self._by
+        row = 0
+        columns: list[str] | None = None
+        try:
+            for n, message in enumerate(self._requests, start=1):
+                if message.WhichOneof("body") != "claims":
+                    raise InvalidInput(f"message {n}: only the first message is a header")
+                claims = read_claims(message.claims, n)
+                if by not in claims.column_names:
+                    raise InvalidInput(f"message {n}: claims have no '{by}' column (the key)")
+                if columns is None:
+                    columns = claims.column_names
+                elif claims.column_names != columns:
+                    raise InvalidInput(
+                        f"message {n}: columns {[echo(c) for c in claims.column_names]} differ "
+                        f"from the job's first claims {[echo(c) for c in columns]}"
+                    )
+                self._room.acquire()
+                if self._stopped.is_set():
+                    return
+                # Answered on the shared pool, several messages at a time (the core releases
+                # the GIL); the replies leave in order once their audit records are durable.
+                self._answers.put(pool.submit(self._service._message, *self._args, n, claims, row))
+                row += claims.num_rows
+            self._answers.put(None)
+        except grpc.RpcError:
+            self._answers.put(None)  # the call ended (cancelled); the sender sees it too
+        except BaseException as e:  # bad claims, or a fault: the sender raises it in its call
+            self._answers.put(e)
+
+
+def _bulk_response(answer: Answer, stream: ResultStream, timeout: float) -> pb.BulkResponse:
+    return pb.BulkResponse(
+        first_row=answer.first_row, results=stream.part(answer.released(timeout))
+    )

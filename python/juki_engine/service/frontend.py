@@ -1,0 +1,413 @@
+"""What every service shares: the registry, the policy (swapped on reload), the trust store,
+quotas and the audit trail, and the one discipline every call follows.
+
+A call goes the same way whatever the service: the caller is identified by its client
+certificate → the request's strings are checked against the contract's limits → the policy
+grants (or refuses) the affair, key, mode and fields → the quota is reserved → the Rust core
+answers (GIL released) → every record is audited, durably, before the reply leaves → the reply
+holds only what the policy allows. `Frontend.guard` closes every call: a refusal or a fault is
+audited (one record per subject, or one for the call) and answered with one status; nothing
+raised beneath it escapes as UNKNOWN or a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from juki_engine import _core
+from juki_engine._core import InvalidIdentifier, InvalidInput, JukiError
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine.audit import (
+    OUTCOMES,
+    AuditContext,
+    AuditTrail,
+    AuditUnavailable,
+    Commit,
+    counts_since,
+)
+from juki_engine.policy import (
+    Agency,
+    Grant,
+    NotPermitted,
+    Policy,
+    PolicyError,
+    QuotaExhausted,
+    Quotas,
+    start_of_today,
+)
+from juki_engine.registry import Registry
+from juki_engine.service.identity import PeerCertificate, TrustStore
+from juki_engine.service.wire import check_text
+
+log = logging.getLogger("juki.server")
+
+# Audit records are kept seven years (by the day, with leap days).
+RETENTION_DAYS = 7 * 366
+# How long a reply waits for its audit records to be durable before it answers UNAVAILABLE.
+AUDIT_TIMEOUT_S = 10.0
+
+
+class ServerBusy(JukiError):
+    """The server is at a configured capacity (e.g. concurrent bulk jobs); retry later."""
+
+
+# One gRPC status per class of error; the first class in an error's MRO that is listed wins.
+STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
+    NotPermitted: grpc.StatusCode.PERMISSION_DENIED,
+    QuotaExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ServerBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    _core.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    InvalidIdentifier: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    AuditUnavailable: grpc.StatusCode.UNAVAILABLE,
+    _core.SnapshotIOError: grpc.StatusCode.UNAVAILABLE,
+}
+# The audit outcome of a call refused with each status.
+_REFUSALS = {
+    grpc.StatusCode.PERMISSION_DENIED: "denied",
+    grpc.StatusCode.INVALID_ARGUMENT: "invalid_request",
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+    grpc.StatusCode.INTERNAL: "failed",
+}
+
+
+def status_code(error: BaseException) -> grpc.StatusCode:
+    """The one gRPC status each class of error maps to; INTERNAL for anything unexpected."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+class Refused(Exception):
+    """A refusal whose audit records name the subjects it concerned (a bulk message's keys)."""
+
+    def __init__(self, error: BaseException, subjects: pa.Array) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.subjects = subjects
+
+
+@dataclass(slots=True)
+class Call:
+    """One RPC as its audit records will describe it, filled in as the call learns it."""
+
+    mode: str
+    """The mode the RPC asks for ("verify", "retrieve" or "verify+retrieve")."""
+    caller: str = "unidentified"
+    """The agency code, or what was known of a caller no agency matched."""
+    request: pb.RequestContext | None = None
+    fields: tuple[str, ...] = ()
+    peer: PeerCertificate | None = None
+    recorded: bool = False
+    """The call's answer is in the trail already (a typed call's one record)."""
+
+    def context(self) -> AuditContext:
+        operator, request_id, affair = ("", "", "")
+        if self.request is not None:
+            operator, request_id, affair = (
+                _bounded(self.request.operator_id),
+                _bounded(self.request.request_id),
+                _bounded(self.request.affair),
+            )
+        fields = tuple(_bounded(f).replace(",", "_") for f in self.fields)
+        return AuditContext(self.caller, operator, request_id, affair, self.mode, fields)
+
+
+def _bounded(text: str) -> str:
+    """A client string as the audit trail keeps it: cut at the contract's limit."""
+    return text if len(text) <= 128 else text[:128] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The reply to one batch of claims, and the audit commit it must wait for."""
+
+    first_row: int
+    results: pa.Table
+    commit: Commit
+    audit: AuditTrail = field(repr=False)
+
+    def released(self, timeout: float = AUDIT_TIMEOUT_S) -> pa.Table:
+        """The results, once their audit records are durable (see `settle`)."""
+        settle(self.audit, self.commit, timeout)
+        return self.results
+
+    def withdraw(self, reason: str) -> None:
+        """This reply will not leave (see `withdraw`)."""
+        withdraw(self.audit, self.commit, reason)
+
+
+def settle(audit: AuditTrail, commit: Commit, timeout: float) -> None:
+    """Wait for a reply's audit records to be durable; AuditUnavailable if they are not within
+    `timeout` seconds, the records then rewritten as `unavailable` (see `withdraw`)."""
+    try:
+        commit.wait(timeout)
+    except AuditUnavailable as e:
+        withdraw(audit, commit, str(e))
+        raise
+
+
+def withdraw(audit: AuditTrail, commit: Commit, reason: str) -> None:
+    """A reply will not leave: its records say `unavailable` where the writer has not taken
+    them yet; the log says so where it has."""
+    if not audit.withdraw(commit, "unavailable", reason):
+        log.error("records of a reply not sent were already written as answered: %s", reason)
+
+
+class Frontend:
+    """What the services share: registry, policy (swapped on reload), trust, quotas, audit."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        policy: Policy,
+        audit: AuditTrail,
+        quotas: Quotas | None = None,
+        trust: TrustStore | None = None,
+        audit_timeout: float = AUDIT_TIMEOUT_S,
+    ) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.audit = audit
+        self.quotas = quotas or Quotas()
+        self.trust = trust
+        self.audit_timeout = audit_timeout
+
+    @classmethod
+    def open(
+        cls,
+        registry: Registry,
+        policy_path: str | Path,
+        audit_dir: str | Path,
+        retention_days: int = RETENTION_DAYS,
+    ) -> Frontend:
+        """Load the policy, open the audit trail and restore today's quota use from it."""
+        policy = Policy.load(policy_path)
+        audit = AuditTrail(audit_dir, retention_days=retention_days)
+        return cls(registry, policy, audit, Quotas(counts_since(audit_dir, start_of_today())))
+
+    def reload(self, path: str | Path) -> None:
+        """Load the policy (and the revocation list) again; a broken file leaves what is in
+        force."""
+        try:
+            policy = Policy.load(path)
+            if self.trust is not None:
+                self.trust.check_policy(policy)
+                self.trust.reload()
+        except PolicyError as e:
+            log.error("reload refused, keeping %s: %s", self.policy.source, e)
+            return
+        self.policy = policy
+        log.info("policy reloaded from %s: %d agencies", path, len(policy.agencies))
+
+    # -- the call discipline ------------------------------------------------------------------
+
+    @contextmanager
+    def guard(self, context: grpc.ServicerContext, call: Call) -> Iterator[None]:
+        """Close the call: a refusal or fault raised inside is audited and answered with its one
+        status (INTERNAL with an error id for faults; the id is in the log and the record)."""
+        try:
+            yield
+        except Exception as raised:  # every refusal and fault ends here, with a status
+            error, subjects = raised, None
+            if isinstance(raised, Refused):
+                error, subjects = raised.error, raised.subjects
+            code = status_code(error)
+            if code == grpc.StatusCode.INTERNAL:
+                error_id = uuid.uuid4().hex[:12]
+                log.error("internal error %s in %s call", error_id, call.caller, exc_info=error)
+                message = f"internal error {error_id}"
+            else:
+                message = str(error)
+            outcome = (
+                "quota_exhausted"
+                if isinstance(error, QuotaExhausted)
+                else _REFUSALS.get(code, "unavailable")
+            )
+            if not call.recorded:
+                self._record_refusal(call, subjects, outcome, message)
+            _abort(context, code, message)
+
+    def _record_refusal(
+        self, call: Call, subjects: pa.Array | None, outcome: str, reason: str
+    ) -> None:
+        if subjects is None:
+            subjects = pa.nulls(1, pa.string())
+        try:
+            self.audit.record(call.context(), subjects, outcome, reason)
+        except AuditUnavailable as e:
+            log.error("a refusal could not be audited (%s): %s", e, reason)
+
+    def identify(self, context: grpc.ServicerContext, call: Call) -> Agency:
+        """The agency behind the call's client certificate under the policy in force now."""
+        if call.peer is None and self.trust is not None:
+            call.peer = self.trust.peer(context)
+        return self.agency_of(call)
+
+    def agency_of(self, call: Call) -> Agency:
+        """`identify` again for a call whose certificate is known (every bulk message)."""
+        peer = call.peer
+        if peer is None:
+            raise NotPermitted("the call carries no client certificate")
+        call.caller = f"unregistered: {_bounded(peer.subject)}"
+        assert self.trust is not None
+        self.trust.check(peer)
+        agency = self.policy.agency_for(peer.subject, peer.issuer, peer.key_pin)
+        call.caller = agency.code
+        return agency
+
+    def authorize(
+        self,
+        call: Call,
+        agency: Agency,
+        request: pb.RequestContext,
+        by: str,
+        claimed: Sequence[str],
+        retrieve: Sequence[str],
+    ) -> Grant:
+        """Check the request's strings against the contract, then against the policy."""
+        call.request = request
+        call.fields = tuple(dict.fromkeys((*claimed, *retrieve)))
+        check_text(request.operator_id, "context.operator_id")
+        check_text(request.request_id, "context.request_id")
+        check_text(request.affair, "context.affair")
+        for name in call.fields:
+            check_text(name, "field name")
+        return self.policy.authorize(agency, request.affair, by, claimed, retrieve)
+
+    def subjects_of(self, by: str, keys: pa.Array | None) -> pa.Array:
+        """The resident codes behind a refused request's keys, for its audit records: null where
+        a key names no resident, so the trail never holds a My Number or a client's raw key."""
+        if keys is None:
+            return pa.nulls(1, pa.string())
+        try:
+            codes = self.registry.lookup(keys, by, columns=["resident_code"])["resident_code"]
+        except JukiError:  # keys of no usable type: the refusal is still recorded, per row
+            return pa.nulls(len(keys), pa.string())
+        return codes.combine_chunks()
+
+    @contextmanager
+    def reserved(self, grant: Grant, records: int) -> Iterator[None]:
+        """Reserve `records` of the grant's daily quota for the work inside; returned if it
+        fails, so a refused or failed call costs nothing."""
+        self.quotas.take(grant, records)
+        try:
+            yield
+        except BaseException:
+            self.quotas.give_back(grant, records)
+            raise
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def answer(
+        self, grant: Grant, request: pb.RequestContext, by: str, claims: pa.Table, first_row: int
+    ) -> Answer:
+        """Verify one batch under `grant` (its quota reserved first) and audit it."""
+        keys = claims[by]
+        # Keyed by resident code as text, each found key *is* the subject's code (the parser
+        # accepts only the canonical 11 digits), which saves gathering and rendering the column.
+        from_key = by == "resident_code" and _is_text(keys.type)
+        retrieved = [c for c in grant.retrieved if c != "resident_code"]
+        with self.reserved(grant, claims.num_rows):
+            out = self.registry.verify(
+                claims,
+                by,
+                first_row=first_row,
+                columns=retrieved if from_key else ["resident_code", *retrieved],
+            )
+            if from_key:
+                subjects = pc.if_else(out["found"], keys, pa.scalar(None, keys.type))
+                out = out.append_column("resident_code", subjects)
+            subjects = out["resident_code"].combine_chunks()
+            results = out.select(_kept(grant))
+            ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
+            commit = self.audit.append(ctx, subjects, _outcomes(out))
+        return Answer(first_row, results, commit, self.audit)
+
+    def answer_one(
+        self,
+        call: Call,
+        grant: Grant,
+        request: pb.RequestContext,
+        by: str,
+        key: str,
+        claims: dict[str, str | int],
+    ) -> dict[str, Any]:
+        """A typed call's one result row, once its audit record is durable: `answer` for one
+        claim, its bookkeeping done on Python values (Arrow compute calls on one-row arrays
+        cost more than the check, BENCHMARKS.md)."""
+        retrieved = [c for c in grant.retrieved if c != "resident_code"]
+        with self.reserved(grant, 1):
+            row = self.registry.verify_one(key, by, claims, columns=["resident_code", *retrieved])
+            if row["found"]:
+                outcome = "disclosed"
+            else:
+                outcome = "not_found" if row["error"] is None else "invalid_key"
+            kept = {name: row[name] for name in _kept(grant)}
+            subjects = pa.array([row["resident_code"]], pa.string())
+            ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
+            commit = self.audit.append(ctx, subjects, outcome)
+            call.recorded = True
+        settle(self.audit, commit, self.audit_timeout)
+        return kept
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("grpc's abort returns only by raising")  # pragma: no cover
+
+
+def _kept(grant: Grant) -> list[str]:
+    """The result columns a grant lets the caller see."""
+    return ["found", "error", *(f"{c}_match" for c in grant.claimed), *grant.retrieved]
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+
+
+def _ids(request: pb.RequestContext) -> tuple[str, str, str]:
+    return request.operator_id, request.request_id, request.affair
+
+
+_OUTCOME_VALUES = pa.array(["disclosed", "not_found", "invalid_key"])
+assert set(_OUTCOME_VALUES.to_pylist()) <= set(OUTCOMES)
+
+
+def _outcomes(out: pa.Table) -> pa.DictionaryArray:
+    """Per record: disclosed (found), invalid_key (rejected key) or not_found."""
+    found = out["found"].combine_chunks().to_numpy(zero_copy_only=False)
+    invalid = out["error"].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
+    codes = np.where(found, 0, np.where(invalid, 2, 1)).astype(np.int8)
+    return pa.DictionaryArray.from_arrays(codes, _OUTCOME_VALUES)
+
+
+# Bulk jobs running at once (each holds a server thread for its life); RESOURCE_EXHAUSTED past it.
+class JobSlots:
+    """A limit on concurrent bulk jobs, so they can never take every server thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = threading.Semaphore(limit)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if not self._free.acquire(blocking=False):
+            raise ServerBusy(f"{self.limit} bulk jobs are running, the most this server takes")
+        try:
+            yield
+        finally:
+            self._free.release()

@@ -1,0 +1,124 @@
+"""The typed per-record API (`IdentityVerification`): Verify, Retrieve and ListAffairs, one
+resident a call, as ordinary clients ask."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from juki_engine._core import InvalidIdentifier, InvalidInput
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.service.frontend import Call, Frontend
+from juki_engine.service.wire import KEY_KINDS, MAX_TEXT_CHARS
+
+
+def _claims(claims: pb.Claims) -> dict[str, str | int]:
+    """A typed call's claimed fields, in the message's field order."""
+    out: dict[str, str | int] = {}
+    for field, value in claims.ListFields():
+        if field.name == "sex":
+            out[field.name] = int(value)
+            continue
+        if len(value) > MAX_TEXT_CHARS:
+            raise InvalidInput(
+                f"claims.{field.name} is {len(value):,} characters, at most {MAX_TEXT_CHARS}"
+            )
+        out[field.name] = value
+    return out
+
+
+def _key(key: pb.Key) -> tuple[str, str]:
+    which = key.WhichOneof("value")
+    if which is None:
+        raise InvalidInput("key: set my_number or resident_code")
+    return which, getattr(key, which)
+
+
+def _single(row: dict[str, Any], by: str) -> dict[str, Any]:
+    """The one result row of a typed call; a rejected key is INVALID_ARGUMENT naming it."""
+    if row["error"] is not None:
+        raise InvalidIdentifier(f"key.{by}: {row['error'].split(': ', 1)[1]}")
+    return row
+
+
+_ENUMS: dict[str, Callable[[Any], int]] = {
+    "sex": lambda v: int(v),
+    "status": lambda v: pb.ResidentStatus.Value(v.upper()),
+    "card_state": lambda v: pb.CardState.Value(v.upper()),
+}
+
+
+def _resident(row: dict[str, Any], fields: Sequence[str]) -> pb.Resident:
+    resident = pb.Resident()
+    for field in fields:
+        value = row[field]
+        if value is None:
+            continue
+        if field in _ENUMS:
+            value = _ENUMS[field](value)
+        setattr(resident, field, value)
+    return resident
+
+
+class IdentityVerification(pb_grpc.IdentityVerificationServicer):
+    def __init__(self, frontend: Frontend) -> None:
+        self.frontend = frontend
+
+    def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyResponse:
+        f = self.frontend
+        call = Call("verify", request=request.context)
+        with f.guard(context, call):
+            agency = f.identify(context, call)
+            claims = _claims(request.claims)
+            claimed = list(claims)
+            by, key = _key(request.key)
+            grant = f.authorize(call, agency, request.context, by, claimed, ())
+            row = _single(f.answer_one(call, grant, request.context, by, key, claims), by)
+            matches = [pb.FieldMatch(field=c, match=row[f"{c}_match"]) for c in claimed]
+            return pb.VerifyResponse(found=row["found"], matches=matches if row["found"] else [])
+
+    def Retrieve(
+        self, request: pb.RetrieveRequest, context: grpc.ServicerContext
+    ) -> pb.RetrieveResponse:
+        f = self.frontend
+        call = Call("retrieve", request=request.context, fields=tuple(request.fields))
+        with f.guard(context, call):
+            agency = f.identify(context, call)
+            by, key = _key(request.key)
+            affair = agency.affairs.get(request.context.affair)
+            fields = list(request.fields) or (list(affair.fields) if affair else [])
+            grant = f.authorize(call, agency, request.context, by, (), fields)
+            row = _single(f.answer_one(call, grant, request.context, by, key, {}), by)
+            if not row["found"]:
+                return pb.RetrieveResponse(found=False)
+            return pb.RetrieveResponse(
+                found=True, resident=_resident(row, grant.retrieved), fields=grant.retrieved
+            )
+
+    def ListAffairs(
+        self, request: pb.ListAffairsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAffairsResponse:
+        f = self.frontend
+        call = Call("list_affairs")
+        with f.guard(context, call):
+            agency = f.identify(context, call)
+            return pb.ListAffairsResponse(
+                agency_code=agency.code,
+                agency_name=agency.name,
+                affairs=[
+                    pb.Affair(
+                        code=a.code,
+                        title=a.title,
+                        legal_basis=a.legal_basis,
+                        keys=sorted(KEY_KINDS[k] for k in a.keys),
+                        modes=sorted(a.modes),
+                        fields=a.fields,
+                        daily_quota=a.daily_quota,
+                        used_today=f.quotas.used(agency.code, a.code),
+                    )
+                    for a in agency.affairs.values()
+                ],
+            )
