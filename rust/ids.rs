@@ -6,7 +6,7 @@
 //! number of ASCII digits with a valid check digit. [`normalize`] is the one lenient entry point:
 //! it folds full-width digits and drops hyphen/space separators, and says what it changed.
 
-use crate::error::{JukiError, Result};
+use crate::error::{echo, JukiError, Result, ECHO_CHARS};
 
 /// The kinds of identifier the registry knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,8 +50,9 @@ impl IdKind {
             "local_government_code" | "municipality_code" => Ok(IdKind::LocalGovernment),
             "corporate_number" => Ok(IdKind::Corporate),
             other => Err(JukiError::InvalidInput(format!(
-                "unknown identifier kind '{other}': expected my_number, resident_code, \
-                 local_government_code or corporate_number"
+                "unknown identifier kind '{}': expected my_number, resident_code, \
+                 local_government_code or corporate_number",
+                echo(other.as_bytes())
             ))),
         }
     }
@@ -230,28 +231,36 @@ impl IdKind {
 
     /// A full error for a rejected value.
     pub fn error(self, value: &str, why: Reason) -> JukiError {
-        JukiError::InvalidIdentifier(self.describe(value, why))
+        JukiError::InvalidIdentifier(self.describe(value.as_bytes(), why))
     }
 
-    /// The message naming the value and the reason it was rejected.
-    pub fn describe(self, value: &str, why: Reason) -> String {
+    /// The message naming the value (as [`echo`] shows it: at most a few dozen characters)
+    /// and the reason it was rejected. Reads a bounded prefix of `value`, whatever its length.
+    pub fn describe(self, value: &[u8], why: Reason) -> String {
         let name = self.name();
         let n = self.digits();
+        let shown = echo(value);
+        // Whole values this short are counted in characters; a longer one in bytes, unread.
+        let short = value.len() <= 4 * ECHO_CHARS;
         match why {
-            Reason::Length(_) if !value.is_ascii() => self.describe(value, Reason::NotDigit),
-            Reason::Length(got) => format!(
-                "{name} '{value}': must be exactly {n} ASCII digits, got {} characters",
-                value.chars().count().min(got)
-            ),
+            Reason::Length(_) if short && !value.is_ascii() => {
+                self.describe(value, Reason::NotDigit)
+            }
+            Reason::Length(got) if short => {
+                format!("{name} '{shown}': must be exactly {n} ASCII digits, got {got} characters")
+            }
+            Reason::Length(got) => {
+                format!("{name} '{shown}': must be exactly {n} ASCII digits, got {got} bytes")
+            }
             Reason::NotDigit => format!(
-                "{name} '{value}': must be exactly {n} ASCII digits \
+                "{name} '{shown}': must be exactly {n} ASCII digits \
                  (full-width digits and separators are not accepted; use normalize)"
             ),
             Reason::CheckDigit(expected) => {
-                format!("{name} '{value}': wrong check digit, expected {expected}")
+                format!("{name} '{shown}': wrong check digit, expected {expected}")
             }
-            Reason::TooLarge => format!("{name} {value}: more than {n} digits"),
-            Reason::Negative => format!("{name} {value}: negative"),
+            Reason::TooLarge => format!("{name} {shown}: more than {n} digits"),
+            Reason::Negative => format!("{name} {shown}: negative"),
             Reason::Null => format!("{name} is null"),
         }
     }

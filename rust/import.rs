@@ -12,10 +12,10 @@ use arrow_buffer::ScalarBuffer;
 use arrow_cast::{cast_with_options, CastOptions};
 use arrow_schema::DataType;
 
-use crate::error::{JukiError, Result};
+use crate::error::{echo, JukiError, Result};
 use crate::ids::IdKind;
 use crate::index::MAX_ROWS;
-use crate::query::parse_keys;
+use crate::query::{is_text, parse_keys, shown_type};
 use crate::storage::{Columns, Dictionaries, RegistryData, CARD_VALUES, STATUS_VALUES};
 
 const REQUIRED: [&str; 9] = [
@@ -41,25 +41,27 @@ fn cast_to(array: &ArrayRef, to: &DataType, name: &str) -> Result<ArrayRef> {
 
 /// A string column (any Arrow string type), or None when the table lacks it.
 fn text(batch: &RecordBatch, name: &str) -> Result<Option<StringViewArray>> {
-    let Some(col) = batch.column_by_name(name) else {
-        return Ok(None);
-    };
-    if !matches!(
-        col.data_type(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
-    ) {
+    match batch.column_by_name(name) {
+        Some(col) => text_of(col, name).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A string column (any Arrow string type, or a dictionary of one) as views.
+fn text_of(col: &ArrayRef, name: &str) -> Result<StringViewArray> {
+    if !is_text(col.data_type()) {
         return Err(JukiError::InvalidInput(format!(
-            "column '{name}' must hold strings, not {}",
-            col.data_type()
+            "column '{name}' must hold strings (utf8, large_utf8, utf8_view or a dictionary of \
+             them), not {}",
+            shown_type(col.data_type())
         )));
     }
     let cast = cast_to(col, &DataType::Utf8View, name)?;
-    Ok(Some(
-        cast.as_any()
-            .downcast_ref::<StringViewArray>()
-            .expect("cast")
-            .clone(),
-    ))
+    Ok(cast
+        .as_any()
+        .downcast_ref::<StringViewArray>()
+        .expect("cast")
+        .clone())
 }
 
 fn required_text(batch: &RecordBatch, name: &str) -> Result<StringViewArray> {
@@ -70,6 +72,37 @@ fn required_text(batch: &RecordBatch, name: &str) -> Result<StringViewArray> {
         )));
     }
     Ok(col)
+}
+
+/// A date column: `date32`, any type Arrow casts to it (dates, timestamps), or ISO 8601 text,
+/// where text that is not a date is refused naming its row and (cut) value.
+fn dates(col: &ArrayRef, name: &str) -> Result<Date32Array> {
+    if !is_text(col.data_type()) {
+        let cast = cast_to(col, &DataType::Date32, name)?;
+        return Ok(cast
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .expect("cast")
+            .clone());
+    }
+    // Text: cast leniently (not a date -> null), then name the first row that failed.
+    let cast = cast_with_options(col, &DataType::Date32, &CastOptions::default())
+        .map_err(|e| JukiError::InvalidInput(format!("column '{name}': {e}")))?;
+    let cast = cast
+        .as_any()
+        .downcast_ref::<Date32Array>()
+        .expect("cast")
+        .clone();
+    if cast.null_count() > col.null_count() {
+        let text = text_of(col, name)?;
+        if let Some(row) = (0..cast.len()).find(|&i| cast.is_null(i) && text.is_valid(i)) {
+            return Err(JukiError::InvalidInput(format!(
+                "row {row}: column '{name}': '{}' is not a date (YYYY-MM-DD)",
+                echo(text.value(row).as_bytes())
+            )));
+        }
+    }
+    Ok(cast)
 }
 
 /// Dictionary-encode tuples of strings, in first-seen order.
@@ -130,7 +163,8 @@ fn coded(col: Option<StringViewArray>, n: usize, values: &[&str], name: &str) ->
                 .map(|p| p as u8)
                 .ok_or_else(|| {
                     JukiError::InvalidInput(format!(
-                        "row {row}: {name} '{s}' is not one of {}",
+                        "row {row}: {name} '{}' is not one of {}",
+                        echo(s.as_bytes()),
                         values.join(", ")
                     ))
                 }),
@@ -199,9 +233,15 @@ pub fn from_batch(batch: &RecordBatch) -> Result<RegistryData> {
         if m as usize == muni_attrs.len() {
             muni_attrs.push(attrs);
         } else if muni_attrs[m as usize] != attrs {
+            let [here, earlier] = [attrs, muni_attrs[m as usize]].map(|[name, prefecture]| {
+                format!(
+                    "'{}' ({})",
+                    echo(name.as_bytes()),
+                    echo(prefecture.as_bytes())
+                )
+            });
             return Err(JukiError::InvalidInput(format!(
-                "row {i}: municipality {code} is named '{}' ({}) here but '{}' ({}) earlier",
-                attrs[0], attrs[1], muni_attrs[m as usize][0], muni_attrs[m as usize][1]
+                "row {i}: municipality {code} is named {here} here but {earlier} earlier"
             )));
         }
         if m > u16::MAX as u32 {
@@ -215,16 +255,10 @@ pub fn from_batch(batch: &RecordBatch) -> Result<RegistryData> {
         blo.push(blocks.id([opt(&block, i)]));
     }
 
-    let birth = cast_to(
+    let birth = dates(
         batch.column_by_name("birth_date").expect("required"),
-        &DataType::Date32,
         "birth_date",
     )?;
-    let birth = birth
-        .as_any()
-        .downcast_ref::<Date32Array>()
-        .expect("cast")
-        .clone();
     if let Some(row) = (0..n).find(|&i| birth.is_null(i)) {
         return Err(JukiError::InvalidInput(format!(
             "row {row}: birth_date is null"
@@ -257,11 +291,7 @@ pub fn from_batch(batch: &RecordBatch) -> Result<RegistryData> {
     let status = coded(text(batch, "status")?, n, &STATUS_VALUES, "status")?;
     let card = coded(text(batch, "card_state")?, n, &CARD_VALUES, "card_state")?;
     let status_date = match batch.column_by_name("status_date") {
-        Some(c) => cast_to(c, &DataType::Date32, "status_date")?
-            .as_any()
-            .downcast_ref::<Date32Array>()
-            .expect("cast")
-            .clone(),
+        Some(c) => dates(c, "status_date")?,
         None => Date32Array::new_null(n),
     };
 

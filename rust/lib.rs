@@ -3,7 +3,9 @@
 //! Modules by subject: `ids` (identifiers and check digits), `storage` (columns and the public
 //! schema), `index` (hash indexes), `query` (lookup and verify kernels), `generate` (synthetic
 //! registry), `import` (building from an Arrow table), `snapshot` (save/open), `memory` (huge-page
-//! allocation and prefetch), `error` (the error type and its Python mapping), `python` (bindings).
+//! allocation and prefetch), `error` (the error type and its Python mapping), `wire` (the trust
+//! boundary: validation of every array from outside), `python`
+//! (bindings).
 
 pub mod error;
 pub mod generate;
@@ -15,6 +17,7 @@ pub mod python;
 pub mod query;
 pub mod snapshot;
 pub mod storage;
+pub mod wire;
 
 use pyo3::prelude::*;
 

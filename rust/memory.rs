@@ -31,11 +31,16 @@ pub unsafe trait Zeroable: Copy + Send + Sync + 'static {}
 unsafe impl<T: ArrowNativeType> Zeroable for T {}
 
 impl<T: Zeroable> HugeVec<T> {
-    /// Map `len` zeroed values (an anonymous mapping is zero-filled by the kernel).
+    /// Map `len` zeroed values (an anonymous mapping is zero-filled by the kernel). A size that
+    /// overflows or a mapping the kernel refuses is `ResourceExhausted`, not a panic.
     pub fn zeroed(len: usize) -> Result<Self> {
-        let bytes = (len * std::mem::size_of::<T>()).max(1);
-        let map = MmapMut::map_anon(bytes)
-            .map_err(|e| JukiError::Io(format!("cannot allocate {bytes} bytes: {e}")))?;
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| too_large(len, std::mem::size_of::<T>()))?
+            .max(1);
+        let map = MmapMut::map_anon(bytes).map_err(|e| {
+            JukiError::ResourceExhausted(format!("cannot allocate {bytes} bytes: {e}"))
+        })?;
         // Advice is a hint: a kernel without THP still gives correct (slower) memory.
         let _ = map.advise(Advice::HugePage);
         Ok(HugeVec {
@@ -79,17 +84,35 @@ const HUGE_THRESHOLD: usize = 2 << 20;
 /// server already answers several requests at once on its own threads.
 pub const PARALLEL_MIN: usize = 1 << 16;
 
+fn too_large(len: usize, width: usize) -> JukiError {
+    JukiError::ResourceExhausted(format!(
+        "cannot allocate {len} values of {width} bytes: the size overflows"
+    ))
+}
+
 /// A buffer of `len` values, zeroed and then filled by `fill`: on huge pages when large, on the
-/// heap when small (a single-record query result should not cost an `mmap`).
-pub fn filled<T: ArrowNativeType>(len: usize, fill: impl FnOnce(&mut [T])) -> ScalarBuffer<T> {
-    if len * std::mem::size_of::<T>() < HUGE_THRESHOLD {
-        let mut v = vec![T::default(); len];
+/// heap when small (a single-record query result should not cost an `mmap`). Memory that cannot
+/// be had is `ResourceExhausted`.
+pub fn filled<T: ArrowNativeType>(
+    len: usize,
+    fill: impl FnOnce(&mut [T]),
+) -> Result<ScalarBuffer<T>> {
+    let width = std::mem::size_of::<T>();
+    let bytes = len
+        .checked_mul(width)
+        .ok_or_else(|| too_large(len, width))?;
+    if bytes < HUGE_THRESHOLD {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|e| {
+            JukiError::ResourceExhausted(format!("cannot allocate {bytes} bytes: {e}"))
+        })?;
+        v.resize(len, T::default());
         fill(&mut v);
-        return v.into();
+        return Ok(v.into());
     }
-    let mut h: HugeVec<T> = HugeVec::zeroed(len).expect("memory for a query result");
+    let mut h: HugeVec<T> = HugeVec::zeroed(len)?;
     fill(h.as_mut_slice());
-    h.into_buffer()
+    Ok(h.into_buffer())
 }
 
 /// A buffer of `src.len() * width` values, `work(out, src)` filling each part's `width` outputs
@@ -98,9 +121,13 @@ pub fn filled_from<S: Sync, T: ArrowNativeType>(
     src: &[S],
     width: usize,
     work: impl Fn(&mut [T], &[S]) + Sync,
-) -> ScalarBuffer<T> {
+) -> Result<ScalarBuffer<T>> {
     const PART: usize = 1 << 14;
-    filled(src.len() * width, |out: &mut [T]| {
+    let len = src
+        .len()
+        .checked_mul(width)
+        .ok_or_else(|| too_large(src.len(), width))?;
+    filled(len, |out: &mut [T]| {
         if src.len() <= PARALLEL_MIN {
             work(out, src);
         } else {
@@ -112,13 +139,16 @@ pub fn filled_from<S: Sync, T: ArrowNativeType>(
 }
 
 /// Read a whole file into huge-page-advised anonymous memory and return it as an Arrow buffer.
-pub fn read_file_huge(path: &std::path::Path) -> std::io::Result<Buffer> {
+/// An I/O failure is `Io` naming the path; memory that cannot be had, `ResourceExhausted`.
+pub fn read_file_huge(path: &std::path::Path) -> Result<Buffer> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len() as usize;
-    let mut v: HugeVec<u8> =
-        HugeVec::zeroed(len).map_err(|e| std::io::Error::other(e.to_string()))?;
-    f.read_exact(v.as_mut_slice())?;
+    let io = |e: std::io::Error| JukiError::Io(format!("{}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let len = usize::try_from(len)
+        .map_err(|_| JukiError::ResourceExhausted(format!("{}: {len} bytes", path.display())))?;
+    let mut v: HugeVec<u8> = HugeVec::zeroed(len)?;
+    f.read_exact(v.as_mut_slice()).map_err(io)?;
     Ok(v.into_buffer().into_inner())
 }
 
@@ -164,5 +194,22 @@ mod tests {
         assert_eq!(b[999], 2997);
         let empty: HugeVec<u32> = HugeVec::zeroed(0).unwrap();
         assert_eq!(empty.into_buffer().len(), 0);
+    }
+
+    #[test]
+    fn impossible_sizes_are_resource_exhausted() {
+        let err = HugeVec::<u64>::zeroed(usize::MAX / 4)
+            .map(|_| ())
+            .expect_err("overflow");
+        assert!(matches!(err, JukiError::ResourceExhausted(_)), "{err:?}");
+        // 2^62 bytes: no kernel maps that much.
+        let err = HugeVec::<u8>::zeroed(1 << 62)
+            .map(|_| ())
+            .expect_err("too large");
+        assert!(matches!(err, JukiError::ResourceExhausted(_)), "{err:?}");
+        let err = filled::<u64>(usize::MAX / 2, |_| {})
+            .map(|_| ())
+            .expect_err("overflow");
+        assert!(matches!(err, JukiError::ResourceExhausted(_)), "{err:?}");
     }
 }

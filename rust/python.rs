@@ -4,35 +4,141 @@
 //! build, scan and lookup of more than a few hundred rows runs with the GIL released. One claim
 //! of a typed call crosses as Python values instead (`verify_one`): for one row, the Arrow
 //! interface costs more than the check.
+//!
+//! Every array imported from Python is validated in full ([`wire::validate_array`]) before
+//! anything reads it; the C Data interface carries no such guarantee. Every call that touches
+//! outside data runs under [`guarded`], so a panic in the core reaches Python as
+//! `InternalError`, never as an abort or a `PanicException`.
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, UInt8Type};
+use arrow_array::ffi_stream::RecordBatchStreamReader;
+use arrow_array::types::{Date32Type, Int64Type, UInt8Type};
+use arrow_array::RecordBatchReader;
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt8Array,
+    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray, UInt8Array,
 };
 use arrow_cast::cast;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_data::ArrayData;
-use arrow_pyarrow::{PyArrowType, Table};
-use arrow_schema::{ArrowError, DataType, Field, Schema};
+use arrow_pyarrow::{FromPyArrow, FromPyArrowUnchecked, PyArrowType, Table};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use arrow_select::concat::concat_batches;
-use pyo3::marker::Ungil;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::error::{JukiError, Result};
+use crate::error::{echo, JukiError, Result};
 use crate::generate::{self, Plan};
 use crate::ids::{self, IdKind};
 use crate::query::{self, ExactMatch};
 use crate::snapshot;
 use crate::storage::{schema_of, Column, RegistryData, Rows};
+use crate::wire;
 
-fn one_batch(table: Table, what: &str) -> Result<RecordBatch> {
-    let (batches, schema) = table.into_inner();
-    concat_batches(&schema, &batches).map_err(|e| JukiError::InvalidInput(format!("{what}: {e}")))
+/// The message of a caught panic's payload (a `&str` or a `String`, as `panic!` makes them).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Run `f`, turning a panic into `JukiError::Internal` ("internal error: <panic message>"), so
+/// no panic unwinds into Python. Asserting unwind safety is sound: a registry is immutable once
+/// built (nothing `f` borrows can be left half-updated), and what `f` builds is dropped.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(JukiError::Internal(format!(
+            "internal error: {}",
+            panic_message(payload.as_ref())
+        )))
+    })
+}
+
+/// An array from Python, imported without copying and not yet validated: [`Imported::array`]
+/// validates it before anything reads it (with the GIL released, by the caller's choice).
+struct Imported {
+    data: ArrayData,
+    what: &'static str,
+}
+
+impl Imported {
+    /// Import `ob` (any object with `__arrow_c_array__`, or a pyarrow array), naming it `what`.
+    fn from_python(ob: &Bound<'_, PyAny>, what: &'static str) -> Result<Imported> {
+        // SAFETY: the import trusts the producer's data only to build the ArrayData; nothing
+        // reads its buffers until `array` has validated it in full, which is what
+        // arrow-pyarrow's checked import does too (there under the GIL).
+        let data = unsafe { ArrayData::from_pyarrow_bound_unchecked(ob) }
+            .map_err(|e| JukiError::InvalidInput(format!("{what} must be an Arrow array: {e}")))?;
+        Ok(Imported { data, what })
+    }
+
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The array, validated in full.
+    fn array(self) -> Result<ArrayRef> {
+        wire::validate_array(&self.data, self.what)?;
+        Ok(arrow_array::make_array(self.data))
+    }
+}
+
+/// A table from Python, imported without copying (through `__arrow_c_stream__`) and not yet
+/// validated: [`ImportedTable::batches`] validates it.
+struct ImportedTable {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    what: &'static str,
+}
+
+impl ImportedTable {
+    fn from_python(ob: &Bound<'_, PyAny>, what: &'static str) -> Result<ImportedTable> {
+        let not_a_table = |e: &dyn std::fmt::Display| {
+            JukiError::InvalidInput(format!("{what} must be an Arrow table: {e}"))
+        };
+        let reader =
+            RecordBatchStreamReader::from_pyarrow_bound(ob).map_err(|e| not_a_table(&e))?;
+        let schema = reader.schema();
+        // Each batch is assembled from the producer's arrays as they come; a malformed one can
+        // only fail (or panic, caught), as nothing reads its values before `batches`.
+        let batches = guarded(|| {
+            reader
+                .collect::<std::result::Result<Vec<_>, ArrowError>>()
+                .map_err(|e| not_a_table(&e))
+        })?;
+        Ok(ImportedTable {
+            schema,
+            batches,
+            what,
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// The batches, each column validated in full.
+    fn batches(self) -> Result<(Vec<RecordBatch>, SchemaRef)> {
+        for b in &self.batches {
+            wire::validate_batch(b, self.what)?;
+        }
+        Ok((self.batches, self.schema))
+    }
+
+    /// The batches, validated, as one.
+    fn one_batch(self) -> Result<RecordBatch> {
+        let what = self.what;
+        let (batches, schema) = self.batches()?;
+        concat_batches(&schema, &batches).map_err(|e| JukiError::arrow(what, e))
+    }
 }
 
 fn columns_of(names: Option<Vec<String>>) -> Result<Vec<Column>> {
@@ -47,13 +153,23 @@ fn columns_of(names: Option<Vec<String>>) -> Result<Vec<Column>> {
 /// spends on a few hundred rows. A typed call, one row, stays on its thread (BENCHMARKS.md).
 const KEEP_GIL_ROWS: usize = 256;
 
-/// Run `f`, releasing the GIL only when `rows` make the work worth a thread switch.
-fn run_sized<T: Ungil>(py: Python<'_>, rows: usize, f: impl Ungil + FnOnce() -> T) -> T {
+/// Run `f` under [`guarded`], releasing the GIL only when `rows` make the work worth a thread
+/// switch.
+fn run_sized<T: Send>(
+    py: Python<'_>,
+    rows: usize,
+    f: impl Send + FnOnce() -> Result<T>,
+) -> Result<T> {
     if rows < KEEP_GIL_ROWS {
-        f()
+        guarded(f)
     } else {
-        py.detach(f)
+        py.detach(|| guarded(f))
     }
+}
+
+/// Run `f` under [`guarded`] with the GIL released.
+fn detached<T: Send>(py: Python<'_>, f: impl Send + FnOnce() -> Result<T>) -> Result<T> {
+    py.detach(|| guarded(f))
 }
 
 fn to_table(
@@ -108,19 +224,28 @@ impl PyRegistry {
     #[pyo3(signature = (municipalities, towns, family_names, given_names, seed = 0))]
     fn generate(
         py: Python<'_>,
-        municipalities: PyArrowType<Table>,
-        towns: PyArrowType<Table>,
-        family_names: PyArrowType<Table>,
-        given_names: PyArrowType<Table>,
+        municipalities: &Bound<'_, PyAny>,
+        towns: &Bound<'_, PyAny>,
+        family_names: &Bound<'_, PyAny>,
+        given_names: &Bound<'_, PyAny>,
         seed: u64,
     ) -> PyResult<PyRegistry> {
-        let plan = Plan {
-            municipalities: one_batch(municipalities.0, "municipalities")?,
-            towns: one_batch(towns.0, "towns")?,
-            family_names: one_batch(family_names.0, "family_names")?,
-            given_names: one_batch(given_names.0, "given_names")?,
-        };
-        let data = py.detach(|| generate::generate(&plan, seed))?;
+        let tables = [
+            ImportedTable::from_python(municipalities, "municipalities")?,
+            ImportedTable::from_python(towns, "towns")?,
+            ImportedTable::from_python(family_names, "family_names")?,
+            ImportedTable::from_python(given_names, "given_names")?,
+        ];
+        let data = detached(py, || {
+            let [municipalities, towns, family_names, given_names] = tables;
+            let plan = Plan {
+                municipalities: municipalities.one_batch()?,
+                towns: towns.one_batch()?,
+                family_names: family_names.one_batch()?,
+                given_names: given_names.one_batch()?,
+            };
+            generate::generate(&plan, seed)
+        })?;
         Ok(PyRegistry {
             data: Arc::new(data),
         })
@@ -130,7 +255,7 @@ impl PyRegistry {
     #[staticmethod]
     #[pyo3(signature = (path, mmap = false))]
     fn open(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyRegistry> {
-        let data = py.detach(|| snapshot::open(&path, mmap))?;
+        let data = detached(py, || snapshot::open(&path, mmap))?;
         Ok(PyRegistry {
             data: Arc::new(data),
         })
@@ -138,15 +263,15 @@ impl PyRegistry {
 
     /// Save atomically to a snapshot directory.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        py.detach(|| snapshot::save(&self.data, &path))?;
+        detached(py, || snapshot::save(&self.data, &path))?;
         Ok(())
     }
 
     /// Build from an Arrow table of the public schema.
     #[staticmethod]
-    fn from_arrow(py: Python<'_>, table: PyArrowType<Table>) -> PyResult<PyRegistry> {
-        let batch = one_batch(table.0, "registry table")?;
-        let data = py.detach(|| crate::import::from_batch(&batch))?;
+    fn from_arrow(py: Python<'_>, table: &Bound<'_, PyAny>) -> PyResult<PyRegistry> {
+        let table = ImportedTable::from_python(table, "registry table")?;
+        let data = detached(py, || crate::import::from_batch(&table.one_batch()?))?;
         Ok(PyRegistry {
             data: Arc::new(data),
         })
@@ -161,11 +286,8 @@ impl PyRegistry {
     ) -> PyResult<PyArrowType<Table>> {
         let cols = columns_of(columns)?;
         let schema = schema_of(&cols);
-        let batch = py.detach(|| {
-            let arrays: Vec<ArrayRef> = cols
-                .iter()
-                .map(|&c| self.data.column(c, Rows::All))
-                .collect();
+        let batch = detached(py, || {
+            let arrays = self.data.columns(&cols, Rows::All)?;
             RecordBatch::try_new(schema.clone(), arrays).map_err(JukiError::from)
         })?;
         to_table(vec![batch], schema)
@@ -176,15 +298,15 @@ impl PyRegistry {
     fn lookup(
         &self,
         py: Python<'_>,
-        keys: PyArrowType<ArrayData>,
+        keys: &Bound<'_, PyAny>,
         by: &str,
         columns: Option<Vec<String>>,
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(columns)?;
-        let keys = arrow_array::make_array(keys.0);
+        let keys = Imported::from_python(keys, "keys")?;
         let batch = run_sized(py, keys.len(), || {
-            query::lookup(&self.data, keys.as_ref(), kind, &cols)
+            query::lookup(&self.data, keys.array()?.as_ref(), kind, &cols)
         })?;
         let schema = batch.schema();
         to_table(vec![batch], schema)
@@ -206,12 +328,17 @@ impl PyRegistry {
         let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![key]))];
         for (name, value) in &claims {
             let array: ArrayRef = if let Ok(text) = value.extract::<&str>() {
-                Arc::new(StringArray::from(vec![text]))
+                if name == Column::BirthDate.name() {
+                    Arc::new(claimed_date(text)?)
+                } else {
+                    Arc::new(StringArray::from(vec![text]))
+                }
             } else if let Ok(number) = value.extract::<i64>() {
                 Arc::new(Int64Array::from(vec![number]))
             } else {
                 return Err(JukiError::InvalidInput(format!(
-                    "claim '{name}' must be a string or an integer, not {}",
+                    "claim '{}' must be a string or an integer, not {}",
+                    echo(name.as_bytes()),
                     value.get_type().name()?
                 ))
                 .into());
@@ -219,9 +346,11 @@ impl PyRegistry {
             fields.push(Field::new(name, array.data_type().clone(), true));
             arrays.push(array);
         }
-        let claims = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-            .map_err(|e| JukiError::InvalidInput(format!("claims: {e}")))?;
-        let out = query::verify(&self.data, &claims, kind, &ExactMatch, 0, &cols)?;
+        let out = guarded(|| {
+            let claims = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+                .map_err(|e| JukiError::arrow("claims", e))?;
+            query::verify(&self.data, &claims, kind, &ExactMatch, 0, &cols)
+        })?;
         let row = PyDict::new(py);
         for (field, array) in out.schema().fields().iter().zip(out.columns()) {
             row.set_item(field.name(), python_value(py, array.as_ref())?)?;
@@ -234,19 +363,20 @@ impl PyRegistry {
     fn verify(
         &self,
         py: Python<'_>,
-        claims: PyArrowType<Table>,
+        claims: &Bound<'_, PyAny>,
         by: &str,
         first_row: usize,
         columns: Vec<String>,
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(Some(columns))?;
-        let (mut batches, schema) = claims.0.into_inner();
-        if batches.is_empty() {
-            batches.push(RecordBatch::new_empty(schema));
-        }
-        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        let claims = ImportedTable::from_python(claims, "claims")?;
+        let rows = claims.rows();
         let results = run_sized(py, rows, || {
+            let (mut batches, schema) = claims.batches()?;
+            if batches.is_empty() {
+                batches.push(RecordBatch::new_empty(schema));
+            }
             let mut first_row = first_row;
             let mut out = Vec::with_capacity(batches.len());
             for b in &batches {
@@ -260,7 +390,7 @@ impl PyRegistry {
                 )?);
                 first_row += b.num_rows();
             }
-            Ok::<_, JukiError>(out)
+            Ok(out)
         })?;
         let schema = results[0].schema();
         to_table(results, schema)
@@ -293,37 +423,57 @@ impl PyRegistry {
     }
 }
 
+/// A typed call's claimed birth date (ISO 8601 text) as the one-row `date32` column that
+/// `verify` takes; text that is not a date is `InvalidInput` naming the claim.
+fn claimed_date(text: &str) -> Result<Date32Array> {
+    let dates = cast(&StringArray::from(vec![text]), &DataType::Date32)
+        .map_err(|e| JukiError::arrow("claims column 'birth_date'", e))?;
+    let dates = dates.as_primitive::<Date32Type>().clone();
+    if dates.is_null(0) {
+        return Err(JukiError::InvalidInput(format!(
+            "claims column 'birth_date': '{}' is not a date (YYYY-MM-DD)",
+            echo(text.as_bytes())
+        )));
+    }
+    Ok(dates)
+}
+
 /// Whether `value` is a valid identifier of `kind` (strict: exact ASCII digits).
 #[pyfunction]
 fn is_valid(kind: &str, value: &str) -> PyResult<bool> {
-    Ok(IdKind::from_name(kind)?.parse(value).is_ok())
+    Ok(guarded(|| {
+        Ok(IdKind::from_name(kind)?.parse(value).is_ok())
+    })?)
 }
 
 /// Check the identifier strictly, raising `InvalidIdentifier` naming the value if it is not valid.
 #[pyfunction]
 fn validate(kind: &str, value: &str) -> PyResult<()> {
-    IdKind::from_name(kind)?.parse(value)?;
+    guarded(|| IdKind::from_name(kind)?.parse(value).map(|_| ()))?;
     Ok(())
 }
 
 /// The check digit for a base (the identifier's digits without its check digit).
 #[pyfunction]
 fn check_digit(kind: &str, base: &str) -> PyResult<u8> {
-    let k = IdKind::from_name(kind)?;
-    let value = k.parse_base(base.as_bytes()).ok_or_else(|| {
-        JukiError::InvalidIdentifier(format!(
-            "{} base '{base}': must be exactly {} ASCII digits",
-            k.name(),
-            k.base_len()
-        ))
-    })?;
-    Ok(k.check_digit(value))
+    Ok(guarded(|| {
+        let k = IdKind::from_name(kind)?;
+        let value = k.parse_base(base.as_bytes()).ok_or_else(|| {
+            JukiError::InvalidIdentifier(format!(
+                "{} base '{}': must be exactly {} ASCII digits",
+                k.name(),
+                echo(base.as_bytes()),
+                k.base_len()
+            ))
+        })?;
+        Ok(k.check_digit(value))
+    })?)
 }
 
 /// Lenient parsing: returns (canonical value, folded full-width digits, removed separators).
 #[pyfunction]
 fn normalize(kind: &str, value: &str) -> PyResult<(String, bool, bool)> {
-    let n = ids::normalize(IdKind::from_name(kind)?, value)?;
+    let n = guarded(|| ids::normalize(IdKind::from_name(kind)?, value))?;
     Ok((n.value, n.folded_full_width, n.removed_separators))
 }
 
@@ -332,11 +482,12 @@ fn normalize(kind: &str, value: &str) -> PyResult<(String, bool, bool)> {
 fn is_valid_array(
     py: Python<'_>,
     kind: &str,
-    values: PyArrowType<ArrayData>,
+    values: &Bound<'_, PyAny>,
 ) -> PyResult<PyArrowType<ArrayData>> {
     let k = IdKind::from_name(kind)?;
-    let array = arrow_array::make_array(values.0);
-    let out = py.detach(|| -> Result<BooleanArray> {
+    let values = Imported::from_python(values, "values")?;
+    let out = detached(py, || -> Result<BooleanArray> {
+        let array = values.array()?;
         let parsed = query::parse_keys(k, array.as_ref(), 0)?;
         let valid: Vec<Option<bool>> = parsed
             .bases
@@ -355,14 +506,15 @@ fn is_valid_array(
 fn check_digit_array(
     py: Python<'_>,
     kind: &str,
-    bases: PyArrowType<ArrayData>,
+    bases: &Bound<'_, PyAny>,
 ) -> PyResult<PyArrowType<ArrayData>> {
     let k = IdKind::from_name(kind)?;
-    let array = arrow_array::make_array(bases.0);
-    let out = py.detach(|| -> Result<UInt8Array> {
+    let bases = Imported::from_python(bases, "bases")?;
+    let out = detached(py, || -> Result<UInt8Array> {
+        let array = bases.array()?;
         if array.data_type().is_integer() {
-            let ints = cast(array.as_ref(), &DataType::Int64)
-                .map_err(|e| JukiError::InvalidInput(format!("bases: {e}")))?;
+            let ints =
+                cast(array.as_ref(), &DataType::Int64).map_err(|e| JukiError::arrow("bases", e))?;
             let limit = 10i64.pow(k.base_len() as u32);
             return Ok(ints
                 .as_primitive::<Int64Type>()
@@ -373,9 +525,15 @@ fn check_digit_array(
                 })
                 .collect());
         }
-        let strings = cast(array.as_ref(), &DataType::Utf8View).map_err(|e| {
-            JukiError::InvalidInput(format!("bases must be strings or integers: {e}"))
-        })?;
+        if !query::is_text(array.data_type()) {
+            return Err(JukiError::InvalidInput(format!(
+                "bases must be strings (utf8, large_utf8, utf8_view or a dictionary of them) \
+                 or integers, not {}",
+                query::shown_type(array.data_type())
+            )));
+        }
+        let strings =
+            cast(array.as_ref(), &DataType::Utf8View).map_err(|e| JukiError::arrow("bases", e))?;
         Ok(strings
             .as_string_view()
             .iter()
@@ -419,7 +577,40 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "SnapshotIOError",
         py.get_type::<crate::error::exceptions::SnapshotIOError>(),
     )?;
+    m.add(
+        "ResourceExhausted",
+        py.get_type::<crate::error::exceptions::ResourceExhausted>(),
+    )?;
+    m.add(
+        "InternalError",
+        py.get_type::<crate::error::exceptions::InternalError>(),
+    )?;
     m.add("REFERENCE_DATE", generate::REFERENCE_DATE)?;
     m.add("MAX_ROWS", crate::index::MAX_ROWS)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error() {
+        let e = guarded(|| -> Result<()> { panic!("boom") }).unwrap_err();
+        assert_eq!(e, JukiError::Internal("internal error: boom".into()));
+        let n = 7;
+        let e = guarded(|| -> Result<()> { panic!("row {n} broke") }).unwrap_err();
+        assert_eq!(e, JukiError::Internal("internal error: row 7 broke".into()));
+        // A panic on a rayon worker reaches the caller, and is caught there too.
+        let e = guarded(|| -> Result<()> {
+            use rayon::prelude::*;
+            (0..1000)
+                .into_par_iter()
+                .for_each(|i| assert!(i < 999, "worker {i}"));
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(e, JukiError::Internal("internal error: worker 999".into()));
+        assert_eq!(guarded(|| Ok(3)), Ok(3));
+    }
 }

@@ -22,7 +22,7 @@ use arrow_cast::{cast_with_options, CastOptions};
 use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 
-use crate::error::{JukiError, Result};
+use crate::error::{echo, JukiError, Result};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
 use crate::memory::{filled, prefetch, PARALLEL_MIN};
@@ -45,6 +45,25 @@ fn strict_cast(array: &dyn Array, to: &DataType, what: &str) -> Result<ArrayRef>
         .map_err(|e| JukiError::InvalidInput(format!("{what}: {e}")))
 }
 
+/// Whether `t` is one of Arrow's string layouts (utf8, large_utf8, utf8_view) or a dictionary
+/// of one: the types the contract names for keys and text claims.
+pub fn is_text(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => matches!(
+            values.as_ref(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ),
+        _ => false,
+    }
+}
+
+/// A type as an error message shows it: a nested type's display repeats its fields' names,
+/// which a client chose, so it is cut as [`echo`] cuts a value.
+pub fn shown_type(t: &DataType) -> String {
+    echo(t.to_string().as_bytes())
+}
+
 /// A string column in any of Arrow's string layouts, read in place (no conversion copy).
 #[derive(Clone)]
 pub enum TextColumn {
@@ -57,35 +76,32 @@ pub enum TextColumn {
 }
 
 impl TextColumn {
-    /// Wrap a string column; dictionaries and all-null columns are converted to `Utf8View`.
+    /// Wrap a text column (see [`TextColumn::accepts`]); dictionaries and all-null columns are
+    /// converted to `Utf8View`.
     pub fn new(array: &dyn Array, what: &str) -> Result<TextColumn> {
         Ok(match array.data_type() {
             DataType::Utf8 => TextColumn::Utf8(array.as_string::<i32>().clone()),
             DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone()),
             DataType::Utf8View => TextColumn::View(array.as_string_view().clone()),
-            DataType::Dictionary(_, _) | DataType::Null => TextColumn::View(
+            t if TextColumn::accepts(t) => TextColumn::View(
                 strict_cast(array, &DataType::Utf8View, what)?
                     .as_string_view()
                     .clone(),
             ),
             other => {
                 return Err(JukiError::InvalidInput(format!(
-                    "{what} must hold strings, not {other}"
+                    "{what} must hold strings (utf8, large_utf8, utf8_view or a dictionary of \
+                     them), not {}",
+                    shown_type(other)
                 )))
             }
         })
     }
 
-    /// Whether a column of this type can be read as text.
+    /// Whether a claimed text column of this type is accepted: strings, a dictionary of
+    /// strings, or the null type (a column claiming nothing).
     pub fn accepts(t: &DataType) -> bool {
-        matches!(
-            t,
-            DataType::Utf8
-                | DataType::LargeUtf8
-                | DataType::Utf8View
-                | DataType::Dictionary(_, _)
-                | DataType::Null
-        )
+        is_text(t) || t == &DataType::Null
     }
 
     /// The inline key (see [`inline_key`]) of row `i`, whose bytes `b` (at most 12) the caller
@@ -132,10 +148,11 @@ pub enum KeyColumn {
 }
 
 impl KeyColumn {
-    /// Wrap a key column of `kind`.
+    /// Wrap a key column of `kind`: strings (utf8, large_utf8, utf8_view or a dictionary of
+    /// them) or integers of any width.
     pub fn new(kind: IdKind, keys: &dyn Array) -> Result<KeyColumn> {
         Ok(match keys.data_type() {
-            t if TextColumn::accepts(t) => KeyColumn::Text(TextColumn::new(keys, kind.name())?),
+            t if is_text(t) => KeyColumn::Text(TextColumn::new(keys, kind.name())?),
             DataType::UInt64 => KeyColumn::U64(keys.as_primitive::<UInt64Type>().clone()),
             t if t.is_integer() => KeyColumn::I64(
                 strict_cast(keys, &DataType::Int64, kind.name())?
@@ -144,8 +161,10 @@ impl KeyColumn {
             ),
             other => {
                 return Err(JukiError::InvalidInput(format!(
-                    "{} keys must be strings or integers, not {other}",
-                    kind.name()
+                    "{} keys must be strings (utf8, large_utf8, utf8_view or a dictionary of \
+                     them) or integers, not {}",
+                    kind.name(),
+                    shown_type(other)
                 )))
             }
         })
@@ -154,12 +173,11 @@ impl KeyColumn {
     /// The identifier value of row `i`, or the message saying why it is rejected.
     #[inline(always)]
     fn parse(&self, kind: IdKind, i: usize) -> std::result::Result<u64, String> {
-        let null = || kind.describe("", Reason::Null);
+        let null = || kind.describe(b"", Reason::Null);
         match self {
             KeyColumn::Text(t) => {
                 let b = t.get(i).ok_or_else(null)?;
-                kind.parse_bytes(b)
-                    .map_err(|why| kind.describe(&String::from_utf8_lossy(b), why))
+                kind.parse_bytes(b).map_err(|why| kind.describe(b, why))
             }
             KeyColumn::U64(a) => {
                 if a.is_null(i) {
@@ -167,7 +185,7 @@ impl KeyColumn {
                 }
                 let v = a.value(i);
                 kind.check_value(v)
-                    .map_err(|why| kind.describe(&v.to_string(), why))
+                    .map_err(|why| kind.describe(v.to_string().as_bytes(), why))
             }
             KeyColumn::I64(a) => {
                 if a.is_null(i) {
@@ -178,7 +196,7 @@ impl KeyColumn {
                     Ok(u) => kind.check_value(u),
                     Err(_) => Err(Reason::Negative),
                 };
-                checked.map_err(|why| kind.describe(&v.to_string(), why))
+                checked.map_err(|why| kind.describe(v.to_string().as_bytes(), why))
             }
         }
     }
@@ -306,16 +324,14 @@ pub fn lookup(
         errors = for_chunks(rows, |start, r, errs| {
             resolve_chunk(&column, index, start, 0, r, errs, |_| {})
         });
-    });
+    })?;
     let mut fields = vec![Field::new("found", DataType::Boolean, false), error_field()];
     let mut arrays: Vec<ArrayRef> = vec![
         Arc::new(RegistryData::found_column(&rows)),
         error_column(rows.len(), &errors),
     ];
-    for &c in columns {
-        fields.push(c.field());
-        arrays.push(data.column(c, Rows::At(&rows)));
-    }
+    fields.extend(columns.iter().map(|c| c.field()));
+    arrays.extend(data.columns(columns, Rows::At(&rows))?);
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
@@ -460,17 +476,23 @@ fn prepare<'a>(data: &'a RegistryData, field: Column, claimed: &dyn Array) -> Re
             &d.municipality_code,
             &t.municipality_code,
         ),
-        Column::BirthDate => {
-            let cast = strict_cast(claimed, &DataType::Date32, &what)?;
-            Ok(Check::Date {
-                claims: cast.as_primitive::<Date32Type>().clone(),
-            })
-        }
+        Column::BirthDate => Ok(Check::Date {
+            claims: match claimed.data_type() {
+                DataType::Date32 => claimed.as_primitive::<Date32Type>().clone(),
+                DataType::Null => Date32Array::new_null(claimed.len()),
+                other => {
+                    return Err(JukiError::InvalidInput(format!(
+                        "{what} must hold dates (date32), not {}",
+                        shown_type(other)
+                    )))
+                }
+            },
+        }),
         Column::Sex => {
             if !claimed.data_type().is_integer() && claimed.data_type() != &DataType::Null {
                 return Err(JukiError::InvalidInput(format!(
                     "{what} must hold integers (1 = male, 2 = female), not {}",
-                    claimed.data_type()
+                    shown_type(claimed.data_type())
                 )));
             }
             let cast = strict_cast(claimed, &DataType::UInt8, &what)?;
@@ -515,7 +537,7 @@ pub fn verify<M: TextMatch>(
                 let known: Vec<&str> = CLAIMABLE.iter().map(|c| c.name()).collect();
                 JukiError::InvalidInput(format!(
                     "claims column '{}' cannot be verified: expected the key '{}' and any of {}",
-                    f.name(),
+                    echo(f.name().as_bytes()),
                     by.name(),
                     known.join(", ")
                 ))
@@ -654,10 +676,13 @@ pub fn verify<M: TextMatch>(
         Rows::At(&rows)
     };
     // `status` is always in the result already.
-    for &c in columns.iter().filter(|&&c| c != Column::Status) {
-        fields.push(c.field());
-        arrays.push(data.column(c, at));
-    }
+    let disclosed: Vec<Column> = columns
+        .iter()
+        .copied()
+        .filter(|&c| c != Column::Status)
+        .collect();
+    fields.extend(disclosed.iter().map(|c| c.field()));
+    arrays.extend(data.columns(&disclosed, at)?);
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 

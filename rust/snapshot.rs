@@ -55,6 +55,16 @@ fn corrupt(file: &str, why: impl std::fmt::Display) -> JukiError {
     JukiError::SnapshotCorrupt(format!("snapshot file '{file}' is corrupt: {why}"))
 }
 
+/// A failure to read a snapshot file: a missing one is corruption (`shown` names it in the
+/// snapshot); any other (permissions, a failing disk) is `Io` naming the path.
+fn unreadable(path: &Path, shown: &str, e: std::io::Error) -> JukiError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        corrupt(shown, e)
+    } else {
+        io(path, e)
+    }
+}
+
 /// A writer that hashes what passes through it.
 struct Hashing<W: Write> {
     inner: W,
@@ -105,10 +115,12 @@ fn write_file(
 
 fn write_ipc(dir: &Path, name: &str, columns: Vec<(&str, ArrayRef)>) -> Result<FileEntry> {
     let batch = RecordBatch::try_from_iter(columns)?;
+    let path = dir.join(name);
+    let failed = |e| JukiError::arrow(path.display(), e);
     write_file(dir, name, |w| {
-        let mut writer = FileWriter::try_new(w, &batch.schema())?;
-        writer.write(&batch)?;
-        writer.finish()?;
+        let mut writer = FileWriter::try_new(w, &batch.schema()).map_err(failed)?;
+        writer.write(&batch).map_err(failed)?;
+        writer.finish().map_err(failed)?;
         Ok(())
     })
 }
@@ -362,8 +374,12 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
             dir.display()
         )));
     }
-    let current = fs::read_to_string(dir.join("CURRENT")).map_err(|e| {
-        JukiError::SnapshotCorrupt(format!("snapshot file 'CURRENT' cannot be read: {e}"))
+    let current_path = dir.join("CURRENT");
+    let current = fs::read_to_string(&current_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData => {
+            JukiError::SnapshotCorrupt(format!("snapshot file 'CURRENT' cannot be read: {e}"))
+        }
+        _ => io(&current_path, e),
     })?;
     let version = current.trim();
     if !version
@@ -378,7 +394,8 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
     let vdir = dir.join(version);
     let manifest_path = vdir.join("manifest.json");
     let manifest_name = format!("{version}/manifest.json");
-    let raw = fs::read(&manifest_path).map_err(|e| corrupt(&manifest_name, e))?;
+    let raw =
+        fs::read(&manifest_path).map_err(|e| unreadable(&manifest_path, &manifest_name, e))?;
     let manifest: Manifest =
         serde_json::from_slice(&raw).map_err(|e| corrupt(&manifest_name, e))?;
     if manifest.format != FORMAT {
@@ -393,7 +410,9 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
         .map(|entry| {
             let path = vdir.join(&entry.name);
             let shown = format!("{version}/{}", entry.name);
-            let actual = fs::metadata(&path).map_err(|e| corrupt(&shown, e))?.len();
+            let actual = fs::metadata(&path)
+                .map_err(|e| unreadable(&path, &shown, e))?
+                .len();
             if actual != entry.bytes {
                 return Err(corrupt(
                     &shown,
@@ -408,11 +427,10 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
             // columns are mapped (the RSS is the same either way: their pages are all touched).
             let index = [INDEX_MY_NUMBER, INDEX_RESIDENT_CODE].contains(&entry.name.as_str());
             let buf = if mmap && !index {
-                map_file(&path)
+                map_file(&path).map_err(|e| unreadable(&path, &shown, e))?
             } else {
-                read_file_huge(&path)
-            }
-            .map_err(|e| corrupt(&shown, e))?;
+                read_file_huge(&path)?
+            };
             let sum = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(buf.as_slice()));
             if sum != entry.xxh3 {
                 return Err(corrupt(

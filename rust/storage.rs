@@ -17,7 +17,7 @@ use arrow_buffer::{ArrowNativeType, BooleanBuffer, NullBuffer, OffsetBuffer, Sca
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
 
-use crate::error::{JukiError, Result};
+use crate::error::{echo, JukiError, Result};
 use crate::ids::IdKind;
 use crate::index::{HashIndex, NOT_FOUND};
 use crate::memory::{filled_from, prefetch, HugeVec};
@@ -357,7 +357,8 @@ impl Column {
             .ok_or_else(|| {
                 let names: Vec<&str> = Column::ALL.iter().map(|c| c.name()).collect();
                 JukiError::InvalidInput(format!(
-                    "unknown column '{name}': expected one of {}",
+                    "unknown column '{}': expected one of {}",
+                    echo(name.as_bytes()),
                     names.join(", ")
                 ))
             })
@@ -403,7 +404,10 @@ pub fn found_validity(rows: &[u32]) -> Option<NullBuffer> {
 }
 
 /// Gather `src[rows[i]]` for each i on all cores, prefetching ahead; missing rows give zero.
-pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> ScalarBuffer<T> {
+pub fn gather<T: ArrowNativeType + Send + Sync>(
+    src: &[T],
+    rows: &[u32],
+) -> Result<ScalarBuffer<T>> {
     const AHEAD: usize = 16;
     filled_from(rows, 1, |o: &mut [T], r: &[u32]| {
         for i in 0..r.len() {
@@ -424,7 +428,7 @@ pub fn gather<T: ArrowNativeType + Send + Sync>(src: &[T], rows: &[u32]) -> Scal
 fn project<T: ArrowNativeType>(
     people: &[Resident],
     f: impl Fn(&Resident) -> T + Sync,
-) -> ScalarBuffer<T> {
+) -> Result<ScalarBuffer<T>> {
     filled_from(people, 1, |o: &mut [T], ps: &[Resident]| {
         for (o, p) in o.iter_mut().zip(ps) {
             *o = f(p);
@@ -435,7 +439,7 @@ fn project<T: ArrowNativeType>(
 /// Render identifier values as fixed-width digit strings (leading zeros kept). Plain `Utf8`
 /// rather than `Utf8View`: every consumer (pyarrow compute included) supports it, and at a fixed
 /// width the offsets cost no more than views would.
-pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> StringArray {
+pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> Result<StringArray> {
     let n = kind.digits();
     let bytes = filled_from(values, n, |out: &mut [u8], vals: &[u64]| {
         for (o, &v) in out.chunks_exact_mut(n).zip(vals) {
@@ -445,11 +449,11 @@ pub fn render_ids(kind: IdKind, values: &[u64], nulls: Option<NullBuffer>) -> St
                 x /= 10;
             }
         }
-    });
+    })?;
     let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(n, values.len()));
     // SAFETY: the offsets step by n over a buffer of values.len() * n ASCII digits, so every value
     // is in bounds and valid UTF-8; nulls has values.len() entries.
-    unsafe { StringArray::new_unchecked(offsets, bytes.into_inner(), nulls) }
+    Ok(unsafe { StringArray::new_unchecked(offsets, bytes.into_inner(), nulls) })
 }
 
 /// Which rows a column is built for.
@@ -534,7 +538,7 @@ impl RegistryData {
     }
 
     /// A public column for `rows`; rows not found come back null.
-    pub fn column(&self, col: Column, rows: Rows) -> ArrayRef {
+    pub fn column(&self, col: Column, rows: Rows) -> Result<ArrayRef> {
         let c = &self.cols;
         let d = &self.dicts;
         let nulls = match rows {
@@ -543,7 +547,7 @@ impl RegistryData {
         };
         // Identifiers are not packed in a Resident: they are always gathered.
         let ids = |src: &ScalarBuffer<u64>| match rows {
-            Rows::All => src.clone(),
+            Rows::All => Ok(src.clone()),
             Rows::At(r) | Rows::Read { rows: r, .. } => gather(src, r),
         };
         // The values of a field that the columns and a Resident's `$part` hold under one name.
@@ -551,8 +555,8 @@ impl RegistryData {
             ($part:ident . $f:ident) => {
                 match rows {
                     Rows::All => c.$f.clone(),
-                    Rows::At(r) => gather(&c.$f, r),
-                    Rows::Read { people, .. } => project(people, |p| p.$part.$f),
+                    Rows::At(r) => gather(&c.$f, r)?,
+                    Rows::Read { people, .. } => project(people, |p| p.$part.$f)?,
                 }
             };
         }
@@ -561,32 +565,45 @@ impl RegistryData {
                 let k = PrimitiveArray::<$kt>::new(values!($part.$f), nulls);
                 // SAFETY: stored keys are always < the length of their dictionary: the builders
                 // (generation, import, snapshot checks) guarantee it.
-                Arc::new(unsafe { DictionaryArray::<$kt>::new_unchecked(k, Arc::new($values)) })
-                    as ArrayRef
+                Arc::new(unsafe {
+                    DictionaryArray::<$kt>::new_unchecked(k, Arc::new($values.clone()))
+                }) as ArrayRef
             }};
         }
-        match col {
+        // The fixed enumerations (status, card state) are the schema's, not resident data: a
+        // reply carries them whole.
+        macro_rules! enumeration {
+            ($part:ident . $f:ident, $values:expr) => {{
+                let k = PrimitiveArray::<UInt8Type>::new(values!($part.$f), nulls);
+                // SAFETY: stored codes are < the length of their enumeration (checked when built
+                // or opened).
+                Arc::new(unsafe {
+                    DictionaryArray::<UInt8Type>::new_unchecked(k, Arc::new(small_dict(&$values)))
+                }) as ArrayRef
+            }};
+        }
+        Ok(match col {
             Column::ResidentCode => Arc::new(render_ids(
                 IdKind::ResidentCode,
-                &ids(&c.resident_code),
+                &ids(&c.resident_code)?,
                 nulls,
-            )),
-            Column::MyNumber => Arc::new(render_ids(IdKind::MyNumber, &ids(&c.my_number), nulls)),
-            Column::FamilyName => dict!(UInt32Type, person.family, d.family_name.clone()),
-            Column::FamilyNameKana => dict!(UInt32Type, person.family, d.family_name_kana.clone()),
-            Column::GivenName => dict!(UInt32Type, person.given, d.given_name.clone()),
-            Column::GivenNameKana => dict!(UInt32Type, person.given, d.given_name_kana.clone()),
+            )?),
+            Column::MyNumber => Arc::new(render_ids(IdKind::MyNumber, &ids(&c.my_number)?, nulls)?),
+            Column::FamilyName => dict!(UInt32Type, person.family, d.family_name),
+            Column::FamilyNameKana => dict!(UInt32Type, person.family, d.family_name_kana),
+            Column::GivenName => dict!(UInt32Type, person.given, d.given_name),
+            Column::GivenNameKana => dict!(UInt32Type, person.given, d.given_name_kana),
             Column::MunicipalityCode => {
-                dict!(UInt16Type, person.municipality, d.municipality_code.clone())
+                dict!(UInt16Type, person.municipality, d.municipality_code)
             }
             Column::MunicipalityName => {
-                dict!(UInt16Type, person.municipality, d.municipality_name.clone())
+                dict!(UInt16Type, person.municipality, d.municipality_name)
             }
-            Column::Prefecture => dict!(UInt16Type, person.municipality, d.prefecture.clone()),
-            Column::AddressTown => dict!(UInt32Type, place.town, d.address_town.clone()),
-            Column::AddressBlock => dict!(UInt32Type, place.block, d.address_block.clone()),
-            Column::Status => dict!(UInt8Type, person.status, small_dict(&STATUS_VALUES)),
-            Column::CardState => dict!(UInt8Type, place.card, small_dict(&CARD_VALUES)),
+            Column::Prefecture => dict!(UInt16Type, person.municipality, d.prefecture),
+            Column::AddressTown => dict!(UInt32Type, place.town, d.address_town),
+            Column::AddressBlock => dict!(UInt32Type, place.block, d.address_block),
+            Column::Status => enumeration!(person.status, STATUS_VALUES),
+            Column::CardState => enumeration!(place.card, CARD_VALUES),
             Column::BirthDate => Arc::new(Date32Array::new(values!(person.birth_date), nulls)),
             Column::Sex => Arc::new(UInt8Array::new(values!(person.sex), nulls)),
             Column::StatusDate => {
@@ -594,7 +611,7 @@ impl RegistryData {
                 let (values, known) = match rows {
                     Rows::All => (c.status_date.values().clone(), stored.cloned()),
                     Rows::At(r) => (
-                        gather(c.status_date.values(), r),
+                        gather(c.status_date.values(), r)?,
                         stored.map(|n| {
                             NullBuffer::from(BooleanBuffer::collect_bool(r.len(), |i| {
                                 r[i] != NOT_FOUND && n.is_valid(r[i] as usize)
@@ -602,7 +619,7 @@ impl RegistryData {
                         }),
                     ),
                     Rows::Read { people, .. } => (
-                        project(people, |p| p.place.status_date),
+                        project(people, |p| p.place.status_date)?,
                         Some(NullBuffer::from(BooleanBuffer::collect_bool(
                             people.len(),
                             |i| people[i].place.dated == 1,
@@ -614,7 +631,12 @@ impl RegistryData {
                     NullBuffer::union(known.as_ref(), nulls.as_ref()),
                 ))
             }
-        }
+        })
+    }
+
+    /// Public columns for `rows`, each as [`column`](Self::column) builds it.
+    pub fn columns(&self, cols: &[Column], rows: Rows) -> Result<Vec<ArrayRef>> {
+        cols.iter().map(|&c| self.column(c, rows)).collect()
     }
 
     /// Whether each row was found, as a boolean column.
@@ -641,7 +663,7 @@ mod tests {
 
     #[test]
     fn render_keeps_leading_zeros() {
-        let a = render_ids(IdKind::MyNumber, &[23456789013, 123456789018], None);
+        let a = render_ids(IdKind::MyNumber, &[23456789013, 123456789018], None).unwrap();
         assert_eq!(a.value(0), "023456789013");
         assert_eq!(a.value(1), "123456789018");
     }
@@ -650,7 +672,7 @@ mod tests {
     fn gather_nulls_missing_rows() {
         let src = vec![10u32, 11, 12, 13];
         let rows = [3, NOT_FOUND, 0];
-        assert_eq!(&gather(&src, &rows)[..], &[13, 0, 10]);
+        assert_eq!(&gather(&src, &rows).unwrap()[..], &[13, 0, 10]);
         let v = found_validity(&rows).unwrap();
         assert!(v.is_valid(0) && v.is_null(1) && v.is_valid(2));
     }

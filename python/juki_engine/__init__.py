@@ -9,9 +9,11 @@ from juki_engine import ids
 from juki_engine._core import (
     MAX_ROWS,
     DuplicateIdentifier,
+    InternalError,
     InvalidIdentifier,
     InvalidInput,
     JukiError,
+    ResourceExhausted,
     SnapshotCorrupt,
     SnapshotIOError,
 )
@@ -23,6 +25,7 @@ __all__ = [
     "MAX_ROWS",
     "AuditUnavailable",
     "DuplicateIdentifier",
+    "InternalError",
     "InvalidIdentifier",
     "InvalidInput",
     "JukiError",
@@ -30,6 +33,7 @@ __all__ = [
     "PolicyError",
     "QuotaExhausted",
     "Registry",
+    "ResourceExhausted",
     "SnapshotCorrupt",
     "SnapshotIOError",
     "ids",

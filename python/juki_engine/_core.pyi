@@ -8,10 +8,12 @@ __all__ = [
     "MAX_ROWS",
     "REFERENCE_DATE",
     "DuplicateIdentifier",
+    "InternalError",
     "InvalidIdentifier",
     "InvalidInput",
     "JukiError",
     "Registry",
+    "ResourceExhausted",
     "SnapshotCorrupt",
     "SnapshotIOError",
     "check_digit",
@@ -43,7 +45,15 @@ class SnapshotCorrupt(JukiError):
     """A snapshot file is truncated, corrupted or missing; the message names the file."""
 
 class SnapshotIOError(JukiError):
-    """An I/O failure (missing path, permissions, disk full) while reading or writing."""
+    """An I/O failure (missing path, permissions, disk full) while reading or writing; the
+    message names the path."""
+
+class ResourceExhausted(JukiError):
+    """Memory ran out for a request (a result, a registry); a smaller one may succeed."""
+
+class InternalError(JukiError):
+    """A bug: the core panicked and abandoned the call ("internal error: <panic message>").
+    The registry is unchanged (it is immutable)."""
 
 @final
 class Registry:
@@ -69,7 +79,7 @@ class Registry:
 
     @staticmethod
     def from_arrow(table: pa.Table) -> Registry:
-        """Build from a table of the public schema."""
+        """Build from a table of the public schema (validated in full first)."""
 
     def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
         """The registry as a table of the public schema."""
@@ -77,7 +87,8 @@ class Registry:
     def lookup(
         self, keys: pa.Array, by: str = "my_number", columns: list[str] | None = None
     ) -> pa.Table:
-        """One row per key: `found`, `error`, then the requested columns."""
+        """One row per key: `found`, `error`, then the requested columns. Keys are utf8,
+        large_utf8, utf8_view, a dictionary of those, or integers; validated in full first."""
 
     def verify(
         self,
@@ -87,7 +98,16 @@ class Registry:
         columns: list[str] = ...,
     ) -> pa.Table:
         """Per claim: `found`, `status`, `error`, `<field>_match` per claimed field, then the
-        requested `columns` of each found resident."""
+        requested `columns` of each found resident.
+
+        Every column is validated in full (offsets, UTF-8, dictionary keys, views) before it is
+        read, and must have a type of the contract, else `InvalidInput` names it:
+
+        - the key: utf8, large_utf8, utf8_view, a dictionary of those, or any integer type;
+        - family_name, family_name_kana, given_name, given_name_kana, municipality_code:
+          utf8, large_utf8, utf8_view, a dictionary of those, or null;
+        - birth_date: date32 or null;
+        - sex: any integer type or null."""
 
     def verify_one(
         self,
@@ -96,7 +116,8 @@ class Registry:
         claims: list[tuple[str, str | int]],
         columns: list[str] = ...,
     ) -> dict[str, Any]:
-        """`verify` of one claim given as Python values; its result row as a dict."""
+        """`verify` of one claim given as Python values (birth_date as ISO 8601 text); its
+        result row as a dict."""
 
     def __len__(self) -> int: ...
     @property

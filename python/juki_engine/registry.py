@@ -115,7 +115,8 @@ class Registry:
         self, keys: Any, by: KeyKind = "my_number", columns: Sequence[str] | None = None
     ) -> pa.Table:
         """One row per key, in input order: `found`, `error` (why a key was rejected) and the
-        requested columns (all by default), null where not found."""
+        requested columns (all by default), null where not found. Keys are strings (utf8,
+        large_utf8, utf8_view or a dictionary of them) or integers, validated in full first."""
         return self._core.lookup(
             _as_key_array(keys), by, list(columns) if columns is not None else None
         )
@@ -131,6 +132,18 @@ class Registry:
         """Check claimed fields against the registry (本人確認): per claim, in input order,
         `found`, `status`, `error` and one `<field>_match` per claimed field, then the requested
         `columns` of each found resident (null elsewhere), from the same index probe.
+
+        Every column is validated in full (offsets, UTF-8, dictionary keys, views) before it is
+        read, and must have one of the contract's types, else `InvalidInput` names the column
+        and its type:
+
+        - the key (`by`): utf8, large_utf8, utf8_view, a dictionary of those, or any integer;
+        - family_name, family_name_kana, given_name, given_name_kana, municipality_code:
+          utf8, large_utf8, utf8_view, a dictionary of those, or null (claims nothing);
+        - birth_date: date32, or null;
+        - sex: any integer type (1 = male, 2 = female), or null.
+
+        A rejected key's `error` names its row and repeats at most 32 characters of it.
 
         `first_row` numbers the rows in error messages when `claims` is one batch of a larger
         job."""
