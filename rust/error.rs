@@ -3,7 +3,9 @@
 //! Every fallible Rust function returns [`Result`]; the Python layer sees one exception class per
 //! variant, all under `juki_engine.JukiError`, so the gRPC layer can map each class to a status.
 
+use std::any::Any;
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use arrow_schema::ArrowError;
 use pyo3::PyErr;
@@ -29,6 +31,29 @@ pub enum JukiError {
 
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, JukiError>;
+
+/// The message of a caught panic's payload (a `&str` or a `String`, as `panic!` makes them).
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// Run `f`, turning a panic into `JukiError::Internal` ("internal error: <panic message>"), so
+/// no panic unwinds into Python. Asserting unwind safety is sound: a registry is immutable once
+/// built (nothing `f` borrows can be left half-updated), and what `f` builds is dropped.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(JukiError::Internal(format!(
+            "internal error: {}",
+            panic_message(payload.as_ref())
+        )))
+    })
+}
 
 /// The most characters of a client's value that an error message repeats.
 pub const ECHO_CHARS: usize = 32;
@@ -193,6 +218,26 @@ mod tests {
                 assert_eq!(py_err.value(py).to_string(), "x");
             }
         });
+    }
+
+    #[test]
+    fn a_panic_becomes_an_internal_error() {
+        let e = guarded(|| -> Result<()> { panic!("boom") }).unwrap_err();
+        assert_eq!(e, JukiError::Internal("internal error: boom".into()));
+        let n = 7;
+        let e = guarded(|| -> Result<()> { panic!("row {n} broke") }).unwrap_err();
+        assert_eq!(e, JukiError::Internal("internal error: row 7 broke".into()));
+        // A panic on a rayon worker reaches the caller, and is caught there too.
+        let e = guarded(|| -> Result<()> {
+            use rayon::prelude::*;
+            (0..1000)
+                .into_par_iter()
+                .for_each(|i| assert!(i < 999, "worker {i}"));
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(e, JukiError::Internal("internal error: worker 999".into()));
+        assert_eq!(guarded(|| Ok(3)), Ok(3));
     }
 
     #[test]

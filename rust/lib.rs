@@ -4,7 +4,7 @@
 //! schema), `index` (hash indexes), `query` (lookup and verify kernels), `generate` (synthetic
 //! registry), `import` (building from an Arrow table), `snapshot` (save/open), `memory` (huge-page
 //! allocation and prefetch), `error` (the error type and its Python mapping), `wire` (the trust
-//! boundary: validation of every array from outside), `python`
+//! boundary: IPC decoding with caps, validation of every array from outside), `python`
 //! (bindings).
 
 pub mod error;

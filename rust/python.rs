@@ -10,8 +10,6 @@
 //! outside data runs under [`guarded`], so a panic in the core reaches Python as
 //! `InternalError`, never as an abort or a `PanicException`.
 
-use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,42 +23,20 @@ use arrow_array::{
 use arrow_cast::cast;
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_data::ArrayData;
-use arrow_pyarrow::{FromPyArrow, FromPyArrowUnchecked, PyArrowType, Table};
+use arrow_pyarrow::{FromPyArrow, FromPyArrowUnchecked, IntoPyArrow, PyArrowType, Table};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use arrow_select::concat::concat_batches;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use pyo3::types::PyDict;
 
-use crate::error::{echo, JukiError, Result};
+use crate::error::{echo, guarded, JukiError, Result};
 use crate::generate::{self, Plan};
 use crate::ids::{self, IdKind};
 use crate::query::{self, ExactMatch};
 use crate::snapshot;
 use crate::storage::{schema_of, Column, RegistryData, Rows};
 use crate::wire;
-
-/// The message of a caught panic's payload (a `&str` or a `String`, as `panic!` makes them).
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic without a message".to_string()
-    }
-}
-
-/// Run `f`, turning a panic into `JukiError::Internal` ("internal error: <panic message>"), so
-/// no panic unwinds into Python. Asserting unwind safety is sound: a registry is immutable once
-/// built (nothing `f` borrows can be left half-updated), and what `f` builds is dropped.
-pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        Err(JukiError::Internal(format!(
-            "internal error: {}",
-            panic_message(payload.as_ref())
-        )))
-    })
-}
 
 /// An array from Python, imported without copying and not yet validated: [`Imported::array`]
 /// validates it before anything reads it (with the GIL released, by the caller's choice).
@@ -543,6 +519,24 @@ fn check_digit_array(
     Ok(PyArrowType(out.into_data()))
 }
 
+/// Decode an Arrow IPC stream from the wire with caps on its rows and decoded bytes, every
+/// column validated; see `juki_engine._core.read_ipc_stream`.
+#[pyfunction]
+fn read_ipc_stream<'py>(
+    py: Python<'py>,
+    payload: &Bound<'py, PyBytes>,
+    max_rows: usize,
+    max_bytes: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let payload = payload.as_bytes();
+    let (schema, batches) = detached(py, || wire::read_ipc_stream(payload, max_rows, max_bytes))?;
+    let table = Table::try_new(batches, schema).map_err(|e| JukiError::arrow("claims", e))?;
+    // A schema Arrow decodes but pyarrow refuses (a NUL in a name) is the stream's fault too.
+    table.into_pyarrow(py).map_err(|e| {
+        JukiError::InvalidInput(format!("claims cannot be handed to pyarrow: {e}")).into()
+    })
+}
+
 /// Register the module's contents.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -553,6 +547,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize, m)?)?;
     m.add_function(wrap_pyfunction!(is_valid_array, m)?)?;
     m.add_function(wrap_pyfunction!(check_digit_array, m)?)?;
+    m.add_function(wrap_pyfunction!(read_ipc_stream, m)?)?;
     m.add(
         "JukiError",
         py.get_type::<crate::error::exceptions::JukiError>(),
@@ -588,29 +583,4 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("REFERENCE_DATE", generate::REFERENCE_DATE)?;
     m.add("MAX_ROWS", crate::index::MAX_ROWS)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_panic_becomes_an_internal_error() {
-        let e = guarded(|| -> Result<()> { panic!("boom") }).unwrap_err();
-        assert_eq!(e, JukiError::Internal("internal error: boom".into()));
-        let n = 7;
-        let e = guarded(|| -> Result<()> { panic!("row {n} broke") }).unwrap_err();
-        assert_eq!(e, JukiError::Internal("internal error: row 7 broke".into()));
-        // A panic on a rayon worker reaches the caller, and is caught there too.
-        let e = guarded(|| -> Result<()> {
-            use rayon::prelude::*;
-            (0..1000)
-                .into_par_iter()
-                .for_each(|i| assert!(i < 999, "worker {i}"));
-            Ok(())
-        })
-        .unwrap_err();
-        assert_eq!(e, JukiError::Internal("internal error: worker 999".into()));
-        assert_eq!(guarded(|| Ok(3)), Ok(3));
-    }
 }

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from juki_engine import InternalError, InvalidInput, JukiError, Registry, ResourceExhausted, _core
 
@@ -244,3 +246,148 @@ def test_new_error_classes_are_juki_errors() -> None:
     for cls in (InternalError, ResourceExhausted):
         assert issubclass(cls, JukiError) and not issubclass(cls, InvalidInput)
         assert cls.__module__ == "juki_engine._core"
+
+
+# ----------------------------------------------------------------------------- IPC from the wire
+
+MAX_ROWS = 100_000
+MAX_BYTES = 16 << 20
+
+
+def ipc(table: pa.Table, compression: str | None = None, chunk: int | None = None) -> bytes:
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table, max_chunksize=chunk)
+    payload: bytes = sink.getvalue().to_pybytes()
+    return payload
+
+
+def read(payload: bytes, max_rows: int = MAX_ROWS, max_bytes: int = MAX_BYTES) -> pa.Table:
+    return _core.read_ipc_stream(payload, max_rows, max_bytes)
+
+
+def claims_like(rows: int) -> pa.Table:
+    names = ["佐藤", "鈴木", "高橋", "ワタナベ・ジョン・アレクサンダー"]
+    return pa.table(
+        {
+            "my_number": pa.array([f"{i:012d}" for i in range(rows)]),
+            "family_name": pa.array([names[i % 4] for i in range(rows)]).dictionary_encode(),
+            "given_name_kana": pa.array([names[-1 - i % 4] for i in range(rows)], pa.string_view()),
+            "birth_date": pa.array(np.arange(rows, dtype=np.int32)).view(pa.date32()),
+            "sex": pa.array([1 + i % 2 for i in range(rows)], pa.uint8()),
+        }
+    )
+
+
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
+@pytest.mark.parametrize("chunk", [None, 300])
+def test_a_valid_stream_round_trips(compression: str | None, chunk: int | None) -> None:
+    table = claims_like(1000)
+    out = read(ipc(table, compression, chunk))
+    assert out.schema == table.schema
+    assert out.equals(table)
+
+
+def test_an_empty_stream_has_its_schema() -> None:
+    table = claims_like(0)
+    out = read(ipc(table))
+    assert out.num_rows == 0 and out.schema == table.schema
+
+
+@pytest.mark.parametrize("chunk", [None, 100])
+def test_rows_over_the_cap_are_refused_before_decoding(chunk: int | None) -> None:
+    payload = ipc(claims_like(1000), chunk=chunk)
+    assert read(payload, max_rows=1000).num_rows == 1000
+    with pytest.raises(InvalidInput, match=r"declares 1,000 rows, at most 999$"):
+        read(payload, max_rows=999)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
+def test_decoded_bytes_over_the_cap_are_refused(compression: str | None) -> None:
+    payload = ipc(pa.table({"my_number": ["123456789018"] * 10_000}), compression)
+    assert read(payload, max_bytes=200_000).num_rows == 10_000
+    with pytest.raises(InvalidInput, match=r"bytes decoded, at most 100,000$"):
+        read(payload, max_bytes=100_000)
+
+
+def test_a_compressed_buffer_declaring_a_huge_decoded_size_is_refused() -> None:
+    table = pa.table({"my_number": ["12345678901"] * 1000})
+    payload = bytearray(ipc(table, "zstd"))
+    # Each compressed buffer starts with its decoded length (int64 LE); claim 1 TiB.
+    at = payload.find((11_000).to_bytes(8, "little"))
+    assert at > 0
+    payload[at : at + 8] = (1 << 40).to_bytes(8, "little")
+    with pytest.raises(InvalidInput) as info:
+        read(bytes(payload))
+    assert re.search(
+        r"declares 1,099,51\d,\d{3},\d{3} bytes decoded, at most 16,777,216", str(info.value)
+    )
+
+
+def test_a_view_column_of_one_big_string_is_refused_by_what_it_refers_to() -> None:
+    big = b"x" * (1 << 20)
+    table = pa.table({"family_name": views(big, [(len(big), 0, 0)] * 100)})
+    payload = ipc(table)
+    assert len(payload) < 2 << 20  # one 1 MiB string on the wire, 100 MiB once viewed
+    with pytest.raises(InvalidInput) as info:
+        read(payload)
+    message = str(info.value)
+    assert message == (
+        "claims column 'family_name' refers to 104,857,600 bytes of strings, at most 16,777,216"
+    )
+    assert read(payload, max_bytes=200 << 20).num_rows == 100
+
+
+def test_invalid_data_in_a_stream_is_refused_naming_the_column() -> None:
+    for make in INVALID.values():
+        payload = ipc(pa.table({"family_name": make()}))
+        with pytest.raises(InvalidInput, match=r"family_name|IPC"):
+            read(payload)
+
+
+def test_a_dictionary_with_keys_out_of_range_is_refused() -> None:
+    with pytest.raises(InvalidInput, match=r"out of bounds|invalid"):
+        read(ipc(pa.table({"family_name": bad_dictionary()})))
+
+
+def test_truncated_and_garbage_payloads_are_refused() -> None:
+    payload = ipc(claims_like(100), "zstd")
+    for cut in (0, 3, 8, 100, len(payload) // 2, len(payload) - 9):
+        with pytest.raises(InvalidInput, match=r"^claims are not an Arrow IPC stream: "):
+            read(payload[:cut])
+    with pytest.raises(InvalidInput, match="after the end-of-stream marker"):
+        read(payload + b"\0" * 8)
+    with pytest.raises(InvalidInput, match="stray bytes"):
+        read(payload[:-8] + b"\1")
+    rng = np.random.default_rng(12)
+    for _ in range(200):
+        with pytest.raises(InvalidInput, match=r"^claims are not an Arrow IPC stream: "):
+            read(rng.bytes(int(rng.integers(1, 4096))))
+
+
+def test_a_second_schema_is_refused() -> None:
+    one = ipc(claims_like(10))
+    schema_only = ipc(claims_like(0))[:-8]  # the schema message, without the end marker
+    with pytest.raises(InvalidInput, match="more than one schema message"):
+        read(schema_only + one)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_mutated_streams_decode_or_are_refused(data: st.DataObject) -> None:
+    """Flipped bytes anywhere in a valid stream (headers, lengths, bodies): the reader decodes a
+    valid table or raises InvalidInput, never anything else (no panic, no crash)."""
+    compression = data.draw(st.sampled_from([None, "zstd", "lz4"]))
+    payload = bytearray(VALID[compression])
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(0, len(payload) - 1))
+        payload[at] = data.draw(st.integers(0, 255))
+    try:
+        out = read(bytes(payload))
+    except InvalidInput:
+        return
+    out.validate(full=True)
+
+
+VALID = {c: ipc(claims_like(50), c, chunk=20) for c in (None, "zstd", "lz4")}

@@ -21,6 +21,7 @@ __all__ = [
     "is_valid",
     "is_valid_array",
     "normalize",
+    "read_ipc_stream",
     "validate",
 ]
 
@@ -149,3 +150,12 @@ def is_valid_array(kind: str, values: pa.Array) -> pa.BooleanArray:
 
 def check_digit_array(kind: str, bases: pa.Array) -> pa.UInt8Array:
     """Vectorised `check_digit`; malformed bases give null."""
+
+def read_ipc_stream(payload: bytes, max_rows: int, max_bytes: int) -> pa.Table:
+    """Decode an Arrow IPC stream from the wire, refusing with `InvalidInput` anything but
+    one schema message followed by dictionary and record batches (and an optional end marker,
+    nothing after it). Before any body is decoded, the batches' declared rows must total at most
+    `max_rows`, every buffer must lie within its message, and the buffers' decoded sizes (a
+    compressed buffer's as it declares it: LZ4 frame or zstd) must total at most `max_bytes`
+    over the whole stream; a string view column may refer to at most `max_bytes` bytes. Every
+    decoded column, dictionaries included, is then validated in full."""
