@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow_array::types::{UInt16Type, UInt32Type, UInt8Type};
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, PrimitiveArray, StringArray,
-    UInt8Array,
+    UInt32Array, UInt8Array,
 };
 use arrow_buffer::{ArrowNativeType, BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::error::{echo, JukiError, Result};
 use crate::ids::IdKind;
 use crate::index::{HashIndex, NOT_FOUND};
-use crate::memory::{filled_from, prefetch, HugeVec};
+use crate::memory::{filled, filled_from, prefetch, HugeVec};
 
 /// Registry status codes (the order is the stored code).
 pub const STATUS_VALUES: [&str; 4] = ["resident", "moved_abroad", "deceased", "removed"];
@@ -474,6 +474,99 @@ pub enum Rows<'a> {
     },
 }
 
+/// A reply's dictionary keys remapped onto the values its found rows reference, so a reply
+/// discloses no name or address beyond its own answers (the registry's dictionary holds every
+/// resident's). New keys are given in first-seen order of the reply's rows: the reply's dictionary
+/// then says nothing about the registry's dictionary order or size, and one pass assigns them.
+pub struct Compaction<K: ArrowNativeType> {
+    /// Per reply row, its key into the kept values (0 where not found).
+    pub keys: ScalarBuffer<K>,
+    /// Per kept value, its key in the registry's dictionary.
+    pub kept: UInt32Array,
+}
+
+impl<K: ArrowNativeType> Compaction<K> {
+    /// Remap `keys` (keys into a dictionary of `dict_len` values; rows null in `found` are
+    /// skipped). A dictionary not much larger than the reply is remapped through a dense table
+    /// (one load per row, no hashing); a larger one through an open-addressed table sized by the
+    /// reply, so a small reply never pays for a large dictionary.
+    pub fn of(keys: &[K], found: Option<&NullBuffer>, dict_len: usize) -> Result<Compaction<K>> {
+        const NONE: u32 = u32::MAX;
+        let n = keys.len();
+        let is_found = |i: usize| found.is_none_or(|f| f.is_valid(i));
+        let mut kept: Vec<u32> = Vec::new();
+        let fresh = |kept: &mut Vec<u32>, old: usize| -> u32 {
+            kept.push(old as u32);
+            (kept.len() - 1) as u32
+        };
+        let keys = if dict_len <= n.saturating_mul(4).max(1 << 12) {
+            let mut table = vec![NONE; dict_len];
+            filled(n, |out: &mut [K]| {
+                for (i, (o, k)) in out.iter_mut().zip(keys).enumerate() {
+                    if is_found(i) {
+                        let old = k.as_usize();
+                        if table[old] == NONE {
+                            table[old] = fresh(&mut kept, old);
+                        }
+                        *o = K::usize_as(table[old] as usize);
+                    }
+                }
+            })?
+        } else {
+            // (old key + 1, new key) per slot; 0 marks an empty slot. At most half full.
+            let cap = (2 * n).next_power_of_two().max(16);
+            let mask = cap - 1;
+            let mut table = vec![(0u32, 0u32); cap];
+            filled(n, |out: &mut [K]| {
+                for (i, (o, k)) in out.iter_mut().zip(keys).enumerate() {
+                    if !is_found(i) {
+                        continue;
+                    }
+                    let old = k.as_usize();
+                    let mut at = ((old as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
+                    let new = loop {
+                        let slot = &mut table[at & mask];
+                        if slot.0 == old as u32 + 1 {
+                            break slot.1;
+                        }
+                        if slot.0 == 0 {
+                            let new = fresh(&mut kept, old);
+                            *slot = (old as u32 + 1, new);
+                            break new;
+                        }
+                        at += 1;
+                    };
+                    *o = K::usize_as(new as usize);
+                }
+            })?
+        };
+        Ok(Compaction {
+            keys,
+            kept: UInt32Array::from(kept),
+        })
+    }
+
+    /// The kept values of `dictionary`, in their new keys' order.
+    pub fn values(&self, dictionary: &StringArray) -> Result<StringArray> {
+        let taken = arrow_select::take::take(dictionary, &self.kept, None)?;
+        Ok(taken
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("take keeps the type")
+            .clone())
+    }
+}
+
+/// The compactions of one reply, one per key that dictionary columns share.
+#[derive(Default)]
+struct Compacted {
+    family: Option<Compaction<u32>>,
+    given: Option<Compaction<u32>>,
+    municipality: Option<Compaction<u16>>,
+    town: Option<Compaction<u32>>,
+    block: Option<Compaction<u32>>,
+}
+
 fn small_dict(values: &[&str]) -> StringArray {
     StringArray::from(values.to_vec())
 }
@@ -539,6 +632,20 @@ impl RegistryData {
 
     /// A public column for `rows`; rows not found come back null.
     pub fn column(&self, col: Column, rows: Rows) -> Result<ArrayRef> {
+        self.column_with(col, rows, &mut Compacted::default())
+    }
+
+    /// Public columns for `rows`, each as [`column`](Self::column) builds it; columns that share
+    /// a key (a name and its reading; a municipality's code, name and prefecture) share the work
+    /// of their reply's dictionary.
+    pub fn columns(&self, cols: &[Column], rows: Rows) -> Result<Vec<ArrayRef>> {
+        let mut compacted = Compacted::default();
+        cols.iter()
+            .map(|&c| self.column_with(c, rows, &mut compacted))
+            .collect()
+    }
+
+    fn column_with(&self, col: Column, rows: Rows, done: &mut Compacted) -> Result<ArrayRef> {
         let c = &self.cols;
         let d = &self.dicts;
         let nulls = match rows {
@@ -560,14 +667,28 @@ impl RegistryData {
                 }
             };
         }
+        // A dictionary column of resident data. The whole registry (`Rows::All`) carries the
+        // whole dictionary; a reply carries only the values its found rows reference (see
+        // [`Compaction`]), computed once per key for the columns that share it.
         macro_rules! dict {
             ($kt:ty, $part:ident . $f:ident, $values:expr) => {{
-                let k = PrimitiveArray::<$kt>::new(values!($part.$f), nulls);
+                let (keys, values) = match rows {
+                    Rows::All => (c.$f.clone(), $values.clone()),
+                    _ => {
+                        if done.$f.is_none() {
+                            let keys = values!($part.$f);
+                            done.$f = Some(Compaction::of(&keys, nulls.as_ref(), $values.len())?);
+                        }
+                        let compaction = done.$f.as_ref().expect("computed above");
+                        (compaction.keys.clone(), compaction.values(&$values)?)
+                    }
+                };
+                let k = PrimitiveArray::<$kt>::new(keys, nulls);
                 // SAFETY: stored keys are always < the length of their dictionary: the builders
-                // (generation, import, snapshot checks) guarantee it.
-                Arc::new(unsafe {
-                    DictionaryArray::<$kt>::new_unchecked(k, Arc::new($values.clone()))
-                }) as ArrayRef
+                // (generation, import, snapshot checks) guarantee it, and a compaction's keys are
+                // < the number of values it keeps (`Compaction::of`).
+                Arc::new(unsafe { DictionaryArray::<$kt>::new_unchecked(k, Arc::new(values)) })
+                    as ArrayRef
             }};
         }
         // The fixed enumerations (status, card state) are the schema's, not resident data: a
@@ -634,11 +755,6 @@ impl RegistryData {
         })
     }
 
-    /// Public columns for `rows`, each as [`column`](Self::column) builds it.
-    pub fn columns(&self, cols: &[Column], rows: Rows) -> Result<Vec<ArrayRef>> {
-        cols.iter().map(|&c| self.column(c, rows)).collect()
-    }
-
     /// Whether each row was found, as a boolean column.
     pub fn found_column(rows: &[u32]) -> BooleanArray {
         BooleanArray::new(
@@ -675,5 +791,23 @@ mod tests {
         assert_eq!(&gather(&src, &rows).unwrap()[..], &[13, 0, 10]);
         let v = found_validity(&rows).unwrap();
         assert!(v.is_valid(0) && v.is_null(1) && v.is_valid(2));
+    }
+
+    #[test]
+    fn compaction_keeps_only_referenced_values_in_first_seen_order() {
+        let dict = StringArray::from(vec!["a", "b", "c", "d", "e"]);
+        let keys = [3u32, 0, 3, 4, 1];
+        let found = NullBuffer::from(vec![true, false, true, true, true]);
+        // Dense (a small dictionary) and hashed (a dictionary far larger than the reply).
+        for dict_len in [dict.len(), 1 << 20] {
+            let c = Compaction::of(&keys, Some(&found), dict_len).unwrap();
+            assert_eq!(c.kept.values(), &[3, 4, 1]);
+            assert_eq!(&c.keys[..], &[0, 0, 0, 1, 2]);
+        }
+        let c = Compaction::of(&keys, Some(&found), dict.len()).unwrap();
+        let values = c.values(&dict).unwrap();
+        assert_eq!(values.iter().flatten().collect::<Vec<_>>(), ["d", "e", "b"]);
+        let none = Compaction::<u16>::of(&[], None, 9).unwrap();
+        assert_eq!(none.kept.len(), 0);
     }
 }

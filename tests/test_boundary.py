@@ -391,3 +391,72 @@ def test_mutated_streams_decode_or_are_refused(data: st.DataObject) -> None:
 
 
 VALID = {c: ipc(claims_like(50), c, chunk=20) for c in (None, "zstd", "lz4")}
+
+
+# ------------------------------------------------------------------------ per-reply dictionaries
+
+SENTINELS = {"family_name": "番兵", "family_name_kana": "バンペイ", "address_town": "秘密町"}
+
+
+@pytest.fixture(scope="module")
+def sentinel_registry(small_table: pa.Table) -> tuple[Registry, pa.Table]:
+    """Twelve residents; resident 5 alone holds the sentinel family name, reading and town."""
+    table = small_table.slice(0, 12)
+    for name, sentinel in SENTINELS.items():
+        values = table[name].cast(pa.string()).to_pylist()
+        values[5] = sentinel
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+    return Registry.from_arrow(table), table
+
+
+def buffers_of(table: pa.Table) -> list[bytes]:
+    """Every buffer of every column of `table`, dictionaries' included."""
+    out = []
+    for column in table.columns:
+        for chunk in column.chunks:
+            arrays = [chunk]
+            if pa.types.is_dictionary(chunk.type):
+                arrays.append(chunk.dictionary)
+            out += [b.to_pybytes() for a in arrays for b in a.buffers() if b is not None]
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_a_reply_discloses_no_dictionary_value_beyond_its_rows(
+    sentinel_registry: tuple[Registry, pa.Table], data: st.DataObject
+) -> None:
+    registry, table = sentinel_registry
+    kind = data.draw(st.sampled_from(["my_number", "resident_code"]))
+    keys = table[kind].to_pylist()
+    others = [k for i, k in enumerate(keys) if i != 5]
+    asked = data.draw(st.lists(st.sampled_from([*others, "123456789018", "x"]), max_size=30))
+    columns = Registry.column_names()
+    lookup = registry.lookup(asked, by=kind, columns=columns)
+    verify = registry.verify(
+        pa.table({kind: pa.array(asked, pa.string()), "family_name": pa.array(asked)}),
+        by=kind,
+        columns=columns,
+    )
+    for out in (lookup, verify):
+        everything = b"".join(buffers_of(out))
+        for sentinel in SENTINELS.values():
+            assert sentinel.encode() not in everything, (asked, sentinel)
+        # Each dictionary holds exactly the values of the rows answered, first seen first.
+        for name in ("family_name", "address_town", "municipality_name"):
+            chunk = out[name].combine_chunks()
+            answered = [v for v in chunk.cast(pa.string()).to_pylist() if v is not None]
+            assert chunk.dictionary.to_pylist() == list(dict.fromkeys(answered)), name
+    # The same reply with resident 5 asked for does carry the sentinels.
+    with_five = registry.lookup([*asked, keys[5]], by=kind, columns=columns)
+    everything = b"".join(buffers_of(with_five))
+    assert all(s.encode() in everything for s in SENTINELS.values())
+    assert with_five.to_pylist()[:-1] == lookup.to_pylist()
+
+
+def test_the_whole_registry_keeps_its_whole_dictionaries(
+    sentinel_registry: tuple[Registry, pa.Table],
+) -> None:
+    registry, _ = sentinel_registry
+    out = registry.to_arrow()
+    assert "番兵" in out["family_name"].combine_chunks().dictionary.to_pylist()

@@ -89,7 +89,8 @@ class Registry:
         self, keys: pa.Array, by: str = "my_number", columns: list[str] | None = None
     ) -> pa.Table:
         """One row per key: `found`, `error`, then the requested columns. Keys are utf8,
-        large_utf8, utf8_view, a dictionary of those, or integers; validated in full first."""
+        large_utf8, utf8_view, a dictionary of those, or integers; validated in full first.
+        Dictionary columns carry only the values of the rows answered."""
 
     def verify(
         self,
@@ -108,7 +109,9 @@ class Registry:
         - family_name, family_name_kana, given_name, given_name_kana, municipality_code:
           utf8, large_utf8, utf8_view, a dictionary of those, or null;
         - birth_date: date32 or null;
-        - sex: any integer type or null."""
+        - sex: any integer type or null.
+
+        Dictionary columns of the result carry only the values of the rows answered."""
 
     def verify_one(
         self,

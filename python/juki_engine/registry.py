@@ -116,7 +116,8 @@ class Registry:
     ) -> pa.Table:
         """One row per key, in input order: `found`, `error` (why a key was rejected) and the
         requested columns (all by default), null where not found. Keys are strings (utf8,
-        large_utf8, utf8_view or a dictionary of them) or integers, validated in full first."""
+        large_utf8, utf8_view or a dictionary of them) or integers, validated in full first;
+        dictionary columns carry only the values of the residents answered."""
         return self._core.lookup(
             _as_key_array(keys), by, list(columns) if columns is not None else None
         )
@@ -143,7 +144,9 @@ class Registry:
         - birth_date: date32, or null;
         - sex: any integer type (1 = male, 2 = female), or null.
 
-        A rejected key's `error` names its row and repeats at most 32 characters of it.
+        A rejected key's `error` names its row and repeats at most 32 characters of it. The
+        result's dictionary columns (names, readings, address parts) carry only the values of
+        the residents answered, never the registry's whole dictionaries.
 
         `first_row` numbers the rows in error messages when `claims` is one batch of a larger
         job."""
