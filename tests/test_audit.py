@@ -104,6 +104,7 @@ def test_round_trip_with_filters(tmp_path: Path, clock: Clock) -> None:
             "fields": "",
             "subject": "00000000001",
             "outcome": "disclosed",
+            "reason": None,
         }
     ]
     assert table.column("fields")[0].as_py() == "family_name,birth_date"
@@ -273,7 +274,7 @@ def test_group_commit_one_fsync_for_everything_pending(
     entered, release, calls = fsync_gate(monkeypatch)
     first = trail.append(context(request_id="first"), residents(1), "disclosed")
     entered.wait()  # the writer is inside its first pass
-    with pytest.raises(TimeoutError):
+    with pytest.raises(AuditUnavailable, match="not durable after 0 s"):
         first.wait(timeout=0)
     queued = [
         trail.append(
@@ -299,7 +300,7 @@ def test_group_commit_one_fsync_for_everything_pending(
     expected = {("JPN-PENSION", "77"): 1}
     for i in range(10):
         key = (f"A{i % 2}", f"{i % 3}")
-        expected[key] = expected.get(key, 0) + 3
+        expected[key] = expected.get(key, 0) + 4  # every answer: disclosed or not found
     assert audit.counts_since(trail.directory, EPOCH) == expected
 
 
@@ -544,7 +545,7 @@ def test_removed_directory_fails_closed(tmp_path: Path) -> None:
 # --- quotas --------------------------------------------------------------------------------------
 
 
-def test_counts_since_counts_disclosures_only(tmp_path: Path, clock: Clock) -> None:
+def test_counts_since_counts_answers_only(tmp_path: Path, clock: Clock) -> None:
     directory = tmp_path / "audit"
     midnight = datetime(2025, 6, 2, tzinfo=UTC)
     with AuditTrail(directory) as trail:
@@ -557,10 +558,75 @@ def test_counts_since_counts_disclosures_only(tmp_path: Path, clock: Clock) -> N
         trail.record(context(affair="12"), residents(4), "disclosed")
         trail.record(context(agency="MOJ", affair="77"), residents(6), "quota_exhausted")
         trail.record(context(agency="MOJ", affair="77"), residents(2), "disclosed")
+    # Answers count (disclosed, not found, invalid key), refusals do not: as the live quota.
     assert audit.counts_since(directory, midnight) == {
-        ("JPN-PENSION", "77"): 3,
+        ("JPN-PENSION", "77"): 4,
         ("JPN-PENSION", "12"): 4,
         ("MOJ", "77"): 2,
     }
     assert audit.counts_since(directory, midnight + timedelta(days=1)) == {}
-    assert audit.counts_since(directory, midnight - timedelta(days=1))[("JPN-PENSION", "77")] == 10
+    assert audit.counts_since(directory, midnight - timedelta(days=1))[("JPN-PENSION", "77")] == 11
+
+
+def test_refusals_carry_their_reason(trail: AuditTrail) -> None:
+    trail.record(context(request_id="r"), residents(2), "denied", "affair '77' is not granted")
+    trail.record(context(request_id="ok"), residents(1), "disclosed")
+    trail.record(context(request_id="long"), residents(1), "failed", "x" * 10_000)
+    rows = audit.read(trail.directory, columns=["request_id", "reason"]).to_pylist()
+    reasons = {row["request_id"]: row["reason"] for row in rows}
+    assert reasons["r"] == "affair '77' is not granted" and reasons["ok"] is None
+    assert len(reasons["long"]) == 257  # cut, then "…"
+
+
+def test_a_pending_commit_is_withdrawn_truthfully(
+    trail: AuditTrail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, gate = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def held(fd: int) -> None:
+        entered.set()
+        assert gate.wait(10)
+        real_fsync(fd)
+
+    trail.record(context(request_id="open"), residents(1), "disclosed")
+    monkeypatch.setattr(os, "fsync", held)
+    in_flight = trail.append(context(request_id="in-flight"), residents(1), "disclosed")
+    assert entered.wait(5)
+    assert not trail.withdraw(in_flight, "unavailable", "x")  # being written: too late
+    pending = trail.append(context(request_id="pending"), residents(1), "disclosed")
+    with pytest.raises(audit.AuditUnavailable, match="not durable after 0.2 s"):
+        pending.wait(0.2)
+    assert trail.withdraw(pending, "unavailable", "reply not sent: audit commit timed out")
+    gate.set()
+    pending.wait(5)
+    rows = audit.read(trail.directory, columns=["request_id", "outcome", "reason"]).to_pylist()
+    (row,) = [r for r in rows if r["request_id"] == "pending"]
+    assert row == {
+        "request_id": "pending",
+        "outcome": "unavailable",
+        "reason": "reply not sent: audit commit timed out",
+    }
+
+
+def test_segments_written_before_reasons_read_with_none(tmp_path: Path) -> None:
+    directory = tmp_path / "audit"
+    directory.mkdir()
+    old = audit._STORED_SCHEMA_V1
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array([0], audit._TIME),
+            *(
+                pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([value]))
+                for value in ("A", "op", "r", "77", "verify", "")
+            ),
+            pa.array(["00000000001"]),
+            pa.DictionaryArray.from_arrays(pa.array([0], pa.int8()), pa.array(["disclosed"])),
+        ],
+        schema=old,
+    )
+    with pa.OSFile(str(directory / "audit-19700101T000000.000000Z-000001.arrows"), "wb") as sink:
+        with pa.ipc.new_stream(sink, old) as writer:
+            writer.write_batch(batch)
+    (row,) = audit.read(directory).to_pylist()
+    assert (row["outcome"], row["reason"]) == ("disclosed", None)

@@ -29,7 +29,10 @@ from juki_engine.certs import (
     canonical_subject,
     certificate_subject,
     create_demo,
+    fingerprint,
+    write_demo_policy,
 )
+from juki_engine.policy import Policy, example_path
 
 AGENCIES = {
     "nenkin": "CN=nenkin,O=日本年金機構,C=JP",
@@ -471,3 +474,16 @@ def test_mtls_client_rejects_a_server_it_does_not_trust(demo: Demo, other: Demo,
         _call(port, demo.paths["nenkin"], root=other.ca.cert_path)
     assert isinstance(raised.value, grpc.Call)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_write_demo_policy_binds_the_example_to_the_demo_ca(tmp_path: Path) -> None:
+    create_demo(tmp_path, AGENCIES)
+    path = write_demo_policy(tmp_path, example_path())
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    bound = Policy.load(path)
+    assert bound.authorities == {"demo": fingerprint(ca)}
+    assert {a.certificate_issuer for a in bound.agencies} == {fingerprint(ca)}
+    template = tmp_path / "no-demo.toml"
+    template.write_text("[[agency]]\n")
+    with pytest.raises(ValueError, match="no 'demo"):
+        write_demo_policy(tmp_path, template)
