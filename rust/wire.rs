@@ -40,9 +40,16 @@ fn thousands(n: u64) -> String {
 /// monotonic), UTF-8 of every string, dictionary keys within their dictionary, views within
 /// their buffers (with valid UTF-8 and matching prefixes), null counts, and the same for every
 /// child (a dictionary's values included). `what` names the array in the error.
+///
+/// Arrow's validation asserts (panics) on some malformed buffers rather than returning an error
+/// (a buffer whose length is not a whole number of its values): that is refused as invalid too.
 pub fn validate_array(data: &ArrayData, what: &str) -> Result<()> {
-    data.validate_full()
-        .map_err(|e| JukiError::InvalidInput(format!("{what}: invalid Arrow data: {e}")))
+    let invalid =
+        |why: String| JukiError::InvalidInput(format!("{what}: invalid Arrow data: {why}"));
+    match catch_unwind(AssertUnwindSafe(|| data.validate_full())) {
+        Ok(checked) => checked.map_err(|e| invalid(e.to_string())),
+        Err(panic) => Err(invalid(panic_message(panic.as_ref()))),
+    }
 }
 
 /// How an error names column `name` of a table called `table` ("claims", "registry table").
@@ -369,7 +376,21 @@ fn view_bytes(data: &ArrayData) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, OnceLock};
+
+    use arrow_array::types::{Int32Type, Int8Type, UInt32Type};
+    use arrow_array::{
+        ArrayRef, BinaryArray, Date32Array, DictionaryArray, Float64Array, Int64Array,
+        LargeStringArray, NullArray, StringArray, StringViewArray, UInt64Array, UInt8Array,
+    };
+    use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+    use arrow_schema::{Field, Schema};
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::ids::IdKind;
+    use crate::query::{self, ExactMatch, CLAIMABLE};
+    use crate::storage::{Column, RegistryData};
 
     #[test]
     fn thousands_separates() {
@@ -377,5 +398,410 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(123_456_789), "123,456,789");
+    }
+
+    const RESIDENTS: u64 = 8;
+    const NAMES: [&str; 4] = ["佐藤", "鈴木", "ワタナベ", "abcdefghijklmnopqrstu"];
+
+    fn my_number(i: u64) -> String {
+        let kind = IdKind::MyNumber;
+        kind.format(kind.with_check_digit(10_000_000_000 + i))
+    }
+
+    /// Eight residents, built through the same import as `Registry.from_arrow`.
+    fn registry() -> &'static RegistryData {
+        static REGISTRY: OnceLock<RegistryData> = OnceLock::new();
+        REGISTRY.get_or_init(|| {
+            let n = RESIDENTS;
+            let rc = IdKind::ResidentCode;
+            let muni = IdKind::LocalGovernment;
+            let text = |f: &dyn Fn(u64) -> String| -> ArrayRef {
+                Arc::new(StringArray::from_iter_values((0..n).map(f)))
+            };
+            let name = |i: u64| NAMES[i as usize % NAMES.len()].to_string();
+            let batch = RecordBatch::try_from_iter([
+                (
+                    "resident_code",
+                    text(&|i| rc.format(rc.with_check_digit(i + 1))),
+                ),
+                ("my_number", text(&my_number)),
+                ("family_name", text(&name)),
+                ("family_name_kana", text(&name)),
+                ("given_name", text(&|i| name(i + 1))),
+                ("given_name_kana", text(&|i| name(i + 2))),
+                (
+                    "birth_date",
+                    Arc::new(Date32Array::from_iter_values((0..n).map(|i| i as i32))),
+                ),
+                (
+                    "sex",
+                    Arc::new(UInt8Array::from_iter_values(
+                        (0..n).map(|i| 1 + i as u8 % 2),
+                    )),
+                ),
+                (
+                    "municipality_code",
+                    text(&|_| muni.format(muni.with_check_digit(16201))),
+                ),
+            ])
+            .unwrap();
+            crate::import::from_batch(&batch).unwrap()
+        })
+    }
+
+    /// How a generated column is laid out, valid or broken on purpose.
+    #[derive(Debug, Clone, Copy)]
+    enum Layout {
+        Utf8,
+        LargeUtf8,
+        View,
+        DictInt8,
+        DictUInt32,
+        Int64,
+        UInt64,
+        UInt8,
+        Date32,
+        Null,
+        Float64,
+        Binary,
+        // Invalid data, built with unchecked constructors.
+        OffsetsPastEnd,
+        OffsetsBackwards,
+        NonUtf8,
+        DictKeyOutOfRange,
+        ViewBadBuffer,
+        ViewPastEnd,
+        ViewBadPrefix,
+        ViewPadding,
+        ViewNonUtf8,
+        ShortValues,
+        ShortNulls,
+    }
+
+    const LAYOUTS: [Layout; 23] = [
+        Layout::Utf8,
+        Layout::LargeUtf8,
+        Layout::View,
+        Layout::DictInt8,
+        Layout::DictUInt32,
+        Layout::Int64,
+        Layout::UInt64,
+        Layout::UInt8,
+        Layout::Date32,
+        Layout::Null,
+        Layout::Float64,
+        Layout::Binary,
+        Layout::OffsetsPastEnd,
+        Layout::OffsetsBackwards,
+        Layout::NonUtf8,
+        Layout::DictKeyOutOfRange,
+        Layout::ViewBadBuffer,
+        Layout::ViewPastEnd,
+        Layout::ViewBadPrefix,
+        Layout::ViewPadding,
+        Layout::ViewNonUtf8,
+        Layout::ShortValues,
+        Layout::ShortNulls,
+    ];
+
+    impl Layout {
+        fn is_valid(self) -> bool {
+            (self as usize) < (Layout::OffsetsPastEnd as usize)
+        }
+    }
+
+    /// One generated value: a resident's key, a name, a number or arbitrary text.
+    #[derive(Debug, Clone)]
+    enum Value {
+        Null,
+        Key(u64),
+        Name(usize),
+        Int(i64),
+        Text(String),
+    }
+
+    impl Value {
+        fn text(&self) -> Option<String> {
+            match self {
+                Value::Null => None,
+                Value::Key(i) => Some(my_number(*i)),
+                Value::Name(i) => Some(NAMES[*i % NAMES.len()].to_string()),
+                Value::Int(v) => Some(v.to_string()),
+                Value::Text(t) => Some(t.clone()),
+            }
+        }
+
+        fn int(&self) -> Option<i64> {
+            match self {
+                Value::Null => None,
+                Value::Key(i) => Some(my_number(*i).parse().unwrap()),
+                Value::Name(i) => Some(*i as i64),
+                Value::Int(v) => Some(*v),
+                Value::Text(t) => Some(t.len() as i64),
+            }
+        }
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let chars = prop::sample::select(vec!['0', '1', '9', 'a', '佐', 'ー', ' ', '\u{0}']);
+        prop_oneof![
+            Just(Value::Null),
+            (0..RESIDENTS + 2).prop_map(Value::Key),
+            (0..NAMES.len()).prop_map(Value::Name),
+            any::<i64>().prop_map(Value::Int),
+            prop::collection::vec(chars, 0..30).prop_map(|c| Value::Text(c.into_iter().collect())),
+        ]
+    }
+
+    fn texts(values: &[Value]) -> Vec<Option<String>> {
+        values.iter().map(Value::text).collect()
+    }
+
+    /// A StringArray's parts, with row `at` made non-empty (so a corruption has bytes to hit).
+    fn utf8_parts(values: &[Value], at: usize) -> (Vec<i32>, Vec<u8>) {
+        let mut offsets = vec![0i32];
+        let mut bytes = Vec::new();
+        for (i, v) in texts(values).into_iter().enumerate() {
+            let v = v.unwrap_or_default();
+            bytes.extend(
+                if i == at && v.is_empty() {
+                    "x"
+                } else {
+                    v.as_str()
+                }
+                .bytes(),
+            );
+            offsets.push(bytes.len() as i32);
+        }
+        (offsets, bytes)
+    }
+
+    fn views_of(values: &[Value], at: usize, long: bool) -> StringViewArray {
+        let mut t = texts(values);
+        t[at] = Some(if long { NAMES[3] } else { "ab" }.to_string());
+        StringViewArray::from(t)
+    }
+
+    /// `views` with view `at` rewritten by `edit`, unchecked.
+    fn edit_view(views: StringViewArray, at: usize, edit: impl Fn(u128) -> u128) -> ArrayRef {
+        let (v, buffers, nulls) = views.into_parts();
+        let mut raw: Vec<u128> = v.to_vec();
+        raw[at] = edit(raw[at]);
+        // SAFETY: deliberately invalid views; only `validate_array` reads them, and it checks
+        // every view against its buffers before reading one.
+        Arc::new(unsafe { StringViewArray::new_unchecked(raw.into(), buffers, nulls) })
+    }
+
+    fn column(layout: Layout, values: &[Value], at: usize) -> ArrayRef {
+        let n = values.len();
+        let ints = || values.iter().map(Value::int);
+        match layout {
+            Layout::Utf8 => Arc::new(StringArray::from(texts(values))),
+            Layout::LargeUtf8 => Arc::new(LargeStringArray::from(texts(values))),
+            Layout::View => Arc::new(StringViewArray::from(texts(values))),
+            Layout::DictInt8 => Arc::new(
+                texts(values)
+                    .iter()
+                    .map(|v| v.as_deref())
+                    .collect::<DictionaryArray<Int8Type>>(),
+            ),
+            Layout::DictUInt32 => Arc::new(
+                texts(values)
+                    .iter()
+                    .map(|v| v.as_deref())
+                    .collect::<DictionaryArray<UInt32Type>>(),
+            ),
+            Layout::Int64 => Arc::new(Int64Array::from_iter(ints())),
+            Layout::UInt64 => Arc::new(UInt64Array::from_iter(ints().map(|v| v.map(|v| v as u64)))),
+            Layout::UInt8 => Arc::new(UInt8Array::from_iter(ints().map(|v| v.map(|v| v as u8)))),
+            Layout::Date32 => Arc::new(Date32Array::from_iter(ints().map(|v| v.map(|v| v as i32)))),
+            Layout::Null => Arc::new(NullArray::new(n)),
+            Layout::Float64 => {
+                Arc::new(Float64Array::from_iter(ints().map(|v| v.map(|v| v as f64))))
+            }
+            Layout::Binary => Arc::new(BinaryArray::from_iter(texts(values))),
+            Layout::OffsetsPastEnd | Layout::OffsetsBackwards | Layout::NonUtf8 => {
+                let (mut offsets, mut bytes) = utf8_parts(values, at);
+                match layout {
+                    Layout::OffsetsPastEnd => {
+                        for o in &mut offsets[at + 1..] {
+                            *o += 1 + bytes.len() as i32;
+                        }
+                    }
+                    Layout::OffsetsBackwards => offsets[at + 1] = offsets[at] - 1,
+                    _ => bytes[offsets[at] as usize] = 0xff,
+                }
+                // SAFETY: deliberately invalid offsets or bytes, built only for
+                // `validate_array`, which checks offsets and UTF-8 before reading a value.
+                Arc::new(unsafe {
+                    StringArray::new_unchecked(
+                        OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)),
+                        Buffer::from_vec(bytes),
+                        None,
+                    )
+                })
+            }
+            Layout::DictKeyOutOfRange => {
+                let dict = StringArray::from(vec!["佐藤", "鈴木"]);
+                let keys: Vec<i32> = (0..n)
+                    .map(|i| if i == at { 2 } else { i as i32 % 2 })
+                    .collect();
+                // SAFETY: a deliberately out-of-range key, for `validate_array`, which checks
+                // every key against the dictionary before any is used.
+                Arc::new(unsafe {
+                    DictionaryArray::<Int32Type>::new_unchecked(keys.into(), Arc::new(dict))
+                })
+            }
+            Layout::ViewBadBuffer => edit_view(views_of(values, at, true), at, |v| v | 7 << 64),
+            Layout::ViewPastEnd => {
+                edit_view(views_of(values, at, true), at, |v| v | (1u128 << 30) << 96)
+            }
+            Layout::ViewBadPrefix => edit_view(views_of(values, at, true), at, |v| v ^ 1 << 32),
+            Layout::ViewPadding => edit_view(views_of(values, at, false), at, |v| v | 1 << 120),
+            Layout::ViewNonUtf8 => edit_view(views_of(values, at, false), at, |v| v | 0xff << 32),
+            Layout::ShortValues => {
+                let data = ArrayData::builder(DataType::Int64)
+                    .len(n)
+                    .add_buffer(Buffer::from_vec(vec![0i64; n - 1]));
+                // SAFETY: a values buffer one short, for `validate_array` only.
+                arrow_array::make_array(unsafe { data.build_unchecked() })
+            }
+            Layout::ShortNulls => {
+                let nulls = Buffer::from_vec(vec![0xffu8; n / 8]);
+                let data = ArrayData::builder(DataType::UInt8)
+                    .len(n + 8)
+                    .add_buffer(Buffer::from_vec(vec![1u8; n + 8]))
+                    .null_bit_buffer(Some(nulls))
+                    .null_count(0);
+                // SAFETY: a validity bitmap too short for its length, for `validate_array`.
+                arrow_array::make_array(unsafe { data.build_unchecked() }).slice(8, n)
+            }
+        }
+    }
+
+    /// Whether verify takes a valid column of `layout` as claimed column `field` (or the key).
+    fn contract_accepts(field: Option<Column>, layout: Layout) -> bool {
+        let text = matches!(
+            layout,
+            Layout::Utf8 | Layout::LargeUtf8 | Layout::View | Layout::DictInt8 | Layout::DictUInt32
+        );
+        let integer = matches!(layout, Layout::Int64 | Layout::UInt64 | Layout::UInt8);
+        match field {
+            None => text || integer,
+            Some(Column::BirthDate) => matches!(layout, Layout::Date32 | Layout::Null),
+            Some(Column::Sex) => integer || matches!(layout, Layout::Null),
+            Some(_) => text || matches!(layout, Layout::Null),
+        }
+    }
+
+    fn claim() -> impl Strategy<Value = (usize, usize, Vec<Value>)> {
+        (
+            0..LAYOUTS.len(),
+            0..CLAIMABLE.len(),
+            prop::collection::vec(value(), 1..40),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Arbitrary claims, valid or not: invalid data is refused as `InvalidInput` naming the
+        /// column, before verify reads it; valid data of the contract's types is verified (and
+        /// of other types refused), never with a panic.
+        #[test]
+        fn the_boundary_refuses_invalid_arrays_and_verifies_valid_ones(
+            key_layout in 0..LAYOUTS.len(),
+            keys in prop::collection::vec(value(), 1..40),
+            claims in prop::collection::vec(claim(), 0..3),
+            at in any::<prop::sample::Index>(),
+            disclose in prop::collection::vec(0..Column::ALL.len(), 0..4),
+        ) {
+            let n = keys.len();
+            let key_layout = LAYOUTS[key_layout];
+            let mut fields = vec![Field::new("my_number", DataType::Utf8, true)];
+            let mut columns = vec![column(key_layout, &keys, at.index(n))];
+            let mut layouts = vec![(None, key_layout)];
+            for (layout, field, values) in claims {
+                let field = CLAIMABLE[field];
+                if layouts.iter().any(|(f, _)| *f == Some(field)) {
+                    continue;
+                }
+                let mut values = values;
+                values.resize(n, Value::Null);
+                let layout = LAYOUTS[layout];
+                fields.push(Field::new(field.name(), DataType::Utf8, true));
+                columns.push(column(layout, &values, at.index(n)));
+                layouts.push((Some(field), layout));
+            }
+            let fields: Vec<Field> = fields
+                .iter()
+                .zip(&columns)
+                .map(|(f, c)| f.clone().with_data_type(c.data_type().clone()))
+                .collect();
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+            let disclose: Vec<Column> = disclose.into_iter().map(|c| Column::ALL[c]).collect();
+
+            match validate_batch(&batch, "claims") {
+                Err(JukiError::InvalidInput(m)) => {
+                    prop_assert!(m.contains(": invalid Arrow data: "), "{}", m);
+                    let (bad, _) = layouts.iter().find(|(_, l)| !l.is_valid()).unwrap();
+                    let name = bad.map_or("my_number", |c| c.name());
+                    prop_assert!(
+                        layouts.iter().any(|(f, l)| !l.is_valid() && m.contains(&format!(
+                            "claims column '{}'",
+                            f.map_or("my_number", |c| c.name())
+                        ))),
+                        "{} (first invalid: {})", m, name
+                    );
+                }
+                Err(other) => prop_assert!(false, "{:?}", other),
+                Ok(()) => {
+                    prop_assert!(layouts.iter().all(|(_, l)| l.is_valid()), "{:?}", layouts);
+                    let data = registry();
+                    let accepted = layouts.iter().all(|&(f, l)| contract_accepts(f, l));
+                    let out = query::verify(data, &batch, IdKind::MyNumber, &ExactMatch, 0, &disclose);
+                    match out {
+                        Ok(out) => {
+                            prop_assert!(accepted, "{:?}", layouts);
+                            prop_assert_eq!(out.num_rows(), n);
+                        }
+                        Err(JukiError::InvalidInput(m)) => prop_assert!(!accepted, "{}", m),
+                        Err(other) => prop_assert!(false, "{:?}", other),
+                    }
+                    let looked = query::lookup(data, batch.column(0).as_ref(), IdKind::MyNumber, &disclose);
+                    prop_assert_eq!(looked.is_ok(), contract_accepts(None, key_layout));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_invalid_layout_is_refused() {
+        let values: Vec<Value> = (0..20).map(|i| Value::Name(i % 4)).collect();
+        for layout in LAYOUTS.into_iter().filter(|l| !l.is_valid()) {
+            for at in [0, 7, 19] {
+                let col = column(layout, &values, at);
+                let err = validate_array(&col.to_data(), "c").unwrap_err();
+                assert!(
+                    matches!(&err, JukiError::InvalidInput(m) if m.starts_with("c: invalid Arrow data: ")),
+                    "{layout:?} at {at}: {err:?}"
+                );
+            }
+        }
+        // Keys whose buffer is not a whole number of i32s: arrow's validation asserts (panics)
+        // on these, and they are refused all the same. (Only raw ArrayData can carry them: an
+        // array type trims its buffers.)
+        let dict = StringArray::from(vec!["佐藤"]).into_data();
+        let data = ArrayData::builder(DataType::Dictionary(
+            Box::new(DataType::Int32),
+            Box::new(DataType::Utf8),
+        ))
+        .len(2)
+        .add_buffer(Buffer::from_vec(vec![0u8; 11]))
+        .add_child_data(dict);
+        // SAFETY: deliberately malformed, for `validate_array` only.
+        let data = unsafe { data.build_unchecked() };
+        let err = validate_array(&data, "c").unwrap_err();
+        assert!(matches!(&err, JukiError::InvalidInput(m) if m.starts_with("c: invalid")));
     }
 }

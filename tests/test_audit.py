@@ -595,7 +595,7 @@ def test_a_pending_commit_is_withdrawn_truthfully(
     assert entered.wait(5)
     assert not trail.withdraw(in_flight, "unavailable", "x")  # being written: too late
     pending = trail.append(context(request_id="pending"), residents(1), "disclosed")
-    with pytest.raises(audit.AuditUnavailable, match="not durable after 0.2 s"):
+    with pytest.raises(audit.AuditUnavailable, match=r"not durable after 0\.2 s"):
         pending.wait(0.2)
     assert trail.withdraw(pending, "unavailable", "reply not sent: audit commit timed out")
     gate.set()
