@@ -245,20 +245,13 @@ def test_bulk_jobs_past_the_limit_are_refused_and_typed_calls_still_answer(
             bulk = pb_grpc.BulkVerificationStub(ch)
             holding = bulk.VerifyStream(held(), timeout=30)
             deadline = time.monotonic() + 10
-            while True:  # the first job holds its slot once its header is read
-                second = bulk.VerifyStream(
-                    iter(
-                        [pb.BulkRequest(header=pb.BulkHeader(context=ctx(), key=pb.RESIDENT_CODE))]
-                    ),
-                    timeout=10,
-                )
-                try:
-                    list(second)
-                except grpc.RpcError as e:
-                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                    assert "bulk jobs" in e.details()
-                    break
-                assert time.monotonic() < deadline
+            while srv.bulk.slots.running < 1:  # the first job holds its slot once it is read
+                assert time.monotonic() < deadline and not holding.done()
+                time.sleep(0.01)
+            second = pb.BulkRequest(header=pb.BulkHeader(context=ctx(), key=pb.RESIDENT_CODE))
+            error = rpc_error(lambda: list(bulk.VerifyStream(iter([second]), timeout=10)))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "bulk jobs" in error.details()
             stub = pb_grpc.IdentityVerificationStub(ch)
             for _ in range(3):
                 assert stub.Verify(verify(person(small_rows)), timeout=10).found

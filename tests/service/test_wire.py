@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from calls import Row, channel, ctx, header, ipc, raw_stream
+from calls import Row, channel, ctx, header, ipc, raw_stream, rpc_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,18 +54,35 @@ def test_crafted_offsets_are_refused_before_they_are_read(
     assert len(error.details()) < 400
 
 
-def test_views_of_one_huge_string_echo_at_most_32_characters(
+def test_views_of_one_huge_string_are_refused_or_echoed_at_most_32_characters(
     pki: Path, running: service.Server
 ) -> None:
-    huge = "9" * (4 << 20)
-    keys = pa.array([huge] * 100_000, pa.string_view())  # every row views the same 4 MiB
+    # 100,000 rows viewing one 4 MiB string: 400 GB if each were read out; refused first.
+    keys = one_string_viewed(b"9" * (4 << 20), 100_000)
     with channel(pki, running, "nenkin") as ch:
         job = BulkJob(ch, ctx(), "resident_code")
-        (_, results), *_ = list(job.run(pa.table({"resident_code": keys}).to_batches()))
+        error = rpc_error(lambda: list(job.run(pa.table({"resident_code": keys}).to_batches())))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bytes of strings" in error.details()
+    # Within the cap, every rejected key is echoed cut short, naming its row.
+    keys = one_string_viewed(b"9" * (60 << 10), 1000)
+    with channel(pki, running, "nenkin") as ch:
+        job = BulkJob(ch, ctx(), "resident_code")
+        ((_, results),) = list(job.run(pa.table({"resident_code": keys}).to_batches()))
     errors = results["error"]
     assert errors.null_count == 0
-    assert pc.max(pc.utf8_length(errors)).as_py() < 100
-    assert "…" in errors[0].as_py() and "row 99999" in errors[-1].as_py()
+    assert pc.max(pc.utf8_length(errors)).as_py() < 160  # the message, the value cut at 32
+    assert "…" in errors[0].as_py() and "row 999" in errors[-1].as_py()
+
+
+def one_string_viewed(value: bytes, rows: int) -> pa.Array:
+    """A string_view array whose every row views the same long value (one data buffer)."""
+    views = np.zeros((rows, 4), np.uint32)  # length, prefix, buffer index, offset
+    views[:, 0] = len(value)
+    views[:, 1] = int.from_bytes(value[:4], "little")
+    return pa.Array.from_buffers(
+        pa.string_view(), rows, [None, pa.py_buffer(views.tobytes()), pa.py_buffer(value)]
+    )
 
 
 def test_a_message_declaring_a_huge_decoded_size_is_refused(

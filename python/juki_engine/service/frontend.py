@@ -376,7 +376,9 @@ def _kept(grant: Grant) -> list[str]:
 
 
 def _is_text(t: pa.DataType) -> bool:
-    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
+    """Keys whose found values can stand for the subjects as they are (pyarrow's `if_else` has
+    no kernel for string views, which take the gathered column instead)."""
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
 def _ids(request: pb.RequestContext) -> tuple[str, str, str]:
@@ -395,19 +397,23 @@ def _outcomes(out: pa.Table) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(codes, _OUTCOME_VALUES)
 
 
-# Bulk jobs running at once (each holds a server thread for its life); RESOURCE_EXHAUSTED past it.
 class JobSlots:
     """A limit on concurrent bulk jobs, so they can never take every server thread."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._free = threading.Semaphore(limit)
+        self._lock = threading.Lock()
+        self.running = 0
+        """Bulk jobs running now."""
 
     @contextmanager
     def held(self) -> Iterator[None]:
-        if not self._free.acquire(blocking=False):
-            raise ServerBusy(f"{self.limit} bulk jobs are running, the most this server takes")
+        with self._lock:
+            if self.running >= self.limit:
+                raise ServerBusy(f"{self.limit} bulk jobs are running, the most this server takes")
+            self.running += 1
         try:
             yield
         finally:
-            self._free.release()
+            with self._lock:
+                self.running -= 1
