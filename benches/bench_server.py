@@ -97,7 +97,7 @@ def start_server(
     # run go past that, so the benchmark lifts the cap (the quota check itself still runs).
     policy = work / "policy.toml"
     policy.write_text(
-        example_path().read_text().replace("daily_quota = 60_000_000", "daily_quota = 0")
+        (pki / "policy.toml").read_text().replace("daily_quota = 60_000_000", "daily_quota = 0")
     )
     proc = subprocess.Popen(
         [
@@ -439,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         pki = work / "pki"
         agencies = {a.code: a.certificate_subject for a in Policy.load(example_path()).agencies}
         certs.create_demo(pki, agencies)
+        certs.write_demo_policy(pki, example_path())
         tls = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
         # Before the server starts: each floor is measured with the cores to itself.
         results["floors"] = measure_floors(work, src, tls, floor, args.claims)

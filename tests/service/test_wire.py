@@ -4,6 +4,7 @@ tests here are bounded for CI; benches/fuzz_service.py runs them longer."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ from juki_engine.client import BulkJob
 from juki_engine.policy import Policy
 from juki_engine.service import wire
 
+# Examples per fuzz test: bounded for CI; a longer run sets JUKI_FUZZ_EXAMPLES (BENCHMARKS.md).
+FUZZ_EXAMPLES = int(os.environ.get("JUKI_FUZZ_EXAMPLES", "60"))
 SENTINEL_NAME = "番兵㊙"
 SENTINEL_TOWN = "番兵㊙町"
 # The statuses a hostile message may end a call with: never UNKNOWN, INTERNAL or a crash.
@@ -105,7 +108,7 @@ def test_a_message_declaring_a_huge_decoded_size_is_refused(
     assert "bytes" in error.details()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_fuzzed_messages_end_in_a_clean_status_and_the_server_keeps_serving(
     pki: Path, running: service.Server, small_rows: list[Row], data: st.DataObject
@@ -148,7 +151,7 @@ def test_fuzzed_messages_end_in_a_clean_status_and_the_server_keeps_serving(
         assert len(good) == 1
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     affair=st.text(max_size=200),
     operator=st.text(max_size=200),

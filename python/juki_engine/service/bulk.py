@@ -29,6 +29,8 @@ PIPELINE_DEPTH = 4
 BULK_WORKERS = 2
 # Bulk jobs one server runs at once; each holds a server thread for its whole life.
 MAX_BULK_JOBS = 4
+# Bytes of results in one response, well inside grpc's message limit (MAX_MESSAGE_BYTES).
+RESPONSE_BYTES = 4 << 20
 
 
 class BulkVerification(pb_grpc.BulkVerificationServicer):
@@ -64,7 +66,7 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
                 stream = ResultStream()
                 try:
                     while (answer := job.next_answer()) is not None:
-                        yield _bulk_response(answer, stream, f.audit_timeout)
+                        yield from _bulk_responses(answer, stream, f.audit_timeout)
                 finally:
                     job.stop()
 
@@ -192,7 +194,14 @@ class _BulkJob:
             self._answers.put(e)
 
 
-def _bulk_response(answer: Answer, stream: ResultStream, timeout: float) -> pb.BulkResponse:
-    return pb.BulkResponse(
-        first_row=answer.first_row, results=stream.part(answer.released(timeout))
-    )
+def _bulk_responses(
+    answer: Answer, stream: ResultStream, timeout: float
+) -> Iterator[pb.BulkResponse]:
+    """One message's results, once durable, as responses of at most RESPONSE_BYTES each: the
+    bytes of one record batch of the job's stream may span several responses (a message of a
+    million rejected keys has a long `error` column), which the client reads as one stream."""
+    part = memoryview(stream.part(answer.released(timeout)))
+    for start in range(0, max(len(part), 1), RESPONSE_BYTES):
+        yield pb.BulkResponse(
+            first_row=answer.first_row, results=bytes(part[start : start + RESPONSE_BYTES])
+        )
