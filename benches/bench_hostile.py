@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             growth: dict[str, float] = {}
             for kind, make in KINDS.items():
                 payload = make(codes)
-                before, peak_before = rss(proc.pid)
+                before, _ = rss(proc.pid)
                 started = time.perf_counter()
                 answered, status = run_kind(tls, address, payload, args.messages)
                 seconds = time.perf_counter() - started

@@ -530,7 +530,8 @@ def _record_batch(entries: list[_Entry]) -> pa.RecordBatch:
             )
         unique = list(dict.fromkeys(v for v in values if v is not None))
         position = {value: index for index, value in enumerate(unique)}
-        codes = pa.array(np.repeat([position.get(v, -1) for v in values], lengths), pa.int32())
+        per_entry = [-1 if v is None else position[v] for v in values]
+        codes = pa.array(np.repeat(per_entry, lengths), pa.int32())
         indices = pc.if_else(pc.equal(codes, -1), pa.scalar(None, pa.int32()), codes)
         return pa.DictionaryArray.from_arrays(indices, pa.array(unique, pa.string()))
 

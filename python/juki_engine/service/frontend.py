@@ -222,7 +222,8 @@ class Frontend:
         try:
             yield
         except Exception as raised:  # every refusal and fault ends here, with a status
-            error, subjects = raised, None
+            error: BaseException = raised
+            subjects = None
             if isinstance(raised, Refused):
                 error, subjects = raised.error, raised.subjects
             code = status_code(error)

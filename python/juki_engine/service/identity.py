@@ -99,7 +99,7 @@ class TrustStore:
                 (
                     fp
                     for fp, ca in self._authorities.items()
-                    if crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())
+                    if crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
                 ),
                 None,
             )
