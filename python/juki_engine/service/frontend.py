@@ -49,7 +49,7 @@ from juki_engine.policy import (
 )
 from juki_engine.registry import Registry
 from juki_engine.service.identity import PeerCertificate, TrustStore
-from juki_engine.service.wire import check_text
+from juki_engine.service.wire import MAX_TEXT_CHARS, check_text
 
 log = logging.getLogger("juki.server")
 
@@ -57,6 +57,8 @@ log = logging.getLogger("juki.server")
 RETENTION_DAYS = 7 * 366
 # How long a reply waits for its audit records to be durable before it answers UNAVAILABLE.
 AUDIT_TIMEOUT_S = 10.0
+# Characters of a status message: far inside grpc's metadata limit, whatever it names.
+MAX_STATUS_CHARS = 1024
 
 
 class ServerBusy(JukiError):
@@ -105,7 +107,7 @@ class Call:
     """One RPC as its audit records will describe it, filled in as the call learns it."""
 
     mode: str
-    """The mode the RPC asks for ("verify", "retrieve" or "verify+retrieve")."""
+    """The mode the RPC asks for (one of `audit.MODES`)."""
     caller: str = "unidentified"
     """The agency code, or what was known of a caller no agency matched."""
     request: pb.RequestContext | None = None
@@ -126,9 +128,9 @@ class Call:
         return AuditContext(self.caller, operator, request_id, affair, self.mode, fields)
 
 
-def _bounded(text: str) -> str:
-    """A client string as the audit trail keeps it: cut at the contract's limit."""
-    return text if len(text) <= 128 else text[:128] + "…"
+def _bounded(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """A client-influenced string as a record or status keeps it: cut at `limit`."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +234,7 @@ class Frontend:
                 log.error("internal error %s in %s call", error_id, call.caller, exc_info=error)
                 message = f"internal error {error_id}"
             else:
-                message = str(error)
+                message = _bounded(str(error), MAX_STATUS_CHARS)
             outcome = (
                 "quota_exhausted"
                 if isinstance(error, QuotaExhausted)
