@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -776,3 +777,53 @@ def test_every_received_disclosure_is_audited_after_kill_9(
 def test_each_error_class_maps_to_one_status(error: juki.JukiError, code: grpc.StatusCode) -> None:
     assert service.status_code(error) == code
     assert isinstance(error, juki.JukiError)
+
+
+def test_sigterm_drains_a_job_in_flight_with_its_audit(
+    small_rows: list[Row], pki: Path, tmp_path: Path
+) -> None:
+    """SIGTERM mid-job: the job in flight runs to its end, every result audited, then the
+    server exits cleanly; a new call is refused meanwhile."""
+    snapshot = tmp_path / "snapshot"
+    Registry.generate(population=20_000, seed=7).save(snapshot)
+    trail = tmp_path / "audit"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "juki_engine.cli", "serve", "--snapshot", str(snapshot)),
+            *("--certs", str(pki), "--audit", str(trail), "--listen", "127.0.0.1:0"),
+            *("--port-file", str(tmp_path / "port")),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        port = wait_for_port(tmp_path / "port", proc)
+        tls = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
+        codes = pa.table({"resident_code": [r["resident_code"] for r in small_rows[:4000]]})
+        replies = threading.Semaphore(0)
+
+        def paced() -> Iterator[pa.RecordBatch]:
+            for n, message in enumerate(codes.to_batches(max_chunksize=200)):
+                if n == 3:
+                    assert replies.acquire(timeout=30)  # one reply back: the job is in flight
+                    proc.send_signal(signal.SIGTERM)
+                time.sleep(0.05)
+                yield message
+
+        received: list[str] = []
+        with tls.channel(f"127.0.0.1:{port}") as ch:
+            job = BulkJob(ch, ctx(), "resident_code", ["resident_code"])
+            for _, results in job.run(paced()):
+                received.extend(results["resident_code"].to_pylist())
+                replies.release()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert len(received) == 4000
+    logged = audit.read(trail, columns=["request_id", "subject", "outcome"])
+    mine = logged.filter(pc.equal(logged["request_id"], job.context.request_id))
+    assert sorted(mine["subject"].to_pylist()) == sorted(received)
+    assert set(mine["outcome"].to_pylist()) == {"disclosed"}
