@@ -13,9 +13,7 @@ use arrow_array::{
     Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, PrimitiveArray, StringArray,
     UInt32Array, UInt8Array,
 };
-use arrow_buffer::{
-    ArrowNativeType, BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer,
-};
+use arrow_buffer::{ArrowNativeType, BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
 
@@ -548,41 +546,14 @@ impl<K: ArrowNativeType> Compaction<K> {
         })
     }
 
-    /// The kept values of `dictionary`, in their new keys' order: their bytes copied once into
-    /// one buffer (a registry dictionary has no nulls; one that had would be taken generically).
+    /// The kept values of `dictionary`, in their new keys' order.
     pub fn values(&self, dictionary: &StringArray) -> Result<StringArray> {
-        if dictionary.null_count() > 0 {
-            let taken = arrow_select::take::take(dictionary, &self.kept, None)?;
-            return Ok(taken
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("take keeps the type")
-                .clone());
-        }
-        let offsets = dictionary.value_offsets();
-        let bytes = dictionary.values().as_slice();
-        let span = |k: u32| offsets[k as usize] as usize..offsets[k as usize + 1] as usize;
-        let total: usize = self.kept.values().iter().map(|&k| span(k).len()).sum();
-        let mut out = Vec::new();
-        out.try_reserve_exact(total).map_err(|e| {
-            JukiError::ResourceExhausted(format!("cannot allocate {total} bytes: {e}"))
-        })?;
-        let mut ends = Vec::with_capacity(self.kept.len() + 1);
-        ends.push(0i32);
-        for &k in self.kept.values() {
-            out.extend_from_slice(&bytes[span(k)]);
-            ends.push(out.len() as i32);
-        }
-        // SAFETY: the offsets start at 0 and grow by each value's length up to `out.len()`
-        // (at most the dictionary's own length, so within i32), and each value is a whole value
-        // of a valid StringArray, so valid UTF-8.
-        Ok(unsafe {
-            StringArray::new_unchecked(
-                OffsetBuffer::new_unchecked(ScalarBuffer::from(ends)),
-                Buffer::from_vec(out),
-                None,
-            )
-        })
+        let taken = arrow_select::take::take(dictionary, &self.kept, None)?;
+        Ok(taken
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("take keeps the type")
+            .clone())
     }
 }
 
