@@ -84,6 +84,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each typed test")
     p.add_argument("--threads", type=int, default=8, help="client threads for the max rate")
     p.add_argument("--workers", type=int, default=4, help="the server's call threads")
+    p.add_argument(
+        "--fields",
+        default=",".join(FIELDS),
+        help=f"fields the job retrieves (default {','.join(FIELDS)})",
+    )
     p.add_argument("--json", help="also write every number to this file")
     p.add_argument("--echo-server", metavar="DIR", help=argparse.SUPPRESS)  # the transport floor
     return p.parse_args(argv)
@@ -421,7 +426,10 @@ def measure_floors(
 
 
 def main(argv: list[str] | None = None) -> int:
+    global FIELDS, KEPT
     args = parse_args(argv)
+    FIELDS = args.fields.split(",")
+    KEPT = [*KEPT[: KEPT.index("birth_date_match") + 1], *FIELDS]
     if args.echo_server:
         return serve_echo(Path(args.echo_server))
     results: dict[str, Any] = {"claims": args.claims, "load_average": os.getloadavg()}

@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -360,7 +361,17 @@ def bench_gather(
     # mode="clip": with the default mode="raise", numpy buffers `out` (a second pass).
     stats = measure(lambda: np.take(values, rows, out=out, mode="clip"), claims, repeats)
     allocating = measure(lambda: np.take(values, rows), claims, repeats)
-    return {"into_buffer": stats, "allocating": allocating}
+    # The fair limit for a kernel that uses both cores: each thread gathers half the rows
+    # (numpy's take releases the GIL), into its half of the buffer.
+    half = claims // 2
+    halves = [(rows[:half], out[:half]), (rows[half:], out[half:])]
+    with ThreadPoolExecutor(2) as pool:
+
+        def both() -> None:
+            list(pool.map(lambda h: np.take(values, h[0], out=h[1], mode="clip"), halves))
+
+        two_threads = measure(both, claims, repeats)
+    return {"into_buffer": stats, "allocating": allocating, "two_threads": two_threads}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     gather = bench_gather(len(registry), n, repeats * 5, rng)
     rates["gather_limit"] = gather["into_buffer"]
     rates["gather_allocating"] = gather["allocating"]
+    rates["gather_two_threads"] = gather["two_threads"]
     peaks["gather"] = peak_rss_bytes()
 
     def ratio(a: str, b: str) -> float | None:
@@ -496,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         "lookup_key_only/gather_limit": ratio("juki_lookup_key_only", "gather_limit"),
         "lookup_key_only_uint64/gather_limit": ratio("juki_lookup_key_only_uint64", "gather_limit"),
         "lookup_3_columns/gather_limit": ratio("juki_lookup_3_columns", "gather_limit"),
+        # Against the two-core gather: the fair limit for a kernel that uses both cores.
+        "lookup_key_only/gather_two_threads": ratio("juki_lookup_key_only", "gather_two_threads"),
+        "verify/gather_two_threads": ratio("juki_verify", "gather_two_threads"),
         # The same against plain `np.take` (allocating its output, as a user would write it).
         "lookup_key_only/np_take": ratio("juki_lookup_key_only", "gather_allocating"),
         "lookup_key_only_uint64/np_take": ratio("juki_lookup_key_only_uint64", "gather_allocating"),
@@ -519,6 +534,7 @@ LABELS = {
     "polars_verify": "Polars left join",
     "gather_limit": "gather limit (np.take, out=, clip)",
     "gather_allocating": "np.take, allocating",
+    "gather_two_threads": "gather limit, 2 threads (np.take, out=, clip)",
 }
 
 

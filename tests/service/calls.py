@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -14,10 +15,12 @@ import pyarrow.compute as pc
 import pytest
 from cryptography import x509
 
-from juki_engine import audit, certs, service
+from juki_engine import Registry, audit, certs, service
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.audit import AuditTrail
 from juki_engine.client import AgencyTLS, request_context
+from juki_engine.policy import Policy
 from juki_engine.service import wire
 
 Row = dict[str, Any]
@@ -28,6 +31,61 @@ STRANGER = "CN=stranger,O=どこかの機関,C=JP"
 def demo_ca(pki: Path) -> str:
     """The fingerprint of the test CA, as a policy binds agencies to it."""
     return certs.fingerprint(x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes()))
+
+
+def tiny_quota(pki: Path, quota: int) -> Policy:
+    """A policy granting nenkin one affair, 'tiny': verify family_name by resident code, with a
+    daily quota of `quota` records."""
+    return Policy.from_dict(
+        {
+            "certificate_authorities": {"demo": demo_ca(pki)},
+            "agency": [
+                {
+                    "code": "nenkin",
+                    "name": "日本年金機構",
+                    "certificate_subject": "CN=nenkin,O=日本年金機構,C=JP",
+                    "certificate_issuer": "demo",
+                    "affair": [
+                        {
+                            "code": "tiny",
+                            "title": "t",
+                            "legal_basis": "b",
+                            "keys": ["resident_code"],
+                            "modes": ["verify"],
+                            "fields": ["family_name"],
+                            "daily_quota": quota,
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+
+
+def own_server(registry: Registry, pki: Path, audit_dir: Path, **options: Any) -> service.Server:
+    """A server of a test's own (its own audit trail), bound to the demo policy; `options` go
+    to `service.start`, except `audit_timeout`, which goes to the frontend."""
+    timeout = options.pop("audit_timeout", None)
+    frontend = service.Frontend(
+        registry,
+        Policy.load(pki / "policy.toml"),
+        AuditTrail(audit_dir),
+        **({"audit_timeout": timeout} if timeout else {}),
+    )
+    return service.start(frontend, service.ServerTLS.in_directory(pki), **options)
+
+
+def juki_serve(snapshot: Path, pki: Path, trail: Path, port_file: Path) -> subprocess.Popen[bytes]:
+    """`juki serve` in a child process on a free loopback port (written to `port_file`)."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "juki_engine.cli", "serve", "--snapshot", str(snapshot)),
+            *("--certs", str(pki), "--audit", str(trail), "--listen", "127.0.0.1:0"),
+            *("--port-file", str(port_file)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def channel(pki: Path, running: service.Server, agency: str) -> grpc.Channel:

@@ -16,7 +16,17 @@ from typing import Any
 import grpc
 import pyarrow as pa
 import pytest
-from calls import PENSION, Row, channel, ctx, demo_ca, person, records, rpc_error
+from calls import (
+    PENSION,
+    Row,
+    channel,
+    ctx,
+    own_server,
+    person,
+    records,
+    rpc_error,
+    tiny_quota,
+)
 
 from juki_engine import InvalidInput, Registry, audit, service
 from juki_engine._proto import registry_pb2 as pb
@@ -148,33 +158,6 @@ def test_echo_is_cut_at_32_characters() -> None:
 # -- quotas -----------------------------------------------------------------------------------
 
 
-def tiny_quota(pki: Path, quota: int) -> Policy:
-    return Policy.from_dict(
-        {
-            "certificate_authorities": {"demo": demo_ca(pki)},
-            "agency": [
-                {
-                    "code": "nenkin",
-                    "name": "日本年金機構",
-                    "certificate_subject": "CN=nenkin,O=日本年金機構,C=JP",
-                    "certificate_issuer": "demo",
-                    "affair": [
-                        {
-                            "code": "tiny",
-                            "title": "t",
-                            "legal_basis": "b",
-                            "keys": ["resident_code"],
-                            "modes": ["verify"],
-                            "fields": ["family_name"],
-                            "daily_quota": quota,
-                        }
-                    ],
-                }
-            ],
-        }
-    )
-
-
 def used_today(pki: Path, srv: service.Server) -> int:
     with channel(pki, srv, "nenkin") as ch:
         reply = pb_grpc.IdentityVerificationStub(ch).ListAffairs(
@@ -232,8 +215,7 @@ def test_quota_counts_answers_alike_live_and_after_a_restart(
 def test_bulk_jobs_past_the_limit_are_refused_and_typed_calls_still_answer(
     pki: Path, small: Registry, small_rows: list[Row], tmp_path: Path
 ) -> None:
-    frontend = service.Frontend(small, Policy.load(pki / "policy.toml"), AuditTrail(tmp_path / "a"))
-    srv = service.start(frontend, service.ServerTLS.in_directory(pki), workers=1, max_bulk_jobs=1)
+    srv = own_server(small, pki, tmp_path / "a", workers=1, max_bulk_jobs=1)
     release = threading.Event()
 
     def held() -> Iterator[pb.BulkRequest]:
@@ -269,10 +251,7 @@ def test_a_reply_waits_for_its_fsync_and_a_stalled_disk_answers_unavailable(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    frontend = service.Frontend(
-        small, Policy.load(pki / "policy.toml"), AuditTrail(tmp_path / "a"), audit_timeout=1.0
-    )
-    srv = service.start(frontend, service.ServerTLS.in_directory(pki))
+    srv = own_server(small, pki, tmp_path / "a", audit_timeout=1.0)
     disk = threading.Event()
     real_fsync = os.fsync
 
@@ -321,8 +300,7 @@ def test_a_bulk_job_whose_fsync_fails_discloses_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The fault is injected in the fsync itself: a writer that skipped it would answer."""
-    frontend = service.Frontend(small, Policy.load(pki / "policy.toml"), AuditTrail(tmp_path / "a"))
-    srv = service.start(frontend, service.ServerTLS.in_directory(pki))
+    srv = own_server(small, pki, tmp_path / "a")
 
     def disk_gone(fd: int) -> None:
         raise OSError(5, "Input/output error")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,10 +27,13 @@ from calls import (
     demo_ca,
     header,
     ipc,
+    juki_serve,
+    own_server,
     person,
     raw_stream,
     records,
     rpc_error,
+    tiny_quota,
     wait_for_port,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,7 +47,6 @@ import juki_engine as juki
 from juki_engine import Registry, audit, certs, service
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
-from juki_engine.audit import AuditTrail
 from juki_engine.client import (
     AgencyTLS,
     BulkJob,
@@ -317,29 +317,7 @@ def test_malformed_requests_are_invalid_argument(
 
 
 def test_quota(pki: Path, policy: service.Frontend, running: service.Server) -> None:
-    document = {
-        "certificate_authorities": {"demo": demo_ca(pki)},
-        "agency": [
-            {
-                "code": "nenkin",
-                "name": "日本年金機構",
-                "certificate_subject": "CN=nenkin,O=日本年金機構,C=JP",
-                "certificate_issuer": "demo",
-                "affair": [
-                    {
-                        "code": "tiny",
-                        "title": "t",
-                        "legal_basis": "b",
-                        "keys": ["resident_code"],
-                        "modes": ["verify"],
-                        "fields": ["family_name"],
-                        "daily_quota": 5,
-                    }
-                ],
-            }
-        ],
-    }
-    policy.policy = Policy.from_dict(document)
+    policy.policy = tiny_quota(pki, 5)
     keys = [ref.with_check_digit("resident_code", f"{i:010d}") for i in range(4)]
     claims = pa.table({"resident_code": keys})
     with channel(pki, running, "nenkin") as ch:
@@ -362,10 +340,7 @@ def test_audit_failure_discloses_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A trail that cannot write fails closed: the call is refused, nothing is disclosed."""
-    frontend = service.Frontend(
-        small, Policy.load(pki / "policy.toml"), AuditTrail(tmp_path / "audit")
-    )
-    own = service.start(frontend, service.ServerTLS.in_directory(pki))
+    own = own_server(small, pki, tmp_path / "audit")
     try:
 
         def disk_gone(fd: int) -> None:
@@ -708,26 +683,7 @@ def test_every_received_disclosure_is_audited_after_kill_9(
     snapshot = tmp_path / "snapshot"
     Registry.generate(population=20_000, seed=7).save(snapshot)
     trail = tmp_path / "audit"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "juki_engine.cli",
-            "serve",
-            "--snapshot",
-            str(snapshot),
-            "--certs",
-            str(pki),
-            "--audit",
-            str(trail),
-            "--listen",
-            "127.0.0.1:0",
-            "--port-file",
-            str(tmp_path / "port"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = juki_serve(snapshot, pki, trail, tmp_path / "port")
     try:
         port = wait_for_port(tmp_path / "port", proc)
         tls = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
@@ -787,15 +743,7 @@ def test_sigterm_drains_a_job_in_flight_with_its_audit(
     snapshot = tmp_path / "snapshot"
     Registry.generate(population=20_000, seed=7).save(snapshot)
     trail = tmp_path / "audit"
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "juki_engine.cli", "serve", "--snapshot", str(snapshot)),
-            *("--certs", str(pki), "--audit", str(trail), "--listen", "127.0.0.1:0"),
-            *("--port-file", str(tmp_path / "port")),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = juki_serve(snapshot, pki, trail, tmp_path / "port")
     try:
         port = wait_for_port(tmp_path / "port", proc)
         tls = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
