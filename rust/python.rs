@@ -103,9 +103,7 @@ impl ImportedTable {
 
     /// The batches, each column validated in full.
     fn batches(self) -> Result<(Vec<RecordBatch>, SchemaRef)> {
-        for b in &self.batches {
-            wire::validate_batch(b, self.what)?;
-        }
+        wire::validate_batches(&self.batches, self.what)?;
         Ok((self.batches, self.schema))
     }
 

@@ -9,14 +9,18 @@
 //! [`validate_array`]) before any kernel reads it. Every failure is `InvalidInput` naming the
 //! column.
 
-use std::io::Cursor;
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::io::{Cursor, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 
 use arrow_array::{Array, RecordBatch};
 use arrow_data::ArrayData;
+use arrow_ipc::convert::try_fb_to_schema;
 use arrow_ipc::reader::StreamReader;
-use arrow_ipc::{root_as_message, CompressionType, MessageHeader};
-use arrow_schema::{ArrowError, DataType, SchemaRef};
+use arrow_ipc::{root_as_message, CompressionType, MessageHeader, MetadataVersion};
+use arrow_schema::{ArrowError, DataType, Schema, SchemaRef, UnionMode};
 
 use crate::error::{echo, panic_message, JukiError, Result};
 
@@ -36,17 +40,133 @@ fn thousands(n: u64) -> String {
     out
 }
 
+thread_local! {
+    /// Set while this thread runs code whose panics the boundary catches (see [`quietly`]).
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f`, catching a panic, with the process's panic hook silent for it: arrow's decoder and
+/// validation assert on some malformed input, which the boundary refuses as invalid, and a
+/// hostile client must not be able to fill the server's log with a "thread panicked" report per
+/// message. A panic anywhere else (another thread, or this one outside `f`) still reaches the
+/// hook that was installed before.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let out = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    out
+}
+
+/// The bytes of strings a view array (with its children) may refer to at least: validating a
+/// view reads the string it refers to, so a few views of one long string would otherwise make
+/// validation read terabytes. An array may refer to more where its own buffers are large (see
+/// [`validate_array`]).
+pub const MAX_VIEW_BYTES: u64 = 1 << 30;
+
+/// How many times the bytes of its own buffers a view array may refer to beyond
+/// [`MAX_VIEW_BYTES`]: validation then reads at most this multiple of what the caller holds.
+const VIEW_FANOUT: u64 = 16;
+
+/// An array's identity: its type, offset, length, and the address and length of each buffer
+/// (Arrow buffers are immutable, and the caller holds them while it validates).
+#[derive(Hash, PartialEq, Eq)]
+struct Identity {
+    data_type: DataType,
+    offset: usize,
+    len: usize,
+    buffers: Vec<(usize, usize)>,
+    nulls: Option<(usize, usize, usize)>,
+}
+
+impl Identity {
+    fn of(data: &ArrayData) -> Identity {
+        Identity {
+            data_type: data.data_type().clone(),
+            offset: data.offset(),
+            len: data.len(),
+            buffers: data
+                .buffers()
+                .iter()
+                .map(|b| (b.as_ptr() as usize, b.len()))
+                .collect(),
+            nulls: data
+                .nulls()
+                .map(|n| (n.buffer().as_ptr() as usize, n.offset(), n.null_count())),
+        }
+    }
+}
+
+/// Dictionary values validated already: the values of a dictionary that several batches share
+/// (every batch of an IPC stream after its dictionary message) are validated once, not once per
+/// batch.
+type Validated = HashSet<Identity>;
+
+/// `data.validate_full()`, but a leaf dictionary values array in `seen` is not validated again
+/// (and one validated now is added). Errors read as `validate_full`'s.
+fn validate_tree(data: &ArrayData, seen: &mut Validated) -> std::result::Result<(), ArrowError> {
+    data.validate_data()?;
+    let dictionary = matches!(data.data_type(), DataType::Dictionary(..));
+    for (i, child) in data.child_data().iter().enumerate() {
+        if dictionary && child.child_data().is_empty() && !seen.insert(Identity::of(child)) {
+            continue;
+        }
+        validate_tree(child, seen).map_err(|e| {
+            ArrowError::InvalidArgumentError(format!(
+                "{} child #{} invalid: {}",
+                data.data_type(),
+                i,
+                e
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The bytes of an array's own buffers and its children's.
+fn held_bytes(data: &ArrayData) -> u64 {
+    let own: usize = data.buffers().iter().map(|b| b.len()).sum();
+    own as u64 + data.child_data().iter().map(held_bytes).sum::<u64>()
+}
+
 /// Validate one array in full before anything reads it: buffer sizes, offsets (in bounds and
 /// monotonic), UTF-8 of every string, dictionary keys within their dictionary, views within
 /// their buffers (with valid UTF-8 and matching prefixes), null counts, and the same for every
 /// child (a dictionary's values included). `what` names the array in the error.
 ///
+/// A view array may refer to at most [`MAX_VIEW_BYTES`] of strings, or [`VIEW_FANOUT`] times
+/// the bytes of its buffers where that is more, read from the views' length fields before any
+/// string is: validation reads every string a view refers to.
+///
 /// Arrow's validation asserts (panics) on some malformed buffers rather than returning an error
 /// (a buffer whose length is not a whole number of its values): that is refused as invalid too.
 pub fn validate_array(data: &ArrayData, what: &str) -> Result<()> {
+    validate_with(data, what, &mut Validated::new())
+}
+
+fn validate_with(data: &ArrayData, what: &str, seen: &mut Validated) -> Result<()> {
     let invalid =
         |why: String| JukiError::InvalidInput(format!("{what}: invalid Arrow data: {why}"));
-    match catch_unwind(AssertUnwindSafe(|| data.validate_full())) {
+    let referred = view_bytes(data, seen);
+    if referred > MAX_VIEW_BYTES {
+        let cap = MAX_VIEW_BYTES.max(held_bytes(data).saturating_mul(VIEW_FANOUT));
+        if referred > cap {
+            return Err(JukiError::InvalidInput(format!(
+                "{what} refers to {} bytes of strings, at most {}",
+                thousands(referred),
+                thousands(cap)
+            )));
+        }
+    }
+    match quietly(|| validate_tree(data, seen)) {
         Ok(checked) => checked.map_err(|e| invalid(e.to_string())),
         Err(panic) => Err(invalid(panic_message(panic.as_ref()))),
     }
@@ -59,17 +179,30 @@ pub fn column_what(table: &str, name: &str) -> String {
 
 /// Validate every column of `batch` (see [`validate_array`]); the error names the column.
 pub fn validate_batch(batch: &RecordBatch, table: &str) -> Result<()> {
-    let schema = batch.schema();
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        if column.len() != batch.num_rows() {
-            return Err(JukiError::InvalidInput(format!(
-                "{}: {} rows in a batch of {}",
-                column_what(table, field.name()),
-                column.len(),
-                batch.num_rows()
-            )));
+    validate_batches(std::slice::from_ref(batch), table)
+}
+
+/// Validate every column of every batch (see [`validate_array`]); a dictionary that batches
+/// share is validated once. The error names the column.
+pub fn validate_batches(batches: &[RecordBatch], table: &str) -> Result<()> {
+    let mut seen = Validated::new();
+    for batch in batches {
+        let schema = batch.schema();
+        for (field, column) in schema.fields().iter().zip(batch.columns()) {
+            if column.len() != batch.num_rows() {
+                return Err(JukiError::InvalidInput(format!(
+                    "{}: {} rows in a batch of {}",
+                    column_what(table, field.name()),
+                    column.len(),
+                    batch.num_rows()
+                )));
+            }
+            validate_with(
+                &column.to_data(),
+                &column_what(table, field.name()),
+                &mut seen,
+            )?;
         }
-        validate_array(&column.to_data(), &column_what(table, field.name()))?;
     }
     Ok(())
 }
@@ -80,6 +213,8 @@ struct Budget {
     max_bytes: u64,
     rows: u64,
     bytes: u64,
+    /// Bytes of strings that the stream's view columns refer to, over all its batches.
+    views: u64,
 }
 
 impl Budget {
@@ -101,6 +236,30 @@ impl Budget {
             return Err(JukiError::InvalidInput(format!(
                 "{STREAM} stream declares {} bytes decoded, at most {}",
                 thousands(self.bytes),
+                thousands(self.max_bytes)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Budget {
+    /// Charge the `n` bytes of strings that the views of column `name` in one batch refer to:
+    /// at most `max_bytes` per column and batch, and over the whole stream.
+    fn views(&mut self, name: &str, n: u64) -> Result<()> {
+        if n > self.max_bytes {
+            return Err(JukiError::InvalidInput(format!(
+                "{} refers to {} bytes of strings, at most {}",
+                column_what(STREAM, name),
+                thousands(n),
+                thousands(self.max_bytes)
+            )));
+        }
+        self.views = self.views.saturating_add(n);
+        if self.views > self.max_bytes {
+            return Err(JukiError::InvalidInput(format!(
+                "{STREAM} stream's view columns refer to {} bytes of strings, at most {}",
+                thousands(self.views),
                 thousands(self.max_bytes)
             )));
         }
@@ -192,6 +351,270 @@ fn check_batch_header(
     Ok(())
 }
 
+/// One batch's field nodes and buffers, taken in the order arrow-ipc's decoder takes them
+/// (`RecordBatchDecoder::create_array`): the schema's field tree in pre-order, each field's node,
+/// then its buffers (its validity first), then its children's. Only the lengths that view
+/// columns' views declare are read, straight from the body, so what the decoder would read to
+/// validate them is known before it runs.
+struct Walk<'a> {
+    /// Each field node's length, in order.
+    nodes: std::vec::IntoIter<i64>,
+    /// Each buffer's (offset, length) in the body, in order.
+    buffers: std::vec::IntoIter<(i64, i64)>,
+    /// The number of data buffers of each view column, in order.
+    variadic: std::vec::IntoIter<i64>,
+    body: &'a [u8],
+    codec: Option<CompressionType>,
+    version: MetadataVersion,
+}
+
+impl<'a> Walk<'a> {
+    fn new(
+        batch: arrow_ipc::RecordBatch<'_>,
+        body: &'a [u8],
+        version: MetadataVersion,
+    ) -> Result<Walk<'a>> {
+        let nodes = batch
+            .nodes()
+            .ok_or_else(|| not_ipc("a batch without field nodes"))?;
+        let buffers = batch
+            .buffers()
+            .ok_or_else(|| not_ipc("a batch without buffers"))?;
+        Ok(Walk {
+            nodes: nodes
+                .iter()
+                .map(|n| n.length())
+                .collect::<Vec<_>>()
+                .into_iter(),
+            buffers: buffers
+                .iter()
+                .map(|b| (b.offset(), b.length()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+            variadic: batch
+                .variadicBufferCounts()
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .into_iter(),
+            body,
+            codec: batch.compression().map(|c| c.codec()),
+            version,
+        })
+    }
+
+    fn node(&mut self) -> Result<i64> {
+        self.nodes
+            .next()
+            .ok_or_else(|| not_ipc("a batch has fewer field nodes than its schema needs"))
+    }
+
+    fn buffer(&mut self) -> Result<(i64, i64)> {
+        self.buffers
+            .next()
+            .ok_or_else(|| not_ipc("a batch has fewer buffers than its schema needs"))
+    }
+
+    fn skip(&mut self, buffers: usize) -> Result<()> {
+        for _ in 0..buffers {
+            self.buffer()?;
+        }
+        Ok(())
+    }
+
+    /// Walk one field of type `t` (and its children): the bytes of strings its views refer to.
+    fn field(&mut self, t: &DataType) -> Result<u64> {
+        use DataType::*;
+        Ok(match t {
+            Utf8 | Binary | LargeBinary | LargeUtf8 => {
+                self.node()?;
+                self.skip(3)?;
+                0
+            }
+            Utf8View | BinaryView => {
+                let count = self
+                    .variadic
+                    .next()
+                    .ok_or_else(|| not_ipc(format!("no variadic buffer count for a {t} column")))?;
+                let data = usize::try_from(count)
+                    .ok()
+                    .filter(|&c| c <= self.buffers.len().saturating_sub(2))
+                    .ok_or_else(|| {
+                        not_ipc(format!("a {t} column declares {count} data buffers"))
+                    })?;
+                let rows = self.node()?;
+                self.skip(1)?;
+                let views = self.buffer()?;
+                self.skip(data)?;
+                self.view_bytes(views, rows)?
+            }
+            FixedSizeBinary(_) => {
+                self.node()?;
+                self.skip(2)?;
+                0
+            }
+            List(f) | LargeList(f) | Map(f, _) => {
+                self.node()?;
+                self.skip(2)?;
+                self.field(f.data_type())?
+            }
+            ListView(f) | LargeListView(f) => {
+                self.node()?;
+                self.skip(3)?;
+                self.field(f.data_type())?
+            }
+            FixedSizeList(f, _) => {
+                self.node()?;
+                self.skip(1)?;
+                self.field(f.data_type())?
+            }
+            Struct(fields) => {
+                self.node()?;
+                self.skip(1)?;
+                let mut sum = 0u64;
+                for f in fields {
+                    sum = sum.saturating_add(self.field(f.data_type())?);
+                }
+                sum
+            }
+            RunEndEncoded(run_ends, values) => {
+                self.node()?;
+                let ends = self.field(run_ends.data_type())?;
+                ends.saturating_add(self.field(values.data_type())?)
+            }
+            // A dictionary's values come in their own dictionary batch.
+            Dictionary(..) => {
+                self.node()?;
+                self.skip(2)?;
+                0
+            }
+            Union(fields, mode) => {
+                self.node()?;
+                if self.version < MetadataVersion::V5 {
+                    self.skip(1)?;
+                }
+                self.skip(1)?;
+                if *mode == UnionMode::Dense {
+                    self.skip(1)?;
+                }
+                let mut sum = 0u64;
+                for (_, f) in fields.iter() {
+                    sum = sum.saturating_add(self.field(f.data_type())?);
+                }
+                sum
+            }
+            Null => {
+                self.node()?;
+                0
+            }
+            _ => {
+                self.node()?;
+                self.skip(2)?;
+                0
+            }
+        })
+    }
+
+    /// The bytes of strings that the first `rows` views of the views buffer at `(offset,
+    /// length)` refer to: the sum of the lengths of the out-of-line views (longer than 12
+    /// bytes), which validation reads. A compressed views buffer is decompressed here first; its
+    /// declared size is within the caps already ([`check_batch_header`]).
+    fn view_bytes(&self, (offset, length): (i64, i64), rows: i64) -> Result<u64> {
+        let raw = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(length).ok())
+            .and_then(|(o, l)| self.body.get(o..o.checked_add(l)?))
+            .ok_or_else(|| not_ipc("a views buffer lies outside its message body"))?;
+        let decoded;
+        let views: &[u8] = match self.codec {
+            Some(codec) if !raw.is_empty() => {
+                let (prefix, compressed) = raw
+                    .split_first_chunk::<8>()
+                    .ok_or_else(|| not_ipc("a compressed buffer has no length prefix"))?;
+                match i64::from_le_bytes(*prefix) {
+                    -1 => compressed,
+                    0 => &[],
+                    n => {
+                        decoded = decompress(codec, compressed, n)?;
+                        &decoded
+                    }
+                }
+            }
+            _ => raw,
+        };
+        let rows = usize::try_from(rows).unwrap_or(0);
+        Ok(views
+            .chunks_exact(16)
+            .take(rows)
+            .map(|v| u32::from_le_bytes(v[..4].try_into().expect("4 bytes")) as u64)
+            .filter(|&len| len > 12)
+            .sum())
+    }
+}
+
+/// Decompress one buffer of `declared` bytes (the caller has checked that size against its
+/// caps) as arrow-ipc does; the decoder refuses a buffer that does not decode to its size.
+fn decompress(codec: CompressionType, compressed: &[u8], declared: i64) -> Result<Vec<u8>> {
+    let size = usize::try_from(declared)
+        .map_err(|_| not_ipc(format!("a compressed buffer declares {declared} bytes")))?;
+    let bad = |e: std::io::Error| not_ipc(format!("a compressed views buffer: {e}"));
+    let out = match codec {
+        CompressionType::LZ4_FRAME => {
+            let mut out = Vec::with_capacity(size);
+            lz4_flex::frame::FrameDecoder::new(compressed)
+                .take(size as u64)
+                .read_to_end(&mut out)
+                .map_err(bad)?;
+            out
+        }
+        CompressionType::ZSTD => zstd::bulk::decompress(compressed, size).map_err(bad)?,
+        other => return Err(not_ipc(format!("unknown compression codec {other:?}"))),
+    };
+    if out.len() != size {
+        return Err(not_ipc(format!(
+            "a compressed views buffer decodes to {} bytes, not the {size} it declares",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Walk the views of one batch (a record batch, or with `dictionary` the dictionary batch of
+/// that id) and charge what its view columns refer to, per column, to `budget`.
+fn check_batch_views(
+    schema: &Schema,
+    batch: arrow_ipc::RecordBatch<'_>,
+    body: &[u8],
+    version: MetadataVersion,
+    dictionary: Option<i64>,
+    budget: &mut Budget,
+) -> Result<()> {
+    let mut walk = Walk::new(batch, body, version)?;
+    match dictionary {
+        None => {
+            for field in schema.fields() {
+                let n = walk.field(field.data_type())?;
+                budget.views(field.name(), n)?;
+            }
+        }
+        Some(id) => {
+            // The decoder reads a dictionary batch as a batch of one column, of the values type
+            // of the first field with its id.
+            #[allow(deprecated)]
+            let fields = schema.fields_with_dict_id(id);
+            let Some(field) = fields.first() else {
+                return Err(not_ipc(format!("dictionary id {id} is not in the schema")));
+            };
+            let DataType::Dictionary(_, values) = field.data_type() else {
+                return Err(not_ipc(format!("dictionary id {id} is not a dictionary's")));
+            };
+            let n = walk.field(values)?;
+            budget.views(field.name(), n)?;
+        }
+    }
+    Ok(())
+}
+
 /// Walk the stream's framing and message headers without decoding any body: one schema
 /// first, then dictionary and record batches whose declared rows, body lengths and decoded
 /// buffer sizes are within the payload and the caps; an end-of-stream marker (or the payload's
@@ -199,6 +622,7 @@ fn check_batch_header(
 fn check_stream(payload: &[u8], budget: &mut Budget) -> Result<()> {
     let mut at = 0usize;
     let mut schemas = 0;
+    let mut schema = Schema::empty();
     let word = |at: usize| -> Option<u32> {
         payload
             .get(at..at + 4)
@@ -268,6 +692,10 @@ fn check_stream(payload: &[u8], budget: &mut Budget) -> Result<()> {
                 if body_len != 0 {
                     return Err(not_ipc("a schema message with a body"));
                 }
+                let fb = message
+                    .header_as_schema()
+                    .ok_or_else(|| not_ipc("a schema message without its schema"))?;
+                schema = try_fb_to_schema(fb).map_err(not_ipc)?;
             }
             MessageHeader::DictionaryBatch if schemas == 1 => {
                 let dict = message
@@ -276,13 +704,21 @@ fn check_stream(payload: &[u8], budget: &mut Budget) -> Result<()> {
                 let data = dict
                     .data()
                     .ok_or_else(|| not_ipc("a dictionary batch without data"))?;
+                // A delta is concatenated onto the dictionary so far: a stream of small deltas
+                // onto a large dictionary would copy it once per delta.
+                if dict.isDelta() {
+                    return Err(not_ipc("a delta dictionary batch (not supported)"));
+                }
                 check_batch_header(data, body, true, budget)?;
+                let version = message.version();
+                check_batch_views(&schema, data, body, version, Some(dict.id()), budget)?;
             }
             MessageHeader::RecordBatch if schemas == 1 => {
                 let batch = message
                     .header_as_record_batch()
                     .ok_or_else(|| not_ipc("a record batch without its header"))?;
                 check_batch_header(batch, body, false, budget)?;
+                check_batch_views(&schema, batch, body, message.version(), None, budget)?;
             }
             MessageHeader::DictionaryBatch | MessageHeader::RecordBatch => {
                 return Err(not_ipc("a batch before the schema"));
@@ -299,9 +735,11 @@ fn check_stream(payload: &[u8], budget: &mut Budget) -> Result<()> {
 /// Decode an Arrow IPC stream from the wire, with caps: at most `max_rows` rows over all record
 /// batches and at most `max_bytes` bytes of decoded buffers over the whole stream (a compressed
 /// buffer counts the size it declares it decodes to), checked from the message headers before
-/// any body is decoded; then every column (dictionaries included) validated in full. A string
-/// view column may also refer to at most `max_bytes` bytes of strings, since validating each
-/// view reads the string it refers to.
+/// any body is decoded. A string view column may also refer to at most `max_bytes` bytes of
+/// strings per batch, and all view columns together at most `max_bytes` over the stream, read
+/// from the views' lengths before any body is decoded too, since the decoder validates each view
+/// by reading the string it refers to. Then every column (dictionaries included, once each) is
+/// validated in full.
 pub fn read_ipc_stream(
     payload: &[u8],
     max_rows: usize,
@@ -312,19 +750,22 @@ pub fn read_ipc_stream(
         max_bytes: max_bytes as u64,
         rows: 0,
         bytes: 0,
+        views: 0,
     };
-    check_stream(payload, &mut budget)?;
-    // The headers are checked; what remains malformed in a body (a buffer too short for its
-    // type, say) fails the decoder, and arrow's decoder asserts on some such buffers rather
+    // The headers are checked first; what remains malformed in a body (a buffer too short for
+    // its type, say) fails the decoder, and arrow's decoder asserts on some such buffers rather
     // than returning an error: a panic here is the stream's fault, refused like any other.
-    let decoded = catch_unwind(AssertUnwindSafe(|| {
-        let reader = StreamReader::try_new(Cursor::new(payload), None)?;
+    let decoded = quietly(|| {
+        check_stream(payload, &mut budget)?;
+        let reader = StreamReader::try_new(Cursor::new(payload), None).map_err(not_ipc)?;
         let schema = reader.schema();
-        let batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok::<_, ArrowError>((schema, batches))
-    }));
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(not_ipc)?;
+        Ok::<_, JukiError>((schema, batches))
+    });
     let (schema, batches) = match decoded {
-        Ok(decoded) => decoded.map_err(not_ipc)?,
+        Ok(decoded) => decoded?,
         Err(panic) => {
             return Err(not_ipc(format!(
                 "the decoder refused it: {}",
@@ -332,33 +773,23 @@ pub fn read_ipc_stream(
             )))
         }
     };
-    for batch in &batches {
-        for (field, column) in schema.fields().iter().zip(batch.columns()) {
-            let views = view_bytes(&column.to_data());
-            if views > budget.max_bytes {
-                return Err(JukiError::InvalidInput(format!(
-                    "{} refers to {} bytes of strings, at most {}",
-                    column_what(STREAM, field.name()),
-                    thousands(views),
-                    thousands(budget.max_bytes)
-                )));
-            }
-        }
-        validate_batch(batch, STREAM)?;
-    }
+    validate_batches(&batches, STREAM)?;
     Ok((schema, batches))
 }
 
 /// The bytes that the out-of-line views of a view column (and of its children) refer to, read
-/// from the views' length fields only.
-fn view_bytes(data: &ArrayData) -> u64 {
+/// from the views' length fields only; a dictionary's values in `seen` (validated already, and
+/// not read again) count nothing.
+fn view_bytes(data: &ArrayData, seen: &Validated) -> u64 {
     let own = match data.data_type() {
         DataType::Utf8View | DataType::BinaryView => data
             .buffers()
             .first()
             .map(|views| {
-                let start = data.offset() * 16;
-                let end = (start + data.len() * 16).min(views.len());
+                let start = data.offset().saturating_mul(16);
+                let end = start
+                    .saturating_add(data.len().saturating_mul(16))
+                    .min(views.len());
                 views
                     .as_slice()
                     .get(start..end)
@@ -371,7 +802,12 @@ fn view_bytes(data: &ArrayData) -> u64 {
             .unwrap_or(0),
         _ => 0,
     };
-    own + data.child_data().iter().map(view_bytes).sum::<u64>()
+    let dictionary = matches!(data.data_type(), DataType::Dictionary(..));
+    data.child_data()
+        .iter()
+        .filter(|c| !(dictionary && c.child_data().is_empty() && seen.contains(&Identity::of(c))))
+        .map(|c| view_bytes(c, seen))
+        .fold(own, u64::saturating_add)
 }
 
 #[cfg(test)]
@@ -398,6 +834,70 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(123_456_789), "123,456,789");
+    }
+
+    /// `rows` views of one `len`-byte string, as one IPC stream (compressed with `codec`).
+    fn views_stream(len: usize, rows: usize, codec: Option<CompressionType>) -> Vec<u8> {
+        let value = vec![b'9'; len];
+        let mut view = [0u8; 16];
+        view[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        view[4..8].copy_from_slice(&value[..4]);
+        let views: Vec<u128> = vec![u128::from_le_bytes(view); rows];
+        let array =
+            StringViewArray::try_new(views.into(), vec![Buffer::from_vec(value)], None).unwrap();
+        let batch =
+            RecordBatch::try_from_iter([("family_name", Arc::new(array) as ArrayRef)]).unwrap();
+        let options = arrow_ipc::writer::IpcWriteOptions::default()
+            .try_with_compression(codec)
+            .unwrap();
+        let mut out = Vec::new();
+        let mut writer = arrow_ipc::writer::StreamWriter::try_new_with_options(
+            &mut out,
+            &batch.schema(),
+            options,
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        drop(writer);
+        out
+    }
+
+    #[test]
+    fn views_referring_to_more_than_the_cap_are_refused_before_decoding() {
+        for codec in [
+            None,
+            Some(CompressionType::ZSTD),
+            Some(CompressionType::LZ4_FRAME),
+        ] {
+            // 20,000 views of one 64 KiB string: 1.3 GB for the decoder to validate.
+            let payload = views_stream(64 << 10, 20_000, codec);
+            let mut budget = Budget {
+                max_rows: 1 << 20,
+                max_bytes: 16 << 20,
+                rows: 0,
+                bytes: 0,
+                views: 0,
+            };
+            let err = check_stream(&payload, &mut budget).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "claims column 'family_name' refers to 1,310,720,000 bytes of strings, at most \
+                 16,777,216",
+                "{codec:?}"
+            );
+            // Within the cap, the same layout decodes.
+            let payload = views_stream(64 << 10, 100, codec);
+            let (_, batches) = read_ipc_stream(&payload, 1 << 20, 16 << 20).unwrap();
+            assert_eq!(batches[0].num_rows(), 100);
+        }
+    }
+
+    #[test]
+    fn a_caught_panic_is_quiet_and_the_flag_restored() {
+        let out = quietly(|| quietly(|| panic!("boundary")).is_err());
+        assert!(matches!(out, Ok(true)));
+        assert!(!QUIET.with(Cell::get));
     }
 
     const RESIDENTS: u64 = 8;

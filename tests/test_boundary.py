@@ -339,6 +339,94 @@ def test_a_view_column_of_one_big_string_is_refused_by_what_it_refers_to() -> No
     assert read(payload, max_bytes=200 << 20).num_rows == 100
 
 
+def views_of_one(value: bytes, rows: int) -> pa.Array:
+    """`rows` views of one string, built from raw buffers (a Python list would materialise
+    every copy)."""
+    raw = np.zeros((rows, 4), np.uint32)  # length, prefix, buffer index, offset
+    raw[:, 0] = len(value)
+    raw[:, 1] = int.from_bytes(value[:4], "little")
+    return pa.Array.from_buffers(
+        pa.string_view(), rows, [None, pa.py_buffer(raw.tobytes()), pa.py_buffer(value)]
+    )
+
+
+# 250,000 views of one 4 MiB string: an 8 MiB message whose views refer to a terabyte, which
+# the decoder would read to validate them.
+TERABYTE = 250_000 * (4 << 20)
+
+
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
+def test_views_referring_to_a_terabyte_are_refused_before_decoding(
+    compression: str | None,
+) -> None:
+    table = pa.table({"family_name": views_of_one(b"9" * (4 << 20), 250_000)})
+    payload = ipc(table, compression)
+    assert len(payload) < 8 << 20
+    with pytest.raises(InvalidInput) as info:
+        read(payload, max_rows=1 << 20)
+    assert str(info.value) == (
+        f"claims column 'family_name' refers to {TERABYTE:,} bytes of strings, at most 16,777,216"
+    )
+
+
+def test_a_dictionary_of_views_is_charged_what_its_views_refer_to() -> None:
+    values = views_of_one(b"8" * 100, 300_000)  # 30 MB of strings once viewed
+    keys = pa.array(np.zeros(10, np.int32))
+    payload = ipc(pa.table({"family_name": pa.DictionaryArray.from_arrays(keys, values)}))
+    with pytest.raises(InvalidInput, match=r"'family_name' refers to 30,000,000 bytes of strings"):
+        read(payload, max_rows=1 << 20)
+
+
+def test_views_are_charged_over_the_whole_stream() -> None:
+    big = b"x" * (1 << 20)
+    table = pa.table({"family_name": views(big, [(len(big), 0, 0)] * 10)})
+    one = ipc(table)
+    assert read(one).num_rows == 10  # 10 MiB of strings: within 16 MiB
+    two = ipc(pa.concat_tables([table, table]))  # two batches of 10 MiB each
+    with pytest.raises(InvalidInput) as info:
+        read(two)
+    assert str(info.value) == (
+        "claims stream's view columns refer to 20,971,520 bytes of strings, at most 16,777,216"
+    )
+
+
+def test_a_delta_dictionary_is_refused() -> None:
+    first = pa.table({"family_name": pa.array(["佐藤", "鈴木"]).dictionary_encode()})
+    more = pa.DictionaryArray.from_arrays(pa.array([2], pa.int32()), ["佐藤", "鈴木", "高橋"])
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True)
+    with pa.ipc.new_stream(sink, first.schema, options=options) as writer:
+        writer.write_table(first)
+        writer.write_table(pa.table({"family_name": more}))
+    with pytest.raises(InvalidInput, match=r"a delta dictionary batch \(not supported\)$"):
+        read(sink.getvalue().to_pybytes())
+
+
+def test_a_view_array_referring_to_a_terabyte_is_refused_in_process(small: Registry) -> None:
+    keys = views_of_one(b"9" * (4 << 20), 250_000)
+    message = f"refers to {TERABYTE:,} bytes of strings, at most 1,073,741,824$"
+    with pytest.raises(InvalidInput, match=r"^keys " + message):
+        small.lookup(keys)
+    claims = pa.table({"my_number": keys, "family_name": keys})
+    with pytest.raises(InvalidInput, match=r"^claims column 'my_number' " + message):
+        small.verify(claims)
+    with pytest.raises(InvalidInput, match=r"^values " + message):
+        _core.is_valid_array("my_number", keys)
+
+
+def test_a_decoder_panic_is_refused_without_a_report(capfd: pytest.CaptureFixture[str]) -> None:
+    # A dictionary's int32 keys buffer declared 13 bytes long: arrow asserts on it.
+    table = pa.table({"family_name": pa.array(["a", "b", "a"]).dictionary_encode()})
+    payload = bytearray(ipc(table))
+    at = payload.rfind(struct.pack("<q", 12))
+    payload[at : at + 8] = struct.pack("<q", 13)
+    capfd.readouterr()
+    for _ in range(3):
+        with pytest.raises(InvalidInput, match=r"the decoder refused it: assertion failed"):
+            read(bytes(payload))
+    assert "panicked" not in capfd.readouterr().err
+
+
 def test_invalid_data_in_a_stream_is_refused_naming_the_column() -> None:
     for make in INVALID.values():
         payload = ipc(pa.table({"family_name": make()}))

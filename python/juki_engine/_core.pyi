@@ -160,5 +160,8 @@ def read_ipc_stream(payload: bytes, max_rows: int, max_bytes: int) -> pa.Table:
     nothing after it). Before any body is decoded, the batches' declared rows must total at most
     `max_rows`, every buffer must lie within its message, and the buffers' decoded sizes (a
     compressed buffer's as it declares it: LZ4 frame or zstd) must total at most `max_bytes`
-    over the whole stream; a string view column may refer to at most `max_bytes` bytes. Every
-    decoded column, dictionaries included, is then validated in full."""
+    over the whole stream; a string view column may refer to at most `max_bytes` bytes of
+    strings per batch, and all view columns together at most `max_bytes` over the stream (read
+    from the views' lengths, decompressing a compressed views buffer, before any body is
+    decoded). Delta dictionary batches are refused. Every decoded column is then validated in
+    full, each dictionary once."""
