@@ -6,6 +6,7 @@
 //! prefecture share `municipality`). Identifiers are held as `u64` and rendered as 11/12-digit
 //! strings (fixed-width `Utf8`) at the boundary.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use arrow_array::types::{UInt16Type, UInt32Type, UInt8Type};
@@ -485,61 +486,93 @@ pub struct Compaction<K: ArrowNativeType> {
     pub kept: UInt32Array,
 }
 
+/// A thread's remap table: per key of a dictionary, the reply key it was given, stamped with
+/// the compaction that gave it (`stamp << 32 | new key`). A compaction takes a fresh stamp, so the
+/// table is never cleared (only when the stamp wraps, once in 2^32 compactions) and never
+/// reallocated but to grow: a reply pays one load per row, nothing per dictionary value. It
+/// holds 8 bytes per value of the largest dictionary its thread has remapped.
+struct Remap {
+    stamp: u32,
+    slots: Vec<u64>,
+}
+
+thread_local! {
+    static REMAP: RefCell<Remap> = const {
+        RefCell::new(Remap {
+            stamp: 0,
+            slots: Vec::new(),
+        })
+    };
+}
+
 impl<K: ArrowNativeType> Compaction<K> {
     /// Remap `keys` (keys into a dictionary of `dict_len` values; rows null in `found` are
-    /// skipped). A dictionary not much larger than the reply is remapped through a dense table
-    /// (one load per row, no hashing); a larger one through an open-addressed table sized by the
-    /// reply, so a small reply never pays for a large dictionary.
+    /// skipped) through the thread's [`Remap`] table: one load per row, whatever the
+    /// dictionary's size.
     pub fn of(keys: &[K], found: Option<&NullBuffer>, dict_len: usize) -> Result<Compaction<K>> {
-        const NONE: u32 = u32::MAX;
+        REMAP.with(|remap| match remap.try_borrow_mut() {
+            Ok(mut remap) => Compaction::through(&mut remap, keys, found, dict_len),
+            // Not reentered today; a nested compaction would take a table of its own.
+            Err(_) => Compaction::through(
+                &mut Remap {
+                    stamp: 0,
+                    slots: Vec::new(),
+                },
+                keys,
+                found,
+                dict_len,
+            ),
+        })
+    }
+
+    fn through(
+        remap: &mut Remap,
+        keys: &[K],
+        found: Option<&NullBuffer>,
+        dict_len: usize,
+    ) -> Result<Compaction<K>> {
         let n = keys.len();
-        let is_found = |i: usize| found.is_none_or(|f| f.is_valid(i));
-        let mut kept: Vec<u32> = Vec::new();
-        let fresh = |kept: &mut Vec<u32>, old: usize| -> u32 {
-            kept.push(old as u32);
-            (kept.len() - 1) as u32
-        };
-        let keys = if dict_len <= n.saturating_mul(4).max(1 << 12) {
-            let mut table = vec![NONE; dict_len];
-            filled(n, |out: &mut [K]| {
-                for (i, (o, k)) in out.iter_mut().zip(keys).enumerate() {
-                    if is_found(i) {
-                        let old = k.as_usize();
-                        if table[old] == NONE {
-                            table[old] = fresh(&mut kept, old);
-                        }
-                        *o = K::usize_as(table[old] as usize);
+        if remap.slots.len() < dict_len {
+            let more = dict_len - remap.slots.len();
+            remap.slots.try_reserve_exact(more).map_err(|e| {
+                JukiError::ResourceExhausted(format!(
+                    "cannot allocate a remap table of {dict_len} values: {e}"
+                ))
+            })?;
+            remap.slots.resize(dict_len, 0);
+        }
+        remap.stamp = remap.stamp.wrapping_add(1);
+        if remap.stamp == 0 {
+            remap.slots.fill(0);
+            remap.stamp = 1;
+        }
+        let stamp = remap.stamp;
+        let slots = &mut remap.slots[..dict_len];
+        let mut kept: Vec<u32> = Vec::with_capacity(n.min(dict_len));
+        let keys = filled(n, |out: &mut [K]| {
+            let mut remap_one = |o: &mut K, old: usize| {
+                let slot = &mut slots[old];
+                if (*slot >> 32) as u32 != stamp {
+                    *slot = (stamp as u64) << 32 | kept.len() as u64;
+                    kept.push(old as u32);
+                }
+                *o = K::usize_as(*slot as u32 as usize);
+            };
+            match found {
+                None => {
+                    for (o, k) in out.iter_mut().zip(keys) {
+                        remap_one(o, k.as_usize());
                     }
                 }
-            })?
-        } else {
-            // (old key + 1, new key) per slot; 0 marks an empty slot. At most half full.
-            let cap = (2 * n).next_power_of_two().max(16);
-            let mask = cap - 1;
-            let mut table = vec![(0u32, 0u32); cap];
-            filled(n, |out: &mut [K]| {
-                for (i, (o, k)) in out.iter_mut().zip(keys).enumerate() {
-                    if !is_found(i) {
-                        continue;
+                Some(found) => {
+                    for ((o, k), f) in out.iter_mut().zip(keys).zip(found.iter()) {
+                        if f {
+                            remap_one(o, k.as_usize());
+                        }
                     }
-                    let old = k.as_usize();
-                    let mut at = ((old as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize;
-                    let new = loop {
-                        let slot = &mut table[at & mask];
-                        if slot.0 == old as u32 + 1 {
-                            break slot.1;
-                        }
-                        if slot.0 == 0 {
-                            let new = fresh(&mut kept, old);
-                            *slot = (old as u32 + 1, new);
-                            break new;
-                        }
-                        at += 1;
-                    };
-                    *o = K::usize_as(new as usize);
                 }
-            })?
-        };
+            }
+        })?;
         Ok(Compaction {
             keys,
             kept: UInt32Array::from(kept),
