@@ -15,7 +15,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int64Type, UInt64Type, UInt8Type};
 use arrow_array::{
     new_null_array, Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, Int64Array,
-    LargeStringArray, RecordBatch, StringArray, StringViewArray, UInt64Array, UInt8Array,
+    LargeStringArray, RecordBatch, StringArray, StringViewArray, UInt16Array, UInt64Array,
+    UInt8Array,
 };
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer};
 use arrow_cast::{cast_with_options, CastOptions};
@@ -389,8 +390,10 @@ enum Check<'a> {
     Date {
         claims: Date32Array,
     },
+    /// A claimed sex per row: the value where it is 0..=255, [`SEX_OUT_OF_RANGE`] where it
+    /// is outside (a claim that cannot match).
     Sex {
-        claims: UInt8Array,
+        claims: UInt16Array,
     },
 }
 
@@ -414,6 +417,9 @@ impl PersonKey {
 }
 
 const UNCLAIMED: u8 = 2;
+
+/// A claimed sex no stored one equals (stored values are `u8`).
+const SEX_OUT_OF_RANGE: u16 = 256;
 
 impl Check<'_> {
     #[inline(always)]
@@ -447,7 +453,7 @@ impl Check<'_> {
                 if claims.is_null(i) {
                     UNCLAIMED
                 } else {
-                    (claims.value(i) == p.sex) as u8
+                    (claims.value(i) == p.sex as u16) as u8
                 }
             }
         }
@@ -495,10 +501,17 @@ fn prepare<'a>(data: &'a RegistryData, field: Column, claimed: &dyn Array) -> Re
                     shown_type(claimed.data_type())
                 )));
             }
-            let cast = strict_cast(claimed, &DataType::UInt8, &what)?;
-            Ok(Check::Sex {
-                claims: cast.as_primitive::<UInt8Type>().clone(),
-            })
+            // Any integer is a claim: one outside 0..=255 matches no resident (the row's
+            // `sex_match` is false), it does not fail the batch.
+            let in_range = |v: u64| v.min(SEX_OUT_OF_RANGE as u64) as u16;
+            let claims: UInt16Array = match claimed.data_type() {
+                DataType::Null => UInt16Array::new_null(claimed.len()),
+                DataType::UInt64 => claimed.as_primitive::<UInt64Type>().unary(in_range),
+                _ => strict_cast(claimed, &DataType::Int64, &what)?
+                    .as_primitive::<Int64Type>()
+                    .unary(|v| u64::try_from(v).map_or(SEX_OUT_OF_RANGE, in_range)),
+            };
+            Ok(Check::Sex { claims })
         }
         other => Err(JukiError::InvalidInput(format!(
             "column '{}' cannot be verified",

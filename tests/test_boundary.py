@@ -548,3 +548,19 @@ def test_the_whole_registry_keeps_its_whole_dictionaries(
     registry, _ = sentinel_registry
     out = registry.to_arrow()
     assert "番兵" in out["family_name"].combine_chunks().dictionary.to_pylist()
+
+
+@pytest.mark.parametrize("kind", [pa.int64(), pa.int16(), pa.uint64()])
+def test_a_sex_out_of_range_is_a_claim_that_cannot_match(
+    small: Registry, small_rows: list[dict[str, Any]], kind: pa.DataType
+) -> None:
+    row = small_rows[0]
+    sexes = [row["sex"], -1, 300, 1 << 63, None]
+    if pa.types.is_unsigned_integer(kind):
+        sexes[1] = 256
+    else:
+        sexes[3] = -(1 << 15) if kind == pa.int16() else -(1 << 63)
+    claims = pa.table({"my_number": [row["my_number"]] * 5, "sex": pa.array(sexes, kind)})
+    out = small.verify(claims)
+    assert out["found"].to_pylist() == [True] * 5
+    assert out["sex_match"].to_pylist() == [True, False, False, False, None]
