@@ -73,6 +73,8 @@ struct ImportedTable {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
     what: &'static str,
+    /// Already validated by the core (claims it decoded itself).
+    validated: bool,
 }
 
 impl ImportedTable {
@@ -94,7 +96,18 @@ impl ImportedTable {
             schema,
             batches,
             what,
+            validated: false,
         })
+    }
+
+    /// Batches the core validated itself (see [`PyClaims`]).
+    fn validated(schema: SchemaRef, batches: Vec<RecordBatch>) -> ImportedTable {
+        ImportedTable {
+            schema,
+            batches,
+            what: "claims",
+            validated: true,
+        }
     }
 
     fn rows(&self) -> usize {
@@ -103,7 +116,9 @@ impl ImportedTable {
 
     /// The batches, each column validated in full.
     fn batches(self) -> Result<(Vec<RecordBatch>, SchemaRef)> {
-        wire::validate_batches(&self.batches, self.what)?;
+        if !self.validated {
+            wire::validate_batches(&self.batches, self.what)?;
+        }
         Ok((self.batches, self.schema))
     }
 
@@ -344,7 +359,15 @@ impl PyRegistry {
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(Some(columns))?;
-        let claims = ImportedTable::from_python(claims, "claims")?;
+        // Claims the core decoded were validated as they were decoded; any other table is
+        // validated here.
+        let claims = match claims.cast::<PyClaims>() {
+            Ok(decoded) => {
+                let decoded = decoded.get();
+                ImportedTable::validated(decoded.schema.clone(), decoded.batches.clone())
+            }
+            Err(_) => ImportedTable::from_python(claims, "claims")?,
+        };
         let rows = claims.rows();
         let results = run_sized(py, rows, || {
             let (mut batches, schema) = claims.batches()?;
@@ -517,28 +540,63 @@ fn check_digit_array(
     Ok(PyArrowType(out.into_data()))
 }
 
+/// Claims decoded from the wire by the core and validated there ([`read_ipc_stream`]): they
+/// stay in the core's memory, so `Registry.verify` takes them as they are, where a table from
+/// Python is validated again at its import.
+#[pyclass(frozen, name = "Claims", module = "juki_engine._core")]
+pub struct PyClaims {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+#[pymethods]
+impl PyClaims {
+    /// The claims' column names, in order.
+    #[getter]
+    fn column_names(&self) -> Vec<String> {
+        self.schema.fields().iter().map(|f| f.name().clone()).collect()
+    }
+
+    /// Rows over all batches.
+    #[getter]
+    fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// The claims as a pyarrow table (zero-copy).
+    fn to_arrow<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let table = Table::try_new(self.batches.clone(), self.schema.clone())
+            .map_err(|e| JukiError::arrow("claims", e))?;
+        // A schema Arrow decodes but pyarrow refuses (a NUL in a name) is the stream's fault.
+        table.into_pyarrow(py).map_err(|e| {
+            JukiError::InvalidInput(format!("claims cannot be handed to pyarrow: {e}")).into()
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Claims({} rows: {})", self.num_rows(), self.column_names().join(", "))
+    }
+}
+
 /// Decode an Arrow IPC stream from the wire with caps on its rows and decoded bytes, every
 /// column validated; see `juki_engine._core.read_ipc_stream`.
 #[pyfunction]
-fn read_ipc_stream<'py>(
-    py: Python<'py>,
-    payload: &Bound<'py, PyBytes>,
+fn read_ipc_stream(
+    py: Python<'_>,
+    payload: &Bound<'_, PyBytes>,
     max_rows: usize,
     max_bytes: usize,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<PyClaims> {
     let payload = payload.as_bytes();
     let (schema, batches) = detached(py, || wire::read_ipc_stream(payload, max_rows, max_bytes))?;
-    let table = Table::try_new(batches, schema).map_err(|e| JukiError::arrow("claims", e))?;
-    // A schema Arrow decodes but pyarrow refuses (a NUL in a name) is the stream's fault too.
-    table.into_pyarrow(py).map_err(|e| {
-        JukiError::InvalidInput(format!("claims cannot be handed to pyarrow: {e}")).into()
-    })
+    Ok(PyClaims { schema, batches })
 }
 
 /// Register the module's contents.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyRegistry>()?;
+    m.add_class::<PyClaims>()?;
     m.add_function(wrap_pyfunction!(is_valid, m)?)?;
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(check_digit, m)?)?;

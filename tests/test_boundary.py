@@ -264,7 +264,7 @@ def ipc(table: pa.Table, compression: str | None = None, chunk: int | None = Non
 
 
 def read(payload: bytes, max_rows: int = MAX_ROWS, max_bytes: int = MAX_BYTES) -> pa.Table:
-    return _core.read_ipc_stream(payload, max_rows, max_bytes)
+    return _core.read_ipc_stream(payload, max_rows, max_bytes).to_arrow()
 
 
 def claims_like(rows: int) -> pa.Table:

@@ -7,6 +7,7 @@ import pyarrow as pa
 __all__ = [
     "MAX_ROWS",
     "REFERENCE_DATE",
+    "Claims",
     "DuplicateIdentifier",
     "InternalError",
     "InvalidIdentifier",
@@ -94,7 +95,7 @@ class Registry:
 
     def verify(
         self,
-        claims: pa.Table,
+        claims: pa.Table | Claims,
         by: str = "my_number",
         first_row: int = 0,
         columns: list[str] = ...,
@@ -154,7 +155,19 @@ def is_valid_array(kind: str, values: pa.Array) -> pa.BooleanArray:
 def check_digit_array(kind: str, bases: pa.Array) -> pa.UInt8Array:
     """Vectorised `check_digit`; malformed bases give null."""
 
-def read_ipc_stream(payload: bytes, max_rows: int, max_bytes: int) -> pa.Table:
+@final
+class Claims:
+    """Claims decoded and validated by the core (`read_ipc_stream`); `Registry.verify` takes
+    them without validating them again."""
+
+    @property
+    def column_names(self) -> list[str]: ...
+    @property
+    def num_rows(self) -> int: ...
+    def to_arrow(self) -> pa.Table:
+        """The claims as a pyarrow table (zero-copy)."""
+
+def read_ipc_stream(payload: bytes, max_rows: int, max_bytes: int) -> Claims:
     """Decode an Arrow IPC stream from the wire, refusing with `InvalidInput` anything but
     one schema message followed by dictionary and record batches (and an optional end marker,
     nothing after it). Before any body is decoded, the batches' declared rows must total at most

@@ -48,8 +48,8 @@ def _as_key_array(keys: Any) -> pa.Array:
     )
 
 
-def _as_table(claims: Any) -> pa.Table:
-    if isinstance(claims, pa.Table):
+def _as_table(claims: Any) -> pa.Table | _core.Claims:
+    if isinstance(claims, pa.Table | _core.Claims):  # Claims: decoded by the core from the wire
         return claims
     if isinstance(claims, pa.RecordBatch):
         return pa.Table.from_batches([claims])

@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
-import pyarrow as pa
 import pyarrow.compute as pc
 
-from juki_engine._core import InvalidInput
+from juki_engine._core import Claims, InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.service.frontend import Answer, Call, Frontend, JobSlots, Refused
-from juki_engine.service.wire import KEY_NAMES, ResultStream, echo, read_claims
+from juki_engine.service.wire import KEY_NAMES, ResultStream, column_of, echo, read_claims
 
 log = logging.getLogger("juki.server")
 
@@ -77,7 +76,7 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
         by: str,
         retrieve: list[str],
         n: int,
-        claims: pa.Table,
+        claims: Claims,
         first_row: int,
     ) -> Answer:
         """Identify, authorize, answer and audit one claims message; log one line. A refusal
@@ -91,7 +90,7 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
             grant = f.authorize(call, agency, request, by, claimed, retrieve)
             answer = f.answer(grant, request, by, claims, first_row)
         except Exception as e:
-            raise Refused(e, f.subjects_of(by, claims[by].combine_chunks())) from e
+            raise Refused(e, f.subjects_of(by, column_of(claims, by).combine_chunks())) from e
         log.info(
             "%s %s request=%s message=%d rows=%d found=%d %.1f ms",
             agency.code,
@@ -200,8 +199,12 @@ def _bulk_responses(
     """One message's results, once durable, as responses of at most RESPONSE_BYTES each: the
     bytes of one record batch of the job's stream may span several responses (a message of a
     million rejected keys has a long `error` column), which the client reads as one stream."""
-    part = memoryview(stream.part(answer.released(timeout)))
-    for start in range(0, max(len(part), 1), RESPONSE_BYTES):
+    part = stream.part(answer.released(timeout))
+    if len(part) <= RESPONSE_BYTES:  # the common case: one response, no copy
+        yield pb.BulkResponse(first_row=answer.first_row, results=part)
+        return
+    view = memoryview(part)
+    for start in range(0, len(part), RESPONSE_BYTES):
         yield pb.BulkResponse(
-            first_row=answer.first_row, results=bytes(part[start : start + RESPONSE_BYTES])
+            first_row=answer.first_row, results=bytes(view[start : start + RESPONSE_BYTES])
         )

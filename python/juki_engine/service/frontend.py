@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from juki_engine import _core
-from juki_engine._core import InvalidIdentifier, InvalidInput, JukiError
+from juki_engine._core import Claims, InvalidIdentifier, InvalidInput, JukiError
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine.audit import (
     OUTCOMES,
@@ -49,7 +49,7 @@ from juki_engine.policy import (
 )
 from juki_engine.registry import Registry
 from juki_engine.service.identity import PeerCertificate, TrustStore
-from juki_engine.service.wire import MAX_TEXT_CHARS, check_text
+from juki_engine.service.wire import MAX_TEXT_CHARS, check_text, column_of
 
 log = logging.getLogger("juki.server")
 
@@ -316,10 +316,15 @@ class Frontend:
     # -- answers ------------------------------------------------------------------------------
 
     def answer(
-        self, grant: Grant, request: pb.RequestContext, by: str, claims: pa.Table, first_row: int
+        self,
+        grant: Grant,
+        request: pb.RequestContext,
+        by: str,
+        claims: pa.Table | Claims,
+        first_row: int,
     ) -> Answer:
         """Verify one batch under `grant` (its quota reserved first) and audit it."""
-        keys = claims[by]
+        keys = column_of(claims, by)
         # Keyed by resident code as text, each found key *is* the subject's code (the parser
         # accepts only the canonical 11 digits), which saves gathering and rendering the column.
         from_key = by == "resident_code" and _is_text(keys.type)

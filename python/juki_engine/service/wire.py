@@ -11,7 +11,7 @@ import io
 
 import pyarrow as pa
 
-from juki_engine._core import InvalidInput
+from juki_engine._core import Claims, InvalidInput, read_ipc_stream
 from juki_engine._proto import registry_pb2 as pb
 
 # Clients stream 1–4 MiB messages; anything much larger is refused by grpc itself.
@@ -65,15 +65,20 @@ def write_ipc(table: pa.Table) -> bytes:
     return payload
 
 
-def read_claims(payload: bytes, message: int) -> pa.Table:
+def read_claims(payload: bytes, message: int) -> Claims:
     """One claims message: a complete Arrow IPC stream, decoded in the core after its declared
-    rows and sizes are checked, and fully validated; anything else names the message."""
-    from juki_engine._core import read_ipc_stream
-
+    rows and sizes are checked, and fully validated; anything else names the message. The
+    claims stay in the core's memory (`Registry.verify` takes them as they are)."""
     try:
         return read_ipc_stream(payload, MAX_BATCH_ROWS, MAX_DECODED_BYTES)
     except InvalidInput as e:
         raise InvalidInput(f"message {message}: {e}") from e
+
+
+def column_of(claims: pa.Table | Claims, name: str) -> pa.ChunkedArray:
+    """One column of a claims table, decoded by the core or not."""
+    table = claims.to_arrow() if isinstance(claims, Claims) else claims
+    return table[name]
 
 
 class ResultStream:
