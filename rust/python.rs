@@ -554,7 +554,11 @@ impl PyClaims {
     /// The claims' column names, in order.
     #[getter]
     fn column_names(&self) -> Vec<String> {
-        self.schema.fields().iter().map(|f| f.name().clone()).collect()
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
     }
 
     /// Rows over all batches.
@@ -574,7 +578,11 @@ impl PyClaims {
     }
 
     fn __repr__(&self) -> String {
-        format!("Claims({} rows: {})", self.num_rows(), self.column_names().join(", "))
+        format!(
+            "Claims({} rows: {})",
+            self.num_rows(),
+            self.column_names().join(", ")
+        )
     }
 }
 
