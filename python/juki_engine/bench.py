@@ -20,6 +20,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -403,11 +404,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--duckdb-memory-limit", help="e.g. 8GB (DuckDB's default: 80%% of RAM)")
     parser.add_argument("--json", type=str, help="write every number to this path")
+    # Internal: run only the baselines, in a child process, and write their results here.
+    parser.add_argument("--baselines-to", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
+def baselines_in_child(argv: list[str], out: str) -> dict[str, Any]:
+    """Run the DuckDB (and Polars) baselines in a child process that opens the same snapshot
+    (mapped) and builds the same claims from the same seed: a baseline that would not fit
+    beside the engine runs first, alone, and the engine loads after it has exited."""
+    import subprocess
+
+    command = [sys.executable, "-m", "juki_engine.bench", *argv, "--baselines-to", out]
+    subprocess.run(command, check=True)
+    with open(out) as file:
+        child: dict[str, Any] = json.load(file)
+    return child
+
+
+def run_baselines(
+    args: argparse.Namespace, registry: Registry, claims: pa.Table
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """{name: rate} and {name: verify counts} of the baselines, in this process."""
+    rates: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
+    log(f"DuckDB left join (registry as {args.duckdb_registry})")
+    rates["duckdb_verify"], checks["duckdb"] = bench_duckdb(
+        registry,
+        claims,
+        args.repeats,
+        args.duckdb_memory_limit,
+        native=args.duckdb_registry == "table",
+    )
+    gc.collect()
+    if not args.skip_polars:
+        log("Polars left join")
+        rates["polars_verify"], checks["polars"] = bench_polars(registry, claims, args.repeats)
+        gc.collect()
+    return rates, checks
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    child: dict[str, Any] | None = None
+    if args.registry and not args.skip_baselines and not args.baselines_to:
+        with tempfile.TemporaryDirectory(prefix="juki-baselines-") as tmp:
+            child = baselines_in_child(argv, os.path.join(tmp, "baselines.json"))
     results: dict[str, Any] = {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
         "machine": {
@@ -428,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.registry:
         log(f"opening the snapshot {args.registry}")
-        registry = Registry.open(args.registry)
+        # The baselines' child maps the snapshot: its pages are the page cache's, not its own.
+        registry = Registry.open(args.registry, mmap=bool(args.baselines_to))
     else:
         log(f"generating a registry of {args.population:,} residents")
         registry = Registry.generate(population=args.population, seed=args.seed)
@@ -460,6 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"built in {results['claims']['build_seconds']:.1f} s: {counts}")
 
     n, repeats = claims.num_rows, args.repeats
+    if args.baselines_to:
+        child_rates, child_checks = run_baselines(args, registry, claims)
+        with open(args.baselines_to, "w") as out:
+            json.dump({"rates": child_rates, "checks": child_checks, "peak": peak_rss_bytes()}, out)
+        return 0
     rates.update(bench_juki(registry, claims, keys_u64, repeats))
     checks = {"juki": verify_counts(registry.verify(claims))}
     if checks["juki"]["found"] != counts["hits"]:
@@ -468,25 +517,18 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     peaks["juki"] = peak_rss_bytes()
 
-    if not args.skip_baselines:
-        log(f"DuckDB left join (registry as {args.duckdb_registry})")
-        rates["duckdb_verify"], checks["duckdb"] = bench_duckdb(
-            registry,
-            claims,
-            repeats,
-            args.duckdb_memory_limit,
-            native=args.duckdb_registry == "table",
-        )
-        gc.collect()
-        peaks["duckdb"] = peak_rss_bytes()
-        if not args.skip_polars:
-            log("Polars left join")
-            rates["polars_verify"], checks["polars"] = bench_polars(registry, claims, repeats)
-            gc.collect()
-            peaks["polars"] = peak_rss_bytes()
-        for name, found in checks.items():
-            if found != checks["juki"]:
-                raise AssertionError(f"{name} disagrees with juki: {found} vs {checks['juki']}")
+    if child is not None:
+        rates.update(child["rates"])
+        checks.update(child["checks"])
+        peaks["baselines_child"] = child["peak"]
+    elif not args.skip_baselines:
+        baseline_rates, baseline_checks = run_baselines(args, registry, claims)
+        rates.update(baseline_rates)
+        checks.update(baseline_checks)
+        peaks["baselines"] = peak_rss_bytes()
+    for name, found in checks.items():
+        if found != checks["juki"]:
+            raise AssertionError(f"{name} disagrees with juki: {found} vs {checks['juki']}")
     results["cross_check"] = checks
 
     log("random-gather limit")
