@@ -21,6 +21,7 @@ use arrow_ipc::convert::try_fb_to_schema;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::{root_as_message, CompressionType, MessageHeader, MetadataVersion};
 use arrow_schema::{ArrowError, DataType, Schema, SchemaRef, UnionMode};
+use rayon::prelude::*;
 
 use crate::error::{echo, panic_message, JukiError, Result};
 
@@ -113,7 +114,7 @@ type Validated = HashSet<Identity>;
 /// `data.validate_full()`, but a leaf dictionary values array in `seen` is not validated again
 /// (and one validated now is added). Errors read as `validate_full`'s.
 fn validate_tree(data: &ArrayData, seen: &mut Validated) -> std::result::Result<(), ArrowError> {
-    data.validate_data()?;
+    validate_node(data)?;
     let dictionary = matches!(data.data_type(), DataType::Dictionary(..));
     for (i, child) in data.child_data().iter().enumerate() {
         if dictionary && child.child_data().is_empty() && !seen.insert(Identity::of(child)) {
@@ -129,6 +130,28 @@ fn validate_tree(data: &ArrayData, seen: &mut Validated) -> std::result::Result<
         })?;
     }
     Ok(())
+}
+
+/// Rows of a flat array above which its values are validated on all cores, in slices of at
+/// least this many rows: UTF-8 checks of a national job's 40 M claims cost ~0.3 s on one core.
+const VALIDATE_SLICE_ROWS: usize = 1 << 20;
+
+/// Validate one node of an array tree (not its children). A large flat array is first checked
+/// whole for its buffers' sizes, then its values (offsets, UTF-8, views, nulls) slice by slice
+/// on all cores: the slices cover every row, and each slice's check reads only its own values.
+fn validate_node(data: &ArrayData) -> std::result::Result<(), ArrowError> {
+    if data.len() < 2 * VALIDATE_SLICE_ROWS || !data.child_data().is_empty() {
+        return data.validate_data();
+    }
+    data.validate()?;
+    let slices = data.len().div_ceil(VALIDATE_SLICE_ROWS);
+    (0..slices).into_par_iter().try_for_each(|i| {
+        let start = i * VALIDATE_SLICE_ROWS;
+        let len = VALIDATE_SLICE_ROWS.min(data.len() - start);
+        // Each worker keeps its own panics quiet and refused, as the calling thread does.
+        quietly(|| data.slice(start, len).validate_data())
+            .unwrap_or_else(|panic| Err(ArrowError::InvalidArgumentError(panic_message(&*panic))))
+    })
 }
 
 /// The bytes of an array's own buffers and its children's.

@@ -564,3 +564,34 @@ def test_a_sex_out_of_range_is_a_claim_that_cannot_match(
     out = small.verify(claims)
     assert out["found"].to_pylist() == [True] * 5
     assert out["sex_match"].to_pylist() == [True, False, False, False, None]
+
+
+@pytest.mark.parametrize("at", [0, 1_500_000, 3_999_999])
+def test_a_large_column_is_validated_on_every_row(small: Registry, at: int) -> None:
+    """Past a few million rows the core validates a column slice by slice on all cores: a bad
+    byte or offset in any slice is still refused."""
+    rows = 4_000_000
+    offsets = np.arange(rows + 1, dtype=np.int32)
+    values = bytearray(b"1" * rows)
+    values[at] = 0xFF  # not UTF-8
+    bad_utf8 = pa.Array.from_buffers(
+        pa.string(), rows, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(bytes(values))]
+    )
+    with pytest.raises(InvalidInput, match="invalid Arrow data"):
+        small.lookup(bad_utf8, by="resident_code", columns=[])
+    offsets[min(at + 1, rows - 1)] = rows + 100  # past the end (pyarrow checks only the last)
+    bad_offsets = pa.Array.from_buffers(
+        pa.string(), rows, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"1" * rows)]
+    )
+    with pytest.raises(InvalidInput, match="invalid Arrow data"):
+        small.lookup(bad_offsets, by="resident_code", columns=[])
+    good = pa.Array.from_buffers(
+        pa.string(),
+        rows,
+        [
+            None,
+            pa.py_buffer(np.arange(rows + 1, dtype=np.int32).tobytes()),
+            pa.py_buffer(b"1" * rows),
+        ],
+    )
+    assert not any(small.lookup(good, by="resident_code", columns=[])["found"].to_pylist())
