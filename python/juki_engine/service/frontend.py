@@ -291,11 +291,9 @@ class Frontend:
             check_text(name, "field name")
         return self.policy.authorize(agency, request.affair, by, claimed, retrieve)
 
-    def subjects_of(self, by: str, keys: pa.Array | None) -> pa.Array:
+    def subjects_of(self, by: str, keys: pa.Array) -> pa.Array:
         """The resident codes behind a refused request's keys, for its audit records: null where
         a key names no resident, so the trail never holds a My Number or a client's raw key."""
-        if keys is None:
-            return pa.nulls(1, pa.string())
         try:
             codes = self.registry.lookup(keys, by, columns=["resident_code"])["resident_code"]
         except JukiError:  # keys of no usable type: the refusal is still recorded, per row
