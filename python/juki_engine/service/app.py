@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ SERVICES = (
     pb.DESCRIPTOR.services_by_name["IdentityVerification"].full_name,
     pb.DESCRIPTOR.services_by_name["BulkVerification"].full_name,
 )
-# grpc lets a second server bind a port in use (SO_REUSEPORT) and share its calls: never.
+# grpc lets a second server bind a port in use (SO_REUSEPORT) and share its calls: never; with
+# the option off, binding a port in use fails.
 SERVER_OPTIONS = [*MESSAGE_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
@@ -88,21 +88,6 @@ class Server:
         self.frontend.audit.close()
 
 
-def _port_in_use(address: str) -> bool:
-    """Whether something already listens on `address`'s port (grpc itself would share it)."""
-    host, _, port = address.rpartition(":")
-    if not port.isdigit() or int(port) == 0:
-        return False
-    host = host.strip("[]") or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, int(port)))
-        except OSError:
-            return True
-    return False
-
-
 def start(
     frontend: Frontend,
     tls: ServerTLS,
@@ -115,8 +100,6 @@ def start(
     if frontend.trust is None:
         frontend.trust = tls.trust_store()
     frontend.trust.check_policy(frontend.policy)
-    if _port_in_use(address):
-        raise InvalidInput(f"cannot listen on {address}: the port is in use (another server?)")
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=workers + max_bulk_jobs, thread_name_prefix="juki-rpc"
@@ -135,8 +118,11 @@ def start(
     )
     try:
         port = server.add_secure_port(address, tls.credentials())
-    except RuntimeError as e:  # grpc raises this when it cannot bind
-        raise InvalidInput(f"cannot listen on {address}: {e}") from e
+    except RuntimeError as e:  # grpc cannot bind: without SO_REUSEPORT, a port in use
+        raise InvalidInput(
+            f"cannot listen on {address}: the port is in use (another server?) or the address "
+            "is not this host's"
+        ) from e
     if port == 0:
         raise InvalidInput(f"cannot listen on {address}")
     server.start()

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 
 import grpc
 import pyarrow.compute as pc
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 from juki_engine._core import Claims, InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
-from juki_engine.service.frontend import Answer, Call, Frontend, JobSlots, Refused
+from juki_engine.service.frontend import Answer, Call, Frontend, Refused, ServerBusy
 from juki_engine.service.wire import KEY_NAMES, ResultStream, column_of, echo, read_claims
 
 log = logging.getLogger("juki.server")
@@ -30,6 +31,28 @@ BULK_WORKERS = 2
 MAX_BULK_JOBS = 4
 # Bytes of results in one response, well inside grpc's message limit (MAX_MESSAGE_BYTES).
 RESPONSE_BYTES = 4 << 20
+
+
+class JobSlots:
+    """A limit on concurrent bulk jobs, so they can never take every server thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self.running = 0
+        """Bulk jobs running now."""
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if self.running >= self.limit:
+                raise ServerBusy(f"{self.limit} bulk jobs are running, the most this server takes")
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
 
 
 class BulkVerification(pb_grpc.BulkVerificationServicer):

@@ -13,7 +13,6 @@ raised beneath it escapes as UNKNOWN or a traceback.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -401,25 +400,3 @@ def _outcomes(out: pa.Table) -> pa.DictionaryArray:
     invalid = out["error"].combine_chunks().is_valid().to_numpy(zero_copy_only=False)
     codes = np.where(found, 0, np.where(invalid, 2, 1)).astype(np.int8)
     return pa.DictionaryArray.from_arrays(codes, _OUTCOME_VALUES)
-
-
-class JobSlots:
-    """A limit on concurrent bulk jobs, so they can never take every server thread."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self.running = 0
-        """Bulk jobs running now."""
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        with self._lock:
-            if self.running >= self.limit:
-                raise ServerBusy(f"{self.limit} bulk jobs are running, the most this server takes")
-            self.running += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.running -= 1
