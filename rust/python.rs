@@ -6,7 +6,9 @@
 //! interface costs more than the check.
 //!
 //! Every array imported from Python is validated in full ([`wire::validate_array`]) before
-//! anything reads it; the C Data interface carries no such guarantee. Every call that touches
+//! anything reads it; the C Data interface carries no such guarantee. Claims and keys, which the
+//! kernels read only as bytes, are validated as bytes (offsets, views and dictionary keys within
+//! their buffers; [`Strings::Bytes`]); tables the core keeps, as text. Every call that touches
 //! outside data runs under [`guarded`], so a panic in the core reaches Python as
 //! `InternalError`, never as an abort or a `PanicException`.
 
@@ -36,7 +38,7 @@ use crate::ids::{self, IdKind};
 use crate::query::{self, ExactMatch};
 use crate::snapshot;
 use crate::storage::{schema_of, Column, RegistryData, Rows};
-use crate::wire;
+use crate::wire::{self, Strings};
 
 /// An array from Python, imported without copying and not yet validated: [`Imported::array`]
 /// validates it before anything reads it (with the GIL released, by the caller's choice).
@@ -60,9 +62,9 @@ impl Imported {
         self.data.len()
     }
 
-    /// The array, validated in full.
-    fn array(self) -> Result<ArrayRef> {
-        wire::validate_array(&self.data, self.what)?;
+    /// The array, validated in full, its strings as `strings` (see [`wire::Strings`]).
+    fn array(self, strings: Strings) -> Result<ArrayRef> {
+        wire::validate_array(&self.data, self.what, strings)?;
         Ok(arrow_array::make_array(self.data))
     }
 }
@@ -114,18 +116,19 @@ impl ImportedTable {
         self.batches.iter().map(|b| b.num_rows()).sum()
     }
 
-    /// The batches, each column validated in full.
-    fn batches(self) -> Result<(Vec<RecordBatch>, SchemaRef)> {
+    /// The batches, each column validated in full, its strings as `strings` (see
+    /// [`wire::Strings`]).
+    fn batches(self, strings: Strings) -> Result<(Vec<RecordBatch>, SchemaRef)> {
         if !self.validated {
-            wire::validate_batches(&self.batches, self.what)?;
+            wire::validate_batches(&self.batches, self.what, strings)?;
         }
         Ok((self.batches, self.schema))
     }
 
-    /// The batches, validated, as one.
+    /// The batches, validated as text, as one: for tables the core keeps.
     fn one_batch(self) -> Result<RecordBatch> {
         let what = self.what;
-        let (batches, schema) = self.batches()?;
+        let (batches, schema) = self.batches(Strings::Text)?;
         concat_batches(&schema, &batches).map_err(|e| JukiError::arrow(what, e))
     }
 }
@@ -295,7 +298,12 @@ impl PyRegistry {
         let cols = columns_of(columns)?;
         let keys = Imported::from_python(keys, "keys")?;
         let batch = run_sized(py, keys.len(), || {
-            query::lookup(&self.data, keys.array()?.as_ref(), kind, &cols)
+            query::lookup(
+                &self.data,
+                keys.array(Strings::Bytes)?.as_ref(),
+                kind,
+                &cols,
+            )
         })?;
         let schema = batch.schema();
         to_table(vec![batch], schema)
@@ -370,7 +378,7 @@ impl PyRegistry {
         };
         let rows = claims.rows();
         let results = run_sized(py, rows, || {
-            let (mut batches, schema) = claims.batches()?;
+            let (mut batches, schema) = claims.batches(Strings::Bytes)?;
             if batches.is_empty() {
                 batches.push(RecordBatch::new_empty(schema));
             }
@@ -484,7 +492,7 @@ fn is_valid_array(
     let k = IdKind::from_name(kind)?;
     let values = Imported::from_python(values, "values")?;
     let out = detached(py, || -> Result<BooleanArray> {
-        let array = values.array()?;
+        let array = values.array(Strings::Bytes)?;
         let parsed = query::parse_keys(k, array.as_ref(), 0)?;
         let valid: Vec<Option<bool>> = parsed
             .bases
@@ -508,7 +516,7 @@ fn check_digit_array(
     let k = IdKind::from_name(kind)?;
     let bases = Imported::from_python(bases, "bases")?;
     let out = detached(py, || -> Result<UInt8Array> {
-        let array = bases.array()?;
+        let array = bases.array(Strings::Text)?;
         if array.data_type().is_integer() {
             let ints =
                 cast(array.as_ref(), &DataType::Int64).map_err(|e| JukiError::arrow("bases", e))?;

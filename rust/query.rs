@@ -14,9 +14,9 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Int64Type, UInt64Type, UInt8Type};
 use arrow_array::{
-    new_null_array, Array, ArrayRef, BooleanArray, Date32Array, DictionaryArray, Int64Array,
-    LargeStringArray, RecordBatch, StringArray, StringViewArray, UInt16Array, UInt64Array,
-    UInt8Array,
+    new_null_array, Array, ArrayRef, BinaryArray, BinaryViewArray, BooleanArray, Date32Array,
+    DictionaryArray, Int64Array, LargeBinaryArray, RecordBatch, StringArray, UInt16Array,
+    UInt64Array, UInt8Array,
 };
 use arrow_buffer::{BooleanBuffer, Buffer, NullBuffer};
 use arrow_cast::{cast_with_options, CastOptions};
@@ -65,28 +65,30 @@ pub fn shown_type(t: &DataType) -> String {
     echo(t.to_string().as_bytes())
 }
 
-/// A string column in any of Arrow's string layouts, read in place (no conversion copy).
+/// A string column in any of Arrow's string layouts, read in place (no conversion copy) and only
+/// as bytes, never as `str`: a column from this process is validated as bytes only (see
+/// `wire::Strings::Bytes`), so its strings need not be UTF-8 for the kernels to be sound.
 #[derive(Clone)]
 pub enum TextColumn {
-    /// `Utf8`.
-    Utf8(StringArray),
-    /// `LargeUtf8`.
-    Large(LargeStringArray),
-    /// `Utf8View`.
-    View(StringViewArray),
+    /// `Utf8`, as binary.
+    Offsets(BinaryArray),
+    /// `LargeUtf8`, as large binary.
+    Large(LargeBinaryArray),
+    /// `Utf8View`, as a binary view.
+    View(BinaryViewArray),
 }
 
 impl TextColumn {
     /// Wrap a text column (see [`TextColumn::accepts`]); dictionaries and all-null columns are
-    /// converted to `Utf8View`.
+    /// converted to a binary view.
     pub fn new(array: &dyn Array, what: &str) -> Result<TextColumn> {
         Ok(match array.data_type() {
-            DataType::Utf8 => TextColumn::Utf8(array.as_string::<i32>().clone()),
-            DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone()),
-            DataType::Utf8View => TextColumn::View(array.as_string_view().clone()),
+            DataType::Utf8 => TextColumn::Offsets(array.as_string::<i32>().clone().into()),
+            DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone().into()),
+            DataType::Utf8View => TextColumn::View(array.as_string_view().clone().to_binary_view()),
             t if TextColumn::accepts(t) => TextColumn::View(
-                strict_cast(array, &DataType::Utf8View, what)?
-                    .as_string_view()
+                strict_cast(array, &DataType::BinaryView, what)?
+                    .as_binary_view()
                     .clone(),
             ),
             other => {
@@ -120,7 +122,7 @@ impl TextColumn {
             // A short string's view is its inline key (masked, should a producer not zero the
             // padding).
             TextColumn::View(a) => Some(a.views()[i] & (u128::MAX >> (96 - b.len() * 8))),
-            TextColumn::Utf8(a) => load(a.values(), a.value_offsets()[i] as usize),
+            TextColumn::Offsets(a) => load(a.values(), a.value_offsets()[i] as usize),
             TextColumn::Large(a) => load(a.values(), a.value_offsets()[i] as usize),
         };
         fast.unwrap_or_else(|| inline_key(b))
@@ -130,9 +132,9 @@ impl TextColumn {
     #[inline(always)]
     pub fn get(&self, i: usize) -> Option<&[u8]> {
         match self {
-            TextColumn::Utf8(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
-            TextColumn::Large(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
-            TextColumn::View(a) => (!a.is_null(i)).then(|| a.value(i).as_bytes()),
+            TextColumn::Offsets(a) => (!a.is_null(i)).then(|| a.value(i)),
+            TextColumn::Large(a) => (!a.is_null(i)).then(|| a.value(i)),
+            TextColumn::View(a) => (!a.is_null(i)).then(|| a.value(i)),
         }
     }
 }
@@ -707,12 +709,12 @@ mod tests {
     fn inline_keys_agree_across_layouts() {
         let values = vec!["渡邉", "", "abcdefghijkl", "高橋", "x"];
         let utf8 = StringArray::from(values.clone());
-        let view = StringViewArray::from(values.clone());
-        let large = LargeStringArray::from(values.clone());
+        let view = arrow_array::StringViewArray::from(values.clone());
+        let large = arrow_array::LargeStringArray::from(values.clone());
         for col in [
-            TextColumn::Utf8(utf8),
-            TextColumn::View(view),
-            TextColumn::Large(large),
+            TextColumn::new(&utf8, "utf8").unwrap(),
+            TextColumn::new(&view, "view").unwrap(),
+            TextColumn::new(&large, "large").unwrap(),
         ] {
             for (i, v) in values.iter().enumerate() {
                 let b = col.get(i).unwrap();

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::error::{echo, JukiError, Result};
 use crate::ids::IdKind;
 use crate::index::{HashIndex, NOT_FOUND};
-use crate::memory::{filled, filled_from, prefetch, HugeVec};
+use crate::memory::{filled, filled_from, prefetch, HugeVec, PARALLEL_MIN};
 
 /// Registry status codes (the order is the stored code).
 pub const STATUS_VALUES: [&str; 4] = ["resident", "moved_abroad", "deceased", "removed"];
@@ -505,23 +505,72 @@ thread_local! {
     };
 }
 
+/// Run `f` with this thread's [`Remap`] table (a fresh one should the table be in use: not
+/// reentered today).
+fn with_remap<T>(f: impl FnOnce(&mut Remap) -> T) -> T {
+    REMAP.with(|remap| match remap.try_borrow_mut() {
+        Ok(mut remap) => f(&mut remap),
+        Err(_) => f(&mut Remap {
+            stamp: 0,
+            slots: Vec::new(),
+        }),
+    })
+}
+
 impl<K: ArrowNativeType> Compaction<K> {
     /// Remap `keys` (keys into a dictionary of `dict_len` values; rows null in `found` are
     /// skipped) through the thread's [`Remap`] table: one load per row, whatever the
     /// dictionary's size.
+    ///
+    /// A large reply is compacted on all cores: each slice finds its own first-seen values (as
+    /// above), the slices' lists are merged in row order into the reply's keys (work per
+    /// distinct value of a slice, not per row), and every row is then remapped in parallel. The
+    /// keys come out as a single pass would give them.
     pub fn of(keys: &[K], found: Option<&NullBuffer>, dict_len: usize) -> Result<Compaction<K>> {
-        REMAP.with(|remap| match remap.try_borrow_mut() {
-            Ok(mut remap) => Compaction::through(&mut remap, keys, found, dict_len),
-            // Not reentered today; a nested compaction would take a table of its own.
-            Err(_) => Compaction::through(
-                &mut Remap {
-                    stamp: 0,
-                    slots: Vec::new(),
-                },
-                keys,
-                found,
-                dict_len,
-            ),
+        if keys.len() <= PARALLEL_MIN {
+            return with_remap(|remap| Compaction::through(remap, keys, found, dict_len));
+        }
+        let slices: Vec<(usize, usize)> = (0..keys.len())
+            .step_by(PARALLEL_MIN)
+            .map(|start| (start, PARALLEL_MIN.min(keys.len() - start)))
+            .collect();
+        let firsts = slices
+            .par_iter()
+            .map(|&(start, len)| {
+                let found = found.map(|f| f.slice(start, len));
+                with_remap(|remap| {
+                    Compaction::through(remap, &keys[start..start + len], found.as_ref(), dict_len)
+                })
+                .map(|c| c.kept)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        const UNSEEN: u32 = u32::MAX;
+        let mut reply_key = Vec::new();
+        reply_key.try_reserve_exact(dict_len).map_err(|e| {
+            JukiError::ResourceExhausted(format!(
+                "cannot allocate a remap table of {dict_len} values: {e}"
+            ))
+        })?;
+        reply_key.resize(dict_len, UNSEEN);
+        let mut kept: Vec<u32> = Vec::new();
+        for old in firsts.iter().flat_map(|f| f.values().iter()) {
+            let slot = &mut reply_key[*old as usize];
+            if *slot == UNSEEN {
+                *slot = kept.len() as u32;
+                kept.push(*old);
+            }
+        }
+        // Rows not found keep key 0, as a single pass leaves them; every found row's value
+        // was seen by its slice.
+        let keys = filled_from(keys, 1, |out: &mut [K], src: &[K]| {
+            for (o, k) in out.iter_mut().zip(src) {
+                let new = reply_key.get(k.as_usize()).copied().unwrap_or(UNSEEN);
+                *o = K::usize_as(if new == UNSEEN { 0 } else { new as usize });
+            }
+        })?;
+        Ok(Compaction {
+            keys,
+            kept: UInt32Array::from(kept),
         })
     }
 
@@ -842,5 +891,31 @@ mod tests {
         assert_eq!(values.iter().flatten().collect::<Vec<_>>(), ["d", "e", "b"]);
         let none = Compaction::<u16>::of(&[], None, 9).unwrap();
         assert_eq!(none.kept.len(), 0);
+    }
+
+    #[test]
+    fn a_large_compaction_on_all_cores_gives_the_single_pass_keys() {
+        // Values first seen in late slices, rows not found (key 0, whose value no found row
+        // references), and a value seen in several slices.
+        let n = 5 * PARALLEL_MIN + 17;
+        let dict_len = 70_000;
+        let keys: Vec<u32> = (0..n as u64)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u32 % (dict_len - 1) + 1)
+            .collect();
+        let found = NullBuffer::from((0..n).map(|i| i % 7 != 3).collect::<Vec<_>>());
+        let mut keys = keys;
+        keys[3] = 0;
+        for found in [None, Some(&found)] {
+            let parallel = Compaction::of(&keys, found, dict_len as usize).unwrap();
+            let single =
+                with_remap(|r| Compaction::through(r, &keys, found, dict_len as usize)).unwrap();
+            assert_eq!(parallel.kept.values(), single.kept.values());
+            for (i, (p, s)) in parallel.keys.iter().zip(single.keys.iter()).enumerate() {
+                if found.is_none_or(|f| f.is_valid(i)) {
+                    assert_eq!(p, s, "row {i}");
+                }
+            }
+            assert_eq!(found.is_none(), parallel.kept.values().contains(&0));
+        }
     }
 }

@@ -50,16 +50,23 @@ def bad_dictionary() -> pa.Array:
     )
 
 
-# Arrays that pyarrow lets one build and that are not valid Arrow data.
+# Arrays that pyarrow lets one build and that are not valid Arrow data: reading them as they are
+# would read memory they do not own.
 INVALID: dict[str, Any] = {
-    "non-utf8": lambda: utf8([0, 2], b"\xff\xfe"),
     "offsets-backwards": lambda: utf8([0, 4, 2], b"12345678"),
     "dictionary-key-out-of-range": bad_dictionary,
+    "view-past-its-buffer": lambda: views(b"x" * 20, [(16, 0, 10)]),
+    "view-in-a-missing-buffer": lambda: views(b"x" * 20, [(16, 3, 0)]),
+}
+
+# Strings whose layout is sound but whose bytes are not UTF-8: refused where the core keeps or
+# hands back the strings as text (a registry table, claims from the wire), read as the bytes they
+# are where it only compares them (claims and keys from this process).
+NOT_UTF8: dict[str, Any] = {
+    "non-utf8": lambda: utf8([0, 2], b"\xff\xfe"),
     "dictionary-values-non-utf8": lambda: pa.DictionaryArray.from_arrays(
         pa.array([0, 0], pa.int8()), utf8([0, 2], b"\xc3\x28"), safe=False
     ),
-    "view-past-its-buffer": lambda: views(b"x" * 20, [(16, 0, 10)]),
-    "view-in-a-missing-buffer": lambda: views(b"x" * 20, [(16, 3, 0)]),
     "view-non-utf8": lambda: views(b"\xff" * 20, [(16, 0, 0)]),
 }
 
@@ -80,6 +87,18 @@ def test_invalid_keys_are_refused_before_they_are_read(small: Registry, make: An
         _core.check_digit_array("my_number", make())
 
 
+@pytest.mark.parametrize("make", NOT_UTF8.values(), ids=list(NOT_UTF8))
+def test_keys_that_are_not_utf8_are_rejected_per_row(small: Registry, make: Any) -> None:
+    keys = make()
+    out = small.lookup(keys)
+    assert out["found"].to_pylist() == [False] * len(keys)
+    assert all(e.startswith(f"row {i}: ") for i, e in enumerate(out["error"].to_pylist()))
+    assert _core.is_valid_array("my_number", keys).to_pylist() == [False] * len(keys)
+    # check_digit_array reads its bases as text, so it validates them as text.
+    with pytest.raises(InvalidInput, match=r"^bases: invalid Arrow data: .*utf-?8"):
+        _core.check_digit_array("my_number", make())
+
+
 @pytest.mark.parametrize("make", INVALID.values(), ids=list(INVALID))
 @pytest.mark.parametrize("column", ["my_number", "family_name", "given_name_kana"])
 def test_invalid_claims_are_refused_naming_the_column(
@@ -92,7 +111,28 @@ def test_invalid_claims_are_refused_naming_the_column(
     assert str(info.value).startswith(f"claims column '{column}': invalid Arrow data: "), info
 
 
-@pytest.mark.parametrize("make", INVALID.values(), ids=list(INVALID))
+@pytest.mark.parametrize("make", NOT_UTF8.values(), ids=list(NOT_UTF8))
+def test_claims_that_are_not_utf8_are_compared_as_bytes(
+    small: Registry, key: str, make: Any
+) -> None:
+    names = make()
+    out = small.verify(pa.table({"my_number": pa.array([key] * len(names)), "family_name": names}))
+    assert out["found"].to_pylist() == [True] * len(names)
+    assert out["family_name_match"].to_pylist() == [False] * len(names)
+    out = small.verify(pa.table({"my_number": make()}))
+    assert out["found"].to_pylist() == [False] * len(names)
+    assert out["error"].null_count == 0
+
+
+@pytest.mark.parametrize("make", NOT_UTF8.values(), ids=list(NOT_UTF8))
+def test_claims_from_the_wire_that_are_not_utf8_are_refused(make: Any) -> None:
+    with pytest.raises(InvalidInput, match=r"(?i)utf-?8"):
+        read(ipc(pa.table({"family_name": make()})))
+
+
+@pytest.mark.parametrize(
+    "make", [*INVALID.values(), *NOT_UTF8.values()], ids=[*INVALID, *NOT_UTF8]
+)
 def test_an_invalid_registry_table_is_refused_naming_the_column(
     small_table: pa.Table, make: Any
 ) -> None:
@@ -105,7 +145,8 @@ def test_an_invalid_registry_table_is_refused_naming_the_column(
 
 def test_an_invalid_column_of_a_later_batch_is_found(small: Registry, key: str) -> None:
     good = pa.record_batch({"my_number": pa.array([key]), "family_name": pa.array(["x"])})
-    bad = pa.record_batch({"my_number": pa.array([key]), "family_name": INVALID["non-utf8"]()})
+    bad = INVALID["offsets-backwards"]()
+    bad = pa.record_batch({"my_number": pa.array([key] * len(bad)), "family_name": bad})
     with pytest.raises(InvalidInput, match="claims column 'family_name': invalid Arrow data"):
         small.verify(pa.Table.from_batches([good, good, bad]))
 
@@ -573,12 +614,12 @@ def test_a_large_column_is_validated_on_every_row(small: Registry, at: int) -> N
     rows = 4_000_000
     offsets = np.arange(rows + 1, dtype=np.int32)
     values = bytearray(b"1" * rows)
-    values[at] = 0xFF  # not UTF-8
+    values[at] = 0xFF  # not UTF-8: refused where strings are read as text
     bad_utf8 = pa.Array.from_buffers(
         pa.string(), rows, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(bytes(values))]
     )
     with pytest.raises(InvalidInput, match="invalid Arrow data"):
-        small.lookup(bad_utf8, by="resident_code", columns=[])
+        _core.check_digit_array("resident_code", bad_utf8)
     offsets[min(at + 1, rows - 1)] = rows + 100  # past the end (pyarrow checks only the last)
     bad_offsets = pa.Array.from_buffers(
         pa.string(), rows, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"1" * rows)]
