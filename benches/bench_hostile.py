@@ -110,14 +110,17 @@ def run_kind(tls: AgencyTLS, address: str, payload: bytes, messages: int) -> tup
     run; returns (messages answered, the last refusal's status)."""
     answered, status = 0, "-"
     with tls.channel(address) as ch:
-        stub = pb_grpc.BulkVerificationStub(ch)
+        stub = pb_grpc.BulkVerificationServiceStub(ch)
         for _ in range(messages):
-            header = pb.BulkRequest(
-                header=pb.BulkHeader(
-                    context=request_context("pension-benefit", "bench"), key=pb.RESIDENT_CODE
+            header = pb.VerifyStreamRequest(
+                header=pb.VerifyStreamHeader(
+                    context=request_context("pension-benefit", "bench"),
+                    key=pb.KEY_KIND_RESIDENT_CODE,
                 )
             )
-            requests: Iterator[pb.BulkRequest] = iter([header, pb.BulkRequest(claims=payload)])
+            requests: Iterator[pb.VerifyStreamRequest] = iter(
+                [header, pb.VerifyStreamRequest(claims=payload)]
+            )
             try:
                 answered += len(list(stub.VerifyStream(requests, timeout=60)))
             except grpc.RpcError as e:

@@ -53,10 +53,10 @@ from juki_engine.bench import current_rss_bytes, gib, log, measure
 from juki_engine.client import (
     AgencyTLS,
     BulkJob,
-    _write_parquet,
+    _write_results,
     claim_batches,
     request_context,
-    run_to_parquet,
+    run_to_file,
     split_messages,
 )
 from juki_engine.policy import Policy, example_path
@@ -188,7 +188,7 @@ def end_to_end(tls: AgencyTLS, address: str, src: Path, out: Path) -> None:
     _, batches = claim_batches(src, 1 << 20)
     with tls.channel(address) as channel:
         job = BulkJob(channel, request_context("pension-benefit", "bench"), "resident_code", FIELDS)
-        run_to_parquet(job, batches, out)
+        run_to_file(job, batches, out)
 
 
 def typed_requests(claims: pa.Table) -> list[pb.VerifyRequest]:
@@ -212,7 +212,7 @@ def typed_latency(
     lock = threading.Lock()
     done = threading.Semaphore(0)
     with tls.channel(address) as channel:
-        stub = pb_grpc.IdentityVerificationStub(channel)
+        stub = pb_grpc.IdentityVerificationServiceStub(channel)
         stub.Verify(requests[0], timeout=10)  # connect before timing
         start = time.perf_counter()
         for i in range(count):
@@ -247,7 +247,7 @@ def typed_max_rate(
     """Calls/s that `threads` closed-loop clients sustain."""
     stop = time.perf_counter() + seconds
     with tls.channel(address) as channel:
-        stub = pb_grpc.IdentityVerificationStub(channel)
+        stub = pb_grpc.IdentityVerificationServiceStub(channel)
         stub.Verify(requests[0], timeout=10)
 
         def client(k: int) -> int:
@@ -324,7 +324,7 @@ def prepare(
 # The floors -------------------------------------------------------------------------------
 
 
-class EchoVerification(pb_grpc.BulkVerificationServicer):
+class EchoVerification(pb_grpc.BulkVerificationServiceServicer):
     """A bulk service that does no work: each claims message is taken out of its protobuf, as
     the real server does, and answered with the same recorded results message."""
 
@@ -334,7 +334,7 @@ class EchoVerification(pb_grpc.BulkVerificationServicer):
     def VerifyStream(self, requests: Any, context: grpc.ServicerContext) -> Any:
         for n, message in enumerate(requests):
             if message.WhichOneof("body") == "claims" and message.claims:
-                yield pb.BulkResponse(first_row=n, results=self.reply)
+                yield pb.VerifyStreamResponse(first_row=n, results=self.reply)
 
 
 def serve_echo(work: Path) -> int:
@@ -343,7 +343,7 @@ def serve_echo(work: Path) -> int:
         concurrent.futures.ThreadPoolExecutor(max_workers=RPC_WORKERS), options=MESSAGE_OPTIONS
     )
     reply = (work / "reply.bin").read_bytes()
-    pb_grpc.add_BulkVerificationServicer_to_server(EchoVerification(reply), server)
+    pb_grpc.add_BulkVerificationServiceServicer_to_server(EchoVerification(reply), server)
     tls = ServerTLS.in_directory(work / "pki")
     port = server.add_secure_port("127.0.0.1:0", tls.credentials())
     server.start()
@@ -355,13 +355,15 @@ def serve_echo(work: Path) -> int:
 def echo_job(tls: AgencyTLS, address: str, messages: list[bytes]) -> None:
     """Send the recorded claims messages and read every reply."""
     with tls.channel(address) as channel:
-        stub = pb_grpc.BulkVerificationStub(channel)
+        stub = pb_grpc.BulkVerificationServiceStub(channel)
 
         def requests() -> Any:
             context = request_context("pension-benefit", "bench")
-            yield pb.BulkRequest(header=pb.BulkHeader(context=context, key=pb.RESIDENT_CODE))
+            yield pb.VerifyStreamRequest(
+                header=pb.VerifyStreamHeader(context=context, key=pb.KEY_KIND_RESIDENT_CODE)
+            )
             for message in messages:
-                yield pb.BulkRequest(claims=message)
+                yield pb.VerifyStreamRequest(claims=message)
 
         replies = sum(1 for _ in stub.VerifyStream(requests()))
     if replies != len(messages):
@@ -375,7 +377,7 @@ def write_results(tables: list[pa.Table], out: Path) -> None:
         pending.put(table)
     pending.put(None)
     failure: list[BaseException] = []
-    _write_parquet(pending, out, "resident_code", failure)
+    _write_results(pending, out, "resident_code", failure)
     if failure:
         raise failure[0]
 

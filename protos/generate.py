@@ -4,15 +4,19 @@ protos/ is the only source of the wire contract; the stubs are committed and
 `tests/test_protos.py` checks that regenerating them changes nothing (grpcio-tools is pinned
 in pyproject.toml for that).
 
-    python protos/generate.py          # rewrite the stubs
-    python protos/generate.py --check  # exit 1 if they are stale
+    python protos/generate.py            # rewrite the stubs
+    python protos/generate.py --check    # exit 1 if they are stale
+    python protos/generate.py --release  # record the contract as released (protos/README.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -21,6 +25,8 @@ from grpc_tools import protoc
 PROTOS = Path(__file__).resolve().parent
 OUT = PROTOS.parent / "python" / "juki_engine" / "_proto"
 PACKAGE = "juki_engine._proto"
+# The contract as last released: `buf breaking` checks every change against it.
+RELEASED = PROTOS / "released" / "juki.v1.json"
 # The package's own marker file, kept on regeneration.
 INIT = '"""Generated gRPC stubs of protos/ (package juki.v1): run protos/generate.py."""\n'
 
@@ -49,10 +55,38 @@ def generate() -> dict[str, str]:
     return files
 
 
+def buf() -> str:
+    """The Buf CLI that the dev extras install (package buf-bin) beside this interpreter."""
+    path = Path(sysconfig.get_path("scripts")) / "buf"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: install the dev extras (pip install -e '.[dev]')")
+    return str(path)
+
+
+def release() -> None:
+    """Record the contract as it stands as the released one (a Buf image, as indented JSON so
+    that a change to it reads as a diff)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "image.json"
+        subprocess.run(
+            [buf(), "build", str(PROTOS), "--exclude-source-info", "-o", str(image)], check=True
+        )
+        text = json.dumps(json.loads(image.read_text()), indent=1, ensure_ascii=False) + "\n"
+    RELEASED.parent.mkdir(exist_ok=True)
+    RELEASED.write_text(text)
+    print(f"recorded the released contract in {RELEASED}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the stubs are stale")
+    parser.add_argument(
+        "--release", action="store_true", help="record the contract as released (for buf breaking)"
+    )
     args = parser.parse_args(argv)
+    if args.release:
+        release()
+        return 0
     files = generate()
     if args.check:
         stale = [

@@ -130,9 +130,7 @@ def test_claims_from_the_wire_that_are_not_utf8_are_refused(make: Any) -> None:
         read(ipc(pa.table({"family_name": make()})))
 
 
-@pytest.mark.parametrize(
-    "make", [*INVALID.values(), *NOT_UTF8.values()], ids=[*INVALID, *NOT_UTF8]
-)
+@pytest.mark.parametrize("make", [*INVALID.values(), *NOT_UTF8.values()], ids=[*INVALID, *NOT_UTF8])
 def test_an_invalid_registry_table_is_refused_naming_the_column(
     small_table: pa.Table, make: Any
 ) -> None:

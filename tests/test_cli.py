@@ -3,12 +3,15 @@ serve, audit, demo."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -16,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from juki_engine import Registry, audit, service
+from juki_engine import Registry, audit, ids, service
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.cli import main
@@ -57,7 +60,8 @@ def test_verify_job(snapshot: Path, tmp_path: Path, fmt: str) -> None:
         pacsv.write_csv(claims, src)
     out = tmp_path / "results.parquet"
     argv = ["verify", "--registry", str(snapshot), "--input", str(src), "--out", str(out)]
-    assert main([*argv, "--batch-size", "16"]) == 0
+    # One key is not a valid identifier: the job runs to the end and exits 1.
+    assert main([*argv, "--batch-size", "16"]) == 1
     result = pq.read_table(out)
     assert result.num_rows == claims.num_rows
     assert result["found"].to_pylist() == [True] * 50 + [False]
@@ -95,8 +99,8 @@ def test_stats_lookup_and_demo(
     results = pq.read_table(tmp_path / "pension_results.parquet")
     assert results.num_rows == 5000
     assert {"resident_code", "found", "status", "address_town"} <= set(results.column_names)
-    # Every disclosure of the job is in the trail, and so is the refusal.
-    trail = audit.read(tmp_path / "audit")
+    # Every disclosure of the job is in the demo's own trail, and so is the refusal.
+    trail = audit.read(tmp_path / "demo-audit")
     assert (
         pc.sum(pc.equal(trail["outcome"], "disclosed")).as_py() == pc.sum(results["found"]).as_py()
     )
@@ -148,10 +152,15 @@ def test_verify_over_grpc(
     argv = ["verify", "--server", address, "--cert", str(pki / "agencies" / "nenkin.pem")]
     argv += ["--affair", "pension-benefit", "--input", str(src), "--out", str(out)]
     argv += ["--request-id", f"cli-{fields}", "--batch-size", "700"]
-    assert main([*argv, *(["--fields", fields] if fields else [])]) == 0
-    assert "3,000 claims" in capsys.readouterr().out
-    results = pq.read_table(out)
     expected = registry.verify(claims, by="resident_code")
+    # The sample job holds a few keys that are not valid identifiers: exit 1, as in-process.
+    rejected = expected.num_rows - expected["error"].null_count
+    assert rejected > 0
+    assert main([*argv, *(["--fields", fields] if fields else [])]) == 1
+    out_text = capsys.readouterr().out
+    assert "3,000 claims" in out_text
+    assert f"│ invalid_key         │ {rejected:>7} │" in out_text
+    results = pq.read_table(out)
     assert results["resident_code"].to_pylist() == claims["resident_code"].to_pylist()
     assert results["found"].to_pylist() == expected["found"].to_pylist()
     assert results["family_name_match"].to_pylist() == expected["family_name_match"].to_pylist()
@@ -188,8 +197,8 @@ def test_verify_over_grpc_refused(
     src = tmp_path / "claims.parquet"
     pq.write_table(pa.table({"resident_code": ["12345678903"]}), src)
     argv = ["verify", "--server", address, "--cert", str(pki / "agencies" / "mofa.pem")]
-    argv += ["--affair", "pension-benefit", "--input", str(src), "--out", str(tmp_path / "o")]
-    assert main(argv) == 2
+    argv += ["--affair", "pension-benefit", "--input", str(src)]
+    assert main([*argv, "--out", str(tmp_path / "o.parquet")]) == 2
     out = capsys.readouterr().out
     assert "PERMISSION_DENIED" in out and "pension-benefit" in out
 
@@ -264,7 +273,7 @@ def test_serve_reloads_on_sighup_and_stops_on_sigterm(
             time.sleep(0.05)
         tls = AgencyTLS.from_cert(pki / "agencies" / "moj.pem")
         with tls.channel(f"127.0.0.1:{int(port_file.read_text())}") as ch:
-            stub = pb_grpc.IdentityVerificationStub(ch)
+            stub = pb_grpc.IdentityVerificationServiceStub(ch)
             assert [
                 a.code for a in stub.ListAffairs(pb.ListAffairsRequest(), timeout=10).affairs
             ] == ["bar-exam"]
@@ -282,8 +291,194 @@ def test_serve_reloads_on_sighup_and_stops_on_sigterm(
         assert proc.stderr is not None
         log = proc.stderr.read()
         assert "policy reloaded" in log and "stopped" in log
+        # Every line starts with its time in ISO 8601, UTC, the zone written out.
+        stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+        assert all(stamp.match(line) for line in log.splitlines()), log
     finally:
         proc.kill()
         proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+# -- as a newcomer meets it: formats, exit statuses, refusals that say what to do ----------------
+
+
+def first_keys(snapshot: Path, n: int = 2) -> list[str]:
+    keys: list[str] = Registry.open(snapshot).to_arrow(["my_number"])["my_number"][:n].to_pylist()
+    return keys
+
+
+def test_lookup_at_80_columns_shows_every_value_and_exits_1_on_a_rejected_key(
+    snapshot: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = first_keys(snapshot, 1)[0]
+    absent = "12345678901" + str(ids.my_number_check_digit("12345678901"))
+    assert main(["lookup", str(snapshot), key, absent, "12345"]) == 1
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out  # nothing cut
+    # One block per record: every column of the registry, the key as asked, and the reason.
+    assert out.count("record ") == 3
+    assert f"my_number (asked)  {absent}" in out
+    assert "my_number '12345': must be exactly 12 ASCII digits" in out  # the reason, whole
+    assert "1 found, 1 not_found, 1 invalid_key" in out
+
+
+def test_lookup_as_json_and_csv_for_scripts(
+    snapshot: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = first_keys(snapshot)
+    columns = ["--columns", "family_name", "birth_date"]
+    assert main(["lookup", str(snapshot), *keys, *columns, "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out[out.index("[") :])
+    assert [r["my_number (asked)"] for r in rows] == keys
+    assert all(r["found"] and r["error"] is None and r["birth_date"] for r in rows)
+    assert main(["lookup", str(snapshot), *keys, *columns, "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    table = pacsv.read_csv(pa.py_buffer(out[out.index('"my_number (asked)"') :].encode()))
+    assert table.column_names == [
+        "my_number (asked)",
+        "found",
+        "error",
+        "family_name",
+        "birth_date",
+    ]
+    assert table.num_rows == 2
+
+
+def test_lookup_normalizes_keys_typed_with_full_width_digits_on_request(
+    snapshot: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = first_keys(snapshot, 1)[0]
+    typed = "".join(chr(ord(c) + 0xFEE0) for c in key[:4]) + "-" + key[4:8] + " " + key[8:]
+    assert main(["lookup", str(snapshot), typed]) == 1
+    capsys.readouterr()
+    assert main(["lookup", str(snapshot), typed, "--normalize", "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out[out.index("[") :])
+    assert rows[0]["found"] and rows[0]["my_number (asked)"] == typed
+
+
+@pytest.mark.parametrize(("suffix", "read"), [(".csv", pacsv.read_csv), (".arrow", None)])
+def test_verify_writes_the_format_its_out_extension_names(
+    snapshot: Path, tmp_path: Path, suffix: str, read: Any
+) -> None:
+    claims = claims_for(Registry.open(snapshot))
+    src = tmp_path / "claims.parquet"
+    pq.write_table(claims, src)
+    out = tmp_path / f"results{suffix}"
+    argv = ["verify", "--registry", str(snapshot), "--input", str(src), "--out", str(out)]
+    assert main(argv) == 1
+    result = read(out) if read else pa.ipc.open_file(out).read_all()
+    assert result.num_rows == claims.num_rows
+    assert result["found"].to_pylist() == [True] * 50 + [False]
+    # An existing file is replaced only with --force; an unknown extension is refused.
+    assert main(argv) == 2
+    assert main([*argv, "--force"]) == 1
+    assert main([*argv[:-1], str(tmp_path / "results.txt")]) == 2
+
+
+def test_generate_refuses_to_replace_a_snapshot_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "snap"
+    argv = ["generate", "--population", "500", "--out", str(out)]
+    assert main(argv) == 0
+    assert main([*argv, "--seed", "1"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().out
+    assert len(Registry.open(out)) == 500
+    assert main([*argv, "--seed", "1", "--force"]) == 0
+
+
+def test_stats_prints_totals_and_what_its_figures_stand_for(
+    snapshot: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stats", str(snapshot), "--limit", "3", "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out[out.index("[") : out.rindex("]") + 1])
+    assert len(rows) == 4 and rows[-1]["municipality"].startswith("total (")
+    assert rows[-1]["residents"] == 3000
+    assert main(["stats", str(snapshot), "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "card figures: 富山県" in out and "2017" in out and "more municipalities" in out
+
+
+def test_the_demo_runs_beside_a_server_holding_its_audit_trail(
+    snapshot: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    demo = tmp_path / "demo"
+    shutil.copytree(snapshot, demo)
+    # What `juki serve` holds by default beside the demo's registry.
+    serving = audit.AuditTrail(tmp_path / "audit")
+    try:
+        assert main(["demo", "--path", str(demo), "--pensioners", "200"]) == 0
+        with pytest.raises(audit.AuditUnavailable, match="stop that process or give this one"):
+            audit.AuditTrail(tmp_path / "audit")
+    finally:
+        serving.close()
+
+
+def test_audit_takes_a_my_number_and_shows_times_in_the_chosen_zone(
+    served: tuple[str, Path, Path],
+    snapshot: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    address, pki, trail = served
+    row = Registry.open(snapshot).to_arrow(["resident_code", "my_number"]).slice(7, 1)
+    code, number = row["resident_code"][0].as_py(), row["my_number"][0].as_py()
+    src = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"resident_code": [code]}), src)
+    argv = ["verify", "--server", address, "--cert", str(pki / "agencies" / "soumu.pem")]
+    argv += ["--affair", "onkyu", "--input", str(src), "--out", str(tmp_path / "o.parquet")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    query = ["audit", "--dir", str(trail), "--format", "json"]
+    assert main([*query, "--subject", number, "--snapshot", str(snapshot), "--tz", "UTC"]) == 0
+    out = capsys.readouterr().out
+    by_number = json.loads(out[out.index("[") :])
+    assert by_number and all(r["subject"] == code for r in by_number)
+    assert all(r["time (UTC)"].endswith("+00:00") for r in by_number)
+    assert main([*query, "--subject", code, "--tz", "Asia/Tokyo"]) == 0
+    out = capsys.readouterr().out
+    by_code = json.loads(out[out.index("[") :])
+    assert len(by_code) == len(by_number)
+    assert all(r["time (Asia/Tokyo)"].endswith("+09:00") for r in by_code)
+    assert main([*query, "--subject", number, "--snapshot", str(tmp_path)]) == 2
+    assert "needs the registry" in capsys.readouterr().out
+    assert main([*query, "--subject", "123"]) == 2
+    assert main([*query, "--subject", code, "--tz", "Mars/Olympus"]) == 2
+
+
+def test_affairs_lists_what_the_certificate_may_ask(
+    served: tuple[str, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, pki, _ = served
+    argv = ["affairs", "--server", address, "--cert", str(pki / "agencies" / "moj.pem")]
+    assert main([*argv, "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out[out.index("[") :])
+    assert [r["affair"] for r in rows] == ["bar-exam"]
+    assert rows[0]["modes"] == "verify"
+
+
+def test_policy_check_validates_without_serving(
+    served: tuple[str, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, pki, _ = served
+    bound = pki / "policy.toml"
+    assert main(["policy", "check", str(bound), "--ca", str(pki / "ca.pem")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "loads; its certificate authorities are all in" in out and "pension-benefit" in out
+    # The shipped example is bound to a placeholder CA: it loads, but no server trusts it.
+    assert main(["policy", "check", str(example_path())]) == 0
+    assert main(["policy", "check", str(example_path()), "--ca", str(pki / "ca.pem")]) == 2
+    assert "not in the server's trust bundle" in " ".join(capsys.readouterr().out.split())
+    broken = tmp_path / "broken.toml"
+    broken.write_text(bound.read_text().replace('modes = ["verify"]', 'modes = ["delete"]', 1))
+    assert main(["policy", "check", str(broken)]) == 2
+    assert "delete" in capsys.readouterr().out

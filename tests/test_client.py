@@ -22,6 +22,6 @@ def test_job_summary_counts_found_invalid_statuses_and_mismatches() -> None:
     summary = JobSummary()
     summary.add(results)
     summary.add(results.slice(0, 2))
-    assert (summary.records, summary.found, summary.invalid) == (7, 5, 1)
+    assert (summary.records, summary.found, summary.invalid_key) == (7, 5, 1)
     assert summary.statuses == {"resident": 3, "deceased": 2}
     assert summary.mismatches == {"family_name": 2}

@@ -207,7 +207,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     (
         "one key pin",
         broken("agency", key_pins=["ab" * 32]),
-        r"agency 'nenkin': 'key_pins': pin two keys or more",
+        r"agency 'nenkin': 'key_pins': pin two different keys or more",
+    ),
+    (
+        "the same key pinned twice (with colons, in capitals): still one pin",
+        broken("agency", key_pins=["ab" * 32, ":".join(["AB"] * 32)]),
+        r"agency 'nenkin': 'key_pins': pin two different keys or more",
     ),
     (
         "a pin that is no digest",

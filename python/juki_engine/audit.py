@@ -426,7 +426,11 @@ def _lock(directory: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise AuditUnavailable(f"another audit trail is writing to {directory}") from None
+        raise AuditUnavailable(
+            f"another audit trail is writing to {directory} (another juki process, such as a "
+            "running `juki serve`, holds it): stop that process or give this one its own "
+            "directory with --audit DIR"
+        ) from None
     return fd
 
 

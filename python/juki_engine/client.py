@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pyarrow as pa
 
+from juki_engine import files
 from juki_engine._core import InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
@@ -164,9 +165,9 @@ class BulkJob:
         in_flight: deque[pa.RecordBatch] = deque()
         lock = threading.Lock()
 
-        def requests() -> Iterator[pb.BulkRequest]:
-            yield pb.BulkRequest(
-                header=pb.BulkHeader(
+        def requests() -> Iterator[pb.VerifyStreamRequest]:
+            yield pb.VerifyStreamRequest(
+                header=pb.VerifyStreamHeader(
                     context=self.context, key=KEY_KINDS[self.by], retrieve_fields=self.retrieve
                 )
             )
@@ -174,9 +175,9 @@ class BulkJob:
                 with lock:
                     in_flight.append(message)
                     self.sent_rows += message.num_rows
-                yield pb.BulkRequest(claims=write_ipc(pa.Table.from_batches([message])))
+                yield pb.VerifyStreamRequest(claims=write_ipc(pa.Table.from_batches([message])))
 
-        stub = pb_grpc.BulkVerificationStub(self.channel)
+        stub = pb_grpc.BulkVerificationServiceStub(self.channel)
         responses = stub.VerifyStream(requests(), timeout=timeout)
         try:
             parts = _ResultParts(responses)
@@ -196,7 +197,7 @@ class BulkJob:
 class _ResultParts(io.RawIOBase):
     """The bytes of a job's result stream, read from the responses as the reader needs them."""
 
-    def __init__(self, responses: Iterator[pb.BulkResponse]) -> None:
+    def __init__(self, responses: Iterator[pb.VerifyStreamResponse]) -> None:
         self._responses = responses
         self._part = memoryview(b"")
 
@@ -229,22 +230,24 @@ class _ResultParts(io.RawIOBase):
 ROW_GROUP_ROWS = 1 << 20
 
 
-def run_to_parquet(
+def run_to_file(
     job: BulkJob,
     batches: Iterable[pa.RecordBatch],
     out: str | Path,
     on_progress: Callable[[int], None] | None = None,
 ) -> JobSummary:
-    """Run a bulk job and write `<key>` plus the results to a Parquet file.
+    """Run a bulk job and write `<key>` plus the results to `out`, in the format its extension
+    names (`juki_engine.files`: Parquet, CSV, Arrow IPC).
 
-    A writer thread encodes the Parquet file (pyarrow releases the GIL) while this thread keeps
-    the stream moving; the queue between them is bounded, so memory stays bounded too.
+    A writer thread encodes the file (pyarrow releases the GIL) while this thread keeps the
+    stream moving; the queue between them is bounded, so memory stays bounded too.
     """
+    files.output_format(out)  # an unknown extension is refused before the job starts
     summary = JobSummary()
     tables: queue.Queue[pa.Table | None] = queue.Queue(maxsize=8)
     failure: list[BaseException] = []
     writer = threading.Thread(
-        target=_write_parquet,
+        target=_write_results,
         args=(tables, out, job.by, failure),
         name="juki-parquet",
         daemon=True,
@@ -269,19 +272,24 @@ def run_to_parquet(
     return summary
 
 
-def _write_parquet(
+def _write_results(
     tables: queue.Queue[pa.Table | None], out: str | Path, key: str, failure: list[BaseException]
 ) -> None:
-    import pyarrow.parquet as pq
-
-    writer: pq.ParquetWriter | None = None
+    """Write the queued tables to `out` until None: Parquet in row groups of ROW_GROUP_ROWS
+    with the job-tuned writer, any other format as it comes."""
+    parquet = files.output_format(out) == "Parquet"
+    writer: Any = None
     buffered: list[pa.Table] = []
     rows = 0
     unique = _UniqueDictionaries()
     try:
         while True:
             table = tables.get()
-            if table is not None:
+            if table is not None and not parquet:
+                if writer is None:
+                    writer = files.TableWriter(out, table.schema)
+                writer.write(table)
+            elif table is not None:
                 buffered.append(unique.apply(table))
                 rows += table.num_rows
             if buffered and (table is None or rows >= ROW_GROUP_ROWS):
@@ -363,11 +371,14 @@ def _parquet_writer(out: str | Path, schema: pa.Schema, key: str) -> Any:
 
 @dataclass
 class JobSummary:
-    """Counts over a job's results: found, rejected keys, statuses, and mismatches per field."""
+    """Counts over a job's (or a lookup's) results in the outcomes' one vocabulary
+    (docs/outcomes.md): `found`, `not_found` (a valid key no resident holds) and `invalid_key`
+    (a key that is not a valid identifier, its reason in the `error` column); then statuses and
+    mismatches per claimed field."""
 
     records: int = 0
     found: int = 0
-    invalid: int = 0
+    invalid_key: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     mismatches: dict[str, int] = field(default_factory=dict)
 
@@ -376,7 +387,7 @@ class JobSummary:
 
         self.records += results.num_rows
         self.found += pc.sum(results["found"]).as_py() or 0
-        self.invalid += results.num_rows - results["error"].null_count
+        self.invalid_key += results.num_rows - results["error"].null_count
         if "status" in results.column_names:
             # Count the dictionary's keys, not its decoded strings (a string per record).
             status = results["status"].combine_chunks()
@@ -390,3 +401,16 @@ class JobSummary:
                 field_name = name.removesuffix("_match")
                 wrong = pc.sum(pc.invert(results[name])).as_py() or 0
                 self.mismatches[field_name] = self.mismatches.get(field_name, 0) + wrong
+
+    @property
+    def not_found(self) -> int:
+        return self.records - self.found - self.invalid_key
+
+    def line(self) -> str:
+        """The counts on one line, in the vocabulary's words."""
+        text = (
+            f"{self.found:,} found, {self.not_found:,} not_found, {self.invalid_key:,} invalid_key"
+        )
+        if self.invalid_key:
+            text += " (each invalid_key's reason is in the error column)"
+        return text

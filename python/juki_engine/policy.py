@@ -179,10 +179,12 @@ class Policy:
         """
         affair = agency.affairs.get(affair_code)
         if affair is None:
+            held = ", ".join(sorted(agency.affairs)) or "none"
             raise NotPermitted(
-                f"agency '{agency.code}' is not granted the affair '{affair_code}'"
+                f"agency '{agency.code}' is not granted the affair '{affair_code}' "
+                f"(it holds: {held})"
                 if affair_code
-                else "the request names no affair"
+                else f"the request names no affair (agency '{agency.code}' holds: {held})"
             )
         claimed, retrieve = tuple(claimed), tuple(retrieve)
         if key not in affair.keys:
@@ -196,7 +198,9 @@ class Policy:
                 raise NotPermitted(f"affair '{affair.code}' does not allow {mode}")
         for field in claimed:
             if field not in CLAIMABLE:
-                raise NotPermitted(f"field '{field}' cannot be claimed (verify takes {CLAIMABLE})")
+                raise NotPermitted(
+                    f"field '{field}' cannot be claimed: claims may compare {', '.join(CLAIMABLE)}"
+                )
         for field in (*claimed, *retrieve):
             if field not in affair.fields:
                 raise NotPermitted(f"affair '{affair.code}' does not disclose the field '{field}'")
@@ -246,12 +250,16 @@ def _authorities(table: Any, source: str) -> dict[str, str]:
 
 def _pins(value: Any, where: str) -> frozenset[str]:
     pins = _strings(value, where)
-    if len(pins) == 1:
-        raise PolicyError(f"{where}: pin two keys or more (the current and the next), or none")
     bad = [p for p in pins if not _SHA256.fullmatch(p.replace(":", "").lower())]
     if bad:
         raise PolicyError(f"{where}: {bad} are not SHA-256 digests (64 hex digits)")
-    return frozenset(p.replace(":", "").lower() for p in pins)
+    # Counted once normalised: the same key written twice is one pin.
+    distinct = frozenset(p.replace(":", "").lower() for p in pins)
+    if len(distinct) == 1:
+        raise PolicyError(
+            f"{where}: pin two different keys or more (the current and the next), or none"
+        )
+    return distinct
 
 
 def _agency(entry: Any, where: str, authorities: Mapping[str, str]) -> Agency:

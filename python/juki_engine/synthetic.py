@@ -105,6 +105,15 @@ FAMILY_NAME_VARIANTS: Final[tuple[tuple[str, str, int], ...]] = (
     ("濵田", "浜田", 2),
 )
 
+CARD_FIGURES: Final = (
+    "富山県: the prefecture's published per-municipality figures of 2017 (package data "
+    "toyama_mynumber_cards_2017.csv); elsewhere the national rates, 10.97 % applied and "
+    "8.27 % issued"
+)
+"""What the card states of a generated registry stand for (`juki stats` prints it)."""
+POPULATION_FIGURES: Final = "住民基本台帳 of 2016-01-01 (128,066,211 for the nation)"
+"""What the populations of a generated registry stand for."""
+
 #: Nationwide My Number card rates applied outside 富山県, as basis points of the population:
 #: applications 10.97 %, issued 8.27 % (so applied but not yet issued: 2.70 %).
 _CARD_APPLICATION_BP: Final = 1097

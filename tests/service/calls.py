@@ -125,15 +125,22 @@ def claims_of(small_rows: list[Row], n: int, start: int = 0) -> pa.Table:
 
 
 def raw_stream(
-    pki: Path, running: service.Server, messages: list[pb.BulkRequest], agency: str = "nenkin"
+    pki: Path,
+    running: service.Server,
+    messages: list[pb.VerifyStreamRequest],
+    agency: str = "nenkin",
 ) -> grpc.RpcError:
     with channel(pki, running, agency) as ch:
-        stub = pb_grpc.BulkVerificationStub(ch)
+        stub = pb_grpc.BulkVerificationServiceStub(ch)
         return rpc_error(lambda: list(stub.VerifyStream(iter(messages), timeout=10)))
 
 
-def header(by: int = pb.RESIDENT_CODE, fields: tuple[str, ...] = ()) -> pb.BulkRequest:
-    return pb.BulkRequest(header=pb.BulkHeader(context=ctx(), key=by, retrieve_fields=fields))
+def header(
+    by: int = pb.KEY_KIND_RESIDENT_CODE, fields: tuple[str, ...] = ()
+) -> pb.VerifyStreamRequest:
+    return pb.VerifyStreamRequest(
+        header=pb.VerifyStreamHeader(context=ctx(), key=by, retrieve_fields=fields)
+    )
 
 
 def ipc(table: pa.Table) -> bytes:

@@ -91,7 +91,7 @@ def test_each_typed_refusal_is_recorded_once_as_it_was(
     method, request = make(person(small_rows))
     request_id = request.context.request_id or "r"
     with channel(pki, running, "nenkin") as ch:
-        stub = pb_grpc.IdentityVerificationStub(ch)
+        stub = pb_grpc.IdentityVerificationServiceStub(ch)
         error = rpc_error(lambda: getattr(stub, method)(request, timeout=10))
     assert error.code() == code
     (record,) = records(running, request_id).to_pylist()
@@ -124,7 +124,9 @@ def test_an_unexpected_error_is_internal_with_an_id_in_the_log_and_the_record(
     monkeypatch.setattr(Registry, "verify_one", broken)
     request = verify(person(small_rows))
     with caplog.at_level(logging.ERROR, "juki.server"), channel(pki, running, "nenkin") as ch:
-        error = rpc_error(lambda: pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10))
+        error = rpc_error(
+            lambda: pb_grpc.IdentityVerificationServiceStub(ch).Verify(request, timeout=10)
+        )
     assert error.code() == grpc.StatusCode.INTERNAL
     assert error.details().startswith("internal error ")
     assert "fault deep inside" not in error.details()  # no traceback or message leaks
@@ -142,7 +144,9 @@ def test_client_strings_are_bounded(
         person(small_rows), pb.RequestContext(affair=huge, operator_id="o", request_id="big")
     )
     with channel(pki, running, "nenkin") as ch:
-        error = rpc_error(lambda: pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10))
+        error = rpc_error(
+            lambda: pb_grpc.IdentityVerificationServiceStub(ch).Verify(request, timeout=10)
+        )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "context.affair" in error.details() and len(error.details()) < 200
     (record,) = records(running, "big").to_pylist()
@@ -160,7 +164,7 @@ def test_echo_is_cut_at_32_characters() -> None:
 
 def used_today(pki: Path, srv: service.Server) -> int:
     with channel(pki, srv, "nenkin") as ch:
-        reply = pb_grpc.IdentityVerificationStub(ch).ListAffairs(
+        reply = pb_grpc.IdentityVerificationServiceStub(ch).ListAffairs(
             pb.ListAffairsRequest(), timeout=10
         )
     (affair,) = reply.affairs
@@ -218,23 +222,27 @@ def test_bulk_jobs_past_the_limit_are_refused_and_typed_calls_still_answer(
     srv = own_server(small, pki, tmp_path / "a", workers=1, max_bulk_jobs=1)
     release = threading.Event()
 
-    def held() -> Iterator[pb.BulkRequest]:
-        yield pb.BulkRequest(header=pb.BulkHeader(context=ctx(), key=pb.RESIDENT_CODE))
+    def held() -> Iterator[pb.VerifyStreamRequest]:
+        yield pb.VerifyStreamRequest(
+            header=pb.VerifyStreamHeader(context=ctx(), key=pb.KEY_KIND_RESIDENT_CODE)
+        )
         release.wait(20)
 
     try:
         with channel(pki, srv, "nenkin") as ch:
-            bulk = pb_grpc.BulkVerificationStub(ch)
+            bulk = pb_grpc.BulkVerificationServiceStub(ch)
             holding = bulk.VerifyStream(held(), timeout=30)
             deadline = time.monotonic() + 10
             while srv.bulk.slots.running < 1:  # the first job holds its slot once it is read
                 assert time.monotonic() < deadline and not holding.done()
                 time.sleep(0.01)
-            second = pb.BulkRequest(header=pb.BulkHeader(context=ctx(), key=pb.RESIDENT_CODE))
+            second = pb.VerifyStreamRequest(
+                header=pb.VerifyStreamHeader(context=ctx(), key=pb.KEY_KIND_RESIDENT_CODE)
+            )
             error = rpc_error(lambda: list(bulk.VerifyStream(iter([second]), timeout=10)))
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "bulk jobs" in error.details()
-            stub = pb_grpc.IdentityVerificationStub(ch)
+            stub = pb_grpc.IdentityVerificationServiceStub(ch)
             for _ in range(3):
                 assert stub.Verify(verify(person(small_rows)), timeout=10).found
             release.set()
@@ -261,7 +269,7 @@ def test_a_reply_waits_for_its_fsync_and_a_stalled_disk_answers_unavailable(
 
     try:
         with channel(pki, srv, "nenkin") as ch, futures.ThreadPoolExecutor(2) as pool:
-            stub = pb_grpc.IdentityVerificationStub(ch)
+            stub = pb_grpc.IdentityVerificationServiceStub(ch)
             assert stub.Verify(verify(person(small_rows)), timeout=10).found  # segment open
             monkeypatch.setattr(os, "fsync", slow_fsync)
             first = pool.submit(stub.Verify, verify(person(small_rows)), timeout=10)

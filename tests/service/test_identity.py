@@ -57,7 +57,9 @@ def server(small: Registry, two_cas: Path, tmp_path: Path) -> Iterator[service.S
 
 def list_affairs(srv: service.Server, cert: Path, ca: Path) -> pb.ListAffairsResponse:
     with AgencyTLS.from_cert(cert, ca=ca).channel(f"127.0.0.1:{srv.port}") as ch:
-        return pb_grpc.IdentityVerificationStub(ch).ListAffairs(pb.ListAffairsRequest(), timeout=10)
+        return pb_grpc.IdentityVerificationServiceStub(ch).ListAffairs(
+            pb.ListAffairsRequest(), timeout=10
+        )
 
 
 def test_the_same_subject_from_another_trusted_ca_is_refused(
@@ -91,7 +93,7 @@ def test_key_pins(server: service.Server, two_cas: Path) -> None:
     error = rpc_error(lambda: list_affairs(server, cert, first / "ca.pem"))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not pinned" in error.details()
-    with pytest.raises(PolicyError, match="pin two keys or more"):
+    with pytest.raises(PolicyError, match="pin two different keys or more"):
         pinned(first / "policy.toml", [pin])
 
 

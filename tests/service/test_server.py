@@ -72,7 +72,7 @@ def test_verify_by_resident_code(pki: Path, running: service.Server, small_rows:
         ),
     )
     with channel(pki, running, "nenkin") as ch:
-        reply = pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10)
+        reply = pb_grpc.IdentityVerificationServiceStub(ch).Verify(request, timeout=10)
     assert reply.found
     assert [(m.field, m.match) for m in reply.matches] == [
         ("family_name", True),
@@ -102,7 +102,7 @@ def test_verify_unknown_resident_is_not_found(pki: Path, running: service.Server
         context=ctx(), key=pb.Key(my_number=absent), claims=pb.Claims(family_name="佐藤")
     )
     with channel(pki, running, "nenkin") as ch:
-        reply = pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10)
+        reply = pb_grpc.IdentityVerificationServiceStub(ch).Verify(request, timeout=10)
     assert not reply.found and not reply.matches
     assert records(running, request.context.request_id)["outcome"].to_pylist() == ["not_found"]
 
@@ -113,7 +113,7 @@ def test_retrieve_discloses_only_the_affairs_fields(
     p = person(small_rows, "deceased")
     request = pb.RetrieveRequest(context=ctx("onkyu"), key=pb.Key(resident_code=p["resident_code"]))
     with channel(pki, running, "soumu") as ch:
-        reply = pb_grpc.IdentityVerificationStub(ch).Retrieve(request, timeout=10)
+        reply = pb_grpc.IdentityVerificationServiceStub(ch).Retrieve(request, timeout=10)
     affair = Policy.load(example_path()).agency("soumu").affairs["onkyu"]
     assert reply.found
     assert list(reply.fields) == list(affair.fields)
@@ -121,7 +121,7 @@ def test_retrieve_discloses_only_the_affairs_fields(
     assert disclosed == set(affair.fields)
     assert "my_number" not in disclosed and "resident_code" not in disclosed
     assert reply.resident.family_name == p["family_name"]
-    assert reply.resident.status == pb.DECEASED
+    assert reply.resident.status == pb.RESIDENT_STATUS_DECEASED
     assert reply.resident.status_date == p["status_date"].isoformat()
     assert reply.resident.birth_date == p["birth_date"].isoformat()
     logged = records(running, request.context.request_id).to_pylist()
@@ -136,7 +136,7 @@ def test_retrieve_named_fields(pki: Path, running: service.Server, small_rows: l
         context=ctx(), key=pb.Key(my_number=p["my_number"]), fields=["status", "my_number"]
     )
     with channel(pki, running, "nenkin") as ch:
-        reply = pb_grpc.IdentityVerificationStub(ch).Retrieve(request, timeout=10)
+        reply = pb_grpc.IdentityVerificationServiceStub(ch).Retrieve(request, timeout=10)
     assert list(reply.fields) == ["my_number", "status"]
     assert {f.name for f, _ in reply.resident.ListFields()} == {"my_number", "status"}
     assert reply.resident.my_number == p["my_number"]
@@ -144,11 +144,11 @@ def test_retrieve_named_fields(pki: Path, running: service.Server, small_rows: l
 
 def test_list_affairs_shows_the_callers_grants(pki: Path, running: service.Server) -> None:
     with channel(pki, running, "mofa") as ch:
-        reply = pb_grpc.IdentityVerificationStub(ch).ListAffairs(pb.ListAffairsRequest())
+        reply = pb_grpc.IdentityVerificationServiceStub(ch).ListAffairs(pb.ListAffairsRequest())
     assert (reply.agency_code, reply.agency_name) == ("mofa", "外務省")
     assert [a.code for a in reply.affairs] == ["passport"]
     assert reply.affairs[0].legal_basis.startswith("住基法 別表第一")
-    assert list(reply.affairs[0].keys) == [pb.RESIDENT_CODE]
+    assert list(reply.affairs[0].keys) == [pb.KEY_KIND_RESIDENT_CODE]
 
 
 # Refusals ------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_list_affairs_shows_the_callers_grants(pki: Path, running: service.Serve
         pytest.param(
             "moj",
             pb.RetrieveRequest(context=ctx(), key=pb.Key(resident_code="x")),
-            "affair 'pension-benefit'",
+            "affair 'pension-benefit' (it holds: bar-exam",
             id="affair-not-granted",
         ),
         pytest.param(
@@ -199,7 +199,7 @@ def test_refusals_name_what_is_not_granted(
     pki: Path, running: service.Server, agency: str, request_: Any, names: str
 ) -> None:
     with channel(pki, running, agency) as ch:
-        stub = pb_grpc.IdentityVerificationStub(ch)
+        stub = pb_grpc.IdentityVerificationServiceStub(ch)
         call = stub.Verify if isinstance(request_, pb.VerifyRequest) else stub.Retrieve
         error = rpc_error(lambda: call(request_, timeout=10))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -207,11 +207,53 @@ def test_refusals_name_what_is_not_granted(
     assert records(running, request_.context.request_id)["outcome"].to_pylist() == ["denied"]
 
 
+@pytest.mark.parametrize(
+    ("request_", "names"),
+    [
+        pytest.param(
+            pb.RetrieveRequest(context=ctx(), key=pb.Key(resident_code="x"), fields=["statuss"]),
+            "unknown field 'statuss': the fields are resident_code, my_number, family_name",
+            id="unknown-field",
+        ),
+        pytest.param(
+            # An agency that may not retrieve at all: the mistake is still named first.
+            pb.RetrieveRequest(
+                context=ctx("no-such-affair"), key=pb.Key(resident_code="x"), fields=["statuss"]
+            ),
+            "unknown field 'statuss'",
+            id="unknown-field-before-policy",
+        ),
+    ],
+)
+def test_a_mistake_in_the_request_is_invalid_argument_naming_the_known_names(
+    pki: Path, running: service.Server, request_: Any, names: str
+) -> None:
+    with channel(pki, running, "nenkin") as ch:
+        stub = pb_grpc.IdentityVerificationServiceStub(ch)
+        error = rpc_error(lambda: stub.Retrieve(request_, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert names in error.details()
+    assert "(" not in error.details()  # no Python tuple
+    logged = records(running, request_.context.request_id)["outcome"].to_pylist()
+    assert logged == ["invalid_request"]
+
+
+def test_a_claims_column_the_contract_does_not_know_is_invalid_argument(
+    pki: Path, running: service.Server
+) -> None:
+    claims = pa.table({"resident_code": ["x"], "family_nam": ["佐藤"]})
+    error = raw_stream(pki, running, [header(), pb.VerifyStreamRequest(claims=ipc(claims))])
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "field 'family_nam' cannot be claimed: claims may compare family_name" in (
+        error.details()
+    )
+
+
 def test_unregistered_certificate_is_refused(pki: Path, running: service.Server) -> None:
     request = pb.RetrieveRequest(context=ctx(), key=pb.Key(resident_code="x"))
     with channel(pki, running, "stranger") as ch:
         error = rpc_error(
-            lambda: pb_grpc.IdentityVerificationStub(ch).Retrieve(request, timeout=10)
+            lambda: pb_grpc.IdentityVerificationServiceStub(ch).Retrieve(request, timeout=10)
         )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert STRANGER in error.details()
@@ -226,7 +268,7 @@ def test_a_request_field_cannot_claim_another_agency(pki: Path, running: service
     request = pb.RetrieveRequest(context=ctx(PENSION), key=pb.Key(resident_code="x"))
     with channel(pki, running, "mofa") as ch:
         error = rpc_error(
-            lambda: pb_grpc.IdentityVerificationStub(ch).Retrieve(request, timeout=10)
+            lambda: pb_grpc.IdentityVerificationServiceStub(ch).Retrieve(request, timeout=10)
         )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "agency 'mofa'" in error.details()
@@ -260,7 +302,7 @@ def test_handshake_refuses_bad_client_certificates(
         )
     with grpc.secure_channel(f"127.0.0.1:{running.port}", creds) as ch:
         error = rpc_error(
-            lambda: pb_grpc.IdentityVerificationStub(ch).ListAffairs(
+            lambda: pb_grpc.IdentityVerificationServiceStub(ch).ListAffairs(
                 pb.ListAffairsRequest(), timeout=10
             )
         )
@@ -274,7 +316,9 @@ def test_wrong_check_digit_is_invalid_argument(pki: Path, running: service.Serve
         context=ctx(), key=pb.Key(resident_code=bad), claims=pb.Claims(family_name="佐藤")
     )
     with channel(pki, running, "nenkin") as ch:
-        error = rpc_error(lambda: pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10))
+        error = rpc_error(
+            lambda: pb_grpc.IdentityVerificationServiceStub(ch).Verify(request, timeout=10)
+        )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details().startswith(f"key.resident_code: resident_code '{bad}'")
     assert records(running, request.context.request_id)["outcome"].to_pylist() == ["invalid_key"]
@@ -309,7 +353,7 @@ def test_malformed_requests_are_invalid_argument(
     pki: Path, running: service.Server, request_: Any, names: str
 ) -> None:
     with channel(pki, running, "nenkin") as ch:
-        stub = pb_grpc.IdentityVerificationStub(ch)
+        stub = pb_grpc.IdentityVerificationServiceStub(ch)
         call = stub.Verify if isinstance(request_, pb.VerifyRequest) else stub.Retrieve
         error = rpc_error(lambda: call(request_, timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -351,7 +395,7 @@ def test_audit_failure_discloses_nothing(
         for _ in range(2):  # the first fails on writing, the next at once
             request = pb.RetrieveRequest(context=ctx(), key=pb.Key(resident_code=code))
             with channel(pki, own, "nenkin") as ch:
-                stub = pb_grpc.IdentityVerificationStub(ch)
+                stub = pb_grpc.IdentityVerificationServiceStub(ch)
                 error = rpc_error(functools.partial(stub.Retrieve, request, timeout=10))
             assert error.code() == grpc.StatusCode.UNAVAILABLE
             assert "audit" in error.details().lower()
@@ -453,14 +497,26 @@ def test_bulk_subjects_are_canonical_codes_whatever_the_key_type(
 def test_bulk_malformed_payloads(pki: Path, running: service.Server) -> None:
     good = ipc(pa.table({"resident_code": ["x"]}))
     cases = [
-        ([pb.BulkRequest(claims=good)], "message 0: a bulk job starts with a BulkHeader"),
-        ([header(), pb.BulkRequest(claims=b"not arrow at all")], "message 1: claims are not"),
-        ([header(), pb.BulkRequest(claims=good[: len(good) // 2])], "message 1: claims are not"),
-        ([header(), pb.BulkRequest(claims=good), header()], "message 2: only the first"),
-        ([header(), pb.BulkRequest(claims=ipc(pa.table({"my_number": ["x"]})))], "message 1"),
+        (
+            [pb.VerifyStreamRequest(claims=good)],
+            "message 0: a bulk job starts with a VerifyStreamHeader",
+        ),
+        (
+            [header(), pb.VerifyStreamRequest(claims=b"not arrow at all")],
+            "message 1: claims are not",
+        ),
+        (
+            [header(), pb.VerifyStreamRequest(claims=good[: len(good) // 2])],
+            "message 1: claims are not",
+        ),
+        ([header(), pb.VerifyStreamRequest(claims=good), header()], "message 2: only the first"),
+        (
+            [header(), pb.VerifyStreamRequest(claims=ipc(pa.table({"my_number": ["x"]})))],
+            "message 1",
+        ),
         ([header(by=pb.KEY_KIND_UNSPECIFIED)], "header.key"),
         (
-            [header(), pb.BulkRequest(claims=ipc(pa.table({"resident_code": [1.5]})))],
+            [header(), pb.VerifyStreamRequest(claims=ipc(pa.table({"resident_code": [1.5]})))],
             "resident_code",
         ),
     ]
@@ -477,11 +533,11 @@ def test_bulk_error_mid_job_follows_the_earlier_replies(
     replies to the messages before it, and names itself."""
     good = ipc(claims_of(small_rows, 50).select(["resident_code"]))
     changed = ipc(claims_of(small_rows, 50).select(["resident_code", "family_name"]))
-    messages = [header(), *(pb.BulkRequest(claims=good) for _ in range(3))]
-    messages.append(pb.BulkRequest(claims=changed))
+    messages = [header(), *(pb.VerifyStreamRequest(claims=good) for _ in range(3))]
+    messages.append(pb.VerifyStreamRequest(claims=changed))
     received = []
     with channel(pki, running, "nenkin") as ch:
-        stub = pb_grpc.BulkVerificationStub(ch)
+        stub = pb_grpc.BulkVerificationServiceStub(ch)
         error = rpc_error(lambda: received.extend(stub.VerifyStream(iter(messages), timeout=10)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "message 4: columns" in error.details()
@@ -492,10 +548,11 @@ def test_bulk_refusals(pki: Path, running: service.Server) -> None:
     denied = raw_stream(pki, running, [header(fields=("card_state",))])
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "card_state" in denied.details()
+    # A column no claim may carry is a mistake in the request, not a refusal by the policy.
     claimed = ipc(pa.table({"resident_code": ["x"], "address_town": ["x"]}))
-    denied = raw_stream(pki, running, [header(), pb.BulkRequest(claims=claimed)])
-    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "address_town" in denied.details()
+    invalid = raw_stream(pki, running, [header(), pb.VerifyStreamRequest(claims=claimed)])
+    assert invalid.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "field 'address_town' cannot be claimed" in invalid.details()
 
 
 def test_bulk_refusal_audits_the_residents_behind_the_keys(
@@ -505,23 +562,26 @@ def test_bulk_refusal_audits_the_residents_behind_the_keys(
     Numbers the agency sent; a key that names no resident is audited without a subject."""
     people = small_rows[:2]
     keys = [p["my_number"] for p in people] + ["not a number"]
-    start = pb.BulkRequest(header=pb.BulkHeader(context=ctx(), key=pb.MY_NUMBER))
+    start = pb.VerifyStreamRequest(
+        header=pb.VerifyStreamHeader(context=ctx(), key=pb.KEY_KIND_MY_NUMBER)
+    )
+    # A column no claim may carry: the message is refused before the policy is asked.
     claims = ipc(pa.table({"my_number": keys, "address_town": ["x"] * 3}))
-    denied = raw_stream(pki, running, [start, pb.BulkRequest(claims=claims)])
-    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    refused = raw_stream(pki, running, [start, pb.VerifyStreamRequest(claims=claims)])
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     logged = records(running, start.header.context.request_id)
-    assert logged["outcome"].to_pylist() == ["denied"] * 3
+    assert logged["outcome"].to_pylist() == ["invalid_request"] * 3
     assert logged["subject"].to_pylist() == [p["resident_code"] for p in people] + [None]
 
 
 def test_bulk_oversize_messages(
     pki: Path, running: service.Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    huge = pb.BulkRequest(claims=b"\0" * (wire.MAX_MESSAGE_BYTES + 1))
+    huge = pb.VerifyStreamRequest(claims=b"\0" * (wire.MAX_MESSAGE_BYTES + 1))
     assert raw_stream(pki, running, [header(), huge]).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     monkeypatch.setattr(wire, "MAX_BATCH_ROWS", 10)
     rows = ipc(pa.table({"resident_code": ["x"] * 11}))
-    error = raw_stream(pki, running, [header(), pb.BulkRequest(claims=rows)])
+    error = raw_stream(pki, running, [header(), pb.VerifyStreamRequest(claims=rows)])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "11 rows, at most 10" in error.details()
 
@@ -634,7 +694,7 @@ def test_no_response_field_outside_the_policy(
         assert disclosed == {f"{c}_match" for c in claimed} | set(retrieve)
         assert {c.removesuffix("_match") for c in disclosed} <= set(affair["fields"])
         if retrieve:
-            typed = pb_grpc.IdentityVerificationStub(ch).Retrieve(
+            typed = pb_grpc.IdentityVerificationServiceStub(ch).Retrieve(
                 pb.RetrieveRequest(
                     context=ctx("random"), key=pb.Key(**{by: p[by]}), fields=retrieve
                 ),
@@ -649,11 +709,13 @@ def test_no_response_field_outside_the_policy(
 def test_health_and_reflection(pki: Path, running: service.Server) -> None:
     with channel(pki, running, "nenkin") as ch:
         checker = health_pb2_grpc.HealthStub(ch)
-        for name in ("", "juki.v1.BulkVerification", "juki.v1.IdentityVerification"):
+        for name in ("", "juki.v1.BulkVerificationService", "juki.v1.IdentityVerificationService"):
             reply = checker.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         services = ProtoReflectionDescriptorDatabase(ch).get_services()
-        assert {"juki.v1.BulkVerification", "juki.v1.IdentityVerification"} <= set(services)
+        assert {"juki.v1.BulkVerificationService", "juki.v1.IdentityVerificationService"} <= set(
+            services
+        )
         assert "grpc.health.v1.Health" in services
 
 

@@ -51,7 +51,7 @@ def test_crafted_offsets_are_refused_before_they_are_read(
     at = payload.find((22).to_bytes(4, "little"))
     assert at > 0
     payload[at : at + 4] = (1 << 30).to_bytes(4, "little")
-    error = raw_stream(pki, running, [header(), pb.BulkRequest(claims=bytes(payload))])
+    error = raw_stream(pki, running, [header(), pb.VerifyStreamRequest(claims=bytes(payload))])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "message 1" in error.details()
     assert len(error.details()) < 400
@@ -103,7 +103,7 @@ def test_a_message_declaring_a_huge_decoded_size_is_refused(
     at = payload.find(length)
     assert at > 0
     payload[at : at + 8] = (1 << 40).to_bytes(8, "little")
-    error = raw_stream(pki, running, [header(), pb.BulkRequest(claims=bytes(payload))])
+    error = raw_stream(pki, running, [header(), pb.VerifyStreamRequest(claims=bytes(payload))])
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "bytes" in error.details()
 
@@ -137,17 +137,21 @@ def test_fuzzed_messages_end_in_a_clean_status_and_the_server_keeps_serving(
             mutated[at] = rng.randrange(256) if kind == "flip" else 0xFF
         payload = bytes(mutated)
     with channel(pki, running, "nenkin") as ch:
-        stub = pb_grpc.BulkVerificationStub(ch)
+        stub = pb_grpc.BulkVerificationServiceStub(ch)
         try:
             replies = list(
-                stub.VerifyStream(iter([header(), pb.BulkRequest(claims=payload)]), timeout=20)
+                stub.VerifyStream(
+                    iter([header(), pb.VerifyStreamRequest(claims=payload)]), timeout=20
+                )
             )
         except grpc.RpcError as e:
             assert e.code() in CLEAN, (e.code(), e.details())
         else:
             assert len(replies) == 1  # a mutation that left a valid message is answered
         # The server answers a valid message after whatever came before.
-        good = list(stub.VerifyStream(iter([header(), pb.BulkRequest(claims=valid)]), timeout=20))
+        good = list(
+            stub.VerifyStream(iter([header(), pb.VerifyStreamRequest(claims=valid)]), timeout=20)
+        )
         assert len(good) == 1
 
 
@@ -168,7 +172,7 @@ def test_fuzzed_typed_requests_end_in_a_clean_status(
     )
     with channel(pki, running, "nenkin") as ch:
         try:
-            pb_grpc.IdentityVerificationStub(ch).Verify(request, timeout=10)
+            pb_grpc.IdentityVerificationServiceStub(ch).Verify(request, timeout=10)
         except grpc.RpcError as e:
             assert e.code() in CLEAN, (e.code(), e.details())
             assert len(e.details()) < 400
@@ -249,7 +253,7 @@ def test_no_reply_carries_a_resident_it_does_not_answer(
     with channel(pki, sentinel_server, "nenkin") as ch:
         job = BulkJob(ch, ctx(), "resident_code", list(fields))
         parts = [r for _, r in job.run(pa.table({"resident_code": keys}).to_batches())]
-        stub = pb_grpc.IdentityVerificationStub(ch)
+        stub = pb_grpc.IdentityVerificationServiceStub(ch)
         typed = stub.Retrieve(
             pb.RetrieveRequest(context=ctx(), key=pb.Key(resident_code=keys[0]), fields=fields),
             timeout=10,

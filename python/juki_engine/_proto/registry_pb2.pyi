@@ -10,44 +10,44 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class KeyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     KEY_KIND_UNSPECIFIED: _ClassVar[KeyKind]
-    MY_NUMBER: _ClassVar[KeyKind]
-    RESIDENT_CODE: _ClassVar[KeyKind]
+    KEY_KIND_MY_NUMBER: _ClassVar[KeyKind]
+    KEY_KIND_RESIDENT_CODE: _ClassVar[KeyKind]
 
 class Sex(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SEX_UNSPECIFIED: _ClassVar[Sex]
-    MALE: _ClassVar[Sex]
-    FEMALE: _ClassVar[Sex]
+    SEX_MALE: _ClassVar[Sex]
+    SEX_FEMALE: _ClassVar[Sex]
 
 class ResidentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RESIDENT_STATUS_UNSPECIFIED: _ClassVar[ResidentStatus]
-    RESIDENT: _ClassVar[ResidentStatus]
-    MOVED_ABROAD: _ClassVar[ResidentStatus]
-    DECEASED: _ClassVar[ResidentStatus]
-    REMOVED: _ClassVar[ResidentStatus]
+    RESIDENT_STATUS_RESIDENT: _ClassVar[ResidentStatus]
+    RESIDENT_STATUS_MOVED_ABROAD: _ClassVar[ResidentStatus]
+    RESIDENT_STATUS_DECEASED: _ClassVar[ResidentStatus]
+    RESIDENT_STATUS_REMOVED: _ClassVar[ResidentStatus]
 
 class CardState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CARD_STATE_UNSPECIFIED: _ClassVar[CardState]
-    NONE: _ClassVar[CardState]
-    APPLIED: _ClassVar[CardState]
-    ISSUED: _ClassVar[CardState]
+    CARD_STATE_NONE: _ClassVar[CardState]
+    CARD_STATE_APPLIED: _ClassVar[CardState]
+    CARD_STATE_ISSUED: _ClassVar[CardState]
 KEY_KIND_UNSPECIFIED: KeyKind
-MY_NUMBER: KeyKind
-RESIDENT_CODE: KeyKind
+KEY_KIND_MY_NUMBER: KeyKind
+KEY_KIND_RESIDENT_CODE: KeyKind
 SEX_UNSPECIFIED: Sex
-MALE: Sex
-FEMALE: Sex
+SEX_MALE: Sex
+SEX_FEMALE: Sex
 RESIDENT_STATUS_UNSPECIFIED: ResidentStatus
-RESIDENT: ResidentStatus
-MOVED_ABROAD: ResidentStatus
-DECEASED: ResidentStatus
-REMOVED: ResidentStatus
+RESIDENT_STATUS_RESIDENT: ResidentStatus
+RESIDENT_STATUS_MOVED_ABROAD: ResidentStatus
+RESIDENT_STATUS_DECEASED: ResidentStatus
+RESIDENT_STATUS_REMOVED: ResidentStatus
 CARD_STATE_UNSPECIFIED: CardState
-NONE: CardState
-APPLIED: CardState
-ISSUED: CardState
+CARD_STATE_NONE: CardState
+CARD_STATE_APPLIED: CardState
+CARD_STATE_ISSUED: CardState
 
 class RequestContext(_message.Message):
     __slots__ = ("affair", "operator_id", "request_id")
@@ -201,7 +201,7 @@ class ListAffairsResponse(_message.Message):
     affairs: _containers.RepeatedCompositeFieldContainer[Affair]
     def __init__(self, agency_code: _Optional[str] = ..., agency_name: _Optional[str] = ..., affairs: _Optional[_Iterable[_Union[Affair, _Mapping]]] = ...) -> None: ...
 
-class BulkHeader(_message.Message):
+class VerifyStreamHeader(_message.Message):
     __slots__ = ("context", "key", "retrieve_fields")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,15 +211,15 @@ class BulkHeader(_message.Message):
     retrieve_fields: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., key: _Optional[_Union[KeyKind, str]] = ..., retrieve_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class BulkRequest(_message.Message):
+class VerifyStreamRequest(_message.Message):
     __slots__ = ("header", "claims")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CLAIMS_FIELD_NUMBER: _ClassVar[int]
-    header: BulkHeader
+    header: VerifyStreamHeader
     claims: bytes
-    def __init__(self, header: _Optional[_Union[BulkHeader, _Mapping]] = ..., claims: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[VerifyStreamHeader, _Mapping]] = ..., claims: _Optional[bytes] = ...) -> None: ...
 
-class BulkResponse(_message.Message):
+class VerifyStreamResponse(_message.Message):
     __slots__ = ("first_row", "results")
     FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]

@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class IdentityVerificationStub:
+class IdentityVerificationServiceStub:
     """The typed per-record API, for ordinary clients.
     """
 
@@ -36,23 +36,23 @@ class IdentityVerificationStub:
             channel: A grpc.Channel.
         """
         self.Verify = channel.unary_unary(
-                '/juki.v1.IdentityVerification/Verify',
+                '/juki.v1.IdentityVerificationService/Verify',
                 request_serializer=juki_dot_v1_dot_registry__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=juki_dot_v1_dot_registry__pb2.VerifyResponse.FromString,
                 _registered_method=True)
         self.Retrieve = channel.unary_unary(
-                '/juki.v1.IdentityVerification/Retrieve',
+                '/juki.v1.IdentityVerificationService/Retrieve',
                 request_serializer=juki_dot_v1_dot_registry__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=juki_dot_v1_dot_registry__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
         self.ListAffairs = channel.unary_unary(
-                '/juki.v1.IdentityVerification/ListAffairs',
+                '/juki.v1.IdentityVerificationService/ListAffairs',
                 request_serializer=juki_dot_v1_dot_registry__pb2.ListAffairsRequest.SerializeToString,
                 response_deserializer=juki_dot_v1_dot_registry__pb2.ListAffairsResponse.FromString,
                 _registered_method=True)
 
 
-class IdentityVerificationServicer:
+class IdentityVerificationServiceServicer:
     """The typed per-record API, for ordinary clients.
     """
 
@@ -78,7 +78,7 @@ class IdentityVerificationServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_IdentityVerificationServicer_to_server(servicer, server):
+def add_IdentityVerificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
@@ -97,13 +97,13 @@ def add_IdentityVerificationServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'juki.v1.IdentityVerification', rpc_method_handlers)
+            'juki.v1.IdentityVerificationService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('juki.v1.IdentityVerification', rpc_method_handlers)
+    server.add_registered_method_handlers('juki.v1.IdentityVerificationService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class IdentityVerification:
+class IdentityVerificationService:
     """The typed per-record API, for ordinary clients.
     """
 
@@ -121,7 +121,7 @@ class IdentityVerification:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/juki.v1.IdentityVerification/Verify',
+            '/juki.v1.IdentityVerificationService/Verify',
             juki_dot_v1_dot_registry__pb2.VerifyRequest.SerializeToString,
             juki_dot_v1_dot_registry__pb2.VerifyResponse.FromString,
             options,
@@ -148,7 +148,7 @@ class IdentityVerification:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/juki.v1.IdentityVerification/Retrieve',
+            '/juki.v1.IdentityVerificationService/Retrieve',
             juki_dot_v1_dot_registry__pb2.RetrieveRequest.SerializeToString,
             juki_dot_v1_dot_registry__pb2.RetrieveResponse.FromString,
             options,
@@ -175,7 +175,7 @@ class IdentityVerification:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/juki.v1.IdentityVerification/ListAffairs',
+            '/juki.v1.IdentityVerificationService/ListAffairs',
             juki_dot_v1_dot_registry__pb2.ListAffairsRequest.SerializeToString,
             juki_dot_v1_dot_registry__pb2.ListAffairsResponse.FromString,
             options,
@@ -189,7 +189,7 @@ class IdentityVerification:
             _registered_method=True)
 
 
-class BulkVerificationStub:
+class BulkVerificationServiceStub:
     """The columnar streaming API for bulk jobs (e.g. the pension status check, 現況確認).
     """
 
@@ -200,13 +200,13 @@ class BulkVerificationStub:
             channel: A grpc.Channel.
         """
         self.VerifyStream = channel.stream_stream(
-                '/juki.v1.BulkVerification/VerifyStream',
-                request_serializer=juki_dot_v1_dot_registry__pb2.BulkRequest.SerializeToString,
-                response_deserializer=juki_dot_v1_dot_registry__pb2.BulkResponse.FromString,
+                '/juki.v1.BulkVerificationService/VerifyStream',
+                request_serializer=juki_dot_v1_dot_registry__pb2.VerifyStreamRequest.SerializeToString,
+                response_deserializer=juki_dot_v1_dot_registry__pb2.VerifyStreamResponse.FromString,
                 _registered_method=True)
 
 
-class BulkVerificationServicer:
+class BulkVerificationServiceServicer:
     """The columnar streaming API for bulk jobs (e.g. the pension status check, 現況確認).
     """
 
@@ -219,22 +219,22 @@ class BulkVerificationServicer:
         raise NotImplementedError('Method not implemented!')
 
 
-def add_BulkVerificationServicer_to_server(servicer, server):
+def add_BulkVerificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'VerifyStream': grpc.stream_stream_rpc_method_handler(
                     servicer.VerifyStream,
-                    request_deserializer=juki_dot_v1_dot_registry__pb2.BulkRequest.FromString,
-                    response_serializer=juki_dot_v1_dot_registry__pb2.BulkResponse.SerializeToString,
+                    request_deserializer=juki_dot_v1_dot_registry__pb2.VerifyStreamRequest.FromString,
+                    response_serializer=juki_dot_v1_dot_registry__pb2.VerifyStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'juki.v1.BulkVerification', rpc_method_handlers)
+            'juki.v1.BulkVerificationService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('juki.v1.BulkVerification', rpc_method_handlers)
+    server.add_registered_method_handlers('juki.v1.BulkVerificationService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class BulkVerification:
+class BulkVerificationService:
     """The columnar streaming API for bulk jobs (e.g. the pension status check, 現況確認).
     """
 
@@ -252,9 +252,9 @@ class BulkVerification:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/juki.v1.BulkVerification/VerifyStream',
-            juki_dot_v1_dot_registry__pb2.BulkRequest.SerializeToString,
-            juki_dot_v1_dot_registry__pb2.BulkResponse.FromString,
+            '/juki.v1.BulkVerificationService/VerifyStream',
+            juki_dot_v1_dot_registry__pb2.VerifyStreamRequest.SerializeToString,
+            juki_dot_v1_dot_registry__pb2.VerifyStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

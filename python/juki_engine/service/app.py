@@ -17,10 +17,10 @@ from grpc_reflection.v1alpha import reflection
 from juki_engine._core import InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
-from juki_engine.service.bulk import MAX_BULK_JOBS, BulkVerification
+from juki_engine.service.bulk import MAX_BULK_JOBS, BulkVerificationService
 from juki_engine.service.frontend import Frontend
 from juki_engine.service.identity import TrustStore
-from juki_engine.service.verification import IdentityVerification
+from juki_engine.service.verification import IdentityVerificationService
 from juki_engine.service.wire import MESSAGE_OPTIONS
 
 log = logging.getLogger("juki.server")
@@ -30,8 +30,8 @@ log = logging.getLogger("juki.server")
 # than 4 (BENCHMARKS.md). Bulk jobs get threads of their own on top (MAX_BULK_JOBS).
 RPC_WORKERS = 4
 SERVICES = (
-    pb.DESCRIPTOR.services_by_name["IdentityVerification"].full_name,
-    pb.DESCRIPTOR.services_by_name["BulkVerification"].full_name,
+    pb.DESCRIPTOR.services_by_name["IdentityVerificationService"].full_name,
+    pb.DESCRIPTOR.services_by_name["BulkVerificationService"].full_name,
 )
 # grpc lets a second server bind a port in use (SO_REUSEPORT) and share its calls: never; with
 # the option off, binding a port in use fails.
@@ -77,7 +77,7 @@ class Server:
     port: int
     frontend: Frontend
     health: health.HealthServicer
-    bulk: BulkVerification
+    bulk: BulkVerificationService
 
     def stop(self, grace: float = 10.0) -> None:
         """Refuse new calls, let calls in flight finish (their audit records with them), then
@@ -106,9 +106,11 @@ def start(
         ),
         options=SERVER_OPTIONS,
     )
-    bulk = BulkVerification(frontend, max_bulk_jobs)
-    pb_grpc.add_IdentityVerificationServicer_to_server(IdentityVerification(frontend), server)
-    pb_grpc.add_BulkVerificationServicer_to_server(bulk, server)
+    bulk = BulkVerificationService(frontend, max_bulk_jobs)
+    pb_grpc.add_IdentityVerificationServiceServicer_to_server(
+        IdentityVerificationService(frontend), server
+    )
+    pb_grpc.add_BulkVerificationServiceServicer_to_server(bulk, server)
     checker = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     for name in ("", *SERVICES):

@@ -1,4 +1,4 @@
-"""The columnar streaming API (`BulkVerification.VerifyStream`): a job's claims stream in as
+"""The columnar streaming API (`BulkVerificationService.VerifyStream`): a job's claims stream in as
 Arrow IPC messages, results stream out in order, each message authorized against the policy and
 the trust store in force when it arrives."""
 
@@ -55,7 +55,7 @@ class JobSlots:
                 self.running -= 1
 
 
-class BulkVerification(pb_grpc.BulkVerificationServicer):
+class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
     def __init__(self, frontend: Frontend, max_jobs: int = MAX_BULK_JOBS) -> None:
         self.frontend = frontend
         self.slots = JobSlots(max_jobs)
@@ -63,8 +63,8 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
         self.pool = futures.ThreadPoolExecutor(BULK_WORKERS, thread_name_prefix="juki-bulk")
 
     def VerifyStream(
-        self, request_iterator: Iterator[pb.BulkRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.BulkResponse]:
+        self, request_iterator: Iterator[pb.VerifyStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.VerifyStreamResponse]:
         f = self.frontend
         call = Call("verify")
         with f.guard(context, call):
@@ -75,10 +75,10 @@ class BulkVerification(pb_grpc.BulkVerificationServicer):
                 call.fields = tuple(first.header.retrieve_fields)
             agency = f.identify(context, call)
             if first is None or first.WhichOneof("body") != "header":
-                raise InvalidInput("message 0: a bulk job starts with a BulkHeader")
+                raise InvalidInput("message 0: a bulk job starts with a VerifyStreamHeader")
             header = first.header
             if header.key not in KEY_NAMES:
-                raise InvalidInput("header.key: set MY_NUMBER or RESIDENT_CODE")
+                raise InvalidInput("header.key: set KEY_KIND_MY_NUMBER or KEY_KIND_RESIDENT_CODE")
             by = KEY_NAMES[header.key]
             retrieve = list(header.retrieve_fields)
             # Refuse what the header alone already rules out before any claim arrives.
@@ -137,12 +137,12 @@ class _BulkJob:
 
     def __init__(
         self,
-        service: BulkVerification,
+        service: BulkVerificationService,
         call: Call,
         request: pb.RequestContext,
         by: str,
         retrieve: list[str],
-        requests: Iterator[pb.BulkRequest],
+        requests: Iterator[pb.VerifyStreamRequest],
     ) -> None:
         self._service = service
         self._by = by
@@ -218,16 +218,16 @@ class _BulkJob:
 
 def _bulk_responses(
     answer: Answer, stream: ResultStream, timeout: float
-) -> Iterator[pb.BulkResponse]:
+) -> Iterator[pb.VerifyStreamResponse]:
     """One message's results, once durable, as responses of at most RESPONSE_BYTES each: the
     bytes of one record batch of the job's stream may span several responses (a message of a
     million rejected keys has a long `error` column), which the client reads as one stream."""
     part = stream.part(answer.released(timeout))
     if len(part) <= RESPONSE_BYTES:  # the common case: one response, no copy
-        yield pb.BulkResponse(first_row=answer.first_row, results=part)
+        yield pb.VerifyStreamResponse(first_row=answer.first_row, results=part)
         return
     view = memoryview(part)
     for start in range(0, len(part), RESPONSE_BYTES):
-        yield pb.BulkResponse(
+        yield pb.VerifyStreamResponse(
             first_row=answer.first_row, results=bytes(view[start : start + RESPONSE_BYTES])
         )

@@ -48,7 +48,7 @@ from juki_engine.policy import (
 )
 from juki_engine.registry import Registry
 from juki_engine.service.identity import PeerCertificate, TrustStore
-from juki_engine.service.wire import MAX_TEXT_CHARS, check_text, column_of
+from juki_engine.service.wire import MAX_TEXT_CHARS, check_fields, check_text, column_of
 
 log = logging.getLogger("juki.server")
 
@@ -288,6 +288,7 @@ class Frontend:
         check_text(request.affair, "context.affair")
         for name in call.fields:
             check_text(name, "field name")
+        check_fields(claimed, retrieve)
         return self.policy.authorize(agency, request.affair, by, claimed, retrieve)
 
     def subjects_of(self, by: str, keys: pa.Array) -> pa.Array:

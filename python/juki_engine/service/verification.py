@@ -1,4 +1,4 @@
-"""The typed per-record API (`IdentityVerification`): Verify, Retrieve and ListAffairs, one
+"""The typed per-record API (`IdentityVerificationService`): Verify, Retrieve and ListAffairs, one
 resident a call, as ordinary clients ask."""
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def _single(row: dict[str, Any], by: str) -> dict[str, Any]:
 
 _ENUMS: dict[str, Callable[[Any], int]] = {
     "sex": lambda v: int(v),
-    "status": lambda v: pb.ResidentStatus.Value(v.upper()),
-    "card_state": lambda v: pb.CardState.Value(v.upper()),
+    "status": lambda v: pb.ResidentStatus.Value(f"RESIDENT_STATUS_{v.upper()}"),
+    "card_state": lambda v: pb.CardState.Value(f"CARD_STATE_{v.upper()}"),
 }
 
 
@@ -63,7 +63,7 @@ def _resident(row: dict[str, Any], fields: Sequence[str]) -> pb.Resident:
     return resident
 
 
-class IdentityVerification(pb_grpc.IdentityVerificationServicer):
+class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
     def __init__(self, frontend: Frontend) -> None:
         self.frontend = frontend
 

@@ -8,11 +8,13 @@ checks.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import pyarrow as pa
 
 from juki_engine._core import Claims, InvalidInput, read_ipc_stream
 from juki_engine._proto import registry_pb2 as pb
+from juki_engine.registry import Registry
 
 # Clients stream 1–4 MiB messages; anything much larger is refused by grpc itself.
 MAX_MESSAGE_BYTES = 8 << 20
@@ -31,7 +33,7 @@ MAX_DECODED_BYTES = 64 << 20
 MAX_TEXT_CHARS = 128
 ECHO_CHARS = 32
 
-KEY_NAMES = {pb.MY_NUMBER: "my_number", pb.RESIDENT_CODE: "resident_code"}
+KEY_NAMES = {pb.KEY_KIND_MY_NUMBER: "my_number", pb.KEY_KIND_RESIDENT_CODE: "resident_code"}
 KEY_KINDS = {name: kind for kind, name in KEY_NAMES.items()}
 
 
@@ -54,6 +56,22 @@ def check_text(value: str, where: str, *, required: bool = True) -> str:
     if not value.isprintable():
         raise InvalidInput(f"{where} holds control characters: {echo(value)}")
     return value
+
+
+def check_fields(claimed: Sequence[str], retrieve: Sequence[str]) -> None:
+    """Field names the contract knows: claims among the claimable columns, retrieved fields
+    among the public schema's. Checked before the policy, so that a typo is INVALID_ARGUMENT
+    naming the known names, not a refusal of the agency."""
+    known = Registry.column_names()
+    for name in retrieve:
+        if name not in known:
+            raise InvalidInput(f"unknown field {echo(name)}: the fields are {', '.join(known)}")
+    claimable = Registry.claimable_columns()
+    for name in claimed:
+        if name not in claimable:
+            raise InvalidInput(
+                f"field {echo(name)} cannot be claimed: claims may compare {', '.join(claimable)}"
+            )
 
 
 def write_ipc(table: pa.Table) -> bytes:

@@ -1,0 +1,148 @@
+"""`juki audit`: who looked at whom, when, why — the trail as an operator reads it.
+
+Times are shown in the operator's zone (`--tz`, an IANA name such as Asia/Tokyo or UTC; by
+default the machine's own), with the zone in the column's name and each time's UTC offset;
+`--since` / `--until` without an offset are read in that zone too. The trail stores UTC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import zoneinfo
+from pathlib import Path
+
+import pyarrow as pa
+
+from juki_engine import JukiError, files, ids
+from juki_engine.cli.defaults import DEMO_PATH, SERVE_AUDIT
+from juki_engine.cli.outcomes import EXIT_OK
+from juki_engine.cli.output import add_format_option, console, print_records
+
+
+def zone(name: str | None) -> dt.tzinfo:
+    """The zone `--tz` names, or the machine's local zone."""
+    if name is None:
+        local = dt.datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
+        raise JukiError(f"--tz {name!r} is not a time zone (e.g. Asia/Tokyo, UTC)") from e
+
+
+def zone_name(tz: dt.tzinfo) -> str:
+    return str(tz) if isinstance(tz, zoneinfo.ZoneInfo) else (tz.tzname(None) or "local")
+
+
+def parse_time(text: str | None, tz: dt.tzinfo) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as e:
+        raise JukiError(f"'{text}' is not an ISO 8601 date or time") from e
+    return value if value.tzinfo else value.replace(tzinfo=tz)
+
+
+def with_zone(records: pa.Table, tz: dt.tzinfo) -> pa.Table:
+    """Records with their `time` shown in `tz`, to the second, with its UTC offset."""
+    times = [
+        None if t is None else t.astimezone(tz).isoformat(sep=" ", timespec="seconds")
+        for t in records["time"].to_pylist()
+    ]
+    column = pa.array(times, pa.string())
+    return records.set_column(0, f"time ({zone_name(tz)})", column)
+
+
+def resolve_subject(subject: str, by: str | None, snapshot: Path) -> tuple[str, str]:
+    """The resident code the trail keys records on, and how `subject` was read: a resident
+    code as it is, a My Number through the snapshot's index. `by` forces the kind; otherwise
+    the length tells (11 digits: resident code, 12: My Number)."""
+    kind = by or {11: "resident_code", 12: "my_number"}.get(len(subject))
+    if kind is None:
+        raise JukiError(
+            f"--subject {subject!r}: a resident code has 11 digits and a My Number 12 "
+            "(or say which with --by)"
+        )
+    ids.validate(kind, subject)
+    if kind == "resident_code":
+        return subject, f"resident code {subject}"
+    from juki_engine.registry import Registry
+
+    if not (snapshot / "CURRENT").exists():
+        raise JukiError(
+            f"--subject {subject} is a My Number: the trail keys records on resident codes, and "
+            f"translating it needs the registry (--snapshot; {snapshot} holds none)"
+        )
+    found = Registry.open(snapshot, mmap=True).lookup([subject], "my_number", ["resident_code"])
+    code = found["resident_code"][0].as_py()
+    if code is None:
+        raise JukiError(f"no resident of {snapshot} holds My Number {subject}")
+    return code, f"My Number {subject} → resident code {code} (from {snapshot})"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from juki_engine import audit
+
+    tz = zone(args.tz)
+    subject, read_as = (None, "")
+    if args.subject is not None:
+        subject, read_as = resolve_subject(args.subject, args.by, Path(args.snapshot))
+    if args.out:
+        files.output_format(args.out)
+        files.check_writable(args.out, args.force)
+    records = audit.read(
+        args.dir,
+        subject=subject,
+        agency=args.agency,
+        affair=args.affair,
+        since=parse_time(args.since, tz),
+        until=parse_time(args.until, tz),
+    )
+    if args.out:
+        files.write_table(records, args.out)
+        console.print(f"{records.num_rows:,} audit records → {args.out}")
+        return EXIT_OK
+    shown = with_zone(records.slice(max(records.num_rows - args.limit, 0)), tz)
+    title = f"audit trail: {records.num_rows:,} records (the last {shown.num_rows:,})"
+    if read_as:
+        title += f" for {read_as}"
+    print_records(shown, title, args.format)
+    return EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("audit", help="query the audit trail: who looked at whom, when, why")
+    p.add_argument(
+        "--dir",
+        default=str(SERVE_AUDIT),
+        help=f"audit trail directory (default: juki serve's, {SERVE_AUDIT})",
+    )
+    p.add_argument(
+        "--subject",
+        help="every access to this resident: a resident code (11 digits) or a My Number (12)",
+    )
+    p.add_argument(
+        "--by",
+        choices=["resident_code", "my_number"],
+        help="what --subject is (default: by length)",
+    )
+    p.add_argument(
+        "--snapshot",
+        default=str(DEMO_PATH),
+        help=f"registry that translates a My Number --subject (default: {DEMO_PATH})",
+    )
+    p.add_argument("--agency", help="agency code")
+    p.add_argument("--affair", help="affair code")
+    p.add_argument("--since", help="from this ISO 8601 time (in --tz if it has no offset)")
+    p.add_argument("--until", help="up to this ISO 8601 time (exclusive)")
+    p.add_argument(
+        "--tz", help="time zone to show times in, e.g. Asia/Tokyo (default: this machine's)"
+    )
+    p.add_argument("--limit", type=int, default=50, help="records to show (the latest)")
+    p.add_argument("--out", help="write every matching record to this file (format by extension)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_format_option(p)
+    p.set_defaults(func=cmd_audit)

@@ -1,0 +1,172 @@
+"""Registry commands: `generate`, `stats`, `lookup`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from juki_engine import JukiError, ids
+from juki_engine.cli.outcomes import EXIT_OK, EXIT_ROWS_REJECTED, row_summary
+from juki_engine.cli.output import add_format_option, console, print_records, spinner
+from juki_engine.files import check_writable
+from juki_engine.registry import Registry
+from juki_engine.synthetic import CARD_FIGURES, POPULATION_FIGURES, TOYAMA
+
+KEY_KINDS = ("my_number", "resident_code")
+
+
+def generate(population: int | None, prefecture: str | None, seed: int) -> Registry:
+    area = prefecture or "the nation"
+    with spinner(f"generating {area} (seed {seed})") as progress:
+        progress.add_task("generate")
+        started = time.perf_counter()
+        registry = Registry.generate(population, seed=seed, prefecture=prefecture)
+    console.print(
+        f"generated {len(registry):,} residents of {area} in {time.perf_counter() - started:.1f} s"
+    )
+    return registry
+
+
+def open_snapshot(path: Path, mmap: bool = False) -> Registry:
+    with spinner(f"opening {path}") as progress:
+        progress.add_task("open")
+        started = time.perf_counter()
+        registry = Registry.open(path, mmap=mmap)
+    console.print(
+        f"opened {path}: {len(registry):,} residents in {time.perf_counter() - started:.1f} s"
+    )
+    return registry
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_writable(out, args.force)
+    prefecture = None if args.nation else args.prefecture
+    registry = generate(args.population, prefecture, args.seed)
+    with spinner(f"saving to {out}") as progress:
+        progress.add_task("save")
+        if out.exists() and not (out / "CURRENT").exists():
+            # --force over something that is not a snapshot: it is replaced whole.
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        registry.save(out)
+    console.print(f"saved snapshot to {out} ({registry.memory_bytes / 2**30:.2f} GiB)")
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    registry = open_snapshot(Path(args.snapshot), args.mmap)
+    table = registry.to_arrow(["municipality_code", "municipality_name", "card_state", "status"])
+    plain = pa.table({name: pc.cast(table[name], pa.string()) for name in table.column_names})
+    counts = plain.group_by(["municipality_code", "municipality_name", "card_state"]).aggregate(
+        [("status", "count")]
+    )
+    per: dict[tuple[str, str], dict[str, int]] = {}
+    for r in counts.to_pylist():
+        per.setdefault((r["municipality_code"], r["municipality_name"]), {})[r["card_state"]] = r[
+            "status_count"
+        ]
+
+    def row(code: str, name: str, c: dict[str, int]) -> dict[str, object]:
+        total = sum(c.values())
+        issued = c.get("issued", 0)
+        return {
+            "code": code,
+            "municipality": name,
+            "residents": total,
+            "applied": c.get("applied", 0) + issued,
+            "issued": issued,
+            "issued %": round(100 * issued / total, 2) if total else 0.0,
+        }
+
+    rows = [row(code, name, c) for (code, name), c in sorted(per.items())]
+    totals: dict[str, int] = {}
+    for c in per.values():
+        for state, n in c.items():
+            totals[state] = totals.get(state, 0) + n
+    shown = rows[: args.limit]
+    shown.append(row("", f"total ({len(rows):,} municipalities)", totals))
+    statuses = plain.group_by("status").aggregate([("status", "count")]).to_pylist()
+    hidden = len(rows) - len(shown) + 1
+    note = "\n".join(
+        [
+            *([f"{hidden:,} more municipalities: --limit {len(rows)} shows all"] if hidden else []),
+            "statuses: " + ", ".join(f"{s['status']} {s['status_count']:,}" for s in statuses),
+            f"card figures: {CARD_FIGURES}",
+            f"populations: {POPULATION_FIGURES}",
+        ]
+    )
+    print_records(
+        pa.Table.from_pylist(shown),
+        "My Number card issuance per municipality (個人番号カード交付状況)",
+        args.format,
+        note,
+    )
+    return EXIT_OK
+
+
+def lookup_keys(keys: list[str], by: str, normalize: bool) -> list[str]:
+    """The keys as typed, or with `normalize` folded to canonical digits (full-width digits,
+    hyphens and spaces); a key that does not normalise stays as typed and is rejected per row."""
+    if not normalize:
+        return keys
+    out = []
+    for key in keys:
+        try:
+            out.append(ids.normalize(by, key).value)
+        except JukiError:
+            out.append(key)
+    return out
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    registry = open_snapshot(Path(args.snapshot), args.mmap)
+    keys = lookup_keys(list(args.keys), args.by, args.normalize)
+    result = registry.lookup(keys, by=args.by, columns=args.columns)
+    # The key as asked comes first, so a row not found still says what was asked.
+    result = result.add_column(0, f"{args.by} (asked)", pa.array(list(args.keys), pa.string()))
+    summary = row_summary(result)
+    print_records(result, f"lookup by {args.by}", args.format, summary.line())
+    return EXIT_ROWS_REJECTED if summary.invalid_key else EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("generate", help="generate a synthetic registry snapshot")
+    p.add_argument("--out", required=True, help="snapshot directory to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    area = p.add_mutually_exclusive_group()
+    area.add_argument("--prefecture", default=TOYAMA, help=f"prefecture (default {TOYAMA})")
+    area.add_argument("--nation", action="store_true", help="the whole nation")
+    p.add_argument("--population", type=int, help="residents (default: the area's real figure)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("stats", help="card issuance and status statistics of a snapshot")
+    p.add_argument("snapshot")
+    p.add_argument("--limit", type=int, default=60, help="municipalities to show (totals: all)")
+    p.add_argument("--mmap", action="store_true", help="map the snapshot instead of loading it")
+    add_format_option(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser(
+        "lookup",
+        help="look residents up in a snapshot",
+        description="Exit status: 0 when every key is a valid identifier (found or not), 1 when "
+        "any is rejected (its reason in the error column), 2 on a usage or input error.",
+    )
+    p.add_argument("snapshot")
+    p.add_argument("keys", nargs="+")
+    p.add_argument("--by", default="my_number", choices=KEY_KINDS)
+    p.add_argument("--columns", nargs="*", help="columns to show (default: all)")
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="fold full-width digits and drop hyphens and spaces in the keys first",
+    )
+    p.add_argument("--mmap", action="store_true")
+    add_format_option(p)
+    p.set_defaults(func=cmd_lookup)

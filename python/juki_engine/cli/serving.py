@@ -1,0 +1,305 @@
+"""Serving agencies: `certs`, `serve`, `affairs` (what may this agency ask) and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from juki_engine.cli.audit import with_zone, zone
+from juki_engine.cli.defaults import DEFAULT_LISTEN, DEMO_AUDIT, DEMO_CERTS, DEMO_PATH, SERVE_AUDIT
+from juki_engine.cli.jobs import add_client_options, verify_remote
+from juki_engine.cli.outcomes import EXIT_OK
+from juki_engine.cli.output import add_format_option, console, print_records
+from juki_engine.cli.registry import generate, open_snapshot
+from juki_engine.registry import Registry
+from juki_engine.synthetic import TOYAMA
+
+
+def registry_at(path: Path, generate_demo: bool, mmap: bool = False) -> Registry:
+    """The snapshot at `path`; with `generate_demo`, the Toyama demo is generated there first."""
+    if (path / "CURRENT").exists() or not generate_demo:
+        return open_snapshot(path, mmap)
+    registry = generate(None, TOYAMA, 0)
+    registry.save(path)
+    console.print(f"saved the demo registry to {path}")
+    return registry
+
+
+def policy_path(arg: str | None) -> Path:
+    from juki_engine.policy import example_path
+
+    return Path(arg) if arg else example_path()
+
+
+def demo_certs(directory: Path, policy: Path) -> Path:
+    """Create a demo CA, server and agency certificates where they are missing, and the policy
+    `policy` bound to that CA (`policy.toml` beside them, whose path is returned)."""
+    from juki_engine import certs
+    from juki_engine.policy import Policy
+
+    agencies = {a.code: a.certificate_subject for a in Policy.load(policy).agencies}
+    certs.create_demo(directory, agencies)
+    return certs.write_demo_policy(directory, policy)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    policy = policy_path(args.policy)
+    bound = demo_certs(out, policy)
+    console.print(
+        f"demo CA, server certificate and agency certificates for the agencies of {policy} "
+        f"in {out} (agency certificates under {out / 'agencies'}; not for production); "
+        f"the policy bound to this CA: {bound}"
+    )
+    return EXIT_OK
+
+
+def start_server(
+    registry: Registry,
+    policy: Path,
+    certs_dir: Path,
+    audit_dir: Path,
+    retention_days: int,
+    listen: str,
+    workers: int,
+    crl: str | None = None,
+    max_bulk_jobs: int | None = None,
+) -> Any:
+    from juki_engine.service import MAX_BULK_JOBS, Frontend, ServerTLS, start
+
+    tls = ServerTLS.in_directory(certs_dir, crl)
+    frontend = Frontend.open(registry, policy, audit_dir, retention_days)
+    try:
+        return start(frontend, tls, listen, workers, max_bulk_jobs or MAX_BULK_JOBS)
+    except BaseException:
+        frontend.audit.close()
+        raise
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from juki_engine.service import serve_forever
+
+    snapshot = Path(args.snapshot)
+    registry = registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
+    if args.certs is None:
+        certs_dir = DEMO_CERTS
+        policy = demo_certs(certs_dir, policy_path(args.policy))
+    else:
+        certs_dir = Path(args.certs)
+        bound = certs_dir / "policy.toml"
+        policy = (
+            Path(args.policy) if args.policy else bound if bound.exists() else policy_path(None)
+        )
+    server = start_server(
+        registry,
+        policy,
+        certs_dir,
+        Path(args.audit),
+        args.retention_days,
+        args.listen,
+        args.workers,
+        args.crl,
+        args.max_bulk_jobs,
+    )
+    if args.port_file:
+        # Written whole, then renamed: a watcher never reads half a number.
+        tmp = Path(f"{args.port_file}.tmp")
+        tmp.write_text(f"{server.port}\n")
+        tmp.replace(args.port_file)
+    console.print(
+        f"serving {len(registry):,} residents on port {server.port} (mutual TLS; policy "
+        f"{policy}; certificates {certs_dir}; audit trail {args.audit}); SIGHUP reloads the policy"
+    )
+    serve_forever(server, policy)
+    return EXIT_OK
+
+
+def granted_affairs(reply: Any) -> pa.Table:
+    """A ListAffairs reply as a table, one affair a row."""
+    from juki_engine.service.wire import KEY_NAMES
+
+    names: dict[int, str] = {int(kind): name for kind, name in KEY_NAMES.items()}
+
+    def key_name(kind: int) -> str:
+        return names.get(kind, str(kind))
+
+    return pa.Table.from_pylist(
+        [
+            {
+                "affair": a.code,
+                "title": a.title,
+                "legal_basis": a.legal_basis,
+                "keys": ", ".join(key_name(k) for k in a.keys),
+                "modes": ", ".join(a.modes),
+                "fields": ", ".join(a.fields),
+                "daily_quota": a.daily_quota or None,
+                "used_today": a.used_today,
+            }
+            for a in reply.affairs
+        ]
+    )
+
+
+def cmd_affairs(args: argparse.Namespace) -> int:
+    """What may this agency ask: the server's answer to ListAffairs for the certificate."""
+    from juki_engine._proto import registry_pb2 as pb
+    from juki_engine._proto import registry_pb2_grpc as pb_grpc
+    from juki_engine.client import AgencyTLS
+
+    if not args.cert:
+        raise ValueError("affairs needs --cert, the agency's client certificate")
+    tls = AgencyTLS.from_cert(args.cert, args.key, args.ca)
+    with tls.channel(args.server) as channel:
+        reply = pb_grpc.IdentityVerificationServiceStub(channel).ListAffairs(
+            pb.ListAffairsRequest(), timeout=30
+        )
+    title = f"affairs granted to {reply.agency_code} ({reply.agency_name}) by {args.server}"
+    print_records(granted_affairs(reply), title, args.format, "daily_quota: empty = unlimited")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serve the Toyama demo registry over mutual TLS and run the pension status check on it."""
+    from juki_engine import audit
+    from juki_engine.client import AgencyTLS, BulkJob, request_context
+    from juki_engine.samples import pension_claims
+
+    path = Path(args.path)
+    base = path.parent
+    registry = registry_at(path, generate_demo=True)
+    certs_dir = base / "certs"
+    policy = demo_certs(certs_dir, policy_path(None))
+    audit_dir = Path(args.audit) if args.audit else base / DEMO_AUDIT.name
+    server = start_server(
+        registry, policy, certs_dir, audit_dir, args.retention_days, "127.0.0.1:0", 4
+    )
+    address = f"127.0.0.1:{server.port}"
+    try:
+        pensioners = base / "pensioners.parquet"
+        pq.write_table(pension_claims(registry, args.pensioners, seed=1), pensioners)
+        console.print(
+            f"serving on {address} (its own audit trail: {audit_dir}); "
+            f"{args.pensioners:,} pensioners → {pensioners}"
+        )
+        results = base / "pension_results.parquet"
+        console.rule("日本年金機構: pension status check (現況確認) over gRPC, mutual TLS")
+        verify_remote(
+            argparse.Namespace(
+                server=address,
+                cert=certs_dir / "agencies" / "nenkin.pem",
+                key=None,
+                ca=None,
+                affair="pension-benefit",
+                operator="demo-operator",
+                request_id=None,
+                fields="status,status_date,municipality_name,address_town,address_block",
+                input=str(pensioners),
+                out=str(results),
+                by=None,
+                batch_size=1_000_000,
+            )
+        )
+        table = pq.read_table(results)
+        changed = table.filter(
+            pc.or_(
+                pc.not_equal(pc.cast(table["status"], pa.string()), "resident"),
+                pc.invert(table["family_name_match"]),
+            )
+        )
+        shown = ["resident_code", "family_name_match", "status", "status_date", "address_town"]
+        print_records(changed.select(shown).slice(0, 6), "not resident, or the name differs")
+
+        console.rule("法務省 asks for the pension affair")
+        moj = AgencyTLS.from_cert(certs_dir / "agencies" / "moj.pem")
+        with moj.channel(address) as channel:
+            job = BulkJob(channel, request_context("pension-benefit", "demo"), "resident_code")
+            try:
+                list(job.run(pq.read_table(pensioners).slice(0, 10).to_batches()))
+            except grpc.RpcError as e:
+                console.print(f"refused: {e.code().name}: {e.details()}")
+
+        subject = table["resident_code"][0].as_py()
+        console.rule(f"who looked at resident {subject}")
+        console.print(f"juki audit --dir {audit_dir} --subject {subject}")
+        trail = audit.read(audit_dir, subject=subject)
+        columns = [0, 1, 2, 4, 6, 8]
+        print_records(with_zone(trail, zone(None)).select(columns), "audit trail")
+    finally:
+        server.stop()
+    return EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def audit_options(p: argparse.ArgumentParser, default: Path | None) -> None:
+        shown = f" (default {default})" if default else f" (default: {DEMO_AUDIT.name} beside it)"
+        p.add_argument(
+            "--audit",
+            default=None if default is None else str(default),
+            help="audit trail directory" + shown,
+        )
+        p.add_argument(
+            "--retention-days", type=int, default=7 * 366, help="audit retention (7 years)"
+        )
+
+    p = sub.add_parser("serve", help="serve a snapshot over gRPC with mutual TLS")
+    p.add_argument(
+        "--snapshot",
+        default=str(DEMO_PATH),
+        help=f"snapshot directory (default: the Toyama demo {DEMO_PATH}, generated if missing)",
+    )
+    p.add_argument(
+        "--policy",
+        help="policy TOML (default: the shipped example, bound to the demo CA; with --certs, "
+        "policy.toml in that directory)",
+    )
+    p.add_argument("--crl", help="certificate revocation list (PEM or DER), reloaded on SIGHUP")
+    p.add_argument(
+        "--max-bulk-jobs",
+        type=int,
+        help="bulk jobs served at once; more are refused with RESOURCE_EXHAUSTED (default 4)",
+    )
+    p.add_argument(
+        "--certs",
+        help="directory with server.pem, server.key and ca.pem "
+        f"(default: demo certificates in {DEMO_CERTS}, created if missing)",
+    )
+    p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"address (default {DEFAULT_LISTEN})")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        help="threads serving typed calls (bulk jobs have their own, --max-bulk-jobs)",
+    )
+    p.add_argument("--port-file", help="write the port here once listening (for --listen :0)")
+    p.add_argument("--mmap", action="store_true", help="map the snapshot instead of loading it")
+    audit_options(p, SERVE_AUDIT)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("certs", help="create a demo CA, server and agency certificates")
+    p.add_argument("--out", default=str(DEMO_CERTS), help="directory to write")
+    p.add_argument("--policy", help="issue one certificate per agency of this policy")
+    p.set_defaults(func=cmd_certs)
+
+    p = sub.add_parser(
+        "affairs", help="what may this agency ask: the affairs a server grants its certificate"
+    )
+    p.add_argument("--server", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    add_client_options(p)
+    add_format_option(p)
+    p.set_defaults(func=cmd_affairs)
+
+    p = sub.add_parser(
+        "demo",
+        help="serve the Toyama demo and run a sample pension status check against it "
+        "(works beside a running juki serve)",
+    )
+    p.add_argument("--path", default=str(DEMO_PATH), help=f"demo snapshot (default {DEMO_PATH})")
+    p.add_argument("--pensioners", type=int, default=200_000, help="pensioners in the sample job")
+    audit_options(p, None)
+    p.set_defaults(func=cmd_demo)
