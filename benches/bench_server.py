@@ -104,31 +104,33 @@ def start_server(
     policy.write_text(
         (pki / "policy.toml").read_text().replace("daily_quota = 60_000_000", "daily_quota = 0")
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "juki_engine.cli",
-            "serve",
-            "--snapshot",
-            str(snapshot),
-            "--mmap",
-            "--certs",
-            str(pki),
-            "--audit",
-            str(trail),
-            "--listen",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-            "--policy",
-            str(policy),
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "server.log", "wb"),
-    )
+    # The child keeps its own copy of the log's descriptor; this process closes its own.
+    with open(work / "server.log", "wb") as server_log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "juki_engine.cli",
+                "serve",
+                "--snapshot",
+                str(snapshot),
+                "--mmap",
+                "--certs",
+                str(pki),
+                "--audit",
+                str(trail),
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--policy",
+                str(policy),
+                "--workers",
+                str(workers),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=server_log,
+        )
     deadline = time.monotonic() + 600
     while not port_file.exists():
         if proc.poll() is not None:
