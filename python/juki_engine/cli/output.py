@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -53,7 +54,7 @@ def _text(value: Any) -> str:
 def _fits(rows: list[list[str]], names: list[str], width: int) -> bool:
     """Whether a table of these cells fits `width` columns without cutting any (rich's table
     takes 3 columns a cell for its borders and padding, and one more at the edge)."""
-    widest = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
+    widest = [max([cell_len(n), *(cell_len(r[i]) for r in rows)]) for i, n in enumerate(names)]
     return sum(w + 3 for w in widest) + 1 <= width
 
 
