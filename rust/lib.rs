@@ -1,11 +1,11 @@
 //! juki_engine core: the national identity index (本人確認情報) over Apache Arrow columns.
 //!
 //! Modules by subject: `ids` (identifiers and check digits), `storage` (columns and the public
-//! schema), `index` (hash indexes), `query` (lookup and verify kernels), `generate` (synthetic
-//! registry), `import` (building from an Arrow table), `snapshot` (save/open), `memory` (huge-page
-//! allocation and prefetch), `error` (the error type and its Python mapping), `wire` (the trust
-//! boundary: IPC decoding with caps, validation of every array from outside), `python`
-//! (bindings).
+//! schema), `index` (hash indexes), `query` (lookup and verify kernels), `normalize` (the match
+//! levels of names and readings), `generate` (synthetic registry), `import` (building from an
+//! Arrow table), `snapshot` (save/open), `memory` (huge-page allocation and prefetch), `error`
+//! (the error type and its Python mapping), `wire` (the trust boundary: IPC decoding with caps,
+//! validation of every array from outside), `python` (bindings).
 
 pub mod error;
 pub mod generate;
@@ -13,6 +13,7 @@ pub mod ids;
 pub mod import;
 pub mod index;
 pub mod memory;
+pub mod normalize;
 pub mod python;
 pub mod query;
 pub mod snapshot;

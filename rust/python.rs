@@ -35,6 +35,7 @@ use pyo3::types::PyDict;
 use crate::error::{echo, guarded, JukiError, Result};
 use crate::generate::{self, Plan};
 use crate::ids::{self, IdKind};
+use crate::normalize::{self as names, FoldedCache, Folding, Level};
 use crate::query::{self, ExactMatch};
 use crate::snapshot;
 use crate::storage::{schema_of, Column, RegistryData, Rows};
@@ -207,6 +208,17 @@ fn python_value<'py>(py: Python<'py>, array: &dyn Array) -> PyResult<Bound<'py, 
 #[pyclass(frozen, name = "Registry", module = "juki_engine._core")]
 pub struct PyRegistry {
     data: Arc<RegistryData>,
+    /// The registry's dictionaries folded for verify above the exact level, built on first use.
+    folded: FoldedCache,
+}
+
+impl PyRegistry {
+    fn new(data: RegistryData) -> PyRegistry {
+        PyRegistry {
+            data: Arc::new(data),
+            folded: FoldedCache::default(),
+        }
+    }
 }
 
 #[pymethods]
@@ -238,9 +250,7 @@ impl PyRegistry {
             };
             generate::generate(&plan, seed)
         })?;
-        Ok(PyRegistry {
-            data: Arc::new(data),
-        })
+        Ok(PyRegistry::new(data))
     }
 
     /// Open a snapshot directory written by `save`.
@@ -248,9 +258,7 @@ impl PyRegistry {
     #[pyo3(signature = (path, mmap = false))]
     fn open(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyRegistry> {
         let data = detached(py, || snapshot::open(&path, mmap))?;
-        Ok(PyRegistry {
-            data: Arc::new(data),
-        })
+        Ok(PyRegistry::new(data))
     }
 
     /// Save atomically to a snapshot directory.
@@ -264,9 +272,7 @@ impl PyRegistry {
     fn from_arrow(py: Python<'_>, table: &Bound<'_, PyAny>) -> PyResult<PyRegistry> {
         let table = ImportedTable::from_python(table, "registry table")?;
         let data = detached(py, || crate::import::from_batch(&table.one_batch()?))?;
-        Ok(PyRegistry {
-            data: Arc::new(data),
-        })
+        Ok(PyRegistry::new(data))
     }
 
     /// The registry as an Arrow table of the public schema.
@@ -346,7 +352,7 @@ impl PyRegistry {
         let out = guarded(|| {
             let claims = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
                 .map_err(|e| JukiError::arrow("claims", e))?;
-            query::verify(&self.data, &claims, kind, &ExactMatch, 0, &cols)
+            query::verify(&self.data, &claims, kind, &ExactMatch, None, 0, &cols)
         })?;
         let row = PyDict::new(py);
         for (field, array) in out.schema().fields().iter().zip(out.columns()) {
@@ -356,7 +362,7 @@ impl PyRegistry {
     }
 
     /// Verify claims; see `juki_engine.Registry.verify`.
-    #[pyo3(signature = (claims, by = "my_number", first_row = 0, columns = Vec::new()))]
+    #[pyo3(signature = (claims, by = "my_number", first_row = 0, columns = Vec::new(), level = "exact"))]
     fn verify(
         &self,
         py: Python<'_>,
@@ -364,9 +370,11 @@ impl PyRegistry {
         by: &str,
         first_row: usize,
         columns: Vec<String>,
+        level: &str,
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(Some(columns))?;
+        let level = Level::from_name(level)?;
         // Claims the core decoded were validated as they were decoded; any other table is
         // validated here.
         let claims = match claims.cast::<PyClaims>() {
@@ -378,6 +386,7 @@ impl PyRegistry {
         };
         let rows = claims.rows();
         let results = run_sized(py, rows, || {
+            let matching = self.folded.matching(&self.data.dicts, level)?;
             let (mut batches, schema) = claims.batches(Strings::Bytes)?;
             if batches.is_empty() {
                 batches.push(RecordBatch::new_empty(schema));
@@ -390,6 +399,7 @@ impl PyRegistry {
                     b,
                     kind,
                     &ExactMatch,
+                    matching.as_ref(),
                     first_row,
                     &cols,
                 )?);
@@ -608,6 +618,28 @@ fn read_ipc_stream(
     Ok(PyClaims { schema, batches })
 }
 
+/// Install the process's name-folding table: `sources[i]` folds to `targets[i]` (code points; see
+/// `juki_engine.names`). Returns how many characters the table in force maps; a second call
+/// keeps the first table.
+#[pyfunction]
+fn install_folding(sources: Vec<u32>, targets: Vec<u32>) -> PyResult<usize> {
+    let folding = guarded(|| Folding::new(&sources, &targets))?;
+    Ok(names::install(folding).len())
+}
+
+/// `text` folded at `level` with the installed table (what verify compares at that level).
+#[pyfunction]
+fn fold(text: &str, level: &str) -> PyResult<String> {
+    let level = Level::from_name(level)?;
+    let mut out = String::new();
+    if level != Level::Exact {
+        names::installed()?.fold(text, level, &mut out);
+    } else {
+        out.push_str(text);
+    }
+    Ok(out)
+}
+
 /// Register the module's contents.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -620,6 +652,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_valid_array, m)?)?;
     m.add_function(wrap_pyfunction!(check_digit_array, m)?)?;
     m.add_function(wrap_pyfunction!(read_ipc_stream, m)?)?;
+    m.add_function(wrap_pyfunction!(install_folding, m)?)?;
+    m.add_function(wrap_pyfunction!(fold, m)?)?;
     m.add(
         "JukiError",
         py.get_type::<crate::error::exceptions::JukiError>(),

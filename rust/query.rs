@@ -27,6 +27,7 @@ use crate::error::{echo, JukiError, Result};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
 use crate::memory::{filled, prefetch, PARALLEL_MIN};
+use crate::normalize::{folds_to, FoldedText, Folding, Level, Matching};
 use crate::storage::{inline_key, Column, Person, RegistryData, Resident, Rows, STATUS_VALUES};
 
 /// Rows per chunk: a multiple of 64 (result bits fill whole words), small enough that a chunk's
@@ -388,6 +389,9 @@ enum Check<'a> {
         key: PersonKey,
         dict: &'a StringArray,
         inline: &'a [u128],
+        /// Above the exact level: the same dictionary folded at each level up to the one asked
+        /// for, tried in order when the exact comparison fails.
+        folded: Vec<(Level, &'a StringArray)>,
     },
     Date {
         claims: Date32Array,
@@ -418,20 +422,39 @@ impl PersonKey {
     }
 }
 
-const UNCLAIMED: u8 = 2;
+/// What [`Check::check`] found for one claimed value: how closely it agrees ([`AGREES_NOT`], or
+/// 1 + the [`Level`] it agrees at), or [`UNCLAIMED`].
+const AGREES_NOT: u8 = 0;
+const UNCLAIMED: u8 = u8::MAX;
+
+fn agrees_at(level: Level) -> u8 {
+    1 + level as u8
+}
+
+/// The `<field>_level` column's values, by the codes [`Check::check`] gives.
+pub const LEVEL_VALUES: [&str; 4] = ["none", "exact", "normalised", "reading"];
 
 /// A claimed sex no stored one equals (stored values are `u8`).
 const SEX_OUT_OF_RANGE: u16 = 256;
 
 impl Check<'_> {
+    /// How closely claim `i` agrees with resident `p` (see [`agrees_at`]).
     #[inline(always)]
-    fn check<M: TextMatch>(&self, i: usize, p: &Person, text: &M) -> u8 {
+    fn check<M: TextMatch>(&self, i: usize, p: &Person, text: &M, folding: Option<&Folding>) -> u8 {
+        let exact = |same: bool| {
+            if same {
+                agrees_at(Level::Exact)
+            } else {
+                AGREES_NOT
+            }
+        };
         match self {
             Check::Text {
                 claims,
                 key,
                 dict,
                 inline,
+                folded,
             } => match claims.get(i) {
                 None => UNCLAIMED,
                 Some(c) => {
@@ -441,28 +464,43 @@ impl Check<'_> {
                     } else {
                         None
                     };
-                    shortcut.unwrap_or_else(|| text.matches(c, dict.value(k).as_bytes())) as u8
+                    if shortcut.unwrap_or_else(|| text.matches(c, dict.value(k).as_bytes())) {
+                        return agrees_at(Level::Exact);
+                    }
+                    // Folding costs only where the exact comparison fails.
+                    let Some(folding) = folding else {
+                        return AGREES_NOT;
+                    };
+                    folded
+                        .iter()
+                        .find(|(level, values)| folds_to(folding, c, *level, values.value(k)))
+                        .map_or(AGREES_NOT, |(level, _)| agrees_at(*level))
                 }
             },
             Check::Date { claims } => {
                 if claims.is_null(i) {
                     UNCLAIMED
                 } else {
-                    (claims.value(i) == p.birth_date) as u8
+                    exact(claims.value(i) == p.birth_date)
                 }
             }
             Check::Sex { claims } => {
                 if claims.is_null(i) {
                     UNCLAIMED
                 } else {
-                    (claims.value(i) == p.sex as u16) as u8
+                    exact(claims.value(i) == p.sex as u16)
                 }
             }
         }
     }
 }
 
-fn prepare<'a>(data: &'a RegistryData, field: Column, claimed: &dyn Array) -> Result<Check<'a>> {
+fn prepare<'a>(
+    data: &'a RegistryData,
+    field: Column,
+    claimed: &dyn Array,
+    folded: &[&'a FoldedText],
+) -> Result<Check<'a>> {
     let d = &data.dicts;
     let what = format!("claims column '{}'", field.name());
     let t = &data.text_keys;
@@ -472,6 +510,10 @@ fn prepare<'a>(data: &'a RegistryData, field: Column, claimed: &dyn Array) -> Re
             key,
             dict,
             inline,
+            folded: folded
+                .iter()
+                .filter_map(|f| Some((f.level, f.of(field)?)))
+                .collect(),
         })
     };
     match field {
@@ -532,10 +574,13 @@ pub fn verify<M: TextMatch>(
     claims: &RecordBatch,
     by: IdKind,
     text: &M,
+    matching: Option<&Matching>,
     first_row: usize,
     columns: &[Column],
 ) -> Result<RecordBatch> {
     let schema = claims.schema();
+    let folded: &[&FoldedText] = matching.map_or(&[], |m| &m.folded);
+    let folding = matching.map(|m| m.folding);
     let key_col = claims.column_by_name(by.name()).ok_or_else(|| {
         JukiError::InvalidInput(format!("claims have no '{}' column (the key)", by.name()))
     })?;
@@ -557,8 +602,8 @@ pub fn verify<M: TextMatch>(
                     known.join(", ")
                 ))
             })?;
-        checks.push(prepare(data, field, array.as_ref())?);
-        names.push(format!("{}_match", field.name()));
+        checks.push(prepare(data, field, array.as_ref(), folded)?);
+        names.push(field.name());
     }
     let index = data.index(by)?;
     let keys = KeyColumn::new(by, key_col.as_ref())?;
@@ -571,6 +616,10 @@ pub fn verify<M: TextMatch>(
     let stride = WORDS * (1 + 2 * k);
     let mut bits = vec![0u64; n.div_ceil(CHUNK) * stride];
     let mut status = vec![0u8; n];
+    // Above the exact level, each claimed value's level too (see `agrees_at`): per chunk, a
+    // chunk's rows of each field in turn.
+    let with_levels = matching.is_some();
+    let mut levels = vec![AGREES_NOT; if with_levels { n * k } else { 0 }];
     // Disclosed columns are gathered with the rows the probe found. A batch of a server
     // message's size also copies each found Person and Place while in cache and builds every
     // column but the identifiers from those copies, which stay in cache (the pension job's
@@ -581,46 +630,52 @@ pub fn verify<M: TextMatch>(
     let copy = keep && n <= PARALLEL_MIN;
     let mut rows = vec![NOT_FOUND; if keep { n } else { 0 }];
     let mut people = vec![Resident::default(); if copy { n } else { 0 }];
-    let verify_chunk =
-        |c: usize, b: &mut [u64], st: &mut [u8], kept: (&mut [u32], &mut [Resident])| {
-            let start = c * CHUNK;
-            let mut errs = Vec::new();
-            let mut local = [NOT_FOUND; CHUNK];
-            let rows = if keep { kept.0 } else { &mut local[..st.len()] };
-            // The probe prefetches each found resident's packed rows, so their misses overlap the
-            // probes still in flight and the pass below finds them in cache (a chunk's rows fit
-            // L2).
-            resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
-                prefetch(&persons[row as usize]);
-                if copy {
-                    prefetch(&places[row as usize]);
-                }
-            });
-            for (i, &row) in rows.iter().enumerate() {
-                if row == NOT_FOUND {
-                    continue;
-                }
-                let (word, bit) = (i / 64, 1u64 << (i % 64));
-                b[word] |= bit;
-                let p = &persons[row as usize];
-                st[i] = p.status;
-                if copy {
-                    kept.1[i] = Resident {
-                        person: *p,
-                        place: places[row as usize],
-                    };
-                }
-                for (j, ch) in checks.iter().enumerate() {
-                    let r = ch.check(start + i, p, text);
-                    if r != UNCLAIMED {
-                        let at = WORDS * (1 + 2 * j) + word;
-                        b[at] |= bit * r as u64;
-                        b[at + WORDS] |= bit;
+    let verify_chunk = |c: usize,
+                        b: &mut [u64],
+                        st: &mut [u8],
+                        lv: &mut [u8],
+                        kept: (&mut [u32], &mut [Resident])| {
+        let start = c * CHUNK;
+        let mut errs = Vec::new();
+        let mut local = [NOT_FOUND; CHUNK];
+        let rows = if keep { kept.0 } else { &mut local[..st.len()] };
+        // The probe prefetches each found resident's packed rows, so their misses overlap the
+        // probes still in flight and the pass below finds them in cache (a chunk's rows fit
+        // L2).
+        resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
+            prefetch(&persons[row as usize]);
+            if copy {
+                prefetch(&places[row as usize]);
+            }
+        });
+        for (i, &row) in rows.iter().enumerate() {
+            if row == NOT_FOUND {
+                continue;
+            }
+            let (word, bit) = (i / 64, 1u64 << (i % 64));
+            b[word] |= bit;
+            let p = &persons[row as usize];
+            st[i] = p.status;
+            if copy {
+                kept.1[i] = Resident {
+                    person: *p,
+                    place: places[row as usize],
+                };
+            }
+            for (j, ch) in checks.iter().enumerate() {
+                let r = ch.check(start + i, p, text, folding);
+                if r != UNCLAIMED {
+                    let at = WORDS * (1 + 2 * j) + word;
+                    b[at] |= bit * (r != AGREES_NOT) as u64;
+                    b[at + WORDS] |= bit;
+                    if with_levels {
+                        lv[j * st.len() + i] = r;
                     }
                 }
             }
-            errs
-        };
+        }
+        errs
+    };
     // Each chunk's share of `rows` and `people` (empty slices where not kept).
     let mut kept: Vec<(&mut [u32], &mut [Resident])> =
         (0..n.div_ceil(CHUNK)).map(|_| Default::default()).collect();
@@ -630,19 +685,29 @@ pub fn verify<M: TextMatch>(
     for (k, p) in kept.iter_mut().zip(people.chunks_mut(CHUNK)) {
         k.1 = p;
     }
+    // Each chunk's share of `levels` (empty where levels are not kept).
+    let mut chunk_levels: Vec<&mut [u8]> =
+        (0..n.div_ceil(CHUNK)).map(|_| Default::default()).collect();
+    if !levels.is_empty() {
+        for (l, c) in chunk_levels.iter_mut().zip(levels.chunks_mut(CHUNK * k)) {
+            *l = c;
+        }
+    }
     let parts: Vec<_> = if n <= PARALLEL_MIN {
         bits.chunks_mut(stride)
             .zip(status.chunks_mut(CHUNK))
+            .zip(chunk_levels)
             .zip(kept)
             .enumerate()
-            .map(|(c, ((b, st), k))| verify_chunk(c, b, st, k))
+            .map(|(c, (((b, st), lv), k))| verify_chunk(c, b, st, lv, k))
             .collect()
     } else {
         bits.par_chunks_mut(stride)
             .zip(status.par_chunks_mut(CHUNK))
+            .zip(chunk_levels)
             .zip(kept)
             .enumerate()
-            .map(|(c, ((b, st), k))| verify_chunk(c, b, st, k))
+            .map(|(c, (((b, st), lv), k))| verify_chunk(c, b, st, lv, k))
             .collect()
     };
     let errors: Vec<_> = parts.into_iter().flatten().collect();
@@ -676,11 +741,36 @@ pub fn verify<M: TextMatch>(
     ];
     for (j, name) in names.into_iter().enumerate() {
         let (values, valid) = (plane(1 + 2 * j), plane(2 + 2 * j));
-        fields.push(Field::new(name, DataType::Boolean, true));
+        fields.push(Field::new(format!("{name}_match"), DataType::Boolean, true));
         arrays.push(Arc::new(BooleanArray::new(
             values,
-            Some(NullBuffer::from(valid)),
+            Some(NullBuffer::from(valid.clone())),
         )));
+        if with_levels {
+            // Field j's levels, chunk by chunk (each chunk holds its rows of every field).
+            let keys: Vec<u8> = levels
+                .chunks(CHUNK * k)
+                .flat_map(|c| {
+                    let rows = c.len() / k;
+                    &c[j * rows..(j + 1) * rows]
+                })
+                .copied()
+                .collect();
+            let keys = UInt8Array::new(keys.into(), Some(NullBuffer::from(valid)));
+            // SAFETY: every code is `AGREES_NOT` or `agrees_at(level)`, < LEVEL_VALUES.len().
+            let level = unsafe {
+                DictionaryArray::<UInt8Type>::new_unchecked(
+                    keys,
+                    Arc::new(StringArray::from(LEVEL_VALUES.to_vec())),
+                )
+            };
+            fields.push(Field::new(
+                format!("{name}_level"),
+                level.data_type().clone(),
+                true,
+            ));
+            arrays.push(Arc::new(level));
+        }
     }
     let at = if copy {
         Rows::Read {

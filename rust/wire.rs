@@ -1345,7 +1345,7 @@ mod tests {
                     prop_assert!(layouts.iter().all(|(_, l)| l.is_valid_as(strings)), "{:?}", layouts);
                     let data = registry();
                     let accepted = layouts.iter().all(|&(f, l)| contract_accepts(f, l));
-                    let out = query::verify(data, &batch, IdKind::MyNumber, &ExactMatch, 0, &disclose);
+                    let out = query::verify(data, &batch, IdKind::MyNumber, &ExactMatch, None, 0, &disclose);
                     match out {
                         Ok(out) => {
                             prop_assert!(accepted, "{:?}", layouts);

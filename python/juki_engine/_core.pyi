@@ -19,6 +19,8 @@ __all__ = [
     "SnapshotIOError",
     "check_digit",
     "check_digit_array",
+    "fold",
+    "install_folding",
     "is_valid",
     "is_valid_array",
     "normalize",
@@ -99,9 +101,11 @@ class Registry:
         by: str = "my_number",
         first_row: int = 0,
         columns: list[str] = ...,
+        level: str = "exact",
     ) -> pa.Table:
-        """Per claim: `found`, `status`, `error`, `<field>_match` per claimed field, then the
-        requested `columns` of each found resident.
+        """Per claim: `found`, `status`, `error`, `<field>_match` per claimed field (and above
+        the exact `level`, `<field>_level`), then the requested `columns` of each found
+        resident.
 
         Every column is validated in full (offsets, UTF-8, dictionary keys, views) before it is
         read, and must have a type of the contract, else `InvalidInput` names it:
@@ -166,6 +170,14 @@ class Claims:
     def num_rows(self) -> int: ...
     def to_arrow(self) -> pa.Table:
         """The claims as a pyarrow table (zero-copy)."""
+
+def install_folding(sources: list[int], targets: list[int]) -> int:
+    """Install the process's name-folding table (code points: `sources[i]` folds to
+    `targets[i]`);
+    how many characters the table in force maps. A second call keeps the first table."""
+
+def fold(text: str, level: str) -> str:
+    """`text` folded at `level` (exact, normalised, reading) with the installed table."""
 
 def read_ipc_stream(payload: bytes, max_rows: int, max_bytes: int) -> Claims:
     """Decode an Arrow IPC stream from the wire, refusing with `InvalidInput` anything but

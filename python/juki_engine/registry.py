@@ -129,10 +129,17 @@ class Registry:
         *,
         first_row: int = 0,
         columns: Sequence[str] = (),
+        match: str = "exact",
     ) -> pa.Table:
         """Check claimed fields against the registry (本人確認): per claim, in input order,
         `found`, `status`, `error` and one `<field>_match` per claimed field, then the requested
         `columns` of each found resident (null elsewhere), from the same index probe.
+
+        `match` is how closely a claimed text must agree (docs/matching.md): `exact` (the
+        bytes), `normalised` (width, spaces and character variants folded: 髙橋 = 高橋, 山﨑 =
+        山崎, 渡邉 = 渡辺) or `reading` (also kana forms: さとう = サトウ = ｻﾄｳ, ッ = ツ, ヂ = ジ).
+        Above `exact`, each claimed field also gets `<field>_level`: the closest level it agrees
+        at (exact, normalised, reading) or none. Dates and sex agree exactly or not at all.
 
         Every column is validated in full (offsets, UTF-8, dictionary keys, views) before it is
         read, and must have one of the contract's types, else `InvalidInput` names the column
@@ -150,7 +157,11 @@ class Registry:
 
         `first_row` numbers the rows in error messages when `claims` is one batch of a larger
         job."""
-        return self._core.verify(_as_table(claims), by, first_row, list(columns))
+        if match != "exact":
+            from juki_engine import names
+
+            names.install()
+        return self._core.verify(_as_table(claims), by, first_row, list(columns), match)
 
     def verify_one(
         self,
