@@ -316,7 +316,7 @@ impl PyRegistry {
     }
 
     /// Verify one claim given as Python values; see `juki_engine.Registry.verify_one`.
-    #[pyo3(signature = (by, key, claims, columns = Vec::new()))]
+    #[pyo3(signature = (by, key, claims, columns = Vec::new(), level = "exact"))]
     fn verify_one<'py>(
         &self,
         py: Python<'py>,
@@ -324,9 +324,11 @@ impl PyRegistry {
         key: &str,
         claims: Vec<(String, Bound<'py, PyAny>)>,
         columns: Vec<String>,
+        level: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(Some(columns))?;
+        let level = Level::from_name(level)?;
         let mut fields = vec![Field::new(kind.name(), DataType::Utf8, true)];
         let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![key]))];
         for (name, value) in &claims {
@@ -352,7 +354,16 @@ impl PyRegistry {
         let out = guarded(|| {
             let claims = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
                 .map_err(|e| JukiError::arrow("claims", e))?;
-            query::verify(&self.data, &claims, kind, &ExactMatch, None, 0, &cols)
+            let matching = self.folded.matching(&self.data.dicts, level)?;
+            query::verify(
+                &self.data,
+                &claims,
+                kind,
+                &ExactMatch,
+                matching.as_ref(),
+                0,
+                &cols,
+            )
         })?;
         let row = PyDict::new(py);
         for (field, array) in out.schema().fields().iter().zip(out.columns()) {

@@ -482,3 +482,18 @@ def test_policy_check_validates_without_serving(
     broken.write_text(bound.read_text().replace('modes = ["verify"]', 'modes = ["delete"]', 1))
     assert main(["policy", "check", str(broken)]) == 2
     assert "delete" in capsys.readouterr().out
+
+
+def test_verify_at_a_match_level_adds_each_fields_level(snapshot: Path, tmp_path: Path) -> None:
+    claims = claims_for(Registry.open(snapshot))
+    names = claims["family_name"].to_pylist()
+    names[0] += "　"  # a full-width space more: the same name at the normalised level
+    claims = claims.set_column(1, "family_name", pa.array(names))
+    src = tmp_path / "claims.parquet"
+    pq.write_table(claims, src)
+    out = tmp_path / "results.parquet"
+    argv = ["verify", "--registry", str(snapshot), "--input", str(src), "--out", str(out)]
+    assert main([*argv, "--match", "normalised"]) == 1  # the invalid key still counts
+    result = pq.read_table(out)
+    assert result["family_name_match"][0].as_py() is True
+    assert result["family_name_level"].to_pylist()[:4] == ["normalised", "exact", "exact", "none"]

@@ -903,3 +903,34 @@ def test_quotas_roll_over_at_midnight_in_japan(clock: _Clock) -> None:
         quotas.take(grant, 1)
     clock.instant = dt.datetime(2025, 4, 1, 15, 0, tzinfo=dt.UTC)
     assert quotas.used("nenkin", "pension-benefit") == 0
+
+
+def test_match_levels_above_exact_are_denied_unless_the_affair_lists_them() -> None:
+    policy = Policy.load(example_path())
+    nenkin, moj = policy.agency("nenkin"), policy.agency("moj")
+    assert nenkin.affairs["pension-benefit"].match_levels == {"exact", "normalised", "reading"}
+    assert moj.affairs["bar-exam"].match_levels == {"exact"}
+    grant = policy.authorize(
+        nenkin, "pension-benefit", "resident_code", ["family_name"], (), "reading"
+    )
+    assert (grant.level, grant.audit_mode) == ("reading", "verify@reading")
+    assert (
+        policy.authorize(moj, "bar-exam", "resident_code", ["family_name"]).audit_mode == "verify"
+    )
+    with pytest.raises(
+        NotPermitted,
+        match=r"'bar-exam' does not allow the normalised match level \(it allows: exact\)",
+    ):
+        policy.authorize(moj, "bar-exam", "resident_code", ["family_name"], (), "normalised")
+
+
+def test_an_unknown_match_level_in_a_policy_is_refused(tmp_path: Path) -> None:
+    text = (
+        example_path()
+        .read_text()
+        .replace('match_levels = ["normalised", "reading"]', 'match_levels = ["fuzzy"]')
+    )
+    path = tmp_path / "policy.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PolicyError, match=r"'match_levels'.*fuzzy"):
+        Policy.load(path)

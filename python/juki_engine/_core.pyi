@@ -124,6 +124,7 @@ class Registry:
         key: str,
         claims: list[tuple[str, str | int]],
         columns: list[str] = ...,
+        level: str = "exact",
     ) -> dict[str, Any]:
         """`verify` of one claim given as Python values (birth_date as ISO 8601 text); its
         result row as a dict."""

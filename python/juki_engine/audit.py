@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from juki_engine._core import JukiError
+from juki_engine.names import LEVELS
 
 __all__ = [
     "ANSWERED",
@@ -68,7 +69,8 @@ ANSWERED = ("disclosed", "not_found", "invalid_key")
 _REASON_CHARS = 256
 MODES = ("verify", "retrieve", "verify+retrieve", "list_affairs")
 """What the agency asked for: verify claims (照合), retrieve fields (提供), both, or the list of
-its affairs (recorded only when refused: it discloses nothing of a resident)."""
+its affairs (recorded only when refused: it discloses nothing of a resident). Verify above the
+exact match level is recorded with its level: `verify@normalised`, `verify+retrieve@reading`."""
 
 _TIME = pa.timestamp("us", tz="UTC")
 _CONTEXT_COLUMNS = ("agency", "operator", "request_id", "affair", "mode", "fields")
@@ -131,13 +133,18 @@ class AuditContext:
     affair: str
     """Affair (事務) code, e.g. the 住基法 別表 entry the agency acts under."""
     mode: str
-    """One of `MODES`."""
+    """One of `MODES`, with `@<level>` where claims were verified above the exact match level
+    (`verify@normalised`)."""
     fields: tuple[str, ...]
     """Fields disclosed: the claimed fields verified and the fields retrieved."""
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"audit mode must be one of {MODES}, not {self.mode!r}")
+        mode, _, level = self.mode.partition("@")
+        if mode not in MODES or (level and level not in LEVELS[1:]):
+            raise ValueError(
+                f"audit mode must be one of {MODES}, with @normalised or @reading for verify "
+                f"above the exact match level, not {self.mode!r}"
+            )
         for field in self.fields:
             if "," in field:
                 # Stored comma-joined: a comma inside a name would split it on reading.

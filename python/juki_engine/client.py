@@ -25,7 +25,8 @@ from juki_engine import files
 from juki_engine._core import InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
-from juki_engine.service.wire import KEY_KINDS, MESSAGE_OPTIONS, write_ipc
+from juki_engine.names import LEVELS
+from juki_engine.service.wire import KEY_KINDS, MATCH_LEVEL_NAMES, MESSAGE_OPTIONS, write_ipc
 
 # Claims per message are sized to this many bytes (the server accepts up to MAX_MESSAGE_BYTES).
 MESSAGE_TARGET_BYTES = 2 << 20
@@ -154,6 +155,8 @@ class BulkJob:
     context: pb.RequestContext
     by: str
     retrieve: Sequence[str] = ()
+    match: str = "exact"
+    """How closely claimed names must agree (docs/matching.md); the affair must allow it."""
     sent_rows: int = field(default=0, init=False)
 
     def run(
@@ -162,13 +165,18 @@ class BulkJob:
         """Stream the claims; yield each claims message with its results, in input order."""
         if self.by not in KEY_KINDS:
             raise InvalidInput(f"key '{self.by}': expected my_number or resident_code")
+        if self.match not in MATCH_LEVEL_NAMES:
+            raise InvalidInput(f"match '{self.match}': expected one of {', '.join(LEVELS)}")
         in_flight: deque[pa.RecordBatch] = deque()
         lock = threading.Lock()
 
         def requests() -> Iterator[pb.VerifyStreamRequest]:
             yield pb.VerifyStreamRequest(
                 header=pb.VerifyStreamHeader(
-                    context=self.context, key=KEY_KINDS[self.by], retrieve_fields=self.retrieve
+                    context=self.context,
+                    key=KEY_KINDS[self.by],
+                    retrieve_fields=self.retrieve,
+                    match_level=MATCH_LEVEL_NAMES[self.match],
                 )
             )
             for message in split_messages(batches):

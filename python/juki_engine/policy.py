@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from juki_engine._core import JukiError
+from juki_engine.names import LEVELS
 from juki_engine.registry import Registry
 
 KEYS = ("my_number", "resident_code")
@@ -55,6 +56,8 @@ class Affair:
     modes: frozenset[str]
     fields: tuple[str, ...]  # in the order of the public schema
     daily_quota: int  # records per day (Japan time); 0 = unlimited
+    match_levels: frozenset[str] = frozenset({"exact"})
+    """The match levels claims may be verified at (docs/matching.md); exact always."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +81,19 @@ class Grant:
     mode: str  # "verify", "retrieve" or "verify+retrieve"
     claimed: tuple[str, ...]
     retrieved: tuple[str, ...]
+    level: str = "exact"
+    """The match level the claims are verified at."""
 
     @property
     def fields(self) -> tuple[str, ...]:
         """Every field the reply discloses something about."""
         return tuple(dict.fromkeys(self.claimed + self.retrieved))
+
+    @property
+    def audit_mode(self) -> str:
+        """The mode as the audit trail records it: with the match level where it is not exact
+        (`verify@normalised`), since it says how much a yes reveals."""
+        return self.mode if self.level == "exact" else f"{self.mode}@{self.level}"
 
 
 class Policy:
@@ -171,11 +182,13 @@ class Policy:
         key: str,
         claimed: Iterable[str] = (),
         retrieve: Iterable[str] = (),
+        level: str = "exact",
     ) -> Grant:
         """Check one request against the policy; NotPermitted names what is not granted.
 
         `claimed` are the fields a verify request compares (each reveals a bit of the field, so
-        each must be allowed); `retrieve` are the fields to disclose.
+        each must be allowed); `retrieve` are the fields to disclose; `level` is how closely
+        claims must agree (one of `names.LEVELS`; above exact only where the affair allows it).
         """
         affair = agency.affairs.get(affair_code)
         if affair is None:
@@ -204,7 +217,13 @@ class Policy:
         for field in (*claimed, *retrieve):
             if field not in affair.fields:
                 raise NotPermitted(f"affair '{affair.code}' does not disclose the field '{field}'")
-        return Grant(agency, affair, "+".join(modes), claimed, _in_schema_order(retrieve))
+        if level not in affair.match_levels:
+            allowed = ", ".join(lv for lv in LEVELS if lv in affair.match_levels)
+            raise NotPermitted(
+                f"affair '{affair.code}' does not allow the {level} match level "
+                f"(it allows: {allowed})"
+            )
+        return Grant(agency, affair, "+".join(modes), claimed, _in_schema_order(retrieve), level)
 
 
 def _in_schema_order(fields: Iterable[str]) -> tuple[str, ...]:
@@ -300,7 +319,16 @@ def _agency(entry: Any, where: str, authorities: Mapping[str, str]) -> Agency:
 def _affair(entry: Any, where: str) -> Affair:
     if not isinstance(entry, dict):
         raise PolicyError(f"{where} must be a table")
-    known = {"code", "title", "legal_basis", "keys", "modes", "fields", "daily_quota"}
+    known = {
+        "code",
+        "title",
+        "legal_basis",
+        "keys",
+        "modes",
+        "fields",
+        "daily_quota",
+        "match_levels",
+    }
     unknown = set(entry) - known
     if unknown:
         raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
@@ -310,6 +338,7 @@ def _affair(entry: Any, where: str) -> Affair:
     if not isinstance(quota, int) or isinstance(quota, bool) or quota < 0:
         raise PolicyError(f"{where}: 'daily_quota' must be a whole number ≥ 0 (0: unlimited)")
     fields = _strings(entry.get("fields", []), f"{where}: 'fields'", Registry.column_names())
+    levels = _strings(entry.get("match_levels", []), f"{where}: 'match_levels'", LEVELS)
     return Affair(
         code=code,
         title=_text(entry, "title", where),
@@ -318,6 +347,7 @@ def _affair(entry: Any, where: str) -> Affair:
         modes=frozenset(_strings(entry.get("modes"), f"{where}: 'modes'", MODES)),
         fields=_in_schema_order(fields),
         daily_quota=quota,
+        match_levels=frozenset({"exact", *levels}),
     )
 
 

@@ -170,12 +170,17 @@ class Registry:
         claims: Mapping[str, str | int] | None = None,
         *,
         columns: Sequence[str] = (),
+        match: str = "exact",
     ) -> dict[str, Any]:
         """`verify` for a single claim given as Python values, as a typed call asks it: the
         result row as a dict. Dates and the registry's names and codes come back as text (dates
-        ISO 8601), `sex` as an int, the rest as in `verify`. No Arrow crosses the boundary,
-        which for one row costs more than the check itself."""
-        return self._core.verify_one(by, key, list((claims or {}).items()), list(columns))
+        ISO 8601), `sex` as an int, the rest as in `verify` (`match` included). No Arrow
+        crosses the boundary, which for one row costs more than the check itself."""
+        if match != "exact":
+            from juki_engine import names
+
+            names.install()
+        return self._core.verify_one(by, key, list((claims or {}).items()), list(columns), match)
 
     @staticmethod
     def column_names() -> list[str]:

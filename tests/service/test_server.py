@@ -837,3 +837,89 @@ def test_sigterm_drains_a_job_in_flight_with_its_audit(
     mine = logged.filter(pc.equal(logged["request_id"], job.context.request_id))
     assert sorted(mine["subject"].to_pylist()) == sorted(received)
     assert set(mine["outcome"].to_pylist()) == {"disclosed"}
+
+
+# -- match levels (docs/matching.md) ----------------------------------------------------------
+
+
+def test_typed_verify_at_the_normalised_level_says_where_each_field_agrees(
+    pki: Path, running: service.Server, small_rows: list[Row]
+) -> None:
+    p = person(small_rows)
+    request = pb.VerifyRequest(
+        context=ctx(),
+        key=pb.Key(resident_code=p["resident_code"]),
+        # A full-width space the form added: not the same characters, the same name.
+        claims=pb.Claims(family_name=p["family_name"] + "　", given_name="違う名前"),
+        match_level=pb.MATCH_LEVEL_NORMALISED,
+    )
+    with channel(pki, running, "nenkin") as ch:
+        reply = pb_grpc.IdentityVerificationServiceStub(ch).Verify(request, timeout=10)
+    assert [(m.field, m.match, m.level) for m in reply.matches] == [
+        ("family_name", True, pb.MATCH_LEVEL_NORMALISED),
+        ("given_name", False, pb.MATCH_LEVEL_UNSPECIFIED),
+    ]
+    # The trail says how much a yes revealed.
+    assert records(running, request.context.request_id)["mode"].to_pylist() == ["verify@normalised"]
+    exact = pb.VerifyRequest(context=ctx(), key=request.key, claims=request.claims)
+    with channel(pki, running, "nenkin") as ch:
+        reply = pb_grpc.IdentityVerificationServiceStub(ch).Verify(exact, timeout=10)
+    assert [(m.match, m.level) for m in reply.matches] == [
+        (False, pb.MATCH_LEVEL_UNSPECIFIED),
+        (False, pb.MATCH_LEVEL_UNSPECIFIED),
+    ]
+
+
+def test_a_match_level_the_affair_does_not_allow_is_refused(
+    pki: Path, running: service.Server, small_rows: list[Row]
+) -> None:
+    p = person(small_rows)
+    request = pb.VerifyRequest(
+        context=ctx("bar-exam"),
+        key=pb.Key(resident_code=p["resident_code"]),
+        claims=pb.Claims(family_name=p["family_name"]),
+        match_level=pb.MATCH_LEVEL_READING,
+    )
+    with channel(pki, running, "moj") as ch:
+        stub = pb_grpc.IdentityVerificationServiceStub(ch)
+        error = rpc_error(lambda: stub.Verify(request, timeout=10))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "does not allow the reading match level (it allows: exact)" in error.details()
+        unknown = pb.VerifyRequest(
+            context=ctx("bar-exam"), key=request.key, claims=request.claims, match_level=7
+        )
+        error = rpc_error(lambda: stub.Verify(unknown, timeout=10))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "match_level 7 is not a MatchLevel" in error.details()
+        granted = stub.ListAffairs(pb.ListAffairsRequest(), timeout=10).affairs
+        assert [list(a.match_levels) for a in granted] == [[pb.MATCH_LEVEL_EXACT]]
+    with channel(pki, running, "nenkin") as ch:
+        pension = pb_grpc.IdentityVerificationServiceStub(ch).ListAffairs(
+            pb.ListAffairsRequest(), timeout=10
+        )
+    assert list(pension.affairs[0].match_levels) == [
+        pb.MATCH_LEVEL_EXACT,
+        pb.MATCH_LEVEL_NORMALISED,
+        pb.MATCH_LEVEL_READING,
+    ]
+
+
+def test_a_bulk_job_above_the_exact_level_gets_each_fields_level(
+    pki: Path, running: service.Server, small_rows: list[Row]
+) -> None:
+    claims = claims_of(small_rows, 30).to_pylist()
+    claims[0]["family_name"] += " "  # a space more: the same name at the normalised level
+    table = pa.Table.from_pylist(claims, claims_of(small_rows, 1).schema)
+    with channel(pki, running, "nenkin") as ch:
+        job = BulkJob(ch, ctx(), "resident_code", match="normalised")
+        results = pa.concat_tables([r for _, r in job.run(table.to_batches())])
+    assert results["family_name_match"].to_pylist() == [True] * 30
+    levels = results["family_name_level"].to_pylist()
+    assert levels[0] == "normalised" and set(levels[1:]) == {"exact"}
+    assert set(results["birth_date_level"].to_pylist()) == {"exact"}
+    with channel(pki, running, "nenkin") as ch:
+        plain = pa.concat_tables(
+            [r for _, r in BulkJob(ch, ctx(), "resident_code").run(table.to_batches())]
+        )
+    assert "family_name_level" not in plain.column_names
+    assert plain["family_name_match"][0].as_py() is False

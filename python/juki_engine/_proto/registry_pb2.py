@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16juki/v1/registry.proto\x12\x07juki.v1\"I\n\x0eRequestContext\x12\x0e\n\x06\x61\x66\x66\x61ir\x18\x01 \x01(\t\x12\x13\n\x0boperator_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x03Key\x12\x13\n\tmy_number\x18\x01 \x01(\tH\x00\x12\x17\n\rresident_code\x18\x02 \x01(\tH\x00\x42\x07\n\x05value\"\xc6\x02\n\x06\x43laims\x12\x18\n\x0b\x66\x61mily_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1d\n\x10\x66\x61mily_name_kana\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x17\n\ngiven_name\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x1c\n\x0fgiven_name_kana\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x17\n\nbirth_date\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1e\n\x03sex\x18\x06 \x01(\x0e\x32\x0c.juki.v1.SexH\x05\x88\x01\x01\x12\x1e\n\x11municipality_code\x18\x07 \x01(\tH\x06\x88\x01\x01\x42\x0e\n\x0c_family_nameB\x13\n\x11_family_name_kanaB\r\n\x0b_given_nameB\x12\n\x10_given_name_kanaB\r\n\x0b_birth_dateB\x06\n\x04_sexB\x14\n\x12_municipality_code\"\xf3\x05\n\x08Resident\x12\x1a\n\rresident_code\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tmy_number\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x18\n\x0b\x66\x61mily_name\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x1d\n\x10\x66\x61mily_name_kana\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x17\n\ngiven_name\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1c\n\x0fgiven_name_kana\x18\x06 \x01(\tH\x05\x88\x01\x01\x12\x17\n\nbirth_date\x18\x07 \x01(\tH\x06\x88\x01\x01\x12\x1e\n\x03sex\x18\x08 \x01(\x0e\x32\x0c.juki.v1.SexH\x07\x88\x01\x01\x12\x1e\n\x11municipality_code\x18\t \x01(\tH\x08\x88\x01\x01\x12\x1e\n\x11municipality_name\x18\n \x01(\tH\t\x88\x01\x01\x12\x17\n\nprefecture\x18\x0b \x01(\tH\n\x88\x01\x01\x12\x19\n\x0c\x61\x64\x64ress_town\x18\x0c \x01(\tH\x0b\x88\x01\x01\x12\x1a\n\raddress_block\x18\r \x01(\tH\x0c\x88\x01\x01\x12,\n\x06status\x18\x0e \x01(\x0e\x32\x17.juki.v1.ResidentStatusH\r\x88\x01\x01\x12\x18\n\x0bstatus_date\x18\x0f \x01(\tH\x0e\x88\x01\x01\x12+\n\ncard_state\x18\x10 \x01(\x0e\x32\x12.juki.v1.CardStateH\x0f\x88\x01\x01\x42\x10\n\x0e_resident_codeB\x0c\n\n_my_numberB\x0e\n\x0c_family_nameB\x13\n\x11_family_name_kanaB\r\n\x0b_given_nameB\x12\n\x10_given_name_kanaB\r\n\x0b_birth_dateB\x06\n\x04_sexB\x14\n\x12_municipality_codeB\x14\n\x12_municipality_nameB\r\n\x0b_prefectureB\x0f\n\r_address_townB\x10\n\x0e_address_blockB\t\n\x07_statusB\x0e\n\x0c_status_dateB\r\n\x0b_card_state\"u\n\rVerifyRequest\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.juki.v1.RequestContext\x12\x19\n\x03key\x18\x02 \x01(\x0b\x32\x0c.juki.v1.Key\x12\x1f\n\x06\x63laims\x18\x03 \x01(\x0b\x32\x0f.juki.v1.Claims\"*\n\nFieldMatch\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05match\x18\x02 \x01(\x08\"E\n\x0eVerifyResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12$\n\x07matches\x18\x02 \x03(\x0b\x32\x13.juki.v1.FieldMatch\"f\n\x0fRetrieveRequest\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.juki.v1.RequestContext\x12\x19\n\x03key\x18\x02 \x01(\x0b\x32\x0c.juki.v1.Key\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\"V\n\x10RetrieveResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12#\n\x08resident\x18\x02 \x01(\x0b\x32\x11.juki.v1.Resident\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\"\x14\n\x12ListAffairsRequest\"\xa2\x01\n\x06\x41\x66\x66\x61ir\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0blegal_basis\x18\x03 \x01(\t\x12\x1e\n\x04keys\x18\x04 \x03(\x0e\x32\x10.juki.v1.KeyKind\x12\r\n\x05modes\x18\x05 \x03(\t\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x61ily_quota\x18\x07 \x01(\x04\x12\x12\n\nused_today\x18\x08 \x01(\x04\"a\n\x13ListAffairsResponse\x12\x13\n\x0b\x61gency_code\x18\x01 \x01(\t\x12\x13\n\x0b\x61gency_name\x18\x02 \x01(\t\x12 \n\x07\x61\x66\x66\x61irs\x18\x03 \x03(\x0b\x32\x0f.juki.v1.Affair\"v\n\x12VerifyStreamHeader\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.juki.v1.RequestContext\x12\x1d\n\x03key\x18\x02 \x01(\x0e\x32\x10.juki.v1.KeyKind\x12\x17\n\x0fretrieve_fields\x18\x03 \x03(\t\"^\n\x13VerifyStreamRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.juki.v1.VerifyStreamHeaderH\x00\x12\x10\n\x06\x63laims\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\":\n\x14VerifyStreamResponse\x12\x11\n\tfirst_row\x18\x01 \x01(\x04\x12\x0f\n\x07results\x18\x02 \x01(\x0c*W\n\x07KeyKind\x12\x18\n\x14KEY_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12KEY_KIND_MY_NUMBER\x10\x01\x12\x1a\n\x16KEY_KIND_RESIDENT_CODE\x10\x02*8\n\x03Sex\x12\x13\n\x0fSEX_UNSPECIFIED\x10\x00\x12\x0c\n\x08SEX_MALE\x10\x01\x12\x0e\n\nSEX_FEMALE\x10\x02*\xac\x01\n\x0eResidentStatus\x12\x1f\n\x1bRESIDENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18RESIDENT_STATUS_RESIDENT\x10\x01\x12 \n\x1cRESIDENT_STATUS_MOVED_ABROAD\x10\x02\x12\x1c\n\x18RESIDENT_STATUS_DECEASED\x10\x03\x12\x1b\n\x17RESIDENT_STATUS_REMOVED\x10\x04*k\n\tCardState\x12\x1a\n\x16\x43\x41RD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41RD_STATE_NONE\x10\x01\x12\x16\n\x12\x43\x41RD_STATE_APPLIED\x10\x02\x12\x15\n\x11\x43\x41RD_STATE_ISSUED\x10\x03\x32\xe3\x01\n\x1bIdentityVerificationService\x12\x39\n\x06Verify\x12\x16.juki.v1.VerifyRequest\x1a\x17.juki.v1.VerifyResponse\x12?\n\x08Retrieve\x12\x18.juki.v1.RetrieveRequest\x1a\x19.juki.v1.RetrieveResponse\x12H\n\x0bListAffairs\x12\x1b.juki.v1.ListAffairsRequest\x1a\x1c.juki.v1.ListAffairsResponse2j\n\x17\x42ulkVerificationService\x12O\n\x0cVerifyStream\x12\x1c.juki.v1.VerifyStreamRequest\x1a\x1d.juki.v1.VerifyStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16juki/v1/registry.proto\x12\x07juki.v1\"I\n\x0eRequestContext\x12\x0e\n\x06\x61\x66\x66\x61ir\x18\x01 \x01(\t\x12\x13\n\x0boperator_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x03Key\x12\x13\n\tmy_number\x18\x01 \x01(\tH\x00\x12\x17\n\rresident_code\x18\x02 \x01(\tH\x00\x42\x07\n\x05value\"\xc6\x02\n\x06\x43laims\x12\x18\n\x0b\x66\x61mily_name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1d\n\x10\x66\x61mily_name_kana\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x17\n\ngiven_name\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x1c\n\x0fgiven_name_kana\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x17\n\nbirth_date\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1e\n\x03sex\x18\x06 \x01(\x0e\x32\x0c.juki.v1.SexH\x05\x88\x01\x01\x12\x1e\n\x11municipality_code\x18\x07 \x01(\tH\x06\x88\x01\x01\x42\x0e\n\x0c_family_nameB\x13\n\x11_family_name_kanaB\r\n\x0b_given_nameB\x12\n\x10_given_name_kanaB\r\n\x0b_birth_dateB\x06\n\x04_sexB\x14\n\x12_municipality_code\"\xf3\x05\n\x08Resident\x12\x1a\n\rresident_code\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tmy_number\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x18\n\x0b\x66\x61mily_name\x18\x03 \x01(\tH\x02\x88\x01\x01\x12\x1d\n\x10\x66\x61mily_name_kana\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x17\n\ngiven_name\x18\x05 \x01(\tH\x04\x88\x01\x01\x12\x1c\n\x0fgiven_name_kana\x18\x06 \x01(\tH\x05\x88\x01\x01\x12\x17\n\nbirth_date\x18\x07 \x01(\tH\x06\x88\x01\x01\x12\x1e\n\x03sex\x18\x08 \x01(\x0e\x32\x0c.juki.v1.SexH\x07\x88\x01\x01\x12\x1e\n\x11municipality_code\x18\t \x01(\tH\x08\x88\x01\x01\x12\x1e\n\x11municipality_name\x18\n \x01(\tH\t\x88\x01\x01\x12\x17\n\nprefecture\x18\x0b \x01(\tH\n\x88\x01\x01\x12\x19\n\x0c\x61\x64\x64ress_town\x18\x0c \x01(\tH\x0b\x88\x01\x01\x12\x1a\n\raddress_block\x18\r \x01(\tH\x0c\x88\x01\x01\x12,\n\x06status\x18\x0e \x01(\x0e\x32\x17.juki.v1.ResidentStatusH\r\x88\x01\x01\x12\x18\n\x0bstatus_date\x18\x0f \x01(\tH\x0e\x88\x01\x01\x12+\n\ncard_state\x18\x10 \x01(\x0e\x32\x12.juki.v1.CardStateH\x0f\x88\x01\x01\x42\x10\n\x0e_resident_codeB\x0c\n\n_my_numberB\x0e\n\x0c_family_nameB\x13\n\x11_family_name_kanaB\r\n\x0b_given_nameB\x12\n\x10_given_name_kanaB\r\n\x0b_birth_dateB\x06\n\x04_sexB\x14\n\x12_municipality_codeB\x14\n\x12_municipality_nameB\r\n\x0b_prefectureB\x0f\n\r_address_townB\x10\n\x0e_address_blockB\t\n\x07_statusB\x0e\n\x0c_status_dateB\r\n\x0b_card_state\"\x9f\x01\n\rVerifyRequest\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.juki.v1.RequestContext\x12\x19\n\x03key\x18\x02 \x01(\x0b\x32\x0c.juki.v1.Key\x12\x1f\n\x06\x63laims\x18\x03 \x01(\x0b\x32\x0f.juki.v1.Claims\x12(\n\x0bmatch_level\x18\x04 \x01(\x0e\x32\x13.juki.v1.MatchLevel\"N\n\nFieldMatch\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05match\x18\x02 \x01(\x08\x12\"\n\x05level\x18\x03 \x01(\x0e\x32\x13.juki.v1.MatchLevel\"E\n\x0eVerifyResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12$\n\x07matches\x18\x02 \x03(\x0b\x32\x13.juki.v1.FieldMatch\"f\n\x0fRetrieveRequest\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.juki.v1.RequestContext\x12\x19\n\x03key\x18\x02 \x01(\x0b\x32\x0c.juki.v1.Key\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\"V\n\x10RetrieveResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12#\n\x08resident\x18\x02 \x01(\x0b\x32\x11.juki.v1.Resident\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\"\x14\n\x12ListAffairsRequest\"\xcd\x01\n\x06\x41\x66\x66\x61ir\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0blegal_basis\x18\x03 \x01(\t\x12\x1e\n\x04keys\x18\x04 \x03(\x0e\x32\x10.juki.v1.KeyKind\x12\r\n\x05modes\x18\x05 \x03(\t\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x61ily_quota\x18\x07 \x01(\x04\x12\x12\n\nused_today\x18\x08 \x01(\x04\x12)\n\x0cmatch_levels\x18\t \x03(\x0e\x32\x13.juki.v1.MatchLevel\"a\n\x13ListAffairsResponse\x12\x13\n\x0b\x61gency_code\x18\x01 \x01(\t\x12\x13\n\x0b\x61gency_name\x18\x02 \x01(\t\x12 \n\x07\x61\x66\x66\x61irs\x18\x03 \x03(\x0b\x32\x0f.juki.v1.Affair\"\xa0\x01\n\x12VerifyStreamHeader\x12(\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x17.juki.v1.RequestContext\x12\x1d\n\x03key\x18\x02 \x01(\x0e\x32\x10.juki.v1.KeyKind\x12\x17\n\x0fretrieve_fields\x18\x03 \x03(\t\x12(\n\x0bmatch_level\x18\x04 \x01(\x0e\x32\x13.juki.v1.MatchLevel\"^\n\x13VerifyStreamRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.juki.v1.VerifyStreamHeaderH\x00\x12\x10\n\x06\x63laims\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\":\n\x14VerifyStreamResponse\x12\x11\n\tfirst_row\x18\x01 \x01(\x04\x12\x0f\n\x07results\x18\x02 \x01(\x0c*W\n\x07KeyKind\x12\x18\n\x14KEY_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12KEY_KIND_MY_NUMBER\x10\x01\x12\x1a\n\x16KEY_KIND_RESIDENT_CODE\x10\x02*8\n\x03Sex\x12\x13\n\x0fSEX_UNSPECIFIED\x10\x00\x12\x0c\n\x08SEX_MALE\x10\x01\x12\x0e\n\nSEX_FEMALE\x10\x02*\xac\x01\n\x0eResidentStatus\x12\x1f\n\x1bRESIDENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18RESIDENT_STATUS_RESIDENT\x10\x01\x12 \n\x1cRESIDENT_STATUS_MOVED_ABROAD\x10\x02\x12\x1c\n\x18RESIDENT_STATUS_DECEASED\x10\x03\x12\x1b\n\x17RESIDENT_STATUS_REMOVED\x10\x04*k\n\tCardState\x12\x1a\n\x16\x43\x41RD_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41RD_STATE_NONE\x10\x01\x12\x16\n\x12\x43\x41RD_STATE_APPLIED\x10\x02\x12\x15\n\x11\x43\x41RD_STATE_ISSUED\x10\x03*u\n\nMatchLevel\x12\x1b\n\x17MATCH_LEVEL_UNSPECIFIED\x10\x00\x12\x15\n\x11MATCH_LEVEL_EXACT\x10\x01\x12\x1a\n\x16MATCH_LEVEL_NORMALISED\x10\x02\x12\x17\n\x13MATCH_LEVEL_READING\x10\x03\x32\xe3\x01\n\x1bIdentityVerificationService\x12\x39\n\x06Verify\x12\x16.juki.v1.VerifyRequest\x1a\x17.juki.v1.VerifyResponse\x12?\n\x08Retrieve\x12\x18.juki.v1.RetrieveRequest\x1a\x19.juki.v1.RetrieveResponse\x12H\n\x0bListAffairs\x12\x1b.juki.v1.ListAffairsRequest\x1a\x1c.juki.v1.ListAffairsResponse2j\n\x17\x42ulkVerificationService\x12O\n\x0cVerifyStream\x12\x1c.juki.v1.VerifyStreamRequest\x1a\x1d.juki.v1.VerifyStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'juki.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYKIND']._serialized_start=2247
-  _globals['_KEYKIND']._serialized_end=2334
-  _globals['_SEX']._serialized_start=2336
-  _globals['_SEX']._serialized_end=2392
-  _globals['_RESIDENTSTATUS']._serialized_start=2395
-  _globals['_RESIDENTSTATUS']._serialized_end=2567
-  _globals['_CARDSTATE']._serialized_start=2569
-  _globals['_CARDSTATE']._serialized_end=2676
+  _globals['_KEYKIND']._serialized_start=2412
+  _globals['_KEYKIND']._serialized_end=2499
+  _globals['_SEX']._serialized_start=2501
+  _globals['_SEX']._serialized_end=2557
+  _globals['_RESIDENTSTATUS']._serialized_start=2560
+  _globals['_RESIDENTSTATUS']._serialized_end=2732
+  _globals['_CARDSTATE']._serialized_start=2734
+  _globals['_CARDSTATE']._serialized_end=2841
+  _globals['_MATCHLEVEL']._serialized_start=2843
+  _globals['_MATCHLEVEL']._serialized_end=2960
   _globals['_REQUESTCONTEXT']._serialized_start=35
   _globals['_REQUESTCONTEXT']._serialized_end=108
   _globals['_KEY']._serialized_start=110
@@ -47,30 +49,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLAIMS']._serialized_end=499
   _globals['_RESIDENT']._serialized_start=502
   _globals['_RESIDENT']._serialized_end=1257
-  _globals['_VERIFYREQUEST']._serialized_start=1259
-  _globals['_VERIFYREQUEST']._serialized_end=1376
-  _globals['_FIELDMATCH']._serialized_start=1378
-  _globals['_FIELDMATCH']._serialized_end=1420
-  _globals['_VERIFYRESPONSE']._serialized_start=1422
-  _globals['_VERIFYRESPONSE']._serialized_end=1491
-  _globals['_RETRIEVEREQUEST']._serialized_start=1493
-  _globals['_RETRIEVEREQUEST']._serialized_end=1595
-  _globals['_RETRIEVERESPONSE']._serialized_start=1597
-  _globals['_RETRIEVERESPONSE']._serialized_end=1683
-  _globals['_LISTAFFAIRSREQUEST']._serialized_start=1685
-  _globals['_LISTAFFAIRSREQUEST']._serialized_end=1705
-  _globals['_AFFAIR']._serialized_start=1708
-  _globals['_AFFAIR']._serialized_end=1870
-  _globals['_LISTAFFAIRSRESPONSE']._serialized_start=1872
-  _globals['_LISTAFFAIRSRESPONSE']._serialized_end=1969
-  _globals['_VERIFYSTREAMHEADER']._serialized_start=1971
-  _globals['_VERIFYSTREAMHEADER']._serialized_end=2089
-  _globals['_VERIFYSTREAMREQUEST']._serialized_start=2091
-  _globals['_VERIFYSTREAMREQUEST']._serialized_end=2185
-  _globals['_VERIFYSTREAMRESPONSE']._serialized_start=2187
-  _globals['_VERIFYSTREAMRESPONSE']._serialized_end=2245
-  _globals['_IDENTITYVERIFICATIONSERVICE']._serialized_start=2679
-  _globals['_IDENTITYVERIFICATIONSERVICE']._serialized_end=2906
-  _globals['_BULKVERIFICATIONSERVICE']._serialized_start=2908
-  _globals['_BULKVERIFICATIONSERVICE']._serialized_end=3014
+  _globals['_VERIFYREQUEST']._serialized_start=1260
+  _globals['_VERIFYREQUEST']._serialized_end=1419
+  _globals['_FIELDMATCH']._serialized_start=1421
+  _globals['_FIELDMATCH']._serialized_end=1499
+  _globals['_VERIFYRESPONSE']._serialized_start=1501
+  _globals['_VERIFYRESPONSE']._serialized_end=1570
+  _globals['_RETRIEVEREQUEST']._serialized_start=1572
+  _globals['_RETRIEVEREQUEST']._serialized_end=1674
+  _globals['_RETRIEVERESPONSE']._serialized_start=1676
+  _globals['_RETRIEVERESPONSE']._serialized_end=1762
+  _globals['_LISTAFFAIRSREQUEST']._serialized_start=1764
+  _globals['_LISTAFFAIRSREQUEST']._serialized_end=1784
+  _globals['_AFFAIR']._serialized_start=1787
+  _globals['_AFFAIR']._serialized_end=1992
+  _globals['_LISTAFFAIRSRESPONSE']._serialized_start=1994
+  _globals['_LISTAFFAIRSRESPONSE']._serialized_end=2091
+  _globals['_VERIFYSTREAMHEADER']._serialized_start=2094
+  _globals['_VERIFYSTREAMHEADER']._serialized_end=2254
+  _globals['_VERIFYSTREAMREQUEST']._serialized_start=2256
+  _globals['_VERIFYSTREAMREQUEST']._serialized_end=2350
+  _globals['_VERIFYSTREAMRESPONSE']._serialized_start=2352
+  _globals['_VERIFYSTREAMRESPONSE']._serialized_end=2410
+  _globals['_IDENTITYVERIFICATIONSERVICE']._serialized_start=2963
+  _globals['_IDENTITYVERIFICATIONSERVICE']._serialized_end=3190
+  _globals['_BULKVERIFICATIONSERVICE']._serialized_start=3192
+  _globals['_BULKVERIFICATIONSERVICE']._serialized_end=3298
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,13 @@ class CardState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CARD_STATE_NONE: _ClassVar[CardState]
     CARD_STATE_APPLIED: _ClassVar[CardState]
     CARD_STATE_ISSUED: _ClassVar[CardState]
+
+class MatchLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MATCH_LEVEL_UNSPECIFIED: _ClassVar[MatchLevel]
+    MATCH_LEVEL_EXACT: _ClassVar[MatchLevel]
+    MATCH_LEVEL_NORMALISED: _ClassVar[MatchLevel]
+    MATCH_LEVEL_READING: _ClassVar[MatchLevel]
 KEY_KIND_UNSPECIFIED: KeyKind
 KEY_KIND_MY_NUMBER: KeyKind
 KEY_KIND_RESIDENT_CODE: KeyKind
@@ -48,6 +55,10 @@ CARD_STATE_UNSPECIFIED: CardState
 CARD_STATE_NONE: CardState
 CARD_STATE_APPLIED: CardState
 CARD_STATE_ISSUED: CardState
+MATCH_LEVEL_UNSPECIFIED: MatchLevel
+MATCH_LEVEL_EXACT: MatchLevel
+MATCH_LEVEL_NORMALISED: MatchLevel
+MATCH_LEVEL_READING: MatchLevel
 
 class RequestContext(_message.Message):
     __slots__ = ("affair", "operator_id", "request_id")
@@ -122,22 +133,26 @@ class Resident(_message.Message):
     def __init__(self, resident_code: _Optional[str] = ..., my_number: _Optional[str] = ..., family_name: _Optional[str] = ..., family_name_kana: _Optional[str] = ..., given_name: _Optional[str] = ..., given_name_kana: _Optional[str] = ..., birth_date: _Optional[str] = ..., sex: _Optional[_Union[Sex, str]] = ..., municipality_code: _Optional[str] = ..., municipality_name: _Optional[str] = ..., prefecture: _Optional[str] = ..., address_town: _Optional[str] = ..., address_block: _Optional[str] = ..., status: _Optional[_Union[ResidentStatus, str]] = ..., status_date: _Optional[str] = ..., card_state: _Optional[_Union[CardState, str]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("context", "key", "claims")
+    __slots__ = ("context", "key", "claims", "match_level")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    MATCH_LEVEL_FIELD_NUMBER: _ClassVar[int]
     context: RequestContext
     key: Key
     claims: Claims
-    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., claims: _Optional[_Union[Claims, _Mapping]] = ...) -> None: ...
+    match_level: MatchLevel
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., claims: _Optional[_Union[Claims, _Mapping]] = ..., match_level: _Optional[_Union[MatchLevel, str]] = ...) -> None: ...
 
 class FieldMatch(_message.Message):
-    __slots__ = ("field", "match")
+    __slots__ = ("field", "match", "level")
     FIELD_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
     field: str
     match: bool
-    def __init__(self, field: _Optional[str] = ..., match: _Optional[bool] = ...) -> None: ...
+    level: MatchLevel
+    def __init__(self, field: _Optional[str] = ..., match: _Optional[bool] = ..., level: _Optional[_Union[MatchLevel, str]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("found", "matches")
@@ -172,7 +187,7 @@ class ListAffairsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Affair(_message.Message):
-    __slots__ = ("code", "title", "legal_basis", "keys", "modes", "fields", "daily_quota", "used_today")
+    __slots__ = ("code", "title", "legal_basis", "keys", "modes", "fields", "daily_quota", "used_today", "match_levels")
     CODE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     LEGAL_BASIS_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +196,7 @@ class Affair(_message.Message):
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     DAILY_QUOTA_FIELD_NUMBER: _ClassVar[int]
     USED_TODAY_FIELD_NUMBER: _ClassVar[int]
+    MATCH_LEVELS_FIELD_NUMBER: _ClassVar[int]
     code: str
     title: str
     legal_basis: str
@@ -189,7 +205,8 @@ class Affair(_message.Message):
     fields: _containers.RepeatedScalarFieldContainer[str]
     daily_quota: int
     used_today: int
-    def __init__(self, code: _Optional[str] = ..., title: _Optional[str] = ..., legal_basis: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyKind, str]]] = ..., modes: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., daily_quota: _Optional[int] = ..., used_today: _Optional[int] = ...) -> None: ...
+    match_levels: _containers.RepeatedScalarFieldContainer[MatchLevel]
+    def __init__(self, code: _Optional[str] = ..., title: _Optional[str] = ..., legal_basis: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyKind, str]]] = ..., modes: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., daily_quota: _Optional[int] = ..., used_today: _Optional[int] = ..., match_levels: _Optional[_Iterable[_Union[MatchLevel, str]]] = ...) -> None: ...
 
 class ListAffairsResponse(_message.Message):
     __slots__ = ("agency_code", "agency_name", "affairs")
@@ -202,14 +219,16 @@ class ListAffairsResponse(_message.Message):
     def __init__(self, agency_code: _Optional[str] = ..., agency_name: _Optional[str] = ..., affairs: _Optional[_Iterable[_Union[Affair, _Mapping]]] = ...) -> None: ...
 
 class VerifyStreamHeader(_message.Message):
-    __slots__ = ("context", "key", "retrieve_fields")
+    __slots__ = ("context", "key", "retrieve_fields", "match_level")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     RETRIEVE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MATCH_LEVEL_FIELD_NUMBER: _ClassVar[int]
     context: RequestContext
     key: KeyKind
     retrieve_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., key: _Optional[_Union[KeyKind, str]] = ..., retrieve_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    match_level: MatchLevel
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., key: _Optional[_Union[KeyKind, str]] = ..., retrieve_fields: _Optional[_Iterable[str]] = ..., match_level: _Optional[_Union[MatchLevel, str]] = ...) -> None: ...
 
 class VerifyStreamRequest(_message.Message):
     __slots__ = ("header", "claims")

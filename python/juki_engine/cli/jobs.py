@@ -16,6 +16,7 @@ from juki_engine.cli.outcomes import exit_status, print_summary
 from juki_engine.cli.output import console
 from juki_engine.cli.registry import KEY_KINDS, open_snapshot
 from juki_engine.client import JobSummary, claim_batches
+from juki_engine.names import LEVELS
 
 
 def key_column(path: Path, names: list[str], by: str | None) -> str:
@@ -60,7 +61,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         with progress:
             for batch in batches:
                 by = key_column(Path(args.input), batch.schema.names, args.by)
-                result = registry.verify(batch, by=by, first_row=summary.records)
+                result = registry.verify(batch, by=by, first_row=summary.records, match=args.match)
                 summary.add(result)
                 if writer is None:
                     writer = files.TableWriter(out, result.schema)
@@ -92,7 +93,7 @@ def verify_remote(args: argparse.Namespace) -> int:
     context = request_context(args.affair, args.operator, args.request_id)
     with tls.channel(args.server) as channel:
         fields = retrieve_fields(channel, args.fields, args.affair)
-        job = BulkJob(channel, context, by, fields)
+        job = BulkJob(channel, context, by, fields, args.match)
         started = time.perf_counter()
         progress, task = _progress(total)
         with progress:
@@ -157,6 +158,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--by", choices=KEY_KINDS, help="key column (default: the one the input holds)")
+    p.add_argument(
+        "--match",
+        choices=LEVELS,
+        default="exact",
+        help="how closely claimed names must agree (docs/matching.md; default exact)",
+    )
     p.add_argument("--batch-size", type=int, default=1_000_000, help="rows read at a time")
     p.add_argument("--mmap", action="store_true", help="with --registry: map the snapshot")
     add_client_options(p)

@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from juki_engine.cli.outcomes import EXIT_OK
 from juki_engine.cli.output import add_format_option, console, print_records
+from juki_engine.names import LEVELS
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -29,6 +30,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
             "keys": ", ".join(sorted(affair.keys)),
             "modes": ", ".join(sorted(affair.modes)),
             "fields": ", ".join(affair.fields),
+            "match_levels": ", ".join(lv for lv in LEVELS if lv in affair.match_levels),
             "daily_quota": affair.daily_quota or None,
         }
         for agency in policy.agencies

@@ -122,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def granted_affairs(reply: Any) -> pa.Table:
     """A ListAffairs reply as a table, one affair a row."""
+    from juki_engine._proto import registry_pb2 as pb
     from juki_engine.service.wire import KEY_NAMES
 
     names: dict[int, str] = {int(kind): name for kind, name in KEY_NAMES.items()}
@@ -138,6 +139,10 @@ def granted_affairs(reply: Any) -> pa.Table:
                 "keys": ", ".join(key_name(k) for k in a.keys),
                 "modes": ", ".join(a.modes),
                 "fields": ", ".join(a.fields),
+                "match_levels": ", ".join(
+                    pb.MatchLevel.Name(lv).removeprefix("MATCH_LEVEL_").lower()
+                    for lv in a.match_levels
+                ),
                 "daily_quota": a.daily_quota or None,
                 "used_today": a.used_today,
             }
@@ -203,6 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 out=str(results),
                 by=None,
                 batch_size=1_000_000,
+                match="exact",
             )
         )
         table = pq.read_table(results)

@@ -82,9 +82,9 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
             by = KEY_NAMES[header.key]
             retrieve = list(header.retrieve_fields)
             # Refuse what the header alone already rules out before any claim arrives.
-            f.authorize(call, agency, header.context, by, (), retrieve)
+            f.authorize(call, agency, header.context, by, (), retrieve, header.match_level)
             with self.slots.held():
-                job = _BulkJob(self, call, header.context, by, retrieve, request_iterator)
+                job = _BulkJob(self, call, header, by, retrieve, request_iterator)
                 stream = ResultStream()
                 try:
                     while (answer := job.next_answer()) is not None:
@@ -95,7 +95,7 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
     def _message(
         self,
         call: Call,
-        request: pb.RequestContext,
+        header: pb.VerifyStreamHeader,
         by: str,
         retrieve: list[str],
         n: int,
@@ -106,11 +106,12 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
         carries the message's subjects, so its records name the residents it concerned."""
         f = self.frontend
         started = time.perf_counter()
+        request = header.context
         claimed = [c for c in claims.column_names if c != by]
         try:
             # The policy and revocations in force now: a revoked agency stops here.
             agency = f.agency_of(call)
-            grant = f.authorize(call, agency, request, by, claimed, retrieve)
+            grant = f.authorize(call, agency, request, by, claimed, retrieve, header.match_level)
             answer = f.answer(grant, request, by, claims, first_row)
         except Exception as e:
             raise Refused(e, f.subjects_of(by, column_of(claims, by).combine_chunks())) from e
@@ -139,14 +140,14 @@ class _BulkJob:
         self,
         service: BulkVerificationService,
         call: Call,
-        request: pb.RequestContext,
+        header: pb.VerifyStreamHeader,
         by: str,
         retrieve: list[str],
         requests: Iterator[pb.VerifyStreamRequest],
     ) -> None:
         self._service = service
         self._by = by
-        self._args = (call, request, by, retrieve)
+        self._args = (call, header, by, retrieve)
         self._requests = requests
         # Futures of answers in message order; then None (the end) or the error that ended it.
         self._answers: queue.Queue[futures.Future[Answer] | BaseException | None] = queue.Queue()

@@ -48,7 +48,13 @@ from juki_engine.policy import (
 )
 from juki_engine.registry import Registry
 from juki_engine.service.identity import PeerCertificate, TrustStore
-from juki_engine.service.wire import MAX_TEXT_CHARS, check_fields, check_text, column_of
+from juki_engine.service.wire import (
+    MAX_TEXT_CHARS,
+    check_fields,
+    check_text,
+    column_of,
+    match_level,
+)
 
 log = logging.getLogger("juki.server")
 
@@ -279,8 +285,10 @@ class Frontend:
         by: str,
         claimed: Sequence[str],
         retrieve: Sequence[str],
+        level: int = 0,
     ) -> Grant:
-        """Check the request's strings against the contract, then against the policy."""
+        """Check the request's strings and match level (a `MatchLevel`) against the contract,
+        then against the policy."""
         call.request = request
         call.fields = tuple(dict.fromkeys((*claimed, *retrieve)))
         check_text(request.operator_id, "context.operator_id")
@@ -289,7 +297,9 @@ class Frontend:
         for name in call.fields:
             check_text(name, "field name")
         check_fields(claimed, retrieve)
-        return self.policy.authorize(agency, request.affair, by, claimed, retrieve)
+        return self.policy.authorize(
+            agency, request.affair, by, claimed, retrieve, match_level(level)
+        )
 
     def subjects_of(self, by: str, keys: pa.Array) -> pa.Array:
         """The resident codes behind a refused request's keys, for its audit records: null where
@@ -333,13 +343,14 @@ class Frontend:
                 by,
                 first_row=first_row,
                 columns=retrieved if from_key else ["resident_code", *retrieved],
+                match=grant.level,
             )
             if from_key:
                 subjects = pc.if_else(out["found"], keys, pa.scalar(None, keys.type))
                 out = out.append_column("resident_code", subjects)
             subjects = out["resident_code"].combine_chunks()
             results = out.select(_kept(grant))
-            ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
+            ctx = AuditContext(grant.agency.code, *_ids(request), grant.audit_mode, grant.fields)
             commit = self.audit.append(ctx, subjects, _outcomes(out))
         return Answer(first_row, results, commit, self.audit)
 
@@ -357,14 +368,16 @@ class Frontend:
         cost more than the check, BENCHMARKS.md)."""
         retrieved = [c for c in grant.retrieved if c != "resident_code"]
         with self.reserved(grant, 1):
-            row = self.registry.verify_one(key, by, claims, columns=["resident_code", *retrieved])
+            row = self.registry.verify_one(
+                key, by, claims, columns=["resident_code", *retrieved], match=grant.level
+            )
             if row["found"]:
                 outcome = "disclosed"
             else:
                 outcome = "not_found" if row["error"] is None else "invalid_key"
             kept = {name: row[name] for name in _kept(grant)}
             subjects = pa.array([row["resident_code"]], pa.string())
-            ctx = AuditContext(grant.agency.code, *_ids(request), grant.mode, grant.fields)
+            ctx = AuditContext(grant.agency.code, *_ids(request), grant.audit_mode, grant.fields)
             commit = self.audit.append(ctx, subjects, outcome)
             call.recorded = True
         settle(self.audit, commit, self.audit_timeout)
@@ -377,8 +390,15 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 def _kept(grant: Grant) -> list[str]:
-    """The result columns a grant lets the caller see."""
-    return ["found", "error", *(f"{c}_match" for c in grant.claimed), *grant.retrieved]
+    """The result columns a grant lets the caller see: above the exact match level, each claimed
+    field's level beside its match."""
+    levels = grant.level != "exact"
+    claimed = [
+        column
+        for c in grant.claimed
+        for column in ((f"{c}_match", f"{c}_level") if levels else (f"{c}_match",))
+    ]
+    return ["found", "error", *claimed, *grant.retrieved]
 
 
 def _is_text(t: pa.DataType) -> bool:

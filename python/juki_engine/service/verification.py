@@ -11,8 +11,9 @@ import grpc
 from juki_engine._core import InvalidIdentifier, InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.names import LEVELS
 from juki_engine.service.frontend import Call, Frontend
-from juki_engine.service.wire import KEY_KINDS, MAX_TEXT_CHARS
+from juki_engine.service.wire import KEY_KINDS, MATCH_LEVEL_NAMES, MAX_TEXT_CHARS
 
 
 def _claims(claims: pb.Claims) -> dict[str, str | int]:
@@ -63,6 +64,12 @@ def _resident(row: dict[str, Any], fields: Sequence[str]) -> pb.Resident:
     return resident
 
 
+def _level(agreed: str | None) -> str:
+    """A field's `FieldMatch.level`: the level it agreed at (a verify above the exact level
+    says), unset where it did not agree or the call asked at the exact level."""
+    return MATCH_LEVEL_NAMES.get(agreed or "", "MATCH_LEVEL_UNSPECIFIED")
+
+
 class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
     def __init__(self, frontend: Frontend) -> None:
         self.frontend = frontend
@@ -75,9 +82,16 @@ class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
             claims = _claims(request.claims)
             claimed = list(claims)
             by, key = _key(request.key)
-            grant = f.authorize(call, agency, request.context, by, claimed, ())
+            grant = f.authorize(call, agency, request.context, by, claimed, (), request.match_level)
             row = _single(f.answer_one(call, grant, request.context, by, key, claims), by)
-            matches = [pb.FieldMatch(field=c, match=row[f"{c}_match"]) for c in claimed]
+            matches = [
+                pb.FieldMatch(
+                    field=c,
+                    match=row[f"{c}_match"],
+                    level=_level(row.get(f"{c}_level")),
+                )
+                for c in claimed
+            ]
             return pb.VerifyResponse(found=row["found"], matches=matches if row["found"] else [])
 
     def Retrieve(
@@ -118,6 +132,9 @@ class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
                         fields=a.fields,
                         daily_quota=a.daily_quota,
                         used_today=f.quotas.used(agency.code, a.code),
+                        match_levels=[
+                            MATCH_LEVEL_NAMES[lv] for lv in LEVELS if lv in a.match_levels
+                        ],
                     )
                     for a in agency.affairs.values()
                 ],

@@ -35,6 +35,19 @@ ECHO_CHARS = 32
 
 KEY_NAMES = {pb.KEY_KIND_MY_NUMBER: "my_number", pb.KEY_KIND_RESIDENT_CODE: "resident_code"}
 KEY_KINDS = {name: kind for kind, name in KEY_NAMES.items()}
+MATCH_LEVELS: dict[int, str] = {
+    pb.MATCH_LEVEL_UNSPECIFIED: "exact",
+    pb.MATCH_LEVEL_EXACT: "exact",
+    pb.MATCH_LEVEL_NORMALISED: "normalised",
+    pb.MATCH_LEVEL_READING: "reading",
+}
+"""`MatchLevel` values and the levels `Registry.verify` names them by."""
+MATCH_LEVEL_NAMES = {
+    "exact": "MATCH_LEVEL_EXACT",
+    "normalised": "MATCH_LEVEL_NORMALISED",
+    "reading": "MATCH_LEVEL_READING",
+}
+"""Each level's `MatchLevel` value, by name (as messages take it)."""
 
 
 def echo(value: object) -> str:
@@ -56,6 +69,13 @@ def check_text(value: str, where: str, *, required: bool = True) -> str:
     if not value.isprintable():
         raise InvalidInput(f"{where} holds control characters: {echo(value)}")
     return value
+
+
+def match_level(value: int) -> str:
+    """The match level a request's `MatchLevel` names; an unknown value is INVALID_ARGUMENT."""
+    if value not in MATCH_LEVELS:
+        raise InvalidInput(f"match_level {value} is not a MatchLevel (0-3)")
+    return MATCH_LEVELS[value]
 
 
 def check_fields(claimed: Sequence[str], retrieve: Sequence[str]) -> None:
