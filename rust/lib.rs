@@ -2,7 +2,7 @@
 //!
 //! Modules by subject: `ids` (identifiers and check digits), `storage` (columns and the public
 //! schema), `index` (hash indexes), `query` (lookup and verify kernels), `normalize` (the match
-//! levels of names and readings), `generate` (synthetic registry), `import` (building from an
+//! levels of names and readings), `search` (the 4情報 index), `generate` (synthetic registry), `import` (building from an
 //! Arrow table), `snapshot` (save/open), `memory` (huge-page allocation and prefetch), `error`
 //! (the error type and its Python mapping), `wire` (the trust boundary: IPC decoding with caps,
 //! validation of every array from outside), `python` (bindings).
@@ -16,6 +16,7 @@ pub mod memory;
 pub mod normalize;
 pub mod python;
 pub mod query;
+pub mod search;
 pub mod snapshot;
 pub mod storage;
 pub mod wire;

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use arrow_array::{Array, StringArray};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 use crate::error::{JukiError, Result};
 use crate::storage::{Column, Dictionaries};
@@ -58,9 +58,13 @@ impl Level {
     }
 }
 
-/// A character folding table: each mapped character to the one it folds to.
+/// A character folding table: each mapped character to the one it folds to. Characters of the
+/// Basic Multilingual Plane (every 常用漢字, kana, and most variants) are looked up in a dense
+/// table, one load each; the rest in a hash map.
 #[derive(Debug, Default)]
 pub struct Folding {
+    /// Per BMP code point, the code point it folds to, or 0 where it does not fold.
+    bmp: Vec<u32>,
     map: HashMap<char, char>,
 }
 
@@ -127,37 +131,63 @@ impl Folding {
                 map.insert(start, end);
             }
         }
-        Ok(Folding { map })
+        let mut bmp = vec![0u32; 0x1_0000];
+        map.retain(|&from, &mut to| {
+            let dense = (from as u32) < 0x1_0000;
+            if dense {
+                bmp[from as usize] = to as u32;
+            }
+            !dense
+        });
+        Ok(Folding { bmp, map })
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.bmp.iter().filter(|&&to| to != 0).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
-    /// Fold `text` at `level` (see the module's documentation) into `out`, which is cleared
-    /// first. [`Level::Exact`] copies the text as it is.
+    /// The character `c` folds to through the table (itself where it does not fold).
+    #[inline(always)]
+    fn char_of(&self, c: char) -> char {
+        match self.bmp.get(c as usize) {
+            Some(&0) => c,
+            Some(&to) => char::from_u32(to).expect("built from chars"),
+            None => self.map.get(&c).copied().unwrap_or(c),
+        }
+    }
+
+    /// Fold `text` at `level` (see the module's documentation), appending it to `out`.
+    /// [`Level::Exact`] copies the text as it is.
     pub fn fold(&self, text: &str, level: Level, out: &mut String) {
-        out.clear();
         if level == Level::Exact {
             out.push_str(text);
             return;
         }
-        for c in text.nfkc() {
+        let start = out.len();
+        let mut push = |c: char| {
             if c.is_whitespace() {
-                continue;
+                return;
             }
-            let c = self.map.get(&c).copied().unwrap_or(c);
+            let c = self.char_of(c);
             out.push(if level == Level::Reading { kana(c) } else { c });
+        };
+        // Most names are NFKC already (the quick check says so from tables): no need to
+        // decompose and recompose them.
+        if is_nfkc_quick(text.chars()) == IsNormalized::Yes {
+            text.chars().for_each(&mut push);
+        } else {
+            text.nfkc().for_each(&mut push);
         }
         // NFKC turns a spacing voiced mark (゛, ゜) into a space and a combining mark, which the
         // space keeps from composing: with the space gone, compose (カ゛ = ガ).
-        if out.contains(['\u{3099}', '\u{309A}']) {
-            let composed: String = out.nfc().collect();
-            *out = composed;
+        if out[start..].contains(['\u{3099}', '\u{309A}']) {
+            let composed: String = out[start..].nfc().collect();
+            out.truncate(start);
+            out.push_str(&composed);
         }
     }
 }
@@ -213,6 +243,7 @@ impl FoldedText {
             let mut out = String::new();
             (0..dict.len())
                 .map(|i| {
+                    out.clear();
                     folding.fold(dict.value(i), level, &mut out);
                     Some(out.clone())
                 })
@@ -239,10 +270,20 @@ pub struct Matching<'a> {
 /// A registry's folded dictionaries, built on first use per level and kept.
 #[derive(Default)]
 pub struct FoldedCache {
-    levels: [OnceLock<FoldedText>; 2],
+    levels: [OnceLock<FoldedText>; 3],
 }
 
 impl FoldedCache {
+    /// The registry's dictionaries folded at `level` (at the exact level, as they are).
+    pub fn text(&self, dicts: &Dictionaries, level: Level) -> Result<&FoldedText> {
+        if level == Level::Exact {
+            return Ok(self.levels[0]
+                .get_or_init(|| FoldedText::build(dicts, &Folding::default(), Level::Exact)));
+        }
+        let folding = installed()?;
+        Ok(self.levels[level as usize].get_or_init(|| FoldedText::build(dicts, folding, level)))
+    }
+
     /// What verify at `level` needs (None at the exact level, which folds nothing).
     pub fn matching(&self, dicts: &Dictionaries, level: Level) -> Result<Option<Matching<'_>>> {
         if level == Level::Exact {
@@ -252,10 +293,8 @@ impl FoldedCache {
         let folded = [Level::Normalised, Level::Reading]
             .into_iter()
             .filter(|&l| l <= level)
-            .map(|l| {
-                self.levels[l as usize - 1].get_or_init(|| FoldedText::build(dicts, folding, l))
-            })
-            .collect();
+            .map(|l| self.text(dicts, l))
+            .collect::<Result<_>>()?;
         Ok(Some(Matching { folding, folded }))
     }
 }
@@ -269,6 +308,7 @@ pub fn folds_to(folding: &Folding, claimed: &[u8], level: Level, folded: &str) -
     };
     CLAIM.with(|buf| {
         let mut buf = buf.borrow_mut();
+        buf.clear();
         folding.fold(text, level, &mut buf);
         *buf == folded
     })

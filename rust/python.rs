@@ -13,7 +13,7 @@
 //! `InternalError`, never as an abort or a `PanicException`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow_array::cast::AsArray;
 use arrow_array::ffi_stream::RecordBatchStreamReader;
@@ -37,6 +37,7 @@ use crate::generate::{self, Plan};
 use crate::ids::{self, IdKind};
 use crate::normalize::{self as names, FoldedCache, Folding, Level};
 use crate::query::{self, ExactMatch};
+use crate::search::{self, SearchIndex};
 use crate::snapshot;
 use crate::storage::{schema_of, Column, RegistryData, Rows};
 use crate::wire::{self, Strings};
@@ -210,6 +211,8 @@ pub struct PyRegistry {
     data: Arc<RegistryData>,
     /// The registry's dictionaries folded for verify above the exact level, built on first use.
     folded: FoldedCache,
+    /// The 4情報 index at the exact and the normalised level, built on first use.
+    search: [OnceLock<SearchIndex>; 2],
 }
 
 impl PyRegistry {
@@ -217,6 +220,7 @@ impl PyRegistry {
         PyRegistry {
             data: Arc::new(data),
             folded: FoldedCache::default(),
+            search: Default::default(),
         }
     }
 }
@@ -420,6 +424,42 @@ impl PyRegistry {
         })?;
         let schema = results[0].schema();
         to_table(results, schema)
+    }
+
+    /// Search by the four basic facts; see `juki_engine.Registry.search`.
+    #[pyo3(signature = (claims, level = "normalised", columns = Vec::new()))]
+    fn search(
+        &self,
+        py: Python<'_>,
+        claims: &Bound<'_, PyAny>,
+        level: &str,
+        columns: Vec<String>,
+    ) -> PyResult<PyArrowType<Table>> {
+        let level = Level::from_name(level)?;
+        if level == Level::Reading {
+            return Err(JukiError::InvalidInput(
+                "a 4情報 search compares names at the exact or the normalised level".into(),
+            )
+            .into());
+        }
+        let cols = columns_of(Some(columns))?;
+        let claims = ImportedTable::from_python(claims, "claims")?;
+        let rows = claims.rows();
+        let out = run_sized(py, rows, || {
+            let folded = self.folded.text(&self.data.dicts, level)?;
+            let folding = match level {
+                Level::Exact => None,
+                _ => Some(names::installed()?),
+            };
+            let index =
+                self.search[level as usize].get_or_init(|| SearchIndex::build(&self.data, folded));
+            let (batches, schema) = claims.batches(Strings::Bytes)?;
+            let batch =
+                concat_batches(&schema, &batches).map_err(|e| JukiError::arrow("claims", e))?;
+            search::search(&self.data, index, folded, folding, &batch, &cols)
+        })?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
     }
 
     fn __len__(&self) -> usize {

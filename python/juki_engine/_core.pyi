@@ -118,6 +118,11 @@ class Registry:
 
         Dictionary columns of the result carry only the values of the rows answered."""
 
+    def search(
+        self, claims: pa.Table, level: str = "normalised", columns: list[str] = ...
+    ) -> pa.Table:
+        """Per claim's candidates: `claim`, `outcome`, `candidates`, `agreed`, then `columns`."""
+
     def verify_one(
         self,
         by: str,

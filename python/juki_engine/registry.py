@@ -163,6 +163,32 @@ class Registry:
             names.install()
         return self._core.verify(_as_table(claims), by, first_row, list(columns), match)
 
+    def search(
+        self, claims: Any, *, match: str = "normalised", columns: Sequence[str] = ()
+    ) -> pa.Table:
+        """Find residents by the four basic facts (4情報) when no identifier is at hand.
+
+        Each claim (a row of `claims`) gives `family_name`, `given_name` and `birth_date`
+        (date32), and may add `sex` and `municipality_code`. Names are compared at `match`:
+        `normalised` (the default: 髙橋 = 高橋, spaces and widths ignored, docs/matching.md) or
+        `exact`. One row per candidate, in claim order, most facts agreeing first:
+
+        - `claim`: the claim's row;
+        - `outcome`: `unique` when exactly one resident agrees on every supplied fact,
+          `ambiguous` when two or more do (all are listed: never a guess), `not_found` when none
+          does (residents sharing the name and birth date but not every other fact are still
+          listed, ranked by `agreed`);
+        - `candidates`: how many residents agree on every supplied fact;
+        - `agreed`: how many of the claim's supplied facts this candidate agrees on;
+        - then the requested `columns` of the candidate (null on a claim's row with none).
+
+        The index (1 GiB for the nation) is built on first use per level."""
+        if match != "exact":
+            from juki_engine import names
+
+            names.install()
+        return self._core.search(_as_table(claims), match, list(columns))
+
     def verify_one(
         self,
         key: str,

@@ -1,0 +1,481 @@
+//! Search by the four basic facts (4情報): name, birth date, sex, address — how 本人確認 is done
+//! when the caller holds no identifier.
+//!
+//! The index holds one `u64` a resident, sorted: the top bits of a hash of the resident's family
+//! name and given name (folded at the index's level, see [`crate::normalize`]) and birth date,
+//! above the resident's row id. A directory of the entries' top bits narrows a probe to a few
+//! entries, so a search costs about two cache misses, and the nation's index takes 1 GiB (and a
+//! 4 MiB directory). A hash is only a filter: every candidate's folded names and birth date are
+//! compared before it counts, so a collision can never make a false candidate.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Int64Type};
+use arrow_array::{
+    Array, ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array, UInt8Array,
+};
+use arrow_cast::cast;
+use arrow_schema::{DataType, Field, Schema};
+use rayon::prelude::*;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{JukiError, Result};
+use crate::index::{NOT_FOUND, ROW_BITS};
+use crate::memory::prefetch;
+use crate::normalize::{FoldedText, Folding, Level};
+use crate::query::{shown_type, TextColumn};
+use crate::storage::{Column, Person, RegistryData, Rows};
+
+const ROW_MASK: u64 = (1 << ROW_BITS) - 1;
+/// Bits of an entry's hash prefix that index the directory.
+const DIRECTORY_BITS: u32 = 20;
+/// Claims searched in one pass of phases: enough misses in flight to cover memory latency, few
+/// enough that what the phases prefetched is still in cache (a few hundred KiB).
+const CHUNK: usize = 512;
+
+/// What a search found for one claim.
+pub const OUTCOMES: [&str; 3] = ["unique", "ambiguous", "not_found"];
+const UNIQUE: u8 = 0;
+const AMBIGUOUS: u8 = 1;
+const NOT_FOUND_OUTCOME: u8 = 2;
+
+/// The claim columns a search takes: required first.
+pub const REQUIRED: [Column; 3] = [Column::FamilyName, Column::GivenName, Column::BirthDate];
+pub const OPTIONAL: [Column; 2] = [Column::Sex, Column::MunicipalityCode];
+
+/// One resident's name-and-birth-date hash, from its names' hashes.
+#[inline(always)]
+fn key(family: u64, given: u64, birth_date: i32) -> u64 {
+    let mut h = family
+        ^ given.rotate_left(29)
+        ^ (birth_date as u32 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // splitmix64's finaliser: every input bit moves the top bits the index sorts on.
+    h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
+}
+
+fn hashes(values: &StringArray) -> Vec<u64> {
+    (0..values.len())
+        .into_par_iter()
+        .map(|i| xxh3_64(values.value(i).as_bytes()))
+        .collect()
+}
+
+/// A name dictionary as the search reads it: each value's folded hash and canonical id (the
+/// first value with the same fold), and the values by the hash of their raw bytes, so that a
+/// claim spelled as some registry value is resolved without folding it.
+struct Names {
+    folded_hash: Vec<u64>,
+    canonical: Vec<u32>,
+    by_raw: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+}
+
+impl Names {
+    fn build(raw: &StringArray, folded: &StringArray) -> Names {
+        let folded_hash = hashes(folded);
+        let mut first: HashMap<&str, u32> = HashMap::with_capacity(folded.len());
+        let canonical = (0..folded.len())
+            .map(|i| *first.entry(folded.value(i)).or_insert(i as u32))
+            .collect();
+        let mut by_raw = HashMap::with_capacity_and_hasher(raw.len(), Default::default());
+        for i in 0..raw.len() {
+            by_raw
+                .entry(xxh3_64(raw.value(i).as_bytes()))
+                .or_insert(i as u32);
+        }
+        Names {
+            folded_hash,
+            canonical,
+            by_raw,
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.folded_hash.len() * 12 + self.by_raw.capacity() * 16
+    }
+}
+
+/// A claimed name, resolved: its folded hash, and either the registry value it is spelled as
+/// (whose canonical id stands for its fold) or where its fold lies in the chunk's arena.
+#[derive(Clone, Copy)]
+struct Name {
+    hash: u64,
+    canonical: Option<u32>,
+    span: (usize, usize),
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The 4情報 index of one registry at one level.
+pub struct SearchIndex {
+    level: Level,
+    /// Per resident, sorted: the hash's top bits above the row id.
+    entries: Vec<u64>,
+    /// For each value of an entry's top [`DIRECTORY_BITS`] bits, the first entry at or above
+    /// it; one more at the end.
+    directory: Vec<u32>,
+    family: Names,
+    given: Names,
+}
+
+impl SearchIndex {
+    /// Build the index of `data` with its dictionaries folded at `folded.level`.
+    pub fn build(data: &RegistryData, folded: &FoldedText) -> SearchIndex {
+        let family_names = Names::build(&data.dicts.family_name, &folded.family_name);
+        let given_names = Names::build(&data.dicts.given_name, &folded.given_name);
+        let (family, given) = (&family_names.folded_hash, &given_names.folded_hash);
+        let mut entries: Vec<u64> = data
+            .persons
+            .rows()
+            .par_iter()
+            .enumerate()
+            .map(|(row, p)| {
+                let k = key(
+                    family[p.family as usize],
+                    given[p.given as usize],
+                    p.birth_date,
+                );
+                (k & !ROW_MASK) | row as u64
+            })
+            .collect();
+        entries.par_sort_unstable();
+        let slots = 1usize << DIRECTORY_BITS;
+        let mut directory = vec![0u32; slots + 1];
+        let mut at = 0usize;
+        for (slot, first) in directory.iter_mut().enumerate() {
+            while at < entries.len() && ((entries[at] >> (64 - DIRECTORY_BITS)) as usize) < slot {
+                at += 1;
+            }
+            *first = at as u32;
+        }
+        SearchIndex {
+            level: folded.level,
+            entries,
+            directory,
+            family: family_names,
+            given: given_names,
+        }
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.entries.len() * 8
+            + self.directory.len() * 4
+            + self.family.memory_bytes()
+            + self.given.memory_bytes()
+    }
+
+    /// The directory slot a key starts from (to prefetch).
+    #[inline]
+    fn slot(&self, key: u64) -> *const u32 {
+        &self.directory[(key >> (64 - DIRECTORY_BITS)) as usize]
+    }
+
+    /// The rows whose hash shares `key`'s prefix (a superset of the residents it names).
+    #[inline]
+    fn rows_of(&self, key: u64) -> impl Iterator<Item = u32> + '_ {
+        let slot = (key >> (64 - DIRECTORY_BITS)) as usize;
+        let range = &self.entries[self.directory[slot] as usize..self.directory[slot + 1] as usize];
+        let prefix = key & !ROW_MASK;
+        let start = range.partition_point(|&e| e < prefix);
+        range[start..]
+            .iter()
+            .take_while(move |&&e| e & !ROW_MASK == prefix)
+            .map(|&e| (e & ROW_MASK) as u32)
+    }
+}
+
+/// A claim's optional facts, prepared.
+struct Optional {
+    sex: Option<arrow_array::Int64Array>,
+    municipality: Option<TextColumn>,
+}
+
+/// One candidate of one claim: its row and how many of the claim's supplied facts it agrees on.
+#[derive(Clone, Copy)]
+struct Candidate {
+    claim: u32,
+    row: u32,
+    agreed: u8,
+    outcome: u8,
+    candidates: u32,
+}
+
+fn text_column(claims: &RecordBatch, c: Column) -> Result<Option<TextColumn>> {
+    claims
+        .column_by_name(c.name())
+        .map(|a| TextColumn::new(a.as_ref(), &format!("claims column '{}'", c.name())))
+        .transpose()
+}
+
+/// Search `claims` (family_name, given_name, birth_date; optionally sex, municipality_code) in
+/// `index`. One output row per candidate (claims with none get one row without a resident), in
+/// claim order and, within a claim, most facts agreeing first: `claim` (the claim's row),
+/// `outcome` (unique: exactly one resident agrees on every supplied fact; ambiguous: two or
+/// more, all listed; not_found: none, the partial candidates listed), `candidates` (how many
+/// agree on every fact), `agreed` (how many of the claim's supplied facts this one agrees on),
+/// then `columns` of the candidate.
+pub fn search(
+    data: &RegistryData,
+    index: &SearchIndex,
+    folded: &FoldedText,
+    folding: Option<&Folding>,
+    claims: &RecordBatch,
+    columns: &[Column],
+) -> Result<RecordBatch> {
+    for c in REQUIRED {
+        if claims.column_by_name(c.name()).is_none() {
+            return Err(JukiError::InvalidInput(format!(
+                "a 4情報 search needs the claims columns {} (and may add {})",
+                REQUIRED.map(|c| c.name()).join(", "),
+                OPTIONAL.map(|c| c.name()).join(", ")
+            )));
+        }
+    }
+    for f in claims.schema().fields() {
+        if !REQUIRED
+            .iter()
+            .chain(&OPTIONAL)
+            .any(|c| c.name() == f.name())
+        {
+            return Err(JukiError::InvalidInput(format!(
+                "claims column '{}' is not one of the 4情報 search's: {}, {}",
+                crate::error::echo(f.name().as_bytes()),
+                REQUIRED.map(|c| c.name()).join(", "),
+                OPTIONAL.map(|c| c.name()).join(", ")
+            )));
+        }
+    }
+    let family = text_column(claims, Column::FamilyName)?.expect("checked");
+    let given = text_column(claims, Column::GivenName)?.expect("checked");
+    let birth = claims.column_by_name("birth_date").expect("checked");
+    if birth.data_type() != &DataType::Date32 {
+        return Err(JukiError::InvalidInput(format!(
+            "claims column 'birth_date' must hold dates (date32), not {}",
+            shown_type(birth.data_type())
+        )));
+    }
+    let birth = birth.as_primitive::<Date32Type>().clone();
+    let sex = match claims.column_by_name("sex") {
+        None => None,
+        Some(a) if a.data_type().is_integer() => Some(
+            cast(a.as_ref(), &DataType::Int64)
+                .map_err(|e| JukiError::arrow("claims column 'sex'", e))?
+                .as_primitive::<Int64Type>()
+                .clone(),
+        ),
+        Some(a) => {
+            return Err(JukiError::InvalidInput(format!(
+                "claims column 'sex' must hold integers (1 = male, 2 = female), not {}",
+                shown_type(a.data_type())
+            )))
+        }
+    };
+    let optional = Optional {
+        sex,
+        municipality: text_column(claims, Column::MunicipalityCode)?,
+    };
+    let level = index.level();
+    let persons = data.persons.rows();
+    let n = claims.num_rows();
+    let fold = |text: &[u8], into: &mut String| match (std::str::from_utf8(text), folding) {
+        (Ok(text), Some(folding)) => folding.fold(text, level, into),
+        (Ok(text), None) => into.push_str(text),
+        // Not UTF-8 (a claim from this process): it names no one, and folds to itself lossily.
+        (Err(_), _) => into.push_str(&String::from_utf8_lossy(text)),
+    };
+    // A chunk of claims at a time, in phases, each prefetching what the next one reads: a
+    // search is a few dependent cache misses (directory, entries, resident, names), and the
+    // phases overlap the chunk's misses rather than waiting on each (as the verify kernel does).
+    let search_chunk = |first: usize, len: usize| -> Vec<Candidate> {
+        // Phase 1: resolve each claim's names (to the registry value they are spelled as, else
+        // folded into one arena) and hash them with its birth date.
+        let mut arena = String::new();
+        let mut resolve = |text: &[u8], raw: &StringArray, names: &Names| -> Name {
+            let h = xxh3_64(text);
+            if let Some(&id) = names.by_raw.get(&h) {
+                if raw.value(id as usize).as_bytes() == text {
+                    return Name {
+                        hash: names.folded_hash[id as usize],
+                        canonical: Some(names.canonical[id as usize]),
+                        span: (0, 0),
+                    };
+                }
+            }
+            let start = arena.len();
+            fold(text, &mut arena);
+            let span = (start, arena.len());
+            Name {
+                hash: xxh3_64(&arena.as_bytes()[span.0..span.1]),
+                canonical: None,
+                span,
+            }
+        };
+        let d = &data.dicts;
+        let mut spans: Vec<Option<(Name, Name)>> = Vec::with_capacity(len);
+        let mut keys = Vec::with_capacity(len);
+        for i in first..first + len {
+            let (Some(f), Some(g), false) = (family.get(i), given.get(i), birth.is_null(i)) else {
+                spans.push(None);
+                keys.push(0);
+                continue;
+            };
+            let (f, g) = (
+                resolve(f, &d.family_name, &index.family),
+                resolve(g, &d.given_name, &index.given),
+            );
+            let k = key(f.hash, g.hash, birth.value(i));
+            spans.push(Some((f, g)));
+            keys.push(k);
+            prefetch(index.slot(k));
+        }
+        // Phase 2: each claim's candidate rows, by its directory slot and entries.
+        let mut hits: Vec<(u32, u32)> = Vec::with_capacity(len + len / 8);
+        for (j, &k) in keys.iter().enumerate() {
+            if spans[j].is_some() {
+                for row in index.rows_of(k) {
+                    prefetch(&persons[row as usize]);
+                    hits.push((j as u32, row));
+                }
+            }
+        }
+        // Phase 3: keep the candidates whose folded names and birth date agree (the hash is only
+        // a filter), counting the optional facts they also agree on.
+        let mut out = Vec::with_capacity(len);
+        let mut municipality_folded = String::new();
+        let mut h = 0;
+        for (j, span) in spans.iter().enumerate() {
+            let i = first + j;
+            let claim = i as u32;
+            let start = out.len();
+            let none = Candidate {
+                claim,
+                row: NOT_FOUND,
+                agreed: 0,
+                outcome: NOT_FOUND_OUTCOME,
+                candidates: 0,
+            };
+            let Some((f, g)) = *span else {
+                out.push(none);
+                continue;
+            };
+            // Whether a stored name folds as the claimed one does: one integer compare where the
+            // claim is spelled as a registry value, a string compare where it is not.
+            let same =
+                |name: &Name, id: u32, names: &Names, folded: &StringArray| match name.canonical {
+                    Some(c) => names.canonical[id as usize] == c,
+                    None => folded.value(id as usize) == &arena[name.span.0..name.span.1],
+                };
+            let municipality = optional
+                .municipality
+                .as_ref()
+                .and_then(|m| m.get(i))
+                .map(|m| {
+                    municipality_folded.clear();
+                    fold(m, &mut municipality_folded);
+                    municipality_folded.as_str()
+                });
+            let supplied = 3
+                + optional.sex.as_ref().is_some_and(|s| s.is_valid(i)) as u8
+                + municipality.is_some() as u8;
+            let date = birth.value(i);
+            while h < hits.len() && hits[h].0 == j as u32 {
+                let row = hits[h].1;
+                h += 1;
+                let p: &Person = &persons[row as usize];
+                if p.birth_date != date
+                    || !same(&f, p.family, &index.family, &folded.family_name)
+                    || !same(&g, p.given, &index.given, &folded.given_name)
+                {
+                    continue; // a hash collision
+                }
+                let mut agreed = 3u8;
+                if let Some(s) = optional.sex.as_ref().filter(|s| s.is_valid(i)) {
+                    agreed += (s.value(i) == p.sex as i64) as u8;
+                }
+                if let Some(m) = municipality {
+                    agreed += (folded.municipality_code.value(p.municipality as usize) == m) as u8;
+                }
+                out.push(Candidate {
+                    claim,
+                    row,
+                    agreed,
+                    outcome: 0,
+                    candidates: 0,
+                });
+            }
+            let found = &mut out[start..];
+            if found.is_empty() {
+                out.push(none);
+                continue;
+            }
+            found.sort_by(|a, b| b.agreed.cmp(&a.agreed).then(a.row.cmp(&b.row)));
+            let full = found.iter().filter(|c| c.agreed == supplied).count() as u32;
+            let outcome = match full {
+                0 => NOT_FOUND_OUTCOME,
+                1 => UNIQUE,
+                _ => AMBIGUOUS,
+            };
+            for c in found {
+                c.outcome = outcome;
+                c.candidates = full;
+            }
+        }
+        out
+    };
+    let chunks: Vec<usize> = (0..n).step_by(CHUNK).collect();
+    let found: Vec<Candidate> = chunks
+        .par_iter()
+        .map(|&first| search_chunk(first, CHUNK.min(n - first)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect();
+    let rows: Vec<u32> = found.iter().map(|c| c.row).collect();
+    let outcome = UInt8Array::from_iter_values(found.iter().map(|c| c.outcome));
+    // SAFETY: every code is < OUTCOMES.len().
+    let outcome = unsafe {
+        DictionaryArray::<arrow_array::types::UInt8Type>::new_unchecked(
+            outcome,
+            Arc::new(StringArray::from(OUTCOMES.to_vec())),
+        )
+    };
+    let mut fields = vec![
+        Field::new("claim", DataType::UInt32, false),
+        Field::new("outcome", outcome.data_type().clone(), false),
+        Field::new("candidates", DataType::UInt32, false),
+        Field::new("agreed", DataType::UInt8, false),
+    ];
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(found.iter().map(|c| c.claim))),
+        Arc::new(outcome),
+        Arc::new(UInt32Array::from_iter_values(
+            found.iter().map(|c| c.candidates),
+        )),
+        Arc::new(UInt8Array::from_iter_values(found.iter().map(|c| c.agreed))),
+    ];
+    fields.extend(columns.iter().map(|c| c.field()));
+    arrays.extend(data.columns(columns, Rows::At(&rows))?);
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}

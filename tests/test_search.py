@@ -1,0 +1,184 @@
+"""Search by the four basic facts (4情報): every answer checked against a brute-force search of
+the same registry; ambiguity is reported, never resolved by a guess."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from juki_engine import InvalidInput, Registry, names
+
+COLUMNS = ["resident_code", "family_name", "given_name", "birth_date", "sex", "municipality_code"]
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    """A registry table where two residents share name and birth date (one of each sex), and
+    one holds a variant form (髙橋)."""
+    base = Registry.generate(30_000, seed=11).to_arrow()
+    rows = base.to_pylist()
+    twin = dict(rows[1])
+    twin.update(family_name=rows[0]["family_name"], family_name_kana=rows[0]["family_name_kana"])
+    twin.update(given_name=rows[0]["given_name"], given_name_kana=rows[0]["given_name_kana"])
+    twin.update(birth_date=rows[0]["birth_date"], sex=3 - rows[0]["sex"])
+    rows[1] = twin
+    rows[2]["family_name"] = "髙橋"
+    plain = pa.Table.from_pylist(rows)
+    return plain.cast(
+        pa.schema(
+            [
+                f.with_type(f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+                for f in plain.schema
+            ]
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def registry(table: pa.Table) -> Registry:
+    return Registry.from_arrow(table)
+
+
+def brute_force(table: pa.Table, claim: dict[str, Any], match: str) -> list[str]:
+    """The resident codes agreeing with every supplied fact of `claim`, by a scan."""
+
+    def fold(text: str) -> str:
+        return names.fold(text, "normalised") if match == "normalised" else text
+
+    family, given = fold(claim["family_name"]), fold(claim["given_name"])
+    out = []
+    for row in table.filter(pc.equal(table["birth_date"], claim["birth_date"])).to_pylist():
+        if (
+            fold(row["family_name"]) == family
+            and fold(row["given_name"]) == given
+            and claim.get("sex") in (None, row["sex"])
+            and claim.get("municipality_code") in (None, row["municipality_code"])
+        ):
+            out.append(row["resident_code"])
+    return out
+
+
+@pytest.mark.parametrize("match", ["exact", "normalised"])
+def test_every_answer_agrees_with_a_scan(registry: Registry, table: pa.Table, match: str) -> None:
+    sample = table.slice(0, 60).select(COLUMNS).to_pylist()
+    claims = [
+        {k: r[k] for k in ("family_name", "given_name", "birth_date")}
+        | ({"sex": r["sex"]} if i % 2 else {})
+        | ({"municipality_code": r["municipality_code"]} if i % 3 == 0 else {})
+        for i, r in enumerate(sample)
+    ]
+    # Columns present in every claim: absent optional facts are nulls.
+    claims_table = pa.Table.from_pylist(
+        claims,
+        pa.schema(
+            [
+                ("family_name", pa.string()),
+                ("given_name", pa.string()),
+                ("birth_date", pa.date32()),
+                ("sex", pa.int64()),
+                ("municipality_code", pa.string()),
+            ]
+        ),
+    )
+    out = registry.search(claims_table, match=match, columns=["resident_code"])
+    for i, claim in enumerate(claims):
+        mine = out.filter(pc.equal(out["claim"], i)).to_pylist()
+        supplied = 3 + sum(claim.get(k) is not None for k in ("sex", "municipality_code"))
+        agreeing = sorted(r["resident_code"] for r in mine if r["agreed"] == supplied)
+        assert agreeing == sorted(brute_force(table, claim, match)), (i, claim, mine)
+        assert mine[0]["outcome"] == {0: "not_found", 1: "unique"}.get(len(agreeing), "ambiguous")
+        assert all(r["candidates"] == len(agreeing) for r in mine)
+        assert [r["agreed"] for r in mine] == sorted((r["agreed"] for r in mine), reverse=True)
+
+
+def test_two_residents_alike_are_ambiguous_until_a_fact_tells_them_apart(
+    registry: Registry, table: pa.Table
+) -> None:
+    first = table.slice(0, 1).to_pylist()[0]
+    claim = {k: first[k] for k in ("family_name", "given_name", "birth_date")}
+    out = registry.search(pa.Table.from_pylist([claim]), columns=["resident_code"])
+    assert out["outcome"].to_pylist() == ["ambiguous", "ambiguous"]
+    assert sorted(out["resident_code"].to_pylist()) == sorted(
+        table["resident_code"].to_pylist()[:2]
+    )
+    with_sex = pa.Table.from_pylist([claim | {"sex": first["sex"]}])
+    out = registry.search(with_sex, columns=["resident_code"])
+    # Both are still listed, the one agreeing on every fact first.
+    assert out["outcome"].to_pylist() == ["unique", "unique"]
+    assert out["agreed"].to_pylist() == [4, 3]
+    assert out["resident_code"][0].as_py() == first["resident_code"]
+
+
+def test_a_variant_spelling_is_found_at_the_normalised_level_only(
+    registry: Registry, table: pa.Table
+) -> None:
+    holder = table.slice(2, 1).to_pylist()[0]
+    assert holder["family_name"] == "髙橋"
+    claim = pa.Table.from_pylist(
+        [
+            {
+                "family_name": "高橋",
+                "given_name": holder["given_name"] + "　",
+                "birth_date": holder["birth_date"],
+            }
+        ]
+    )
+    found = registry.search(claim, columns=["resident_code"])
+    assert found["outcome"].to_pylist() == ["unique"]
+    assert found["resident_code"].to_pylist() == [holder["resident_code"]]
+    exact = registry.search(claim, match="exact", columns=["resident_code"])
+    assert exact["outcome"].to_pylist() == ["not_found"]
+    assert exact["resident_code"].to_pylist() == [None]
+
+
+def test_claims_that_name_no_one_or_lack_a_fact_are_not_found(registry: Registry) -> None:
+    claims = pa.table(
+        {
+            "family_name": ["存在しない", None],
+            "given_name": ["名前", "太郎"],
+            "birth_date": pa.array([0, 0], pa.date32()),
+        }
+    )
+    out = registry.search(claims)
+    assert out["claim"].to_pylist() == [0, 1]
+    assert out["outcome"].to_pylist() == ["not_found", "not_found"]
+    assert out["candidates"].to_pylist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        (pa.table({"family_name": ["x"], "given_name": ["y"]}), "needs the claims columns"),
+        (
+            pa.table({"family_name": ["x"], "given_name": ["y"], "birth_date": ["2001-01-01"]}),
+            "'birth_date' must hold dates",
+        ),
+        (
+            pa.table(
+                {
+                    "family_name": ["x"],
+                    "given_name": ["y"],
+                    "birth_date": pa.array([0], pa.date32()),
+                    "address": ["z"],
+                }
+            ),
+            "'address' is not one of the 4情報 search's",
+        ),
+    ],
+)
+def test_bad_claims_are_refused_naming_what_is_wrong(
+    registry: Registry, claims: pa.Table, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        registry.search(claims)
+
+
+def test_the_reading_level_is_not_a_search_level(registry: Registry) -> None:
+    claims = pa.table(
+        {"family_name": ["x"], "given_name": ["y"], "birth_date": pa.array([0], pa.date32())}
+    )
+    with pytest.raises(InvalidInput, match="exact or the normalised level"):
+        registry.search(claims, match="reading")
