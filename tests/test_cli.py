@@ -497,3 +497,25 @@ def test_verify_at_a_match_level_adds_each_fields_level(snapshot: Path, tmp_path
     result = pq.read_table(out)
     assert result["family_name_match"][0].as_py() is True
     assert result["family_name_level"].to_pylist()[:4] == ["normalised", "exact", "exact", "none"]
+
+
+def test_search_finds_a_resident_by_the_four_facts(
+    snapshot: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = (
+        Registry.open(snapshot)
+        .to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
+        .slice(4, 1)
+        .to_pylist()[0]
+    )
+    argv = ["search", str(snapshot), "--family-name", row["family_name"] + " "]
+    argv += ["--given-name", row["given_name"], "--birth-date", row["birth_date"].isoformat()]
+    assert main([*argv, "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    found = json.loads(out[out.index("[") :])
+    assert row["resident_code"] in [r["resident_code"] for r in found]
+    assert found[0]["outcome"] in ("unique", "ambiguous")
+    assert main([*argv, "--match", "exact", "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("[") :])[0]["outcome"] == "not_found"
+    assert main([*argv[:-1], "1950-13-01"]) == 2

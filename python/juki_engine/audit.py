@@ -67,8 +67,9 @@ ANSWERED = ("disclosed", "not_found", "invalid_key")
 """The outcomes of records the server answered: what daily quotas count."""
 # Characters of a refusal's reason kept in its record.
 _REASON_CHARS = 256
-MODES = ("verify", "retrieve", "verify+retrieve", "list_affairs")
-"""What the agency asked for: verify claims (照合), retrieve fields (提供), both, or the list of
+MODES = ("verify", "retrieve", "verify+retrieve", "search", "list_affairs")
+"""What the agency asked for: verify claims (照合), retrieve fields (提供), both, a 4情報 search
+(its candidates' fields disclosed as a retrieve's), or the list of
 its affairs (recorded only when refused: it discloses nothing of a resident). Verify above the
 exact match level is recorded with its level: `verify@normalised`, `verify+retrieve@reading`."""
 
@@ -142,8 +143,8 @@ class AuditContext:
         mode, _, level = self.mode.partition("@")
         if mode not in MODES or (level and level not in LEVELS[1:]):
             raise ValueError(
-                f"audit mode must be one of {MODES}, with @normalised or @reading for verify "
-                f"above the exact match level, not {self.mode!r}"
+                f"audit mode must be one of {MODES}, with @normalised or @reading above the "
+                f"exact match level, not {self.mode!r}"
             )
         for field in self.fields:
             if "," in field:

@@ -26,7 +26,7 @@ from juki_engine.names import LEVELS
 from juki_engine.registry import Registry
 
 KEYS = ("my_number", "resident_code")
-MODES = ("verify", "retrieve")
+MODES = ("verify", "retrieve", "search")
 # Fields a claim can carry (verify mode); retrieve mode may disclose any public column.
 CLAIMABLE = tuple(Registry.claimable_columns())
 JST = dt.timezone(dt.timedelta(hours=9), "JST")
@@ -190,15 +190,7 @@ class Policy:
         each must be allowed); `retrieve` are the fields to disclose; `level` is how closely
         claims must agree (one of `names.LEVELS`; above exact only where the affair allows it).
         """
-        affair = agency.affairs.get(affair_code)
-        if affair is None:
-            held = ", ".join(sorted(agency.affairs)) or "none"
-            raise NotPermitted(
-                f"agency '{agency.code}' is not granted the affair '{affair_code}' "
-                f"(it holds: {held})"
-                if affair_code
-                else f"the request names no affair (agency '{agency.code}' holds: {held})"
-            )
+        affair = _affair_of(agency, affair_code)
         claimed, retrieve = tuple(claimed), tuple(retrieve)
         if key not in affair.keys:
             raise NotPermitted(f"affair '{affair.code}' may not be queried by {key}")
@@ -214,16 +206,54 @@ class Policy:
                 raise NotPermitted(
                     f"field '{field}' cannot be claimed: claims may compare {', '.join(CLAIMABLE)}"
                 )
-        for field in (*claimed, *retrieve):
-            if field not in affair.fields:
-                raise NotPermitted(f"affair '{affair.code}' does not disclose the field '{field}'")
-        if level not in affair.match_levels:
-            allowed = ", ".join(lv for lv in LEVELS if lv in affair.match_levels)
-            raise NotPermitted(
-                f"affair '{affair.code}' does not allow the {level} match level "
-                f"(it allows: {allowed})"
-            )
+        _check_fields(affair, (*claimed, *retrieve))
+        _check_level(affair, level)
         return Grant(agency, affair, "+".join(modes), claimed, _in_schema_order(retrieve), level)
+
+    def authorize_search(
+        self,
+        agency: Agency,
+        affair_code: str,
+        facts: Iterable[str],
+        fields: Iterable[str],
+        level: str = "normalised",
+    ) -> Grant:
+        """Check a 4情報 search: the affair grants the search mode, every fact compared and
+        every field disclosed, and the match level."""
+        affair = _affair_of(agency, affair_code)
+        if "search" not in affair.modes:
+            raise NotPermitted(f"affair '{affair.code}' does not allow search")
+        facts, fields = tuple(facts), tuple(fields)
+        _check_fields(affair, (*facts, *fields))
+        _check_level(affair, level)
+        return Grant(agency, affair, "search", facts, _in_schema_order(fields), level)
+
+
+def _affair_of(agency: Agency, affair_code: str) -> Affair:
+    """The agency's affair, or NotPermitted listing the ones it holds."""
+    affair = agency.affairs.get(affair_code)
+    if affair is None:
+        held = ", ".join(sorted(agency.affairs)) or "none"
+        raise NotPermitted(
+            f"agency '{agency.code}' is not granted the affair '{affair_code}' (it holds: {held})"
+            if affair_code
+            else f"the request names no affair (agency '{agency.code}' holds: {held})"
+        )
+    return affair
+
+
+def _check_fields(affair: Affair, fields: Iterable[str]) -> None:
+    for field in fields:
+        if field not in affair.fields:
+            raise NotPermitted(f"affair '{affair.code}' does not disclose the field '{field}'")
+
+
+def _check_level(affair: Affair, level: str) -> None:
+    if level not in affair.match_levels:
+        allowed = ", ".join(lv for lv in LEVELS if lv in affair.match_levels)
+        raise NotPermitted(
+            f"affair '{affair.code}' does not allow the {level} match level (it allows: {allowed})"
+        )
 
 
 def _in_schema_order(fields: Iterable[str]) -> tuple[str, ...]:

@@ -923,3 +923,108 @@ def test_a_bulk_job_above_the_exact_level_gets_each_fields_level(
         )
     assert "family_name_level" not in plain.column_names
     assert plain["family_name_match"][0].as_py() is False
+
+
+# -- search by the four basic facts (docs/matching.md) ----------------------------------------
+
+
+def search(pki: Path, running: service.Server, agency: str, request: pb.SearchRequest) -> Any:
+    with channel(pki, running, agency) as ch:
+        return pb_grpc.IdentityVerificationServiceStub(ch).Search(request, timeout=10)
+
+
+def test_search_finds_a_resident_by_name_and_birth_date_and_audits_the_disclosure(
+    pki: Path, running: service.Server, small_rows: list[Row]
+) -> None:
+    p = person(small_rows)
+    facts = pb.Claims(
+        family_name=p["family_name"] + "　",  # as a form writes it: the normalised level folds it
+        given_name=p["given_name"],
+        birth_date=p["birth_date"].isoformat(),
+        sex=p["sex"],
+    )
+    request = pb.SearchRequest(context=ctx(), facts=facts, fields=["resident_code", "status"])
+    reply = search(pki, running, "nenkin", request)
+    codes = [c.resident.resident_code for c in reply.candidates]
+    assert p["resident_code"] in codes
+    assert reply.outcome == (
+        pb.SEARCH_OUTCOME_UNIQUE if len(codes) == 1 else pb.SEARCH_OUTCOME_AMBIGUOUS
+    )
+    assert list(reply.fields) == ["resident_code", "status"]
+    assert all(c.agreed == 4 and not c.resident.HasField("family_name") for c in reply.candidates)
+    logged = records(running, request.context.request_id).to_pylist()
+    assert sorted(r["subject"] for r in logged) == sorted(codes)
+    assert {(r["mode"], r["outcome"]) for r in logged} == {("search@normalised", "disclosed")}
+    # At the exact level the form's spelling finds no one, and no partial candidate is shown.
+    exact = pb.SearchRequest(context=ctx(), facts=facts, match_level=pb.MATCH_LEVEL_EXACT)
+    reply = search(pki, running, "nenkin", exact)
+    assert reply.outcome == pb.SEARCH_OUTCOME_NOT_FOUND and not reply.candidates
+    logged = records(running, exact.context.request_id).to_pylist()
+    assert [(r["subject"], r["outcome"]) for r in logged] == [(None, "not_found")]
+
+
+@pytest.mark.parametrize(
+    ("agency", "facts", "level", "code", "names"),
+    [
+        pytest.param(
+            "moj",
+            {"family_name": "x", "given_name": "y", "birth_date": "2000-01-01"},
+            0,
+            grpc.StatusCode.PERMISSION_DENIED,
+            "does not allow search",
+            id="not-granted",
+        ),
+        pytest.param(
+            "nenkin",
+            {"family_name": "x", "birth_date": "2000-01-01"},
+            0,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "a 4情報 search needs given_name",
+            id="missing-fact",
+        ),
+        pytest.param(
+            "nenkin",
+            {"family_name": "x", "given_name": "y", "birth_date": "昭和25年"},
+            0,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "is not a date",
+            id="bad-date",
+        ),
+        pytest.param(
+            "nenkin",
+            {"family_name": "x", "given_name": "y", "birth_date": "2000-01-01"},
+            pb.MATCH_LEVEL_READING,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "exact or normalised level",
+            id="reading-level",
+        ),
+        pytest.param(
+            "nenkin",
+            {
+                "family_name": "x",
+                "given_name": "y",
+                "birth_date": "2000-01-01",
+                "given_name_kana": "ア",
+            },
+            0,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "given_name_kana cannot narrow a search",
+            id="unsearched-fact",
+        ),
+    ],
+)
+def test_search_refusals_name_what_is_wrong(
+    pki: Path,
+    running: service.Server,
+    agency: str,
+    facts: dict[str, str],
+    level: int,
+    code: grpc.StatusCode,
+    names: str,
+) -> None:
+    affair = "bar-exam" if agency == "moj" else PENSION
+    request = pb.SearchRequest(context=ctx(affair), facts=pb.Claims(**facts), match_level=level)
+    error = rpc_error(lambda: search(pki, running, agency, request))
+    assert error.code() == code
+    assert names in error.details()
+    assert len(records(running, request.context.request_id)) == 1

@@ -40,6 +40,13 @@ class MatchLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MATCH_LEVEL_EXACT: _ClassVar[MatchLevel]
     MATCH_LEVEL_NORMALISED: _ClassVar[MatchLevel]
     MATCH_LEVEL_READING: _ClassVar[MatchLevel]
+
+class SearchOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_OUTCOME_UNSPECIFIED: _ClassVar[SearchOutcome]
+    SEARCH_OUTCOME_UNIQUE: _ClassVar[SearchOutcome]
+    SEARCH_OUTCOME_AMBIGUOUS: _ClassVar[SearchOutcome]
+    SEARCH_OUTCOME_NOT_FOUND: _ClassVar[SearchOutcome]
 KEY_KIND_UNSPECIFIED: KeyKind
 KEY_KIND_MY_NUMBER: KeyKind
 KEY_KIND_RESIDENT_CODE: KeyKind
@@ -59,6 +66,10 @@ MATCH_LEVEL_UNSPECIFIED: MatchLevel
 MATCH_LEVEL_EXACT: MatchLevel
 MATCH_LEVEL_NORMALISED: MatchLevel
 MATCH_LEVEL_READING: MatchLevel
+SEARCH_OUTCOME_UNSPECIFIED: SearchOutcome
+SEARCH_OUTCOME_UNIQUE: SearchOutcome
+SEARCH_OUTCOME_AMBIGUOUS: SearchOutcome
+SEARCH_OUTCOME_NOT_FOUND: SearchOutcome
 
 class RequestContext(_message.Message):
     __slots__ = ("affair", "operator_id", "request_id")
@@ -181,6 +192,36 @@ class RetrieveResponse(_message.Message):
     resident: Resident
     fields: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, found: _Optional[bool] = ..., resident: _Optional[_Union[Resident, _Mapping]] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("context", "facts", "match_level", "fields")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    MATCH_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    context: RequestContext
+    facts: Claims
+    match_level: MatchLevel
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., facts: _Optional[_Union[Claims, _Mapping]] = ..., match_level: _Optional[_Union[MatchLevel, str]] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchCandidate(_message.Message):
+    __slots__ = ("agreed", "resident")
+    AGREED_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    agreed: int
+    resident: Resident
+    def __init__(self, agreed: _Optional[int] = ..., resident: _Optional[_Union[Resident, _Mapping]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("outcome", "candidates", "fields")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    outcome: SearchOutcome
+    candidates: _containers.RepeatedCompositeFieldContainer[SearchCandidate]
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, outcome: _Optional[_Union[SearchOutcome, str]] = ..., candidates: _Optional[_Iterable[_Union[SearchCandidate, _Mapping]]] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListAffairsRequest(_message.Message):
     __slots__ = ()

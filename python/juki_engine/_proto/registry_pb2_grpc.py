@@ -50,6 +50,11 @@ class IdentityVerificationServiceStub:
                 request_serializer=juki_dot_v1_dot_registry__pb2.ListAffairsRequest.SerializeToString,
                 response_deserializer=juki_dot_v1_dot_registry__pb2.ListAffairsResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/juki.v1.IdentityVerificationService/Search',
+                request_serializer=juki_dot_v1_dot_registry__pb2.SearchRequest.SerializeToString,
+                response_deserializer=juki_dot_v1_dot_registry__pb2.SearchResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityVerificationServiceServicer:
@@ -77,6 +82,13 @@ class IdentityVerificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Search(self, request, context):
+        """Residents by the four basic facts (4情報), for an affair granted the search mode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityVerificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_IdentityVerificationServiceServicer_to_server(servicer, server):
                     servicer.ListAffairs,
                     request_deserializer=juki_dot_v1_dot_registry__pb2.ListAffairsRequest.FromString,
                     response_serializer=juki_dot_v1_dot_registry__pb2.ListAffairsResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=juki_dot_v1_dot_registry__pb2.SearchRequest.FromString,
+                    response_serializer=juki_dot_v1_dot_registry__pb2.SearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class IdentityVerificationService:
             '/juki.v1.IdentityVerificationService/ListAffairs',
             juki_dot_v1_dot_registry__pb2.ListAffairsRequest.SerializeToString,
             juki_dot_v1_dot_registry__pb2.ListAffairsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/juki.v1.IdentityVerificationService/Search',
+            juki_dot_v1_dot_registry__pb2.SearchRequest.SerializeToString,
+            juki_dot_v1_dot_registry__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

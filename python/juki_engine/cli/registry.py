@@ -134,6 +134,39 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return EXIT_ROWS_REJECTED if summary.invalid_key else EXIT_OK
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    registry = open_snapshot(Path(args.snapshot), args.mmap)
+    try:
+        born = dt.date.fromisoformat(args.birth_date)
+    except ValueError as e:
+        raise JukiError(f"--birth-date {args.birth_date!r} is not a date (YYYY-MM-DD)") from e
+    facts: dict[str, pa.Array] = {
+        "family_name": pa.array([args.family_name]),
+        "given_name": pa.array([args.given_name]),
+        "birth_date": pa.array([born], pa.date32()),
+    }
+    if args.sex is not None:
+        facts["sex"] = pa.array([args.sex], pa.int8())
+    if args.municipality_code is not None:
+        facts["municipality_code"] = pa.array([args.municipality_code])
+    found = registry.search(pa.table(facts), match=args.match, columns=args.columns)
+    outcome = found["outcome"][0].as_py()
+    shown = (
+        found.drop_columns(["claim"])
+        if found["agreed"][0].as_py()
+        else found.select(["outcome", "candidates"])
+    )
+    print_records(
+        shown,
+        f"4情報 search at the {args.match} level",
+        args.format,
+        f"{outcome}: {found['candidates'][0].as_py()} resident(s) agree on every fact given",
+    )
+    return EXIT_OK
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("generate", help="generate a synthetic registry snapshot")
     p.add_argument("--out", required=True, help="snapshot directory to write")
@@ -170,3 +203,26 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--mmap", action="store_true")
     add_format_option(p)
     p.set_defaults(func=cmd_lookup)
+
+    p = sub.add_parser(
+        "search",
+        help="find residents by the four basic facts (4情報) in a snapshot",
+        description="Lists every resident sharing the name and birth date, those agreeing on "
+        "every fact given first: unique, ambiguous (all listed) or not_found (docs/matching.md).",
+    )
+    p.add_argument("snapshot")
+    p.add_argument("--family-name", required=True)
+    p.add_argument("--given-name", required=True)
+    p.add_argument("--birth-date", required=True, help="YYYY-MM-DD")
+    p.add_argument("--sex", type=int, choices=[1, 2], help="1 male, 2 female")
+    p.add_argument("--municipality-code", help="全国地方公共団体コード (6 digits)")
+    p.add_argument("--match", choices=["exact", "normalised"], default="normalised")
+    p.add_argument(
+        "--columns",
+        nargs="*",
+        default=["resident_code", "family_name", "given_name", "birth_date", "municipality_name"],
+        help="columns to show of each candidate",
+    )
+    p.add_argument("--mmap", action="store_true")
+    add_format_option(p)
+    p.set_defaults(func=cmd_search)

@@ -354,6 +354,55 @@ class Frontend:
             commit = self.audit.append(ctx, subjects, _outcomes(out))
         return Answer(first_row, results, commit, self.audit)
 
+    def authorize_search(
+        self,
+        call: Call,
+        agency: Agency,
+        request: pb.RequestContext,
+        facts: Sequence[str],
+        fields: Sequence[str],
+        level: int,
+    ) -> Grant:
+        """`authorize` for a 4情報 search: the request's strings and fields against the
+        contract, then the policy's search grant. An unset level is the normalised one."""
+        call.request = request
+        call.fields = tuple(dict.fromkeys((*facts, *fields)))
+        check_text(request.operator_id, "context.operator_id")
+        check_text(request.request_id, "context.request_id")
+        check_text(request.affair, "context.affair")
+        for name in call.fields:
+            check_text(name, "field name")
+        check_fields((), fields)
+        named = "normalised" if level == pb.MATCH_LEVEL_UNSPECIFIED else match_level(level)
+        if named == "reading":
+            raise InvalidInput("a 4情報 search compares names at the exact or normalised level")
+        return self.policy.authorize_search(agency, request.affair, facts, fields, named)
+
+    def answer_search(
+        self, call: Call, grant: Grant, request: pb.RequestContext, facts: pa.Table
+    ) -> pa.Table:
+        """A 4情報 search's candidates agreeing on every fact (empty where there is none: no
+        partial candidate is disclosed), once their audit records are durable: one record per
+        candidate disclosed, one `not_found` record where there is none."""
+        retrieved = [c for c in grant.retrieved if c != "resident_code"]
+        with self.reserved(grant, 1):
+            out = self.registry.search(
+                facts, match=grant.level, columns=["resident_code", *retrieved]
+            )
+            shown = out.filter(pc.not_equal(out["outcome"], "not_found"))
+            shown = shown.filter(pc.equal(shown["agreed"], pc.max(shown["agreed"])))
+            if shown.num_rows:
+                subjects = shown["resident_code"].combine_chunks()
+                outcome = "disclosed"
+            else:
+                subjects = pa.nulls(1, pa.string())
+                outcome = "not_found"
+            ctx = AuditContext(grant.agency.code, *_ids(request), grant.audit_mode, grant.fields)
+            commit = self.audit.append(ctx, subjects, outcome)
+            call.recorded = True
+        settle(self.audit, commit, self.audit_timeout)
+        return shown
+
     def answer_one(
         self,
         call: Call,

@@ -1,19 +1,31 @@
-"""The typed per-record API (`IdentityVerificationService`): Verify, Retrieve and ListAffairs, one
-resident a call, as ordinary clients ask."""
+"""The typed per-record API (`IdentityVerificationService`): Verify, Retrieve, Search (by the four
+basic facts) and ListAffairs, one resident (or one search) a call, as ordinary clients ask."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+import pyarrow as pa
 
 from juki_engine._core import InvalidIdentifier, InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.names import LEVELS
 from juki_engine.service.frontend import Call, Frontend
-from juki_engine.service.wire import KEY_KINDS, MATCH_LEVEL_NAMES, MAX_TEXT_CHARS
+from juki_engine.service.wire import KEY_KINDS, MATCH_LEVEL_NAMES, MAX_TEXT_CHARS, echo
+
+SEARCH_FACTS = ("family_name", "given_name", "birth_date", "sex", "municipality_code")
+"""The facts a 4情報 search compares: the first three required."""
+
+
+def _date(value: str | int) -> dt.date:
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise InvalidInput(f"facts.birth_date: {echo(value)} is not a date (YYYY-MM-DD)") from None
 
 
 def _claims(claims: pb.Claims) -> dict[str, str | int]:
@@ -110,6 +122,49 @@ class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
                 return pb.RetrieveResponse(found=False)
             return pb.RetrieveResponse(
                 found=True, resident=_resident(row, grant.retrieved), fields=grant.retrieved
+            )
+
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
+        f = self.frontend
+        call = Call("search", request=request.context, fields=tuple(request.fields))
+        with f.guard(context, call):
+            agency = f.identify(context, call)
+            facts = _claims(request.facts)
+            missing = [
+                name for name in ("family_name", "given_name", "birth_date") if name not in facts
+            ]
+            if missing:
+                raise InvalidInput(f"facts: a 4情報 search needs {', '.join(missing)}")
+            unsearched = sorted(set(facts) - {*SEARCH_FACTS})
+            if unsearched:
+                raise InvalidInput(
+                    f"facts: {', '.join(unsearched)} cannot narrow a search "
+                    f"(it compares {', '.join(SEARCH_FACTS)})"
+                )
+            affair = agency.affairs.get(request.context.affair)
+            fields = list(request.fields) or (list(affair.fields) if affair else [])
+            grant = f.authorize_search(
+                call, agency, request.context, list(facts), fields, request.match_level
+            )
+            table = pa.table(
+                {
+                    name: [value] if name != "birth_date" else pa.array([_date(value)], pa.date32())
+                    for name, value in facts.items()
+                }
+            )
+            found = f.answer_search(call, grant, request.context, table).to_pylist()
+            if not found:
+                return pb.SearchResponse(outcome=pb.SEARCH_OUTCOME_NOT_FOUND)
+            outcome = pb.SEARCH_OUTCOME_UNIQUE if len(found) == 1 else pb.SEARCH_OUTCOME_AMBIGUOUS
+            return pb.SearchResponse(
+                outcome=outcome,
+                candidates=[
+                    pb.SearchCandidate(
+                        agreed=row["agreed"], resident=_resident(row, grant.retrieved)
+                    )
+                    for row in found
+                ],
+                fields=grant.retrieved,
             )
 
     def ListAffairs(
