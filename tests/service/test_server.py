@@ -1028,3 +1028,25 @@ def test_search_refusals_name_what_is_wrong(
     assert error.code() == code
     assert names in error.details()
     assert len(records(running, request.context.request_id)) == 1
+
+
+def test_a_search_counts_against_the_quota_as_many_records_as_it_leaves(
+    pki: Path, running: service.Server, small_rows: list[Row]
+) -> None:
+    p = person(small_rows)
+    facts = pb.Claims(
+        family_name=p["family_name"],
+        given_name=p["given_name"],
+        birth_date=p["birth_date"].isoformat(),
+    )
+    for facts_ in (
+        facts,
+        pb.Claims(family_name="存在しない", given_name="名", birth_date="1900-01-01"),
+    ):
+        before = running.frontend.quotas.used("nenkin", PENSION)
+        request = pb.SearchRequest(context=ctx(), facts=facts_)  # every field the affair allows
+        reply = search(pki, running, "nenkin", request)
+        for candidate in reply.candidates:
+            assert candidate.resident.birth_date == p["birth_date"].isoformat()
+        counted = running.frontend.quotas.used("nenkin", PENSION) - before
+        assert counted == len(records(running, request.context.request_id)) >= 1

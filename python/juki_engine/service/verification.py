@@ -72,6 +72,8 @@ def _resident(row: dict[str, Any], fields: Sequence[str]) -> pb.Resident:
             continue
         if field in _ENUMS:
             value = _ENUMS[field](value)
+        elif isinstance(value, dt.date):  # from Arrow (a search); typed rows carry ISO text
+            value = value.isoformat()
         setattr(resident, field, value)
     return resident
 
