@@ -3,13 +3,12 @@
 //!
 //! The index holds one `u64` a resident, sorted: the top bits of a hash of the resident's family
 //! name and given name (folded at the index's level, see [`crate::normalize`]) and birth date,
-//! above the resident's row id. A directory of the entries' top bits narrows a probe to a few
-//! entries, so a search costs about two cache misses, and the nation's index takes 1 GiB (and a
-//! 4 MiB directory). A hash is only a filter: every candidate's folded names and birth date are
+//! above the resident's row id. A directory of the entries' top bits narrows a probe to about one
+//! cache line of entries, so the nation's index takes 1 GiB (and a 64 MiB directory). Claims are
+//! searched in chunks whose phases prefetch what the next phase reads. A hash is only a filter: every candidate's folded names and birth date are
 //! compared before it counts, so a collision can never make a false candidate.
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -27,11 +26,18 @@ use crate::index::{NOT_FOUND, ROW_BITS};
 use crate::memory::prefetch;
 use crate::normalize::{FoldedText, Folding, Level};
 use crate::query::{shown_type, TextColumn};
-use crate::storage::{Column, Person, RegistryData, Rows};
+use crate::storage::{inline_key, Column, Person, RegistryData, Rows};
 
 const ROW_MASK: u64 = (1 << ROW_BITS) - 1;
 /// Bits of an entry's hash prefix that index the directory.
-const DIRECTORY_BITS: u32 = 20;
+/// About 8 entries (one cache line) a directory slot, within these bounds: the nation's directory
+/// is 2^24 slots (64 MiB), and a probe's binary search reads one prefetched line, not a
+/// kilobyte of entries.
+fn directory_bits(entries: usize) -> u32 {
+    (usize::BITS - entries.leading_zeros())
+        .saturating_sub(3)
+        .clamp(10, 24)
+}
 /// Claims searched in one pass of phases: enough misses in flight to cover memory latency, few
 /// enough that what the phases prefetched is still in cache (a few hundred KiB).
 const CHUNK: usize = 512;
@@ -66,37 +72,103 @@ fn hashes(values: &StringArray) -> Vec<u64> {
 }
 
 /// A name dictionary as the search reads it: each value's folded hash and canonical id (the
-/// first value with the same fold), and the values by the hash of their raw bytes, so that a
-/// claim spelled as some registry value is resolved without folding it.
+/// first value with the same fold), and an open-addressing table of the values by the hash of
+/// their raw bytes, each slot holding what a claim spelled as that value needs (its inline key
+/// to compare it, its folded hash and canonical id), so that resolving such a claim is one
+/// prefetched cache line and no folding.
 struct Names {
-    folded_hash: Vec<u64>,
     canonical: Vec<u32>,
-    by_raw: HashMap<u64, u32, BuildHasherDefault<Prehashed>>,
+    slots: Vec<Slot>,
+    mask: usize,
+}
+
+/// One value of a [`Names`] table (`hash` 0: empty).
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    hash: u64,
+    folded_hash: u64,
+    inline: u128,
+    id: u32,
+    canonical: u32,
 }
 
 impl Names {
-    fn build(raw: &StringArray, folded: &StringArray) -> Names {
-        let folded_hash = hashes(folded);
+    /// The table of `raw` (a registry name dictionary), whose values fold to `folded`, with
+    /// the hashes `folded_hash` of those.
+    fn build(raw: &StringArray, folded: &StringArray, folded_hash: &[u64]) -> Names {
         let mut first: HashMap<&str, u32> = HashMap::with_capacity(folded.len());
-        let canonical = (0..folded.len())
+        let canonical: Vec<u32> = (0..folded.len())
             .map(|i| *first.entry(folded.value(i)).or_insert(i as u32))
             .collect();
-        let mut by_raw = HashMap::with_capacity_and_hasher(raw.len(), Default::default());
+        let capacity = (raw.len().max(8) * 2).next_power_of_two();
+        let mask = capacity - 1;
+        let mut slots = vec![Slot::default(); capacity];
         for i in 0..raw.len() {
-            by_raw
-                .entry(xxh3_64(raw.value(i).as_bytes()))
-                .or_insert(i as u32);
+            let text = raw.value(i).as_bytes();
+            let hash = raw_hash(text);
+            let mut at = hash as usize & mask;
+            loop {
+                let slot = &mut slots[at];
+                if slot.hash == 0 {
+                    *slot = Slot {
+                        hash,
+                        folded_hash: folded_hash[i],
+                        inline: inline_key(text),
+                        id: i as u32,
+                        canonical: canonical[i],
+                    };
+                    break;
+                }
+                if slot.hash == hash && raw.value(slot.id as usize).as_bytes() == text {
+                    break; // the same spelling twice (a name with two readings): the first serves
+                }
+                at = (at + 1) & mask;
+            }
         }
         Names {
-            folded_hash,
             canonical,
-            by_raw,
+            slots,
+            mask,
+        }
+    }
+
+    /// The slot a claim's raw hash starts probing at (to prefetch).
+    #[inline(always)]
+    fn home(&self, hash: u64) -> *const Slot {
+        &self.slots[hash as usize & self.mask]
+    }
+
+    /// The registry value spelled as `text` (whose raw hash is `hash`), if any.
+    #[inline(always)]
+    fn find(&self, text: &[u8], hash: u64, raw: &StringArray) -> Option<&Slot> {
+        let mut at = hash as usize & self.mask;
+        let inline = inline_key(text);
+        loop {
+            let slot = &self.slots[at];
+            if slot.hash == 0 {
+                return None;
+            }
+            // A value of at most 12 bytes is equal when its inline key is; a longer one is
+            // compared in the dictionary.
+            if slot.hash == hash
+                && slot.inline == inline
+                && (text.len() <= 12 || raw.value(slot.id as usize).as_bytes() == text)
+            {
+                return Some(slot);
+            }
+            at = (at + 1) & self.mask;
         }
     }
 
     fn memory_bytes(&self) -> usize {
-        self.folded_hash.len() * 12 + self.by_raw.capacity() * 16
+        self.canonical.len() * 4 + self.slots.len() * std::mem::size_of::<Slot>()
     }
+}
+
+/// A raw name's hash for a [`Names`] table: never 0 (an empty slot).
+#[inline(always)]
+fn raw_hash(text: &[u8]) -> u64 {
+    xxh3_64(text) | 1
 }
 
 /// A claimed name, resolved: its folded hash, and either the registry value it is spelled as
@@ -108,30 +180,15 @@ struct Name {
     span: (usize, usize),
 }
 
-/// A hasher for keys that are hashes already.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl std::hash::Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys")
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// The 4情報 index of one registry at one level.
 pub struct SearchIndex {
     level: Level,
     /// Per resident, sorted: the hash's top bits above the row id.
     entries: Vec<u64>,
-    /// For each value of an entry's top [`DIRECTORY_BITS`] bits, the first entry at or above
-    /// it; one more at the end.
+    /// For each value of an entry's top `64 - shift` bits ([`directory_bits`]), the first entry
+    /// at or above it; one more at the end.
     directory: Vec<u32>,
+    shift: u32,
     family: Names,
     given: Names,
 }
@@ -139,9 +196,9 @@ pub struct SearchIndex {
 impl SearchIndex {
     /// Build the index of `data` with its dictionaries folded at `folded.level`.
     pub fn build(data: &RegistryData, folded: &FoldedText) -> SearchIndex {
-        let family_names = Names::build(&data.dicts.family_name, &folded.family_name);
-        let given_names = Names::build(&data.dicts.given_name, &folded.given_name);
-        let (family, given) = (&family_names.folded_hash, &given_names.folded_hash);
+        let (family, given) = (hashes(&folded.family_name), hashes(&folded.given_name));
+        let family_names = Names::build(&data.dicts.family_name, &folded.family_name, &family);
+        let given_names = Names::build(&data.dicts.given_name, &folded.given_name, &given);
         let mut entries: Vec<u64> = data
             .persons
             .rows()
@@ -157,11 +214,12 @@ impl SearchIndex {
             })
             .collect();
         entries.par_sort_unstable();
-        let slots = 1usize << DIRECTORY_BITS;
+        let shift = 64 - directory_bits(entries.len());
+        let slots = 1usize << (64 - shift);
         let mut directory = vec![0u32; slots + 1];
         let mut at = 0usize;
         for (slot, first) in directory.iter_mut().enumerate() {
-            while at < entries.len() && ((entries[at] >> (64 - DIRECTORY_BITS)) as usize) < slot {
+            while at < entries.len() && ((entries[at] >> shift) as usize) < slot {
                 at += 1;
             }
             *first = at as u32;
@@ -170,6 +228,7 @@ impl SearchIndex {
             level: folded.level,
             entries,
             directory,
+            shift,
             family: family_names,
             given: given_names,
         }
@@ -189,17 +248,27 @@ impl SearchIndex {
     /// The directory slot a key starts from (to prefetch).
     #[inline]
     fn slot(&self, key: u64) -> *const u32 {
-        &self.directory[(key >> (64 - DIRECTORY_BITS)) as usize]
+        &self.directory[(key >> self.shift) as usize]
     }
 
-    /// The rows whose hash shares `key`'s prefix (a superset of the residents it names).
+    /// The first entry at or above `key`'s prefix within its directory slot's range.
     #[inline]
-    fn rows_of(&self, key: u64) -> impl Iterator<Item = u32> + '_ {
-        let slot = (key >> (64 - DIRECTORY_BITS)) as usize;
-        let range = &self.entries[self.directory[slot] as usize..self.directory[slot + 1] as usize];
+    fn first_entry(&self, key: u64) -> usize {
+        let slot = (key >> self.shift) as usize;
+        let (lo, hi) = (
+            self.directory[slot] as usize,
+            self.directory[slot + 1] as usize,
+        );
         let prefix = key & !ROW_MASK;
-        let start = range.partition_point(|&e| e < prefix);
-        range[start..]
+        lo + self.entries[lo..hi].partition_point(|&e| e < prefix)
+    }
+
+    /// The rows whose hash shares `key`'s prefix (a superset of the residents it names), from
+    /// `start` ([`first_entry`](Self::first_entry)).
+    #[inline]
+    fn rows_from(&self, start: usize, key: u64) -> impl Iterator<Item = u32> + '_ {
+        let prefix = key & !ROW_MASK;
+        self.entries[start..]
             .iter()
             .take_while(move |&&e| e & !ROW_MASK == prefix)
             .map(|&e| (e & ROW_MASK) as u32)
@@ -309,19 +378,30 @@ pub fn search(
     // search is a few dependent cache misses (directory, entries, resident, names), and the
     // phases overlap the chunk's misses rather than waiting on each (as the verify kernel does).
     let search_chunk = |first: usize, len: usize| -> Vec<Candidate> {
-        // Phase 1: resolve each claim's names (to the registry value they are spelled as, else
-        // folded into one arena) and hash them with its birth date.
-        let mut arena = String::new();
-        let mut resolve = |text: &[u8], raw: &StringArray, names: &Names| -> Name {
-            let h = xxh3_64(text);
-            if let Some(&id) = names.by_raw.get(&h) {
-                if raw.value(id as usize).as_bytes() == text {
-                    return Name {
-                        hash: names.folded_hash[id as usize],
-                        canonical: Some(names.canonical[id as usize]),
-                        span: (0, 0),
-                    };
+        // Phase 1: hash each claim's raw names; prefetch their name-table slots.
+        let d = &data.dicts;
+        let mut raw: Vec<Option<(u64, u64)>> = Vec::with_capacity(len);
+        for i in first..first + len {
+            raw.push(match (family.get(i), given.get(i), birth.is_null(i)) {
+                (Some(f), Some(g), false) => {
+                    let (hf, hg) = (raw_hash(f), raw_hash(g));
+                    prefetch(index.family.home(hf));
+                    prefetch(index.given.home(hg));
+                    Some((hf, hg))
                 }
+                _ => None,
+            });
+        }
+        // Phase 2: resolve each name (to the registry value it is spelled as, else folded into
+        // one arena); hash them with the birth date; prefetch the directory slot.
+        let mut arena = String::new();
+        let mut resolve = |text: &[u8], hash: u64, raw: &StringArray, names: &Names| -> Name {
+            if let Some(slot) = names.find(text, hash, raw) {
+                return Name {
+                    hash: slot.folded_hash,
+                    canonical: Some(slot.canonical),
+                    span: (0, 0),
+                };
             }
             let start = arena.len();
             fold(text, &mut arena);
@@ -332,35 +412,76 @@ pub fn search(
                 span,
             }
         };
-        let d = &data.dicts;
         let mut spans: Vec<Option<(Name, Name)>> = Vec::with_capacity(len);
         let mut keys = Vec::with_capacity(len);
-        for i in first..first + len {
-            let (Some(f), Some(g), false) = (family.get(i), given.get(i), birth.is_null(i)) else {
+        for (j, hashes) in raw.iter().enumerate() {
+            let i = first + j;
+            let Some((hf, hg)) = *hashes else {
                 spans.push(None);
                 keys.push(0);
                 continue;
             };
             let (f, g) = (
-                resolve(f, &d.family_name, &index.family),
-                resolve(g, &d.given_name, &index.given),
+                family.get(i).expect("claimed"),
+                given.get(i).expect("claimed"),
+            );
+            let (f, g) = (
+                resolve(f, hf, &d.family_name, &index.family),
+                resolve(g, hg, &d.given_name, &index.given),
             );
             let k = key(f.hash, g.hash, birth.value(i));
             spans.push(Some((f, g)));
             keys.push(k);
             prefetch(index.slot(k));
         }
-        // Phase 2: each claim's candidate rows, by its directory slot and entries.
+        // Phase 3: read each directory slot; prefetch the first entry of its range.
+        let starts: Vec<usize> = keys
+            .iter()
+            .zip(&spans)
+            .map(|(&k, span)| match span {
+                Some(_) => {
+                    let at = index.first_entry(k);
+                    prefetch(index.entries.as_ptr().wrapping_add(at));
+                    at
+                }
+                None => 0,
+            })
+            .collect();
+        // Phase 4: each claim's candidate rows from its entries; prefetch the residents.
         let mut hits: Vec<(u32, u32)> = Vec::with_capacity(len + len / 8);
         for (j, &k) in keys.iter().enumerate() {
             if spans[j].is_some() {
-                for row in index.rows_of(k) {
+                for row in index.rows_from(starts[j], k) {
                     prefetch(&persons[row as usize]);
                     hits.push((j as u32, row));
                 }
             }
         }
-        // Phase 3: keep the candidates whose folded names and birth date agree (the hash is only
+        // Phase 5: prefetch what each candidate's names are compared through.
+        for &(j, row) in &hits {
+            let p = &persons[row as usize];
+            if let Some((f, g)) = &spans[j as usize] {
+                if f.canonical.is_some() {
+                    prefetch(
+                        index
+                            .family
+                            .canonical
+                            .as_ptr()
+                            .wrapping_add(p.family as usize),
+                    );
+                }
+                if g.canonical.is_some() {
+                    prefetch(
+                        index
+                            .given
+                            .canonical
+                            .as_ptr()
+                            .wrapping_add(p.given as usize),
+                    );
+                }
+            }
+        }
+        // Phase 6: keep the candidates whose folded names and birth date agree (the hash is only
         // a filter), counting the optional facts they also agree on.
         let mut out = Vec::with_capacity(len);
         let mut municipality_folded = String::new();
