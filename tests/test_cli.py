@@ -96,14 +96,20 @@ def test_stats_lookup_and_demo(
     assert (demo / "CURRENT").exists()
     out = capsys.readouterr().out
     assert "5,000 claims" in out and "PERMISSION_DENIED" in out
+    # A variant name written the common way: no match exactly, a match at the normalised level,
+    # and the same pensioner found by the four basic facts.
+    assert "Verify at MATCH_LEVEL_EXACT: family_name no match" in out
+    assert "Verify at MATCH_LEVEL_NORMALISED: family_name MATCH_LEVEL_NORMALISED" in out
+    assert "Search: SEARCH_OUTCOME_UNIQUE" in out or "Search: SEARCH_OUTCOME_AMBIGUOUS" in out
     results = pq.read_table(tmp_path / "pension_results.parquet")
     assert results.num_rows == 5000
     assert {"resident_code", "found", "status", "address_town"} <= set(results.column_names)
     # Every disclosure of the job is in the demo's own trail, and so is the refusal.
     trail = audit.read(tmp_path / "demo-audit")
-    assert (
-        pc.sum(pc.equal(trail["outcome"], "disclosed")).as_py() == pc.sum(results["found"]).as_py()
-    )
+    job = trail.filter(pc.equal(trail["mode"], "verify+retrieve"))
+    assert pc.sum(pc.equal(job["outcome"], "disclosed")).as_py() == pc.sum(results["found"]).as_py()
+    # The names part: two typed Verify calls and a search, each in the trail with its level.
+    assert {"verify", "verify@normalised", "search@normalised"} <= set(trail["mode"].to_pylist())
     assert trail.filter(pc.equal(trail["outcome"], "denied"))["agency"].to_pylist() == ["moj"]
     # A second run opens the registry instead of generating it, and reuses the certificates.
     assert main(["demo", "--path", str(demo), "--pensioners", "100"]) == 0

@@ -230,6 +230,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             except grpc.RpcError as e:
                 console.print(f"refused: {e.code().name}: {e.details()}")
 
+        _demo_names(registry, certs_dir, address)
+
         subject = table["resident_code"][0].as_py()
         console.rule(f"who looked at resident {subject}")
         console.print(f"juki audit --dir {audit_dir} --subject {subject}")
@@ -239,6 +241,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return EXIT_OK
+
+
+def _demo_names(registry: Registry, certs_dir: Path, address: str) -> None:
+    """The demo's names part: a form that writes a variant name the common way, verified at the
+    exact and the normalised level; then the same resident found by the four basic facts."""
+    from juki_engine import names
+    from juki_engine._proto import registry_pb2 as pb
+    from juki_engine._proto import registry_pb2_grpc as pb_grpc
+    from juki_engine.client import AgencyTLS, request_context
+
+    people = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
+    variant = next(
+        (
+            r
+            for r in people.slice(0, 200_000).to_pylist()
+            if names.fold(r["family_name"]) != r["family_name"]
+        ),
+        None,
+    )
+    if variant is None:
+        return
+    written = names.fold(variant["family_name"])
+    console.rule(f"a pension form writes {written} for the registry's {variant['family_name']}")
+    nenkin = AgencyTLS.from_cert(certs_dir / "agencies" / "nenkin.pem")
+    with nenkin.channel(address) as channel:
+        stub = pb_grpc.IdentityVerificationServiceStub(channel)
+        for level in (pb.MATCH_LEVEL_EXACT, pb.MATCH_LEVEL_NORMALISED):
+            reply = stub.Verify(
+                pb.VerifyRequest(
+                    context=request_context("pension-benefit", "demo-operator"),
+                    key=pb.Key(resident_code=variant["resident_code"]),
+                    claims=pb.Claims(family_name=written),
+                    match_level=level,
+                ),
+                timeout=30,
+            )
+            match = reply.matches[0]
+            agreed = pb.MatchLevel.Name(match.level) if match.match else "no match"
+            console.print(f"Verify at {pb.MatchLevel.Name(level)}: family_name {agreed}")
+        console.rule("the same pensioner by the four basic facts (4情報), no number at hand")
+        reply = stub.Search(
+            pb.SearchRequest(
+                context=request_context("pension-benefit", "demo-operator"),
+                facts=pb.Claims(
+                    family_name=written,
+                    given_name=variant["given_name"],
+                    birth_date=variant["birth_date"].isoformat(),
+                ),
+                fields=["resident_code", "family_name", "address_town"],
+            ),
+            timeout=30,
+        )
+        found = ", ".join(
+            f"{c.resident.resident_code} {c.resident.family_name} {c.resident.address_town}"
+            for c in reply.candidates
+        )
+        console.print(f"Search: {pb.SearchOutcome.Name(reply.outcome)}: {found}")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
