@@ -223,6 +223,28 @@ impl PyRegistry {
             search: Default::default(),
         }
     }
+
+    /// Build what a call at `level` needs and does not have yet (the folded dictionaries; with
+    /// `search`, the 4情報 index) with the GIL released: the first search of a level builds the
+    /// nation's index for seconds, which must not stall every other thread of a server.
+    fn prepare(&self, py: Python<'_>, level: Level, search: bool) -> Result<()> {
+        let cached = self.folded.has(level)
+            && (!search
+                || self
+                    .search
+                    .get(level as usize)
+                    .is_some_and(|s| s.get().is_some()));
+        if cached {
+            return Ok(());
+        }
+        detached(py, || {
+            let folded = self.folded.text(&self.data.dicts, level)?;
+            if search {
+                self.search[level as usize].get_or_init(|| SearchIndex::build(&self.data, folded));
+            }
+            Ok(())
+        })
+    }
 }
 
 #[pymethods]
@@ -333,6 +355,9 @@ impl PyRegistry {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(Some(columns))?;
         let level = Level::from_name(level)?;
+        if level != Level::Exact {
+            self.prepare(py, level, false)?;
+        }
         let mut fields = vec![Field::new(kind.name(), DataType::Utf8, true)];
         let mut arrays: Vec<ArrayRef> = vec![Arc::new(StringArray::from(vec![key]))];
         for (name, value) in &claims {
@@ -390,6 +415,9 @@ impl PyRegistry {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(Some(columns))?;
         let level = Level::from_name(level)?;
+        if level != Level::Exact {
+            self.prepare(py, level, false)?;
+        }
         // Claims the core decoded were validated as they were decoded; any other table is
         // validated here.
         let claims = match claims.cast::<PyClaims>() {
@@ -444,6 +472,7 @@ impl PyRegistry {
         }
         let cols = columns_of(Some(columns))?;
         let claims = ImportedTable::from_python(claims, "claims")?;
+        self.prepare(py, level, true)?;
         let rows = claims.rows();
         let out = run_sized(py, rows, || {
             let folded = self.folded.text(&self.data.dicts, level)?;
@@ -453,13 +482,27 @@ impl PyRegistry {
             };
             let index =
                 self.search[level as usize].get_or_init(|| SearchIndex::build(&self.data, folded));
+            // Batch by batch (claim rows numbered across them): claims from this process are
+            // validated as bytes only, and merging their dictionaries would read them as text.
             let (batches, schema) = claims.batches(Strings::Bytes)?;
-            let batch =
-                concat_batches(&schema, &batches).map_err(|e| JukiError::arrow("claims", e))?;
-            search::search(&self.data, index, folded, folding, &batch, &cols)
+            let mut first = 0;
+            let mut out = Vec::with_capacity(batches.len().max(1));
+            for b in batches.iter() {
+                out.push(search::search(
+                    &self.data, index, folded, folding, b, first, &cols,
+                )?);
+                first += b.num_rows();
+            }
+            if out.is_empty() {
+                let empty = RecordBatch::new_empty(schema);
+                out.push(search::search(
+                    &self.data, index, folded, folding, &empty, 0, &cols,
+                )?);
+            }
+            Ok(out)
         })?;
-        let schema = out.schema();
-        to_table(vec![out], schema)
+        let schema = out[0].schema();
+        to_table(out, schema)
     }
 
     fn __len__(&self) -> usize {

@@ -87,11 +87,17 @@ impl TextColumn {
             DataType::Utf8 => TextColumn::Offsets(array.as_string::<i32>().clone().into()),
             DataType::LargeUtf8 => TextColumn::Large(array.as_string::<i64>().clone().into()),
             DataType::Utf8View => TextColumn::View(array.as_string_view().clone().to_binary_view()),
-            t if TextColumn::accepts(t) => TextColumn::View(
-                strict_cast(array, &DataType::BinaryView, what)?
-                    .as_binary_view()
-                    .clone(),
-            ),
+            // A dictionary is unpacked from its binary twin: arrow's casts of a string
+            // dictionary read its values as `str`, which bytes validated only as bytes
+            // (`wire::Strings::Bytes`) must never be.
+            t if TextColumn::accepts(t) => {
+                let twin = arrow_array::make_array(crate::wire::as_bytes(&array.to_data()));
+                TextColumn::View(
+                    strict_cast(twin.as_ref(), &DataType::BinaryView, what)?
+                        .as_binary_view()
+                        .clone(),
+                )
+            }
             other => {
                 return Err(JukiError::InvalidInput(format!(
                     "{what} must hold strings (utf8, large_utf8, utf8_view or a dictionary of \
@@ -495,6 +501,26 @@ impl Check<'_> {
     }
 }
 
+/// A claimed sex column: integers of any width, or the null type (claims nothing). Any integer
+/// is a claim: one outside 0..=255 agrees with no resident ([`SEX_OUT_OF_RANGE`]), it does not
+/// fail the batch.
+pub fn sex_claims(claimed: &dyn Array, what: &str) -> Result<UInt16Array> {
+    if !claimed.data_type().is_integer() && claimed.data_type() != &DataType::Null {
+        return Err(JukiError::InvalidInput(format!(
+            "{what} must hold integers (1 = male, 2 = female), not {}",
+            shown_type(claimed.data_type())
+        )));
+    }
+    let in_range = |v: u64| v.min(SEX_OUT_OF_RANGE as u64) as u16;
+    Ok(match claimed.data_type() {
+        DataType::Null => UInt16Array::new_null(claimed.len()),
+        DataType::UInt64 => claimed.as_primitive::<UInt64Type>().unary(in_range),
+        _ => strict_cast(claimed, &DataType::Int64, what)?
+            .as_primitive::<Int64Type>()
+            .unary(|v| u64::try_from(v).map_or(SEX_OUT_OF_RANGE, in_range)),
+    })
+}
+
 fn prepare<'a>(
     data: &'a RegistryData,
     field: Column,
@@ -538,25 +564,9 @@ fn prepare<'a>(
                 }
             },
         }),
-        Column::Sex => {
-            if !claimed.data_type().is_integer() && claimed.data_type() != &DataType::Null {
-                return Err(JukiError::InvalidInput(format!(
-                    "{what} must hold integers (1 = male, 2 = female), not {}",
-                    shown_type(claimed.data_type())
-                )));
-            }
-            // Any integer is a claim: one outside 0..=255 matches no resident (the row's
-            // `sex_match` is false), it does not fail the batch.
-            let in_range = |v: u64| v.min(SEX_OUT_OF_RANGE as u64) as u16;
-            let claims: UInt16Array = match claimed.data_type() {
-                DataType::Null => UInt16Array::new_null(claimed.len()),
-                DataType::UInt64 => claimed.as_primitive::<UInt64Type>().unary(in_range),
-                _ => strict_cast(claimed, &DataType::Int64, &what)?
-                    .as_primitive::<Int64Type>()
-                    .unary(|v| u64::try_from(v).map_or(SEX_OUT_OF_RANGE, in_range)),
-            };
-            Ok(Check::Sex { claims })
-        }
+        Column::Sex => Ok(Check::Sex {
+            claims: sex_claims(claimed, &what)?,
+        }),
         other => Err(JukiError::InvalidInput(format!(
             "column '{}' cannot be verified",
             other.name()

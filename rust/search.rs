@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Int64Type};
+use arrow_array::types::Date32Type;
 use arrow_array::{
-    Array, ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt32Array, UInt8Array,
+    Array, ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt16Array, UInt32Array,
+    UInt8Array,
 };
-use arrow_cast::cast;
 use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
@@ -25,7 +25,7 @@ use crate::error::{JukiError, Result};
 use crate::index::{NOT_FOUND, ROW_BITS};
 use crate::memory::prefetch;
 use crate::normalize::{FoldedText, Folding, Level};
-use crate::query::{shown_type, TextColumn};
+use crate::query::{sex_claims, shown_type, TextColumn};
 use crate::storage::{inline_key, Column, Person, RegistryData, Rows};
 
 const ROW_MASK: u64 = (1 << ROW_BITS) - 1;
@@ -277,7 +277,7 @@ impl SearchIndex {
 
 /// A claim's optional facts, prepared.
 struct Optional {
-    sex: Option<arrow_array::Int64Array>,
+    sex: Option<UInt16Array>,
     municipality: Option<TextColumn>,
 }
 
@@ -311,6 +311,7 @@ pub fn search(
     folded: &FoldedText,
     folding: Option<&Folding>,
     claims: &RecordBatch,
+    first_claim: usize,
     columns: &[Column],
 ) -> Result<RecordBatch> {
     for c in REQUIRED {
@@ -346,21 +347,10 @@ pub fn search(
         )));
     }
     let birth = birth.as_primitive::<Date32Type>().clone();
-    let sex = match claims.column_by_name("sex") {
-        None => None,
-        Some(a) if a.data_type().is_integer() => Some(
-            cast(a.as_ref(), &DataType::Int64)
-                .map_err(|e| JukiError::arrow("claims column 'sex'", e))?
-                .as_primitive::<Int64Type>()
-                .clone(),
-        ),
-        Some(a) => {
-            return Err(JukiError::InvalidInput(format!(
-                "claims column 'sex' must hold integers (1 = male, 2 = female), not {}",
-                shown_type(a.data_type())
-            )))
-        }
-    };
+    let sex = claims
+        .column_by_name("sex")
+        .map(|a| sex_claims(a.as_ref(), "claims column 'sex'"))
+        .transpose()?;
     let optional = Optional {
         sex,
         municipality: text_column(claims, Column::MunicipalityCode)?,
@@ -368,11 +358,12 @@ pub fn search(
     let level = index.level();
     let persons = data.persons.rows();
     let n = claims.num_rows();
+    // Names are UTF-8 by here (phase 1 sets the others aside); a municipality code that is not
+    // folds to nothing, which no stored code equals.
     let fold = |text: &[u8], into: &mut String| match (std::str::from_utf8(text), folding) {
         (Ok(text), Some(folding)) => folding.fold(text, level, into),
         (Ok(text), None) => into.push_str(text),
-        // Not UTF-8 (a claim from this process): it names no one, and folds to itself lossily.
-        (Err(_), _) => into.push_str(&String::from_utf8_lossy(text)),
+        (Err(_), _) => {}
     };
     // A chunk of claims at a time, in phases, each prefetching what the next one reads: a
     // search is a few dependent cache misses (directory, entries, resident, names), and the
@@ -383,7 +374,10 @@ pub fn search(
         let mut raw: Vec<Option<(u64, u64)>> = Vec::with_capacity(len);
         for i in first..first + len {
             raw.push(match (family.get(i), given.get(i), birth.is_null(i)) {
-                (Some(f), Some(g), false) => {
+                // A name that is not UTF-8 (a claim from this process) names no one.
+                (Some(f), Some(g), false)
+                    if std::str::from_utf8(f).is_ok() && std::str::from_utf8(g).is_ok() =>
+                {
                     let (hf, hg) = (raw_hash(f), raw_hash(g));
                     prefetch(index.family.home(hf));
                     prefetch(index.given.home(hg));
@@ -488,7 +482,7 @@ pub fn search(
         let mut h = 0;
         for (j, span) in spans.iter().enumerate() {
             let i = first + j;
-            let claim = i as u32;
+            let claim = (first_claim + i) as u32;
             let start = out.len();
             let none = Candidate {
                 claim,
@@ -533,7 +527,7 @@ pub fn search(
                 }
                 let mut agreed = 3u8;
                 if let Some(s) = optional.sex.as_ref().filter(|s| s.is_valid(i)) {
-                    agreed += (s.value(i) == p.sex as i64) as u8;
+                    agreed += (s.value(i) == p.sex as u16) as u8;
                 }
                 if let Some(m) = municipality {
                     agreed += (folded.municipality_code.value(p.municipality as usize) == m) as u8;

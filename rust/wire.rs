@@ -203,7 +203,7 @@ fn binary_twin(t: &DataType) -> Option<DataType> {
 
 /// `data` read as its binary twin (see [`binary_twin`]), or as it is where it has none (numbers,
 /// and nested types, which the contract refuses anyway and which are then checked in full).
-fn as_bytes(data: &ArrayData) -> ArrayData {
+pub fn as_bytes(data: &ArrayData) -> ArrayData {
     let Some(twin) = binary_twin(data.data_type()) else {
         return data.clone();
     };

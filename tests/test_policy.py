@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
+import tomllib
 import types
 from pathlib import Path
 from typing import Any
@@ -934,3 +935,16 @@ def test_an_unknown_match_level_in_a_policy_is_refused(tmp_path: Path) -> None:
     path.write_text(text, encoding="utf-8")
     with pytest.raises(PolicyError, match=r"'match_levels'.*fuzzy"):
         Policy.load(path)
+
+
+def test_a_search_without_a_level_is_normalised_where_the_affair_allows_it() -> None:
+    policy = Policy.load(example_path())
+    nenkin = policy.agency("nenkin")
+    facts = ["family_name", "given_name", "birth_date"]
+    grant = policy.authorize_search(nenkin, "pension-benefit", facts, ["resident_code"])
+    assert grant.audit_mode == "search@normalised"
+    document = tomllib.loads(example_path().read_text())
+    del document["agency"][0]["affair"][0]["match_levels"]
+    exact_only = Policy.from_dict(document).agency("nenkin")
+    grant = policy.authorize_search(exact_only, "pension-benefit", facts, ["resident_code"])
+    assert grant.audit_mode == "search"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -182,3 +183,58 @@ def test_the_reading_level_is_not_a_search_level(registry: Registry) -> None:
     )
     with pytest.raises(InvalidInput, match="exact or the normalised level"):
         registry.search(claims, match="reading")
+
+
+def test_claims_in_several_batches_are_numbered_across_them(
+    registry: Registry, table: pa.Table
+) -> None:
+    rows = table.slice(5, 4).select(["family_name", "given_name", "birth_date"])
+    batches = pa.Table.from_batches(rows.to_batches(max_chunksize=1))
+    assert batches.num_rows == 4 and len(batches.to_batches()) == 4
+    out = registry.search(batches, columns=["resident_code"])
+    full = out.filter(pc.equal(out["agreed"], 3))
+    assert sorted(set(full["claim"].to_pylist())) == [0, 1, 2, 3]
+    codes = table.slice(5, 4)["resident_code"].to_pylist()
+    for claim, code in zip(
+        full["claim"].to_pylist(), full["resident_code"].to_pylist(), strict=True
+    ):
+        assert code == codes[claim] or len(full.filter(pc.equal(full["claim"], claim))) > 1
+
+
+def test_a_sex_no_resident_has_is_a_fact_that_does_not_agree(
+    registry: Registry, table: pa.Table
+) -> None:
+    row = table.slice(7, 1).to_pylist()[0]
+    facts = {k: [row[k]] for k in ("family_name", "given_name")}
+    facts["birth_date"] = pa.array([row["birth_date"]], pa.date32())
+    for sex in (pa.array([2**63 + 1], pa.uint64()), pa.array([-1], pa.int64())):
+        out = registry.search(pa.table({**facts, "sex": sex}))
+        assert out["outcome"].to_pylist()[0] == "not_found", sex
+        assert out["agreed"].to_pylist()[0] == 3
+    # A column of nulls claims nothing.
+    out = registry.search(pa.table({**facts, "sex": pa.nulls(1)}))
+    assert out["outcome"][0].as_py() in ("unique", "ambiguous")
+
+
+def test_a_name_that_is_not_utf8_names_no_one(registry: Registry, table: pa.Table) -> None:
+    row = table.slice(8, 1).to_pylist()[0]
+    name = row["family_name"].encode()
+    raw = pa.Array.from_buffers(
+        pa.string(),
+        1,
+        [
+            None,
+            pa.py_buffer(np.array([0, len(name) + 1], np.int32).tobytes()),
+            pa.py_buffer(b"\xff" + name),
+        ],
+    )
+    claims = pa.table(
+        {
+            "family_name": raw,
+            "given_name": [row["given_name"]],
+            "birth_date": pa.array([row["birth_date"]], pa.date32()),
+        }
+    )
+    for match in ("exact", "normalised"):
+        out = registry.search(claims, match=match)
+        assert out["outcome"].to_pylist() == ["not_found"]

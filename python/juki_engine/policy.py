@@ -216,15 +216,18 @@ class Policy:
         affair_code: str,
         facts: Iterable[str],
         fields: Iterable[str],
-        level: str = "normalised",
+        level: str | None = None,
     ) -> Grant:
         """Check a 4情報 search: the affair grants the search mode, every fact compared and
-        every field disclosed, and the match level."""
+        every field disclosed, and the match level (None: normalised where the affair allows
+        it, else exact)."""
         affair = _affair_of(agency, affair_code)
         if "search" not in affair.modes:
             raise NotPermitted(f"affair '{affair.code}' does not allow search")
         facts, fields = tuple(facts), tuple(fields)
         _check_fields(affair, (*facts, *fields))
+        if level is None:
+            level = "normalised" if "normalised" in affair.match_levels else "exact"
         _check_level(affair, level)
         return Grant(agency, affair, "search", facts, _in_schema_order(fields), level)
 

@@ -289,13 +289,7 @@ class Frontend:
     ) -> Grant:
         """Check the request's strings and match level (a `MatchLevel`) against the contract,
         then against the policy."""
-        call.request = request
-        call.fields = tuple(dict.fromkeys((*claimed, *retrieve)))
-        check_text(request.operator_id, "context.operator_id")
-        check_text(request.request_id, "context.request_id")
-        check_text(request.affair, "context.affair")
-        for name in call.fields:
-            check_text(name, "field name")
+        _check_request(call, request, claimed, retrieve)
         check_fields(claimed, retrieve)
         return self.policy.authorize(
             agency, request.affair, by, claimed, retrieve, match_level(level)
@@ -364,16 +358,11 @@ class Frontend:
         level: int,
     ) -> Grant:
         """`authorize` for a 4情報 search: the request's strings and fields against the
-        contract, then the policy's search grant. An unset level is the normalised one."""
-        call.request = request
-        call.fields = tuple(dict.fromkeys((*facts, *fields)))
-        check_text(request.operator_id, "context.operator_id")
-        check_text(request.request_id, "context.request_id")
-        check_text(request.affair, "context.affair")
-        for name in call.fields:
-            check_text(name, "field name")
+        contract, then the policy's search grant. An unset level is the closest the affair
+        allows up to normalised."""
+        _check_request(call, request, facts, fields)
         check_fields((), fields)
-        named = "normalised" if level == pb.MATCH_LEVEL_UNSPECIFIED else match_level(level)
+        named = None if level == pb.MATCH_LEVEL_UNSPECIFIED else match_level(level)
         if named == "reading":
             raise InvalidInput("a 4情報 search compares names at the exact or normalised level")
         return self.policy.authorize_search(agency, request.affair, facts, fields, named)
@@ -441,6 +430,20 @@ class Frontend:
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("grpc's abort returns only by raising")  # pragma: no cover
+
+
+def _check_request(
+    call: Call, request: pb.RequestContext, compared: Sequence[str], disclosed: Sequence[str]
+) -> None:
+    """Note the request on the call (what its audit records will say) and check its client
+    strings against the contract's limits."""
+    call.request = request
+    call.fields = tuple(dict.fromkeys((*compared, *disclosed)))
+    check_text(request.operator_id, "context.operator_id")
+    check_text(request.request_id, "context.request_id")
+    check_text(request.affair, "context.affair")
+    for name in call.fields:
+        check_text(name, "field name")
 
 
 def _kept(grant: Grant) -> list[str]:
