@@ -525,3 +525,25 @@ def test_search_finds_a_resident_by_the_four_facts(
     out = capsys.readouterr().out
     assert json.loads(out[out.index("[") :])[0]["outcome"] == "not_found"
     assert main([*argv[:-1], "1950-13-01"]) == 2
+
+
+def test_search_over_grpc_under_the_agencys_grant(
+    served: tuple[str, Path, Path], snapshot: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address, pki, _ = served
+    people = Registry.open(snapshot).to_arrow(
+        ["resident_code", "family_name", "given_name", "birth_date"]
+    )
+    row = people.slice(9, 1).to_pylist()[0]
+    argv = ["search", "--server", address, "--affair", "pension-benefit"]
+    argv += ["--family-name", row["family_name"], "--given-name", row["given_name"]]
+    argv += ["--birth-date", row["birth_date"].isoformat(), "--columns", "resident_code"]
+    nenkin = ["--cert", str(pki / "agencies" / "nenkin.pem")]
+    assert main([*argv, *nenkin, "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    found = json.loads(out[out.index("[") :])
+    assert row["resident_code"] in [r["resident_code"] for r in found]
+    # 法務省's affair grants no search: refused, exit 2.
+    assert main([*argv, "--cert", str(pki / "agencies" / "moj.pem")]) == 2
+    assert "PERMISSION_DENIED" in capsys.readouterr().out
+    assert main(argv) == 2  # no certificate

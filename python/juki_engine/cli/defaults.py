@@ -1,7 +1,9 @@
-"""Where the CLI looks when it is not told: the demo's files and the server's address."""
+"""Where the CLI looks when it is not told (the demo's files, the server's address), and the
+options every client command shares."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -14,3 +16,10 @@ SERVE_AUDIT = DEMO_DIR / "audit"
 DEMO_AUDIT = DEMO_DIR / "demo-audit"
 """`juki demo`'s own audit trail, so that the demo runs beside a `juki serve`."""
 DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    """How a client proves who it is to a server: the agency's certificate and key, the CA."""
+    p.add_argument("--cert", help="the agency's client certificate (PEM)")
+    p.add_argument("--key", help="its private key (default: the certificate's name with .key)")
+    p.add_argument("--ca", help="the CA of the server's certificate (default: ca.pem nearby)")

@@ -12,6 +12,7 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from juki_engine import JukiError, files
+from juki_engine.cli.defaults import add_client_options
 from juki_engine.cli.outcomes import exit_status, print_summary
 from juki_engine.cli.output import console
 from juki_engine.cli.registry import KEY_KINDS, open_snapshot
@@ -130,13 +131,6 @@ def retrieve_fields(channel: Any, fields: str | None, affair: str) -> list[str]:
     raise JukiError(
         f"affair '{affair}' is not granted to agency '{granted.agency_code}' (it holds: {held})"
     )
-
-
-def add_client_options(p: argparse.ArgumentParser) -> None:
-    """How a client reaches a server: its address, the agency's certificate and key, the CA."""
-    p.add_argument("--cert", help="the agency's client certificate (PEM)")
-    p.add_argument("--key", help="its private key (default: the certificate's name with .key)")
-    p.add_argument("--ca", help="the CA of the server's certificate (default: ca.pem nearby)")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

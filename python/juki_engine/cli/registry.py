@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from juki_engine import JukiError, ids
+from juki_engine.cli.defaults import add_client_options
 from juki_engine.cli.outcomes import EXIT_OK, EXIT_ROWS_REJECTED, row_summary
 from juki_engine.cli.output import add_format_option, console, print_records, spinner
 from juki_engine.files import check_writable
@@ -137,11 +139,15 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    registry = open_snapshot(Path(args.snapshot), args.mmap)
     try:
         born = dt.date.fromisoformat(args.birth_date)
     except ValueError as e:
         raise JukiError(f"--birth-date {args.birth_date!r} is not a date (YYYY-MM-DD)") from e
+    if args.server:
+        return search_remote(args)
+    if not args.snapshot:
+        raise JukiError("search needs a snapshot, or --server")
+    registry = open_snapshot(Path(args.snapshot), args.mmap)
     facts: dict[str, pa.Array] = {
         "family_name": pa.array([args.family_name]),
         "given_name": pa.array([args.given_name]),
@@ -163,6 +169,45 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"4情報 search at the {args.match} level",
         args.format,
         f"{outcome}: {found['candidates'][0].as_py()} resident(s) agree on every fact given",
+    )
+    return EXIT_OK
+
+
+def search_remote(args: argparse.Namespace) -> int:
+    """The same search as an agency asks it: the `Search` RPC, under its affair's grant."""
+    from juki_engine._proto import registry_pb2 as pb
+    from juki_engine._proto import registry_pb2_grpc as pb_grpc
+    from juki_engine.client import AgencyTLS, request_context
+
+    if not args.cert or not args.affair:
+        raise JukiError("search --server needs --cert and --affair")
+    facts = pb.Claims(
+        family_name=args.family_name, given_name=args.given_name, birth_date=args.birth_date
+    )
+    if args.sex is not None:
+        facts.sex = args.sex
+    if args.municipality_code is not None:
+        facts.municipality_code = args.municipality_code
+    level = {"exact": pb.MATCH_LEVEL_EXACT, "normalised": pb.MATCH_LEVEL_NORMALISED}[args.match]
+    request = pb.SearchRequest(
+        context=request_context(args.affair, args.operator),
+        facts=facts,
+        match_level=level,
+        fields=args.columns,
+    )
+    with AgencyTLS.from_cert(args.cert, args.key, args.ca).channel(args.server) as channel:
+        reply = pb_grpc.IdentityVerificationServiceStub(channel).Search(request, timeout=30)
+    outcome = pb.SearchOutcome.Name(reply.outcome).removeprefix("SEARCH_OUTCOME_").lower()
+    rows = [
+        {"agreed": c.agreed, **{f: getattr(c.resident, f) for f in reply.fields}}
+        for c in reply.candidates
+    ]
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"outcome": [outcome]})
+    print_records(
+        table,
+        f"4情報 search by {args.server} under {args.affair}",
+        args.format,
+        f"{outcome}: {len(rows)} resident(s) disclosed (request {request.context.request_id})",
     )
     return EXIT_OK
 
@@ -210,7 +255,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Lists every resident sharing the name and birth date, those agreeing on "
         "every fact given first: unique, ambiguous (all listed) or not_found (docs/matching.md).",
     )
-    p.add_argument("snapshot")
+    p.add_argument("snapshot", nargs="?", help="search this snapshot in-process")
+    p.add_argument("--server", help="HOST:PORT: ask a juki server instead (mutual TLS)")
+    add_client_options(p)
+    p.add_argument("--affair", help="with --server: the affair (事務) the search is for")
+    p.add_argument("--operator", default=os.environ.get("USER", "operator"), help="operator id")
     p.add_argument("--family-name", required=True)
     p.add_argument("--given-name", required=True)
     p.add_argument("--birth-date", required=True, help="YYYY-MM-DD")

@@ -12,8 +12,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from juki_engine.cli.audit import with_zone, zone
-from juki_engine.cli.defaults import DEFAULT_LISTEN, DEMO_AUDIT, DEMO_CERTS, DEMO_PATH, SERVE_AUDIT
-from juki_engine.cli.jobs import add_client_options, verify_remote
+from juki_engine.cli.defaults import (
+    DEFAULT_LISTEN,
+    DEMO_AUDIT,
+    DEMO_CERTS,
+    DEMO_PATH,
+    SERVE_AUDIT,
+    add_client_options,
+)
+from juki_engine.cli.jobs import verify_remote
 from juki_engine.cli.outcomes import EXIT_OK
 from juki_engine.cli.output import add_format_option, console, print_records
 from juki_engine.cli.registry import generate, open_snapshot
