@@ -1050,3 +1050,59 @@ def test_a_search_counts_against_the_quota_as_many_records_as_it_leaves(
             assert candidate.resident.birth_date == p["birth_date"].isoformat()
         counted = running.frontend.quotas.used("nenkin", PENSION) - before
         assert counted == len(records(running, request.context.request_id)) >= 1
+
+
+def test_a_bulk_search_streams_candidates_and_audits_each_one(
+    pki: Path, running: service.Server, small_rows: list[Row]
+) -> None:
+    rows = [small_rows[i] for i in (3, 50, 400)]
+    facts = pa.table(
+        {
+            "family_name": [r["family_name"] + "　" for r in rows] + ["存在しない"],
+            "given_name": [r["given_name"] for r in rows] + ["名"],
+            "birth_date": pa.array(
+                [r["birth_date"] for r in rows] + [rows[0]["birth_date"]], pa.date32()
+            ),
+        }
+    )
+    header = pb.SearchStreamRequest(
+        header=pb.SearchStreamHeader(context=ctx(), fields=["resident_code", "status"])
+    )
+    messages = [header, *(pb.SearchStreamRequest(facts=ipc(facts.slice(i, 2))) for i in (0, 2))]
+    with channel(pki, running, "nenkin") as ch:
+        replies = list(
+            pb_grpc.BulkVerificationServiceStub(ch).SearchStream(iter(messages), timeout=30)
+        )
+    assert [r.first_row for r in replies] == [0, 2]
+    results = pa.ipc.open_stream(b"".join(r.results for r in replies)).read_all()
+    assert results.column_names == [
+        "claim",
+        "outcome",
+        "candidates",
+        "agreed",
+        "resident_code",
+        "status",
+    ]
+    by_claim: dict[int, list[str | None]] = {}
+    for row in results.to_pylist():
+        by_claim.setdefault(row["claim"], []).append(row["resident_code"])
+    for i, r in enumerate(rows):
+        assert r["resident_code"] in by_claim[i]
+    assert by_claim[3] == [None]
+    assert results.filter(pc.equal(results["claim"], 3))["outcome"].to_pylist() == ["not_found"]
+    logged = records(running, header.header.context.request_id)
+    assert logged.num_rows == results.num_rows
+    assert set(logged["mode"].to_pylist()) == {"search@normalised"}
+    disclosed = logged.filter(pc.equal(logged["outcome"], "disclosed"))["subject"].to_pylist()
+    assert sorted(disclosed) == sorted(c for c in results["resident_code"].to_pylist() if c)
+
+
+def test_a_bulk_search_is_refused_where_the_affair_grants_no_search(
+    pki: Path, running: service.Server
+) -> None:
+    header = pb.SearchStreamRequest(header=pb.SearchStreamHeader(context=ctx("bar-exam")))
+    with channel(pki, running, "moj") as ch:
+        stub = pb_grpc.BulkVerificationServiceStub(ch)
+        error = rpc_error(lambda: list(stub.SearchStream(iter([header]), timeout=10)))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not allow search" in error.details()

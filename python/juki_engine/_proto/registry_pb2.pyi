@@ -286,3 +286,29 @@ class VerifyStreamResponse(_message.Message):
     first_row: int
     results: bytes
     def __init__(self, first_row: _Optional[int] = ..., results: _Optional[bytes] = ...) -> None: ...
+
+class SearchStreamHeader(_message.Message):
+    __slots__ = ("context", "fields", "match_level")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MATCH_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    context: RequestContext
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    match_level: MatchLevel
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., fields: _Optional[_Iterable[str]] = ..., match_level: _Optional[_Union[MatchLevel, str]] = ...) -> None: ...
+
+class SearchStreamRequest(_message.Message):
+    __slots__ = ("header", "facts")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    header: SearchStreamHeader
+    facts: bytes
+    def __init__(self, header: _Optional[_Union[SearchStreamHeader, _Mapping]] = ..., facts: _Optional[bytes] = ...) -> None: ...
+
+class SearchStreamResponse(_message.Message):
+    __slots__ = ("first_row", "results")
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    first_row: int
+    results: bytes
+    def __init__(self, first_row: _Optional[int] = ..., results: _Optional[bytes] = ...) -> None: ...

@@ -248,6 +248,11 @@ class BulkVerificationServiceStub:
                 request_serializer=juki_dot_v1_dot_registry__pb2.VerifyStreamRequest.SerializeToString,
                 response_deserializer=juki_dot_v1_dot_registry__pb2.VerifyStreamResponse.FromString,
                 _registered_method=True)
+        self.SearchStream = channel.stream_stream(
+                '/juki.v1.BulkVerificationService/SearchStream',
+                request_serializer=juki_dot_v1_dot_registry__pb2.SearchStreamRequest.SerializeToString,
+                response_deserializer=juki_dot_v1_dot_registry__pb2.SearchStreamResponse.FromString,
+                _registered_method=True)
 
 
 class BulkVerificationServiceServicer:
@@ -262,6 +267,14 @@ class BulkVerificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchStream(self, request_iterator, context):
+        """Stream facts in and candidates out (4情報 search, the search mode of an affair); results
+        for a message follow only once their audit records are on disk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BulkVerificationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +282,11 @@ def add_BulkVerificationServiceServicer_to_server(servicer, server):
                     servicer.VerifyStream,
                     request_deserializer=juki_dot_v1_dot_registry__pb2.VerifyStreamRequest.FromString,
                     response_serializer=juki_dot_v1_dot_registry__pb2.VerifyStreamResponse.SerializeToString,
+            ),
+            'SearchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SearchStream,
+                    request_deserializer=juki_dot_v1_dot_registry__pb2.SearchStreamRequest.FromString,
+                    response_serializer=juki_dot_v1_dot_registry__pb2.SearchStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -299,6 +317,33 @@ class BulkVerificationService:
             '/juki.v1.BulkVerificationService/VerifyStream',
             juki_dot_v1_dot_registry__pb2.VerifyStreamRequest.SerializeToString,
             juki_dot_v1_dot_registry__pb2.VerifyStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/juki.v1.BulkVerificationService/SearchStream',
+            juki_dot_v1_dot_registry__pb2.SearchStreamRequest.SerializeToString,
+            juki_dot_v1_dot_registry__pb2.SearchStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,24 +1,28 @@
-"""The columnar streaming API (`BulkVerificationService.VerifyStream`): a job's claims stream in as
-Arrow IPC messages, results stream out in order, each message authorized against the policy and
-the trust store in force when it arrives."""
+"""The columnar streaming API (`BulkVerificationService`): a job's claims (`VerifyStream`) or
+4情報 facts (`SearchStream`) stream in as Arrow IPC messages, results stream out in order, each
+message authorized against the policy and the trust store in force when it arrives."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from juki_engine._core import Claims, InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.service.frontend import Answer, Call, Frontend, Refused, ServerBusy
+from juki_engine.service.verification import SEARCH_FACTS
 from juki_engine.service.wire import KEY_NAMES, ResultStream, column_of, echo, read_claims
 
 log = logging.getLogger("juki.server")
@@ -84,13 +88,79 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
             # Refuse what the header alone already rules out before any claim arrives.
             f.authorize(call, agency, header.context, by, (), retrieve, header.match_level)
             with self.slots.held():
-                job = _BulkJob(self, call, header, by, retrieve, request_iterator)
+                handler = functools.partial(self._message, call, header, by, retrieve)
+                job = _BulkJob(self.pool, handler, request_iterator, "claims", {by: "the key"})
                 stream = ResultStream()
                 try:
                     while (answer := job.next_answer()) is not None:
-                        yield from _bulk_responses(answer, stream, f.audit_timeout)
+                        yield from _bulk_responses(
+                            answer, stream, f.audit_timeout, pb.VerifyStreamResponse
+                        )
                 finally:
                     job.stop()
+
+    def SearchStream(
+        self, request_iterator: Iterator[pb.SearchStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.SearchStreamResponse]:
+        f = self.frontend
+        call = Call("search")
+        with f.guard(context, call):
+            first = next(request_iterator, None)
+            if first is not None and first.WhichOneof("body") == "header":
+                call.request = first.header.context
+                call.fields = tuple(first.header.fields)
+            agency = f.identify(context, call)
+            if first is None or first.WhichOneof("body") != "header":
+                raise InvalidInput("message 0: a bulk search starts with a SearchStreamHeader")
+            header = first.header
+            affair = agency.affairs.get(header.context.affair)
+            fields = list(header.fields) or (list(affair.fields) if affair else [])
+            # Refuse what the header alone already rules out before any facts arrive.
+            f.authorize_search(call, agency, header.context, (), fields, header.match_level)
+            with self.slots.held():
+                handler = functools.partial(self._search_message, call, header, fields)
+                required = {name: "a fact every search needs" for name in SEARCH_FACTS[:3]}
+                job = _BulkJob(self.pool, handler, request_iterator, "facts", required)
+                stream = ResultStream()
+                try:
+                    while (answer := job.next_answer()) is not None:
+                        yield from _bulk_responses(
+                            answer, stream, f.audit_timeout, pb.SearchStreamResponse
+                        )
+                finally:
+                    job.stop()
+
+    def _search_message(
+        self,
+        call: Call,
+        header: pb.SearchStreamHeader,
+        fields: list[str],
+        n: int,
+        facts: Claims,
+        first_row: int,
+    ) -> Answer:
+        """Identify, authorize, search and audit one facts message; log one line."""
+        f = self.frontend
+        started = time.perf_counter()
+        try:
+            agency = f.agency_of(call)
+            grant = f.authorize_search(
+                call, agency, header.context, facts.column_names, fields, header.match_level
+            )
+            answer = f.answer_search_batch(grant, header.context, facts.to_arrow(), first_row)
+        except Exception as e:
+            raise Refused(e, pa.nulls(facts.num_rows, pa.string())) from e
+        log.info(
+            "%s %s request=%s search message=%d rows=%d results=%d %.1f ms",
+            agency.code,
+            grant.affair.code,
+            echo(header.context.request_id),
+            n,
+            facts.num_rows,
+            answer.results.num_rows,
+            (time.perf_counter() - started) * 1e3,
+        )
+        return answer
 
     def _message(
         self,
@@ -129,26 +199,28 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
 
 
 class _BulkJob:
-    """One bulk call's claims, read by a thread of their own.
+    """One bulk call's messages, read by a thread of their own.
 
-    The reader takes each claims message off the wire as soon as it arrives and hands it to the
-    shared pool, up to PIPELINE_DEPTH messages ahead of the replies, while the call's own thread
-    sends the replies in order, so receiving, answering and sending overlap.
+    The reader takes each message off the wire as soon as it arrives and hands it to the shared
+    pool (`handler(n, table, first_row)` answers it), up to PIPELINE_DEPTH messages ahead of the
+    replies, while the call's own thread sends the replies in order, so receiving, answering
+    and sending overlap. `body` names the messages' table field (claims, facts); `required`
+    the columns every message must have, each with what it is.
     """
 
     def __init__(
         self,
-        service: BulkVerificationService,
-        call: Call,
-        header: pb.VerifyStreamHeader,
-        by: str,
-        retrieve: list[str],
-        requests: Iterator[pb.VerifyStreamRequest],
+        pool: futures.ThreadPoolExecutor,
+        handler: Callable[[int, Claims, int], Answer],
+        requests: Iterator[Any],
+        body: str,
+        required: dict[str, str],
     ) -> None:
-        self._service = service
-        self._by = by
-        self._args = (call, header, by, retrieve)
+        self._pool = pool
+        self._handler = handler
         self._requests = requests
+        self._body = body
+        self._required = required
         # Futures of answers in message order; then None (the end) or the error that ended it.
         self._answers: queue.Queue[futures.Future[Answer] | BaseException | None] = queue.Queue()
         self._room = threading.Semaphore(PIPELINE_DEPTH)
@@ -185,31 +257,31 @@ class _BulkJob:
                     pass
 
     def _read(self) -> None:
-        pool = self._service.pool
-        by = self._by
+        body = self._body
         row = 0
         columns: list[str] | None = None
         try:
             for n, message in enumerate(self._requests, start=1):
-                if message.WhichOneof("body") != "claims":
+                if message.WhichOneof("body") != body:
                     raise InvalidInput(f"message {n}: only the first message is a header")
-                claims = read_claims(message.claims, n)
-                if by not in claims.column_names:
-                    raise InvalidInput(f"message {n}: claims have no '{by}' column (the key)")
+                table = read_claims(getattr(message, body), n)
+                for name, what in self._required.items():
+                    if name not in table.column_names:
+                        raise InvalidInput(f"message {n}: {body} have no '{name}' column ({what})")
                 if columns is None:
-                    columns = claims.column_names
-                elif claims.column_names != columns:
+                    columns = table.column_names
+                elif table.column_names != columns:
                     raise InvalidInput(
-                        f"message {n}: columns {[echo(c) for c in claims.column_names]} differ "
-                        f"from the job's first claims {[echo(c) for c in columns]}"
+                        f"message {n}: columns {[echo(c) for c in table.column_names]} differ "
+                        f"from the job's first {body} {[echo(c) for c in columns]}"
                     )
                 self._room.acquire()
                 if self._stopped.is_set():
                     return
                 # Answered on the shared pool, several messages at a time (the core releases
                 # the GIL); the replies leave in order once their audit records are durable.
-                self._answers.put(pool.submit(self._service._message, *self._args, n, claims, row))
-                row += claims.num_rows
+                self._answers.put(self._pool.submit(self._handler, n, table, row))
+                row += table.num_rows
             self._answers.put(None)
         except grpc.RpcError:
             self._answers.put(None)  # the call ended (cancelled); the sender sees it too
@@ -218,17 +290,17 @@ class _BulkJob:
 
 
 def _bulk_responses(
-    answer: Answer, stream: ResultStream, timeout: float
-) -> Iterator[pb.VerifyStreamResponse]:
+    answer: Answer, stream: ResultStream, timeout: float, response: Any
+) -> Iterator[Any]:
     """One message's results, once durable, as responses of at most RESPONSE_BYTES each: the
     bytes of one record batch of the job's stream may span several responses (a message of a
     million rejected keys has a long `error` column), which the client reads as one stream."""
     part = stream.part(answer.released(timeout))
     if len(part) <= RESPONSE_BYTES:  # the common case: one response, no copy
-        yield pb.VerifyStreamResponse(first_row=answer.first_row, results=part)
+        yield response(first_row=answer.first_row, results=part)
         return
     view = memoryview(part)
     for start in range(0, len(part), RESPONSE_BYTES):
-        yield pb.VerifyStreamResponse(
+        yield response(
             first_row=answer.first_row, results=bytes(view[start : start + RESPONSE_BYTES])
         )

@@ -397,6 +397,42 @@ class Frontend:
         settle(self.audit, commit, self.audit_timeout)
         return shown
 
+    def answer_search_batch(
+        self, grant: Grant, request: pb.RequestContext, facts: pa.Table, first_row: int
+    ) -> Answer:
+        """Search one batch of facts under `grant` and audit it: per claim, the residents
+        agreeing on every fact given (one `disclosed` record each), or one row without a
+        resident (`not_found`, no partial candidate disclosed). Claims are numbered job-wide."""
+        retrieved = [c for c in grant.retrieved if c != "resident_code"]
+        out = self.registry.search(facts, match=grant.level, columns=["resident_code", *retrieved])
+        claim = out["claim"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, claim[1:] != claim[:-1]])
+        rank = np.arange(len(claim)) - np.repeat(starts, np.diff(np.r_[starts, len(claim)]))
+        candidates = out["candidates"].to_numpy()
+        found = rank < candidates  # the first `candidates` rows of a claim agree on every fact
+        keep = found | (rank == 0)
+        out = out.filter(pa.array(keep))
+        found = pa.array(found[keep])
+        hidden = pc.invert(found)
+        shown = [
+            pc.if_else(hidden, pa.scalar(None, out[c].type), out[c])
+            for c in ("resident_code", *retrieved)
+        ]
+        results = pa.table(
+            {
+                "claim": pc.add(out["claim"].cast(pa.uint64()), first_row),
+                "outcome": out["outcome"],
+                "candidates": out["candidates"],
+                "agreed": pc.if_else(hidden, pa.scalar(0, pa.uint8()), out["agreed"]),
+                **dict(zip(("resident_code", *retrieved), shown, strict=True)),
+            }
+        ).select(["claim", "outcome", "candidates", "agreed", *grant.retrieved])
+        with self.reserved(grant, results.num_rows):
+            outcomes = pc.if_else(found, "disclosed", "not_found")
+            ctx = AuditContext(grant.agency.code, *_ids(request), grant.audit_mode, grant.fields)
+            commit = self.audit.append(ctx, shown[0].combine_chunks(), outcomes)
+        return Answer(first_row, results, commit, self.audit)
+
     def answer_one(
         self,
         call: Call,
