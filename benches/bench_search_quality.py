@@ -14,6 +14,12 @@ normalised level. Reported, as confusion counts:
 
     python benches/bench_search_quality.py                         # Toyama, 200,000 claims
     python benches/bench_search_quality.py --registry /tmp/nation_snap --claims 2000000
+    python benches/bench_search_quality.py --lookalikes 1000   # Toyama seeded with look-alikes
+
+With `--lookalikes N`, the registry is first seeded with N pairs of each kind of look-alike
+(twins, variant spellings, names sharing a reading) and each pair's original is searched: a twin
+must be listed beside it (both agree on every fact), a variant spelling at the normalised level
+only, a name sharing the reading never.
 """
 
 from __future__ import annotations
@@ -51,6 +57,45 @@ def spelled(
     return "".join(out)
 
 
+def report_lookalikes(registry: Registry, pairs: pa.Table) -> None:
+    """Search each pair's original as the registry spells it: how often the look-alike is listed
+    beside it (agreeing on every fact), per kind and level."""
+    people = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
+    index = {code: i for i, code in enumerate(people["resident_code"].to_pylist())}
+    rows = pa.array([index[c] for c in pairs["original"].to_pylist()])
+    claims = people.take(rows).drop_columns(["resident_code"])
+    claims = pa.table(
+        {
+            n: claims[n].cast(pa.string()) if n != "birth_date" else claims[n]
+            for n in claims.column_names
+        }
+    )
+    for match in ("exact", "normalised"):
+        out = registry.search(claims, match=match, columns=["resident_code"])
+        full = out.filter(pc.equal(out["agreed"], 3))
+        listed: dict[int, set[str]] = collections.defaultdict(set)
+        for claim, code in zip(
+            full["claim"].to_pylist(), full["resident_code"].to_pylist(), strict=True
+        ):
+            listed[claim].add(code)
+        counts: collections.Counter[str] = collections.Counter()
+        for i, (kind, original, lookalike) in enumerate(
+            zip(
+                pairs["kind"].to_pylist(),
+                pairs["original"].to_pylist(),
+                pairs["lookalike"].to_pylist(),
+                strict=True,
+            )
+        ):
+            counts[f"{kind}: original found"] += original in listed[i]
+            counts[f"{kind}: look-alike listed"] += lookalike in listed[i]
+            counts[f"{kind}: pairs"] += 1
+        print(
+            f"look-alikes at the {match} level: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", help="snapshot (default: Toyama, generated)")
@@ -60,12 +105,23 @@ def main() -> int:
         "--space", type=float, default=0.1, help="chance of a space between characters"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--lookalikes",
+        type=int,
+        default=0,
+        help="seed this many look-alike pairs of each kind first (synthetic.lookalikes)",
+    )
     args = parser.parse_args()
     registry = (
         Registry.open(args.registry, mmap=True)
         if args.registry
         else Registry.generate(prefecture="富山県")
     )
+    if args.lookalikes:
+        from juki_engine.synthetic.lookalikes import seed_lookalikes
+
+        registry, pairs = seed_lookalikes(registry, args.lookalikes, seed=args.seed)
+        report_lookalikes(registry, pairs)
     rng = np.random.default_rng(args.seed)
     rows = rng.integers(0, len(registry), args.claims)
     people = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"]).take(

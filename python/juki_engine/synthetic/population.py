@@ -39,11 +39,13 @@ from typing import Final
 import pyarrow as pa
 
 __all__ = [
+    "CARD_FIGURES",
     "FAMILY_NAME_SCHEMA",
     "FAMILY_NAME_VARIANTS",
     "GIVEN_NAME_SCHEMA",
     "MUNICIPALITY_SCHEMA",
     "NATION_POPULATION",
+    "POPULATION_FIGURES",
     "PREFECTURES",
     "PREFECTURE_POPULATIONS_THOUSANDS",
     "TOWN_SCHEMA",
