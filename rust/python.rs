@@ -527,6 +527,13 @@ impl PyRegistry {
         query::CLAIMABLE.iter().map(|c| c.name()).collect()
     }
 
+    /// Names of the facts a 4情報 search compares: the required ones, then the optional.
+    #[staticmethod]
+    fn search_facts() -> (Vec<&'static str>, Vec<&'static str>) {
+        let names = |cols: &[Column]| cols.iter().map(|c| c.name()).collect();
+        (names(&search::REQUIRED), names(&search::OPTIONAL))
+    }
+
     fn __repr__(&self) -> String {
         format!("Registry({} residents)", self.data.len())
     }

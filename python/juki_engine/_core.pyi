@@ -146,6 +146,9 @@ class Registry:
     @staticmethod
     def claimable_columns() -> list[str]:
         """The columns a claim may carry for `verify`, in schema order."""
+    @staticmethod
+    def search_facts() -> tuple[list[str], list[str]]:
+        """The facts a 4情報 search compares: (required, optional)."""
 
 def is_valid(kind: str, value: str) -> bool:
     """Whether `value` is a valid identifier of `kind` (strict)."""

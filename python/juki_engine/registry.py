@@ -218,6 +218,11 @@ class Registry:
         """The columns a claim may carry for `verify` besides its key, in schema order."""
         return _core.Registry.claimable_columns()
 
+    @staticmethod
+    def search_facts() -> tuple[list[str], list[str]]:
+        """The facts a 4情報 `search` compares: (required, optional)."""
+        return _core.Registry.search_facts()
+
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the row columns and both indexes."""

@@ -1106,3 +1106,63 @@ def test_a_bulk_search_is_refused_where_the_affair_grants_no_search(
         error = rpc_error(lambda: list(stub.SearchStream(iter([header]), timeout=10)))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "does not allow search" in error.details()
+    logged = records(running, header.header.context.request_id)
+    assert [(r["agency"], r["mode"], r["outcome"]) for r in logged.to_pylist()] == [
+        ("moj", "search", "denied")
+    ]
+
+
+def test_a_bulk_search_reply_carries_no_value_of_a_resident_it_does_not_disclose(
+    pki: Path, running: service.Server, small_rows: list[Row]
+) -> None:
+    """A resident sharing the claim's name and birth date but not its sex is a partial candidate:
+    withheld over gRPC, its values must not ride in the reply's dictionaries either."""
+    p = person(small_rows)
+    facts = pa.table(
+        {
+            "family_name": [p["family_name"]],
+            "given_name": [p["given_name"]],
+            "birth_date": pa.array([p["birth_date"]], pa.date32()),
+            "sex": pa.array([3 - p["sex"]], pa.int8()),
+        }
+    )
+    header = pb.SearchStreamRequest(
+        header=pb.SearchStreamHeader(context=ctx(), fields=["address_town", "family_name"])
+    )
+    messages = [header, pb.SearchStreamRequest(facts=ipc(facts))]
+    with channel(pki, running, "nenkin") as ch:
+        replies = list(
+            pb_grpc.BulkVerificationServiceStub(ch).SearchStream(iter(messages), timeout=30)
+        )
+    payload = b"".join(r.results for r in replies)
+    results = pa.ipc.open_stream(payload).read_all()
+    assert results["outcome"].to_pylist() == ["not_found"]
+    assert results["address_town"].to_pylist() == [None]
+    for name in ("address_town", "family_name"):
+        column = results[name].combine_chunks()
+        values = column.dictionary if pa.types.is_dictionary(column.type) else column
+        assert values.drop_null().to_pylist() == [], name
+    assert p["address_town"].encode() not in payload
+
+
+def test_a_bulk_search_facts_column_the_contract_does_not_know_is_invalid_argument(
+    pki: Path, running: service.Server
+) -> None:
+    facts = pa.table(
+        {
+            "family_name": ["x"],
+            "given_name": ["y"],
+            "birth_date": pa.array([0], pa.date32()),
+            "address": ["z"],
+        }
+    )
+    header = pb.SearchStreamRequest(header=pb.SearchStreamHeader(context=ctx()))
+    messages = [header, pb.SearchStreamRequest(facts=ipc(facts))]
+    with channel(pki, running, "nenkin") as ch:
+        stub = pb_grpc.BulkVerificationServiceStub(ch)
+        error = rpc_error(lambda: list(stub.SearchStream(iter(messages), timeout=10)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "address cannot narrow a search" in error.details()
+    assert records(running, header.header.context.request_id)["outcome"].to_pylist() == [
+        "invalid_request"
+    ]

@@ -22,8 +22,14 @@ from juki_engine._core import Claims, InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.service.frontend import Answer, Call, Frontend, Refused, ServerBusy
-from juki_engine.service.verification import SEARCH_FACTS
-from juki_engine.service.wire import KEY_NAMES, ResultStream, column_of, echo, read_claims
+from juki_engine.service.wire import (
+    KEY_NAMES,
+    SEARCH_REQUIRED,
+    ResultStream,
+    column_of,
+    echo,
+    read_claims,
+)
 
 log = logging.getLogger("juki.server")
 
@@ -119,7 +125,7 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
             f.authorize_search(call, agency, header.context, (), fields, header.match_level)
             with self.slots.held():
                 handler = functools.partial(self._search_message, call, header, fields)
-                required = {name: "a fact every search needs" for name in SEARCH_FACTS[:3]}
+                required = {name: "a fact every search needs" for name in SEARCH_REQUIRED}
                 job = _BulkJob(self.pool, handler, request_iterator, "facts", required)
                 stream = ResultStream()
                 try:

@@ -50,6 +50,7 @@ from juki_engine.registry import Registry
 from juki_engine.service.identity import PeerCertificate, TrustStore
 from juki_engine.service.wire import (
     MAX_TEXT_CHARS,
+    check_facts,
     check_fields,
     check_text,
     column_of,
@@ -361,6 +362,8 @@ class Frontend:
         contract, then the policy's search grant. An unset level is the closest the affair
         allows up to normalised."""
         _check_request(call, request, facts, fields)
+        if facts:  # a bulk job's header names no facts yet: its messages do
+            check_facts(facts)
         check_fields((), fields)
         named = None if level == pb.MATCH_LEVEL_UNSPECIFIED else match_level(level)
         if named == "reading":

@@ -17,9 +17,6 @@ from juki_engine.names import LEVELS
 from juki_engine.service.frontend import Call, Frontend
 from juki_engine.service.wire import KEY_KINDS, MATCH_LEVEL_NAMES, MAX_TEXT_CHARS, echo
 
-SEARCH_FACTS = ("family_name", "given_name", "birth_date", "sex", "municipality_code")
-"""The facts a 4情報 search compares: the first three required."""
-
 
 def _date(value: str | int) -> dt.date:
     try:
@@ -132,17 +129,6 @@ class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
         with f.guard(context, call):
             agency = f.identify(context, call)
             facts = _claims(request.facts)
-            missing = [
-                name for name in ("family_name", "given_name", "birth_date") if name not in facts
-            ]
-            if missing:
-                raise InvalidInput(f"facts: a 4情報 search needs {', '.join(missing)}")
-            unsearched = sorted(set(facts) - {*SEARCH_FACTS})
-            if unsearched:
-                raise InvalidInput(
-                    f"facts: {', '.join(unsearched)} cannot narrow a search "
-                    f"(it compares {', '.join(SEARCH_FACTS)})"
-                )
             affair = agency.affairs.get(request.context.affair)
             fields = list(request.fields) or (list(affair.fields) if affair else [])
             grant = f.authorize_search(

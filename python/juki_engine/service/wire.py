@@ -78,6 +78,30 @@ def match_level(value: int) -> str:
     return MATCH_LEVELS[value]
 
 
+def _shown_name(name: str) -> str:
+    """A client's column name in a message: as it is where it is a short identifier, else cut
+    and quoted (`echo`)."""
+    return name if name.isidentifier() and len(name) <= ECHO_CHARS else echo(name)
+
+
+SEARCH_REQUIRED, SEARCH_OPTIONAL = Registry.search_facts()
+"""The facts a 4情報 search compares (the core's lists)."""
+
+
+def check_facts(facts: Sequence[str]) -> None:
+    """A search's facts as the contract knows them: every required one, no other. Checked
+    before the policy, as field names are."""
+    missing = [name for name in SEARCH_REQUIRED if name not in facts]
+    if missing:
+        raise InvalidInput(f"facts: a 4情報 search needs {', '.join(missing)}")
+    unsearched = sorted(set(facts) - {*SEARCH_REQUIRED, *SEARCH_OPTIONAL})
+    if unsearched:
+        raise InvalidInput(
+            f"facts: {', '.join(_shown_name(n) for n in unsearched)} cannot narrow a search "
+            f"(it compares {', '.join((*SEARCH_REQUIRED, *SEARCH_OPTIONAL))})"
+        )
+
+
 def check_fields(claimed: Sequence[str], retrieve: Sequence[str]) -> None:
     """Field names the contract knows: claims among the claimable columns, retrieved fields
     among the public schema's. Checked before the policy, so that a typo is INVALID_ARGUMENT
