@@ -93,17 +93,10 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
             retrieve = list(header.retrieve_fields)
             # Refuse what the header alone already rules out before any claim arrives.
             f.authorize(call, agency, header.context, by, (), retrieve, header.match_level)
-            with self.slots.held():
-                handler = functools.partial(self._message, call, header, by, retrieve)
-                job = _BulkJob(self.pool, handler, request_iterator, "claims", {by: "the key"})
-                stream = ResultStream()
-                try:
-                    while (answer := job.next_answer()) is not None:
-                        yield from _bulk_responses(
-                            answer, stream, f.audit_timeout, pb.VerifyStreamResponse
-                        )
-                finally:
-                    job.stop()
+            handler = functools.partial(self._message, call, header, by, retrieve)
+            yield from self._job(
+                handler, request_iterator, "claims", {by: "the key"}, pb.VerifyStreamResponse
+            )
 
     def SearchStream(
         self, request_iterator: Iterator[pb.SearchStreamRequest], context: grpc.ServicerContext
@@ -123,18 +116,32 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
             fields = list(header.fields) or (list(affair.fields) if affair else [])
             # Refuse what the header alone already rules out before any facts arrive.
             f.authorize_search(call, agency, header.context, (), fields, header.match_level)
-            with self.slots.held():
-                handler = functools.partial(self._search_message, call, header, fields)
-                required = {name: "a fact every search needs" for name in SEARCH_REQUIRED}
-                job = _BulkJob(self.pool, handler, request_iterator, "facts", required)
-                stream = ResultStream()
-                try:
-                    while (answer := job.next_answer()) is not None:
-                        yield from _bulk_responses(
-                            answer, stream, f.audit_timeout, pb.SearchStreamResponse
-                        )
-                finally:
-                    job.stop()
+            handler = functools.partial(self._search_message, call, header, fields)
+            required = {name: "a fact every search needs" for name in SEARCH_REQUIRED}
+            yield from self._job(
+                handler, request_iterator, "facts", required, pb.SearchStreamResponse
+            )
+
+    def _job(
+        self,
+        handler: Callable[[int, Claims, int], Answer],
+        requests: Iterator[Any],
+        body: str,
+        required: dict[str, str],
+        response: Any,
+    ) -> Iterator[Any]:
+        """Run one bulk job in a job slot: its messages answered by `handler` (see `_BulkJob`),
+        the answers sent in order as `response`s once durable."""
+        with self.slots.held():
+            job = _BulkJob(self.pool, handler, requests, body, required)
+            stream = ResultStream()
+            try:
+                while (answer := job.next_answer()) is not None:
+                    yield from _bulk_responses(
+                        answer, stream, self.frontend.audit_timeout, response
+                    )
+            finally:
+                job.stop()
 
     def _search_message(
         self,
@@ -153,7 +160,7 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
             grant = f.authorize_search(
                 call, agency, header.context, facts.column_names, fields, header.match_level
             )
-            answer = f.answer_search_batch(grant, header.context, facts.to_arrow(), first_row)
+            answer = f.answer_search(grant, header.context, facts.to_arrow(), first_row)
         except Exception as e:
             raise Refused(e, pa.nulls(facts.num_rows, pa.string())) from e
         log.info(

@@ -371,36 +371,6 @@ class Frontend:
         return self.policy.authorize_search(agency, request.affair, facts, fields, named)
 
     def answer_search(
-        self, call: Call, grant: Grant, request: pb.RequestContext, facts: pa.Table
-    ) -> pa.Table:
-        """A 4情報 search's candidates agreeing on every fact (empty where there is none: no
-        partial candidate is disclosed), once their audit records are durable: one record per
-        candidate disclosed, one `not_found` record where there is none."""
-        retrieved = [c for c in grant.retrieved if c != "resident_code"]
-        # A search counts one record against the quota, and each candidate past the first one
-        # more: as many as the records it leaves in the trail, which is what a restart counts.
-        with self.reserved(grant, 1):
-            out = self.registry.search(
-                facts, match=grant.level, columns=["resident_code", *retrieved]
-            )
-            shown = out.filter(pc.not_equal(out["outcome"], "not_found"))
-            shown = shown.filter(pc.equal(shown["agreed"], pc.max(shown["agreed"])))
-            with self.reserved(grant, max(shown.num_rows - 1, 0)):
-                if shown.num_rows:
-                    subjects = shown["resident_code"].combine_chunks()
-                    outcome = "disclosed"
-                else:
-                    subjects = pa.nulls(1, pa.string())
-                    outcome = "not_found"
-                ctx = AuditContext(
-                    grant.agency.code, *_ids(request), grant.audit_mode, grant.fields
-                )
-                commit = self.audit.append(ctx, subjects, outcome)
-                call.recorded = True
-        settle(self.audit, commit, self.audit_timeout)
-        return shown
-
-    def answer_search_batch(
         self, grant: Grant, request: pb.RequestContext, facts: pa.Table, first_row: int
     ) -> Answer:
         """Search one batch of facts under `grant` and audit it: per claim, the residents

@@ -140,7 +140,10 @@ class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
                     for name, value in facts.items()
                 }
             )
-            found = f.answer_search(call, grant, request.context, table).to_pylist()
+            answer = f.answer_search(grant, request.context, table, 0)
+            call.recorded = True
+            results = answer.released(f.audit_timeout)
+            found = [r for r in results.to_pylist() if r["outcome"] != "not_found"]
             if not found:
                 return pb.SearchResponse(outcome=pb.SEARCH_OUTCOME_NOT_FOUND)
             outcome = pb.SEARCH_OUTCOME_UNIQUE if len(found) == 1 else pb.SEARCH_OUTCOME_AMBIGUOUS
