@@ -32,9 +32,15 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::types::PyDict;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use crate::changes::{self, BatchRecord, Writer};
 use crate::error::{echo, guarded, JukiError, Result};
 use crate::generate::{self, Plan};
+use crate::history::{Live, View};
 use crate::ids::{self, IdKind};
+use crate::log::ChangeLog;
 use crate::normalize::{self as names, FoldedCache, Folding, Level};
 use crate::query::{self, ExactMatch};
 use crate::search::{self, SearchIndex};
@@ -209,19 +215,122 @@ fn python_value<'py>(py: Python<'py>, array: &dyn Array) -> PyResult<Bound<'py, 
 #[pyclass(frozen, name = "Registry", module = "juki_engine._core")]
 pub struct PyRegistry {
     data: Arc<RegistryData>,
+    /// The changes applied since the base (see `history`).
+    live: Live,
+    /// The writer's state: one `apply` checks and logs at a time.
+    writer: Mutex<Writer>,
+    /// The change log beside the snapshot (None for a registry not opened from one), opened
+    /// for appending at the first `apply`.
+    log_path: Option<PathBuf>,
+    log: OnceLock<ChangeLog>,
+    /// Records replayed at open (the log must still hold exactly these when opened to write).
+    replayed: usize,
+    /// The newest commit time given (commit times never go back).
+    last_recorded: AtomicI64,
     /// The registry's dictionaries folded for verify above the exact level, built on first use.
     folded: FoldedCache,
     /// The 4情報 index at the exact and the normalised level, built on first use.
     search: [OnceLock<SearchIndex>; 2],
 }
 
+/// The change log's file in a snapshot directory.
+const CHANGE_LOG: &str = "changes.log";
+
+/// The key of the identifier permutations of a registry: derived from its first identifiers,
+/// so it is the same every time the registry is opened.
+fn issuance_key(data: &RegistryData) -> u64 {
+    let n = data.len().min(64);
+    let mut bytes = Vec::with_capacity(n * 8 + 8);
+    for v in &data.cols.resident_code[..n] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
 impl PyRegistry {
     fn new(data: RegistryData) -> PyRegistry {
+        let live = Live::new(&data);
+        let writer = Writer::new(&data, issuance_key(&data));
         PyRegistry {
             data: Arc::new(data),
+            live,
+            writer: Mutex::new(writer),
+            log_path: None,
+            log: OnceLock::new(),
+            replayed: 0,
+            last_recorded: AtomicI64::new(0),
             folded: FoldedCache::default(),
             search: Default::default(),
         }
+    }
+
+    /// A registry opened from the snapshot at `dir`: the snapshot, then its change log's
+    /// records redone.
+    fn opened(data: RegistryData, dir: &std::path::Path) -> Result<PyRegistry> {
+        let mut reg = PyRegistry::new(data);
+        let path = dir.join(CHANGE_LOG);
+        if path.exists() {
+            let recovered = ChangeLog::read(&path)?;
+            if let Some(message) = &recovered.dropped_tail {
+                eprintln!("juki: {message}");
+            }
+            let mut w = reg.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = 0;
+            for (i, bytes) in recovered.records().enumerate() {
+                let what = format!("change log '{}' record {i}", path.display());
+                let rec = changes::decode(bytes, &what)?;
+                changes::check_record(&reg.data, &reg.live, &w, &rec, &what)?;
+                changes::redo(&reg.live, &mut w, &rec);
+                last = last.max(rec.batch);
+                reg.last_recorded.fetch_max(rec.recorded, Ordering::Relaxed);
+            }
+            drop(w);
+            reg.live.publish(last);
+            reg.replayed = recovered.len();
+        }
+        reg.log_path = Some(path);
+        Ok(reg)
+    }
+
+    /// The view of the current state, or of `as_of` (days since the epoch) and `recorded_as_of`
+    /// (µs since the epoch).
+    fn view(&self, as_of: Option<i32>, recorded_as_of: Option<i64>) -> View<'_> {
+        let mut cut = self.live.now();
+        if let Some(day) = as_of {
+            cut.effective = day;
+        }
+        if let Some(t) = recorded_as_of {
+            cut.recorded = t;
+        }
+        View::new(&self.data, &self.live, cut)
+    }
+
+    /// The change log, opened for appending (and locked) at the first call.
+    fn log(&self) -> Result<Option<&ChangeLog>> {
+        let Some(path) = &self.log_path else {
+            return Ok(None);
+        };
+        if let Some(log) = self.log.get() {
+            return Ok(Some(log));
+        }
+        let (log, recovered) = ChangeLog::open(path)?;
+        if recovered.len() != self.replayed {
+            return Err(JukiError::InvalidInput(format!(
+                "change log '{}' holds {} records, {} when the registry was opened: another \
+                 process wrote to it; reopen the registry",
+                path.display(),
+                recovered.len(),
+                self.replayed
+            )));
+        }
+        Ok(Some(self.log.get_or_init(|| log)))
     }
 
     /// Build what a call at `level` needs and does not have yet (the folded dictionaries; with
@@ -283,12 +392,21 @@ impl PyRegistry {
     #[staticmethod]
     #[pyo3(signature = (path, mmap = false))]
     fn open(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyRegistry> {
-        let data = detached(py, || snapshot::open(&path, mmap))?;
-        Ok(PyRegistry::new(data))
+        Ok(detached(py, || {
+            PyRegistry::opened(snapshot::open(&path, mmap)?, &path)
+        })?)
     }
 
     /// Save atomically to a snapshot directory.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        if self.live.entries.count() > 0 {
+            return Err(JukiError::InvalidInput(format!(
+                "this registry has {} applied changes, which save would not write: they are \
+                 durable in its change log; use checkpoint",
+                self.live.entries.count()
+            ))
+            .into());
+        }
         detached(py, || snapshot::save(&self.data, &path))?;
         Ok(())
     }
@@ -318,20 +436,24 @@ impl PyRegistry {
     }
 
     /// Look keys up; see `juki_engine.Registry.lookup`.
-    #[pyo3(signature = (keys, by = "my_number", columns = None))]
+    #[pyo3(signature = (keys, by = "my_number", columns = None, as_of = None, recorded_as_of = None))]
     fn lookup(
         &self,
         py: Python<'_>,
         keys: &Bound<'_, PyAny>,
         by: &str,
         columns: Option<Vec<String>>,
+        as_of: Option<i32>,
+        recorded_as_of: Option<i64>,
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(columns)?;
         let keys = Imported::from_python(keys, "keys")?;
+        let view = self.view(as_of, recorded_as_of);
         let batch = run_sized(py, keys.len(), || {
             query::lookup(
                 &self.data,
+                Some(&view),
                 keys.array(Strings::Bytes)?.as_ref(),
                 kind,
                 &cols,
@@ -342,7 +464,8 @@ impl PyRegistry {
     }
 
     /// Verify one claim given as Python values; see `juki_engine.Registry.verify_one`.
-    #[pyo3(signature = (by, key, claims, columns = Vec::new(), level = "exact"))]
+    #[pyo3(signature = (by, key, claims, columns = Vec::new(), level = "exact", as_of = None, recorded_as_of = None))]
+    #[allow(clippy::too_many_arguments)]
     fn verify_one<'py>(
         &self,
         py: Python<'py>,
@@ -351,6 +474,8 @@ impl PyRegistry {
         claims: Vec<(String, Bound<'py, PyAny>)>,
         columns: Vec<String>,
         level: &str,
+        as_of: Option<i32>,
+        recorded_as_of: Option<i64>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(Some(columns))?;
@@ -386,6 +511,7 @@ impl PyRegistry {
             let matching = self.folded.matching(&self.data.dicts, level)?;
             query::verify(
                 &self.data,
+                Some(&self.view(as_of, recorded_as_of)),
                 &claims,
                 kind,
                 &ExactMatch,
@@ -402,7 +528,8 @@ impl PyRegistry {
     }
 
     /// Verify claims; see `juki_engine.Registry.verify`.
-    #[pyo3(signature = (claims, by = "my_number", first_row = 0, columns = Vec::new(), level = "exact"))]
+    #[pyo3(signature = (claims, by = "my_number", first_row = 0, columns = Vec::new(), level = "exact", as_of = None, recorded_as_of = None))]
+    #[allow(clippy::too_many_arguments)]
     fn verify(
         &self,
         py: Python<'_>,
@@ -411,6 +538,8 @@ impl PyRegistry {
         first_row: usize,
         columns: Vec<String>,
         level: &str,
+        as_of: Option<i32>,
+        recorded_as_of: Option<i64>,
     ) -> PyResult<PyArrowType<Table>> {
         let kind = IdKind::from_name(by)?;
         let cols = columns_of(Some(columns))?;
@@ -428,6 +557,8 @@ impl PyRegistry {
             Err(_) => ImportedTable::from_python(claims, "claims")?,
         };
         let rows = claims.rows();
+        // One view for the whole call: every batch sees the same moment.
+        let view = self.view(as_of, recorded_as_of);
         let results = run_sized(py, rows, || {
             let matching = self.folded.matching(&self.data.dicts, level)?;
             let (mut batches, schema) = claims.batches(Strings::Bytes)?;
@@ -439,6 +570,7 @@ impl PyRegistry {
             for b in &batches {
                 out.push(query::verify(
                     &self.data,
+                    Some(&view),
                     b,
                     kind,
                     &ExactMatch,
@@ -505,8 +637,95 @@ impl PyRegistry {
         to_table(out, schema)
     }
 
+    /// Apply a table of changes; see `juki_engine.Registry.apply`.
+    #[pyo3(signature = (changes, today = None))]
+    fn apply(
+        &self,
+        py: Python<'_>,
+        changes: &Bound<'_, PyAny>,
+        today: Option<i32>,
+    ) -> PyResult<PyArrowType<Table>> {
+        let table = ImportedTable::from_python(changes, "changes")?;
+        let out = detached(py, || {
+            let batch = table.one_batch()?;
+            let today = today.unwrap_or_else(|| (now_micros() / 86_400_000_000) as i32);
+            let log = self.log()?;
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let recorded = self
+                .last_recorded
+                .load(Ordering::Relaxed)
+                .saturating_add(1)
+                .max(now_micros());
+            let mut rec = BatchRecord {
+                batch: w.next_batch,
+                recorded,
+                ..Default::default()
+            };
+            let rows = changes::apply(&self.data, &self.live, &mut w, &batch, &mut rec, today)?;
+            let changed = !rec.entries.is_empty()
+                || !rec.rejections.is_empty()
+                || !rec.ext.is_empty()
+                || !rec.issued.is_empty();
+            let mut durable_at = None;
+            if changed {
+                w.next_batch += 1;
+                self.last_recorded.store(recorded, Ordering::Relaxed);
+                if let Some(log) = log {
+                    durable_at = Some(log.append(&changes::encode(&rec))?);
+                }
+            } else if let Some(log) = log {
+                // Only duplicates: their first results must be durable before they are acked.
+                durable_at = Some(log.len());
+            }
+            drop(w);
+            // Group commit: the writer lock is free while this batch waits for its fsync.
+            if let (Some(log), Some(at)) = (log, durable_at) {
+                log.sync_through(at)?;
+            }
+            if changed {
+                self.live.publish(rec.batch);
+            }
+            let view = View::new(
+                &self.data,
+                &self.live,
+                crate::history::Cut {
+                    batch: rec.batch.max(self.live.published()),
+                    recorded: i64::MAX,
+                    effective: i32::MAX,
+                },
+            );
+            changes::results(&view, &rows)
+        })?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
+    }
+
+    /// Each resident's changes, oldest first; see `juki_engine.Registry.history`.
+    #[pyo3(signature = (keys, by = "my_number"))]
+    fn history(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        by: &str,
+    ) -> PyResult<PyArrowType<Table>> {
+        let kind = IdKind::from_name(by)?;
+        let keys = Imported::from_python(keys, "keys")?;
+        let view = self.view(None, None);
+        let out = detached(py, || {
+            crate::history::history_table(&view, kind, keys.array(Strings::Bytes)?.as_ref())
+        })?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
+    }
+
+    /// Changes applied since the registry was opened (or generated), and persons they created.
+    #[getter]
+    fn applied_changes(&self) -> usize {
+        self.live.entries.count()
+    }
+
     fn __len__(&self) -> usize {
-        self.data.len()
+        self.data.len() + self.live.created.load(Ordering::Relaxed) as usize
     }
 
     /// Bytes held by row columns and indexes.

@@ -24,6 +24,7 @@ use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 
 use crate::error::{echo, JukiError, Result};
+use crate::history::{Dict, Live, Resolved, View};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
 use crate::memory::{filled, prefetch, PARALLEL_MIN};
@@ -281,6 +282,7 @@ pub fn parse_keys(kind: IdKind, keys: &dyn Array, first_row: usize) -> Result<Pa
 
 /// Parse and probe one chunk: `rows` gets the row of each key at `start..`, or [`NOT_FOUND`];
 /// `on_hit` sees each row as soon as the probe finds it.
+#[allow(clippy::too_many_arguments)]
 fn resolve_chunk(
     keys: &KeyColumn,
     index: &HashIndex,
@@ -289,11 +291,72 @@ fn resolve_chunk(
     rows: &mut [u32],
     errors: &mut Vec<(usize, String)>,
     on_hit: impl Fn(u32),
+    changed: Option<(&View, &mut Vec<(u32, Resolved)>)>,
 ) {
     let mut bases = [INVALID_KEY; CHUNK];
     let bases = &mut bases[..rows.len()];
     keys.parse_into(index.kind(), start, first_row, bases, errors);
     index.probe_chunk_with(bases, rows, on_hit);
+    if let Some((view, out)) = changed {
+        view.patch(index.kind(), bases, rows, out);
+    }
+}
+
+/// The view a kernel must consult, or None where the base alone answers.
+fn live<'v, 'a>(view: Option<&'v View<'a>>) -> Option<&'v View<'a>> {
+    view.filter(|v| !v.plain())
+}
+
+/// Each row's packed resident and identifiers, from the base or from what changes resolved
+/// (`changed`: (row index, values), in row order), for disclosing rows a view resolved.
+fn read_rows(
+    data: &RegistryData,
+    rows: &[u32],
+    changed: &[(u32, Resolved)],
+) -> (Vec<Resident>, Vec<[u64; 2]>) {
+    let mut people = vec![Resident::default(); rows.len()];
+    let mut ids = vec![[0u64; 2]; rows.len()];
+    let persons = data.persons.rows();
+    let places = data.persons.places();
+    let mut it = changed.iter().peekable();
+    for (i, &row) in rows.iter().enumerate() {
+        match it.peek() {
+            Some((at, r)) if *at as usize == i => {
+                people[i] = r.values.resident;
+                ids[i] = [r.values.resident_code, r.values.my_number];
+                it.next();
+            }
+            _ if row != NOT_FOUND => {
+                let r = row as usize;
+                people[i] = Resident {
+                    person: persons[r],
+                    place: places[r],
+                };
+                ids[i] = [data.cols.resident_code[r], data.cols.my_number[r]];
+            }
+            _ => {}
+        }
+    }
+    (people, ids)
+}
+
+/// The `replaced` column: whether a found row's key is an identifier the person no longer
+/// holds (住民票コード変更, 個人番号変更); null where not found.
+fn replaced_column(rows: &[u32], changed: &[(u32, Resolved)]) -> ArrayRef {
+    let mut bits = vec![false; rows.len()];
+    for (i, r) in changed {
+        bits[*i as usize] = r.replaced;
+    }
+    Arc::new(BooleanArray::new(
+        BooleanBuffer::from(bits),
+        Some(NullBuffer::from(
+            RegistryData::found_column(rows).values().clone(),
+        )),
+    ))
+}
+
+fn replaced_field() -> Field {
+    Field::new("replaced", DataType::Boolean, true)
 }
 
 /// The `error` column: null where the key was accepted.
@@ -322,26 +385,66 @@ fn error_field() -> Field {
 /// columns (null where not found).
 pub fn lookup(
     data: &RegistryData,
+    view: Option<&View>,
     keys: &dyn Array,
     by: IdKind,
     columns: &[Column],
 ) -> Result<RecordBatch> {
     let index = data.index(by)?;
     let column = KeyColumn::new(by, keys)?;
+    let view = live(view);
     // Every row is written by the probe, so the buffer needs no initial fill.
     let mut errors = Vec::new();
+    let mut changed = Vec::new();
     let rows = filled(keys.len(), |rows: &mut [u32]| {
-        errors = for_chunks(rows, |start, r, errs| {
-            resolve_chunk(&column, index, start, 0, r, errs, |_| {})
-        });
+        if let Some(view) = view {
+            // Rows changes touched are resolved chunk by chunk, in row order.
+            for (c, r) in rows.chunks_mut(CHUNK).enumerate() {
+                let mut out = Vec::new();
+                resolve_chunk(
+                    &column,
+                    index,
+                    c * CHUNK,
+                    0,
+                    r,
+                    &mut errors,
+                    |_| {},
+                    Some((view, &mut out)),
+                );
+                changed.extend(out.into_iter().map(|(i, v)| (i + (c * CHUNK) as u32, v)));
+            }
+        } else {
+            errors = for_chunks(rows, |start, r, errs| {
+                resolve_chunk(&column, index, start, 0, r, errs, |_| {}, None)
+            });
+        }
     })?;
-    let mut fields = vec![Field::new("found", DataType::Boolean, false), error_field()];
+    let mut fields = vec![
+        Field::new("found", DataType::Boolean, false),
+        error_field(),
+        replaced_field(),
+    ];
     let mut arrays: Vec<ArrayRef> = vec![
         Arc::new(RegistryData::found_column(&rows)),
         error_column(rows.len(), &errors),
+        replaced_column(&rows, &changed),
     ];
     fields.extend(columns.iter().map(|c| c.field()));
-    arrays.extend(data.columns(columns, Rows::At(&rows))?);
+    match view {
+        None => arrays.extend(data.columns(columns, Rows::At(&rows))?),
+        Some(view) => {
+            let (people, ids) = read_rows(data, &rows, &changed);
+            arrays.extend(data.columns(
+                columns,
+                Rows::Read {
+                    rows: &rows,
+                    people: &people,
+                    ids: Some(&ids),
+                    live: Some(view.live),
+                },
+            )?);
+        }
+    }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
@@ -395,6 +498,9 @@ enum Check<'a> {
         key: PersonKey,
         dict: &'a StringArray,
         inline: &'a [u128],
+        /// Values changes added to the dictionary (keys from its length on), and whether the
+        /// claim is compared with their reading.
+        ext: Option<(&'a Live, Dict, bool)>,
         /// Above the exact level: the same dictionary folded at each level up to the one asked
         /// for, tried in order when the exact comparison fails.
         folded: Vec<(Level, &'a StringArray)>,
@@ -461,10 +567,14 @@ impl Check<'_> {
                 dict,
                 inline,
                 folded,
+                ext,
             } => match claims.get(i) {
                 None => UNCLAIMED,
                 Some(c) => {
                     let k = key.of(p);
+                    if k >= inline.len() {
+                        return added_value_agrees(*ext, k, c, text, folding, folded);
+                    }
                     let shortcut = if c.len() <= 12 {
                         text.matches_inline(claims.inline_key_at(i, c), inline[k])
                     } else {
@@ -501,6 +611,41 @@ impl Check<'_> {
     }
 }
 
+/// How closely claim `c` agrees with a dictionary value a change added (key `k`): as
+/// [`Check::check`] for a stored value, the stored side folded here (such values are few).
+#[cold]
+fn added_value_agrees<M: TextMatch>(
+    ext: Option<(&Live, Dict, bool)>,
+    k: usize,
+    c: &[u8],
+    text: &M,
+    folding: Option<&Folding>,
+    folded: &[(Level, &StringArray)],
+) -> u8 {
+    let Some((live, dict, reading)) = ext else {
+        return AGREES_NOT;
+    };
+    let Some((value, kana)) = live.ext_value(dict, k) else {
+        return AGREES_NOT;
+    };
+    let stored: &str = if reading { kana } else { value };
+    if text.matches(c, stored.as_bytes()) {
+        return agrees_at(Level::Exact);
+    }
+    let Some(folding) = folding else {
+        return AGREES_NOT;
+    };
+    let mut buf = String::new();
+    for (level, _) in folded {
+        buf.clear();
+        folding.fold(stored, *level, &mut buf);
+        if folds_to(folding, c, *level, &buf) {
+            return agrees_at(*level);
+        }
+    }
+    AGREES_NOT
+}
+
 /// A claimed sex column: integers of any width, or the null type (claims nothing). Any integer
 /// is a claim: one outside 0..=255 agrees with no resident ([`SEX_OUT_OF_RANGE`]), it does not
 /// fail the batch.
@@ -523,6 +668,7 @@ pub fn sex_claims(claimed: &dyn Array, what: &str) -> Result<UInt16Array> {
 
 fn prepare<'a>(
     data: &'a RegistryData,
+    live: Option<&'a Live>,
     field: Column,
     claimed: &dyn Array,
     folded: &[&'a FoldedText],
@@ -530,12 +676,18 @@ fn prepare<'a>(
     let d = &data.dicts;
     let what = format!("claims column '{}'", field.name());
     let t = &data.text_keys;
-    let text = |key: PersonKey, dict: &'a StringArray, inline: &'a [u128]| -> Result<Check<'a>> {
+    let ext = |d: Dict, reading: bool| live.map(|l| (l, d, reading));
+    let text = |key: PersonKey,
+                dict: &'a StringArray,
+                inline: &'a [u128],
+                ext: Option<(&'a Live, Dict, bool)>|
+     -> Result<Check<'a>> {
         Ok(Check::Text {
             claims: TextColumn::new(claimed, &what)?,
             key,
             dict,
             inline,
+            ext,
             folded: folded
                 .iter()
                 .filter_map(|f| Some((f.level, f.of(field)?)))
@@ -543,14 +695,35 @@ fn prepare<'a>(
         })
     };
     match field {
-        Column::FamilyName => text(PersonKey::Family, &d.family_name, &t.family_name),
-        Column::FamilyNameKana => text(PersonKey::Family, &d.family_name_kana, &t.family_name_kana),
-        Column::GivenName => text(PersonKey::Given, &d.given_name, &t.given_name),
-        Column::GivenNameKana => text(PersonKey::Given, &d.given_name_kana, &t.given_name_kana),
+        Column::FamilyName => text(
+            PersonKey::Family,
+            &d.family_name,
+            &t.family_name,
+            ext(Dict::Family, false),
+        ),
+        Column::FamilyNameKana => text(
+            PersonKey::Family,
+            &d.family_name_kana,
+            &t.family_name_kana,
+            ext(Dict::Family, true),
+        ),
+        Column::GivenName => text(
+            PersonKey::Given,
+            &d.given_name,
+            &t.given_name,
+            ext(Dict::Given, false),
+        ),
+        Column::GivenNameKana => text(
+            PersonKey::Given,
+            &d.given_name_kana,
+            &t.given_name_kana,
+            ext(Dict::Given, true),
+        ),
         Column::MunicipalityCode => text(
             PersonKey::Municipality,
             &d.municipality_code,
             &t.municipality_code,
+            None,
         ),
         Column::BirthDate => Ok(Check::Date {
             claims: match claimed.data_type() {
@@ -579,8 +752,10 @@ fn prepare<'a>(
 /// (null where not found or not claimed in that row), then the requested `columns` of each found
 /// resident, gathered with the rows the same probe found (a server auditing and disclosing in one
 /// pass probes once). `first_row` is the batch's first row in the whole job, for messages.
+#[allow(clippy::too_many_arguments)]
 pub fn verify<M: TextMatch>(
     data: &RegistryData,
+    view: Option<&View>,
     claims: &RecordBatch,
     by: IdKind,
     text: &M,
@@ -612,11 +787,18 @@ pub fn verify<M: TextMatch>(
                     known.join(", ")
                 ))
             })?;
-        checks.push(prepare(data, field, array.as_ref(), folded)?);
+        checks.push(prepare(
+            data,
+            view.map(|v| v.live),
+            field,
+            array.as_ref(),
+            folded,
+        )?);
         names.push(field.name());
     }
     let index = data.index(by)?;
     let keys = KeyColumn::new(by, key_col.as_ref())?;
+    let view = live(view);
     let persons = data.persons.rows();
     let places = data.persons.places();
     let n = claims.num_rows();
@@ -636,8 +818,10 @@ pub fn verify<M: TextMatch>(
     // messages: 1.3 -> 2.2 M/s on one thread). A large batch gathers per column instead: a
     // batch-sized copy streams through memory twice and measured no faster on 20 M claims.
     // Without columns, each chunk's rows live on the stack.
+    // Where changes apply, the rows they touched are resolved per chunk, and a disclosure reads
+    // every row through them (`read_rows`).
     let keep = !columns.is_empty();
-    let copy = keep && n <= PARALLEL_MIN;
+    let copy = keep && n <= PARALLEL_MIN && view.is_none();
     let mut rows = vec![NOT_FOUND; if keep { n } else { 0 }];
     let mut people = vec![Resident::default(); if copy { n } else { 0 }];
     let verify_chunk = |c: usize,
@@ -652,19 +836,38 @@ pub fn verify<M: TextMatch>(
         // The probe prefetches each found resident's packed rows, so their misses overlap the
         // probes still in flight and the pass below finds them in cache (a chunk's rows fit
         // L2).
-        resolve_chunk(&keys, index, start, first_row, rows, &mut errs, |row| {
-            prefetch(&persons[row as usize]);
-            if copy {
-                prefetch(&places[row as usize]);
-            }
-        });
+        let mut changed = Vec::new();
+        resolve_chunk(
+            &keys,
+            index,
+            start,
+            first_row,
+            rows,
+            &mut errs,
+            |row| {
+                if let Some(p) = persons.get(row as usize) {
+                    prefetch(p);
+                    if copy {
+                        prefetch(&places[row as usize]);
+                    }
+                }
+            },
+            view.map(|v| (v, &mut changed)),
+        );
+        let mut next = changed.iter().peekable();
         for (i, &row) in rows.iter().enumerate() {
             if row == NOT_FOUND {
                 continue;
             }
             let (word, bit) = (i / 64, 1u64 << (i % 64));
             b[word] |= bit;
-            let p = &persons[row as usize];
+            let p = match next.peek() {
+                Some((at, r)) if *at as usize == i => {
+                    next.next();
+                    &r.values.resident.person
+                }
+                _ => &persons[row as usize],
+            };
             st[i] = p.status;
             if copy {
                 kept.1[i] = Resident {
@@ -684,7 +887,7 @@ pub fn verify<M: TextMatch>(
                 }
             }
         }
-        errs
+        (errs, changed)
     };
     // Each chunk's share of `rows` and `people` (empty slices where not kept).
     let mut kept: Vec<(&mut [u32], &mut [Resident])> =
@@ -720,7 +923,12 @@ pub fn verify<M: TextMatch>(
             .map(|(c, (((b, st), lv), k))| verify_chunk(c, b, st, lv, k))
             .collect()
     };
-    let errors: Vec<_> = parts.into_iter().flatten().collect();
+    let mut errors = Vec::new();
+    let mut changed = Vec::new();
+    for (c, (errs, ch)) in parts.into_iter().enumerate() {
+        errors.extend(errs);
+        changed.extend(ch.into_iter().map(|(i, r)| (i + (c * CHUNK) as u32, r)));
+    }
     // Reassemble each bit plane from its per-chunk words.
     let plane = |p: usize| -> BooleanBuffer {
         let words: Vec<u64> = bits
@@ -739,15 +947,27 @@ pub fn verify<M: TextMatch>(
             Arc::new(StringArray::from(STATUS_VALUES.to_vec())),
         )
     };
+    let replaced = {
+        let mut bits = vec![false; n];
+        for (i, r) in &changed {
+            bits[*i as usize] = r.replaced;
+        }
+        BooleanArray::new(
+            BooleanBuffer::from(bits),
+            Some(NullBuffer::from(found.clone())),
+        )
+    };
     let mut fields = vec![
         Field::new("found", DataType::Boolean, false),
         Column::Status.field(),
         error_field(),
+        replaced_field(),
     ];
     let mut arrays: Vec<ArrayRef> = vec![
         Arc::new(BooleanArray::new(found, None)),
         Arc::new(status),
         error_column(n, &errors),
+        Arc::new(replaced),
     ];
     for (j, name) in names.into_iter().enumerate() {
         let (values, valid) = (plane(1 + 2 * j), plane(2 + 2 * j));
@@ -782,10 +1002,21 @@ pub fn verify<M: TextMatch>(
             arrays.push(Arc::new(level));
         }
     }
+    let read;
     let at = if copy {
         Rows::Read {
             rows: &rows,
             people: &people,
+            ids: None,
+            live: None,
+        }
+    } else if let (Some(view), true) = (view, keep) {
+        read = read_rows(data, &rows, &changed);
+        Rows::Read {
+            rows: &rows,
+            people: &read.0,
+            ids: Some(&read.1),
+            live: Some(view.live),
         }
     } else {
         Rows::At(&rows)

@@ -19,6 +19,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use rayon::prelude::*;
 
 use crate::error::{echo, JukiError, Result};
+use crate::history::{Dict, Live};
 use crate::ids::IdKind;
 use crate::index::{HashIndex, NOT_FOUND};
 use crate::memory::{filled, filled_from, prefetch, HugeVec, PARALLEL_MIN};
@@ -472,6 +473,11 @@ pub enum Rows<'a> {
         rows: &'a [u32],
         /// The packed residents of `rows`.
         people: &'a [Resident],
+        /// The identifiers (resident code, My Number) of `rows`, where changes may have given
+        /// rows the base does not hold; None to gather them from the columns.
+        ids: Option<&'a [[u64; 2]]>,
+        /// The dictionary values changes added (keys past the base's dictionaries).
+        live: Option<&'a Live>,
     },
 }
 
@@ -628,6 +634,29 @@ impl<K: ArrowNativeType> Compaction<K> {
         })
     }
 
+    /// The kept values, in their new keys' order: of `dictionary` below its length, of `more`
+    /// (keys from the dictionary's length on, which changes added) above it.
+    pub fn values_with<'s>(
+        &self,
+        dictionary: &StringArray,
+        more: impl Fn(usize) -> Option<&'s str>,
+    ) -> Result<StringArray> {
+        let n = dictionary.len();
+        Ok(self
+            .kept
+            .values()
+            .iter()
+            .map(|&k| {
+                let k = k as usize;
+                if k < n {
+                    Some(dictionary.value(k))
+                } else {
+                    more(k)
+                }
+            })
+            .collect())
+    }
+
     /// The kept values of `dictionary`, in their new keys' order.
     pub fn values(&self, dictionary: &StringArray) -> Result<StringArray> {
         let taken = arrow_select::take::take(dictionary, &self.kept, None)?;
@@ -734,10 +763,17 @@ impl RegistryData {
             Rows::All => None,
             Rows::At(r) | Rows::Read { rows: r, .. } => found_validity(r),
         };
-        // Identifiers are not packed in a Resident: they are always gathered.
-        let ids = |src: &ScalarBuffer<u64>| match rows {
+        // Identifiers are not packed in a Resident: they are gathered, or come with the rows.
+        let ids = |src: &ScalarBuffer<u64>, which: usize| match rows {
             Rows::All => Ok(src.clone()),
+            Rows::Read { ids: Some(ids), .. } => Ok(ScalarBuffer::from(
+                ids.iter().map(|x| x[which]).collect::<Vec<u64>>(),
+            )),
             Rows::At(r) | Rows::Read { rows: r, .. } => gather(src, r),
+        };
+        let live = match rows {
+            Rows::Read { live, .. } => live,
+            _ => None,
         };
         // The values of a field that the columns and a Resident's `$part` hold under one name.
         macro_rules! values {
@@ -753,16 +789,29 @@ impl RegistryData {
         // whole dictionary; a reply carries only the values its found rows reference (see
         // [`Compaction`]), computed once per key for the columns that share it.
         macro_rules! dict {
-            ($kt:ty, $part:ident . $f:ident, $values:expr) => {{
+            ($kt:ty, $part:ident . $f:ident, $values:expr, $ext:expr) => {{
                 let (keys, values) = match rows {
                     Rows::All => (c.$f.clone(), $values.clone()),
                     _ => {
+                        let ext: Option<(Dict, bool)> = $ext;
+                        let ext = ext.and_then(|(d, r)| Some((live?, d, r)));
+                        let more = ext.map_or(0, |(l, d, _)| l.ext[d as usize].values.count());
                         if done.$f.is_none() {
                             let keys = values!($part.$f);
-                            done.$f = Some(Compaction::of(&keys, nulls.as_ref(), $values.len())?);
+                            done.$f =
+                                Some(Compaction::of(&keys, nulls.as_ref(), $values.len() + more)?);
                         }
                         let compaction = done.$f.as_ref().expect("computed above");
-                        (compaction.keys.clone(), compaction.values(&$values)?)
+                        let values = match ext {
+                            Some((l, d, reading)) if more > 0 => {
+                                compaction.values_with(&$values, |k| {
+                                    l.ext_value(d, k)
+                                        .map(|(v, r)| if reading { &**r } else { &**v })
+                                })?
+                            }
+                            _ => compaction.values(&$values)?,
+                        };
+                        (compaction.keys.clone(), values)
                     }
                 };
                 let k = PrimitiveArray::<$kt>::new(keys, nulls);
@@ -788,23 +837,55 @@ impl RegistryData {
         Ok(match col {
             Column::ResidentCode => Arc::new(render_ids(
                 IdKind::ResidentCode,
-                &ids(&c.resident_code)?,
+                &ids(&c.resident_code, 0)?,
                 nulls,
             )?),
-            Column::MyNumber => Arc::new(render_ids(IdKind::MyNumber, &ids(&c.my_number)?, nulls)?),
-            Column::FamilyName => dict!(UInt32Type, person.family, d.family_name),
-            Column::FamilyNameKana => dict!(UInt32Type, person.family, d.family_name_kana),
-            Column::GivenName => dict!(UInt32Type, person.given, d.given_name),
-            Column::GivenNameKana => dict!(UInt32Type, person.given, d.given_name_kana),
+            Column::MyNumber => {
+                Arc::new(render_ids(IdKind::MyNumber, &ids(&c.my_number, 1)?, nulls)?)
+            }
+            Column::FamilyName => dict!(
+                UInt32Type,
+                person.family,
+                d.family_name,
+                Some((Dict::Family, false))
+            ),
+            Column::FamilyNameKana => dict!(
+                UInt32Type,
+                person.family,
+                d.family_name_kana,
+                Some((Dict::Family, true))
+            ),
+            Column::GivenName => dict!(
+                UInt32Type,
+                person.given,
+                d.given_name,
+                Some((Dict::Given, false))
+            ),
+            Column::GivenNameKana => dict!(
+                UInt32Type,
+                person.given,
+                d.given_name_kana,
+                Some((Dict::Given, true))
+            ),
             Column::MunicipalityCode => {
-                dict!(UInt16Type, person.municipality, d.municipality_code)
+                dict!(UInt16Type, person.municipality, d.municipality_code, None)
             }
             Column::MunicipalityName => {
-                dict!(UInt16Type, person.municipality, d.municipality_name)
+                dict!(UInt16Type, person.municipality, d.municipality_name, None)
             }
-            Column::Prefecture => dict!(UInt16Type, person.municipality, d.prefecture),
-            Column::AddressTown => dict!(UInt32Type, place.town, d.address_town),
-            Column::AddressBlock => dict!(UInt32Type, place.block, d.address_block),
+            Column::Prefecture => dict!(UInt16Type, person.municipality, d.prefecture, None),
+            Column::AddressTown => dict!(
+                UInt32Type,
+                place.town,
+                d.address_town,
+                Some((Dict::Town, false))
+            ),
+            Column::AddressBlock => dict!(
+                UInt32Type,
+                place.block,
+                d.address_block,
+                Some((Dict::Block, false))
+            ),
             Column::Status => enumeration!(person.status, STATUS_VALUES),
             Column::CardState => enumeration!(place.card, CARD_VALUES),
             Column::BirthDate => Arc::new(Date32Array::new(values!(person.birth_date), nulls)),

@@ -1345,7 +1345,7 @@ mod tests {
                     prop_assert!(layouts.iter().all(|(_, l)| l.is_valid_as(strings)), "{:?}", layouts);
                     let data = registry();
                     let accepted = layouts.iter().all(|&(f, l)| contract_accepts(f, l));
-                    let out = query::verify(data, &batch, IdKind::MyNumber, &ExactMatch, None, 0, &disclose);
+                    let out = query::verify(data, None, &batch, IdKind::MyNumber, &ExactMatch, None, 0, &disclose);
                     match out {
                         Ok(out) => {
                             prop_assert!(accepted, "{:?}", layouts);
@@ -1355,7 +1355,7 @@ mod tests {
                         Err(JukiError::InvalidInput(m)) => prop_assert!(!accepted, "{}", m),
                         Err(other) => prop_assert!(false, "{:?}", other),
                     }
-                    let looked = query::lookup(data, batch.column(0).as_ref(), IdKind::MyNumber, &disclose);
+                    let looked = query::lookup(data, None, batch.column(0).as_ref(), IdKind::MyNumber, &disclose);
                     prop_assert_eq!(looked.is_ok(), contract_accepts(None, key_layout));
                 }
             }

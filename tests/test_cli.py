@@ -348,6 +348,7 @@ def test_lookup_as_json_and_csv_for_scripts(
         "my_number (asked)",
         "found",
         "error",
+        "replaced",
         "family_name",
         "birth_date",
     ]

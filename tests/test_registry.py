@@ -270,7 +270,7 @@ def check_lookup(
     columns: list[str],
     index: dict[str, Row],
 ) -> None:
-    assert out.column_names == ["found", "error", *columns]
+    assert out.column_names == ["found", "error", "replaced", *columns]
     assert out.num_rows == len(keys)
     found = column_values(out, "found")
     errors = column_values(out, "error")
@@ -438,14 +438,14 @@ def test_lookup_all_keys(small: Registry, small_table: pa.Table) -> None:
     for kind in KEY_KINDS:
         out = small.lookup(small_table[kind], by=kind)
         assert pc.all(out["found"]).as_py()
-        assert plain(out.drop_columns(["found", "error"])).equals(plain(small_table))
+        assert plain(out.drop_columns(["found", "error", "replaced"])).equals(plain(small_table))
 
 
 def test_lookup_empty(small: Registry) -> None:
     for keys in ([], pa.array([], pa.string()), np.array([], dtype=np.uint64)):
         out = small.lookup(keys)
         assert out.num_rows == 0
-        assert out.column_names == ["found", "error", *Registry.column_names()]
+        assert out.column_names == ["found", "error", "replaced", *Registry.column_names()]
 
 
 def test_lookup_bad_arguments(small: Registry, small_by: dict[str, dict[str, Row]]) -> None:
@@ -492,7 +492,13 @@ def expected_verify(
 def check_verify(
     out: pa.Table, kind: str, claims: list[Row], fields: list[str], index: dict[str, Row]
 ) -> None:
-    assert out.column_names == ["found", "status", "error", *(f"{f}_match" for f in fields)]
+    assert out.column_names == [
+        "found",
+        "status",
+        "error",
+        "replaced",
+        *(f"{f}_match" for f in fields),
+    ]
     assert out.num_rows == len(claims)
     got = out.to_pylist()
     for want, row in zip(expected_verify(kind, claims, fields, index), got, strict=True):
@@ -686,11 +692,11 @@ def test_verify_columns_come_from_the_same_probe_as_lookup(
         st.lists(st.sampled_from(Registry.column_names()), unique=True, max_size=6), "columns"
     )
     out = small.verify(table, by=kind, first_row=0, columns=columns)
-    check_verify(out.select(range(3 + len(fields))), kind, claims, fields, index)
+    check_verify(out.select(range(4 + len(fields))), kind, claims, fields, index)
     looked_up = small.lookup(table[kind], by=kind, columns=columns)
     # `status` is already the verify result's own column; the others follow the matches.
     extra = [c for c in columns if c != "status"]
-    assert out.column_names[3 + len(fields) :] == extra
+    assert out.column_names[4 + len(fields) :] == extra
     assert plain(out.select(extra)) == plain(looked_up.select(extra))
     if "status" in columns:
         assert plain(out.select(["status"])) == plain(looked_up.select(["status"]))
@@ -733,6 +739,7 @@ def test_verify_a_known_resident(small: Registry, small_rows: list[Row]) -> None
             "found": True,
             "status": "deceased",
             "error": None,
+            "replaced": False,
             "family_name_match": True,
             "given_name_match": False,
             "birth_date_match": True,
@@ -744,7 +751,7 @@ def test_verify_a_known_resident(small: Registry, small_rows: list[Row]) -> None
 def test_verify_key_only(small: Registry, small_rows: list[Row]) -> None:
     keys = [small_rows[0]["resident_code"], ref.with_check_digit("resident_code", "0" * 10)]
     out = small.verify({"resident_code": keys}, by="resident_code")
-    assert out.column_names == ["found", "status", "error"]
+    assert out.column_names == ["found", "status", "error", "replaced"]
     assert column_values(out, "found") == [
         True,
         ref.with_check_digit("resident_code", "0" * 10) in {r["resident_code"] for r in small_rows},
@@ -778,7 +785,7 @@ def test_verify_multi_batch_claims_name_global_rows(small: Registry, small_rows:
 def test_verify_empty_claims(small: Registry, claims: Callable[[], Any]) -> None:
     out = small.verify(claims())
     assert out.num_rows == 0
-    assert out.column_names == ["found", "status", "error"]
+    assert out.column_names == ["found", "status", "error", "replaced"]
 
 
 def test_verify_bad_input(small: Registry, small_rows: list[Row]) -> None:

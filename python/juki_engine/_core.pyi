@@ -89,9 +89,15 @@ class Registry:
         """The registry as a table of the public schema."""
 
     def lookup(
-        self, keys: pa.Array, by: str = "my_number", columns: list[str] | None = None
+        self,
+        keys: pa.Array,
+        by: str = "my_number",
+        columns: list[str] | None = None,
+        as_of: int | None = None,
+        recorded_as_of: int | None = None,
     ) -> pa.Table:
-        """One row per key: `found`, `error`, then the requested columns. Keys are utf8,
+        """One row per key: `found`, `error`, `replaced`, then the requested columns, as of
+        the day `as_of` (days since 1970-01-01) and the moment `recorded_as_of` (µs). Keys are utf8,
         large_utf8, utf8_view, a dictionary of those, or integers; validated in full first.
         Dictionary columns carry only the values of the rows answered."""
 
@@ -102,10 +108,12 @@ class Registry:
         first_row: int = 0,
         columns: list[str] = ...,
         level: str = "exact",
+        as_of: int | None = None,
+        recorded_as_of: int | None = None,
     ) -> pa.Table:
-        """Per claim: `found`, `status`, `error`, `<field>_match` per claimed field (and above
-        the exact `level`, `<field>_level`), then the requested `columns` of each found
-        resident.
+        """Per claim: `found`, `status`, `error`, `replaced`, `<field>_match` per claimed field
+        (and above the exact `level`, `<field>_level`), then the requested `columns` of each
+        found resident, as of `as_of` and `recorded_as_of` (see `lookup`).
 
         Every column is validated in full (offsets, UTF-8, dictionary keys, views) before it is
         read, and must have a type of the contract, else `InvalidInput` names it:
@@ -130,9 +138,22 @@ class Registry:
         claims: list[tuple[str, str | int]],
         columns: list[str] = ...,
         level: str = "exact",
+        as_of: int | None = None,
+        recorded_as_of: int | None = None,
     ) -> dict[str, Any]:
         """`verify` of one claim given as Python values (birth_date as ISO 8601 text); its
         result row as a dict."""
+
+    def apply(self, changes: pa.Table, today: int | None = None) -> pa.Table:
+        """Apply change records (docs/changes.md); durable in the change log before it
+        returns. Per row: `outcome`, `error`, `resident_code`, `my_number`."""
+
+    def history(self, keys: pa.Array, by: str = "my_number") -> pa.Table:
+        """Each resident's changes, oldest first, with the fields each set (old and new)."""
+
+    @property
+    def applied_changes(self) -> int:
+        """Changes applied since the registry was opened or generated."""
 
     def __len__(self) -> int: ...
     @property

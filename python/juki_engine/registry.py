@@ -7,6 +7,7 @@ Rust with the GIL released.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -45,6 +46,31 @@ def _as_key_array(keys: Any) -> pa.Array:
         )
     raise _core.InvalidInput(
         f"keys must be a list of str, a pyarrow array or a numpy array, not {type(keys).__name__}"
+    )
+
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def _days(day: dt.date) -> int:
+    if isinstance(day, dt.datetime) or not isinstance(day, dt.date):
+        raise _core.InvalidInput(f"a date must be a datetime.date, not {type(day).__name__}")
+    return (day - _EPOCH).days
+
+
+def _micros(moment: dt.datetime) -> int:
+    if not isinstance(moment, dt.datetime) or moment.tzinfo is None:
+        raise _core.InvalidInput("recorded_as_of must be a timezone-aware datetime.datetime")
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _cut(
+    as_of: dt.date | None, recorded_as_of: dt.datetime | None
+) -> tuple[int | None, int | None]:
+    """The as-of date and recorded-as-of time as the core takes them (days, microseconds)."""
+    return (
+        _days(as_of) if as_of is not None else None,
+        _micros(recorded_as_of) if recorded_as_of is not None else None,
     )
 
 
@@ -112,14 +138,29 @@ class Registry:
         return self._core.to_arrow(list(columns) if columns is not None else None)
 
     def lookup(
-        self, keys: Any, by: KeyKind = "my_number", columns: Sequence[str] | None = None
+        self,
+        keys: Any,
+        by: KeyKind = "my_number",
+        columns: Sequence[str] | None = None,
+        *,
+        as_of: dt.date | None = None,
+        recorded_as_of: dt.datetime | None = None,
     ) -> pa.Table:
-        """One row per key, in input order: `found`, `error` (why a key was rejected) and the
-        requested columns (all by default), null where not found. Keys are strings (utf8,
-        large_utf8, utf8_view or a dictionary of them) or integers, validated in full first;
-        dictionary columns carry only the values of the residents answered."""
+        """One row per key, in input order: `found`, `error` (why a key was rejected),
+        `replaced` (the key is an identifier the resident no longer holds: 住民票コード変更,
+        個人番号変更) and the requested columns (all by default), null where not found. Keys are
+        strings (utf8, large_utf8, utf8_view or a dictionary of them) or integers, validated in
+        full first; dictionary columns carry only the values of the residents answered.
+
+        `as_of` answers from the values in force on that date (a resident born after it is not
+        found); `recorded_as_of` from what the registry held at that moment, before later
+        reports and corrections (docs/changes.md). Each call sees one moment: changes applied
+        while it runs are seen entirely or not at all."""
         return self._core.lookup(
-            _as_key_array(keys), by, list(columns) if columns is not None else None
+            _as_key_array(keys),
+            by,
+            list(columns) if columns is not None else None,
+            *_cut(as_of, recorded_as_of),
         )
 
     def verify(
@@ -130,6 +171,8 @@ class Registry:
         first_row: int = 0,
         columns: Sequence[str] = (),
         match: str = "exact",
+        as_of: dt.date | None = None,
+        recorded_as_of: dt.datetime | None = None,
     ) -> pa.Table:
         """Check claimed fields against the registry (本人確認): per claim, in input order,
         `found`, `status`, `error` and one `<field>_match` per claimed field, then the requested
@@ -156,12 +199,14 @@ class Registry:
         the residents answered, never the registry's whole dictionaries.
 
         `first_row` numbers the rows in error messages when `claims` is one batch of a larger
-        job."""
+        job. `as_of` and `recorded_as_of` are as in `lookup`; so is the `replaced` column."""
         if match != "exact":
             from juki_engine import names
 
             names.install()
-        return self._core.verify(_as_table(claims), by, first_row, list(columns), match)
+        return self._core.verify(
+            _as_table(claims), by, first_row, list(columns), match, *_cut(as_of, recorded_as_of)
+        )
 
     def search(
         self, claims: Any, *, match: str = "normalised", columns: Sequence[str] = ()
@@ -197,6 +242,8 @@ class Registry:
         *,
         columns: Sequence[str] = (),
         match: str = "exact",
+        as_of: dt.date | None = None,
+        recorded_as_of: dt.datetime | None = None,
     ) -> dict[str, Any]:
         """`verify` for a single claim given as Python values, as a typed call asks it: the
         result row as a dict. Dates and the registry's names and codes come back as text (dates
@@ -206,7 +253,42 @@ class Registry:
             from juki_engine import names
 
             names.install()
-        return self._core.verify_one(by, key, list((claims or {}).items()), list(columns), match)
+        return self._core.verify_one(
+            by,
+            key,
+            list((claims or {}).items()),
+            list(columns),
+            match,
+            *_cut(as_of, recorded_as_of),
+        )
+
+    def apply(self, changes: Any, *, today: dt.date | None = None) -> pa.Table:
+        """Apply municipal changes (異動): any Arrow table of change records (docs/changes.md).
+
+        One result row per change, in input order: `outcome` (`applied`; `duplicate`, for a
+        (municipality, sequence) seen before, which changes nothing and gives the first result
+        again; `rejected`, with `error` naming the row, the reason, the field and what was
+        wrong), and the resident's `resident_code` and `my_number` after the change (a birth's
+        new identifiers). Rejected rows change nothing; the rest apply.
+
+        Returns once the batch is durable in the change log beside the snapshot (a registry
+        opened from one; a generated registry holds its changes in memory only). Queries keep
+        running meanwhile and see the batch entirely or not at all. `today` (default: today,
+        UTC) is the date effective and reported dates may not pass."""
+        return self._core.apply(_as_table(changes), _days(today) if today is not None else None)
+
+    def history(self, keys: Any, by: KeyKind = "my_number") -> pa.Table:
+        """Each resident's changes, oldest first: one row per change with the key asked for,
+        `reason`, `effective_date`, `reported_date`, `recorded_at`, the `municipality` that
+        recorded it and its `sequence`, `cancelled` (a later 取消し undid it) and `changes`: the
+        fields it set, with their old and new values. A key may be a former identifier; keys
+        that name no one give no rows."""
+        return self._core.history(_as_key_array(keys), by)
+
+    @property
+    def applied_changes(self) -> int:
+        """How many changes were applied since the registry was opened or generated."""
+        return self._core.applied_changes
 
     @staticmethod
     def column_names() -> list[str]:

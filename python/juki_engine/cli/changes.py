@@ -1,21 +1,36 @@
 """Change commands (異動): `changes generate`, a realistic year of what municipalities report,
-written as a change file that `Registry.apply` takes (docs/changes.md)."""
+written as a change file that `Registry.apply` takes (docs/changes.md); `apply`, which applies a
+change file to a snapshot (durable in its change log); `history`, a resident's changes."""
 
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime as dt
+import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+from juki_engine import JukiError
 from juki_engine.cli.defaults import DEMO_PATH
-from juki_engine.cli.outcomes import EXIT_OK
-from juki_engine.cli.output import add_format_option, print_records, spinner
+from juki_engine.cli.outcomes import EXIT_OK, EXIT_ROWS_REJECTED
+from juki_engine.cli.output import add_format_option, console, print_records, spinner
+from juki_engine.cli.registry import KEY_KINDS, open_snapshot
 from juki_engine.cli.serving import registry_at
 from juki_engine.files import check_writable, output_format, write_table
-from juki_engine.synthetic.changes import NATIONAL_VOLUMES, REASON_NAMES, generate_changes
+from juki_engine.synthetic.changes import (
+    CHANGE_SCHEMA,
+    NATIONAL_VOLUMES,
+    REASON_NAMES,
+    generate_changes,
+)
 
 
 def summary(table: pa.Table) -> pa.Table:
@@ -67,7 +82,130 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def change_batches(path: Path, size: int) -> tuple[int, Iterator[pa.RecordBatch]]:
+    """A change file's rows (Parquet or CSV, by extension) and its batches of `size` rows; CSV
+    columns are read as the change record's types."""
+    kind = output_format(path)
+    if not path.is_file():
+        raise JukiError(f"change file {path} does not exist")
+    if kind == "Parquet":
+        file = pq.ParquetFile(path)
+        return file.metadata.num_rows, file.iter_batches(batch_size=size)
+    if kind != "CSV":
+        raise JukiError(f"change file {path}: read Parquet (.parquet) or CSV (.csv), not {kind}")
+    table = pacsv.read_csv(
+        path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={f.name: f.type for f in CHANGE_SCHEMA}, strings_can_be_null=True
+        ),
+    )
+    return table.num_rows, iter(table.to_batches(max_chunksize=size))
+
+
+def _error_kind(error: str) -> str:
+    """An error message without its row, dates and identifiers: what kind of error it is."""
+    text = error.split(": ", 1)[-1]
+    return re.sub(r"\d{4}-\d{2}-\d{2}|\d{5,}", "…", text)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    snapshot = Path(args.snapshot)
+    registry = open_snapshot(snapshot)
+    rows, batches = change_batches(Path(args.changes), args.batch_size)
+    today = dt.date.fromisoformat(args.today) if args.today else None
+    outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+    errors: collections.Counter[str] = collections.Counter()
+    started = time.perf_counter()
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as progress:
+        task = progress.add_task(f"applying {args.changes}", total=rows)
+        for batch in batches:
+            result = registry.apply(pa.Table.from_batches([batch]), today=today)
+            reasons = batch.column("reason").to_pylist()
+            for reason, outcome, error in zip(
+                reasons, result["outcome"].to_pylist(), result["error"].to_pylist(), strict=True
+            ):
+                outcomes[(str(reason), outcome)] += 1
+                if outcome == "rejected" and error:
+                    errors[_error_kind(error)] += 1
+            progress.advance(task, batch.num_rows)
+    elapsed = time.perf_counter() - started
+    per_reason = sorted({r for r, _ in outcomes})
+    table = pa.Table.from_pylist(
+        [
+            {
+                "reason": r,
+                **{o: outcomes[(r, o)] for o in ("applied", "duplicate", "rejected")},
+            }
+            for r in per_reason
+        ]
+    )
+    print_records(
+        table,
+        f"changes applied to {snapshot}",
+        args.format,
+        f"{rows:,} changes in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):,.0f}/s), durable in "
+        f"{snapshot / 'changes.log'}",
+    )
+    if errors:
+        print_records(
+            pa.Table.from_pylist(
+                [{"error": e, "rows": n} for e, n in errors.most_common(args.errors)]
+            ),
+            "rejected rows, by error",
+            args.format,
+        )
+    return EXIT_ROWS_REJECTED if errors else EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    registry = open_snapshot(Path(args.snapshot))
+    found = registry.history(list(args.keys), by=args.by)
+    rows = [
+        {
+            args.by: r[args.by],
+            "reason": r["reason"],
+            "effective": r["effective_date"],
+            "reported": r["reported_date"],
+            "by": f"{r['municipality']} #{r['sequence']}",
+            "cancelled": r["cancelled"],
+            "changes": "; ".join(
+                f"{c['field']}: {c['old'] or '–'} → {c['new'] or '–'}" for c in r["changes"]
+            ),
+        }
+        for r in found.to_pylist()
+    ]
+    shown = pa.Table.from_pylist(rows) if rows else pa.table({args.by: pa.array([], pa.string())})
+    print_records(shown, f"history by {args.by}", args.format, f"{len(rows)} changes")
+    return EXIT_OK
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = sub.add_parser(
+        "apply",
+        help="apply a change file (異動) to a snapshot: durable in its change log",
+        description="Applies the changes of a Parquet or CSV file (docs/changes.md) in batches; "
+        "each batch is durable in the snapshot's change log before the next. Prints a summary "
+        "per reason and per error; a change already applied (same municipality and sequence) "
+        "is a duplicate and changes nothing.",
+    )
+    a.add_argument("snapshot", help="snapshot directory")
+    a.add_argument("changes", help="change file (.parquet or .csv)")
+    a.add_argument("--batch-size", type=int, default=10_000, help="changes per batch")
+    a.add_argument("--today", help="the date no effective or reported date may pass (ISO)")
+    a.add_argument("--errors", type=int, default=10, help="how many kinds of error to list")
+    add_format_option(a)
+    a.set_defaults(func=cmd_apply)
+    h = sub.add_parser(
+        "history",
+        help="a resident's changes, oldest first, with old and new values",
+    )
+    h.add_argument("snapshot", help="snapshot directory")
+    h.add_argument("keys", nargs="+", help="identifiers (current or former)")
+    h.add_argument("--by", default="my_number", choices=KEY_KINDS)
+    add_format_option(h)
+    h.set_defaults(func=cmd_history)
+
     p = sub.add_parser("changes", help="changes (異動): generate a year of them")
     changes_sub = p.add_subparsers(dest="changes_command", required=True)
     g = changes_sub.add_parser(

@@ -1,0 +1,1374 @@
+//! Changes (異動): a table of change records checked row by row and applied to the living
+//! registry (see `history`), with the durable log's record of what each batch did.
+//!
+//! The contract (columns, reasons, their rules and effects) is docs/changes.md. One writer at a
+//! time checks a batch against the registry as the batches before it left it (its own earlier
+//! rows included), appends an entry per applied row, logs the batch and, once the log is durable,
+//! publishes it; a rejected row changes nothing and the rest of the batch applies. What a batch
+//! did is logged physically (entries with the identifiers they issued, new dictionary values,
+//! rejections, code counters), so replaying the log redoes it without checking it again.
+//!
+//! # Identifiers issued
+//! - 住民票コード: each municipality is designated its own codes by the national body
+//!   (住基法 第30条の2–3). Here municipality key m's designated codes are the images of
+//!   `m, m + M, m + 2M, …` (M municipalities) under a keyed permutation of the 10-digit bases;
+//!   the engine keeps the next unused one per municipality and skips any code already held.
+//! - 個人番号: converted from the 住民票コード by a keyed permutation of `code × 10 + generation`
+//!   over the 11-digit bases: deterministic and collision-free (a bijection). A replacement
+//!   (個人番号変更, 番号法 第8条第2項) takes the next generation, so it differs from every former
+//!   number; after it, the number no longer follows from the code alone. A number already held
+//!   (the synthetic registry's were drawn independently) is skipped to the next generation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+
+use crate::error::{echo, JukiError, Result};
+use crate::generate::Permutation;
+use crate::history::{group, Dict, Entry, Live, Reason, Values, View, NONE, NO_DATE};
+use crate::ids::IdKind;
+use crate::storage::{RegistryData, STATUS_VALUES};
+
+const RESIDENT: u8 = 0;
+const MOVED_ABROAD: u8 = 1;
+const DECEASED: u8 = 2;
+const REMOVED: u8 = 3;
+const CARD_NONE: u8 = 0;
+const CARD_APPLIED: u8 = 1;
+const CARD_ISSUED: u8 = 2;
+
+/// Sequence numbers must be below this (they share a 64-bit key with the municipality code).
+pub const MAX_SEQUENCE: u64 = 1 << 43;
+/// How many times a 個人番号 may be replaced (the conversion's generation is one digit).
+const MAX_GENERATION: u8 = 9;
+
+/// Outcomes of a change row, as the result table spells them.
+pub const OUTCOMES: [&str; 3] = ["applied", "duplicate", "rejected"];
+
+fn seen_key(municipality: u32, sequence: u64) -> u64 {
+    (municipality as u64) << 43 | sequence
+}
+
+/// A (municipality, sequence) seen before: the entry it applied, or the rejection's message.
+#[derive(Clone, Copy)]
+enum Seen {
+    Applied(u32),
+    Rejected(u32),
+}
+
+/// A dictionary's (value, reading) → key, for the writer to reuse keys.
+type DictMap = HashMap<(Box<str>, Box<str>), u32>;
+
+/// The writer's state: what only `apply` reads and writes (under the registry's writer lock).
+pub struct Writer {
+    /// The next batch number.
+    pub next_batch: u32,
+    seen: HashMap<u64, Seen>,
+    rejections: Vec<Box<str>>,
+    /// Per municipality key: the next designated-code position.
+    issued: Vec<u64>,
+    municipalities: HashMap<Box<str>, u16>,
+    dicts: Option<[DictMap; 4]>,
+    codes: Permutation,
+    numbers: Permutation,
+}
+
+impl Writer {
+    /// A writer over `data` with no change applied; `key` keys the identifier permutations.
+    pub fn new(data: &RegistryData, key: u64) -> Writer {
+        let municipalities = data
+            .dicts
+            .municipality_code
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| Some((c?.into(), k as u16)))
+            .collect();
+        Writer {
+            next_batch: 1,
+            seen: HashMap::new(),
+            rejections: Vec::new(),
+            issued: vec![0; data.dicts.municipality_code.len()],
+            municipalities,
+            dicts: None,
+            codes: Permutation::new(10_000_000_000, key ^ 0x7263_6f64),
+            numbers: Permutation::new(100_000_000_000, key ^ 0x6d6e_756d),
+        }
+    }
+
+    /// How many changes (applied or rejected) the writer has seen.
+    pub fn seen_len(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+/// A change table's columns, each of its documented type (null where absent).
+struct Table {
+    n: usize,
+    municipality: StringArray,
+    sequence: Int64Array,
+    reason: StringArray,
+    effective: Date32Array,
+    reported: Date32Array,
+    resident_code: StringArray,
+    my_number: StringArray,
+    family_name: StringArray,
+    family_name_kana: StringArray,
+    given_name: StringArray,
+    given_name_kana: StringArray,
+    birth_date: Date32Array,
+    sex: Int64Array,
+    address_town: StringArray,
+    address_block: StringArray,
+    moving_to: StringArray,
+    cancels: Int64Array,
+}
+
+/// The change table's columns and their kinds.
+const TEXT: [&str; 11] = [
+    "municipality",
+    "reason",
+    "resident_code",
+    "my_number",
+    "family_name",
+    "family_name_kana",
+    "given_name",
+    "given_name_kana",
+    "address_town",
+    "address_block",
+    "moving_to",
+];
+const DATES: [&str; 3] = ["effective_date", "reported_date", "birth_date"];
+const INTS: [&str; 3] = ["sequence", "sex", "cancels"];
+const REQUIRED: [&str; 5] = [
+    "municipality",
+    "sequence",
+    "reason",
+    "effective_date",
+    "reported_date",
+];
+
+fn strict(array: &dyn Array, to: &DataType, name: &str) -> Result<ArrayRef> {
+    let options = arrow_cast::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    arrow_cast::cast_with_options(array, to, &options)
+        .map_err(|e| JukiError::InvalidInput(format!("changes column '{name}': {e}")))
+}
+
+impl Table {
+    fn new(batch: &RecordBatch) -> Result<Table> {
+        let schema = batch.schema();
+        for f in schema.fields() {
+            let known = TEXT.contains(&f.name().as_str())
+                || DATES.contains(&f.name().as_str())
+                || INTS.contains(&f.name().as_str());
+            if !known {
+                return Err(JukiError::InvalidInput(format!(
+                    "changes column '{}' is not part of a change record (docs/changes.md): \
+                     expected {}, {}, {}",
+                    echo(f.name().as_bytes()),
+                    TEXT.join(", "),
+                    DATES.join(", "),
+                    INTS.join(", ")
+                )));
+            }
+        }
+        for name in REQUIRED {
+            if batch.column_by_name(name).is_none() {
+                return Err(JukiError::InvalidInput(format!(
+                    "changes have no '{name}' column"
+                )));
+            }
+        }
+        let n = batch.num_rows();
+        let text = |name: &str| -> Result<StringArray> {
+            match batch.column_by_name(name) {
+                None => Ok(StringArray::new_null(n)),
+                Some(a)
+                    if crate::query::is_text(a.data_type()) || a.data_type() == &DataType::Null =>
+                {
+                    Ok(strict(a, &DataType::Utf8, name)?.as_string::<i32>().clone())
+                }
+                Some(a) => Err(JukiError::InvalidInput(format!(
+                    "changes column '{name}' must hold strings, not {}",
+                    crate::query::shown_type(a.data_type())
+                ))),
+            }
+        };
+        let date = |name: &str| -> Result<Date32Array> {
+            match batch.column_by_name(name) {
+                None => Ok(Date32Array::new_null(n)),
+                Some(a) => match a.data_type() {
+                    DataType::Date32
+                    | DataType::Null
+                    | DataType::Date64
+                    | DataType::Timestamp(..) => Ok(strict(a, &DataType::Date32, name)?
+                        .as_primitive::<Date32Type>()
+                        .clone()),
+                    t if crate::query::is_text(t) => Ok(strict(a, &DataType::Date32, name)?
+                        .as_primitive::<Date32Type>()
+                        .clone()),
+                    other => Err(JukiError::InvalidInput(format!(
+                        "changes column '{name}' must hold dates (date32), not {}",
+                        crate::query::shown_type(other)
+                    ))),
+                },
+            }
+        };
+        let int = |name: &str| -> Result<Int64Array> {
+            match batch.column_by_name(name) {
+                None => Ok(Int64Array::new_null(n)),
+                Some(a) if a.data_type().is_integer() || a.data_type() == &DataType::Null => {
+                    Ok(strict(a, &DataType::Int64, name)?
+                        .as_primitive::<Int64Type>()
+                        .clone())
+                }
+                Some(a) => Err(JukiError::InvalidInput(format!(
+                    "changes column '{name}' must hold integers, not {}",
+                    crate::query::shown_type(a.data_type())
+                ))),
+            }
+        };
+        Ok(Table {
+            n,
+            municipality: text("municipality")?,
+            sequence: int("sequence")?,
+            reason: text("reason")?,
+            effective: date("effective_date")?,
+            reported: date("reported_date")?,
+            resident_code: text("resident_code")?,
+            my_number: text("my_number")?,
+            family_name: text("family_name")?,
+            family_name_kana: text("family_name_kana")?,
+            given_name: text("given_name")?,
+            given_name_kana: text("given_name_kana")?,
+            birth_date: date("birth_date")?,
+            sex: int("sex")?,
+            address_town: text("address_town")?,
+            address_block: text("address_block")?,
+            moving_to: text("moving_to")?,
+            cancels: int("cancels")?,
+        })
+    }
+}
+
+fn get_text(a: &StringArray, i: usize) -> Option<&str> {
+    (!a.is_null(i)).then(|| a.value(i))
+}
+
+fn get_date(a: &Date32Array, i: usize) -> Option<i32> {
+    (!a.is_null(i)).then(|| a.value(i))
+}
+
+fn get_int(a: &Int64Array, i: usize) -> Option<i64> {
+    (!a.is_null(i)).then(|| a.value(i))
+}
+
+use crate::history::iso;
+
+/// What one batch did, as the log records it and replay redoes it.
+#[derive(Default)]
+pub struct BatchRecord {
+    /// The batch number.
+    pub batch: u32,
+    /// Its commit time (µs since the epoch).
+    pub recorded: i64,
+    /// New dictionary values: (dictionary, value, reading), in key order per dictionary.
+    pub ext: Vec<(Dict, String, String)>,
+    /// Entries appended, in order (`prev` is recomputed on replay).
+    pub entries: Vec<Entry>,
+    /// Identifiers issued: (kind, value, person).
+    pub ids: Vec<(IdKind, u64, u32)>,
+    /// Rejected rows: (municipality, sequence, message).
+    pub rejections: Vec<(u32, u64, String)>,
+    /// Designated-code counters moved: (municipality key, next position).
+    pub issued: Vec<(u16, u64)>,
+    /// Persons created.
+    pub created: u32,
+}
+
+/// Per-row outcome of `apply`.
+pub struct RowResult {
+    /// Index into [`OUTCOMES`].
+    pub outcome: u8,
+    /// Why a row was rejected.
+    pub error: Option<String>,
+    /// The person the row is about (after it), where known.
+    pub person: u32,
+    /// The entry the row applied (or the duplicate's first), or [`NONE`].
+    pub entry: u32,
+}
+
+/// One row's reading: the validated change, before it touches the registry.
+struct Change {
+    municipality: u32,
+    mkey: u16,
+    sequence: u64,
+    reason: Reason,
+    effective: i32,
+    reported: i32,
+}
+
+struct Ctx<'a> {
+    data: &'a RegistryData,
+    live: &'a Live,
+    w: &'a mut Writer,
+    rec: &'a mut BatchRecord,
+    today: i32,
+}
+
+type RowErr = String;
+
+impl Ctx<'_> {
+    fn view(&self) -> View<'_> {
+        View::new(
+            self.data,
+            self.live,
+            crate::history::Cut {
+                batch: self.rec.batch,
+                recorded: i64::MAX,
+                effective: i32::MAX,
+            },
+        )
+    }
+
+    fn in_use(&self, kind: IdKind, value: u64) -> bool {
+        self.view().person_of(kind, value).is_some()
+    }
+
+    fn issue_code(&mut self, mkey: u16) -> u64 {
+        let m = self.w.issued.len() as u64;
+        loop {
+            let j = self.w.issued[mkey as usize];
+            self.w.issued[mkey as usize] += 1;
+            let base = self.w.codes.apply((mkey as u64 + m * j) % 10_000_000_000);
+            let code = IdKind::ResidentCode.with_check_digit(base);
+            if !self.in_use(IdKind::ResidentCode, code) {
+                self.rec.issued.retain(|(k, _)| *k != mkey);
+                self.rec.issued.push((mkey, self.w.issued[mkey as usize]));
+                return code;
+            }
+        }
+    }
+
+    /// The 個人番号 converted from `code` at the first free generation from `generation`.
+    fn convert(&self, code: u64, generation: u8) -> std::result::Result<(u64, u8), RowErr> {
+        let base = IdKind::ResidentCode.base_of(code);
+        for g in generation..=MAX_GENERATION {
+            let n = IdKind::MyNumber.with_check_digit(self.w.numbers.apply(base * 10 + g as u64));
+            if !self.in_use(IdKind::MyNumber, n) {
+                return Ok((n, g));
+            }
+        }
+        Err(format!(
+            "my_number: the 個人番号 was replaced {MAX_GENERATION} times, the most the conversion allows"
+        ))
+    }
+
+    fn dict_key(&mut self, dict: Dict, value: &str, reading: &str) -> u32 {
+        if self.w.dicts.is_none() {
+            let d = &self.data.dicts;
+            let pairs = |a: &StringArray, b: Option<&StringArray>| {
+                let mut m = HashMap::with_capacity(a.len());
+                for i in 0..a.len() {
+                    let r = b.map_or("", |b| b.value(i));
+                    m.entry((a.value(i).into(), r.into())).or_insert(i as u32);
+                }
+                m
+            };
+            let mut maps = [
+                pairs(&d.family_name, Some(&d.family_name_kana)),
+                pairs(&d.given_name, Some(&d.given_name_kana)),
+                pairs(&d.address_town, None),
+                pairs(&d.address_block, None),
+            ];
+            for (k, m) in maps.iter_mut().enumerate() {
+                let base = self.live.base_dicts[k];
+                for (j, (v, r)) in self.live.ext[k].values.iter() {
+                    m.entry((v.clone(), r.clone())).or_insert(base + j as u32);
+                }
+            }
+            self.w.dicts = Some(maps);
+        }
+        let maps = self.w.dicts.as_mut().expect("built above");
+        let key: (Box<str>, Box<str>) = (value.into(), reading.into());
+        if let Some(&k) = maps[dict as usize].get(&key) {
+            return k;
+        }
+        let k = self.live.extend(dict, value, reading);
+        maps[dict as usize].insert(key, k);
+        self.rec
+            .ext
+            .push((dict, value.to_string(), reading.to_string()));
+        k
+    }
+
+    /// The stored (value, reading) of key `k` of `dict`.
+    fn dict_value(&self, dict: Dict, k: u32) -> (String, String) {
+        let d = &self.data.dicts;
+        let base = self.live.base_dicts[dict as usize];
+        if k < base {
+            let k = k as usize;
+            return match dict {
+                Dict::Family => (
+                    d.family_name.value(k).into(),
+                    d.family_name_kana.value(k).into(),
+                ),
+                Dict::Given => (
+                    d.given_name.value(k).into(),
+                    d.given_name_kana.value(k).into(),
+                ),
+                Dict::Town => (d.address_town.value(k).into(), String::new()),
+                Dict::Block => (d.address_block.value(k).into(), String::new()),
+            };
+        }
+        self.live
+            .ext_value(dict, k as usize)
+            .map(|(v, r)| (v.to_string(), r.to_string()))
+            .unwrap_or_default()
+    }
+}
+
+/// Apply one row: the entry to append, or why the row is rejected.
+fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Result<Entry, RowErr> {
+    let reason = c.reason;
+    let mut entry = Entry {
+        person: NONE,
+        prev: NONE,
+        batch: ctx.rec.batch,
+        mask: 0,
+        reason,
+        cancels: NONE,
+        municipality: c.municipality,
+        sequence: c.sequence,
+        effective: c.effective,
+        reported: c.reported,
+        recorded: ctx.rec.recorded,
+        set: Values::default(),
+    };
+    let r = reason.name();
+    if c.effective > ctx.today && reason != Reason::MoveOut {
+        return Err(format!(
+            "{r}: effective_date {} lies in the future (only a move_out's 転出予定日 may)",
+            iso(c.effective)
+        ));
+    }
+    if c.reported > ctx.today {
+        return Err(format!(
+            "{r}: reported_date {} lies in the future",
+            iso(c.reported)
+        ));
+    }
+    // A 転出届 and a 国外転出届 are filed ahead of the move (住基法 第24条); nothing else is.
+    if c.reported < c.effective && !matches!(reason, Reason::MoveOut | Reason::MoveAbroad) {
+        return Err(format!(
+            "{r}: reported_date {} is before the effective_date {} (only a move_out or a \
+             move_abroad is reported ahead)",
+            iso(c.reported),
+            iso(c.effective)
+        ));
+    }
+    if reason == Reason::Cancel {
+        let Some(target) = get_int(&t.cancels, i) else {
+            return Err(
+                "cancel: the cancels column must name the sequence number to cancel".into(),
+            );
+        };
+        let target_seq =
+            u64::try_from(target).map_err(|_| format!("cancel: cancels {target} is negative"))?;
+        let entry_at = match ctx.w.seen.get(&seen_key(c.municipality, target_seq)) {
+            Some(Seen::Applied(e)) => *e,
+            Some(Seen::Rejected(_)) => {
+                return Err(format!(
+                    "cancel: change {target_seq} of {} was rejected: there is nothing to cancel",
+                    c.municipality
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "cancel: {} has no change {target_seq}",
+                    c.municipality
+                ))
+            }
+        };
+        let e = *ctx
+            .live
+            .entries
+            .get(entry_at as usize)
+            .expect("seen entries exist");
+        if e.reason == Reason::Cancel {
+            return Err(format!("cancel: change {target_seq} is itself a cancel"));
+        }
+        let view = ctx.view();
+        let chain = view.chain(e.person);
+        if chain.first().map(|(at, _)| *at) != Some(entry_at) {
+            return Err(format!(
+                "cancel: a later change touched the resident of change {target_seq} (or it was cancelled already)"
+            ));
+        }
+        entry.person = e.person;
+        entry.cancels = entry_at;
+        return Ok(entry);
+    }
+    let rc = get_text(&t.resident_code, i);
+    let mn = get_text(&t.my_number, i);
+    let named = match (rc, mn) {
+        (Some(_), Some(_)) => {
+            return Err(format!("{r}: give resident_code or my_number, not both"));
+        }
+        (Some(v), None) => Some((IdKind::ResidentCode, v)),
+        (None, Some(v)) => Some((IdKind::MyNumber, v)),
+        (None, None) => None,
+    };
+    let creates = matches!(reason, Reason::Birth)
+        || (matches!(reason, Reason::ReturnFromAbroad | Reason::OfficialEntry) && named.is_none());
+    let names = [
+        get_text(&t.family_name, i),
+        get_text(&t.family_name_kana, i),
+        get_text(&t.given_name, i),
+        get_text(&t.given_name_kana, i),
+    ];
+    let address = (get_text(&t.address_town, i), get_text(&t.address_block, i));
+    let birth = get_date(&t.birth_date, i);
+    let sex = get_int(&t.sex, i);
+    let check_sex = |s: i64| -> std::result::Result<u8, RowErr> {
+        if s == 1 || s == 2 {
+            Ok(s as u8)
+        } else {
+            Err(format!("{r}: sex {s} is not 1 (male) or 2 (female)"))
+        }
+    };
+    let need_address = || -> std::result::Result<(&str, &str), RowErr> {
+        match address {
+            (Some(town), Some(block)) => Ok((town, block)),
+            _ => Err(format!("{r}: address_town and address_block are required")),
+        }
+    };
+    if creates {
+        if named.is_some() && reason == Reason::Birth {
+            return Err("birth: a new person has no identifier yet (resident_code and my_number must be null)".into());
+        }
+        let [Some(fam), Some(fam_k), Some(giv), Some(giv_k)] = names else {
+            return Err(format!(
+                "{r}: family_name, family_name_kana, given_name and given_name_kana are required"
+            ));
+        };
+        let Some(birth) = birth else {
+            return Err(format!("{r}: birth_date is required"));
+        };
+        let Some(sex) = sex else {
+            return Err(format!("{r}: sex is required"));
+        };
+        let sex = check_sex(sex)?;
+        if reason == Reason::Birth && birth != c.effective {
+            return Err(format!(
+                "birth: effective_date {} is not the birth_date {}",
+                iso(c.effective),
+                iso(birth)
+            ));
+        }
+        if birth > c.effective {
+            return Err(format!(
+                "{r}: birth_date {} is after the effective_date",
+                iso(birth)
+            ));
+        }
+        let (town, block) = need_address()?;
+        let s = &mut entry.set;
+        let family = ctx.dict_key(Dict::Family, fam, fam_k);
+        let given = ctx.dict_key(Dict::Given, giv, giv_k);
+        let town = ctx.dict_key(Dict::Town, town, "");
+        let block = ctx.dict_key(Dict::Block, block, "");
+        let code = ctx.issue_code(c.mkey);
+        let (number, generation) = ctx.convert(code, 0)?;
+        let p = &mut s.resident.person;
+        p.family = family;
+        p.given = given;
+        p.birth_date = birth;
+        p.sex = sex;
+        p.municipality = c.mkey;
+        p.status = RESIDENT;
+        let q = &mut s.resident.place;
+        q.town = town;
+        q.block = block;
+        q.card = CARD_NONE;
+        s.resident_code = code;
+        s.my_number = number;
+        s.generation = generation;
+        s.moving_out = NO_DATE;
+        s.moving_to = u16::MAX;
+        entry.mask = group::ALL;
+        entry.person =
+            ctx.live.base_len + ctx.live.created.load(std::sync::atomic::Ordering::Relaxed);
+        ctx.live
+            .created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.rec.created += 1;
+        ctx.rec.ids.push((IdKind::ResidentCode, code, entry.person));
+        ctx.rec.ids.push((IdKind::MyNumber, number, entry.person));
+        return Ok(entry);
+    }
+    let Some((kind, text)) = named else {
+        return Err(format!("{r}: resident_code or my_number is required"));
+    };
+    let value = kind.parse(text).map_err(|e| format!("{r}: {e}"))?;
+    let view = ctx.view();
+    let person = view
+        .person_of(kind, value)
+        .ok_or_else(|| format!("{r}: no resident has {} {text}", kind.name()))?;
+    let cur = view
+        .resolve(person)
+        .ok_or_else(|| format!("{r}: no resident has {} {text}", kind.name()))?;
+    drop(view);
+    entry.person = person;
+    let p = cur.resident.person;
+    if c.effective < p.birth_date {
+        return Err(format!(
+            "{r}: effective_date {} is before the birth_date {}",
+            iso(c.effective),
+            iso(p.birth_date)
+        ));
+    }
+    let status = STATUS_VALUES[p.status as usize];
+    let holds = p.municipality == c.mkey;
+    let holder = ctx
+        .data
+        .dicts
+        .municipality_code
+        .value(p.municipality as usize)
+        .to_string();
+    let not_held = || {
+        format!(
+            "{r}: municipality {} does not hold this resident (held by {holder})",
+            c.municipality
+        )
+    };
+    let resident_only = |what: &str| -> std::result::Result<(), RowErr> {
+        if p.status == RESIDENT {
+            Ok(())
+        } else {
+            Err(format!("{r}: the resident's status is {status}; {what}"))
+        }
+    };
+    let s = &mut entry.set;
+    match reason {
+        Reason::ReturnFromAbroad | Reason::OfficialEntry => {
+            let (expected, word) = if reason == Reason::ReturnFromAbroad {
+                (MOVED_ABROAD, "moved_abroad")
+            } else {
+                (REMOVED, "removed")
+            };
+            if p.status != expected {
+                return Err(format!(
+                    "{r}: the resident's status is {status}, not {word}"
+                ));
+            }
+            let (town, block) = need_address()?;
+            s.resident.place.town = ctx.dict_key(Dict::Town, town, "");
+            s.resident.place.block = ctx.dict_key(Dict::Block, block, "");
+            s.resident.person.municipality = c.mkey;
+            s.resident.person.status = RESIDENT;
+            s.moving_out = NO_DATE;
+            s.moving_to = u16::MAX;
+            entry.mask = group::ADDRESS | group::STATUS | group::PENDING;
+        }
+        Reason::MoveOut => {
+            if !holds {
+                return Err(not_held());
+            }
+            resident_only("only a resident moves out")?;
+            if cur.moving_out != NO_DATE {
+                return Err(format!(
+                    "move_out: a move_out dated {} is pending already",
+                    iso(cur.moving_out)
+                ));
+            }
+            s.moving_out = c.effective;
+            s.moving_to = match get_text(&t.moving_to, i) {
+                None => u16::MAX,
+                Some(code) => *ctx.w.municipalities.get(code).ok_or_else(|| {
+                    format!(
+                        "move_out: moving_to {} is not a municipality of the registry",
+                        echo(code.as_bytes())
+                    )
+                })?,
+            };
+            if s.moving_to == c.mkey {
+                return Err("move_out: moving_to is the municipality itself (a move within it is move_within)".into());
+            }
+            entry.mask = group::PENDING;
+        }
+        Reason::MoveIn => {
+            resident_only("only a resident moves in")?;
+            if holds {
+                return Err("move_in: the resident lives in this municipality already (a move within it is move_within)".into());
+            }
+            if cur.moving_out == NO_DATE {
+                return Err(format!(
+                    "move_in: the resident has no pending move_out from {holder} (転出証明書)"
+                ));
+            }
+            let (town, block) = need_address()?;
+            s.resident.place.town = ctx.dict_key(Dict::Town, town, "");
+            s.resident.place.block = ctx.dict_key(Dict::Block, block, "");
+            s.resident.person.municipality = c.mkey;
+            s.moving_out = NO_DATE;
+            s.moving_to = u16::MAX;
+            entry.mask = group::ADDRESS | group::PENDING;
+        }
+        Reason::MoveWithin => {
+            if !holds {
+                return Err(format!(
+                    "{} (a move across municipalities is move_out then move_in)",
+                    not_held()
+                ));
+            }
+            resident_only("only a resident moves")?;
+            let (town, block) = need_address()?;
+            s.resident.place.town = ctx.dict_key(Dict::Town, town, "");
+            s.resident.place.block = ctx.dict_key(Dict::Block, block, "");
+            s.resident.person.municipality = c.mkey;
+            entry.mask = group::ADDRESS;
+        }
+        Reason::MoveAbroad | Reason::Death | Reason::OfficialRemoval => {
+            if !holds {
+                return Err(not_held());
+            }
+            let to = match reason {
+                Reason::MoveAbroad => MOVED_ABROAD,
+                Reason::Death => DECEASED,
+                _ => REMOVED,
+            };
+            if p.status == DECEASED && to == DECEASED {
+                return Err("death: the resident is already deceased".into());
+            }
+            resident_only("the change needs a resident")?;
+            s.resident.person.status = to;
+            s.resident.place.status_date = c.effective;
+            s.resident.place.dated = 1;
+            s.moving_out = NO_DATE;
+            s.moving_to = u16::MAX;
+            entry.mask = group::STATUS | group::PENDING;
+        }
+        Reason::NameChange | Reason::OfficialCorrection => {
+            if !holds {
+                return Err(not_held());
+            }
+            if reason == Reason::NameChange {
+                resident_only("only a resident's name changes")?;
+            }
+            let any_name = names.iter().any(|n| n.is_some());
+            let correction = reason == Reason::OfficialCorrection;
+            let any_other = correction
+                && (birth.is_some() || sex.is_some() || address.0.is_some() || address.1.is_some());
+            if !any_name && !any_other {
+                return Err(if correction {
+                    "official_correction: give a name, a reading, birth_date, sex or an address"
+                        .into()
+                } else {
+                    "name_change: give family_name, given_name or a reading".into()
+                });
+            }
+            if any_name {
+                let (fam, fam_k) = ctx.dict_value(Dict::Family, p.family);
+                let (giv, giv_k) = ctx.dict_value(Dict::Given, p.given);
+                s.resident.person.family = ctx.dict_key(
+                    Dict::Family,
+                    names[0].unwrap_or(&fam),
+                    names[1].unwrap_or(&fam_k),
+                );
+                s.resident.person.given = ctx.dict_key(
+                    Dict::Given,
+                    names[2].unwrap_or(&giv),
+                    names[3].unwrap_or(&giv_k),
+                );
+                entry.mask |= group::NAME;
+            }
+            if correction {
+                if let Some(b) = birth {
+                    if b > c.effective.max(ctx.today) {
+                        return Err(format!(
+                            "official_correction: birth_date {} lies in the future",
+                            iso(b)
+                        ));
+                    }
+                    s.resident.person.birth_date = b;
+                    entry.mask |= group::BIRTH;
+                }
+                if let Some(x) = sex {
+                    s.resident.person.sex = check_sex(x)?;
+                    entry.mask |= group::SEX;
+                }
+                if address.0.is_some() || address.1.is_some() {
+                    let (town, block) = need_address()?;
+                    s.resident.place.town = ctx.dict_key(Dict::Town, town, "");
+                    s.resident.place.block = ctx.dict_key(Dict::Block, block, "");
+                    s.resident.person.municipality = c.mkey;
+                    entry.mask |= group::ADDRESS;
+                }
+            }
+        }
+        Reason::ResidentCodeChange => {
+            if !holds {
+                return Err(not_held());
+            }
+            resident_only("only a resident's code changes")?;
+            let code = ctx.issue_code(c.mkey);
+            entry.set.resident_code = code;
+            entry.mask = group::RESIDENT_CODE;
+            ctx.rec.ids.push((IdKind::ResidentCode, code, person));
+        }
+        Reason::MyNumberChange => {
+            if !holds {
+                return Err(not_held());
+            }
+            resident_only("only a resident's number changes")?;
+            if cur.generation >= MAX_GENERATION {
+                return Err(format!("my_number_change: the 個人番号 was replaced {MAX_GENERATION} times, the most the conversion allows"));
+            }
+            let (number, generation) = ctx.convert(cur.resident_code, cur.generation + 1)?;
+            entry.set.my_number = number;
+            entry.set.generation = generation;
+            entry.mask = group::MY_NUMBER;
+            ctx.rec.ids.push((IdKind::MyNumber, number, person));
+        }
+        Reason::CardApplied | Reason::CardIssued | Reason::CardReturned => {
+            if !holds {
+                return Err(not_held());
+            }
+            resident_only("only a resident holds a card")?;
+            let card = cur.resident.place.card;
+            let (from_ok, to) = match reason {
+                Reason::CardApplied => (card == CARD_NONE, CARD_APPLIED),
+                Reason::CardIssued => (card == CARD_APPLIED, CARD_ISSUED),
+                _ => (card != CARD_NONE, CARD_NONE),
+            };
+            if !from_ok {
+                return Err(format!(
+                    "{r}: the card state is {}",
+                    crate::storage::CARD_VALUES[card as usize]
+                ));
+            }
+            entry.set.resident.place.card = to;
+            entry.mask = group::CARD;
+        }
+        Reason::Origin | Reason::Birth | Reason::Cancel => unreachable!("handled above"),
+    }
+    Ok(entry)
+}
+
+/// Read row `i`'s submitter, sequence, reason and dates.
+fn read_change(w: &Writer, t: &Table, i: usize) -> std::result::Result<Change, RowErr> {
+    let text = get_text(&t.municipality, i).ok_or("municipality is required")?;
+    let code = IdKind::LocalGovernment
+        .parse(text)
+        .map_err(|e| format!("municipality: {e}"))?;
+    let mkey = *w
+        .municipalities
+        .get(text)
+        .ok_or_else(|| format!("municipality {text} is not a municipality of the registry"))?;
+    let sequence = get_int(&t.sequence, i).ok_or("sequence is required")?;
+    let sequence = u64::try_from(sequence)
+        .ok()
+        .filter(|&s| s < MAX_SEQUENCE)
+        .ok_or_else(|| format!("sequence {sequence} is outside 0..2^43"))?;
+    let name = get_text(&t.reason, i).ok_or("reason is required")?;
+    let reason = Reason::ALL[1..]
+        .iter()
+        .copied()
+        .find(|r| r.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Reason::ALL[1..].iter().map(|r| r.name()).collect();
+            format!(
+                "reason '{}' is not one of {}",
+                echo(name.as_bytes()),
+                names.join(", ")
+            )
+        })?;
+    let effective =
+        get_date(&t.effective, i).ok_or_else(|| format!("{name}: effective_date is required"))?;
+    let reported =
+        get_date(&t.reported, i).ok_or_else(|| format!("{name}: reported_date is required"))?;
+    Ok(Change {
+        municipality: code as u32,
+        mkey,
+        sequence,
+        reason,
+        effective,
+        reported,
+    })
+}
+
+/// Check and apply a batch of change rows (the writer lock held): entries appended (not yet
+/// published), the batch's record filled for the log, one result per row.
+pub fn apply(
+    data: &RegistryData,
+    live: &Live,
+    w: &mut Writer,
+    batch: &RecordBatch,
+    rec: &mut BatchRecord,
+    today: i32,
+) -> Result<Vec<RowResult>> {
+    let t = Table::new(batch)?;
+    let mut ctx = Ctx {
+        data,
+        live,
+        w,
+        rec,
+        today,
+    };
+    let mut out = Vec::with_capacity(t.n);
+    for i in 0..t.n {
+        let change = match read_change(ctx.w, &t, i) {
+            Ok(c) => c,
+            Err(e) => {
+                // A row without a usable (municipality, sequence) cannot be remembered.
+                out.push(RowResult {
+                    outcome: 2,
+                    error: Some(format!("row {i}: {e}")),
+                    person: NONE,
+                    entry: NONE,
+                });
+                continue;
+            }
+        };
+        let key = seen_key(change.municipality, change.sequence);
+        if let Some(seen) = ctx.w.seen.get(&key) {
+            out.push(match *seen {
+                Seen::Applied(e) => RowResult {
+                    outcome: 1,
+                    error: None,
+                    person: ctx.live.entries.get(e as usize).map_or(NONE, |e| e.person),
+                    entry: e,
+                },
+                Seen::Rejected(m) => RowResult {
+                    outcome: 1,
+                    error: Some(ctx.w.rejections[m as usize].to_string()),
+                    person: NONE,
+                    entry: NONE,
+                },
+            });
+            continue;
+        }
+        let ids_before = ctx.rec.ids.len();
+        match check_row(&mut ctx, &t, i, &change) {
+            Ok(entry) => {
+                let at = ctx.live.push(entry);
+                ctx.rec.entries.push(entry);
+                // Identifiers issued become findable at once: later rows of the batch may
+                // name the person (readers see them only once the batch is published).
+                for &(kind, value, person) in &ctx.rec.ids[ids_before..] {
+                    ctx.live.add_id(kind, value, person, ctx.rec.batch);
+                }
+                ctx.w.seen.insert(key, Seen::Applied(at));
+                out.push(RowResult {
+                    outcome: 0,
+                    error: None,
+                    person: entry.person,
+                    entry: at,
+                });
+            }
+            Err(e) => {
+                ctx.rec.ids.truncate(ids_before);
+                let msg = format!("row {i}: {e}");
+                ctx.w
+                    .seen
+                    .insert(key, Seen::Rejected(ctx.w.rejections.len() as u32));
+                ctx.w.rejections.push(msg.clone().into());
+                ctx.rec
+                    .rejections
+                    .push((change.municipality, change.sequence, msg.clone()));
+                out.push(RowResult {
+                    outcome: 2,
+                    error: Some(msg),
+                    person: NONE,
+                    entry: NONE,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Redo a logged batch (replay at open): no checks, the record is what the writer did.
+pub fn redo(live: &Live, w: &mut Writer, rec: &BatchRecord) {
+    for (dict, value, reading) in &rec.ext {
+        live.extend(*dict, value, reading);
+        if let Some(maps) = w.dicts.as_mut() {
+            let k = live.base_dicts[*dict as usize]
+                + live.ext[*dict as usize].values.count() as u32
+                - 1;
+            maps[*dict as usize].insert((value.as_str().into(), reading.as_str().into()), k);
+        }
+    }
+    for e in &rec.entries {
+        let at = live.push(*e);
+        w.seen
+            .insert(seen_key(e.municipality, e.sequence), Seen::Applied(at));
+    }
+    for &(kind, value, person) in &rec.ids {
+        live.add_id(kind, value, person, rec.batch);
+    }
+    for (m, s, msg) in &rec.rejections {
+        w.seen
+            .insert(seen_key(*m, *s), Seen::Rejected(w.rejections.len() as u32));
+        w.rejections.push(msg.as_str().into());
+    }
+    for &(k, next) in &rec.issued {
+        w.issued[k as usize] = next;
+    }
+    live.created
+        .fetch_add(rec.created, std::sync::atomic::Ordering::Relaxed);
+    w.next_batch = w.next_batch.max(rec.batch + 1);
+}
+
+/// The result table of `apply`: outcome, error, and the person's identifiers after the row.
+pub fn results(view: &View, rows: &[RowResult]) -> Result<RecordBatch> {
+    let mut outcome = Vec::with_capacity(rows.len());
+    let mut error = Vec::with_capacity(rows.len());
+    let mut rc = Vec::with_capacity(rows.len());
+    let mut mn = Vec::with_capacity(rows.len());
+    for r in rows {
+        outcome.push(OUTCOMES[r.outcome as usize]);
+        error.push(r.error.clone());
+        let values = (r.person != NONE).then(|| view.resolve(r.person)).flatten();
+        rc.push(values.map(|v| IdKind::ResidentCode.format(v.resident_code)));
+        mn.push(values.map(|v| IdKind::MyNumber.format(v.my_number)));
+    }
+    let schema = Schema::new(vec![
+        Field::new("outcome", DataType::Utf8, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("resident_code", DataType::Utf8, true),
+        Field::new("my_number", DataType::Utf8, true),
+    ]);
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(outcome)),
+            Arc::new(StringArray::from(error)),
+            Arc::new(StringArray::from(rc)),
+            Arc::new(StringArray::from(mn)),
+        ],
+    )?)
+}
+
+/// The log's encoding of a [`BatchRecord`] (little-endian, length-prefixed strings); the log
+/// frames and checksums it.
+pub fn encode(rec: &BatchRecord) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64 + rec.entries.len() * 112);
+    let put_str = |b: &mut Vec<u8>, s: &str| {
+        b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    };
+    b.extend_from_slice(&RECORD_VERSION.to_le_bytes());
+    b.extend_from_slice(&rec.batch.to_le_bytes());
+    b.extend_from_slice(&rec.recorded.to_le_bytes());
+    b.extend_from_slice(&rec.created.to_le_bytes());
+    b.extend_from_slice(&(rec.ext.len() as u32).to_le_bytes());
+    for (d, v, r) in &rec.ext {
+        b.push(*d as u8);
+        put_str(&mut b, v);
+        put_str(&mut b, r);
+    }
+    b.extend_from_slice(&(rec.entries.len() as u32).to_le_bytes());
+    for e in &rec.entries {
+        encode_entry(&mut b, e);
+    }
+    b.extend_from_slice(&(rec.ids.len() as u32).to_le_bytes());
+    for (k, v, p) in &rec.ids {
+        b.push((*k == IdKind::MyNumber) as u8);
+        b.extend_from_slice(&v.to_le_bytes());
+        b.extend_from_slice(&p.to_le_bytes());
+    }
+    b.extend_from_slice(&(rec.rejections.len() as u32).to_le_bytes());
+    for (m, s, msg) in &rec.rejections {
+        b.extend_from_slice(&m.to_le_bytes());
+        b.extend_from_slice(&s.to_le_bytes());
+        put_str(&mut b, msg);
+    }
+    b.extend_from_slice(&(rec.issued.len() as u32).to_le_bytes());
+    for (k, n) in &rec.issued {
+        b.extend_from_slice(&k.to_le_bytes());
+        b.extend_from_slice(&n.to_le_bytes());
+    }
+    b
+}
+
+const RECORD_VERSION: u32 = 1;
+
+/// One entry's fixed encoding (`prev` is not stored: replay recomputes it).
+pub fn encode_entry(b: &mut Vec<u8>, e: &Entry) {
+    let p = &e.set.resident.person;
+    let q = &e.set.resident.place;
+    b.extend_from_slice(&e.person.to_le_bytes());
+    b.extend_from_slice(&e.batch.to_le_bytes());
+    b.extend_from_slice(&e.mask.to_le_bytes());
+    b.push(e.reason as u8);
+    b.extend_from_slice(&e.cancels.to_le_bytes());
+    b.extend_from_slice(&e.municipality.to_le_bytes());
+    b.extend_from_slice(&e.sequence.to_le_bytes());
+    b.extend_from_slice(&e.effective.to_le_bytes());
+    b.extend_from_slice(&e.reported.to_le_bytes());
+    b.extend_from_slice(&e.recorded.to_le_bytes());
+    b.extend_from_slice(&p.family.to_le_bytes());
+    b.extend_from_slice(&p.given.to_le_bytes());
+    b.extend_from_slice(&p.birth_date.to_le_bytes());
+    b.extend_from_slice(&p.municipality.to_le_bytes());
+    b.push(p.sex);
+    b.push(p.status);
+    b.extend_from_slice(&q.town.to_le_bytes());
+    b.extend_from_slice(&q.block.to_le_bytes());
+    b.extend_from_slice(&q.status_date.to_le_bytes());
+    b.push(q.card);
+    b.push(q.dated);
+    b.extend_from_slice(&e.set.resident_code.to_le_bytes());
+    b.extend_from_slice(&e.set.my_number.to_le_bytes());
+    b.extend_from_slice(&e.set.moving_out.to_le_bytes());
+    b.extend_from_slice(&e.set.moving_to.to_le_bytes());
+    b.push(e.set.generation);
+}
+
+/// A reader over a record's bytes; running past the end is an error naming `what`.
+pub struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    what: &'a str,
+}
+
+macro_rules! take_le {
+    ($name:ident, $t:ty) => {
+        fn $name(&mut self) -> Result<$t> {
+            let n = std::mem::size_of::<$t>();
+            let s = self.take(n)?;
+            Ok(<$t>::from_le_bytes(s.try_into().expect("sized")))
+        }
+    };
+}
+
+impl<'a> Cursor<'a> {
+    /// Read `bytes`, naming them `what` in errors.
+    pub fn new(bytes: &'a [u8], what: &'a str) -> Cursor<'a> {
+        Cursor { bytes, at: 0, what }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(JukiError::SnapshotCorrupt(format!(
+                "{}: a record ends early (at byte {} of {})",
+                self.what,
+                self.at,
+                self.bytes.len()
+            )));
+        };
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    take_le!(u8, u8);
+    take_le!(u16, u16);
+    take_le!(u32, u32);
+    take_le!(i32, i32);
+    take_le!(u64, u64);
+    take_le!(i64, i64);
+
+    fn string(&mut self) -> Result<String> {
+        let n = self.u32()? as usize;
+        let s = self.take(n)?;
+        String::from_utf8(s.to_vec()).map_err(|e| {
+            JukiError::SnapshotCorrupt(format!("{}: a string is not UTF-8: {e}", self.what))
+        })
+    }
+
+    fn count(&mut self, each: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(each) > self.bytes.len() - self.at {
+            return Err(JukiError::SnapshotCorrupt(format!(
+                "{}: a count of {n} exceeds the record",
+                self.what
+            )));
+        }
+        Ok(n)
+    }
+
+    /// One entry as [`encode_entry`] wrote it.
+    pub fn entry(&mut self) -> Result<Entry> {
+        let person = self.u32()?;
+        let batch = self.u32()?;
+        let mask = self.u16()?;
+        let code = self.u8()?;
+        let reason = Reason::from_code(code).ok_or_else(|| {
+            JukiError::SnapshotCorrupt(format!("{}: unknown reason code {code}", self.what))
+        })?;
+        let cancels = self.u32()?;
+        let municipality = self.u32()?;
+        let sequence = self.u64()?;
+        let effective = self.i32()?;
+        let reported = self.i32()?;
+        let recorded = self.i64()?;
+        let mut set = Values::default();
+        {
+            let p = &mut set.resident.person;
+            p.family = self.u32()?;
+            p.given = self.u32()?;
+            p.birth_date = self.i32()?;
+            p.municipality = self.u16()?;
+            p.sex = self.u8()?;
+            p.status = self.u8()?;
+            let q = &mut set.resident.place;
+            q.town = self.u32()?;
+            q.block = self.u32()?;
+            q.status_date = self.i32()?;
+            q.card = self.u8()?;
+            q.dated = self.u8()?;
+        }
+        set.resident_code = self.u64()?;
+        set.my_number = self.u64()?;
+        set.moving_out = self.i32()?;
+        set.moving_to = self.u16()?;
+        set.generation = self.u8()?;
+        Ok(Entry {
+            person,
+            prev: NONE,
+            batch,
+            mask,
+            reason,
+            cancels,
+            municipality,
+            sequence,
+            effective,
+            reported,
+            recorded,
+            set,
+        })
+    }
+}
+
+/// Decode a logged batch; `what` names the log and the record's offset in errors.
+pub fn decode(bytes: &[u8], what: &str) -> Result<BatchRecord> {
+    let mut c = Cursor::new(bytes, what);
+    let version = c.u32()?;
+    if version != RECORD_VERSION {
+        return Err(JukiError::SnapshotCorrupt(format!(
+            "{what}: record version {version}, this build reads {RECORD_VERSION}"
+        )));
+    }
+    let mut rec = BatchRecord {
+        batch: c.u32()?,
+        recorded: c.i64()?,
+        created: c.u32()?,
+        ..Default::default()
+    };
+    for _ in 0..c.count(9)? {
+        let d = c.u8()?;
+        let dict = [Dict::Family, Dict::Given, Dict::Town, Dict::Block]
+            .get(d as usize)
+            .copied()
+            .ok_or_else(|| JukiError::SnapshotCorrupt(format!("{what}: unknown dictionary {d}")))?;
+        rec.ext.push((dict, c.string()?, c.string()?));
+    }
+    for _ in 0..c.count(64)? {
+        rec.entries.push(c.entry()?);
+    }
+    for _ in 0..c.count(13)? {
+        let kind = if c.u8()? == 1 {
+            IdKind::MyNumber
+        } else {
+            IdKind::ResidentCode
+        };
+        rec.ids.push((kind, c.u64()?, c.u32()?));
+    }
+    for _ in 0..c.count(16)? {
+        rec.rejections.push((c.u32()?, c.u64()?, c.string()?));
+    }
+    for _ in 0..c.count(10)? {
+        rec.issued.push((c.u16()?, c.u64()?));
+    }
+    Ok(rec)
+}
+
+/// Check a decoded record before redoing it: every person, key and code it names must exist
+/// (or be one it creates), so that a damaged log cannot make the kernels read out of bounds.
+pub fn check_record(
+    data: &RegistryData,
+    live: &Live,
+    w: &Writer,
+    rec: &BatchRecord,
+    what: &str,
+) -> Result<()> {
+    let bad = |why: String| Err(JukiError::SnapshotCorrupt(format!("{what}: {why}")));
+    let mut ext = [0u32; 4];
+    for (d, _, _) in &rec.ext {
+        ext[*d as usize] += 1;
+    }
+    let persons = live.base_len as u64
+        + live.created.load(std::sync::atomic::Ordering::Relaxed) as u64
+        + rec.created as u64;
+    let dict_len = |d: Dict| {
+        live.base_dicts[d as usize] as u64
+            + live.ext[d as usize].values.count() as u64
+            + ext[d as usize] as u64
+    };
+    let municipalities = data.dicts.municipality_code.len() as u64;
+    if rec.batch < w.next_batch {
+        return bad(format!(
+            "batch {} follows batch {}",
+            rec.batch,
+            w.next_batch - 1
+        ));
+    }
+    for e in &rec.entries {
+        let p = &e.set.resident.person;
+        let q = &e.set.resident.place;
+        let all = e.mask == group::ALL;
+        let ok = (e.person as u64) < persons
+            && e.batch == rec.batch
+            && e.mask <= group::ALL
+            && (e.mask & group::NAME == 0
+                || ((p.family as u64) < dict_len(Dict::Family)
+                    && (p.given as u64) < dict_len(Dict::Given)))
+            && (e.mask & group::ADDRESS == 0
+                || ((p.municipality as u64) < municipalities
+                    && (q.town as u64) < dict_len(Dict::Town)
+                    && (q.block as u64) < dict_len(Dict::Block)))
+            && (e.mask & group::STATUS == 0 || (p.status as usize) < STATUS_VALUES.len())
+            && (e.mask & group::CARD == 0 || (q.card as usize) < crate::storage::CARD_VALUES.len())
+            && (e.mask & group::PENDING == 0
+                || e.set.moving_to == u16::MAX
+                || (e.set.moving_to as u64) < municipalities)
+            && (e.mask & group::RESIDENT_CODE == 0
+                || IdKind::ResidentCode.is_valid_value(e.set.resident_code))
+            && (e.mask & group::MY_NUMBER == 0 || IdKind::MyNumber.is_valid_value(e.set.my_number))
+            && (e.reason != Reason::Cancel
+                || (e.cancels as usize) < live.entries.count() + rec.entries.len())
+            && (!all || e.person >= live.base_len || e.reason == Reason::Origin);
+        if !ok {
+            return bad(format!(
+                "entry for person {} ({} {} of {}) names something that does not exist",
+                e.person,
+                e.reason.name(),
+                e.sequence,
+                e.municipality
+            ));
+        }
+    }
+    for (kind, value, person) in &rec.ids {
+        if !kind.is_valid_value(*value) || *person as u64 >= persons {
+            return bad(format!(
+                "identifier {value} for person {person} is not valid"
+            ));
+        }
+    }
+    for (k, _) in &rec.issued {
+        if *k as u64 >= municipalities {
+            return bad(format!("municipality key {k} does not exist"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1010 @@
+//! The living registry's versions: every applied change kept beside the rows, never as rows.
+//!
+//! A registry is its base (the snapshot's columns and indexes, immutable) plus [`Live`]: an
+//! append-only arena of [`Entry`]s, one per applied change, each holding the values the change
+//! set. A person's entries form a chain (newest first, through `prev`), found by the person's id
+//! in `heads`. Readers never lock: a call reads the published batch number once and sees every
+//! entry of the batches up to it and none after (snapshot isolation per call); the writer appends
+//! entries and moves chain heads before it publishes, and a reader that meets a newer entry walks
+//! past it. Nothing of the base is copied or written: rows a change touched are marked in a bitmap
+//! (`dirty`) that the kernels test after their probe, so a clean row costs one bit.
+//!
+//! # Person ids
+//! A person's id is their row: the base's rows are `0..base_len`, and a new person (a birth, a
+//! first entry from abroad) is given the next id. Ids are immutable and survive every change of
+//! identifier; they are never shown to agencies.
+//!
+//! # Times
+//! Each entry has two times: the effective date (異動日) and when it was recorded (the apply's
+//! commit time, and its batch number). A value *in force on date D* is, per field group, the one
+//! set by the latest-effective entry dated ≤ D (ties: the later recorded); the *current* values
+//! are those in force today or later (a 転出予定日 ahead of today is pending now). A view *as
+//! recorded at time T* ignores every entry recorded after T, so a late report (届出日 after a
+//! later change) changes the past only from the moment it was recorded. The two combine: "what
+//! did the registry, as it stood at T, say was in force on D". The base is as old as the
+//! registry: recorded before any change, in force since the beginning.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::ids::IdKind;
+use crate::index::{INVALID_KEY, NOT_FOUND};
+use arrow_array::Array;
+
+use crate::storage::{RegistryData, Resident};
+
+/// Field groups a change sets (an [`Entry`]'s `mask`).
+pub mod group {
+    /// 氏名 and readings (family and given keys).
+    pub const NAME: u16 = 1;
+    /// 生年月日.
+    pub const BIRTH: u16 = 1 << 1;
+    /// 性別.
+    pub const SEX: u16 = 1 << 2;
+    /// 住所: municipality, town, block.
+    pub const ADDRESS: u16 = 1 << 3;
+    /// Status and its date.
+    pub const STATUS: u16 = 1 << 4;
+    /// 個人番号カード state.
+    pub const CARD: u16 = 1 << 5;
+    /// 住民票コード.
+    pub const RESIDENT_CODE: u16 = 1 << 6;
+    /// 個人番号 and its generation.
+    pub const MY_NUMBER: u16 = 1 << 7;
+    /// A pending 転出 (date and destination).
+    pub const PENDING: u16 = 1 << 8;
+    /// Every group: a new person, or a person's values before their first change.
+    pub const ALL: u16 = (1 << 9) - 1;
+    /// Names of the groups, by bit, as `history` reports them.
+    pub const NAMES: [&str; 9] = [
+        "name",
+        "birth_date",
+        "sex",
+        "address",
+        "status",
+        "card_state",
+        "resident_code",
+        "my_number",
+        "moving_out",
+    ];
+}
+
+/// No entry / no person.
+pub const NONE: u32 = u32::MAX;
+/// No date (a pending move-out that is not pending).
+pub const NO_DATE: i32 = i32::MIN;
+
+/// A person's values: everything a change can set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Values {
+    /// The fields the kernels compare and disclose.
+    pub resident: Resident,
+    /// 住民票コード (full value).
+    pub resident_code: u64,
+    /// 個人番号 (full value).
+    pub my_number: u64,
+    /// The date of a pending 転出, or [`NO_DATE`].
+    pub moving_out: i32,
+    /// The pending 転出's destination municipality key, or `u16::MAX` where unknown.
+    pub moving_to: u16,
+    /// How many times the 個人番号 was replaced (the conversion's further input).
+    pub generation: u8,
+}
+
+impl Values {
+    /// Copy the groups of `mask` from `from`.
+    pub fn set_groups(&mut self, from: &Values, mask: u16) {
+        let (p, q) = (&mut self.resident.person, &mut self.resident.place);
+        let (fp, fq) = (&from.resident.person, &from.resident.place);
+        if mask & group::NAME != 0 {
+            p.family = fp.family;
+            p.given = fp.given;
+        }
+        if mask & group::BIRTH != 0 {
+            p.birth_date = fp.birth_date;
+        }
+        if mask & group::SEX != 0 {
+            p.sex = fp.sex;
+        }
+        if mask & group::ADDRESS != 0 {
+            p.municipality = fp.municipality;
+            q.town = fq.town;
+            q.block = fq.block;
+        }
+        if mask & group::STATUS != 0 {
+            p.status = fp.status;
+            q.status_date = fq.status_date;
+            q.dated = fq.dated;
+        }
+        if mask & group::CARD != 0 {
+            q.card = fq.card;
+        }
+        if mask & group::RESIDENT_CODE != 0 {
+            self.resident_code = from.resident_code;
+        }
+        if mask & group::MY_NUMBER != 0 {
+            self.my_number = from.my_number;
+            self.generation = from.generation;
+        }
+        if mask & group::PENDING != 0 {
+            self.moving_out = from.moving_out;
+            self.moving_to = from.moving_to;
+        }
+    }
+
+    /// The identifier of `kind` (my_number or resident_code).
+    pub fn id(&self, kind: IdKind) -> u64 {
+        match kind {
+            IdKind::MyNumber => self.my_number,
+            _ => self.resident_code,
+        }
+    }
+}
+
+/// Change reasons (異動事由), as stored; the order is the stored code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Reason {
+    /// A person's values before their first change (kept when a snapshot folds changes in).
+    Origin = 0,
+    Birth,
+    ReturnFromAbroad,
+    MoveOut,
+    MoveIn,
+    MoveWithin,
+    MoveAbroad,
+    Death,
+    NameChange,
+    OfficialEntry,
+    OfficialRemoval,
+    OfficialCorrection,
+    ResidentCodeChange,
+    MyNumberChange,
+    CardApplied,
+    CardIssued,
+    CardReturned,
+    Cancel,
+}
+
+impl Reason {
+    /// Every reason, by stored code.
+    pub const ALL: [Reason; 18] = [
+        Reason::Origin,
+        Reason::Birth,
+        Reason::ReturnFromAbroad,
+        Reason::MoveOut,
+        Reason::MoveIn,
+        Reason::MoveWithin,
+        Reason::MoveAbroad,
+        Reason::Death,
+        Reason::NameChange,
+        Reason::OfficialEntry,
+        Reason::OfficialRemoval,
+        Reason::OfficialCorrection,
+        Reason::ResidentCodeChange,
+        Reason::MyNumberChange,
+        Reason::CardApplied,
+        Reason::CardIssued,
+        Reason::CardReturned,
+        Reason::Cancel,
+    ];
+
+    /// The reason's name in the change table (docs/changes.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Origin => "origin",
+            Reason::Birth => "birth",
+            Reason::ReturnFromAbroad => "return_from_abroad",
+            Reason::MoveOut => "move_out",
+            Reason::MoveIn => "move_in",
+            Reason::MoveWithin => "move_within",
+            Reason::MoveAbroad => "move_abroad",
+            Reason::Death => "death",
+            Reason::NameChange => "name_change",
+            Reason::OfficialEntry => "official_entry",
+            Reason::OfficialRemoval => "official_removal",
+            Reason::OfficialCorrection => "official_correction",
+            Reason::ResidentCodeChange => "resident_code_change",
+            Reason::MyNumberChange => "my_number_change",
+            Reason::CardApplied => "card_applied",
+            Reason::CardIssued => "card_issued",
+            Reason::CardReturned => "card_returned",
+            Reason::Cancel => "cancel",
+        }
+    }
+
+    /// The reason of a stored code.
+    pub fn from_code(code: u8) -> Option<Reason> {
+        Reason::ALL.get(code as usize).copied()
+    }
+}
+
+/// One applied change: who recorded it, when, for whom, and the values it set.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// The person (their id).
+    pub person: u32,
+    /// The person's previous entry, or [`NONE`].
+    pub prev: u32,
+    /// The batch that applied it (visible to calls that read batch ≥ this).
+    pub batch: u32,
+    /// Field groups set (see [`group`]).
+    pub mask: u16,
+    /// 異動事由.
+    pub reason: Reason,
+    /// For a cancel: the entry it cancels; otherwise [`NONE`].
+    pub cancels: u32,
+    /// The submitting municipality's code (6 digits, as a number).
+    pub municipality: u32,
+    /// That municipality's sequence number.
+    pub sequence: u64,
+    /// 異動日 (days since 1970-01-01).
+    pub effective: i32,
+    /// 届出日.
+    pub reported: i32,
+    /// When the batch was committed (microseconds since 1970-01-01 UTC).
+    pub recorded: i64,
+    /// The values of the groups in `mask` (the rest is meaningless).
+    pub set: Values,
+}
+
+/// A single-writer hash map from u64 keys to u64 values that readers probe without locks. The
+/// writer stores a new key's value before the key (release), so a reader that sees the key sees
+/// its value; a value replaced later is read old or new, both of which the readers handle (an
+/// entry newer than their batch is walked past). Grown by building a larger copy that the next
+/// readers load ([`ArcSwap`]); the old one stays valid for the readers that hold it.
+pub struct SlotMap {
+    keys: Box<[AtomicU64]>,
+    values: Box<[AtomicU64]>,
+    len: AtomicUsize,
+    shift: u32,
+}
+
+const FREE: u64 = u64::MAX;
+
+impl SlotMap {
+    /// A map for about `n` keys (at load ≤ 0.5).
+    pub fn with_capacity(n: usize) -> SlotMap {
+        let cap = (n.max(8) * 2).next_power_of_two();
+        SlotMap {
+            keys: (0..cap).map(|_| AtomicU64::new(FREE)).collect(),
+            values: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+            len: AtomicUsize::new(0),
+            shift: 64 - cap.trailing_zeros(),
+        }
+    }
+
+    #[inline(always)]
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+
+    /// The value of `key`, if present.
+    #[inline]
+    pub fn get(&self, key: u64) -> Option<u64> {
+        let mask = self.keys.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let k = self.keys[i].load(Ordering::Acquire);
+            if k == key {
+                return Some(self.values[i].load(Ordering::Acquire));
+            }
+            if k == FREE {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Insert or replace (the writer only). `key` must not be [`FREE`].
+    pub fn set(&self, key: u64, value: u64) {
+        debug_assert_ne!(key, FREE);
+        let mask = self.keys.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let k = self.keys[i].load(Ordering::Relaxed);
+            if k == key {
+                self.values[i].store(value, Ordering::Release);
+                return;
+            }
+            if k == FREE {
+                self.values[i].store(value, Ordering::Relaxed);
+                self.keys[i].store(key, Ordering::Release);
+                self.len.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether one more key would pass load 0.5.
+    pub fn full(&self) -> bool {
+        (self.len() + 1) * 2 > self.keys.len()
+    }
+
+    /// A copy with twice the room.
+    pub fn grown(&self) -> SlotMap {
+        let bigger = SlotMap::with_capacity(self.keys.len());
+        for (k, v) in self.keys.iter().zip(self.values.iter()) {
+            let k = k.load(Ordering::Relaxed);
+            if k != FREE {
+                bigger.set(k, v.load(Ordering::Relaxed));
+            }
+        }
+        bigger
+    }
+
+    /// Bytes held.
+    pub fn memory_bytes(&self) -> usize {
+        self.keys.len() * 16
+    }
+
+    /// Every (key, value), in slot order (the writer, or a quiescent map).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.keys
+            .iter()
+            .zip(self.values.iter())
+            .map(|(k, v)| (k.load(Ordering::Acquire), v.load(Ordering::Acquire)))
+            .filter(|(k, _)| *k != FREE)
+    }
+}
+
+/// The key of an identifier in the identifier map: its kind in the top bit.
+pub fn id_key(kind: IdKind, value: u64) -> u64 {
+    match kind {
+        IdKind::MyNumber => value,
+        _ => value | (1 << 63),
+    }
+}
+
+/// Dictionary values the changes brought that the base's dictionaries lack: keys from the
+/// base dictionary's length on.
+#[derive(Default)]
+pub struct Extension {
+    /// (value, reading) per new key; the reading is empty where the dictionary has none.
+    pub values: boxcar::Vec<(Box<str>, Box<str>)>,
+}
+
+impl Extension {
+    /// The value (and reading) of extension key `k` (a key minus the base dictionary's length).
+    pub fn get(&self, k: usize) -> Option<&(Box<str>, Box<str>)> {
+        self.values.get(k)
+    }
+}
+
+/// The dictionaries that changes extend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Dict {
+    Family = 0,
+    Given,
+    Town,
+    Block,
+}
+
+/// The changes applied to a base: entries, chains, the identifier map, dictionary extensions.
+pub struct Live {
+    /// Rows of the base.
+    pub base_len: u32,
+    /// Lengths of the base's dictionaries (by [`Dict`]).
+    pub base_dicts: [u32; 4],
+    /// Every entry, in the order applied.
+    pub entries: boxcar::Vec<Entry>,
+    /// Person id → their newest entry.
+    pub heads: ArcSwap<SlotMap>,
+    /// [`id_key`] of an identifier no base index holds → `person | batch << 32`.
+    pub ids: ArcSwap<SlotMap>,
+    /// One bit per base row: the row has an entry applied since the base was opened.
+    dirty: Box<[AtomicU64]>,
+    /// The newest batch readers may see.
+    published: AtomicU32,
+    /// Whether any entry predates the base (history a snapshot kept): as-of reads resolve them.
+    pub has_history: AtomicBool,
+    /// New dictionary values, by [`Dict`].
+    pub ext: [Extension; 4],
+    /// Persons created by changes (ids from `base_len`).
+    pub created: AtomicU32,
+}
+
+/// Which entries a read sees, and on which effective date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// The newest batch seen.
+    pub batch: u32,
+    /// Entries recorded after this time (µs since the epoch) are not seen.
+    pub recorded: i64,
+    /// Values in force on this date (days since the epoch); `i32::MAX` for the current ones.
+    pub effective: i32,
+}
+
+impl Cut {
+    /// Whether this is the current state (no as-of date, no recorded-as-of time).
+    pub fn is_now(&self) -> bool {
+        self.effective == i32::MAX && self.recorded == i64::MAX
+    }
+
+    fn sees(&self, e: &Entry) -> bool {
+        e.batch <= self.batch && e.recorded <= self.recorded
+    }
+}
+
+impl Live {
+    /// No changes yet, over a base of `data`.
+    pub fn new(data: &RegistryData) -> Live {
+        let d = &data.dicts;
+        let base_len = data.len() as u32;
+        Live {
+            base_len,
+            base_dicts: [
+                d.family_name.len() as u32,
+                d.given_name.len() as u32,
+                d.address_town.len() as u32,
+                d.address_block.len() as u32,
+            ],
+            entries: boxcar::Vec::new(),
+            heads: ArcSwap::from_pointee(SlotMap::with_capacity(1 << 12)),
+            ids: ArcSwap::from_pointee(SlotMap::with_capacity(1 << 10)),
+            dirty: (0..(base_len as usize).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            published: AtomicU32::new(0),
+            has_history: AtomicBool::new(false),
+            ext: Default::default(),
+            created: AtomicU32::new(0),
+        }
+    }
+
+    /// The newest published batch.
+    pub fn published(&self) -> u32 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// Make every batch up to `batch` visible (batches become durable in order, so the newest
+    /// durable one covers the rest).
+    pub fn publish(&self, batch: u32) {
+        self.published.fetch_max(batch, Ordering::AcqRel);
+    }
+
+    /// The cut of the current state.
+    pub fn now(&self) -> Cut {
+        Cut {
+            batch: self.published(),
+            recorded: i64::MAX,
+            effective: i32::MAX,
+        }
+    }
+
+    /// Append `entry` and make it its person's head (the writer only). Visible once its batch
+    /// is published.
+    pub fn push(&self, mut entry: Entry) -> u32 {
+        let heads = self.heads.load();
+        let key = entry.person as u64;
+        entry.prev = heads.get(key).map_or(NONE, |h| h as u32);
+        let at = self.entries.push(entry) as u32;
+        if entry.batch == 0 {
+            self.has_history.store(true, Ordering::Release);
+        } else if entry.person < self.base_len {
+            let (w, b) = (entry.person as usize / 64, entry.person % 64);
+            self.dirty[w].fetch_or(1 << b, Ordering::Release);
+        }
+        if heads.full() {
+            let grown = heads.grown();
+            grown.set(key, at as u64);
+            self.heads.store(Arc::new(grown));
+        } else {
+            heads.set(key, at as u64);
+        }
+        at
+    }
+
+    /// Record that `value` (of `kind`) belongs to `person` from `batch` on (the writer only).
+    pub fn add_id(&self, kind: IdKind, value: u64, person: u32, batch: u32) {
+        let ids = self.ids.load();
+        let v = person as u64 | (batch as u64) << 32;
+        if ids.full() {
+            let grown = ids.grown();
+            grown.set(id_key(kind, value), v);
+            self.ids.store(Arc::new(grown));
+        } else {
+            ids.set(id_key(kind, value), v);
+        }
+    }
+
+    /// Whether base row `row` has an entry applied since the base was opened.
+    #[inline(always)]
+    pub fn is_dirty(&self, row: u32) -> bool {
+        let w = self.dirty[row as usize / 64].load(Ordering::Acquire);
+        w & (1 << (row % 64)) != 0
+    }
+
+    /// Add a dictionary value (the writer only); returns its key (base length + position).
+    pub fn extend(&self, dict: Dict, value: &str, reading: &str) -> u32 {
+        let at = self.ext[dict as usize]
+            .values
+            .push((value.into(), reading.into()));
+        self.base_dicts[dict as usize] + at as u32
+    }
+
+    /// A dictionary value of key `k` beyond the base's.
+    pub fn ext_value(&self, dict: Dict, k: usize) -> Option<&(Box<str>, Box<str>)> {
+        let base = self.base_dicts[dict as usize] as usize;
+        k.checked_sub(base)
+            .and_then(|i| self.ext[dict as usize].get(i))
+    }
+
+    /// Bytes held by entries and maps.
+    pub fn memory_bytes(&self) -> usize {
+        self.entries.count() * std::mem::size_of::<Entry>()
+            + self.heads.load().memory_bytes()
+            + self.ids.load().memory_bytes()
+            + self.dirty.len() * 8
+    }
+}
+
+/// A person's values resolved for a read.
+#[derive(Clone, Copy, Debug)]
+pub struct Resolved {
+    /// The values.
+    pub values: Values,
+    /// Whether the identifier the read used is no longer the person's (replaced).
+    pub replaced: bool,
+}
+
+/// The registry as one read sees it: the base, the changes up to a batch, a date.
+pub struct View<'a> {
+    /// The base.
+    pub data: &'a RegistryData,
+    /// The changes.
+    pub live: &'a Live,
+    heads: Arc<SlotMap>,
+    ids: Arc<SlotMap>,
+    /// What the read sees.
+    pub cut: Cut,
+}
+
+impl<'a> View<'a> {
+    /// The view of `cut` (its batch read by the caller, before this call).
+    pub fn new(data: &'a RegistryData, live: &'a Live, cut: Cut) -> View<'a> {
+        View {
+            data,
+            live,
+            heads: live.heads.load_full(),
+            ids: live.ids.load_full(),
+            cut,
+        }
+    }
+
+    /// Whether the base alone answers: the current state with no change applied since open.
+    pub fn plain(&self) -> bool {
+        self.cut.is_now() && self.cut.batch == 0
+    }
+
+    /// The base's values of row `row`.
+    pub fn base_values(&self, row: u32) -> Values {
+        let c = &self.data.cols;
+        let r = row as usize;
+        Values {
+            resident: Resident {
+                person: self.data.persons.rows()[r],
+                place: self.data.persons.places()[r],
+            },
+            resident_code: c.resident_code[r],
+            my_number: c.my_number[r],
+            moving_out: NO_DATE,
+            moving_to: u16::MAX,
+            generation: 0,
+        }
+    }
+
+    /// The entries of `person` this view sees, newest first, each with whether a cancel this
+    /// view sees cancelled it (cancels themselves included).
+    pub fn entries_of(&self, person: u32) -> Vec<(u32, &'a Entry, bool)> {
+        let mut out = Vec::new();
+        let Some(head) = self.heads.get(person as u64) else {
+            return out;
+        };
+        let mut at = head as u32;
+        let mut cancelled = NONE;
+        while at != NONE {
+            let Some(e) = self.live.entries.get(at as usize) else {
+                break;
+            };
+            if self.cut.sees(e) {
+                if e.reason == Reason::Cancel {
+                    cancelled = e.cancels;
+                }
+                out.push((at, e, at == cancelled));
+            }
+            at = e.prev;
+        }
+        out
+    }
+
+    /// The entries of `person` this view sees, newest first, without cancels and the changes
+    /// they cancelled.
+    pub fn chain(&self, person: u32) -> Vec<(u32, &'a Entry)> {
+        self.entries_of(person)
+            .into_iter()
+            .filter(|(_, e, cancelled)| !cancelled && e.reason != Reason::Cancel)
+            .map(|(at, e, _)| (at, e))
+            .collect()
+    }
+
+    /// The values of `person` this view sees, or None where the person does not exist in it
+    /// (not yet born or entered, or created by a change it does not see).
+    pub fn resolve(&self, person: u32) -> Option<Values> {
+        self.resolve_below(person, NONE)
+    }
+
+    /// [`View::resolve`] from the entries before entry `below` only (the values a change
+    /// found).
+    pub fn resolve_below(&self, person: u32, below: u32) -> Option<Values> {
+        let mut chain = self.chain(person);
+        chain.retain(|(at, _)| *at < below);
+        let in_base = person < self.live.base_len;
+        let mut values = if in_base {
+            self.base_values(person)
+        } else {
+            Values::default()
+        };
+        let mut exists = in_base;
+        // Per group, the best (effective date, position) seen: the chain is newest first, so
+        // the first entry met at an effective date wins its ties.
+        let mut best = [(i32::MIN, false); 9];
+        for (_, e) in &chain {
+            if e.effective > self.cut.effective {
+                continue;
+            }
+            for (g, slot) in best.iter_mut().enumerate() {
+                let bit = 1u16 << g;
+                if e.mask & bit != 0 && (!slot.1 || e.effective > slot.0) {
+                    *slot = (e.effective, true);
+                    values.set_groups(&e.set, bit);
+                    if bit == group::NAME {
+                        exists = true;
+                    }
+                }
+            }
+        }
+        if !exists {
+            return None;
+        }
+        if self.cut.effective != i32::MAX {
+            let p = &mut values.resident;
+            if p.person.birth_date > self.cut.effective {
+                return None;
+            }
+            // A status dated after the day asked for was not yet in force.
+            if p.place.dated == 1 && p.place.status_date > self.cut.effective {
+                p.person.status = 0;
+                p.place.dated = 0;
+                p.place.status_date = 0;
+            }
+            if values.moving_out != NO_DATE && values.moving_out > self.cut.effective {
+                values.moving_out = NO_DATE;
+            }
+        }
+        Some(values)
+    }
+
+    /// The person an identifier names in this view (current or former identifier).
+    pub fn person_of(&self, kind: IdKind, value: u64) -> Option<u32> {
+        if let Ok(index) = self.data.index(kind) {
+            if let Some(row) = index.get(value) {
+                return Some(row);
+            }
+        }
+        let v = self.ids.get(id_key(kind, value))?;
+        ((v >> 32) as u32 <= self.cut.batch).then_some(v as u32)
+    }
+
+    /// Whether row `row` has entries this view may see (a clean base row reads the base).
+    #[inline(always)]
+    fn changed(&self, row: u32) -> bool {
+        row >= self.live.base_len
+            || (self.cut.batch > 0 && self.live.is_dirty(row))
+            || (self.live.has_history.load(Ordering::Relaxed)
+                && !self.cut.is_now()
+                && self.heads.get(row as u64).is_some())
+    }
+
+    /// After a probe of the base index: find the keys only changes know, and resolve the rows
+    /// changes touched. `rows[i]` becomes the person or [`NOT_FOUND`]; `out` gets `(i, values)`
+    /// for every row not read from the base as it is. On an as-of date, a clean row born after
+    /// it is not found, and one whose status is dated after it is resolved (still resident).
+    pub fn patch(
+        &self,
+        kind: IdKind,
+        bases: &[u64],
+        rows: &mut [u32],
+        out: &mut Vec<(u32, Resolved)>,
+    ) {
+        let with_ids = !self.ids.is_empty();
+        let persons = self.data.persons.rows();
+        let places = self.data.persons.places();
+        let day = self.cut.effective;
+        for (i, row) in rows.iter_mut().enumerate() {
+            if *row == NOT_FOUND {
+                if !with_ids || bases[i] == INVALID_KEY {
+                    continue;
+                }
+                let value = kind.with_check_digit(bases[i]);
+                match self.ids.get(id_key(kind, value)) {
+                    Some(v) if (v >> 32) as u32 <= self.cut.batch => *row = v as u32,
+                    _ => continue,
+                }
+            }
+            if !self.changed(*row) {
+                if day == i32::MAX {
+                    continue;
+                }
+                let (p, q) = (&persons[*row as usize], &places[*row as usize]);
+                if p.birth_date > day {
+                    *row = NOT_FOUND;
+                    continue;
+                }
+                if !(q.dated == 1 && q.status_date > day) {
+                    continue;
+                }
+            }
+            match self.resolve(*row) {
+                None => *row = NOT_FOUND,
+                Some(values) => {
+                    let replaced = kind.base_of(values.id(kind)) != bases[i];
+                    out.push((i as u32, Resolved { values, replaced }));
+                }
+            }
+        }
+    }
+}
+
+/// The text of key `k` of a dictionary (its reading with `reading`), base or added.
+fn dict_text(view: &View, dict: Dict, k: u32, reading: bool) -> String {
+    let d = &view.data.dicts;
+    let k = k as usize;
+    let base = match (dict, reading) {
+        (Dict::Family, false) => &d.family_name,
+        (Dict::Family, true) => &d.family_name_kana,
+        (Dict::Given, false) => &d.given_name,
+        (Dict::Given, true) => &d.given_name_kana,
+        (Dict::Town, _) => &d.address_town,
+        (Dict::Block, _) => &d.address_block,
+    };
+    if k < base.len() {
+        return base.value(k).to_string();
+    }
+    view.live
+        .ext_value(dict, k)
+        .map(|(v, r)| {
+            if reading {
+                r.to_string()
+            } else {
+                v.to_string()
+            }
+        })
+        .unwrap_or_default()
+}
+
+/// A date as ISO 8601 text.
+pub fn iso(days: i32) -> String {
+    arrow_array::types::Date32Type::to_naive_date_opt(days)
+        .map_or_else(|| format!("day {days}"), |d| d.to_string())
+}
+
+/// The public fields of a group's values, as `history` shows them: (field, text).
+fn group_fields(view: &View, g: u16, v: &Values) -> Vec<(&'static str, Option<String>)> {
+    let (p, q) = (&v.resident.person, &v.resident.place);
+    let d = &view.data.dicts;
+    match g {
+        group::NAME => vec![
+            (
+                "family_name",
+                Some(dict_text(view, Dict::Family, p.family, false)),
+            ),
+            (
+                "family_name_kana",
+                Some(dict_text(view, Dict::Family, p.family, true)),
+            ),
+            (
+                "given_name",
+                Some(dict_text(view, Dict::Given, p.given, false)),
+            ),
+            (
+                "given_name_kana",
+                Some(dict_text(view, Dict::Given, p.given, true)),
+            ),
+        ],
+        group::BIRTH => vec![("birth_date", Some(iso(p.birth_date)))],
+        group::SEX => vec![("sex", Some(p.sex.to_string()))],
+        group::ADDRESS => vec![
+            (
+                "municipality_code",
+                d.municipality_code
+                    .iter()
+                    .nth(p.municipality as usize)
+                    .flatten()
+                    .map(str::to_string),
+            ),
+            (
+                "address_town",
+                Some(dict_text(view, Dict::Town, q.town, false)),
+            ),
+            (
+                "address_block",
+                Some(dict_text(view, Dict::Block, q.block, false)),
+            ),
+        ],
+        group::STATUS => vec![
+            (
+                "status",
+                crate::storage::STATUS_VALUES
+                    .get(p.status as usize)
+                    .map(|s| s.to_string()),
+            ),
+            ("status_date", (q.dated == 1).then(|| iso(q.status_date))),
+        ],
+        group::CARD => vec![(
+            "card_state",
+            crate::storage::CARD_VALUES
+                .get(q.card as usize)
+                .map(|s| s.to_string()),
+        )],
+        group::RESIDENT_CODE => vec![(
+            "resident_code",
+            Some(IdKind::ResidentCode.format(v.resident_code)),
+        )],
+        group::MY_NUMBER => vec![("my_number", Some(IdKind::MyNumber.format(v.my_number)))],
+        _ => vec![
+            (
+                "moving_out",
+                (v.moving_out != NO_DATE).then(|| iso(v.moving_out)),
+            ),
+            (
+                "moving_to",
+                (v.moving_to != u16::MAX)
+                    .then(|| {
+                        d.municipality_code
+                            .iter()
+                            .nth(v.moving_to as usize)
+                            .flatten()
+                    })
+                    .flatten()
+                    .map(str::to_string),
+            ),
+        ],
+    }
+}
+
+/// The history of the residents `keys` name (current or former identifiers of `kind`): one
+/// row per change this view sees, oldest first, with the fields it changed (old and new).
+pub fn history_table(
+    view: &View,
+    kind: IdKind,
+    keys: &dyn arrow_array::Array,
+) -> crate::error::Result<arrow_array::RecordBatch> {
+    use arrow_array::builder::{
+        BooleanBuilder, Date32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
+        TimestampMicrosecondBuilder,
+    };
+    use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
+
+    let parsed = crate::query::parse_keys(kind, keys, 0)?;
+    let change_fields = Fields::from(vec![
+        Field::new("field", DataType::Utf8, false),
+        Field::new("old", DataType::Utf8, true),
+        Field::new("new", DataType::Utf8, true),
+    ]);
+    let mut key_b = StringBuilder::new();
+    let mut reason_b = StringBuilder::new();
+    let mut eff_b = Date32Builder::new();
+    let mut rep_b = Date32Builder::new();
+    let mut rec_b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut muni_b = StringBuilder::new();
+    let mut seq_b = Int64Builder::new();
+    let mut canc_b = BooleanBuilder::new();
+    let mut changes_b = ListBuilder::new(StructBuilder::from_fields(change_fields.clone(), 0));
+    for &base in &parsed.bases {
+        if base == INVALID_KEY {
+            continue;
+        }
+        let value = kind.with_check_digit(base);
+        let Some(person) = view.person_of(kind, value) else {
+            continue;
+        };
+        let mut entries = view.entries_of(person);
+        entries.reverse();
+        for (at, e, cancelled) in entries {
+            if e.reason == Reason::Origin {
+                continue;
+            }
+            key_b.append_value(kind.format(value));
+            reason_b.append_value(e.reason.name());
+            eff_b.append_value(e.effective);
+            rep_b.append_value(e.reported);
+            rec_b.append_value(e.recorded);
+            muni_b.append_value(format!("{:06}", e.municipality));
+            seq_b.append_value(e.sequence as i64);
+            canc_b.append_value(cancelled);
+            let old = view.resolve_below(person, at);
+            let fields = changes_b.values();
+            let mut new = old.unwrap_or_default();
+            new.set_groups(&e.set, e.mask);
+            for g in 0..9 {
+                let bit = 1u16 << g;
+                if e.mask & bit == 0 {
+                    continue;
+                }
+                let before = old.map(|o| group_fields(view, bit, &o));
+                for (j, (field, after)) in group_fields(view, bit, &new).into_iter().enumerate() {
+                    let was = before.as_ref().and_then(|b| b[j].1.clone());
+                    if was == after {
+                        continue;
+                    }
+                    fields
+                        .field_builder::<StringBuilder>(0)
+                        .expect("field")
+                        .append_value(field);
+                    fields
+                        .field_builder::<StringBuilder>(1)
+                        .expect("old")
+                        .append_option(was);
+                    fields
+                        .field_builder::<StringBuilder>(2)
+                        .expect("new")
+                        .append_option(after);
+                    fields.append(true);
+                }
+            }
+            changes_b.append(true);
+        }
+    }
+    let schema = Schema::new(vec![
+        Field::new(kind.name(), DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("effective_date", DataType::Date32, false),
+        Field::new("reported_date", DataType::Date32, false),
+        Field::new(
+            "recorded_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("municipality", DataType::Utf8, false),
+        Field::new("sequence", DataType::Int64, false),
+        Field::new("cancelled", DataType::Boolean, false),
+        Field::new(
+            "changes",
+            DataType::List(std::sync::Arc::new(Field::new(
+                "item",
+                DataType::Struct(change_fields),
+                true,
+            ))),
+            false,
+        ),
+    ]);
+    Ok(arrow_array::RecordBatch::try_new(
+        std::sync::Arc::new(schema),
+        vec![
+            std::sync::Arc::new(key_b.finish()),
+            std::sync::Arc::new(reason_b.finish()),
+            std::sync::Arc::new(eff_b.finish()),
+            std::sync::Arc::new(rep_b.finish()),
+            std::sync::Arc::new(rec_b.finish()),
+            std::sync::Arc::new(muni_b.finish()),
+            std::sync::Arc::new(seq_b.finish()),
+            std::sync::Arc::new(canc_b.finish()),
+            std::sync::Arc::new(changes_b.finish()),
+        ],
+    )?)
+}

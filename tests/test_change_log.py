@@ -1,0 +1,189 @@
+"""The change log: `apply` returns only once a batch is durable; reopening a registry is its
+snapshot plus the log's records; a crash (kill -9) loses no acknowledged change and applies none
+twice; a torn last record is dropped, a damaged earlier one refuses to open."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from juki_engine import Registry, SnapshotCorrupt
+from juki_engine._core import JukiError
+
+D = dt.date
+TODAY = D(2025, 6, 30)
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    path = tmp_path / "registry"
+    Registry.generate(population=2_000, seed=9).save(path)
+    return path
+
+
+def deaths(rows: list[dict[str, object]], first_sequence: int) -> pa.Table:
+    """One death per resident, each with the next sequence number of its municipality."""
+    counts: dict[str, int] = {}
+    out = []
+    for r in rows:
+        m = str(r["municipality_code"])
+        counts[m] = counts.get(m, first_sequence) + 1
+        out.append(
+            {
+                "municipality": m,
+                "sequence": counts[m],
+                "reason": "death",
+                "effective_date": D(2025, 3, 1),
+                "reported_date": D(2025, 3, 2),
+                "my_number": r["my_number"],
+            }
+        )
+    return pa.Table.from_pylist(out)
+
+
+def residents(registry: Registry, n: int) -> list[dict[str, object]]:
+    rows = registry.to_arrow(["my_number", "municipality_code", "status", "birth_date"])
+    return [
+        r for r in rows.to_pylist() if r["status"] == "resident" and r["birth_date"] < D(2020, 1, 1)
+    ][:n]
+
+
+def statuses(registry: Registry, rows: list[dict[str, object]]) -> list[str]:
+    keys = [str(r["my_number"]) for r in rows]
+    return list(registry.lookup(keys, columns=["status"])["status"].to_pylist())
+
+
+def test_changes_survive_reopening_and_stay_idempotent(saved: Path) -> None:
+    registry = Registry.open(saved)
+    people = residents(registry, 20)
+    batch = deaths(people[:10], 0)
+    first = registry.apply(batch, today=TODAY)
+    assert first["outcome"].to_pylist() == ["applied"] * 10
+    assert (saved / "changes.log").exists()
+    del registry
+    again = Registry.open(saved)
+    assert statuses(again, people) == ["deceased"] * 10 + ["resident"] * 10
+    assert again.applied_changes == 10
+    assert again.apply(batch, today=TODAY)["outcome"].to_pylist() == ["duplicate"] * 10
+    # Applying continues after a reopen, numbering batches on.
+    again.apply(deaths(people[10:], 1_000), today=TODAY)
+    del again
+    assert statuses(Registry.open(saved), people) == ["deceased"] * 20
+
+
+def test_a_torn_last_record_is_dropped_and_a_damaged_earlier_one_refuses(
+    saved: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry.open(saved)
+    people = residents(registry, 4)
+    registry.apply(deaths(people[:2], 0), today=TODAY)
+    registry.apply(deaths(people[2:], 1_000), today=TODAY)
+    del registry
+    log = saved / "changes.log"
+    whole = log.read_bytes()
+    # A crash in the middle of the second record's write: its last bytes never reached disk.
+    log.write_bytes(whole[:-7])
+    torn = Registry.open(saved)
+    assert "torn" in capfd.readouterr().err
+    assert statuses(torn, people) == ["deceased"] * 2 + ["resident"] * 2
+    del torn
+    # A flipped byte inside the first record, with an intact record after it: refuse.
+    damaged = bytearray(whole)
+    damaged[60] ^= 0xFF
+    log.write_bytes(bytes(damaged))
+    with pytest.raises(SnapshotCorrupt, match=r"changes\.log"):
+        Registry.open(saved)
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_log(saved: Path) -> None:
+    first = Registry.open(saved)
+    second = Registry.open(saved)
+    people = residents(first, 2)
+    first.apply(deaths(people[:1], 0), today=TODAY)
+    with pytest.raises(JukiError, match="already open for writing"):
+        second.apply(deaths(people[1:], 1_000), today=TODAY)
+
+
+def test_save_refuses_to_drop_applied_changes(saved: Path, tmp_path: Path) -> None:
+    registry = Registry.open(saved)
+    registry.apply(deaths(residents(registry, 1), 0), today=TODAY)
+    with pytest.raises(JukiError, match="1 applied changes"):
+        registry.save(tmp_path / "copy")
+
+
+WRITER = textwrap.dedent(
+    """
+    import datetime as dt, json, sys
+    import pyarrow as pa
+    from juki_engine import Registry
+
+    path, plan = sys.argv[1], json.loads(sys.argv[2])
+    registry = Registry.open(path)
+    print("ready", flush=True)
+    for batch in plan:
+        out = registry.apply(pa.Table.from_pylist(batch), today=dt.date(2025, 6, 30))
+        # Acknowledged: durable from here on.
+        print(json.dumps([[r["municipality"], r["sequence"]] for r in batch]), flush=True)
+    """
+)
+
+
+def test_kill_9_loses_no_acknowledged_change_and_applies_none_twice(saved: Path) -> None:
+    """A writer applying one-death batches is killed at several points; after each kill the
+    registry holds every acknowledged change, and re-sending everything applies each change at
+    most once (a re-sent acknowledged change is a duplicate)."""
+    people = residents(Registry.open(saved), 900)
+    rows = deaths(people, 0).to_pylist()
+    for r in rows:
+        r["effective_date"] = r["effective_date"].isoformat()
+        r["reported_date"] = r["reported_date"].isoformat()
+    plan = [[r] for r in rows]
+    acked: set[tuple[str, int]] = set()
+    sent = 0
+    for kill_after in (0.0, 0.01, 0.03, 0.06, 0.1, 0.15):
+        chunk = plan[sent : sent + 150]
+        sent += len(chunk)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(saved), json.dumps(chunk)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        time.sleep(kill_after)
+        os.kill(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        for line in out.splitlines():
+            acked.update((m, s) for m, s in json.loads(line))
+        registry = Registry.open(saved)
+        dead = {
+            r["my_number"]
+            for r, s in zip(people, statuses(registry, people), strict=True)
+            if s == "deceased"
+        }
+        for batch in plan[:sent]:
+            (r,) = batch
+            if (r["municipality"], r["sequence"]) in acked:
+                assert r["my_number"] in dead, "an acknowledged change was lost"
+        del registry
+    # Re-send everything: each change applies at most once.
+    registry = Registry.open(saved)
+    table = pa.Table.from_pylist(
+        [r | {"effective_date": D(2025, 3, 1), "reported_date": D(2025, 3, 2)} for r in rows[:sent]]
+    )
+    outcomes = registry.apply(table, today=TODAY)["outcome"].to_pylist()
+    for r, outcome in zip(rows[:sent], outcomes, strict=True):
+        if (r["municipality"], r["sequence"]) in acked:
+            assert outcome == "duplicate"
+    history = registry.history([r["my_number"] for r in rows[:sent]])
+    assert len(history) == sent  # one death each: none applied twice
+    assert statuses(registry, people[:sent]) == ["deceased"] * sent
