@@ -36,11 +36,11 @@
 //!   reading only reports it. [`Recovered::dropped_tail`] says where, how many bytes and why.
 //!
 //! So a short frame header, a length past the end of the file and a bad checksum are each torn
-//! when nothing intact follows them and damage when something does. After a length whose check
-//! fails, or one past the end, the scan for an intact record tries every byte offset (the
-//! length check makes a try cost a few nanoseconds; only a start whose check holds has its
-//! payload hashed), so a damaged length can neither hide the records after it nor make the
-//! reader allocate: the file is read once, at its own size.
+//! when nothing intact follows them and damage when something does. The scan for an intact
+//! record tries every byte offset after X, since a damaged length cannot say where the next
+//! record starts; the length check makes a try cost a few nanoseconds (only a start whose check
+//! holds has its payload hashed). So a damaged length can neither hide the records after it nor
+//! make the reader allocate: the file is read once, at its own size.
 //!
 //! What no format can tell apart, the rule decides towards keeping data: damage to the last
 //! record, with nothing after it, reads as a torn tail and is dropped (with the message); an
@@ -86,7 +86,6 @@ const FRAME_LEN: usize = 16;
 pub const MAX_RECORD: usize = 1 << 30;
 
 /// What reading a log found: its intact records, in order, held in one buffer.
-#[derive(Debug)]
 pub struct Recovered {
     data: Vec<u8>,
     records: Vec<Range<usize>>,
@@ -114,6 +113,17 @@ impl Recovered {
     /// Every record's payload, in order.
     pub fn records(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         self.records.iter().map(|r| &self.data[r.clone()])
+    }
+}
+
+impl std::fmt::Debug for Recovered {
+    // The records' bytes may run to gigabytes: show their count.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovered")
+            .field("records", &self.records.len())
+            .field("generation", &self.generation)
+            .field("dropped_tail", &self.dropped_tail)
+            .finish()
     }
 }
 
@@ -264,7 +274,7 @@ struct Torn {
 }
 
 /// Check the header and split `data` into records by the rule in the module docs.
-fn parse(path: &Path, data: Vec<u8>) -> Result<(Recovered, Option<Torn>)> {
+fn parse(path: &Path, mut data: Vec<u8>) -> Result<(Recovered, Option<Torn>)> {
     let h = HEADER_LEN as usize;
     if data.len() < h {
         return Err(not_a_log(
@@ -313,6 +323,7 @@ fn parse(path: &Path, data: Vec<u8>) -> Result<(Recovered, Option<Torn>)> {
                         data.len() - at
                     ),
                 });
+                data.truncate(at);
                 break;
             }
         }
@@ -504,7 +515,8 @@ impl ChangeLog {
         // The records may still be only in the page cache (a writer that died before its
         // fsync): make them durable before anyone applies them.
         file.sync_data().map_err(|e| io_error(path, e))?;
-        let end = torn.map_or(recovered.data.len() as u64, |t| t.at);
+        // Without its torn tail, if it had one.
+        let end = recovered.data.len() as u64;
         let log = ChangeLog {
             path: path.to_path_buf(),
             file: RwLock::new(file),
@@ -835,6 +847,18 @@ mod tests {
         }
     }
 
+    /// Wait for `done`, failing the test after ten seconds rather than hanging it.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     fn open_fake(fake: &Arc<Fake>) -> (ChangeLog, Recovered) {
         ChangeLog::open_with(Path::new("fake.log"), Box::new(fake.clone())).unwrap()
     }
@@ -889,7 +913,7 @@ mod tests {
     fn a_torn_tail_is_dropped_at_every_byte() {
         let dir = TempDir::new("torn");
         let first = [payload(1, 10), payload(2, 0), payload(3, 33)];
-        let last = payload(4, 40);
+        let last = payload(4, 24);
         let (intact_end, full) = {
             let (log, _) = ChangeLog::open(&dir.log()).unwrap();
             let mut end = 0;
@@ -1163,9 +1187,9 @@ mod tests {
         fake.hold(true);
         std::thread::scope(|s| {
             let first = s.spawn(|| log.sync_through(log.append(b"first").unwrap()));
-            while !fake.in_sync.load(Ordering::SeqCst) {
-                std::thread::yield_now();
-            }
+            wait_until("the first fsync starts", || {
+                fake.in_sync.load(Ordering::SeqCst)
+            });
             let rest: Vec<_> = (1..n)
                 .map(|i| {
                     let log = &log;
@@ -1173,9 +1197,7 @@ mod tests {
                 })
                 .collect();
             // Every later record is written while the first fsync runs.
-            while fake.writes() < n {
-                std::thread::yield_now();
-            }
+            wait_until("every record is written", || fake.writes() >= n);
             fake.hold(false);
             first.join().unwrap().unwrap();
             for r in rest {
