@@ -256,8 +256,8 @@ pub struct Entry {
 /// entry newer than their batch is walked past). Grown by building a larger copy that the next
 /// readers load ([`ArcSwap`]); the old one stays valid for the readers that hold it.
 pub struct SlotMap {
-    keys: Box<[AtomicU64]>,
-    values: Box<[AtomicU64]>,
+    /// (key, value) pairs side by side: a probe touches one cache line.
+    slots: Box<[[AtomicU64; 2]]>,
     len: AtomicUsize,
     shift: u32,
 }
@@ -269,8 +269,9 @@ impl SlotMap {
     pub fn with_capacity(n: usize) -> SlotMap {
         let cap = (n.max(8) * 2).next_power_of_two();
         SlotMap {
-            keys: (0..cap).map(|_| AtomicU64::new(FREE)).collect(),
-            values: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+            slots: (0..cap)
+                .map(|_| [AtomicU64::new(FREE), AtomicU64::new(0)])
+                .collect(),
             len: AtomicUsize::new(0),
             shift: 64 - cap.trailing_zeros(),
         }
@@ -281,15 +282,22 @@ impl SlotMap {
         (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
+    /// Start loading the slot `key` hashes to.
+    #[inline(always)]
+    pub fn prefetch(&self, key: u64) {
+        crate::memory::prefetch(&self.slots[self.home(key)]);
+    }
+
     /// The value of `key`, if present.
     #[inline]
     pub fn get(&self, key: u64) -> Option<u64> {
-        let mask = self.keys.len() - 1;
+        let mask = self.slots.len() - 1;
         let mut i = self.home(key);
         loop {
-            let k = self.keys[i].load(Ordering::Acquire);
+            let [k, v] = &self.slots[i];
+            let k = k.load(Ordering::Acquire);
             if k == key {
-                return Some(self.values[i].load(Ordering::Acquire));
+                return Some(v.load(Ordering::Acquire));
             }
             if k == FREE {
                 return None;
@@ -301,17 +309,18 @@ impl SlotMap {
     /// Insert or replace (the writer only). `key` must not be [`FREE`].
     pub fn set(&self, key: u64, value: u64) {
         debug_assert_ne!(key, FREE);
-        let mask = self.keys.len() - 1;
+        let mask = self.slots.len() - 1;
         let mut i = self.home(key);
         loop {
-            let k = self.keys[i].load(Ordering::Relaxed);
-            if k == key {
-                self.values[i].store(value, Ordering::Release);
+            let [k, v] = &self.slots[i];
+            let held = k.load(Ordering::Relaxed);
+            if held == key {
+                v.store(value, Ordering::Release);
                 return;
             }
-            if k == FREE {
-                self.values[i].store(value, Ordering::Relaxed);
-                self.keys[i].store(key, Ordering::Release);
+            if held == FREE {
+                v.store(value, Ordering::Relaxed);
+                k.store(key, Ordering::Release);
                 self.len.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -331,32 +340,28 @@ impl SlotMap {
 
     /// Whether one more key would pass load 0.5.
     pub fn full(&self) -> bool {
-        (self.len() + 1) * 2 > self.keys.len()
+        (self.len() + 1) * 2 > self.slots.len()
     }
 
     /// A copy with twice the room.
     pub fn grown(&self) -> SlotMap {
-        let bigger = SlotMap::with_capacity(self.keys.len());
-        for (k, v) in self.keys.iter().zip(self.values.iter()) {
-            let k = k.load(Ordering::Relaxed);
-            if k != FREE {
-                bigger.set(k, v.load(Ordering::Relaxed));
-            }
+        let bigger = SlotMap::with_capacity(self.slots.len());
+        for (k, v) in self.iter() {
+            bigger.set(k, v);
         }
         bigger
     }
 
     /// Bytes held.
     pub fn memory_bytes(&self) -> usize {
-        self.keys.len() * 16
+        self.slots.len() * 16
     }
 
     /// Every (key, value), in slot order (the writer, or a quiescent map).
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.keys
+        self.slots
             .iter()
-            .zip(self.values.iter())
-            .map(|(k, v)| (k.load(Ordering::Acquire), v.load(Ordering::Acquire)))
+            .map(|[k, v]| (k.load(Ordering::Acquire), v.load(Ordering::Acquire)))
             .filter(|(k, _)| *k != FREE)
     }
 }
@@ -522,6 +527,14 @@ impl Live {
         }
     }
 
+    /// Start loading the dirty bit of base row `row`.
+    #[inline(always)]
+    pub fn prefetch_dirty(&self, row: u32) {
+        if let Some(w) = self.dirty.get(row as usize / 64) {
+            crate::memory::prefetch(w);
+        }
+    }
+
     /// Whether base row `row` has an entry applied since the base was opened.
     #[inline(always)]
     pub fn is_dirty(&self, row: u32) -> bool {
@@ -556,10 +569,12 @@ impl Live {
 /// A person's values resolved for a read.
 #[derive(Clone, Copy, Debug)]
 pub struct Resolved {
-    /// The values.
+    /// The values (identifiers of groups not in `set` are the base's, left 0 here).
     pub values: Values,
     /// Whether the identifier the read used is no longer the person's (replaced).
     pub replaced: bool,
+    /// The groups entries set.
+    pub set: u16,
 }
 
 /// The registry as one read sees it: the base, the changes up to a batch, a date.
@@ -608,38 +623,57 @@ impl<'a> View<'a> {
         }
     }
 
-    /// The entries of `person` this view sees, newest first, each with whether a cancel this
-    /// view sees cancelled it (cancels themselves included).
-    pub fn entries_of(&self, person: u32) -> Vec<(u32, &'a Entry, bool)> {
-        let mut out = Vec::new();
+    /// Walk the entries of `person` this view sees, newest first (and only those before entry
+    /// `below`), calling `f(at, entry, cancelled)`; a cancel's target is reported cancelled
+    /// (the cancel itself too is reported). No allocation unless more than four cancels meet.
+    fn walk(&self, person: u32, below: u32, mut f: impl FnMut(u32, &'a Entry, bool)) {
         let Some(head) = self.heads.get(person as u64) else {
-            return out;
+            return;
         };
         let mut at = head as u32;
-        let mut cancelled = NONE;
+        let mut cancelled = [NONE; 4];
+        let mut more: Vec<u32> = Vec::new();
+        let mut n = 0;
         while at != NONE {
             let Some(e) = self.live.entries.get(at as usize) else {
                 break;
             };
-            if self.cut.sees(e) {
-                if e.reason == Reason::Cancel {
-                    cancelled = e.cancels;
+            if at < below && self.cut.sees(e) {
+                let hit = cancelled[..n.min(4)].contains(&at) || more.contains(&at);
+                if e.reason == Reason::Cancel && !hit {
+                    if n < 4 {
+                        cancelled[n] = e.cancels;
+                    } else {
+                        more.push(e.cancels);
+                    }
+                    n += 1;
                 }
-                out.push((at, e, at == cancelled));
+                f(at, e, hit);
             }
             at = e.prev;
         }
-        out
     }
 
     /// The entries of `person` this view sees, newest first, without cancels and the changes
     /// they cancelled.
     pub fn chain(&self, person: u32) -> Vec<(u32, &'a Entry)> {
-        self.entries_of(person)
-            .into_iter()
-            .filter(|(_, e, cancelled)| !cancelled && e.reason != Reason::Cancel)
-            .map(|(at, e, _)| (at, e))
-            .collect()
+        let mut out = Vec::new();
+        self.walk(person, NONE, |at, e, cancelled| {
+            if !cancelled && e.reason != Reason::Cancel {
+                out.push((at, e));
+            }
+        });
+        out
+    }
+
+    /// The entries of `person` this view sees, newest first, each with whether a cancel this
+    /// view sees cancelled it (cancels themselves included).
+    pub fn entries_of(&self, person: u32) -> Vec<(u32, &'a Entry, bool)> {
+        let mut out = Vec::new();
+        self.walk(person, NONE, |at, e, cancelled| {
+            out.push((at, e, cancelled))
+        });
+        out
     }
 
     /// The values of `person` this view sees, or None where the person does not exist in it
@@ -651,52 +685,80 @@ impl<'a> View<'a> {
     /// [`View::resolve`] from the entries before entry `below` only (the values a change
     /// found).
     pub fn resolve_below(&self, person: u32, below: u32) -> Option<Values> {
-        let mut chain = self.chain(person);
-        chain.retain(|(at, _)| *at < below);
-        let in_base = person < self.live.base_len;
-        let mut values = if in_base {
-            self.base_values(person)
-        } else {
-            Values::default()
-        };
-        let mut exists = in_base;
-        // Per group, the best (effective date, position) seen: the chain is newest first, so
-        // the first entry met at an effective date wins its ties.
-        let mut best = [(i32::MIN, false); 9];
-        for (_, e) in &chain {
-            if e.effective > self.cut.effective {
-                continue;
+        let (mut values, set) = self.resolve_parts(person, below)?;
+        if person < self.live.base_len {
+            let c = &self.data.cols;
+            if set & group::RESIDENT_CODE == 0 {
+                values.resident_code = c.resident_code[person as usize];
             }
-            for (g, slot) in best.iter_mut().enumerate() {
+            if set & group::MY_NUMBER == 0 {
+                values.my_number = c.my_number[person as usize];
+            }
+        }
+        Some(values)
+    }
+
+    /// The values of `person` and the groups entries set (the rest from the base), without
+    /// reading the base's identifiers: those of groups not set are left 0.
+    pub fn resolve_parts(&self, person: u32, below: u32) -> Option<(Values, u16)> {
+        let mut values = Values {
+            moving_out: NO_DATE,
+            moving_to: u16::MAX,
+            ..Values::default()
+        };
+        let mut set = 0u16;
+        // Per group, the effective date of the entry that set it: the walk is newest first, so
+        // the first entry met at an effective date wins its ties.
+        let mut best = [i32::MIN; 9];
+        let day = self.cut.effective;
+        self.walk(person, below, |_, e, cancelled| {
+            if cancelled || e.reason == Reason::Cancel || e.effective > day {
+                return;
+            }
+            let mut mask = e.mask;
+            while mask != 0 {
+                let g = mask.trailing_zeros() as usize;
                 let bit = 1u16 << g;
-                if e.mask & bit != 0 && (!slot.1 || e.effective > slot.0) {
-                    *slot = (e.effective, true);
+                mask &= mask - 1;
+                if set & bit == 0 || e.effective > best[g] {
+                    best[g] = e.effective;
+                    set |= bit;
                     values.set_groups(&e.set, bit);
-                    if bit == group::NAME {
-                        exists = true;
-                    }
                 }
             }
-        }
-        if !exists {
+        });
+        let in_base = person < self.live.base_len;
+        if !in_base && set & group::NAME == 0 {
             return None;
         }
-        if self.cut.effective != i32::MAX {
+        if in_base && set != group::ALL {
+            let base = Values {
+                resident: Resident {
+                    person: self.data.persons.rows()[person as usize],
+                    place: self.data.persons.places()[person as usize],
+                },
+                ..values
+            };
+            let mut merged = base;
+            merged.set_groups(&values, set);
+            values = merged;
+        }
+        if day != i32::MAX {
             let p = &mut values.resident;
-            if p.person.birth_date > self.cut.effective {
+            if p.person.birth_date > day {
                 return None;
             }
             // A status dated after the day asked for was not yet in force.
-            if p.place.dated == 1 && p.place.status_date > self.cut.effective {
+            if p.place.dated == 1 && p.place.status_date > day {
                 p.person.status = 0;
                 p.place.dated = 0;
                 p.place.status_date = 0;
             }
-            if values.moving_out != NO_DATE && values.moving_out > self.cut.effective {
+            if values.moving_out != NO_DATE && values.moving_out > day {
                 values.moving_out = NO_DATE;
             }
         }
-        Some(values)
+        Some((values, set))
     }
 
     /// The person an identifier names in this view (current or former identifier).
@@ -735,6 +797,9 @@ impl<'a> View<'a> {
         let persons = self.data.persons.rows();
         let places = self.data.persons.places();
         let day = self.cut.effective;
+        // Rows to resolve, found in a first pass; their chain heads and head entries are
+        // prefetched a pass ahead, so their misses overlap (a chunk holds a few thousand rows).
+        let mut todo: Vec<u32> = Vec::new();
         for (i, row) in rows.iter_mut().enumerate() {
             if *row == NOT_FOUND {
                 if !with_ids || bases[i] == INVALID_KEY {
@@ -759,11 +824,36 @@ impl<'a> View<'a> {
                     continue;
                 }
             }
-            match self.resolve(*row) {
-                None => *row = NOT_FOUND,
-                Some(values) => {
-                    let replaced = kind.base_of(values.id(kind)) != bases[i];
-                    out.push((i as u32, Resolved { values, replaced }));
+            self.heads.prefetch(*row as u64);
+            todo.push(i as u32);
+        }
+        for &i in &todo {
+            if let Some(head) = self.heads.get(rows[i as usize] as u64) {
+                if let Some(e) = self.live.entries.get(head as usize) {
+                    crate::memory::prefetch(e);
+                }
+            }
+        }
+        for &i in &todo {
+            let i = i as usize;
+            match self.resolve_parts(rows[i], NONE) {
+                None => rows[i] = NOT_FOUND,
+                Some((values, set)) => {
+                    // An identifier no entry set is the base's: the key found it, so it is
+                    // the person's still.
+                    let group = match kind {
+                        IdKind::MyNumber => group::MY_NUMBER,
+                        _ => group::RESIDENT_CODE,
+                    };
+                    let replaced = set & group != 0 && kind.base_of(values.id(kind)) != bases[i];
+                    out.push((
+                        i as u32,
+                        Resolved {
+                            values,
+                            replaced,
+                            set,
+                        },
+                    ));
                 }
             }
         }

@@ -24,7 +24,7 @@ use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 
 use crate::error::{echo, JukiError, Result};
-use crate::history::{Dict, Live, Resolved, View};
+use crate::history::{group, Dict, Live, Resolved, View};
 use crate::ids::{IdKind, Reason};
 use crate::index::{HashIndex, INVALID_KEY, NOT_FOUND};
 use crate::memory::{filled, prefetch, PARALLEL_MIN};
@@ -323,7 +323,21 @@ fn read_rows(
         match it.peek() {
             Some((at, r)) if *at as usize == i => {
                 people[i] = r.values.resident;
-                ids[i] = [r.values.resident_code, r.values.my_number];
+                let base = |col: &arrow_buffer::ScalarBuffer<u64>, group: u16, own: u64| {
+                    if r.set & group != 0 {
+                        own
+                    } else {
+                        col[row as usize]
+                    }
+                };
+                ids[i] = [
+                    base(
+                        &data.cols.resident_code,
+                        group::RESIDENT_CODE,
+                        r.values.resident_code,
+                    ),
+                    base(&data.cols.my_number, group::MY_NUMBER, r.values.my_number),
+                ];
                 it.next();
             }
             _ if row != NOT_FOUND => {
@@ -850,6 +864,9 @@ pub fn verify<M: TextMatch>(
                     if copy {
                         prefetch(&places[row as usize]);
                     }
+                }
+                if let Some(view) = view {
+                    view.live.prefetch_dirty(row);
                 }
             },
             view.map(|v| (v, &mut changed)),
