@@ -24,7 +24,7 @@
 //! did the registry, as it stood at T, say was in force on D". The base is as old as the
 //! registry: recorded before any change, in force since the beginning.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -399,6 +399,99 @@ pub enum Dict {
     Block,
 }
 
+/// An append-only arena of plain values that one writer grows while readers read, lock-free:
+/// buckets of doubling size that never move, so a published index's address can be computed
+/// (and prefetched) without touching the value. An index is read only after the writer published
+/// it (release) and the reader saw the publication (acquire): `len` is the bound checked.
+pub struct Arena<T: Copy> {
+    buckets: [AtomicPtr<T>; ARENA_BUCKETS],
+    len: AtomicUsize,
+}
+
+const ARENA_FIRST: usize = 1 << 10;
+const ARENA_BUCKETS: usize = 40;
+
+#[inline(always)]
+fn arena_slot(i: usize) -> (usize, usize) {
+    let b = (usize::BITS - 1 - (i / ARENA_FIRST + 1).leading_zeros()) as usize;
+    (b, i - ARENA_FIRST * ((1 << b) - 1))
+}
+
+impl<T: Copy> Default for Arena<T> {
+    fn default() -> Self {
+        Arena {
+            buckets: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<T: Copy> Arena<T> {
+    /// Values appended.
+    pub fn count(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// Append (the writer only); returns the value's index.
+    pub fn push(&self, value: T) -> usize {
+        let i = self.len.load(Ordering::Relaxed);
+        let (b, offset) = arena_slot(i);
+        let mut ptr = self.buckets[b].load(Ordering::Acquire);
+        if ptr.is_null() {
+            let mut bucket: Vec<T> = Vec::with_capacity(ARENA_FIRST << b);
+            ptr = bucket.as_mut_ptr();
+            std::mem::forget(bucket);
+            self.buckets[b].store(ptr, Ordering::Release);
+        }
+        // SAFETY: bucket b holds ARENA_FIRST << b values and offset is below that; slot i is
+        // written once, before `len` publishes it, and no reader reads it before.
+        unsafe { ptr.add(offset).write(value) };
+        self.len.store(i + 1, Ordering::Release);
+        i
+    }
+
+    /// The address of value `i`, if appended (for prefetching; nothing is read).
+    #[inline(always)]
+    pub fn address(&self, i: usize) -> Option<*const T> {
+        if i >= self.len.load(Ordering::Acquire) {
+            return None;
+        }
+        let (b, offset) = arena_slot(i);
+        let ptr = self.buckets[b].load(Ordering::Acquire);
+        // SAFETY: i < len, so bucket b exists and holds offset (see `push`).
+        Some(unsafe { ptr.add(offset) } as *const T)
+    }
+
+    /// Value `i`, if appended.
+    #[inline(always)]
+    pub fn get(&self, i: usize) -> Option<&T> {
+        // SAFETY: the address of a published value, never written again, alive as long as the
+        // arena.
+        self.address(i).map(|p| unsafe { &*p })
+    }
+
+    /// Every value, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        (0..self.count()).filter_map(|i| self.get(i))
+    }
+}
+
+impl<T: Copy> Drop for Arena<T> {
+    fn drop(&mut self) {
+        for (b, bucket) in self.buckets.iter().enumerate() {
+            let ptr = bucket.load(Ordering::Acquire);
+            if !ptr.is_null() {
+                // SAFETY: allocated in `push` as a Vec of this capacity; T is Copy (no drops).
+                drop(unsafe { Vec::from_raw_parts(ptr, 0, ARENA_FIRST << b) });
+            }
+        }
+    }
+}
+
+// SAFETY: the arena hands out shared references to T only, and appends through atomics.
+unsafe impl<T: Copy + Send> Send for Arena<T> {}
+unsafe impl<T: Copy + Sync> Sync for Arena<T> {}
+
 /// The changes applied to a base: entries, chains, the identifier map, dictionary extensions.
 pub struct Live {
     /// Rows of the base.
@@ -406,7 +499,7 @@ pub struct Live {
     /// Lengths of the base's dictionaries (by [`Dict`]).
     pub base_dicts: [u32; 4],
     /// Every entry, in the order applied.
-    pub entries: boxcar::Vec<Entry>,
+    pub entries: Arena<Entry>,
     /// Person id → their newest entry.
     pub heads: ArcSwap<SlotMap>,
     /// [`id_key`] of an identifier no base index holds → `person | batch << 32`.
@@ -458,7 +551,7 @@ impl Live {
                 d.address_town.len() as u32,
                 d.address_block.len() as u32,
             ],
-            entries: boxcar::Vec::new(),
+            entries: Arena::default(),
             heads: ArcSwap::from_pointee(SlotMap::with_capacity(1 << 12)),
             ids: ArcSwap::from_pointee(SlotMap::with_capacity(1 << 10)),
             dirty: (0..(base_len as usize).div_ceil(64))
@@ -626,11 +719,15 @@ impl<'a> View<'a> {
     /// Walk the entries of `person` this view sees, newest first (and only those before entry
     /// `below`), calling `f(at, entry, cancelled)`; a cancel's target is reported cancelled
     /// (the cancel itself too is reported). No allocation unless more than four cancels meet.
-    fn walk(&self, person: u32, below: u32, mut f: impl FnMut(u32, &'a Entry, bool)) {
-        let Some(head) = self.heads.get(person as u64) else {
-            return;
-        };
-        let mut at = head as u32;
+    fn walk(&self, person: u32, below: u32, f: impl FnMut(u32, &'a Entry, bool)) {
+        if let Some(head) = self.heads.get(person as u64) {
+            self.walk_from(head as u32, below, f);
+        }
+    }
+
+    /// [`View::walk`] from entry `head` (the person's newest).
+    fn walk_from(&self, head: u32, below: u32, mut f: impl FnMut(u32, &'a Entry, bool)) {
+        let mut at = head;
         let mut cancelled = [NONE; 4];
         let mut more: Vec<u32> = Vec::new();
         let mut n = 0;
@@ -701,6 +798,12 @@ impl<'a> View<'a> {
     /// The values of `person` and the groups entries set (the rest from the base), without
     /// reading the base's identifiers: those of groups not set are left 0.
     pub fn resolve_parts(&self, person: u32, below: u32) -> Option<(Values, u16)> {
+        let head = self.heads.get(person as u64).map_or(NONE, |h| h as u32);
+        self.resolve_from(person, head, below)
+    }
+
+    /// [`View::resolve_parts`] with the person's newest entry `head` known ([`NONE`]: none).
+    fn resolve_from(&self, person: u32, head: u32, below: u32) -> Option<(Values, u16)> {
         let mut values = Values {
             moving_out: NO_DATE,
             moving_to: u16::MAX,
@@ -711,7 +814,7 @@ impl<'a> View<'a> {
         // the first entry met at an effective date wins its ties.
         let mut best = [i32::MIN; 9];
         let day = self.cut.effective;
-        self.walk(person, below, |_, e, cancelled| {
+        self.walk_from(head, below, |_, e, cancelled| {
             if cancelled || e.reason == Reason::Cancel || e.effective > day {
                 return;
             }
@@ -824,19 +927,46 @@ impl<'a> View<'a> {
                     continue;
                 }
             }
-            self.heads.prefetch(*row as u64);
+            if let Some(q) = places.get(*row as usize) {
+                // A resolved row merges its base Place too, which the probe did not fetch.
+                crate::memory::prefetch(q);
+            }
             todo.push(i as u32);
         }
-        for &i in &todo {
-            if let Some(head) = self.heads.get(rows[i as usize] as u64) {
-                if let Some(e) = self.live.entries.get(head as usize) {
-                    crate::memory::prefetch(e);
-                }
+        // Chain heads, then head entries, each prefetched a fixed distance ahead of its read so
+        // that a few misses are in flight at a time (a burst of hundreds would stall).
+        const AHEAD: usize = 16;
+        let mut heads = vec![NONE; todo.len()];
+        for k in 0..todo.len() {
+            if let Some(&j) = todo.get(k + AHEAD) {
+                self.heads.prefetch(rows[j as usize] as u64);
             }
+            heads[k] = self
+                .heads
+                .get(rows[todo[k] as usize] as u64)
+                .map_or(NONE, |h| h as u32);
         }
-        for &i in &todo {
+        let prefetch_entry = |at: u32| {
+            if let Some(e) = self.live.entries.address(at as usize) {
+                // An entry spans two cache lines.
+                crate::memory::prefetch(e);
+                crate::memory::prefetch((e as *const u8).wrapping_add(64));
+            }
+        };
+        for (k, &i) in todo.iter().enumerate() {
+            if let Some(&h) = heads.get(k + AHEAD) {
+                prefetch_entry(h);
+            }
+            // Half as far ahead, the head entry has arrived: fetch the one before it (a move's
+            // move_out before its move_in, an application before its issue).
+            if let Some(e) = heads
+                .get(k + AHEAD / 2)
+                .and_then(|&h| self.live.entries.get(h as usize))
+            {
+                prefetch_entry(e.prev);
+            }
             let i = i as usize;
-            match self.resolve_parts(rows[i], NONE) {
+            match self.resolve_from(rows[i], heads[k], NONE) {
                 None => rows[i] = NOT_FOUND,
                 Some((values, set)) => {
                     // An identifier no entry set is the base's: the key found it, so it is
@@ -1097,4 +1227,55 @@ pub fn history_table(
             std::sync::Arc::new(changes_b.finish()),
         ],
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arena_keeps_every_value_at_a_fixed_address_across_buckets() {
+        let arena: Arena<u64> = Arena::default();
+        let n = ARENA_FIRST * 7 + 3;
+        let mut addresses = Vec::new();
+        for i in 0..n {
+            assert_eq!(arena.push(i as u64 * 3), i);
+            addresses.push(arena.address(i).unwrap());
+        }
+        assert_eq!(arena.count(), n);
+        for (i, a) in addresses.iter().enumerate() {
+            assert_eq!(arena.address(i), Some(*a));
+            assert_eq!(arena.get(i), Some(&(i as u64 * 3)));
+        }
+        assert!(arena.get(n).is_none() && arena.address(n).is_none());
+        assert_eq!(arena.iter().count(), n);
+        assert_eq!(arena_slot(ARENA_FIRST - 1), (0, ARENA_FIRST - 1));
+        assert_eq!(arena_slot(ARENA_FIRST), (1, 0));
+        assert_eq!(arena_slot(3 * ARENA_FIRST), (2, 0));
+    }
+
+    #[test]
+    fn the_slot_map_replaces_values_and_grows_with_every_key() {
+        let map = SlotMap::with_capacity(4);
+        for k in 0..6u64 {
+            map.set(k * 1_000_003, k);
+        }
+        map.set(3 * 1_000_003, 33);
+        assert_eq!(map.len(), 6);
+        assert_eq!(map.get(3 * 1_000_003), Some(33));
+        assert_eq!(map.get(7), None);
+        let mut map = map;
+        while map.full() {
+            map = map.grown();
+        }
+        for k in 6..100u64 {
+            if map.full() {
+                map = map.grown();
+            }
+            map.set(k * 1_000_003, k);
+        }
+        assert_eq!(map.len(), 100);
+        assert!((0..100u64).all(|k| map.get(k * 1_000_003) == Some(if k == 3 { 33 } else { k })));
+        assert_eq!(map.iter().count(), 100);
+    }
 }
