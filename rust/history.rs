@@ -250,6 +250,152 @@ pub struct Entry {
     pub set: Values,
 }
 
+/// An [`Entry`] as the registry keeps it: 48 bytes, one cache line for most. The values it set
+/// are packed in `payload` group by group (in [`group`] bit order, each at its size); what does
+/// not fit in 16 bytes (a new person's every group, a few corrections) lives in the registry's
+/// wide arena and `payload` holds its index. A cancel holds the entry it cancels. Its commit time
+/// is its batch's ([`Live::recorded_at`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Stored {
+    /// The person (their id).
+    pub person: u32,
+    /// The person's previous entry, or [`NONE`].
+    pub prev: u32,
+    /// The batch that applied it.
+    pub batch: u32,
+    /// 異動日.
+    pub effective: i32,
+    /// 届出日.
+    pub reported: i32,
+    /// Field groups set.
+    pub mask: u16,
+    /// 異動事由.
+    pub reason: Reason,
+    /// 1 when `payload` holds an index into the wide arena.
+    wide: u8,
+    /// Municipality code << 43 | sequence number.
+    pub key: u64,
+    payload: [u8; 16],
+}
+
+impl Stored {
+    /// The submitting municipality's code.
+    pub fn municipality(&self) -> u32 {
+        (self.key >> 43) as u32
+    }
+
+    /// That municipality's sequence number.
+    pub fn sequence(&self) -> u64 {
+        self.key & ((1 << 43) - 1)
+    }
+
+    /// For a cancel, the entry it cancels.
+    pub fn cancels(&self) -> u32 {
+        if self.reason == Reason::Cancel {
+            u32::from_le_bytes(self.payload[..4].try_into().expect("4 bytes"))
+        } else {
+            NONE
+        }
+    }
+}
+
+/// Bytes a group's values take in a [`Stored`] payload, by group bit.
+const GROUP_BYTES: [usize; 9] = [8, 4, 1, 10, 6, 1, 8, 9, 6];
+
+fn packed_len(mask: u16) -> usize {
+    (0..9)
+        .filter(|g| mask & (1 << g) != 0)
+        .map(|g| GROUP_BYTES[g])
+        .sum()
+}
+
+/// Write the values of `mask`'s groups, in bit order.
+fn pack(mask: u16, v: &Values, out: &mut [u8]) {
+    let (p, q) = (&v.resident.person, &v.resident.place);
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    for g in 0..9u16 {
+        match 1 << g {
+            bit if mask & bit == 0 => {}
+            group::NAME => {
+                put(&p.family.to_le_bytes());
+                put(&p.given.to_le_bytes());
+            }
+            group::BIRTH => put(&p.birth_date.to_le_bytes()),
+            group::SEX => put(&[p.sex]),
+            group::ADDRESS => {
+                put(&p.municipality.to_le_bytes());
+                put(&q.town.to_le_bytes());
+                put(&q.block.to_le_bytes());
+            }
+            group::STATUS => {
+                put(&[p.status, q.dated]);
+                put(&q.status_date.to_le_bytes());
+            }
+            group::CARD => put(&[q.card]),
+            group::RESIDENT_CODE => put(&v.resident_code.to_le_bytes()),
+            group::MY_NUMBER => {
+                put(&v.my_number.to_le_bytes());
+                put(&[v.generation]);
+            }
+            _ => {
+                put(&v.moving_out.to_le_bytes());
+                put(&v.moving_to.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Read back what [`pack`] wrote into `v` (groups of `mask` only).
+fn unpack(mask: u16, bytes: &[u8], v: &mut Values) {
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let s = &bytes[at..at + n];
+        at += n;
+        s
+    };
+    let u32_ = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let i32_ = |b: &[u8]| i32::from_le_bytes(b.try_into().expect("4 bytes"));
+    let u64_ = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let u16_ = |b: &[u8]| u16::from_le_bytes(b.try_into().expect("2 bytes"));
+    for g in 0..9u16 {
+        let (p, q) = (&mut v.resident.person, &mut v.resident.place);
+        match 1 << g {
+            bit if mask & bit == 0 => {}
+            group::NAME => {
+                p.family = u32_(take(4));
+                p.given = u32_(take(4));
+            }
+            group::BIRTH => p.birth_date = i32_(take(4)),
+            group::SEX => p.sex = take(1)[0],
+            group::ADDRESS => {
+                p.municipality = u16_(take(2));
+                q.town = u32_(take(4));
+                q.block = u32_(take(4));
+            }
+            group::STATUS => {
+                let b = take(2);
+                (p.status, q.dated) = (b[0], b[1]);
+                q.status_date = i32_(take(4));
+            }
+            group::CARD => q.card = take(1)[0],
+            group::RESIDENT_CODE => v.resident_code = u64_(take(8)),
+            group::MY_NUMBER => {
+                v.my_number = u64_(take(8));
+                v.generation = take(1)[0];
+            }
+            _ => {
+                v.moving_out = i32_(take(4));
+                v.moving_to = u16_(take(2));
+            }
+        }
+    }
+}
+
 /// A single-writer hash map from u64 keys to u64 values that readers probe without locks. The
 /// writer stores a new key's value before the key (release), so a reader that sees the key sees
 /// its value; a value replaced later is read old or new, both of which the readers handle (an
@@ -499,7 +645,11 @@ pub struct Live {
     /// Lengths of the base's dictionaries (by [`Dict`]).
     pub base_dicts: [u32; 4],
     /// Every entry, in the order applied.
-    pub entries: Arena<Entry>,
+    pub entries: Arena<Stored>,
+    /// The values of entries too wide for their payload.
+    wide: Arena<Values>,
+    /// Per batch (its number), its commit time (µs since the epoch); batch 0 is the base's.
+    batch_times: Arena<i64>,
     /// Person id → their newest entry.
     pub heads: ArcSwap<SlotMap>,
     /// [`id_key`] of an identifier no base index holds → `person | batch << 32`.
@@ -533,8 +683,8 @@ impl Cut {
         self.effective == i32::MAX && self.recorded == i64::MAX
     }
 
-    fn sees(&self, e: &Entry) -> bool {
-        e.batch <= self.batch && e.recorded <= self.recorded
+    fn sees(&self, e: &Stored) -> bool {
+        e.batch <= self.batch
     }
 }
 
@@ -552,6 +702,12 @@ impl Live {
                 d.address_block.len() as u32,
             ],
             entries: Arena::default(),
+            wide: Arena::default(),
+            batch_times: {
+                let times = Arena::default();
+                times.push(i64::MIN);
+                times
+            },
             heads: ArcSwap::from_pointee(SlotMap::with_capacity(1 << 12)),
             ids: ArcSwap::from_pointee(SlotMap::with_capacity(1 << 10)),
             dirty: (0..(base_len as usize).div_ceil(64))
@@ -586,11 +742,35 @@ impl Live {
 
     /// Append `entry` and make it its person's head (the writer only). Visible once its batch
     /// is published.
-    pub fn push(&self, mut entry: Entry) -> u32 {
+    pub fn push(&self, entry: Entry) -> u32 {
         let heads = self.heads.load();
         let key = entry.person as u64;
-        entry.prev = heads.get(key).map_or(NONE, |h| h as u32);
-        let at = self.entries.push(entry) as u32;
+        let mut stored = Stored {
+            person: entry.person,
+            prev: heads.get(key).map_or(NONE, |h| h as u32),
+            batch: entry.batch,
+            effective: entry.effective,
+            reported: entry.reported,
+            mask: entry.mask,
+            reason: entry.reason,
+            wide: 0,
+            key: (entry.municipality as u64) << 43 | entry.sequence,
+            payload: [0; 16],
+        };
+        if entry.reason == Reason::Cancel {
+            stored.payload[..4].copy_from_slice(&entry.cancels.to_le_bytes());
+        } else if packed_len(entry.mask) <= 16 {
+            pack(entry.mask, &entry.set, &mut stored.payload);
+        } else {
+            let at = self.wide.push(entry.set) as u32;
+            stored.wide = 1;
+            stored.payload[..4].copy_from_slice(&at.to_le_bytes());
+        }
+        // Batches are numbered densely from 1: the first entry of a batch records its time.
+        while self.batch_times.count() <= entry.batch as usize {
+            self.batch_times.push(entry.recorded);
+        }
+        let at = self.entries.push(stored) as u32;
         if entry.batch == 0 {
             self.has_history.store(true, Ordering::Release);
         } else if entry.person < self.base_len {
@@ -605,6 +785,50 @@ impl Live {
             heads.set(key, at as u64);
         }
         at
+    }
+
+    /// The values a stored entry set (groups of its mask; the rest default).
+    pub fn values_of(&self, e: &Stored) -> Values {
+        let mut v = Values {
+            moving_out: NO_DATE,
+            moving_to: u16::MAX,
+            ..Values::default()
+        };
+        if e.reason == Reason::Cancel {
+            return v;
+        }
+        if e.wide == 1 {
+            let at = u32::from_le_bytes(e.payload[..4].try_into().expect("4 bytes"));
+            if let Some(w) = self.wide.get(at as usize) {
+                v.set_groups(w, e.mask);
+            }
+        } else {
+            unpack(e.mask, &e.payload, &mut v);
+        }
+        v
+    }
+
+    /// The commit time of batch `batch` (µs since the epoch; the base's is the earliest).
+    pub fn recorded_at(&self, batch: u32) -> i64 {
+        self.batch_times
+            .get(batch as usize)
+            .copied()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// The newest batch committed at or before `t` (0, the base, if none).
+    pub fn batch_at(&self, t: i64) -> u32 {
+        let (mut lo, mut hi) = (0usize, self.batch_times.count());
+        // Invariant: batch lo's time is ≤ t (batch 0's is i64::MIN); times never go back.
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if self.batch_times.get(mid).is_some_and(|&m| m <= t) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo as u32
     }
 
     /// Record that `value` (of `kind`) belongs to `person` from `batch` on (the writer only).
@@ -652,7 +876,8 @@ impl Live {
 
     /// Bytes held by entries and maps.
     pub fn memory_bytes(&self) -> usize {
-        self.entries.count() * std::mem::size_of::<Entry>()
+        self.entries.count() * std::mem::size_of::<Stored>()
+            + self.wide.count() * std::mem::size_of::<Values>()
             + self.heads.load().memory_bytes()
             + self.ids.load().memory_bytes()
             + self.dirty.len() * 8
@@ -684,7 +909,11 @@ pub struct View<'a> {
 
 impl<'a> View<'a> {
     /// The view of `cut` (its batch read by the caller, before this call).
-    pub fn new(data: &'a RegistryData, live: &'a Live, cut: Cut) -> View<'a> {
+    pub fn new(data: &'a RegistryData, live: &'a Live, mut cut: Cut) -> View<'a> {
+        // As recorded at a moment: the batches committed by then.
+        if cut.recorded != i64::MAX {
+            cut.batch = cut.batch.min(live.batch_at(cut.recorded));
+        }
         View {
             data,
             live,
@@ -719,14 +948,14 @@ impl<'a> View<'a> {
     /// Walk the entries of `person` this view sees, newest first (and only those before entry
     /// `below`), calling `f(at, entry, cancelled)`; a cancel's target is reported cancelled
     /// (the cancel itself too is reported). No allocation unless more than four cancels meet.
-    fn walk(&self, person: u32, below: u32, f: impl FnMut(u32, &'a Entry, bool)) {
+    fn walk(&self, person: u32, below: u32, f: impl FnMut(u32, &'a Stored, bool)) {
         if let Some(head) = self.heads.get(person as u64) {
             self.walk_from(head as u32, below, f);
         }
     }
 
     /// [`View::walk`] from entry `head` (the person's newest).
-    fn walk_from(&self, head: u32, below: u32, mut f: impl FnMut(u32, &'a Entry, bool)) {
+    fn walk_from(&self, head: u32, below: u32, mut f: impl FnMut(u32, &'a Stored, bool)) {
         let mut at = head;
         let mut cancelled = [NONE; 4];
         let mut more: Vec<u32> = Vec::new();
@@ -739,9 +968,9 @@ impl<'a> View<'a> {
                 let hit = cancelled[..n.min(4)].contains(&at) || more.contains(&at);
                 if e.reason == Reason::Cancel && !hit {
                     if n < 4 {
-                        cancelled[n] = e.cancels;
+                        cancelled[n] = e.cancels();
                     } else {
-                        more.push(e.cancels);
+                        more.push(e.cancels());
                     }
                     n += 1;
                 }
@@ -753,7 +982,7 @@ impl<'a> View<'a> {
 
     /// The entries of `person` this view sees, newest first, without cancels and the changes
     /// they cancelled.
-    pub fn chain(&self, person: u32) -> Vec<(u32, &'a Entry)> {
+    pub fn chain(&self, person: u32) -> Vec<(u32, &'a Stored)> {
         let mut out = Vec::new();
         self.walk(person, NONE, |at, e, cancelled| {
             if !cancelled && e.reason != Reason::Cancel {
@@ -765,7 +994,7 @@ impl<'a> View<'a> {
 
     /// The entries of `person` this view sees, newest first, each with whether a cancel this
     /// view sees cancelled it (cancels themselves included).
-    pub fn entries_of(&self, person: u32) -> Vec<(u32, &'a Entry, bool)> {
+    pub fn entries_of(&self, person: u32) -> Vec<(u32, &'a Stored, bool)> {
         let mut out = Vec::new();
         self.walk(person, NONE, |at, e, cancelled| {
             out.push((at, e, cancelled))
@@ -818,6 +1047,8 @@ impl<'a> View<'a> {
             if cancelled || e.reason == Reason::Cancel || e.effective > day {
                 return;
             }
+            // The groups this entry wins: not set yet, or set by an entry effective earlier.
+            let mut wins = 0u16;
             let mut mask = e.mask;
             while mask != 0 {
                 let g = mask.trailing_zeros() as usize;
@@ -825,9 +1056,12 @@ impl<'a> View<'a> {
                 mask &= mask - 1;
                 if set & bit == 0 || e.effective > best[g] {
                     best[g] = e.effective;
-                    set |= bit;
-                    values.set_groups(&e.set, bit);
+                    wins |= bit;
                 }
+            }
+            if wins != 0 {
+                set |= wins;
+                values.set_groups(&self.live.values_of(e), wins);
             }
         });
         let in_base = person < self.live.base_len;
@@ -948,9 +1182,9 @@ impl<'a> View<'a> {
         }
         let prefetch_entry = |at: u32| {
             if let Some(e) = self.live.entries.address(at as usize) {
-                // An entry spans two cache lines.
+                // An entry (48 bytes) may straddle two cache lines.
                 crate::memory::prefetch(e);
-                crate::memory::prefetch((e as *const u8).wrapping_add(64));
+                crate::memory::prefetch((e as *const u8).wrapping_add(47));
             }
         };
         for (k, &i) in todo.iter().enumerate() {
@@ -1153,14 +1387,14 @@ pub fn history_table(
             reason_b.append_value(e.reason.name());
             eff_b.append_value(e.effective);
             rep_b.append_value(e.reported);
-            rec_b.append_value(e.recorded);
-            muni_b.append_value(format!("{:06}", e.municipality));
-            seq_b.append_value(e.sequence as i64);
+            rec_b.append_value(view.live.recorded_at(e.batch));
+            muni_b.append_value(format!("{:06}", e.municipality()));
+            seq_b.append_value(e.sequence() as i64);
             canc_b.append_value(cancelled);
             let old = view.resolve_below(person, at);
             let fields = changes_b.values();
             let mut new = old.unwrap_or_default();
-            new.set_groups(&e.set, e.mask);
+            new.set_groups(&view.live.values_of(e), e.mask);
             for g in 0..9 {
                 let bit = 1u16 << g;
                 if e.mask & bit == 0 {
@@ -1252,6 +1486,31 @@ mod tests {
         assert_eq!(arena_slot(ARENA_FIRST - 1), (0, ARENA_FIRST - 1));
         assert_eq!(arena_slot(ARENA_FIRST), (1, 0));
         assert_eq!(arena_slot(3 * ARENA_FIRST), (2, 0));
+    }
+
+    #[test]
+    fn packed_values_read_back_group_by_group() {
+        let mut v = Values::default();
+        let (p, q) = (&mut v.resident.person, &mut v.resident.place);
+        (p.family, p.given, p.birth_date, p.sex) = (7, 9, -4_000, 2);
+        (p.municipality, q.town, q.block) = (1_700, 123_456, 98_765);
+        (p.status, q.dated, q.status_date, q.card) = (2, 1, 20_000, 1);
+        (v.resident_code, v.my_number, v.generation) = (12_345_678_901, 987_654_321_098, 3);
+        (v.moving_out, v.moving_to) = (20_100, 42);
+        for mask in 1..=group::ALL {
+            if packed_len(mask) > 16 {
+                continue;
+            }
+            let mut bytes = [0u8; 16];
+            pack(mask, &v, &mut bytes);
+            let mut back = Values::default();
+            unpack(mask, &bytes, &mut back);
+            let mut want = Values::default();
+            want.set_groups(&v, mask);
+            assert_eq!(format!("{back:?}"), format!("{want:?}"), "mask {mask:#b}");
+        }
+        assert_eq!(packed_len(group::ALL), GROUP_BYTES.iter().sum::<usize>());
+        assert_eq!(std::mem::size_of::<Stored>(), 48);
     }
 
     #[test]
