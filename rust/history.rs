@@ -1119,6 +1119,30 @@ impl<'a> View<'a> {
                 && self.heads.get(row as u64).is_some())
     }
 
+    /// The rows (base rows or persons) a search found, resolved where changes touched them:
+    /// `(i, values)` for every row not read from the base as it is; a row no longer found
+    /// becomes [`NOT_FOUND`].
+    pub fn resolve_rows(&self, rows: &mut [u32]) -> Vec<(u32, Resolved)> {
+        let mut out = Vec::new();
+        for (i, row) in rows.iter_mut().enumerate() {
+            if *row == NOT_FOUND || !self.changed(*row) {
+                continue;
+            }
+            match self.resolve_parts(*row, NONE) {
+                None => *row = NOT_FOUND,
+                Some((values, set)) => out.push((
+                    i as u32,
+                    Resolved {
+                        values,
+                        replaced: false,
+                        set,
+                    },
+                )),
+            }
+        }
+        out
+    }
+
     /// After a probe of the base index: find the keys only changes know, and resolve the rows
     /// changes touched. `rows[i]` becomes the person or [`NOT_FOUND`]; `out` gets `(i, values)`
     /// for every row not read from the base as it is. On an as-of date, a clean row born after

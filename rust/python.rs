@@ -617,18 +617,33 @@ impl PyRegistry {
             // Batch by batch (claim rows numbered across them): claims from this process are
             // validated as bytes only, and merging their dictionaries would read them as text.
             let (batches, schema) = claims.batches(Strings::Bytes)?;
+            let view = self.view(None, None);
             let mut first = 0;
             let mut out = Vec::with_capacity(batches.len().max(1));
             for b in batches.iter() {
                 out.push(search::search(
-                    &self.data, index, folded, folding, b, first, &cols,
+                    &self.data,
+                    Some(&view),
+                    index,
+                    folded,
+                    folding,
+                    b,
+                    first,
+                    &cols,
                 )?);
                 first += b.num_rows();
             }
             if out.is_empty() {
                 let empty = RecordBatch::new_empty(schema);
                 out.push(search::search(
-                    &self.data, index, folded, folding, &empty, 0, &cols,
+                    &self.data,
+                    Some(&view),
+                    index,
+                    folded,
+                    folding,
+                    &empty,
+                    0,
+                    &cols,
                 )?);
             }
             Ok(out)

@@ -309,7 +309,7 @@ fn live<'v, 'a>(view: Option<&'v View<'a>>) -> Option<&'v View<'a>> {
 
 /// Each row's packed resident and identifiers, from the base or from what changes resolved
 /// (`changed`: (row index, values), in row order), for disclosing rows a view resolved.
-fn read_rows(
+pub fn read_rows(
     data: &RegistryData,
     rows: &[u32],
     changed: &[(u32, Resolved)],

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{JukiError, Result};
+use crate::history::View;
 use crate::index::{NOT_FOUND, ROW_BITS};
 use crate::memory::prefetch;
 use crate::normalize::{FoldedText, Folding, Level};
@@ -305,8 +306,10 @@ fn text_column(claims: &RecordBatch, c: Column) -> Result<Option<TextColumn>> {
 /// more, all listed; not_found: none, the partial candidates listed), `candidates` (how many
 /// agree on every fact), `agreed` (how many of the claim's supplied facts this one agrees on),
 /// then `columns` of the candidate.
+#[allow(clippy::too_many_arguments)]
 pub fn search(
     data: &RegistryData,
+    view: Option<&View>,
     index: &SearchIndex,
     folded: &FoldedText,
     folding: Option<&Folding>,
@@ -567,7 +570,7 @@ pub fn search(
         .into_iter()
         .flatten()
         .collect();
-    let rows: Vec<u32> = found.iter().map(|c| c.row).collect();
+    let mut rows: Vec<u32> = found.iter().map(|c| c.row).collect();
     let outcome = UInt8Array::from_iter_values(found.iter().map(|c| c.outcome));
     // SAFETY: every code is < OUTCOMES.len().
     let outcome = unsafe {
@@ -591,6 +594,23 @@ pub fn search(
         Arc::new(UInt8Array::from_iter_values(found.iter().map(|c| c.agreed))),
     ];
     fields.extend(columns.iter().map(|c| c.field()));
-    arrays.extend(data.columns(columns, Rows::At(&rows))?);
+    match view.filter(|v| !v.plain()) {
+        // The index holds the snapshot's names and birth dates; a candidate a change touched
+        // discloses its current values, never the snapshot's.
+        Some(view) => {
+            let changed = view.resolve_rows(&mut rows);
+            let (people, ids) = crate::query::read_rows(data, &rows, &changed);
+            arrays.extend(data.columns(
+                columns,
+                Rows::Read {
+                    rows: &rows,
+                    people: &people,
+                    ids: Some(&ids),
+                    live: Some(view.live),
+                },
+            )?);
+        }
+        None => arrays.extend(data.columns(columns, Rows::At(&rows))?),
+    }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }

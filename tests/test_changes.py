@@ -615,3 +615,24 @@ def test_readers_see_a_batch_entirely_or_not_at_all(town: Town) -> None:
         t.join()
     assert not torn
     assert town.registry.verify(claims)["status"].to_pylist() == ["deceased"] * 1_000
+
+
+def test_a_search_discloses_a_candidates_current_values(town: Town) -> None:
+    r = town.resident()
+    m, rc = r["municipality_code"], r["resident_code"]
+    town.apply(
+        town.change("move_within", m, resident_code=rc, address_town="検索後町", address_block="7"),
+        town.change("death", m, resident_code=rc),
+    )
+    facts = pa.table(
+        {
+            "family_name": [r["family_name"]],
+            "given_name": [r["given_name"]],
+            "birth_date": pa.array([r["birth_date"]], pa.date32()),
+        }
+    )
+    found = town.registry.search(
+        facts, match="exact", columns=["resident_code", "status", "address_town"]
+    ).to_pylist()
+    mine = [c for c in found if c["resident_code"] == rc]
+    assert [(c["status"], c["address_town"]) for c in mine] == [("deceased", "検索後町")]
