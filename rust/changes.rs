@@ -1302,6 +1302,19 @@ pub fn check_record(
     rec: &BatchRecord,
     what: &str,
 ) -> Result<()> {
+    check_entries(data, live, w, rec, what, false)
+}
+
+/// [`check_record`]; `historic`: entries of a snapshot's history, whose created persons are
+/// rows of the snapshot by now.
+fn check_entries(
+    data: &RegistryData,
+    live: &Live,
+    w: &Writer,
+    rec: &BatchRecord,
+    what: &str,
+    historic: bool,
+) -> Result<()> {
     let bad = |why: String| Err(JukiError::SnapshotCorrupt(format!("{what}: {why}")));
     let mut ext = [0u32; 4];
     for (d, _, _) in &rec.ext {
@@ -1347,7 +1360,7 @@ pub fn check_record(
             && (e.mask & group::MY_NUMBER == 0 || IdKind::MyNumber.is_valid_value(e.set.my_number))
             && (e.reason != Reason::Cancel
                 || (e.cancels as usize) < live.entries.count() + rec.entries.len())
-            && (!all || e.person >= live.base_len || e.reason == Reason::Origin);
+            && (!all || historic || e.person >= live.base_len || e.reason == Reason::Origin);
         if !ok {
             return bad(format!(
                 "entry for person {} ({} {} of {}) names something that does not exist",
@@ -1371,4 +1384,209 @@ pub fn check_record(
         }
     }
     Ok(())
+}
+
+/// What a checkpoint keeps of the writer beside the history (`changes.json`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct WriterState {
+    /// `juki-changes/1`.
+    pub format: String,
+    /// The next batch number.
+    pub next_batch: u32,
+    /// The change log generation the snapshot covers (its records are in the snapshot).
+    pub log_generation: u64,
+    /// Per municipality key: the next designated-code position.
+    pub issued: Vec<u64>,
+    /// Rejected changes: (municipality << 43 | sequence, message), for idempotency.
+    pub rejections: Vec<(u64, String)>,
+}
+
+const STATE_FORMAT: &str = "juki-changes/1";
+
+impl Writer {
+    /// The state a checkpoint keeps, covering change log generation `log_generation`.
+    pub fn state(&self, log_generation: u64) -> WriterState {
+        let mut rejections: Vec<(u64, String)> = self
+            .seen
+            .iter()
+            .filter_map(|(k, s)| match s {
+                Seen::Rejected(m) => Some((*k, self.rejections[*m as usize].to_string())),
+                Seen::Applied(_) => None,
+            })
+            .collect();
+        rejections.sort();
+        WriterState {
+            format: STATE_FORMAT.to_string(),
+            next_batch: self.next_batch,
+            log_generation,
+            issued: self.issued.clone(),
+            rejections,
+        }
+    }
+}
+
+/// Load a snapshot's history (`history.arrow`, see `history::history_batch`) and writer state
+/// into a registry opened over it: every entry is checked (persons, keys, codes within the
+/// snapshot), pushed as history, and the former identifiers registered, so a lookup by one
+/// still finds the person (replaced). Returns the log generation the snapshot covers.
+pub fn load_history(
+    data: &RegistryData,
+    live: &Live,
+    w: &mut Writer,
+    batch: &RecordBatch,
+    state: &WriterState,
+    what: &str,
+) -> Result<u64> {
+    use arrow_array::types::{
+        Int32Type, Int64Type as I64, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+    };
+    use arrow_array::PrimitiveArray;
+
+    let bad = |why: String| JukiError::SnapshotCorrupt(format!("{what}: {why}"));
+    if state.format != STATE_FORMAT {
+        return Err(bad(format!(
+            "format '{}', expected '{STATE_FORMAT}'",
+            state.format
+        )));
+    }
+    fn col<'b, T: arrow_array::ArrowPrimitiveType>(
+        batch: &'b RecordBatch,
+        name: &str,
+        what: &str,
+    ) -> Result<&'b PrimitiveArray<T>> {
+        batch
+            .column_by_name(name)
+            .and_then(|a| a.as_any().downcast_ref::<PrimitiveArray<T>>())
+            .filter(|a| a.null_count() == 0)
+            .ok_or_else(|| {
+                JukiError::SnapshotCorrupt(format!(
+                    "{what}: column '{name}' is missing, has nulls or the wrong type"
+                ))
+            })
+    }
+    let person = col::<UInt32Type>(batch, "person", what)?;
+    let batch_no = col::<UInt32Type>(batch, "batch", what)?;
+    let recorded = col::<I64>(batch, "recorded", what)?;
+    let effective = col::<Int32Type>(batch, "effective", what)?;
+    let reported = col::<Int32Type>(batch, "reported", what)?;
+    let mask = col::<UInt16Type>(batch, "mask", what)?;
+    let reason = col::<UInt8Type>(batch, "reason", what)?;
+    let key = col::<UInt64Type>(batch, "key", what)?;
+    let cancels = col::<UInt32Type>(batch, "cancels", what)?;
+    let family = col::<UInt32Type>(batch, "family", what)?;
+    let given = col::<UInt32Type>(batch, "given", what)?;
+    let birth = col::<Int32Type>(batch, "birth_date", what)?;
+    let sex = col::<UInt8Type>(batch, "sex", what)?;
+    let municipality = col::<UInt16Type>(batch, "municipality", what)?;
+    let town = col::<UInt32Type>(batch, "town", what)?;
+    let block = col::<UInt32Type>(batch, "block", what)?;
+    let status = col::<UInt8Type>(batch, "status", what)?;
+    let status_date = col::<Int32Type>(batch, "status_date", what)?;
+    let dated = col::<UInt8Type>(batch, "dated", what)?;
+    let card = col::<UInt8Type>(batch, "card", what)?;
+    let rc = col::<UInt64Type>(batch, "resident_code", what)?;
+    let mn = col::<UInt64Type>(batch, "my_number", what)?;
+    let generation = col::<UInt8Type>(batch, "generation", what)?;
+    let moving_out = col::<Int32Type>(batch, "moving_out", what)?;
+    let moving_to = col::<UInt16Type>(batch, "moving_to", what)?;
+    if state.issued.len() != w.issued.len() {
+        return Err(bad(format!(
+            "{} designated-code counters for {} municipalities",
+            state.issued.len(),
+            w.issued.len()
+        )));
+    }
+    let mut last_batch = 0;
+    let mut cancelled_creations = Vec::new();
+    let first = live.entries.count() as u32;
+    for i in 0..batch.num_rows() {
+        let code = reason.value(i);
+        let reason =
+            Reason::from_code(code).ok_or_else(|| bad(format!("row {i}: reason {code}")))?;
+        let mut set = Values::default();
+        {
+            let (p, q) = (&mut set.resident.person, &mut set.resident.place);
+            (p.family, p.given, p.birth_date) = (family.value(i), given.value(i), birth.value(i));
+            (p.sex, p.municipality, p.status) =
+                (sex.value(i), municipality.value(i), status.value(i));
+            (q.town, q.block, q.status_date) =
+                (town.value(i), block.value(i), status_date.value(i));
+            (q.dated, q.card) = (dated.value(i), card.value(i));
+        }
+        (set.resident_code, set.my_number, set.generation) =
+            (rc.value(i), mn.value(i), generation.value(i));
+        (set.moving_out, set.moving_to) = (moving_out.value(i), moving_to.value(i));
+        let k = key.value(i);
+        let entry = Entry {
+            person: person.value(i),
+            prev: NONE,
+            batch: batch_no.value(i),
+            mask: mask.value(i),
+            reason,
+            cancels: cancels.value(i),
+            municipality: (k >> 43) as u32,
+            sequence: k & (MAX_SEQUENCE - 1),
+            effective: effective.value(i),
+            reported: reported.value(i),
+            recorded: recorded.value(i),
+            set,
+        };
+        // The snapshot's rows are every person now: checks as for a logged batch, with
+        // nothing created and no dictionary value added.
+        let rec = BatchRecord {
+            batch: entry.batch,
+            entries: vec![entry],
+            ..Default::default()
+        };
+        let saved_next = w.next_batch;
+        w.next_batch = 0;
+        let checked = check_entries(data, live, w, &rec, what, true);
+        w.next_batch = saved_next;
+        checked.map_err(|e| bad(format!("row {i}: {e}")))?;
+        if entry.cancels != NONE && entry.cancels >= first + i as u32 {
+            return Err(bad(format!("row {i}: cancels a later entry")));
+        }
+        if reason == Reason::Cancel {
+            if let Some(target) = live.entries.get(entry.cancels as usize) {
+                if target.mask == group::ALL && target.reason != Reason::Origin {
+                    cancelled_creations.push(target.person);
+                }
+            }
+        }
+        let at = live.push_historic(entry);
+        if reason != Reason::Origin {
+            w.seen.insert(k, Seen::Applied(at));
+        }
+        last_batch = last_batch.max(entry.batch);
+        // A former identifier still names the person (answered as replaced).
+        let p = entry.person as usize;
+        if entry.mask & group::RESIDENT_CODE != 0
+            && entry.set.resident_code != data.cols.resident_code[p]
+        {
+            live.add_id(
+                IdKind::ResidentCode,
+                entry.set.resident_code,
+                entry.person,
+                0,
+            );
+        }
+        if entry.mask & group::MY_NUMBER != 0 && entry.set.my_number != data.cols.my_number[p] {
+            live.add_id(IdKind::MyNumber, entry.set.my_number, entry.person, 0);
+        }
+    }
+    for (k, message) in &state.rejections {
+        w.seen.insert(*k, Seen::Rejected(w.rejections.len() as u32));
+        w.rejections.push(message.as_str().into());
+    }
+    w.issued.clone_from(&state.issued);
+    w.next_batch = state.next_batch.max(last_batch + 1);
+    live.publish(last_batch);
+    for person in &cancelled_creations {
+        live.mark(*person);
+    }
+    if cancelled_creations.is_empty() {
+        live.base_batch
+            .store(last_batch, std::sync::atomic::Ordering::Release);
+    }
+    Ok(state.log_generation)
 }

@@ -33,7 +33,9 @@ use crate::ids::IdKind;
 use crate::index::{INVALID_KEY, NOT_FOUND};
 use arrow_array::Array;
 
-use crate::storage::{RegistryData, Resident};
+use arrow_array::StringArray;
+
+use crate::storage::{Columns, Dictionaries, RegistryData, Resident};
 
 /// Field groups a change sets (an [`Entry`]'s `mask`).
 pub mod group {
@@ -664,6 +666,9 @@ pub struct Live {
     pub ext: [Extension; 4],
     /// Persons created by changes (ids from `base_len`).
     pub created: AtomicU32,
+    /// The newest batch the base holds folded in (its history's), when every one of its rows
+    /// reads as the base has it: a current read at that batch needs no resolving.
+    pub base_batch: AtomicU32,
 }
 
 /// Which entries a read sees, and on which effective date.
@@ -717,6 +722,7 @@ impl Live {
             has_history: AtomicBool::new(false),
             ext: Default::default(),
             created: AtomicU32::new(0),
+            base_batch: AtomicU32::new(0),
         }
     }
 
@@ -743,6 +749,16 @@ impl Live {
     /// Append `entry` and make it its person's head (the writer only). Visible once its batch
     /// is published.
     pub fn push(&self, entry: Entry) -> u32 {
+        self.push_entry(entry, false)
+    }
+
+    /// Append an entry of a snapshot's history: the base holds its values already, so its row
+    /// is not marked for resolving.
+    pub fn push_historic(&self, entry: Entry) -> u32 {
+        self.push_entry(entry, true)
+    }
+
+    fn push_entry(&self, entry: Entry, historic: bool) -> u32 {
         let heads = self.heads.load();
         let key = entry.person as u64;
         let mut stored = Stored {
@@ -771,7 +787,7 @@ impl Live {
             self.batch_times.push(entry.recorded);
         }
         let at = self.entries.push(stored) as u32;
-        if entry.batch == 0 {
+        if historic || entry.batch == 0 {
             self.has_history.store(true, Ordering::Release);
         } else if entry.person < self.base_len {
             let (w, b) = (entry.person as usize / 64, entry.person % 64);
@@ -852,6 +868,13 @@ impl Live {
         }
     }
 
+    /// Mark base row `row` for resolving (a person a snapshot's history holds as cancelled).
+    pub fn mark(&self, row: u32) {
+        if let Some(w) = self.dirty.get(row as usize / 64) {
+            w.fetch_or(1 << (row % 64), Ordering::Release);
+        }
+    }
+
     /// Whether base row `row` has an entry applied since the base was opened.
     #[inline(always)]
     pub fn is_dirty(&self, row: u32) -> bool {
@@ -925,7 +948,9 @@ impl<'a> View<'a> {
 
     /// Whether the base alone answers: the current state with no change applied since open.
     pub fn plain(&self) -> bool {
-        self.cut.is_now() && self.cut.batch == 0
+        self.cut.is_now()
+            && self.cut.batch <= self.live.base_batch.load(Ordering::Acquire)
+            && self.ids.is_empty()
     }
 
     /// The base's values of row `row`.
@@ -1162,6 +1187,9 @@ impl<'a> View<'a> {
         // prefetched a pass ahead, so their misses overlap (a chunk holds a few thousand rows).
         let mut todo: Vec<u32> = Vec::new();
         for (i, row) in rows.iter_mut().enumerate() {
+            // A key only the changes know (a new person's, or a former identifier) is always
+            // resolved: whether it is replaced depends on the person's values.
+            let mut by_id = false;
             if *row == NOT_FOUND {
                 if !with_ids || bases[i] == INVALID_KEY {
                     continue;
@@ -1171,8 +1199,9 @@ impl<'a> View<'a> {
                     Some(v) if (v >> 32) as u32 <= self.cut.batch => *row = v as u32,
                     _ => continue,
                 }
+                by_id = true;
             }
-            if !self.changed(*row) {
+            if !by_id && !self.changed(*row) {
                 if day == i32::MAX {
                     continue;
                 }
@@ -1484,6 +1513,268 @@ pub fn history_table(
             std::sync::Arc::new(canc_b.finish()),
             std::sync::Arc::new(changes_b.finish()),
         ],
+    )?)
+}
+
+/// The registry as `view` sees it (the current state), folded into row columns and dictionaries:
+/// the base's rows with the changes applied, then the persons changes created, each at its
+/// person id (a row is a person id, so ids stay valid across a checkpoint). A person whose
+/// creation was cancelled keeps the row its creation gave (reading it resolves it as not found,
+/// see [`Live::load_history`]).
+pub fn fold(view: &View) -> crate::error::Result<(Columns, Dictionaries)> {
+    use arrow_buffer::{NullBuffer, ScalarBuffer};
+
+    let data = view.data;
+    let live = view.live;
+    let base = live.base_len as usize;
+    let n = base + live.created.load(Ordering::Acquire) as usize;
+    let c = &data.cols;
+    fn grown<T: Copy + Default>(src: &[T], n: usize) -> Vec<T> {
+        let mut v = Vec::with_capacity(n);
+        v.extend_from_slice(src);
+        v.resize(n, T::default());
+        v
+    }
+    let mut rc = grown(&c.resident_code, n);
+    let mut mn = grown(&c.my_number, n);
+    let mut family = grown(&c.family, n);
+    let mut given = grown(&c.given, n);
+    let mut birth = grown(&c.birth_date, n);
+    let mut sex = grown(&c.sex, n);
+    let mut municipality = grown(&c.municipality, n);
+    let mut town = grown(&c.town, n);
+    let mut block = grown(&c.block, n);
+    let mut status = grown(&c.status, n);
+    let mut status_date = grown(c.status_date.values(), n);
+    let mut dated: Vec<bool> = (0..n)
+        .map(|i| i < base && c.status_date.is_valid(i))
+        .collect();
+    let mut card = grown(&c.card, n);
+    for person in 0..n as u32 {
+        if person < live.base_len && !(view.cut.batch > 0 && live.is_dirty(person)) {
+            continue;
+        }
+        let values = view.resolve(person).or_else(|| {
+            // A cancelled creation: its row keeps what the creation set.
+            let oldest = view.entries_of(person).into_iter().last()?;
+            Some(live.values_of(oldest.1))
+        });
+        let Some(v) = values else { continue };
+        let i = person as usize;
+        let (p, q) = (&v.resident.person, &v.resident.place);
+        rc[i] = v.resident_code;
+        mn[i] = v.my_number;
+        family[i] = p.family;
+        given[i] = p.given;
+        birth[i] = p.birth_date;
+        sex[i] = p.sex;
+        municipality[i] = p.municipality;
+        town[i] = q.town;
+        block[i] = q.block;
+        status[i] = p.status;
+        status_date[i] = q.status_date;
+        dated[i] = q.dated == 1;
+        card[i] = q.card;
+    }
+    let cols = Columns {
+        resident_code: ScalarBuffer::from(rc),
+        my_number: ScalarBuffer::from(mn),
+        family: ScalarBuffer::from(family),
+        given: ScalarBuffer::from(given),
+        birth_date: ScalarBuffer::from(birth),
+        sex: ScalarBuffer::from(sex),
+        municipality: ScalarBuffer::from(municipality),
+        town: ScalarBuffer::from(town),
+        block: ScalarBuffer::from(block),
+        status: ScalarBuffer::from(status),
+        status_date: arrow_array::Date32Array::new(
+            ScalarBuffer::from(status_date),
+            Some(NullBuffer::from(dated)),
+        ),
+        card: ScalarBuffer::from(card),
+    };
+    let d = &data.dicts;
+    let extended = |base: &StringArray, dict: Dict, reading: bool| -> StringArray {
+        base.iter()
+            .map(|v| v.map(str::to_string))
+            .chain(live.ext[dict as usize].values.iter().map(|(_, (v, r))| {
+                Some(if reading {
+                    r.to_string()
+                } else {
+                    v.to_string()
+                })
+            }))
+            .collect()
+    };
+    let dicts = Dictionaries {
+        family_name: extended(&d.family_name, Dict::Family, false),
+        family_name_kana: extended(&d.family_name_kana, Dict::Family, true),
+        given_name: extended(&d.given_name, Dict::Given, false),
+        given_name_kana: extended(&d.given_name_kana, Dict::Given, true),
+        municipality_code: d.municipality_code.clone(),
+        municipality_name: d.municipality_name.clone(),
+        prefecture: d.prefecture.clone(),
+        address_town: extended(&d.address_town, Dict::Town, false),
+        address_block: extended(&d.address_block, Dict::Block, false),
+    };
+    Ok((cols, dicts))
+}
+
+/// The columns of a snapshot's history file (`history.arrow`): every entry, oldest first, with
+/// the values it set; a person's first entry is an `origin` holding their values before it.
+pub const HISTORY_COLUMNS: [&str; 25] = [
+    "person",
+    "batch",
+    "recorded",
+    "effective",
+    "reported",
+    "mask",
+    "reason",
+    "key",
+    "cancels",
+    "family",
+    "given",
+    "birth_date",
+    "sex",
+    "municipality",
+    "town",
+    "block",
+    "status",
+    "status_date",
+    "dated",
+    "card",
+    "resident_code",
+    "my_number",
+    "generation",
+    "moving_out",
+    "moving_to",
+];
+
+/// Every entry `view` sees, as the snapshot keeps them: the origins of persons first touched
+/// since the base was opened (their base values, before any change), then every entry in the
+/// order applied (cancel targets renumbered accordingly).
+pub fn history_batch(view: &View) -> crate::error::Result<arrow_array::RecordBatch> {
+    use arrow_array::{
+        ArrayRef, Int32Array, Int64Array, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
+    };
+
+    let live = view.live;
+    let mut origins: Vec<u32> = Vec::new();
+    let mut has_origin = std::collections::HashSet::new();
+    for e in live.entries.iter() {
+        if e.reason == Reason::Origin {
+            has_origin.insert(e.person);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for e in live.entries.iter() {
+        if e.person < live.base_len && !has_origin.contains(&e.person) && seen.insert(e.person) {
+            origins.push(e.person);
+        }
+    }
+    let shift = origins.len() as u32;
+    let mut rows: Vec<(Entry, ())> = Vec::with_capacity(origins.len() + live.entries.count());
+    for &person in &origins {
+        rows.push((
+            Entry {
+                person,
+                prev: NONE,
+                batch: 0,
+                mask: group::ALL,
+                reason: Reason::Origin,
+                cancels: NONE,
+                municipality: 0,
+                sequence: 0,
+                effective: i32::MIN,
+                reported: i32::MIN,
+                recorded: i64::MIN,
+                set: view.base_values(person),
+            },
+            (),
+        ));
+    }
+    for e in live.entries.iter() {
+        let cancels = e.cancels();
+        rows.push((
+            Entry {
+                person: e.person,
+                prev: NONE,
+                batch: e.batch,
+                mask: e.mask,
+                reason: e.reason,
+                cancels: if cancels == NONE {
+                    NONE
+                } else {
+                    cancels + shift
+                },
+                municipality: e.municipality(),
+                sequence: e.sequence(),
+                effective: e.effective,
+                reported: e.reported,
+                recorded: if e.batch == 0 {
+                    i64::MIN
+                } else {
+                    live.recorded_at(e.batch)
+                },
+                set: live.values_of(e),
+            },
+            (),
+        ));
+    }
+    let col = |f: &dyn Fn(&Entry) -> u64| -> Vec<u64> { rows.iter().map(|(e, _)| f(e)).collect() };
+    let u32s = |f: &dyn Fn(&Entry) -> u32| -> ArrayRef {
+        std::sync::Arc::new(UInt32Array::from(
+            rows.iter().map(|(e, _)| f(e)).collect::<Vec<_>>(),
+        ))
+    };
+    let i32s = |f: &dyn Fn(&Entry) -> i32| -> ArrayRef {
+        std::sync::Arc::new(Int32Array::from(
+            rows.iter().map(|(e, _)| f(e)).collect::<Vec<_>>(),
+        ))
+    };
+    let u8s = |f: &dyn Fn(&Entry) -> u8| -> ArrayRef {
+        std::sync::Arc::new(UInt8Array::from(
+            rows.iter().map(|(e, _)| f(e)).collect::<Vec<_>>(),
+        ))
+    };
+    let u16s = |f: &dyn Fn(&Entry) -> u16| -> ArrayRef {
+        std::sync::Arc::new(UInt16Array::from(
+            rows.iter().map(|(e, _)| f(e)).collect::<Vec<_>>(),
+        ))
+    };
+    let arrays: Vec<ArrayRef> = vec![
+        u32s(&|e| e.person),
+        u32s(&|e| e.batch),
+        std::sync::Arc::new(Int64Array::from(
+            rows.iter().map(|(e, _)| e.recorded).collect::<Vec<_>>(),
+        )),
+        i32s(&|e| e.effective),
+        i32s(&|e| e.reported),
+        u16s(&|e| e.mask),
+        u8s(&|e| e.reason as u8),
+        std::sync::Arc::new(UInt64Array::from(col(&|e| {
+            (e.municipality as u64) << 43 | e.sequence
+        }))),
+        u32s(&|e| e.cancels),
+        u32s(&|e| e.set.resident.person.family),
+        u32s(&|e| e.set.resident.person.given),
+        i32s(&|e| e.set.resident.person.birth_date),
+        u8s(&|e| e.set.resident.person.sex),
+        u16s(&|e| e.set.resident.person.municipality),
+        u32s(&|e| e.set.resident.place.town),
+        u32s(&|e| e.set.resident.place.block),
+        u8s(&|e| e.set.resident.person.status),
+        i32s(&|e| e.set.resident.place.status_date),
+        u8s(&|e| e.set.resident.place.dated),
+        u8s(&|e| e.set.resident.place.card),
+        std::sync::Arc::new(UInt64Array::from(col(&|e| e.set.resident_code))),
+        std::sync::Arc::new(UInt64Array::from(col(&|e| e.set.my_number))),
+        u8s(&|e| e.set.generation),
+        i32s(&|e| e.set.moving_out),
+        u16s(&|e| e.set.moving_to),
+    ];
+    Ok(arrow_array::RecordBatch::try_from_iter(
+        HISTORY_COLUMNS.iter().zip(arrays).map(|(n, a)| (*n, a)),
     )?)
 }
 

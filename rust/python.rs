@@ -225,6 +225,8 @@ pub struct PyRegistry {
     log: OnceLock<ChangeLog>,
     /// Records replayed at open (the log must still hold exactly these when opened to write).
     replayed: usize,
+    /// The change log generation the snapshot covers (a log of it or older is reset).
+    covered: u64,
     /// The newest commit time given (commit times never go back).
     last_recorded: AtomicI64,
     /// The registry's dictionaries folded for verify above the exact level, built on first use.
@@ -235,6 +237,9 @@ pub struct PyRegistry {
 
 /// The change log's file in a snapshot directory.
 const CHANGE_LOG: &str = "changes.log";
+/// A snapshot's history of the changes it folds in, and the writer's state (see `checkpoint`).
+const HISTORY: &str = "history.arrow";
+const STATE: &str = "changes.json";
 
 /// The key of the identifier permutations of a registry: derived from its first identifiers,
 /// so it is the same every time the registry is opened.
@@ -265,6 +270,7 @@ impl PyRegistry {
             log_path: None,
             log: OnceLock::new(),
             replayed: 0,
+            covered: 0,
             last_recorded: AtomicI64::new(0),
             folded: FoldedCache::default(),
             search: Default::default(),
@@ -273,16 +279,37 @@ impl PyRegistry {
 
     /// A registry opened from the snapshot at `dir`: the snapshot, then its change log's
     /// records redone.
-    fn opened(data: RegistryData, dir: &std::path::Path) -> Result<PyRegistry> {
+    fn opened(
+        data: RegistryData,
+        extras: snapshot::Extras,
+        dir: &std::path::Path,
+    ) -> Result<PyRegistry> {
         let mut reg = PyRegistry::new(data);
+        let extra = |name: &str| extras.iter().find(|(n, _)| n == name).map(|(_, b)| b);
+        // The changes a checkpoint folded in, kept as history, and the log generation it covers.
+        let mut covered = 0;
+        if let (Some(history), Some(state)) = (extra(HISTORY), extra(STATE)) {
+            let batch = snapshot::read_ipc(history, HISTORY)?;
+            let state: changes::WriterState = serde_json::from_slice(state.as_slice())
+                .map_err(|e| JukiError::SnapshotCorrupt(format!("{STATE}: {e}")))?;
+            let mut w = reg.writer.lock().unwrap_or_else(|e| e.into_inner());
+            covered = changes::load_history(&reg.data, &reg.live, &mut w, &batch, &state, HISTORY)?;
+        }
+        reg.covered = covered;
         let path = dir.join(CHANGE_LOG);
         if path.exists() {
             let recovered = ChangeLog::read(&path)?;
             if let Some(message) = &recovered.dropped_tail {
                 eprintln!("juki: {message}");
             }
+            if recovered.generation <= covered {
+                // A crash between a checkpoint and its reset of the log: the snapshot holds
+                // these records already; the first apply resets the log.
+                reg.log_path = Some(path);
+                return Ok(reg);
+            }
             let mut w = reg.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut last = 0;
+            let mut last = reg.live.published();
             for (i, bytes) in recovered.records().enumerate() {
                 let what = format!("change log '{}' record {i}", path.display());
                 let rec = changes::decode(bytes, &what)?;
@@ -321,6 +348,11 @@ impl PyRegistry {
             return Ok(Some(log));
         }
         let (log, recovered) = ChangeLog::open(path)?;
+        if recovered.generation <= self.covered {
+            // The snapshot holds these records (a checkpoint ended before its reset).
+            log.reset()?;
+            return Ok(Some(self.log.get_or_init(|| log)));
+        }
         if recovered.len() != self.replayed {
             return Err(JukiError::InvalidInput(format!(
                 "change log '{}' holds {} records, {} when the registry was opened: another \
@@ -393,7 +425,8 @@ impl PyRegistry {
     #[pyo3(signature = (path, mmap = false))]
     fn open(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyRegistry> {
         Ok(detached(py, || {
-            PyRegistry::opened(snapshot::open(&path, mmap)?, &path)
+            let (data, extras) = snapshot::open_with(&path, mmap)?;
+            PyRegistry::opened(data, extras, &path)
         })?)
     }
 
@@ -713,6 +746,57 @@ impl PyRegistry {
         })?;
         let schema = out.schema();
         to_table(vec![out], schema)
+    }
+
+    /// Write a new snapshot holding the changes (folded in, and kept as history) and empty
+    /// the change log; see `juki_engine.Registry.checkpoint`.
+    fn checkpoint(&self, py: Python<'_>) -> PyResult<usize> {
+        let Some(dir) = self
+            .log_path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(PathBuf::from)
+        else {
+            return Err(JukiError::InvalidInput(
+                "checkpoint needs a registry opened from a snapshot; save a generated one".into(),
+            )
+            .into());
+        };
+        Ok(detached(py, || {
+            let log = self.log()?.expect("opened from a snapshot");
+            // Applies wait while the snapshot is written: it must hold every logged batch.
+            let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            log.sync_through(log.len())?;
+            let view = View::new(
+                &self.data,
+                &self.live,
+                crate::history::Cut {
+                    batch: w.next_batch.saturating_sub(1).max(self.live.published()),
+                    recorded: i64::MAX,
+                    effective: i32::MAX,
+                },
+            );
+            let (cols, dicts) = crate::history::fold(&view)?;
+            let history = crate::history::history_batch(&view)?;
+            let entries = history.num_rows();
+            let mut ipc = Vec::new();
+            {
+                let mut writer =
+                    arrow_ipc::writer::FileWriter::try_new(&mut ipc, &history.schema())
+                        .map_err(|e| JukiError::arrow(HISTORY, e))?;
+                writer
+                    .write(&history)
+                    .map_err(|e| JukiError::arrow(HISTORY, e))?;
+                writer.finish().map_err(|e| JukiError::arrow(HISTORY, e))?;
+            }
+            let state = serde_json::to_vec_pretty(&w.state(log.generation()))
+                .expect("the state serialises");
+            let folded = RegistryData::new(cols, dicts)?;
+            snapshot::save_with(&folded, &dir, &[(HISTORY, &ipc), (STATE, &state)])?;
+            drop(folded);
+            log.reset()?;
+            Ok(entries)
+        })?)
     }
 
     /// Each resident's changes, oldest first; see `juki_engine.Registry.history`.

@@ -161,6 +161,12 @@ fn prim<T: ArrowPrimitiveType>(values: &ScalarBuffer<T::Native>) -> ArrayRef {
 
 /// Save a registry to `dir` atomically (see the module docs).
 pub fn save(data: &RegistryData, dir: &Path) -> Result<()> {
+    save_with(data, dir, &[])
+}
+
+/// [`save`], with further files (name, contents) written into the same version, listed and
+/// checksummed in its manifest (a living registry's history, see `history`).
+pub fn save_with(data: &RegistryData, dir: &Path, extras: &[(&str, &[u8])]) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let next = versions(dir)?.last().map_or(1, |(n, _)| n + 1);
     let final_dir = dir.join(format!("v-{next}"));
@@ -233,10 +239,16 @@ pub fn save(data: &RegistryData, dir: &Path) -> Result<()> {
         Box::new(|| write_slots(&tmp, INDEX_MY_NUMBER, &data.by_my_number)),
         Box::new(|| write_slots(&tmp, INDEX_RESIDENT_CODE, &data.by_resident_code)),
     ];
-    let files: Vec<FileEntry> = jobs
+    let mut files: Vec<FileEntry> = jobs
         .into_par_iter()
         .map(|job| job())
         .collect::<Result<Vec<_>>>()?;
+    for (name, bytes) in extras {
+        let path = tmp.join(name);
+        files.push(write_file(&tmp, name, |w| {
+            w.write_all(bytes).map_err(|e| io(&path, e))
+        })?);
+    }
     let manifest = Manifest {
         format: FORMAT.to_string(),
         rows: data.len(),
@@ -266,7 +278,7 @@ pub fn save(data: &RegistryData, dir: &Path) -> Result<()> {
 }
 
 /// Parse one IPC file held in `buf` (zero-copy) into its single record batch.
-fn read_ipc(buf: &Buffer, name: &str) -> Result<RecordBatch> {
+pub fn read_ipc(buf: &Buffer, name: &str) -> Result<RecordBatch> {
     let len = buf.len();
     if len < 10 {
         return Err(corrupt(name, "too short to be an Arrow IPC file"));
@@ -368,6 +380,14 @@ fn check_keys<T: Copy + Into<u64> + Send + Sync>(
 /// the page cache); otherwise they are read into huge-page memory, which is faster for random
 /// lookups. The indexes are read into huge pages either way.
 pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
+    Ok(open_with(dir, mmap)?.0)
+}
+
+/// Files a snapshot holds beside the registry's own (see [`save_with`]), checked like them.
+pub type Extras = Vec<(String, Buffer)>;
+
+/// [`open`], returning the snapshot's further files too.
+pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
     if !dir.is_dir() {
         return Err(JukiError::Io(format!(
             "snapshot '{}' does not exist",
@@ -408,8 +428,21 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
         .files
         .par_iter()
         .map(|entry| {
-            let path = vdir.join(&entry.name);
             let shown = format!("{version}/{}", entry.name);
+            // A listed name is a file of the version directory, never a path out of it.
+            if entry.name.is_empty()
+                || entry.name.starts_with('.')
+                || entry.name.contains(['/', '\\', '\0'])
+            {
+                return Err(corrupt(
+                    &manifest_name,
+                    format!(
+                        "lists '{}', not a file name",
+                        crate::error::echo(entry.name.as_bytes())
+                    ),
+                ));
+            }
+            let path = vdir.join(&entry.name);
             let actual = fs::metadata(&path)
                 .map_err(|e| unreadable(&path, &shown, e))?
                 .len();
@@ -524,5 +557,21 @@ pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
         slots(INDEX_RESIDENT_CODE)?,
         manifest.rows,
     )?;
-    RegistryData::with_indexes(cols, dicts, by_my_number, by_resident_code)
+    let own = [
+        RESIDENTS,
+        "dict_family.arrow",
+        "dict_given.arrow",
+        "dict_municipality.arrow",
+        "dict_town.arrow",
+        "dict_block.arrow",
+        INDEX_MY_NUMBER,
+        INDEX_RESIDENT_CODE,
+    ];
+    let extras = loaded
+        .iter()
+        .filter(|(n, _)| !own.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    let data = RegistryData::with_indexes(cols, dicts, by_my_number, by_resident_code)?;
+    Ok((data, extras))
 }

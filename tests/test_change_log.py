@@ -187,3 +187,108 @@ def test_kill_9_loses_no_acknowledged_change_and_applies_none_twice(saved: Path)
     history = registry.history([r["my_number"] for r in rows[:sent]])
     assert len(history) == sent  # one death each: none applied twice
     assert statuses(registry, people[:sent]) == ["deceased"] * sent
+
+
+def test_a_checkpoint_folds_the_changes_in_and_keeps_their_history(saved: Path) -> None:
+    registry = Registry.open(saved)
+    people = residents(registry, 6)
+    first = deaths(people[:2], 0)
+    registry.apply(first, today=TODAY)
+    m = str(people[2]["municipality_code"])
+    code = registry.apply(
+        pa.Table.from_pylist(
+            [
+                {
+                    "municipality": m,
+                    "sequence": 500,
+                    "reason": "my_number_change",
+                    "effective_date": D(2025, 4, 1),
+                    "reported_date": D(2025, 4, 1),
+                    "my_number": people[2]["my_number"],
+                },
+                {
+                    "municipality": m,
+                    "sequence": 501,
+                    "reason": "death",
+                    "effective_date": D(2025, 4, 1),
+                    "reported_date": D(2025, 4, 1),
+                    "my_number": "123456789018",
+                },
+            ]
+        ),
+        today=TODAY,
+    ).to_pylist()
+    new_number = code[0]["my_number"]
+    assert registry.checkpoint() >= 3
+    assert (saved / "changes.log").stat().st_size < 100  # emptied: its header only
+    del registry
+    again = Registry.open(saved)
+    assert statuses(again, people[:2]) == ["deceased"] * 2
+    assert again.lookup([people[0]["my_number"]], as_of=D(2025, 2, 1))["status"].to_pylist() == [
+        "resident"
+    ]
+    old = again.lookup([people[2]["my_number"]], columns=["my_number"]).to_pylist()[0]
+    assert old["replaced"] and old["my_number"] == new_number
+    assert len(again.history([people[0]["my_number"]])) == 1
+    # Idempotency survives: applied and rejected changes come back as duplicates.
+    assert again.apply(first, today=TODAY)["outcome"].to_pylist() == ["duplicate"] * 2
+    rejected = again.apply(
+        pa.Table.from_pylist(
+            [
+                {
+                    "municipality": m,
+                    "sequence": 501,
+                    "reason": "death",
+                    "effective_date": D(2025, 4, 1),
+                    "reported_date": D(2025, 4, 1),
+                    "my_number": "123456789018",
+                }
+            ]
+        ),
+        today=TODAY,
+    ).to_pylist()[0]
+    assert rejected["outcome"] == "duplicate" and rejected["error"] == code[1]["error"]
+    # Changes after the checkpoint land in the emptied log and are redone over the snapshot.
+    again.apply(deaths(people[3:4], 1_000), today=TODAY)
+    del again
+    third = Registry.open(saved)
+    assert statuses(third, people[:4]) == ["deceased", "deceased", "resident", "deceased"]
+
+
+def test_a_crash_between_checkpoint_and_log_reset_applies_nothing_twice(saved: Path) -> None:
+    registry = Registry.open(saved)
+    people = residents(registry, 2)
+    births = pa.Table.from_pylist(
+        [
+            {
+                "municipality": str(people[0]["municipality_code"]),
+                "sequence": 9,
+                "reason": "birth",
+                "effective_date": D(2025, 5, 1),
+                "reported_date": D(2025, 5, 2),
+                "family_name": "森",
+                "family_name_kana": "モリ",
+                "given_name": "新",
+                "given_name_kana": "アラタ",
+                "birth_date": D(2025, 5, 1),
+                "sex": 1,
+                "address_town": "町",
+                "address_block": "1",
+            }
+        ]
+    )
+    born = registry.apply(births, today=TODAY).to_pylist()[0]
+    log = saved / "changes.log"
+    before_reset = log.read_bytes()
+    registry.checkpoint()
+    del registry
+    log.write_bytes(before_reset)  # the reset never reached the disk
+    again = Registry.open(saved)
+    assert len(again.history([born["my_number"]])) == 1
+    assert again.lookup([born["my_number"]])["found"].to_pylist() == [True]
+    # The stale log is emptied by the next apply; the birth is not applied twice.
+    again.apply(deaths(people[1:], 1_000), today=TODAY)
+    del again
+    third = Registry.open(saved)
+    assert len(third.history([born["my_number"]])) == 1
+    assert len(third) == 2_001

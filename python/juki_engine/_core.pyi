@@ -148,6 +148,9 @@ class Registry:
         """Apply change records (docs/changes.md); durable in the change log before it
         returns. Per row: `outcome`, `error`, `resident_code`, `my_number`."""
 
+    def checkpoint(self) -> int:
+        """Write a new snapshot with the changes folded in and kept as history; empty the log."""
+
     def history(self, keys: pa.Array, by: str = "my_number") -> pa.Table:
         """Each resident's changes, oldest first, with the fields each set (old and new)."""
 

@@ -285,6 +285,13 @@ class Registry:
         that name no one give no rows."""
         return self._core.history(_as_key_array(keys), by)
 
+    def checkpoint(self) -> int:
+        """Write a new snapshot of a registry opened from one: its rows with every change
+        folded in, the changes kept as history (as-of reads, `history`, former identifiers and
+        idempotency survive), then empty the change log it covered. Applies wait meanwhile;
+        queries do not. Returns how many history entries the snapshot holds."""
+        return self._core.checkpoint()
+
     @property
     def applied_changes(self) -> int:
         """How many changes were applied since the registry was opened or generated."""

@@ -180,6 +180,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    snapshot = Path(args.snapshot)
+    registry = open_snapshot(snapshot)
+    pending = registry.applied_changes
+    with spinner(f"writing a snapshot of {snapshot} with {pending:,} changes folded in") as p:
+        p.add_task("checkpoint")
+        started = time.perf_counter()
+        entries = registry.checkpoint()
+    console.print(
+        f"checkpoint: {snapshot} now holds {pending:,} more changes ({entries:,} history "
+        f"entries) in {time.perf_counter() - started:.1f} s; its change log is empty"
+    )
+    return EXIT_OK
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a = sub.add_parser(
         "apply",
@@ -205,6 +220,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     h.add_argument("--by", default="my_number", choices=KEY_KINDS)
     add_format_option(h)
     h.set_defaults(func=cmd_history)
+    c = sub.add_parser(
+        "checkpoint",
+        help="fold a snapshot's change log into a new snapshot (history kept), empty the log",
+    )
+    c.add_argument("snapshot", help="snapshot directory")
+    c.set_defaults(func=cmd_checkpoint)
 
     p = sub.add_parser("changes", help="changes (異動): generate a year of them")
     changes_sub = p.add_subparsers(dest="changes_command", required=True)
