@@ -60,6 +60,78 @@ enum Seen {
     Rejected(u32),
 }
 
+/// Every (municipality, sequence) seen: applied ones by an open-addressing table of entry
+/// indices (4 bytes a slot; the key is the entry's own, read back to compare), rejected ones
+/// (few) in a map to their message.
+#[derive(Default)]
+struct SeenIndex {
+    slots: Vec<u32>,
+    applied: usize,
+    rejected: HashMap<u64, u32>,
+}
+
+impl SeenIndex {
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.slots.len().trailing_zeros()))
+            as usize
+    }
+
+    fn get(&self, key: u64, live: &Live) -> Option<Seen> {
+        if let Some(&m) = self.rejected.get(&key) {
+            return Some(Seen::Rejected(m));
+        }
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let at = self.slots[i];
+            if at == NONE {
+                return None;
+            }
+            if live.entries.get(at as usize).is_some_and(|e| e.key == key) {
+                return Some(Seen::Applied(at));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert(&mut self, key: u64, seen: Seen, live: &Live) {
+        match seen {
+            Seen::Rejected(m) => {
+                self.rejected.insert(key, m);
+            }
+            Seen::Applied(at) => {
+                if (self.applied + 1) * 2 > self.slots.len() {
+                    let old = std::mem::take(&mut self.slots);
+                    self.slots = vec![NONE; (old.len() * 2).max(1 << 12)];
+                    self.applied = 0;
+                    for at in old.into_iter().filter(|&a| a != NONE) {
+                        let k = live.entries.get(at as usize).map_or(0, |e| e.key);
+                        self.place(k, at);
+                    }
+                }
+                self.place(key, at);
+            }
+        }
+    }
+
+    fn place(&mut self, key: u64, at: u32) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        while self.slots[i] != NONE {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = at;
+        self.applied += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.applied + self.rejected.len()
+    }
+}
+
 /// A dictionary's (value, reading) → key, for the writer to reuse keys.
 type DictMap = HashMap<(Box<str>, Box<str>), u32>;
 
@@ -67,7 +139,7 @@ type DictMap = HashMap<(Box<str>, Box<str>), u32>;
 pub struct Writer {
     /// The next batch number.
     pub next_batch: u32,
-    seen: HashMap<u64, Seen>,
+    seen: SeenIndex,
     rejections: Vec<Box<str>>,
     /// Per municipality key: the next designated-code position.
     issued: Vec<u64>,
@@ -89,7 +161,7 @@ impl Writer {
             .collect();
         Writer {
             next_batch: 1,
-            seen: HashMap::new(),
+            seen: SeenIndex::default(),
             rejections: Vec::new(),
             issued: vec![0; data.dicts.municipality_code.len()],
             municipalities,
@@ -481,8 +553,12 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
         };
         let target_seq =
             u64::try_from(target).map_err(|_| format!("cancel: cancels {target} is negative"))?;
-        let entry_at = match ctx.w.seen.get(&seen_key(c.municipality, target_seq)) {
-            Some(Seen::Applied(e)) => *e,
+        let entry_at = match ctx
+            .w
+            .seen
+            .get(seen_key(c.municipality, target_seq), ctx.live)
+        {
+            Some(Seen::Applied(e)) => e,
             Some(Seen::Rejected(_)) => {
                 return Err(format!(
                     "cancel: change {target_seq} of {} was rejected: there is nothing to cancel",
@@ -938,8 +1014,8 @@ pub fn apply(
             }
         };
         let key = seen_key(change.municipality, change.sequence);
-        if let Some(seen) = ctx.w.seen.get(&key) {
-            out.push(match *seen {
+        if let Some(seen) = ctx.w.seen.get(key, ctx.live) {
+            out.push(match seen {
                 Seen::Applied(e) => RowResult {
                     outcome: 1,
                     error: None,
@@ -965,7 +1041,7 @@ pub fn apply(
                 for &(kind, value, person) in &ctx.rec.ids[ids_before..] {
                     ctx.live.add_id(kind, value, person, ctx.rec.batch);
                 }
-                ctx.w.seen.insert(key, Seen::Applied(at));
+                ctx.w.seen.insert(key, Seen::Applied(at), ctx.live);
                 out.push(RowResult {
                     outcome: 0,
                     error: None,
@@ -976,9 +1052,8 @@ pub fn apply(
             Err(e) => {
                 ctx.rec.ids.truncate(ids_before);
                 let msg = format!("row {i}: {e}");
-                ctx.w
-                    .seen
-                    .insert(key, Seen::Rejected(ctx.w.rejections.len() as u32));
+                let m = ctx.w.rejections.len() as u32;
+                ctx.w.seen.insert(key, Seen::Rejected(m), ctx.live);
                 ctx.w.rejections.push(msg.clone().into());
                 ctx.rec
                     .rejections
@@ -1008,15 +1083,18 @@ pub fn redo(live: &Live, w: &mut Writer, rec: &BatchRecord) {
     }
     for e in &rec.entries {
         let at = live.push(*e);
-        w.seen
-            .insert(seen_key(e.municipality, e.sequence), Seen::Applied(at));
+        w.seen.insert(
+            seen_key(e.municipality, e.sequence),
+            Seen::Applied(at),
+            live,
+        );
     }
     for &(kind, value, person) in &rec.ids {
         live.add_id(kind, value, person, rec.batch);
     }
     for (m, s, msg) in &rec.rejections {
-        w.seen
-            .insert(seen_key(*m, *s), Seen::Rejected(w.rejections.len() as u32));
+        let at = w.rejections.len() as u32;
+        w.seen.insert(seen_key(*m, *s), Seen::Rejected(at), live);
         w.rejections.push(msg.as_str().into());
     }
     for &(k, next) in &rec.issued {
@@ -1408,11 +1486,9 @@ impl Writer {
     pub fn state(&self, log_generation: u64) -> WriterState {
         let mut rejections: Vec<(u64, String)> = self
             .seen
+            .rejected
             .iter()
-            .filter_map(|(k, s)| match s {
-                Seen::Rejected(m) => Some((*k, self.rejections[*m as usize].to_string())),
-                Seen::Applied(_) => None,
-            })
+            .map(|(k, m)| (*k, self.rejections[*m as usize].to_string()))
             .collect();
         rejections.sort();
         WriterState {
@@ -1555,7 +1631,7 @@ pub fn load_history(
         }
         let at = live.push_historic(entry);
         if reason != Reason::Origin {
-            w.seen.insert(k, Seen::Applied(at));
+            w.seen.insert(k, Seen::Applied(at), live);
         }
         last_batch = last_batch.max(entry.batch);
         // A former identifier still names the person (answered as replaced).
@@ -1575,7 +1651,8 @@ pub fn load_history(
         }
     }
     for (k, message) in &state.rejections {
-        w.seen.insert(*k, Seen::Rejected(w.rejections.len() as u32));
+        let at = w.rejections.len() as u32;
+        w.seen.insert(*k, Seen::Rejected(at), live);
         w.rejections.push(message.as_str().into());
     }
     w.issued.clone_from(&state.issued);
