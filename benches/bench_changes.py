@@ -15,7 +15,9 @@ One process, one registry, every ratio against a baseline timed in the same run:
     python benches/bench_changes.py --population 2000000            # a generated registry
     python benches/bench_changes.py --snapshot /tmp/nation_snap      # an existing snapshot
 
-The snapshot's change log is removed before and after the run (the snapshot is left as it was).
+The snapshot's change log is removed before and after the run; a given snapshot is left as it
+was unless --checkpoint (a generated one is always checkpointed: verify after the checkpoint,
+reopened, and the checkpoint's time and peak RSS).
 """
 
 from __future__ import annotations
@@ -74,8 +76,9 @@ def open_seconds(snapshot: Path) -> float:
 
 def measure(
     snapshot: Path, changes_file: Path, opened_alone: float, args: argparse.Namespace
-) -> int:
-    """Everything timed on one open registry; returns how many changes it applied."""
+) -> tuple[int, pa.Table, float]:
+    """Everything timed on one open registry; returns how many changes it applied, the claims
+    and the read-only verify rate before them."""
     registry = Registry.open(snapshot)
     base_rss = rss()
     n = len(registry)
@@ -174,7 +177,14 @@ def measure(
         f"({added / max(registry.applied_changes, 1):.0f} bytes a change); "
         f"peak RSS {peak() / GIB:.2f} GiB"
     )
-    return applied + fed[0]
+    if args.checkpoint:
+        started = time.perf_counter()
+        entries = registry.checkpoint()
+        print(
+            f"checkpoint: {time.perf_counter() - started:.1f} s ({entries:,} history entries); "
+            f"peak RSS {peak() / GIB:.2f} GiB"
+        )
+    return applied + fed[0], claims, before
 
 
 def main() -> int:
@@ -185,6 +195,11 @@ def main() -> int:
     p.add_argument("--claims", type=int, default=2_000_000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--small-batches", type=int, default=2_000, help="changes applied one by one")
+    p.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="end with a checkpoint (writes a new version of --snapshot) and verify reopened",
+    )
     args = p.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="juki-bench-changes-"))
     snapshot = args.snapshot
@@ -192,6 +207,7 @@ def main() -> int:
         if snapshot is None:
             snapshot = scratch / "registry"
             Registry.generate(args.population, seed=1).save(snapshot)
+            args.checkpoint = True
         log = snapshot / "changes.log"
         if log.exists():
             log.unlink()
@@ -217,12 +233,21 @@ def main() -> int:
         )
         print(f"changes drawn in a child process in {time.perf_counter() - drawn:.0f} s")
         opened_alone = open_seconds(snapshot)
-        applied = measure(snapshot, changes_file, opened_alone, args)
+        applied, claims, before = measure(snapshot, changes_file, opened_alone, args)
         reopened = open_seconds(snapshot)
-        print(
-            f"open: snapshot alone {opened_alone:.1f} s, with {applied:,} changes "
-            f"redone {reopened:.1f} s (+{reopened - opened_alone:.1f} s)"
-        )
+        if args.checkpoint:
+            print(f"open after the checkpoint (history loaded, log empty): {reopened:.1f} s")
+            registry = Registry.open(snapshot)
+            folded = median_rate(lambda: registry.verify(claims), args.claims, args.rounds)
+            print(
+                f"verify after the checkpoint, reopened: {folded / 1e6:.2f} M claims/s = "
+                f"{folded / before:.2f}x before the changes"
+            )
+        else:
+            print(
+                f"open: snapshot alone {opened_alone:.1f} s, with {applied:,} changes "
+                f"redone {reopened:.1f} s (+{reopened - opened_alone:.1f} s)"
+            )
         return 0
     finally:
         if snapshot is not None and (snapshot / "changes.log").exists():
