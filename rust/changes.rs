@@ -46,6 +46,9 @@ pub const MAX_SEQUENCE: u64 = 1 << 43;
 /// How many times a 個人番号 may be replaced (the conversion's generation is one digit).
 const MAX_GENERATION: u8 = 9;
 
+/// The most characters a name, reading or address part may hold.
+pub const MAX_TEXT_CHARS: usize = 128;
+
 /// Outcomes of a change row, as the result table spells them.
 pub const OUTCOMES: [&str; 3] = ["applied", "duplicate", "rejected"];
 
@@ -610,6 +613,25 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
         get_text(&t.given_name_kana, i),
     ];
     let address = (get_text(&t.address_town, i), get_text(&t.address_block, i));
+    // A value becomes a dictionary value every reply may carry: bounded, and never empty.
+    for (field, value) in [
+        ("family_name", names[0]),
+        ("family_name_kana", names[1]),
+        ("given_name", names[2]),
+        ("given_name_kana", names[3]),
+        ("address_town", address.0),
+        ("address_block", address.1),
+    ] {
+        if let Some(v) = value {
+            let chars = v.chars().count();
+            if chars == 0 || chars > MAX_TEXT_CHARS {
+                return Err(format!(
+                    "{r}: {field} must hold 1 to {MAX_TEXT_CHARS} characters, not {chars} ('{}')",
+                    echo(v.as_bytes())
+                ));
+            }
+        }
+    }
     let birth = get_date(&t.birth_date, i);
     let sex = get_int(&t.sex, i);
     let check_sex = |s: i64| -> std::result::Result<u8, RowErr> {

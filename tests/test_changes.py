@@ -636,3 +636,18 @@ def test_a_search_discloses_a_candidates_current_values(town: Town) -> None:
     ).to_pylist()
     mine = [c for c in found if c["resident_code"] == rc]
     assert [(c["status"], c["address_town"]) for c in mine] == [("deceased", "検索後町")]
+
+
+@pytest.mark.parametrize("name", ["", "長" * 129])
+def test_a_name_empty_or_over_128_characters_is_rejected(town: Town, name: str) -> None:
+    r = town.resident()
+    (out,) = town.apply(
+        town.change(
+            "name_change",
+            r["municipality_code"],
+            resident_code=r["resident_code"],
+            family_name=name,
+        )
+    )
+    assert out["outcome"] == "rejected"
+    assert "family_name must hold 1 to 128 characters" in out["error"]
