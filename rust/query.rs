@@ -412,19 +412,28 @@ pub fn lookup(
     let mut changed = Vec::new();
     let rows = filled(keys.len(), |rows: &mut [u32]| {
         if let Some(view) = view {
-            // Rows changes touched are resolved chunk by chunk, in row order.
-            for (c, r) in rows.chunks_mut(CHUNK).enumerate() {
-                let mut out = Vec::new();
-                resolve_chunk(
-                    &column,
-                    index,
-                    c * CHUNK,
-                    0,
-                    r,
-                    &mut errors,
-                    |_| {},
-                    Some((view, &mut out)),
-                );
+            // Rows changes touched are resolved chunk by chunk (on all cores when large), and
+            // gathered in row order.
+            let chunk = |c: usize, r: &mut [u32]| {
+                let (mut errs, mut out) = (Vec::new(), Vec::new());
+                let on_hit = |row: u32| view.live.prefetch_dirty(row);
+                let changed = Some((view, &mut out));
+                resolve_chunk(&column, index, c * CHUNK, 0, r, &mut errs, on_hit, changed);
+                (errs, out)
+            };
+            let parts: Vec<_> = if rows.len() <= PARALLEL_MIN {
+                rows.chunks_mut(CHUNK)
+                    .enumerate()
+                    .map(|(c, r)| chunk(c, r))
+                    .collect()
+            } else {
+                rows.par_chunks_mut(CHUNK)
+                    .enumerate()
+                    .map(|(c, r)| chunk(c, r))
+                    .collect()
+            };
+            for (c, (errs, out)) in parts.into_iter().enumerate() {
+                errors.extend(errs);
                 changed.extend(out.into_iter().map(|(i, v)| (i + (c * CHUNK) as u32, v)));
             }
         } else {

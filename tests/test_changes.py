@@ -651,3 +651,20 @@ def test_a_name_empty_or_over_128_characters_is_rejected(town: Town, name: str) 
     )
     assert out["outcome"] == "rejected"
     assert "family_name must hold 1 to 128 characters" in out["error"]
+
+
+def test_a_large_lookup_and_verify_over_changes_keep_every_row_in_place(town: Town) -> None:
+    """Over many chunks on all cores, each row answers for its own key."""
+    r = town.resident()
+    town.apply(town.change("death", r["municipality_code"], resident_code=r["resident_code"]))
+    keys = [row["my_number"] for row in town.rows] * 30  # 90,000 keys
+    out = town.registry.lookup(keys, columns=["my_number", "status"])
+    assert out["my_number"].to_pylist() == keys
+    want = [
+        "deceased" if k == r["my_number"] else s
+        for k, s in zip(keys, [row["status"] for row in town.rows] * 30, strict=True)
+    ]
+    assert out["status"].to_pylist() == want
+    verified = town.registry.verify(pa.table({"my_number": keys}), columns=["my_number"])
+    assert verified["status"].to_pylist() == want
+    assert verified["my_number"].to_pylist() == keys
