@@ -32,10 +32,10 @@ def registry_at(path: Path, generate_demo: bool, mmap: bool = False) -> Registry
     """The snapshot at `path`; with `generate_demo`, the Toyama demo is generated there first."""
     if (path / "CURRENT").exists() or not generate_demo:
         return open_snapshot(path, mmap)
-    registry = generate(None, TOYAMA, 0)
-    registry.save(path)
+    generate(None, TOYAMA, 0).save(path)
     console.print(f"saved the demo registry to {path}")
-    return registry
+    # Served from the snapshot, so that the changes it takes are durable in its change log.
+    return open_snapshot(path, mmap)
 
 
 def policy_path(arg: str | None) -> Path:
@@ -238,6 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 console.print(f"refused: {e.code().name}: {e.details()}")
 
         _demo_names(registry, certs_dir, address)
+        _demo_changes(registry, certs_dir, address, pq.read_table(pensioners), path)
 
         subject = table["resident_code"][0].as_py()
         console.rule(f"who looked at resident {subject}")
@@ -248,6 +249,102 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return EXIT_OK
+
+
+def _demo_changes(
+    registry: Registry, certs_dir: Path, address: str, pensioners: pa.Table, path: Path
+) -> None:
+    """The demo's living registry: a death and a move applied while the server answers,
+    retrieved over gRPC before and after (each run applies new ones: sequence numbers are the
+    run's time)."""
+    import datetime as dt
+    import time
+
+    from juki_engine._proto import registry_pb2 as pb
+    from juki_engine._proto import registry_pb2_grpc as pb_grpc
+    from juki_engine.client import AgencyTLS, request_context
+    from juki_engine.synthetic.changes import CHANGE_SCHEMA
+
+    codes = pensioners["resident_code"].to_pylist()[:2_000]
+    now = registry.lookup(codes, by="resident_code", columns=["status", "municipality_code"])
+    living = [
+        (c, m)
+        for c, s, m in zip(
+            codes, now["status"].to_pylist(), now["municipality_code"].to_pylist(), strict=True
+        )
+        if s == "resident"
+    ]
+    if len(living) < 2:
+        return
+    (dies, home), (moves, former) = living[0], living[1]
+    elsewhere = next(
+        m
+        for m in registry.to_arrow(["municipality_code"])["municipality_code"].to_pylist()
+        if m != former
+    )
+    fields = ["status", "status_date", "municipality_name", "address_town"]
+    nenkin = AgencyTLS.from_cert(certs_dir / "agencies" / "nenkin.pem")
+
+    def show(when: str) -> None:
+        with nenkin.channel(address) as channel:
+            stub = pb_grpc.IdentityVerificationServiceStub(channel)
+            for code in (dies, moves):
+                reply = stub.Retrieve(
+                    pb.RetrieveRequest(
+                        context=request_context("pension-benefit", "demo-operator"),
+                        key=pb.Key(resident_code=code),
+                        fields=fields,
+                    ),
+                    timeout=30,
+                )
+                r = reply.resident
+                console.print(
+                    f"{when}: {code} {pb.ResidentStatus.Name(r.status)} {r.status_date} "
+                    f"{r.municipality_name} {r.address_town}"
+                )
+
+    console.rule("the registry is alive: a death and a move, applied while it serves")
+    show("before")
+    today = dt.datetime.now(dt.UTC).date()
+    sequence = int(time.time())
+    base = {"effective_date": today, "reported_date": today}
+    changes = pa.Table.from_pylist(
+        schema=CHANGE_SCHEMA,
+        mapping=[
+            base
+            | {
+                "municipality": home,
+                "sequence": sequence,
+                "reason": "death",
+                "resident_code": dies,
+            },
+            base
+            | {
+                "municipality": former,
+                "sequence": sequence + 1,
+                "reason": "move_out",
+                "resident_code": moves,
+                "moving_to": elsewhere,
+            },
+            base
+            | {
+                "municipality": elsewhere,
+                "sequence": sequence,
+                "reason": "move_in",
+                "resident_code": moves,
+                "address_town": "転入町",
+                "address_block": "1-2-3",
+            },
+        ],
+    )
+    applied = registry.apply(changes)
+    outcomes = ", ".join(
+        f"{r}: {o}"
+        for r, o in zip(changes["reason"].to_pylist(), applied["outcome"].to_pylist(), strict=True)
+    )
+    console.print(f"Registry.apply → {outcomes} (durable in the snapshot's change log)")
+    show("after ")
+    console.print(f"their history: juki history {path} {moves} --by resident_code")
 
 
 def _demo_names(registry: Registry, certs_dir: Path, address: str) -> None:
