@@ -309,7 +309,7 @@ fn live<'v, 'a>(view: Option<&'v View<'a>>) -> Option<&'v View<'a>> {
 
 /// Each row's packed resident and identifiers, from the base or from what changes resolved
 /// (`changed`: (row index, values), in row order), for disclosing rows a view resolved.
-pub fn read_rows(
+fn read_rows(
     data: &RegistryData,
     rows: &[u32],
     changed: &[(u32, Resolved)],
@@ -453,22 +453,34 @@ pub fn lookup(
         replaced_column(&rows, &changed),
     ];
     fields.extend(columns.iter().map(|c| c.field()));
+    arrays.extend(disclose(data, view, columns, &rows, &changed)?);
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+/// The public `columns` of `rows`: from the base, or where `view` applies changes, through the
+/// rows it resolved (`changed`, see [`View::patch`]).
+pub fn disclose(
+    data: &RegistryData,
+    view: Option<&View>,
+    columns: &[Column],
+    rows: &[u32],
+    changed: &[(u32, Resolved)],
+) -> Result<Vec<ArrayRef>> {
     match view {
-        None => arrays.extend(data.columns(columns, Rows::At(&rows))?),
+        None => data.columns(columns, Rows::At(rows)),
         Some(view) => {
-            let (people, ids) = read_rows(data, &rows, &changed);
-            arrays.extend(data.columns(
+            let (people, ids) = read_rows(data, rows, changed);
+            data.columns(
                 columns,
                 Rows::Read {
-                    rows: &rows,
+                    rows,
                     people: &people,
                     ids: Some(&ids),
                     live: Some(view.live),
                 },
-            )?);
+            )
         }
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
 /// How a claimed text is compared with the stored one. Exact today; a normalising comparison
@@ -1028,25 +1040,6 @@ pub fn verify<M: TextMatch>(
             arrays.push(Arc::new(level));
         }
     }
-    let read;
-    let at = if copy {
-        Rows::Read {
-            rows: &rows,
-            people: &people,
-            ids: None,
-            live: None,
-        }
-    } else if let (Some(view), true) = (view, keep) {
-        read = read_rows(data, &rows, &changed);
-        Rows::Read {
-            rows: &rows,
-            people: &read.0,
-            ids: Some(&read.1),
-            live: Some(view.live),
-        }
-    } else {
-        Rows::At(&rows)
-    };
     // `status` is always in the result already.
     let disclosed: Vec<Column> = columns
         .iter()
@@ -1054,7 +1047,17 @@ pub fn verify<M: TextMatch>(
         .filter(|&c| c != Column::Status)
         .collect();
     fields.extend(disclosed.iter().map(|c| c.field()));
-    arrays.extend(data.columns(&disclosed, at)?);
+    if copy {
+        let at = Rows::Read {
+            rows: &rows,
+            people: &people,
+            ids: None,
+            live: None,
+        };
+        arrays.extend(data.columns(&disclosed, at)?);
+    } else if keep {
+        arrays.extend(disclose(data, view, &disclosed, &rows, &changed)?);
+    }
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 

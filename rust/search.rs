@@ -27,7 +27,7 @@ use crate::index::{NOT_FOUND, ROW_BITS};
 use crate::memory::prefetch;
 use crate::normalize::{FoldedText, Folding, Level};
 use crate::query::{sex_claims, shown_type, TextColumn};
-use crate::storage::{inline_key, Column, Person, RegistryData, Rows};
+use crate::storage::{inline_key, Column, Person, RegistryData};
 
 const ROW_MASK: u64 = (1 << ROW_BITS) - 1;
 /// Bits of an entry's hash prefix that index the directory.
@@ -594,23 +594,12 @@ pub fn search(
         Arc::new(UInt8Array::from_iter_values(found.iter().map(|c| c.agreed))),
     ];
     fields.extend(columns.iter().map(|c| c.field()));
-    match view.filter(|v| !v.plain()) {
-        // The index holds the snapshot's names and birth dates; a candidate a change touched
-        // discloses its current values, never the snapshot's.
-        Some(view) => {
-            let changed = view.resolve_rows(&mut rows);
-            let (people, ids) = crate::query::read_rows(data, &rows, &changed);
-            arrays.extend(data.columns(
-                columns,
-                Rows::Read {
-                    rows: &rows,
-                    people: &people,
-                    ids: Some(&ids),
-                    live: Some(view.live),
-                },
-            )?);
-        }
-        None => arrays.extend(data.columns(columns, Rows::At(&rows))?),
-    }
+    // The index holds the snapshot's names and birth dates; a candidate a change touched
+    // discloses its current values, never the snapshot's.
+    let view = view.filter(|v| !v.plain());
+    let changed = view.map_or_else(Vec::new, |v| v.resolve_rows(&mut rows));
+    arrays.extend(crate::query::disclose(
+        data, view, columns, &rows, &changed,
+    )?);
     Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }

@@ -17,31 +17,12 @@ import pytest
 from juki_engine import InvalidInput, Registry
 from juki_engine._core import is_valid
 from juki_engine.ids import local_government_code_check_digit
+from juki_engine.synthetic.changes import CHANGE_SCHEMA
 
 D = dt.date
 TODAY = D(2025, 6, 30)
 
-SCHEMA = pa.schema(
-    [
-        ("municipality", pa.string()),
-        ("sequence", pa.int64()),
-        ("reason", pa.string()),
-        ("effective_date", pa.date32()),
-        ("reported_date", pa.date32()),
-        ("resident_code", pa.string()),
-        ("my_number", pa.string()),
-        ("family_name", pa.string()),
-        ("family_name_kana", pa.string()),
-        ("given_name", pa.string()),
-        ("given_name_kana", pa.string()),
-        ("birth_date", pa.date32()),
-        ("sex", pa.uint8()),
-        ("address_town", pa.string()),
-        ("address_block", pa.string()),
-        ("moving_to", pa.string()),
-        ("cancels", pa.int64()),
-    ]
-)
+SCHEMA = CHANGE_SCHEMA
 
 
 def table(*rows: dict[str, Any]) -> pa.Table:
