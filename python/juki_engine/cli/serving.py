@@ -306,7 +306,9 @@ def _demo_changes(
     console.rule("the registry is alive: a death and a move, applied while it serves")
     show("before")
     today = dt.datetime.now(dt.UTC).date()
-    sequence = int(time.time())
+    # A sequence number per change, distinct across municipalities too (a death and a move_in
+    # may come from the same one): this run's time, times 3.
+    sequence = int(time.time()) * 3
     base = {"effective_date": today, "reported_date": today}
     changes = pa.Table.from_pylist(
         schema=CHANGE_SCHEMA,
@@ -329,7 +331,7 @@ def _demo_changes(
             base
             | {
                 "municipality": elsewhere,
-                "sequence": sequence,
+                "sequence": sequence + 2,
                 "reason": "move_in",
                 "resident_code": moves,
                 "address_town": "転入町",
