@@ -3,10 +3,16 @@
 //!
 //! Layout: `<dir>/CURRENT` names the live version directory `<dir>/v-<n>/`, which holds
 //! `manifest.json`, `residents.arrow` (the row columns), `dict_*.arrow` (the dictionaries) and
-//! `index_*.u64` (the hash tables' raw slots, so opening never rebuilds them). Saving writes a new
-//! version aside, fsyncs it, then atomically replaces `CURRENT`: a crash at any point leaves the
-//! previous snapshot intact and current. Opening checks every file's size and xxh3 checksum and
-//! every dictionary key's bounds; anything wrong raises `SnapshotCorrupt` naming the file.
+//! `index_*.u64` (the hash tables' raw slots, which opening reads back as saved). Saving writes a
+//! new version aside, fsyncs it, then atomically replaces `CURRENT`: a crash at any point leaves
+//! the previous snapshot intact and current. Opening checks every file's size and xxh3 checksum
+//! and every dictionary key's bounds; anything wrong raises `SnapshotCorrupt` naming the file.
+//!
+//! The manifest's `format` versions the layout. `juki-snapshot/2` holds the quotiented index
+//! slots of `index`. `juki-snapshot/1`, from builds whose slots packed the whole base above a
+//! 27-bit row id, still opens: its index files are neither read nor trusted, the indexes are
+//! rebuilt from the row columns (a note on stderr says so), and saving it writes format 2. Any
+//! other format is `SnapshotCorrupt` naming it.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -28,7 +34,10 @@ use crate::index::HashIndex;
 use crate::memory::{map_file, read_file_huge};
 use crate::storage::{Columns, Dictionaries, RegistryData, CARD_VALUES, STATUS_VALUES};
 
-const FORMAT: &str = "juki-snapshot/1";
+/// The format this build writes.
+const FORMAT: &str = "juki-snapshot/2";
+/// The format before the index slots were quotiented: its rows and dictionaries are as today's.
+const FORMAT_1: &str = "juki-snapshot/1";
 const RESIDENTS: &str = "residents.arrow";
 const INDEX_MY_NUMBER: &str = "index_my_number.u64";
 const INDEX_RESIDENT_CODE: &str = "index_resident_code.u64";
@@ -418,15 +427,22 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
         fs::read(&manifest_path).map_err(|e| unreadable(&manifest_path, &manifest_name, e))?;
     let manifest: Manifest =
         serde_json::from_slice(&raw).map_err(|e| corrupt(&manifest_name, e))?;
-    if manifest.format != FORMAT {
-        return Err(corrupt(
-            &manifest_name,
-            format!("format '{}', expected '{FORMAT}'", manifest.format),
-        ));
-    }
+    let is_index = |name: &str| [INDEX_MY_NUMBER, INDEX_RESIDENT_CODE].contains(&name);
+    let rebuild_indexes = match manifest.format.as_str() {
+        FORMAT => false,
+        FORMAT_1 => true,
+        other => {
+            return Err(corrupt(
+                &manifest_name,
+                format!("format '{other}' is not one this build reads ({FORMAT_1}, {FORMAT})"),
+            ))
+        }
+    };
     let loaded: Vec<(String, Buffer)> = manifest
         .files
         .par_iter()
+        // A format-1 index is in the old slot layout: it is rebuilt, so its file is not read.
+        .filter(|entry| !(rebuild_indexes && is_index(&entry.name)))
         .map(|entry| {
             let shown = format!("{version}/{}", entry.name);
             // A listed name is a file of the version directory, never a path out of it.
@@ -458,8 +474,7 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
             // The indexes are probed at random: on the page cache's 4 KiB pages every probe
             // also walks the page tables, so they are read into huge pages even when the row
             // columns are mapped (the RSS is the same either way: their pages are all touched).
-            let index = [INDEX_MY_NUMBER, INDEX_RESIDENT_CODE].contains(&entry.name.as_str());
-            let buf = if mmap && !index {
+            let buf = if mmap && !is_index(&entry.name) {
                 map_file(&path).map_err(|e| unreadable(&path, &shown, e))?
             } else {
                 read_file_huge(&path)?
@@ -542,21 +557,6 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
     check_keys(&cols.block, dicts.address_block.len(), "block")?;
     check_keys(&cols.status, STATUS_VALUES.len(), "status")?;
     check_keys(&cols.card, CARD_VALUES.len(), "card")?;
-    let slots = |name: &str| -> Result<ScalarBuffer<u64>> {
-        let buf = get(name)?.clone();
-        if buf.len() % 8 != 0 {
-            return Err(corrupt(name, "length is not a whole number of slots"));
-        }
-        let n = buf.len() / 8;
-        Ok(ScalarBuffer::new(buf, 0, n))
-    };
-    let by_my_number =
-        HashIndex::from_slots(IdKind::MyNumber, slots(INDEX_MY_NUMBER)?, manifest.rows)?;
-    let by_resident_code = HashIndex::from_slots(
-        IdKind::ResidentCode,
-        slots(INDEX_RESIDENT_CODE)?,
-        manifest.rows,
-    )?;
     let own = [
         RESIDENTS,
         "dict_family.arrow",
@@ -572,6 +572,37 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
         .filter(|(n, _)| !own.contains(&n.as_str()))
         .cloned()
         .collect();
-    let data = RegistryData::with_indexes(cols, dicts, by_my_number, by_resident_code)?;
+    if rebuild_indexes {
+        let data = RegistryData::new(cols, dicts).map_err(|e| match e {
+            JukiError::DuplicateIdentifier(why) | JukiError::InvalidInput(why) => {
+                corrupt(RESIDENTS, why)
+            }
+            other => other,
+        })?;
+        eprintln!(
+            "juki: snapshot '{}' ({version}) is format {FORMAT_1}: its indexes were rebuilt from \
+             the rows; saving it writes {FORMAT}",
+            dir.display()
+        );
+        return Ok((data, extras));
+    }
+    let index = |kind: IdKind, name: &str| -> Result<HashIndex> {
+        let buf = get(name)?.clone();
+        if buf.len() % 8 != 0 {
+            return Err(corrupt(name, "length is not a whole number of slots"));
+        }
+        let n = buf.len() / 8;
+        HashIndex::from_slots(kind, ScalarBuffer::new(buf, 0, n), manifest.rows).map_err(
+            |e| match e {
+                JukiError::SnapshotCorrupt(why) => corrupt(name, why),
+                other => other,
+            },
+        )
+    };
+    let (by_my_number, by_resident_code) = rayon::join(
+        || index(IdKind::MyNumber, INDEX_MY_NUMBER),
+        || index(IdKind::ResidentCode, INDEX_RESIDENT_CODE),
+    );
+    let data = RegistryData::with_indexes(cols, dicts, by_my_number?, by_resident_code?)?;
     Ok((data, extras))
 }

@@ -85,6 +85,7 @@ def test_layout(snap: Path) -> None:
     assert {"index_my_number.u64", "index_resident_code.u64"} <= listed
     assert listed | {"manifest.json"} == {p.name for p in version.iterdir()}
     assert manifest["rows"] == 3_000
+    assert manifest["format"] == "juki-snapshot/2"
 
 
 def test_save_twice_keeps_only_the_newest(registry: Registry, other: Registry, snap: Path) -> None:
@@ -239,3 +240,73 @@ def test_open_ignores_files_not_in_the_version(registry: Registry, snap: Path) -
     (current_version(snap) / "stray.txt").write_text("x")
     (snap / "notes.txt").write_text("x")
     assert_same(Registry.open(snap), registry)
+
+
+# ----------------------------------------------------------------------------- earlier formats
+
+#: 200 residents of 鳥取県 saved in format 1 by the build before the index slots were quotiented
+#: (commit ae3439f): `Registry.generate(population=200, seed=11, prefecture="鳥取県")`, passed
+#: through `from_arrow` with its dictionary columns cast to plain strings, which keeps only the
+#: names in use (64 KiB).
+SNAPSHOT_V1 = Path(__file__).parent / "data" / "snapshot_v1"
+
+#: Residents of the fixture as that build read them: My Number, resident code, family name,
+#: given name (rows 0, 1, 57, 123 and 199).
+V1_RESIDENTS = [
+    ("267853505583", "46759343646", "成田", "鉄矢"),
+    ("627471591907", "24486946942", "高橋", "麗那"),
+    ("365764031596", "32152754573", "神崎", "寿郎"),
+    ("449027390746", "81038693034", "鈴木", "佳壽子"),
+    ("186507450209", "55163830689", "大川", "仁恵"),
+]
+#: Valid identifiers of no one in the fixture.
+V1_ABSENT = {"my_number": "123456789018", "resident_code": "12345678903"}
+
+
+def assert_v1_residents(opened: Registry) -> None:
+    assert len(opened) == 200
+    columns = ["my_number", "resident_code", "family_name", "given_name"]
+    for position, kind in enumerate(columns[:2]):
+        keys = [resident[position] for resident in V1_RESIDENTS] + [V1_ABSENT[kind]]
+        found = opened.lookup(pa.array(keys), by=kind, columns=columns).to_pylist()
+        assert [row["found"] for row in found] == [True] * len(V1_RESIDENTS) + [False]
+        assert [row["error"] for row in found] == [None] * len(keys)
+        names = [tuple(row[c] for c in columns) for row in found]
+        assert names == [*V1_RESIDENTS, (None, None, None, None)]
+
+
+@MMAP
+def test_format_1_opens_with_rebuilt_indexes(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], mmap: bool
+) -> None:
+    snap = tmp_path / "snap"
+    shutil.copytree(SNAPSHOT_V1, snap)
+    manifest = json.loads((current_version(snap) / "manifest.json").read_text())
+    assert manifest["format"] == "juki-snapshot/1"
+    capfd.readouterr()
+
+    opened = Registry.open(snap, mmap=mmap)
+    note = capfd.readouterr().err
+    assert note.count("\n") == 1, note
+    assert str(snap) in note and "juki-snapshot/1" in note, note
+    assert "indexes were rebuilt" in note and "saving it writes juki-snapshot/2" in note, note
+    assert_v1_residents(opened)
+
+    opened.save(snap)
+    manifest = json.loads((current_version(snap) / "manifest.json").read_text())
+    assert manifest["format"] == "juki-snapshot/2"
+    reopened = Registry.open(snap, mmap=mmap)
+    assert capfd.readouterr().err == ""
+    assert_v1_residents(reopened)
+    assert reopened.to_arrow().equals(opened.to_arrow())
+
+
+def test_unknown_format_is_named(snap: Path) -> None:
+    path = current_version(snap) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format"] = "juki-snapshot/3"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SnapshotCorrupt) as info:
+        Registry.open(snap)
+    message = str(info.value)
+    assert "juki-snapshot/3" in message and "manifest.json" in message, message
