@@ -57,10 +57,10 @@ fn seen_key(municipality: u32, sequence: u64) -> u64 {
 }
 
 /// A (municipality, sequence) seen before: the entry it applied, or the rejection's message.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Seen {
     Applied(u32),
-    Rejected(u32),
+    Rejected(Box<str>),
 }
 
 /// Every (municipality, sequence) seen: applied ones by an open-addressing table of entry
@@ -70,7 +70,7 @@ enum Seen {
 struct SeenIndex {
     slots: Vec<u32>,
     applied: usize,
-    rejected: HashMap<u64, u32>,
+    rejected: HashMap<u64, Box<str>>,
 }
 
 impl SeenIndex {
@@ -80,8 +80,8 @@ impl SeenIndex {
     }
 
     fn get(&self, key: u64, live: &Live) -> Option<Seen> {
-        if let Some(&m) = self.rejected.get(&key) {
-            return Some(Seen::Rejected(m));
+        if let Some(m) = self.rejected.get(&key) {
+            return Some(Seen::Rejected(m.clone()));
         }
         if self.slots.is_empty() {
             return None;
@@ -102,8 +102,8 @@ impl SeenIndex {
 
     fn insert(&mut self, key: u64, seen: Seen, live: &Live) {
         match seen {
-            Seen::Rejected(m) => {
-                self.rejected.insert(key, m);
+            Seen::Rejected(message) => {
+                self.rejected.insert(key, message);
             }
             Seen::Applied(at) => {
                 if (self.applied + 1) * 2 > self.slots.len() {
@@ -143,7 +143,6 @@ pub struct Writer {
     /// The next batch number.
     pub next_batch: u32,
     seen: SeenIndex,
-    rejections: Vec<Box<str>>,
     /// Per municipality key: the next designated-code position.
     issued: Vec<u64>,
     municipalities: HashMap<Box<str>, u16>,
@@ -165,7 +164,6 @@ impl Writer {
         Writer {
             next_batch: 1,
             seen: SeenIndex::default(),
-            rejections: Vec::new(),
             issued: vec![0; data.dicts.municipality_code.len()],
             municipalities,
             dicts: None,
@@ -483,6 +481,13 @@ impl Ctx<'_> {
         k
     }
 
+    /// Set `v`'s address to (`town`, `block`) in municipality `mkey`.
+    fn set_address(&mut self, v: &mut Values, mkey: u16, (town, block): (&str, &str)) {
+        v.resident.place.town = self.dict_key(Dict::Town, town, "");
+        v.resident.place.block = self.dict_key(Dict::Block, block, "");
+        v.resident.person.municipality = mkey;
+    }
+
     /// The stored (value, reading) of key `k` of `dict`.
     fn dict_value(&self, dict: Dict, k: u32) -> (String, String) {
         let d = &self.data.dicts;
@@ -676,12 +681,11 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                 iso(birth)
             ));
         }
-        let (town, block) = need_address()?;
+        let address = need_address()?;
         let s = &mut entry.set;
+        ctx.set_address(s, c.mkey, address);
         let family = ctx.dict_key(Dict::Family, fam, fam_k);
         let given = ctx.dict_key(Dict::Given, giv, giv_k);
-        let town = ctx.dict_key(Dict::Town, town, "");
-        let block = ctx.dict_key(Dict::Block, block, "");
         let code = ctx.issue_code(c.mkey);
         let (number, generation) = ctx.convert(code, 0)?;
         let p = &mut s.resident.person;
@@ -689,12 +693,8 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
         p.given = given;
         p.birth_date = birth;
         p.sex = sex;
-        p.municipality = c.mkey;
         p.status = RESIDENT;
-        let q = &mut s.resident.place;
-        q.town = town;
-        q.block = block;
-        q.card = CARD_NONE;
+        s.resident.place.card = CARD_NONE;
         s.resident_code = code;
         s.my_number = number;
         s.generation = generation;
@@ -766,10 +766,7 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                     "{r}: the resident's status is {status}, not {word}"
                 ));
             }
-            let (town, block) = need_address()?;
-            s.resident.place.town = ctx.dict_key(Dict::Town, town, "");
-            s.resident.place.block = ctx.dict_key(Dict::Block, block, "");
-            s.resident.person.municipality = c.mkey;
+            ctx.set_address(s, c.mkey, need_address()?);
             s.resident.person.status = RESIDENT;
             s.moving_out = NO_DATE;
             s.moving_to = u16::MAX;
@@ -811,10 +808,7 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                     "move_in: the resident has no pending move_out from {holder} (転出証明書)"
                 ));
             }
-            let (town, block) = need_address()?;
-            s.resident.place.town = ctx.dict_key(Dict::Town, town, "");
-            s.resident.place.block = ctx.dict_key(Dict::Block, block, "");
-            s.resident.person.municipality = c.mkey;
+            ctx.set_address(s, c.mkey, need_address()?);
             s.moving_out = NO_DATE;
             s.moving_to = u16::MAX;
             entry.mask = group::ADDRESS | group::PENDING;
@@ -827,10 +821,7 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                 ));
             }
             resident_only("only a resident moves")?;
-            let (town, block) = need_address()?;
-            s.resident.place.town = ctx.dict_key(Dict::Town, town, "");
-            s.resident.place.block = ctx.dict_key(Dict::Block, block, "");
-            s.resident.person.municipality = c.mkey;
+            ctx.set_address(s, c.mkey, need_address()?);
             entry.mask = group::ADDRESS;
         }
         Reason::MoveAbroad | Reason::Death | Reason::OfficialRemoval => {
@@ -903,10 +894,7 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                     entry.mask |= group::SEX;
                 }
                 if address.0.is_some() || address.1.is_some() {
-                    let (town, block) = need_address()?;
-                    s.resident.place.town = ctx.dict_key(Dict::Town, town, "");
-                    s.resident.place.block = ctx.dict_key(Dict::Block, block, "");
-                    s.resident.person.municipality = c.mkey;
+                    ctx.set_address(s, c.mkey, need_address()?);
                     entry.mask |= group::ADDRESS;
                 }
             }
@@ -1046,7 +1034,7 @@ pub fn apply(
                 },
                 Seen::Rejected(m) => RowResult {
                     outcome: 1,
-                    error: Some(ctx.w.rejections[m as usize].to_string()),
+                    error: Some(m.to_string()),
                     person: NONE,
                     entry: NONE,
                 },
@@ -1074,9 +1062,9 @@ pub fn apply(
             Err(e) => {
                 ctx.rec.ids.truncate(ids_before);
                 let msg = format!("row {i}: {e}");
-                let m = ctx.w.rejections.len() as u32;
-                ctx.w.seen.insert(key, Seen::Rejected(m), ctx.live);
-                ctx.w.rejections.push(msg.clone().into());
+                ctx.w
+                    .seen
+                    .insert(key, Seen::Rejected(msg.as_str().into()), ctx.live);
                 ctx.rec
                     .rejections
                     .push((change.municipality, change.sequence, msg.clone()));
@@ -1115,9 +1103,8 @@ pub fn redo(live: &Live, w: &mut Writer, rec: &BatchRecord) {
         live.add_id(kind, value, person, rec.batch);
     }
     for (m, s, msg) in &rec.rejections {
-        let at = w.rejections.len() as u32;
-        w.seen.insert(seen_key(*m, *s), Seen::Rejected(at), live);
-        w.rejections.push(msg.as_str().into());
+        w.seen
+            .insert(seen_key(*m, *s), Seen::Rejected(msg.as_str().into()), live);
     }
     for &(k, next) in &rec.issued {
         w.issued[k as usize] = next;
@@ -1402,15 +1389,15 @@ pub fn check_record(
     rec: &BatchRecord,
     what: &str,
 ) -> Result<()> {
-    check_entries(data, live, w, rec, what, false)
+    check_entries(data, live, w.next_batch, rec, what, false)
 }
 
-/// [`check_record`]; `historic`: entries of a snapshot's history, whose created persons are
-/// rows of the snapshot by now.
+/// [`check_record`], the record's batch no older than `first_batch`; `historic`: entries of a
+/// snapshot's history, whose created persons are rows of the snapshot by now.
 fn check_entries(
     data: &RegistryData,
     live: &Live,
-    w: &Writer,
+    first_batch: u32,
     rec: &BatchRecord,
     what: &str,
     historic: bool,
@@ -1429,11 +1416,11 @@ fn check_entries(
             + ext[d as usize] as u64
     };
     let municipalities = data.dicts.municipality_code.len() as u64;
-    if rec.batch < w.next_batch {
+    if rec.batch < first_batch {
         return bad(format!(
             "batch {} follows batch {}",
             rec.batch,
-            w.next_batch - 1
+            first_batch - 1
         ));
     }
     for e in &rec.entries {
@@ -1510,7 +1497,7 @@ impl Writer {
             .seen
             .rejected
             .iter()
-            .map(|(k, m)| (*k, self.rejections[*m as usize].to_string()))
+            .map(|(k, m)| (*k, m.to_string()))
             .collect();
         rejections.sort();
         WriterState {
@@ -1636,11 +1623,7 @@ pub fn load_history(
             entries: vec![entry],
             ..Default::default()
         };
-        let saved_next = w.next_batch;
-        w.next_batch = 0;
-        let checked = check_entries(data, live, w, &rec, what, true);
-        w.next_batch = saved_next;
-        checked.map_err(|e| bad(format!("row {i}: {e}")))?;
+        check_entries(data, live, 0, &rec, what, true).map_err(|e| bad(format!("row {i}: {e}")))?;
         if entry.cancels != NONE && entry.cancels >= first + i as u32 {
             return Err(bad(format!("row {i}: cancels a later entry")));
         }
@@ -1673,9 +1656,8 @@ pub fn load_history(
         }
     }
     for (k, message) in &state.rejections {
-        let at = w.rejections.len() as u32;
-        w.seen.insert(*k, Seen::Rejected(at), live);
-        w.rejections.push(message.as_str().into());
+        w.seen
+            .insert(*k, Seen::Rejected(message.as_str().into()), live);
     }
     w.issued.clone_from(&state.issued);
     w.next_batch = state.next_batch.max(last_batch + 1);

@@ -1673,80 +1673,66 @@ pub fn history_batch(view: &View) -> crate::error::Result<arrow_array::RecordBat
         }
     }
     let shift = origins.len() as u32;
-    let mut rows: Vec<(Entry, ())> = Vec::with_capacity(origins.len() + live.entries.count());
+    let mut rows: Vec<Entry> = Vec::with_capacity(origins.len() + live.entries.count());
     for &person in &origins {
-        rows.push((
-            Entry {
-                person,
-                prev: NONE,
-                batch: 0,
-                mask: group::ALL,
-                reason: Reason::Origin,
-                cancels: NONE,
-                municipality: 0,
-                sequence: 0,
-                effective: i32::MIN,
-                reported: i32::MIN,
-                recorded: i64::MIN,
-                set: view.base_values(person),
-            },
-            (),
-        ));
+        rows.push(Entry {
+            person,
+            prev: NONE,
+            batch: 0,
+            mask: group::ALL,
+            reason: Reason::Origin,
+            cancels: NONE,
+            municipality: 0,
+            sequence: 0,
+            effective: i32::MIN,
+            reported: i32::MIN,
+            recorded: i64::MIN,
+            set: view.base_values(person),
+        });
     }
     for e in live.entries.iter() {
         let cancels = e.cancels();
-        rows.push((
-            Entry {
-                person: e.person,
-                prev: NONE,
-                batch: e.batch,
-                mask: e.mask,
-                reason: e.reason,
-                cancels: if cancels == NONE {
-                    NONE
-                } else {
-                    cancels + shift
-                },
-                municipality: e.municipality(),
-                sequence: e.sequence(),
-                effective: e.effective,
-                reported: e.reported,
-                recorded: if e.batch == 0 {
-                    i64::MIN
-                } else {
-                    live.recorded_at(e.batch)
-                },
-                set: live.values_of(e),
+        rows.push(Entry {
+            person: e.person,
+            prev: NONE,
+            batch: e.batch,
+            mask: e.mask,
+            reason: e.reason,
+            cancels: if cancels == NONE {
+                NONE
+            } else {
+                cancels + shift
             },
-            (),
-        ));
+            municipality: e.municipality(),
+            sequence: e.sequence(),
+            effective: e.effective,
+            reported: e.reported,
+            recorded: if e.batch == 0 {
+                i64::MIN
+            } else {
+                live.recorded_at(e.batch)
+            },
+            set: live.values_of(e),
+        });
     }
-    let col = |f: &dyn Fn(&Entry) -> u64| -> Vec<u64> { rows.iter().map(|(e, _)| f(e)).collect() };
+    let col = |f: &dyn Fn(&Entry) -> u64| -> Vec<u64> { rows.iter().map(f).collect() };
     let u32s = |f: &dyn Fn(&Entry) -> u32| -> ArrayRef {
-        std::sync::Arc::new(UInt32Array::from(
-            rows.iter().map(|(e, _)| f(e)).collect::<Vec<_>>(),
-        ))
+        std::sync::Arc::new(UInt32Array::from(rows.iter().map(f).collect::<Vec<_>>()))
     };
     let i32s = |f: &dyn Fn(&Entry) -> i32| -> ArrayRef {
-        std::sync::Arc::new(Int32Array::from(
-            rows.iter().map(|(e, _)| f(e)).collect::<Vec<_>>(),
-        ))
+        std::sync::Arc::new(Int32Array::from(rows.iter().map(f).collect::<Vec<_>>()))
     };
     let u8s = |f: &dyn Fn(&Entry) -> u8| -> ArrayRef {
-        std::sync::Arc::new(UInt8Array::from(
-            rows.iter().map(|(e, _)| f(e)).collect::<Vec<_>>(),
-        ))
+        std::sync::Arc::new(UInt8Array::from(rows.iter().map(f).collect::<Vec<_>>()))
     };
     let u16s = |f: &dyn Fn(&Entry) -> u16| -> ArrayRef {
-        std::sync::Arc::new(UInt16Array::from(
-            rows.iter().map(|(e, _)| f(e)).collect::<Vec<_>>(),
-        ))
+        std::sync::Arc::new(UInt16Array::from(rows.iter().map(f).collect::<Vec<_>>()))
     };
     let arrays: Vec<ArrayRef> = vec![
         u32s(&|e| e.person),
         u32s(&|e| e.batch),
         std::sync::Arc::new(Int64Array::from(
-            rows.iter().map(|(e, _)| e.recorded).collect::<Vec<_>>(),
+            rows.iter().map(|e| e.recorded).collect::<Vec<_>>(),
         )),
         i32s(&|e| e.effective),
         i32s(&|e| e.reported),

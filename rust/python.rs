@@ -651,9 +651,12 @@ impl PyRegistry {
             // validated as bytes only, and merging their dictionaries would read them as text.
             let (batches, schema) = claims.batches(Strings::Bytes)?;
             let view = self.view(None, None);
+            // No batches at all still answers: one empty batch gives the reply's schema.
+            let empty = [RecordBatch::new_empty(schema)];
+            let batches: &[RecordBatch] = if batches.is_empty() { &empty } else { &batches };
             let mut first = 0;
-            let mut out = Vec::with_capacity(batches.len().max(1));
-            for b in batches.iter() {
+            let mut out = Vec::with_capacity(batches.len());
+            for b in batches {
                 out.push(search::search(
                     &self.data,
                     Some(&view),
@@ -665,19 +668,6 @@ impl PyRegistry {
                     &cols,
                 )?);
                 first += b.num_rows();
-            }
-            if out.is_empty() {
-                let empty = RecordBatch::new_empty(schema);
-                out.push(search::search(
-                    &self.data,
-                    Some(&view),
-                    index,
-                    folded,
-                    folding,
-                    &empty,
-                    0,
-                    &cols,
-                )?);
             }
             Ok(out)
         })?;
