@@ -63,6 +63,15 @@ enum Seen {
     Rejected(Box<str>),
 }
 
+/// The 住民票コード bases (ten digits before the check digit) that designation shares out.
+const CODE_SPACE: u64 = 10_000_000_000;
+
+/// How many code positions the designation gives municipality key `mkey` of `m`: its bases
+/// are the positions `mkey + m·j` below [`CODE_SPACE`], each permuted.
+fn designated(m: u64, mkey: u16) -> u64 {
+    (CODE_SPACE - mkey as u64).div_ceil(m)
+}
+
 /// Every (municipality, sequence) seen: applied ones by an open-addressing table of entry
 /// indices (4 bytes a slot; the key is the entry's own, read back to compare), rejected ones
 /// (few) in a map to their message.
@@ -167,7 +176,7 @@ impl Writer {
             issued: vec![0; data.dicts.municipality_code.len()],
             municipalities,
             dicts: None,
-            codes: Permutation::new(10_000_000_000, key ^ 0x7263_6f64),
+            codes: Permutation::new(CODE_SPACE, key ^ 0x7263_6f64),
             numbers: Permutation::new(100_000_000_000, key ^ 0x6d6e_756d),
         }
     }
@@ -414,17 +423,25 @@ impl Ctx<'_> {
         self.view().person_of(kind, value).is_some()
     }
 
-    fn issue_code(&mut self, mkey: u16) -> u64 {
+    /// The next unused 住民票コード designated to municipality `mkey`; an error once all of them
+    /// have been issued.
+    fn issue_code(&mut self, mkey: u16) -> std::result::Result<u64, RowErr> {
         let m = self.w.issued.len() as u64;
         loop {
             let j = self.w.issued[mkey as usize];
+            if j >= designated(m, mkey) {
+                return Err(format!(
+                    "municipality {}: every 住民票コード designated to it has been issued",
+                    self.data.dicts.municipality_code.value(mkey as usize)
+                ));
+            }
             self.w.issued[mkey as usize] += 1;
-            let base = self.w.codes.apply((mkey as u64 + m * j) % 10_000_000_000);
+            let base = self.w.codes.apply(mkey as u64 + m * j);
             let code = IdKind::ResidentCode.with_check_digit(base);
             if !self.in_use(IdKind::ResidentCode, code) {
                 self.rec.issued.retain(|(k, _)| *k != mkey);
                 self.rec.issued.push((mkey, self.w.issued[mkey as usize]));
-                return code;
+                return Ok(code);
             }
         }
     }
@@ -686,7 +703,7 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
         ctx.set_address(s, c.mkey, address);
         let family = ctx.dict_key(Dict::Family, fam, fam_k);
         let given = ctx.dict_key(Dict::Given, giv, giv_k);
-        let code = ctx.issue_code(c.mkey);
+        let code = ctx.issue_code(c.mkey)?;
         let (number, generation) = ctx.convert(code, 0)?;
         let p = &mut s.resident.person;
         p.family = family;
@@ -904,7 +921,7 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                 return Err(not_held());
             }
             resident_only("only a resident's code changes")?;
-            let code = ctx.issue_code(c.mkey);
+            let code = ctx.issue_code(c.mkey)?;
             entry.set.resident_code = code;
             entry.mask = group::RESIDENT_CODE;
             ctx.rec.ids.push((IdKind::ResidentCode, code, person));
@@ -1465,9 +1482,22 @@ fn check_entries(
             ));
         }
     }
-    for (k, _) in &rec.issued {
-        if *k as u64 >= municipalities {
+    for (m, s, message) in &rec.rejections {
+        if message.len() > MAX_MESSAGE_BYTES {
+            return bad(format!(
+                "the rejection of ({m}, {s}) has a message of {} bytes (at most {MAX_MESSAGE_BYTES})",
+                message.len()
+            ));
+        }
+    }
+    for &(k, next) in &rec.issued {
+        if k as u64 >= municipalities {
             return bad(format!("municipality key {k} does not exist"));
+        }
+        if next > designated(municipalities, k) {
+            return bad(format!(
+                "municipality key {k}: code position {next} lies beyond its designated codes"
+            ));
         }
     }
     Ok(())
@@ -1489,6 +1519,45 @@ pub struct WriterState {
 }
 
 const STATE_FORMAT: &str = "juki-changes/1";
+
+/// The longest rejection message a log record or a snapshot may hold (ours are far shorter).
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+impl WriterState {
+    /// Whether this state, read from the file `what`, fits writer `w`'s registry.
+    fn check(&self, w: &Writer, what: &str) -> Result<()> {
+        let bad = |why: String| Err(JukiError::SnapshotCorrupt(format!("{what}: {why}")));
+        if self.format != STATE_FORMAT {
+            return bad(format!(
+                "format '{}', expected '{STATE_FORMAT}'",
+                self.format
+            ));
+        }
+        let m = w.issued.len();
+        if self.issued.len() != m {
+            return bad(format!(
+                "{} designated-code counters for {m} municipalities",
+                self.issued.len()
+            ));
+        }
+        for (k, &next) in self.issued.iter().enumerate() {
+            if next > designated(m as u64, k as u16) {
+                return bad(format!(
+                    "municipality key {k}: code position {next} lies beyond its designated codes"
+                ));
+            }
+        }
+        for (_, message) in &self.rejections {
+            if message.len() > MAX_MESSAGE_BYTES {
+                return bad(format!(
+                    "a rejection message of {} bytes (at most {MAX_MESSAGE_BYTES})",
+                    message.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 impl Writer {
     /// The state a checkpoint keeps, covering change log generation `log_generation`.
@@ -1520,20 +1589,15 @@ pub fn load_history(
     w: &mut Writer,
     batch: &RecordBatch,
     state: &WriterState,
-    what: &str,
+    (what, state_what): (&str, &str),
 ) -> Result<u64> {
     use arrow_array::types::{
         Int32Type, Int64Type as I64, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
     };
     use arrow_array::PrimitiveArray;
 
+    state.check(w, state_what)?;
     let bad = |why: String| JukiError::SnapshotCorrupt(format!("{what}: {why}"));
-    if state.format != STATE_FORMAT {
-        return Err(bad(format!(
-            "format '{}', expected '{STATE_FORMAT}'",
-            state.format
-        )));
-    }
     fn col<'b, T: arrow_array::ArrowPrimitiveType>(
         batch: &'b RecordBatch,
         name: &str,
@@ -1574,13 +1638,6 @@ pub fn load_history(
     let generation = col::<UInt8Type>(batch, "generation", what)?;
     let moving_out = col::<Int32Type>(batch, "moving_out", what)?;
     let moving_to = col::<UInt16Type>(batch, "moving_to", what)?;
-    if state.issued.len() != w.issued.len() {
-        return Err(bad(format!(
-            "{} designated-code counters for {} municipalities",
-            state.issued.len(),
-            w.issued.len()
-        )));
-    }
     let mut last_batch = 0;
     let mut cancelled_creations = Vec::new();
     let first = live.entries.count() as u32;

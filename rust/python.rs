@@ -288,12 +288,27 @@ impl PyRegistry {
         let extra = |name: &str| extras.iter().find(|(n, _)| n == name).map(|(_, b)| b);
         // The changes a checkpoint folded in, kept as history, and the log generation it covers.
         let mut covered = 0;
+        match (extra(HISTORY), extra(STATE)) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(JukiError::SnapshotCorrupt(format!(
+                    "the manifest lists one of {HISTORY} and {STATE} without the other"
+                )))
+            }
+            _ => {}
+        }
         if let (Some(history), Some(state)) = (extra(HISTORY), extra(STATE)) {
             let batch = snapshot::read_ipc(history, HISTORY)?;
             let state: changes::WriterState = serde_json::from_slice(state.as_slice())
                 .map_err(|e| JukiError::SnapshotCorrupt(format!("{STATE}: {e}")))?;
             let mut w = reg.writer.lock().unwrap_or_else(|e| e.into_inner());
-            covered = changes::load_history(&reg.data, &reg.live, &mut w, &batch, &state, HISTORY)?;
+            covered = changes::load_history(
+                &reg.data,
+                &reg.live,
+                &mut w,
+                &batch,
+                &state,
+                (HISTORY, STATE),
+            )?;
         }
         reg.covered = covered;
         let path = dir.join(CHANGE_LOG);

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import xxhash
 
 from juki_engine import Registry, SnapshotCorrupt
 from juki_engine._core import JukiError
@@ -292,3 +294,127 @@ def test_a_crash_between_checkpoint_and_log_reset_applies_nothing_twice(saved: P
     third = Registry.open(saved)
     assert len(third.history([born["my_number"]])) == 1
     assert len(third) == 2_001
+
+
+# ------------------------------------------------ a checkpoint's files, hostile behind checksums
+# The manifest's checksums catch damage; these files are rewritten with valid checksums, so that
+# what a forged or buggy snapshot holds reaches the checks behind them.
+
+
+def checkpointed(saved: Path) -> tuple[Path, list[str]]:
+    """`saved` after two deaths, one of them cancelled, were folded in: its version directory and
+    the two residents' My Numbers."""
+    registry = Registry.open(saved)
+    people = residents(registry, 2)
+    registry.apply(deaths(people, 0), today=TODAY)
+    cancel = {"municipality": str(people[0]["municipality_code"]), "sequence": 700}
+    cancel |= {"reason": "cancel", "cancels": 1}
+    cancel |= {"effective_date": D(2025, 3, 3), "reported_date": D(2025, 3, 3)}
+    (result,) = registry.apply(pa.Table.from_pylist([cancel]), today=TODAY).to_pylist()
+    assert result["outcome"] == "applied", result
+    registry.checkpoint()
+    del registry
+    return saved / (saved / "CURRENT").read_text().strip(), [str(r["my_number"]) for r in people]
+
+
+def replace_file(version: Path, name: str, data: bytes) -> None:
+    """Write `data` as the version's file `name`, with the manifest's size and checksum to match."""
+    (version / name).write_bytes(data)
+    path = version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["files"]:
+        if entry["name"] == name:
+            entry["bytes"] = len(data)
+            entry["xxh3"] = xxhash.xxh3_64_hexdigest(data)
+    path.write_text(json.dumps(manifest))
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def with_column(table: pa.Table, name: str, values: list[object]) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+
+
+def history_table(version: Path) -> pa.Table:
+    return pa.ipc.open_file(version / "history.arrow").read_all()
+
+
+HOSTILE_HISTORY: dict[str, Callable[[pa.Table], bytes]] = {
+    "not arrow": lambda t: b"not an arrow file at all",
+    "a person of no row": lambda t: ipc_bytes(with_column(t, "person", [2**31] * t.num_rows)),
+    "an unknown reason": lambda t: ipc_bytes(with_column(t, "reason", [250] * t.num_rows)),
+    "a missing column": lambda t: ipc_bytes(t.drop_columns(["mask"])),
+    "a name of no dictionary key": lambda t: ipc_bytes(
+        with_column(t, "family", [2**31] * t.num_rows)
+    ),
+    "a cancel of a later entry": lambda t: ipc_bytes(
+        with_column(t, "cancels", [t.num_rows + 5] * t.num_rows)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_HISTORY))
+def test_a_hostile_history_file_refuses_to_open_naming_it(saved: Path, case: str) -> None:
+    version, _ = checkpointed(saved)
+    replace_file(version, "history.arrow", HOSTILE_HISTORY[case](history_table(version)))
+    with pytest.raises(SnapshotCorrupt) as info:
+        Registry.open(saved)
+    assert "history.arrow" in str(info.value), str(info.value)
+
+
+HOSTILE_STATE: dict[str, Callable[[dict[str, object]], bytes]] = {
+    "not json": lambda s: b"{not json",
+    "another format": lambda s: json.dumps(s | {"format": "juki-changes/99"}).encode(),
+    "counters for other municipalities": lambda s: json.dumps(s | {"issued": [0]}).encode(),
+    "a code position beyond the designated codes": lambda s: json.dumps(
+        s | {"issued": [2**63] * len(s["issued"])}  # type: ignore[arg-type]
+    ).encode(),
+    "an oversized rejection message": lambda s: json.dumps(
+        s | {"rejections": [[1, "x" * 5000]]}
+    ).encode(),
+    "a missing field": lambda s: json.dumps({k: v for k, v in s.items() if k != "issued"}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_STATE))
+def test_a_hostile_writer_state_refuses_to_open_naming_it(saved: Path, case: str) -> None:
+    version, _ = checkpointed(saved)
+    state = json.loads((version / "changes.json").read_text())
+    replace_file(version, "changes.json", HOSTILE_STATE[case](state))
+    with pytest.raises(SnapshotCorrupt) as info:
+        Registry.open(saved)
+    assert "changes.json" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("name", ["history.arrow", "changes.json"])
+def test_a_manifest_listing_half_of_the_history_refuses_to_open(saved: Path, name: str) -> None:
+    version, _ = checkpointed(saved)
+    path = version / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"] = [f for f in manifest["files"] if f["name"] != name]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SnapshotCorrupt) as info:
+        Registry.open(saved)
+    assert "history.arrow" in str(info.value) and "changes.json" in str(info.value)
+
+
+def test_a_rewritten_history_of_the_same_entries_opens_the_same(saved: Path) -> None:
+    """The rewriting above is sound on its own: the same entries, rewritten, open as before."""
+    version, keys = checkpointed(saved)
+    before = Registry.open(saved)
+    history = before.history(keys)
+    assert [(h["reason"], h["cancelled"]) for h in history.to_pylist()] == [
+        ("death", True),
+        ("cancel", False),
+        ("death", False),
+    ]
+    replace_file(version, "history.arrow", ipc_bytes(history_table(version)))
+    after = Registry.open(saved)
+    assert after.history(keys).equals(history)
+    assert after.to_arrow().equals(before.to_arrow())

@@ -310,3 +310,15 @@ def test_unknown_format_is_named(snap: Path) -> None:
         Registry.open(snap)
     message = str(info.value)
     assert "juki-snapshot/3" in message and "manifest.json" in message, message
+
+
+@pytest.mark.parametrize("name", ["../residents.arrow", "sub/residents.arrow", "/etc/passwd"])
+def test_a_manifest_may_name_only_files_of_its_version(snap: Path, name: str) -> None:
+    """A listed name outside the version directory is never read: it is the snapshot's damage."""
+    path = current_version(snap) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"][0]["name"] = name
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(SnapshotCorrupt) as info:
+        Registry.open(snap)
+    assert name in str(info.value) and "manifest.json" in str(info.value), str(info.value)
