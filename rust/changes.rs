@@ -60,7 +60,7 @@ fn seen_key(municipality: u32, sequence: u64) -> u64 {
 #[derive(Clone)]
 enum Seen {
     Applied(u32),
-    Rejected(Box<str>),
+    Rejected(Refusal, Box<str>),
 }
 
 /// The 住民票コード bases (ten digits before the check digit) that designation shares out.
@@ -79,7 +79,7 @@ fn designated(m: u64, mkey: u16) -> u64 {
 struct SeenIndex {
     slots: Vec<u32>,
     applied: usize,
-    rejected: HashMap<u64, Box<str>>,
+    rejected: HashMap<u64, (Refusal, Box<str>)>,
 }
 
 impl SeenIndex {
@@ -89,8 +89,8 @@ impl SeenIndex {
     }
 
     fn get(&self, key: u64, live: &Live) -> Option<Seen> {
-        if let Some(m) = self.rejected.get(&key) {
-            return Some(Seen::Rejected(m.clone()));
+        if let Some((code, m)) = self.rejected.get(&key) {
+            return Some(Seen::Rejected(*code, m.clone()));
         }
         if self.slots.is_empty() {
             return None;
@@ -111,8 +111,8 @@ impl SeenIndex {
 
     fn insert(&mut self, key: u64, seen: Seen, live: &Live) {
         match seen {
-            Seen::Rejected(message) => {
-                self.rejected.insert(key, message);
+            Seen::Rejected(code, message) => {
+                self.rejected.insert(key, (code, message));
             }
             Seen::Applied(at) => {
                 if (self.applied + 1) * 2 > self.slots.len() {
@@ -367,7 +367,7 @@ pub struct BatchRecord {
     /// Identifiers issued: (kind, value, person).
     pub ids: Vec<(IdKind, u64, u32)>,
     /// Rejected rows: (municipality, sequence, message).
-    pub rejections: Vec<(u32, u64, String)>,
+    pub rejections: Vec<(u32, u64, Refusal, String)>,
     /// Designated-code counters moved: (municipality key, next position).
     pub issued: Vec<(u16, u64)>,
     /// Persons created.
@@ -379,7 +379,7 @@ pub struct RowResult {
     /// Index into [`OUTCOMES`].
     pub outcome: u8,
     /// Why a row was rejected.
-    pub error: Option<String>,
+    pub error: Option<(Refusal, String)>,
     /// The person the row is about (after it), where known.
     pub person: u32,
     /// The entry the row applied (or the duplicate's first), or [`NONE`].
@@ -404,7 +404,68 @@ struct Ctx<'a> {
     today: i32,
 }
 
-type RowErr = String;
+/// Why a row was rejected, as a machine reads it; the message says it for people, naming only
+/// what the submitter sent or holds (never another municipality's resident's facts).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Refusal {
+    /// The row itself is malformed or contradicts itself.
+    Invalid = 0,
+    /// No resident (or no change to cancel) has the identifier the row names.
+    NotFound = 1,
+    /// The submitting municipality may not make this change: it does not hold the resident,
+    /// or a move_in has no pending move_out (転出証明書) to stand on.
+    NotPermitted = 2,
+    /// The resident's state does not allow it (already deceased, a card state out of order…).
+    Conflict = 3,
+}
+
+/// The names of [`Refusal`]s, by code.
+pub const REFUSALS: [&str; 4] = ["invalid", "not_found", "not_permitted", "conflict"];
+
+impl Refusal {
+    fn from_code(code: u8) -> Option<Refusal> {
+        [
+            Refusal::Invalid,
+            Refusal::NotFound,
+            Refusal::NotPermitted,
+            Refusal::Conflict,
+        ]
+        .get(code as usize)
+        .copied()
+    }
+}
+
+/// A row's rejection.
+struct RowErr {
+    code: Refusal,
+    message: String,
+}
+
+impl From<String> for RowErr {
+    fn from(message: String) -> RowErr {
+        RowErr {
+            code: Refusal::Invalid,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for RowErr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&str> for RowErr {
+    fn from(message: &str) -> RowErr {
+        message.to_string().into()
+    }
+}
+
+fn refuse(code: Refusal, message: String) -> RowErr {
+    RowErr { code, message }
+}
 
 impl Ctx<'_> {
     fn view(&self) -> View<'_> {
@@ -430,9 +491,12 @@ impl Ctx<'_> {
         loop {
             let j = self.w.issued[mkey as usize];
             if j >= designated(m, mkey) {
-                return Err(format!(
-                    "municipality {}: every 住民票コード designated to it has been issued",
-                    self.data.dicts.municipality_code.value(mkey as usize)
+                return Err(refuse(
+                    Refusal::Conflict,
+                    format!(
+                        "municipality {}: every 住民票コード designated to it has been issued",
+                        self.data.dicts.municipality_code.value(mkey as usize)
+                    ),
                 ));
             }
             self.w.issued[mkey as usize] += 1;
@@ -457,7 +521,7 @@ impl Ctx<'_> {
         }
         Err(format!(
             "my_number: the 個人番号 was replaced {MAX_GENERATION} times, the most the conversion allows"
-        ))
+        ).into())
     }
 
     fn dict_key(&mut self, dict: Dict, value: &str, reading: &str) -> u32 {
@@ -553,13 +617,11 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
         return Err(format!(
             "{r}: effective_date {} lies in the future (only a move_out's 転出予定日 may)",
             iso(c.effective)
-        ));
+        )
+        .into());
     }
     if c.reported > ctx.today {
-        return Err(format!(
-            "{r}: reported_date {} lies in the future",
-            iso(c.reported)
-        ));
+        return Err(format!("{r}: reported_date {} lies in the future", iso(c.reported)).into());
     }
     // A 転出届 and a 国外転出届 are filed ahead of the move (住基法 第24条); nothing else is.
     if c.reported < c.effective && !matches!(reason, Reason::MoveOut | Reason::MoveAbroad) {
@@ -568,7 +630,8 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
              move_abroad is reported ahead)",
             iso(c.reported),
             iso(c.effective)
-        ));
+        )
+        .into());
     }
     if reason == Reason::Cancel {
         let Some(target) = get_int(&t.cancels, i) else {
@@ -584,16 +647,19 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             .get(seen_key(c.municipality, target_seq), ctx.live)
         {
             Some(Seen::Applied(e)) => e,
-            Some(Seen::Rejected(_)) => {
-                return Err(format!(
+            Some(Seen::Rejected(..)) => {
+                return Err(refuse(
+                    Refusal::Conflict,
+                    format!(
                     "cancel: change {target_seq} of {} was rejected: there is nothing to cancel",
                     c.municipality
+                ),
                 ))
             }
             None => {
-                return Err(format!(
-                    "cancel: {} has no change {target_seq}",
-                    c.municipality
+                return Err(refuse(
+                    Refusal::NotFound,
+                    format!("cancel: {} has no change {target_seq}", c.municipality),
                 ))
             }
         };
@@ -603,13 +669,14 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             .get(entry_at as usize)
             .expect("seen entries exist");
         if e.reason == Reason::Cancel {
-            return Err(format!("cancel: change {target_seq} is itself a cancel"));
+            return Err(format!("cancel: change {target_seq} is itself a cancel").into());
         }
         let view = ctx.view();
         let chain = view.chain(e.person);
         if chain.first().map(|(at, _)| *at) != Some(entry_at) {
-            return Err(format!(
-                "cancel: a later change touched the resident of change {target_seq} (or it was cancelled already)"
+            return Err(refuse(
+                Refusal::Conflict,
+                format!("cancel: a later change touched the resident of change {target_seq} (or it was cancelled already)"),
             ));
         }
         entry.person = e.person;
@@ -620,7 +687,7 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
     let mn = get_text(&t.my_number, i);
     let named = match (rc, mn) {
         (Some(_), Some(_)) => {
-            return Err(format!("{r}: give resident_code or my_number, not both"));
+            return Err(format!("{r}: give resident_code or my_number, not both").into());
         }
         (Some(v), None) => Some((IdKind::ResidentCode, v)),
         (None, Some(v)) => Some((IdKind::MyNumber, v)),
@@ -650,7 +717,8 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                 return Err(format!(
                     "{r}: {field} must hold 1 to {MAX_TEXT_CHARS} characters, not {chars} ('{}')",
                     echo(v.as_bytes())
-                ));
+                )
+                .into());
             }
         }
     }
@@ -660,13 +728,13 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
         if s == 1 || s == 2 {
             Ok(s as u8)
         } else {
-            Err(format!("{r}: sex {s} is not 1 (male) or 2 (female)"))
+            Err(format!("{r}: sex {s} is not 1 (male) or 2 (female)").into())
         }
     };
     let need_address = || -> std::result::Result<(&str, &str), RowErr> {
         match address {
             (Some(town), Some(block)) => Ok((town, block)),
-            _ => Err(format!("{r}: address_town and address_block are required")),
+            _ => Err(format!("{r}: address_town and address_block are required").into()),
         }
     };
     if creates {
@@ -676,13 +744,14 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
         let [Some(fam), Some(fam_k), Some(giv), Some(giv_k)] = names else {
             return Err(format!(
                 "{r}: family_name, family_name_kana, given_name and given_name_kana are required"
-            ));
+            )
+            .into());
         };
         let Some(birth) = birth else {
-            return Err(format!("{r}: birth_date is required"));
+            return Err(format!("{r}: birth_date is required").into());
         };
         let Some(sex) = sex else {
-            return Err(format!("{r}: sex is required"));
+            return Err(format!("{r}: sex is required").into());
         };
         let sex = check_sex(sex)?;
         if reason == Reason::Birth && birth != c.effective {
@@ -690,13 +759,13 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                 "birth: effective_date {} is not the birth_date {}",
                 iso(c.effective),
                 iso(birth)
-            ));
+            )
+            .into());
         }
         if birth > c.effective {
-            return Err(format!(
-                "{r}: birth_date {} is after the effective_date",
-                iso(birth)
-            ));
+            return Err(
+                (format!("{r}: birth_date {} is after the effective_date", iso(birth))).into(),
+            );
         }
         let address = need_address()?;
         let s = &mut entry.set;
@@ -729,45 +798,70 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
         return Ok(entry);
     }
     let Some((kind, text)) = named else {
-        return Err(format!("{r}: resident_code or my_number is required"));
+        return Err(format!("{r}: resident_code or my_number is required").into());
     };
     let value = kind.parse(text).map_err(|e| format!("{r}: {e}"))?;
     let view = ctx.view();
-    let person = view
-        .person_of(kind, value)
-        .ok_or_else(|| format!("{r}: no resident has {} {text}", kind.name()))?;
-    let cur = view
-        .resolve(person)
-        .ok_or_else(|| format!("{r}: no resident has {} {text}", kind.name()))?;
+    let not_found = || {
+        refuse(
+            Refusal::NotFound,
+            format!("{r}: no resident has {} {text}", kind.name()),
+        )
+    };
+    let person = view.person_of(kind, value).ok_or_else(not_found)?;
+    let cur = view.resolve(person).ok_or_else(not_found)?;
     drop(view);
     entry.person = person;
     let p = cur.resident.person;
+    let status = STATUS_VALUES[p.status as usize];
+    let holds = p.municipality == c.mkey;
+    // Whether this municipality may make the change at all comes first, and its refusal names
+    // nothing of the resident: every later check reads facts only the holder may learn.
+    let permitted = match reason {
+        // 転入: against a pending 転出 (the 転出証明書), from another municipality.
+        Reason::MoveIn => p.status == RESIDENT && (holds || cur.moving_out != NO_DATE),
+        // A return or an official entry registers the person here: any municipality may.
+        Reason::ReturnFromAbroad | Reason::OfficialEntry => true,
+        _ => holds,
+    };
+    if !permitted {
+        return Err(refuse(
+            Refusal::NotPermitted,
+            if reason == Reason::MoveIn {
+                format!(
+                    "move_in: municipality {} cannot take in this resident: no move_out \
+                     (転出証明書) of a living resident is pending",
+                    c.municipality
+                )
+            } else {
+                format!(
+                    "{r}: municipality {} does not hold this resident{}",
+                    c.municipality,
+                    if reason == Reason::MoveWithin {
+                        " (a move across municipalities is move_out then move_in)"
+                    } else {
+                        ""
+                    }
+                )
+            },
+        ));
+    }
+    let conflict = |message: String| refuse(Refusal::Conflict, message);
     if c.effective < p.birth_date {
         return Err(format!(
             "{r}: effective_date {} is before the birth_date {}",
             iso(c.effective),
             iso(p.birth_date)
-        ));
-    }
-    let status = STATUS_VALUES[p.status as usize];
-    let holds = p.municipality == c.mkey;
-    let holder = ctx
-        .data
-        .dicts
-        .municipality_code
-        .value(p.municipality as usize)
-        .to_string();
-    let not_held = || {
-        format!(
-            "{r}: municipality {} does not hold this resident (held by {holder})",
-            c.municipality
         )
-    };
+        .into());
+    }
     let resident_only = |what: &str| -> std::result::Result<(), RowErr> {
         if p.status == RESIDENT {
             Ok(())
         } else {
-            Err(format!("{r}: the resident's status is {status}; {what}"))
+            Err(conflict(format!(
+                "{r}: the resident's status is {status}; {what}"
+            )))
         }
     };
     let s = &mut entry.set;
@@ -779,9 +873,9 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                 (REMOVED, "removed")
             };
             if p.status != expected {
-                return Err(format!(
+                return Err(conflict(format!(
                     "{r}: the resident's status is {status}, not {word}"
-                ));
+                )));
             }
             ctx.set_address(s, c.mkey, need_address()?);
             s.resident.person.status = RESIDENT;
@@ -790,15 +884,12 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             entry.mask = group::ADDRESS | group::STATUS | group::PENDING;
         }
         Reason::MoveOut => {
-            if !holds {
-                return Err(not_held());
-            }
             resident_only("only a resident moves out")?;
             if cur.moving_out != NO_DATE {
-                return Err(format!(
+                return Err(conflict(format!(
                     "move_out: a move_out dated {} is pending already",
                     iso(cur.moving_out)
-                ));
+                )));
             }
             s.moving_out = c.effective;
             s.moving_to = match get_text(&t.moving_to, i) {
@@ -816,14 +907,8 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             entry.mask = group::PENDING;
         }
         Reason::MoveIn => {
-            resident_only("only a resident moves in")?;
             if holds {
-                return Err("move_in: the resident lives in this municipality already (a move within it is move_within)".into());
-            }
-            if cur.moving_out == NO_DATE {
-                return Err(format!(
-                    "move_in: the resident has no pending move_out from {holder} (転出証明書)"
-                ));
+                return Err(conflict("move_in: the resident lives in this municipality already (a move within it is move_within)".into()));
             }
             ctx.set_address(s, c.mkey, need_address()?);
             s.moving_out = NO_DATE;
@@ -831,27 +916,18 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             entry.mask = group::ADDRESS | group::PENDING;
         }
         Reason::MoveWithin => {
-            if !holds {
-                return Err(format!(
-                    "{} (a move across municipalities is move_out then move_in)",
-                    not_held()
-                ));
-            }
             resident_only("only a resident moves")?;
             ctx.set_address(s, c.mkey, need_address()?);
             entry.mask = group::ADDRESS;
         }
         Reason::MoveAbroad | Reason::Death | Reason::OfficialRemoval => {
-            if !holds {
-                return Err(not_held());
-            }
             let to = match reason {
                 Reason::MoveAbroad => MOVED_ABROAD,
                 Reason::Death => DECEASED,
                 _ => REMOVED,
             };
             if p.status == DECEASED && to == DECEASED {
-                return Err("death: the resident is already deceased".into());
+                return Err(conflict("death: the resident is already deceased".into()));
             }
             resident_only("the change needs a resident")?;
             s.resident.person.status = to;
@@ -862,9 +938,6 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             entry.mask = group::STATUS | group::PENDING;
         }
         Reason::NameChange | Reason::OfficialCorrection => {
-            if !holds {
-                return Err(not_held());
-            }
             if reason == Reason::NameChange {
                 resident_only("only a resident's name changes")?;
             }
@@ -875,10 +948,10 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             if !any_name && !any_other {
                 return Err(if correction {
                     "official_correction: give a name, a reading, birth_date, sex or an address"
-                        .into()
                 } else {
-                    "name_change: give family_name, given_name or a reading".into()
-                });
+                    "name_change: give family_name, given_name or a reading"
+                }
+                .into());
             }
             if any_name {
                 let (fam, fam_k) = ctx.dict_value(Dict::Family, p.family);
@@ -901,7 +974,8 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                         return Err(format!(
                             "official_correction: birth_date {} lies in the future",
                             iso(b)
-                        ));
+                        )
+                        .into());
                     }
                     s.resident.person.birth_date = b;
                     entry.mask |= group::BIRTH;
@@ -917,9 +991,6 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             }
         }
         Reason::ResidentCodeChange => {
-            if !holds {
-                return Err(not_held());
-            }
             resident_only("only a resident's code changes")?;
             let code = ctx.issue_code(c.mkey)?;
             entry.set.resident_code = code;
@@ -927,12 +998,9 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             ctx.rec.ids.push((IdKind::ResidentCode, code, person));
         }
         Reason::MyNumberChange => {
-            if !holds {
-                return Err(not_held());
-            }
             resident_only("only a resident's number changes")?;
             if cur.generation >= MAX_GENERATION {
-                return Err(format!("my_number_change: the 個人番号 was replaced {MAX_GENERATION} times, the most the conversion allows"));
+                return Err(conflict(format!("my_number_change: the 個人番号 was replaced {MAX_GENERATION} times, the most the conversion allows")));
             }
             let (number, generation) = ctx.convert(cur.resident_code, cur.generation + 1)?;
             entry.set.my_number = number;
@@ -941,9 +1009,6 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             ctx.rec.ids.push((IdKind::MyNumber, number, person));
         }
         Reason::CardApplied | Reason::CardIssued | Reason::CardReturned => {
-            if !holds {
-                return Err(not_held());
-            }
             resident_only("only a resident holds a card")?;
             let card = cur.resident.place.card;
             let (from_ok, to) = match reason {
@@ -952,10 +1017,10 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
                 _ => (card != CARD_NONE, CARD_NONE),
             };
             if !from_ok {
-                return Err(format!(
+                return Err(conflict(format!(
                     "{r}: the card state is {}",
                     crate::storage::CARD_VALUES[card as usize]
-                ));
+                )));
             }
             entry.set.resident.place.card = to;
             entry.mask = group::CARD;
@@ -1033,7 +1098,7 @@ pub fn apply(
                 // A row without a usable (municipality, sequence) cannot be remembered.
                 out.push(RowResult {
                     outcome: 2,
-                    error: Some(format!("row {i}: {e}")),
+                    error: Some((e.code, format!("row {i}: {e}"))),
                     person: NONE,
                     entry: NONE,
                 });
@@ -1049,9 +1114,9 @@ pub fn apply(
                     person: ctx.live.entries.get(e as usize).map_or(NONE, |e| e.person),
                     entry: e,
                 },
-                Seen::Rejected(m) => RowResult {
+                Seen::Rejected(code, m) => RowResult {
                     outcome: 1,
-                    error: Some(m.to_string()),
+                    error: Some((code, m.to_string())),
                     person: NONE,
                     entry: NONE,
                 },
@@ -1081,13 +1146,16 @@ pub fn apply(
                 let msg = format!("row {i}: {e}");
                 ctx.w
                     .seen
-                    .insert(key, Seen::Rejected(msg.as_str().into()), ctx.live);
-                ctx.rec
-                    .rejections
-                    .push((change.municipality, change.sequence, msg.clone()));
+                    .insert(key, Seen::Rejected(e.code, msg.as_str().into()), ctx.live);
+                ctx.rec.rejections.push((
+                    change.municipality,
+                    change.sequence,
+                    e.code,
+                    msg.clone(),
+                ));
                 out.push(RowResult {
                     outcome: 2,
-                    error: Some(msg),
+                    error: Some((e.code, msg)),
                     person: NONE,
                     entry: NONE,
                 });
@@ -1119,9 +1187,12 @@ pub fn redo(live: &Live, w: &mut Writer, rec: &BatchRecord) {
     for &(kind, value, person) in &rec.ids {
         live.add_id(kind, value, person, rec.batch);
     }
-    for (m, s, msg) in &rec.rejections {
-        w.seen
-            .insert(seen_key(*m, *s), Seen::Rejected(msg.as_str().into()), live);
+    for (m, s, code, msg) in &rec.rejections {
+        w.seen.insert(
+            seen_key(*m, *s),
+            Seen::Rejected(*code, msg.as_str().into()),
+            live,
+        );
     }
     for &(k, next) in &rec.issued {
         w.issued[k as usize] = next;
@@ -1134,18 +1205,21 @@ pub fn redo(live: &Live, w: &mut Writer, rec: &BatchRecord) {
 /// The result table of `apply`: outcome, error, and the person's identifiers after the row.
 pub fn results(view: &View, rows: &[RowResult]) -> Result<RecordBatch> {
     let mut outcome = Vec::with_capacity(rows.len());
+    let mut code = Vec::with_capacity(rows.len());
     let mut error = Vec::with_capacity(rows.len());
     let mut rc = Vec::with_capacity(rows.len());
     let mut mn = Vec::with_capacity(rows.len());
     for r in rows {
         outcome.push(OUTCOMES[r.outcome as usize]);
-        error.push(r.error.clone());
+        code.push(r.error.as_ref().map(|e| REFUSALS[e.0 as usize]));
+        error.push(r.error.as_ref().map(|e| e.1.clone()));
         let values = (r.person != NONE).then(|| view.resolve(r.person)).flatten();
         rc.push(values.map(|v| IdKind::ResidentCode.format(v.resident_code)));
         mn.push(values.map(|v| IdKind::MyNumber.format(v.my_number)));
     }
     let schema = Schema::new(vec![
         Field::new("outcome", DataType::Utf8, false),
+        Field::new("code", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
         Field::new("resident_code", DataType::Utf8, true),
         Field::new("my_number", DataType::Utf8, true),
@@ -1154,6 +1228,7 @@ pub fn results(view: &View, rows: &[RowResult]) -> Result<RecordBatch> {
         Arc::new(schema),
         vec![
             Arc::new(StringArray::from(outcome)),
+            Arc::new(StringArray::from(code)),
             Arc::new(StringArray::from(error)),
             Arc::new(StringArray::from(rc)),
             Arc::new(StringArray::from(mn)),
@@ -1190,9 +1265,10 @@ pub fn encode(rec: &BatchRecord) -> Vec<u8> {
         b.extend_from_slice(&p.to_le_bytes());
     }
     b.extend_from_slice(&(rec.rejections.len() as u32).to_le_bytes());
-    for (m, s, msg) in &rec.rejections {
+    for (m, s, code, msg) in &rec.rejections {
         b.extend_from_slice(&m.to_le_bytes());
         b.extend_from_slice(&s.to_le_bytes());
+        b.push(*code as u8);
         put_str(&mut b, msg);
     }
     b.extend_from_slice(&(rec.issued.len() as u32).to_le_bytes());
@@ -1203,7 +1279,9 @@ pub fn encode(rec: &BatchRecord) -> Vec<u8> {
     b
 }
 
-const RECORD_VERSION: u32 = 1;
+/// Version 2 records each rejection's [`Refusal`]; version 1 records (the build before) are
+/// read with every rejection `invalid`.
+const RECORD_VERSION: u32 = 2;
 
 /// One entry's fixed encoding (`prev` is not stored: replay recomputes it).
 pub fn encode_entry(b: &mut Vec<u8>, e: &Entry) {
@@ -1358,9 +1436,9 @@ impl<'a> Cursor<'a> {
 pub fn decode(bytes: &[u8], what: &str) -> Result<BatchRecord> {
     let mut c = Cursor::new(bytes, what);
     let version = c.u32()?;
-    if version != RECORD_VERSION {
+    if !(1..=RECORD_VERSION).contains(&version) {
         return Err(JukiError::SnapshotCorrupt(format!(
-            "{what}: record version {version}, this build reads {RECORD_VERSION}"
+            "{what}: record version {version}, this build reads 1 to {RECORD_VERSION}"
         )));
     }
     let mut rec = BatchRecord {
@@ -1389,7 +1467,15 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<BatchRecord> {
         rec.ids.push((kind, c.u64()?, c.u32()?));
     }
     for _ in 0..c.count(16)? {
-        rec.rejections.push((c.u32()?, c.u64()?, c.string()?));
+        let (m, s) = (c.u32()?, c.u64()?);
+        let code = if version >= 2 {
+            let code = c.u8()?;
+            Refusal::from_code(code)
+                .ok_or_else(|| JukiError::SnapshotCorrupt(format!("{what}: refusal code {code}")))?
+        } else {
+            Refusal::Invalid
+        };
+        rec.rejections.push((m, s, code, c.string()?));
     }
     for _ in 0..c.count(10)? {
         rec.issued.push((c.u16()?, c.u64()?));
@@ -1482,7 +1568,7 @@ fn check_entries(
             ));
         }
     }
-    for (m, s, message) in &rec.rejections {
+    for (m, s, _, message) in &rec.rejections {
         if message.len() > MAX_MESSAGE_BYTES {
             return bad(format!(
                 "the rejection of ({m}, {s}) has a message of {} bytes (at most {MAX_MESSAGE_BYTES})",
@@ -1516,6 +1602,10 @@ pub struct WriterState {
     pub issued: Vec<u64>,
     /// Rejected changes: (municipality << 43 | sequence, message), for idempotency.
     pub rejections: Vec<(u64, String)>,
+    /// Each rejection's [`Refusal`] code, in the order of `rejections`; absent (every one
+    /// `invalid`) in states written by the build before.
+    #[serde(default)]
+    pub rejection_codes: Vec<u8>,
 }
 
 const STATE_FORMAT: &str = "juki-changes/1";
@@ -1547,6 +1637,20 @@ impl WriterState {
                 ));
             }
         }
+        if !self.rejection_codes.is_empty() && self.rejection_codes.len() != self.rejections.len() {
+            return bad(format!(
+                "{} refusal codes for {} rejections",
+                self.rejection_codes.len(),
+                self.rejections.len()
+            ));
+        }
+        if let Some(code) = self
+            .rejection_codes
+            .iter()
+            .find(|&&c| Refusal::from_code(c).is_none())
+        {
+            return bad(format!("refusal code {code}"));
+        }
         for (_, message) in &self.rejections {
             if message.len() > MAX_MESSAGE_BYTES {
                 return bad(format!(
@@ -1562,19 +1666,20 @@ impl WriterState {
 impl Writer {
     /// The state a checkpoint keeps, covering change log generation `log_generation`.
     pub fn state(&self, log_generation: u64) -> WriterState {
-        let mut rejections: Vec<(u64, String)> = self
+        let mut rejected: Vec<(u64, Refusal, &str)> = self
             .seen
             .rejected
             .iter()
-            .map(|(k, m)| (*k, m.to_string()))
+            .map(|(k, (code, m))| (*k, *code, &**m))
             .collect();
-        rejections.sort();
+        rejected.sort_by_key(|r| r.0);
         WriterState {
             format: STATE_FORMAT.to_string(),
             next_batch: self.next_batch,
             log_generation,
             issued: self.issued.clone(),
-            rejections,
+            rejections: rejected.iter().map(|r| (r.0, r.2.to_string())).collect(),
+            rejection_codes: rejected.iter().map(|r| r.1 as u8).collect(),
         }
     }
 }
@@ -1712,9 +1817,14 @@ pub fn load_history(
             live.add_id(IdKind::MyNumber, entry.set.my_number, entry.person, 0);
         }
     }
-    for (k, message) in &state.rejections {
+    for (i, (k, message)) in state.rejections.iter().enumerate() {
+        let code = state
+            .rejection_codes
+            .get(i)
+            .and_then(|&c| Refusal::from_code(c))
+            .unwrap_or(Refusal::Invalid);
         w.seen
-            .insert(*k, Seen::Rejected(message.as_str().into()), live);
+            .insert(*k, Seen::Rejected(code, message.as_str().into()), live);
     }
     w.issued.clone_from(&state.issued);
     w.next_batch = state.next_batch.max(last_batch + 1);
@@ -1727,4 +1837,60 @@ pub fn load_history(
             .store(last_batch, std::sync::atomic::Ordering::Release);
     }
     Ok(state.log_generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> BatchRecord {
+        BatchRecord {
+            batch: 7,
+            recorded: 1_700_000_000_000_000,
+            rejections: vec![
+                (162_019, 4, Refusal::NotPermitted, "row 0: no".into()),
+                (162_019, 5, Refusal::Conflict, "row 1: dead".into()),
+            ],
+            issued: vec![(3, 11)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_its_refusal_codes() {
+        let back = decode(&encode(&record()), "test").unwrap();
+        assert_eq!(back.batch, 7);
+        assert_eq!(back.rejections, record().rejections);
+        assert_eq!(back.issued, vec![(3, 11)]);
+    }
+
+    #[test]
+    fn a_version_1_record_reads_with_every_rejection_invalid() {
+        // Version 1 wrote each rejection as municipality, sequence, message: no code byte.
+        let mut bytes = encode(&record());
+        bytes[..4].copy_from_slice(&1u32.to_le_bytes());
+        let first = 4 + 4 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 8;
+        assert_eq!(bytes[first], Refusal::NotPermitted as u8);
+        bytes.remove(first);
+        let second = first + 4 + "row 0: no".len() + 4 + 8;
+        assert_eq!(bytes[second], Refusal::Conflict as u8);
+        bytes.remove(second);
+        let back = decode(&bytes, "test").unwrap();
+        let codes: Vec<Refusal> = back.rejections.iter().map(|r| r.2).collect();
+        assert_eq!(codes, vec![Refusal::Invalid, Refusal::Invalid]);
+        assert_eq!(back.rejections[1].3, "row 1: dead");
+    }
+
+    #[test]
+    fn an_unknown_version_or_refusal_code_is_corrupt() {
+        let mut bytes = encode(&record());
+        bytes[..4].copy_from_slice(&3u32.to_le_bytes());
+        let err = decode(&bytes, "log at 40").err().unwrap().to_string();
+        assert!(err.contains("record version 3"), "{err}");
+        let mut bytes = encode(&record());
+        let first = 4 + 4 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 8;
+        bytes[first] = 9;
+        let err = decode(&bytes, "log at 40").err().unwrap().to_string();
+        assert!(err.contains("refusal code 9"), "{err}");
+    }
 }

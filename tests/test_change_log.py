@@ -250,6 +250,7 @@ def test_a_checkpoint_folds_the_changes_in_and_keeps_their_history(saved: Path) 
         today=TODAY,
     ).to_pylist()[0]
     assert rejected["outcome"] == "duplicate" and rejected["error"] == code[1]["error"]
+    assert rejected["code"] == code[1]["code"] == "not_found"
     # Changes after the checkpoint land in the emptied log and are redone over the snapshot.
     again.apply(deaths(people[3:4], 1_000), today=TODAY)
     del again

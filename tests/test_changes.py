@@ -99,6 +99,7 @@ def test_a_death_is_seen_at_once_and_not_before_its_date(town: Town) -> None:
     )
     assert out == {
         "outcome": "applied",
+        "code": None,
         "error": None,
         "resident_code": r["resident_code"],
         "my_number": r["my_number"],
@@ -132,8 +133,8 @@ def test_a_second_death_and_a_stranger_municipality_are_rejected(town: Town) -> 
     )
     assert first["outcome"] == "applied"
     assert second["outcome"] == "rejected" and "already deceased" in second["error"]
-    assert second["error"].startswith("row 1: death")
-    assert stranger["outcome"] == "rejected"
+    assert second["error"].startswith("row 1: death") and second["code"] == "conflict"
+    assert (stranger["outcome"], stranger["code"]) == ("rejected", "not_permitted")
     assert f"municipality {int(other)} does not hold this resident" in stranger["error"]
     assert "move_out then move_in" in stranger["error"]
 
@@ -144,7 +145,11 @@ def test_a_move_between_municipalities_needs_the_former_ones_move_out(town: Town
     rc = r["resident_code"]
     address = {"address_town": "新町", "address_block": "2番地"}
     (early,) = town.apply(town.change("move_in", new, resident_code=rc, **address))
-    assert early["outcome"] == "rejected" and "no pending move_out" in early["error"]
+    assert (early["outcome"], early["code"]) == ("rejected", "not_permitted")
+    assert "no move_out (転出証明書)" in early["error"]
+    # The refusal names nothing of the resident: not where they live, nor their status.
+    assert home not in early["error"] and str(int(home)) not in early["error"]
+    assert early["resident_code"] is None and early["my_number"] is None
     assert town.now(rc)["municipality_code"] == home
     out, into = town.apply(
         town.change(
@@ -180,6 +185,7 @@ def test_a_move_between_municipalities_needs_the_former_ones_move_out(town: Town
     # The new municipality holds the resident now; the former one no longer does.
     (again,) = town.apply(town.change("move_within", home, resident_code=rc, **address))
     assert again["outcome"] == "rejected" and "does not hold" in again["error"]
+    assert again["code"] == "not_permitted" and new not in again["error"]
 
 
 def test_a_move_in_within_the_same_municipality_is_refused(town: Town) -> None:
@@ -400,30 +406,33 @@ def test_a_cancelled_birth_is_not_found(town: Town) -> None:
 
 
 @pytest.mark.parametrize(
-    ("reason", "fields", "message"),
+    ("reason", "fields", "code", "message"),
     [
         (
             "death",
             {"effective_date": D(2025, 7, 1), "reported_date": D(2025, 7, 1)},
+            "invalid",
             "effective_date 2025-07-01 lies in the future",
         ),
-        ("death", {"effective_date": D(1800, 1, 1)}, "is before the birth_date"),
-        ("death", {"resident_code": "12345678900"}, "check digit"),
-        ("death", {"resident_code": "1234"}, "resident_code"),
-        ("death", {"resident_code": None}, "resident_code or my_number is required"),
-        ("funeral", {}, "reason 'funeral' is not one of"),
-        ("name_change", {}, "give family_name, given_name or a reading"),
-        ("card_issued", {}, "the card state is"),
-        ("move_within", {}, "address_town and address_block are required"),
+        ("death", {"effective_date": D(1800, 1, 1)}, "invalid", "is before the birth_date"),
+        ("death", {"resident_code": "12345678900"}, "invalid", "check digit"),
+        ("death", {"resident_code": "1234"}, "invalid", "resident_code"),
+        ("death", {"resident_code": "12345678903"}, "not_found", "no resident has"),
+        ("death", {"resident_code": None}, "invalid", "resident_code or my_number is required"),
+        ("funeral", {}, "invalid", "reason 'funeral' is not one of"),
+        ("name_change", {}, "invalid", "give family_name, given_name or a reading"),
+        ("card_issued", {}, "conflict", "the card state is"),
+        ("move_within", {}, "invalid", "address_town and address_block are required"),
     ],
 )
 def test_each_rejection_names_the_reason_and_what_was_wrong(
-    town: Town, reason: str, fields: dict[str, Any], message: str
+    town: Town, reason: str, fields: dict[str, Any], code: str, message: str
 ) -> None:
     r = town.resident()
     rc = {"resident_code": r["resident_code"]} if "resident_code" not in fields else {}
     (out,) = town.apply(town.change(reason, r["municipality_code"], **(rc | fields)))
     assert out["outcome"] == "rejected" and message in out["error"], out
+    assert out["code"] == code, out
     assert out["error"].startswith("row 0: ")
 
 
@@ -480,6 +489,7 @@ def test_card_states_move_in_order_and_abroad_and_back_keeps_the_codes(town: Tow
     )
     assert back == {
         "outcome": "applied",
+        "code": None,
         "error": None,
         "resident_code": rc,
         "my_number": r["my_number"],

@@ -146,7 +146,7 @@ class Registry:
 
     def apply(self, changes: pa.Table, today: int | None = None) -> pa.Table:
         """Apply change records (docs/changes.md); durable in the change log before it
-        returns. Per row: `outcome`, `error`, `resident_code`, `my_number`."""
+        returns. Per row: `outcome`, `code`, `error`, `resident_code`, `my_number`."""
 
     def checkpoint(self) -> int:
         """Write a new snapshot with the changes folded in and kept as history; empty the log."""

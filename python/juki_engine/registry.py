@@ -267,9 +267,10 @@ class Registry:
 
         One result row per change, in input order: `outcome` (`applied`; `duplicate`, for a
         (municipality, sequence) seen before, which changes nothing and gives the first result
-        again; `rejected`, with `error` naming the row, the reason, the field and what was
-        wrong), and the resident's `resident_code` and `my_number` after the change (a birth's
-        new identifiers). Rejected rows change nothing; the rest apply.
+        again; `rejected`, with a `code` — `invalid`, `not_found`, `not_permitted` or `conflict`
+        — and an `error` naming the row, the reason, the field and what was wrong), and the
+        resident's `resident_code` and `my_number` after the change (a birth's new
+        identifiers). Rejected rows change nothing; the rest apply.
 
         Returns once the batch is durable in the change log beside the snapshot (a registry
         opened from one; a generated registry holds its changes in memory only). Queries keep
