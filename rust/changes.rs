@@ -1126,7 +1126,7 @@ pub fn apply(
         let ids_before = ctx.rec.ids.len();
         match check_row(&mut ctx, &t, i, &change) {
             Ok(entry) => {
-                let at = ctx.live.push(entry);
+                let at = crate::notices::push(ctx.data, ctx.live, entry, false);
                 ctx.rec.entries.push(entry);
                 // Identifiers issued become findable at once: later rows of the batch may
                 // name the person (readers see them only once the batch is published).
@@ -1166,7 +1166,7 @@ pub fn apply(
 }
 
 /// Redo a logged batch (replay at open): no checks, the record is what the writer did.
-pub fn redo(live: &Live, w: &mut Writer, rec: &BatchRecord) {
+pub fn redo(data: &RegistryData, live: &Live, w: &mut Writer, rec: &BatchRecord) {
     for (dict, value, reading) in &rec.ext {
         live.extend(*dict, value, reading);
         if let Some(maps) = w.dicts.as_mut() {
@@ -1177,7 +1177,7 @@ pub fn redo(live: &Live, w: &mut Writer, rec: &BatchRecord) {
         }
     }
     for e in &rec.entries {
-        let at = live.push(*e);
+        let at = crate::notices::push(data, live, *e, false);
         w.seen.insert(
             seen_key(e.municipality, e.sequence),
             Seen::Applied(at),
@@ -1796,7 +1796,14 @@ pub fn load_history(
                 }
             }
         }
-        let at = live.push_historic(entry);
+        // Origins lead the history (change numbers count the entries after them).
+        if reason == Reason::Origin
+            && live.entries.count() as u32
+                != live.origins.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(bad(format!("row {i}: an origin after a change")));
+        }
+        let at = crate::notices::push(data, live, entry, true);
         if reason != Reason::Origin {
             w.seen.insert(k, Seen::Applied(at), live);
         }

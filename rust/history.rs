@@ -669,6 +669,11 @@ pub struct Live {
     /// The newest batch the base holds folded in (its history's), when every one of its rows
     /// reads as the base has it: a current read at that batch needs no resolving.
     pub base_batch: AtomicU32,
+    /// Entries that are origins (a snapshot's values of a person before its history); they
+    /// lead the arena, so entry `at` is change number `at - origins + 1` (see `notices`).
+    pub origins: AtomicU32,
+    /// 転入通知 owed to former municipalities, in entry order (see `notices`).
+    pub notices: Arena<crate::notices::Notice>,
 }
 
 /// Which entries a read sees, and on which effective date.
@@ -723,6 +728,8 @@ impl Live {
             ext: Default::default(),
             created: AtomicU32::new(0),
             base_batch: AtomicU32::new(0),
+            origins: AtomicU32::new(0),
+            notices: Arena::default(),
         }
     }
 
@@ -787,6 +794,9 @@ impl Live {
             self.batch_times.push(entry.recorded);
         }
         let at = self.entries.push(stored) as u32;
+        if entry.reason == Reason::Origin {
+            self.origins.fetch_add(1, Ordering::Release);
+        }
         if historic || entry.batch == 0 {
             self.has_history.store(true, Ordering::Release);
         } else if entry.person < self.base_len {
@@ -904,6 +914,7 @@ impl Live {
             + self.heads.load().memory_bytes()
             + self.ids.load().memory_bytes()
             + self.dirty.len() * 8
+            + self.notices.count() * std::mem::size_of::<crate::notices::Notice>()
     }
 }
 
@@ -1278,7 +1289,7 @@ impl<'a> View<'a> {
 }
 
 /// The text of key `k` of a dictionary (its reading with `reading`), base or added.
-fn dict_text(view: &View, dict: Dict, k: u32, reading: bool) -> String {
+pub(crate) fn dict_text(view: &View, dict: Dict, k: u32, reading: bool) -> String {
     let d = &view.data.dicts;
     let k = k as usize;
     let base = match (dict, reading) {

@@ -18,6 +18,7 @@ pub mod index;
 pub mod log;
 pub mod memory;
 pub mod normalize;
+pub mod notices;
 pub mod python;
 pub mod query;
 pub mod search;

@@ -329,7 +329,7 @@ impl PyRegistry {
                 let what = format!("change log '{}' record {i}", path.display());
                 let rec = changes::decode(bytes, &what)?;
                 changes::check_record(&reg.data, &reg.live, &w, &rec, &what)?;
-                changes::redo(&reg.live, &mut w, &rec);
+                changes::redo(&reg.data, &reg.live, &mut w, &rec);
                 last = last.max(rec.batch);
                 reg.last_recorded.fetch_max(rec.recorded, Ordering::Relaxed);
             }
@@ -817,6 +817,35 @@ impl PyRegistry {
         let view = self.view(None, None);
         let out = detached(py, || {
             crate::history::history_table(&view, kind, keys.array(Strings::Bytes)?.as_ref())
+        })?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
+    }
+
+    /// 転入通知 owed to `municipality` (its code), numbered after `after`, oldest first, at
+    /// most `limit`; see `juki_engine.Registry.notices`.
+    #[pyo3(signature = (municipality, after=0, limit=1000))]
+    fn notices(
+        &self,
+        py: Python<'_>,
+        municipality: &str,
+        after: u64,
+        limit: usize,
+    ) -> PyResult<PyArrowType<Table>> {
+        IdKind::LocalGovernment
+            .parse(municipality)
+            .map_err(|e| JukiError::InvalidInput(format!("municipality: {e}")))?;
+        let codes = &self.data.dicts.municipality_code;
+        let key = (0..codes.len())
+            .find(|&k| codes.value(k) == municipality)
+            .ok_or_else(|| {
+                JukiError::InvalidInput(format!(
+                    "municipality {municipality} is not a municipality of the registry"
+                ))
+            })?;
+        let view = self.view(None, None);
+        let out = detached(py, || {
+            crate::notices::notices(&view, key as u16, after, limit)
         })?;
         let schema = out.schema();
         to_table(vec![out], schema)

@@ -151,6 +151,9 @@ class Registry:
     def checkpoint(self) -> int:
         """Write a new snapshot with the changes folded in and kept as history; empty the log."""
 
+    def notices(self, municipality: str, after: int = 0, limit: int = 1000) -> pa.Table:
+        """The move-in notices owed to a municipality, numbered after `after`, oldest first."""
+
     def history(self, keys: pa.Array, by: str = "my_number") -> pa.Table:
         """Each resident's changes, oldest first, with the fields each set (old and new)."""
 

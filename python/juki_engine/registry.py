@@ -278,6 +278,20 @@ class Registry:
         UTC) is the date effective and reported dates may not pass."""
         return self._core.apply(_as_table(changes), _days(today) if today is not None else None)
 
+    def notices(self, municipality: str, *, after: int = 0, limit: int = 1000) -> pa.Table:
+        """The 転入通知 (move-in notices) owed to `municipality` (its 6-digit code), oldest
+        first: one row per `move_in` another municipality recorded of a resident this one held
+        (`kind` `move_in`), and per `cancel` of one (`move_in_cancelled`).
+
+        Each row: `notice` (its number, which never changes; ask for those `after` the last one
+        handled), `kind`, the resident's `resident_code`, names, readings, `birth_date` and
+        `sex`, `from_municipality_code` / `from_address_town` / `from_address_block` (their
+        address here), `to_municipality_code` / `to_municipality_name` / `to_address_town` /
+        `to_address_block`, the move's `effective_date` and `reported_date`, `recorded_at`, and
+        the recording municipality and sequence (`recorded_by`, `sequence`). A notice exists
+        exactly when its change does: it is the change, durable with it (docs/changes.md)."""
+        return self._core.notices(municipality, after, limit)
+
     def history(self, keys: Any, by: KeyKind = "my_number") -> pa.Table:
         """Each resident's changes, oldest first: one row per change with the key asked for,
         `reason`, `effective_date`, `reported_date`, `recorded_at`, the `municipality` that

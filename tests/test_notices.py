@@ -1,0 +1,140 @@
+"""転入通知 in the core: a move_in owes the former municipality a notice, created with the change,
+numbered for good (restarts and checkpoints keep the numbers), and owed to no one else."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from town import Town
+
+from juki_engine import InvalidInput, Registry
+from juki_engine.ids import local_government_code_check_digit
+
+D = dt.date
+ADDRESS = {"address_town": "新町", "address_block": "2番地"}
+
+
+def move(town: Town, r: dict[str, object], to: str, **dates: dt.date) -> list[dict[str, object]]:
+    """Resident `r` moves out of their municipality and into `to`; the results of both rows."""
+    home, rc = str(r["municipality_code"]), r["resident_code"]
+    return town.apply(
+        town.change("move_out", home, resident_code=rc, moving_to=to, **dates),
+        town.change("move_in", to, resident_code=rc, **ADDRESS, **dates),
+    )
+
+
+def test_a_move_in_owes_the_former_municipality_one_notice_and_no_one_else() -> None:
+    town = Town(Registry.generate(population=3_000, seed=5))
+    r = town.resident()
+    home = r["municipality_code"]
+    new = town.elsewhere(home)
+    assert town.registry.notices(home).num_rows == 0
+    assert [o["outcome"] for o in move(town, r, new)] == ["applied", "applied"]
+    (notice,) = town.registry.notices(home).to_pylist()
+    assert notice["kind"] == "move_in" and notice["notice"] >= 1
+    assert notice["resident_code"] == r["resident_code"]
+    assert (notice["family_name"], notice["given_name"]) == (r["family_name"], r["given_name"])
+    assert (notice["birth_date"], notice["sex"]) == (r["birth_date"], r["sex"])
+    assert (
+        notice["from_municipality_code"],
+        notice["from_address_town"],
+        notice["from_address_block"],
+    ) == (home, r["address_town"], r["address_block"])
+    assert (
+        notice["to_municipality_code"],
+        notice["to_address_town"],
+        notice["to_address_block"],
+    ) == (new, "新町", "2番地")
+    assert notice["recorded_by"] == new and notice["effective_date"] == D(2025, 3, 1)
+    # Owed to the former municipality only; the new one and a third are owed nothing.
+    assert town.registry.notices(new).num_rows == 0
+    third = next(
+        str(x["municipality_code"]) for x in town.rows if x["municipality_code"] not in (home, new)
+    )
+    assert town.registry.notices(third).num_rows == 0
+    # After its number, nothing more is owed until another move.
+    assert town.registry.notices(home, after=notice["notice"]).num_rows == 0
+
+
+def test_notices_come_in_order_resume_after_a_number_and_stop_at_the_limit() -> None:
+    town = Town(Registry.generate(population=3_000, seed=5))
+    adults = [r for r in town.rows if r["status"] == "resident" and r["birth_date"] < D(2000, 1, 1)]
+    home = Counter(r["municipality_code"] for r in adults).most_common(1)[0][0]
+    movers = [r for r in adults if r["municipality_code"] == home]
+    new = town.elsewhere(home)
+    assert len(movers) >= 8
+    for r, other in zip(movers[:4], movers[4:8], strict=True):
+        # Unrelated changes between them: notice numbers are change numbers, not dense.
+        town.apply(town.change("death", home, resident_code=other["resident_code"]))
+        move(town, r, new)
+    notices = town.registry.notices(home).to_pylist()
+    assert [n["resident_code"] for n in notices] == [r["resident_code"] for r in movers[:4]]
+    numbers = [n["notice"] for n in notices]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 4
+    assert numbers[1] - numbers[0] > 1
+    assert town.registry.notices(home, after=numbers[1]).to_pylist() == notices[2:]
+    assert town.registry.notices(home, after=numbers[0], limit=2).to_pylist() == notices[1:3]
+    assert town.registry.notices(home, limit=0).num_rows == 0
+
+
+def test_a_cancelled_move_in_owes_a_second_notice_and_a_refused_one_none() -> None:
+    town = Town(Registry.generate(population=3_000, seed=5))
+    r, other = town.resident(0), town.resident(1)
+    home, rc = r["municipality_code"], r["resident_code"]
+    new = town.elsewhere(home)
+    move(town, r, new)
+    move_in_sequence = town.sequence[new]
+    (cancel,) = town.apply(town.change("cancel", new, cancels=move_in_sequence))
+    assert cancel["outcome"] == "applied"
+    kinds = [(n["kind"], n["resident_code"]) for n in town.registry.notices(home).to_pylist()]
+    assert kinds == [("move_in", rc), ("move_in_cancelled", rc)]
+    cancelled = town.registry.notices(home).to_pylist()[1]
+    assert (cancelled["from_municipality_code"], cancelled["to_municipality_code"]) == (home, new)
+    # A move_in refused (no move_out pending) owes nothing.
+    (refused,) = town.apply(
+        town.change("move_in", new, resident_code=other["resident_code"], **ADDRESS)
+    )
+    assert refused["outcome"] == "rejected"
+    assert town.registry.notices(other["municipality_code"]).num_rows == (
+        2 if other["municipality_code"] == home else 0
+    )
+
+
+def test_notice_numbers_survive_reopening_and_checkpoints(tmp_path: Path) -> None:
+    path = tmp_path / "registry"
+    Registry.generate(population=3_000, seed=5).save(path)
+    town = Town(Registry.open(path))
+    first, second = town.resident(0), town.resident(1)
+    home = first["municipality_code"]
+    move(town, first, town.elsewhere(home))
+    before = town.registry.notices(first["municipality_code"])
+    town.registry = Registry.open(path)  # the log redone
+    assert town.registry.notices(home).equals(before)
+    town.registry.checkpoint()
+    town.registry = Registry.open(path)  # the history loaded from the snapshot
+    assert town.registry.notices(home).equals(before)
+    move(town, second, town.elsewhere(second["municipality_code"]))
+    after = town.registry.notices(second["municipality_code"]).to_pylist()[-1]
+    town.registry.checkpoint()
+    town.registry = Registry.open(path)
+    assert town.registry.notices(home).equals(before)
+    assert town.registry.notices(second["municipality_code"]).to_pylist()[-1] == after
+    assert after["notice"] > before["notice"][0].as_py()
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("16201", "6"),
+        ("162010", "check digit"),
+        ("99999" + str(local_government_code_check_digit("99999")), "not a municipality"),
+    ],
+)
+def test_a_municipality_not_of_the_registry_is_named(code: str, message: str) -> None:
+    registry = Registry.generate(population=500, seed=1)
+    with pytest.raises(InvalidInput) as info:
+        registry.notices(code)
+    assert message in str(info.value), str(info.value)
