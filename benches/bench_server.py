@@ -50,7 +50,7 @@ from juki_engine import Registry, certs
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.bench import current_rss_bytes, gib, log, measure
-from juki_engine.client import (
+from juki_engine.client.bulk import (
     AgencyTLS,
     BulkJob,
     _write_results,

@@ -1081,6 +1081,7 @@ pub fn apply(
     batch: &RecordBatch,
     rec: &mut BatchRecord,
     today: i32,
+    first_row: usize,
 ) -> Result<Vec<RowResult>> {
     let t = Table::new(batch)?;
     let mut ctx = Ctx {
@@ -1098,7 +1099,7 @@ pub fn apply(
                 // A row without a usable (municipality, sequence) cannot be remembered.
                 out.push(RowResult {
                     outcome: 2,
-                    error: Some((e.code, format!("row {i}: {e}"))),
+                    error: Some((e.code, format!("row {}: {e}", first_row + i))),
                     person: NONE,
                     entry: NONE,
                 });
@@ -1143,7 +1144,7 @@ pub fn apply(
             }
             Err(e) => {
                 ctx.rec.ids.truncate(ids_before);
-                let msg = format!("row {i}: {e}");
+                let msg = format!("row {}: {e}", first_row + i);
                 ctx.w
                     .seen
                     .insert(key, Seen::Rejected(e.code, msg.as_str().into()), ctx.live);

@@ -691,12 +691,13 @@ impl PyRegistry {
     }
 
     /// Apply a table of changes; see `juki_engine.Registry.apply`.
-    #[pyo3(signature = (changes, today = None))]
+    #[pyo3(signature = (changes, today = None, first_row = 0))]
     fn apply(
         &self,
         py: Python<'_>,
         changes: &Bound<'_, PyAny>,
         today: Option<i32>,
+        first_row: usize,
     ) -> PyResult<PyArrowType<Table>> {
         let table = ImportedTable::from_python(changes, "changes")?;
         let out = detached(py, || {
@@ -714,7 +715,9 @@ impl PyRegistry {
                 recorded,
                 ..Default::default()
             };
-            let rows = changes::apply(&self.data, &self.live, &mut w, &batch, &mut rec, today)?;
+            let rows = changes::apply(
+                &self.data, &self.live, &mut w, &batch, &mut rec, today, first_row,
+            )?;
             let changed = !rec.entries.is_empty()
                 || !rec.rejections.is_empty()
                 || !rec.ext.is_empty()

@@ -132,13 +132,14 @@ def served(
         running.stop(grace=1)
 
 
-def test_certs_writes_a_ca_server_and_one_certificate_per_agency(
+def test_certs_writes_a_ca_server_and_one_certificate_per_agency_and_municipality(
     served: tuple[str, Path, Path],
 ) -> None:
     _, pki, _ = served
     assert {p.name for p in pki.iterdir()} >= {"ca.pem", "ca.key", "server.pem", "server.key"}
     names = {p.stem for p in (pki / "agencies").glob("*.pem")}
-    assert names == {a.code for a in Policy.load(example_path()).agencies}
+    policy = Policy.load(example_path())
+    assert names == {a.code for a in policy.agencies} | {m.code for m in policy.municipalities}
 
 
 @pytest.mark.parametrize("fields", [None, "all", "status,address_town"])

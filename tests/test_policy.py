@@ -948,3 +948,67 @@ def test_a_search_without_a_level_is_normalised_where_the_affair_allows_it() -> 
     exact_only = Policy.from_dict(document).agency("nenkin")
     grant = policy.authorize_search(exact_only, "pension-benefit", facts, ["resident_code"])
     assert grant.audit_mode == "search"
+
+
+# ----------------------------------------------------------------------------- municipalities
+
+
+def municipality(code: str = "162019", **changes: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "code": code,
+        "name": "富山市",
+        "certificate_subject": f"CN=m{code},O=富山市,C=JP",
+        "certificate_issuer": "demo",
+    }
+    entry.update(changes)
+    return entry
+
+
+def test_example_lists_municipalities_bound_like_agencies(example: Policy) -> None:
+    codes = {m.code: m.name for m in example.municipalities}
+    assert codes == {"162019": "富山市", "162027": "高岡市", "162116": "射水市"}
+    toyama = next(m for m in example.municipalities if m.code == "162019")
+    assert example.municipality_for(toyama.certificate_subject, DEMO) == toyama
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (
+            [municipality("162010")],
+            r"municipality '162010': 'code' must be a 全国地方公共団体コード",
+        ),
+        ([municipality("16201")], r"'code' must be a 全国地方公共団体コード"),
+        ([municipality(name="")], r"municipality '162019': 'name' must be a non-empty string"),
+        ([municipality(affair=[])], r"municipality #1: unknown keys \['affair'\]"),
+        ([municipality(certificate_issuer="x")], r"'certificate_issuer' 'x' is not one of"),
+        ([municipality(), municipality()], r"municipality '162019' is listed twice"),
+        (
+            [
+                municipality("162027", certificate_subject="CN=m162019,O=富山市,C=JP"),
+                municipality(),
+            ],
+            r"municipality '162027' and municipality '162019' share the certificate subject",
+        ),
+    ],
+)
+def test_malformed_municipalities_are_named(entries: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        Policy.from_dict(bound({"municipality": entries}))
+
+
+def test_an_agency_and_a_municipality_never_share_a_certificate() -> None:
+    shared = municipality(certificate_subject="CN=nenkin,O=日本年金機構,C=JP")
+    with pytest.raises(PolicyError, match=r"agency 'nenkin' and municipality '162019' share"):
+        Policy.from_dict(bound({"agency": [agency()], "municipality": [shared]}))
+
+
+def test_a_certificate_names_an_agency_or_a_municipality_never_both() -> None:
+    policy = Policy.from_dict(bound({"agency": [agency()], "municipality": [municipality()]}))
+    with pytest.raises(NotPermitted, match="is not a registered municipality"):
+        policy.municipality_for("CN=nenkin,O=日本年金機構,C=JP", DEMO)
+    with pytest.raises(NotPermitted, match="is not a registered agency"):
+        policy.agency_for("CN=m162019,O=富山市,C=JP", DEMO)
+    # Bound to its CA: the same subject from another CA names no one.
+    with pytest.raises(NotPermitted, match="is not a registered municipality"):
+        policy.municipality_for("CN=m162019,O=富山市,C=JP", "1" * 64)

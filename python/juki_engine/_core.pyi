@@ -144,7 +144,9 @@ class Registry:
         """`verify` of one claim given as Python values (birth_date as ISO 8601 text); its
         result row as a dict."""
 
-    def apply(self, changes: pa.Table, today: int | None = None) -> pa.Table:
+    def apply(
+        self, changes: pa.Table | Claims, today: int | None = None, first_row: int = 0
+    ) -> pa.Table:
         """Apply change records (docs/changes.md); durable in the change log before it
         returns. Per row: `outcome`, `code`, `error`, `resident_code`, `my_number`."""
 

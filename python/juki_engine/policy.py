@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from juki_engine._core import JukiError
+from juki_engine._core import JukiError, is_valid
 from juki_engine.names import LEVELS
 from juki_engine.registry import Registry
 
@@ -73,6 +73,19 @@ class Agency:
 
 
 @dataclass(frozen=True, slots=True)
+class Municipality:
+    """A municipality (市町村) that submits changes for the residents it holds and receives the
+    move-in notices owed to it, matched by its client certificate as an agency is."""
+
+    code: str
+    """全国地方公共団体コード, 6 digits with the check digit: its changes are recorded under it."""
+    name: str
+    certificate_subject: str
+    certificate_issuer: str = ""
+    key_pins: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """What one request is allowed: the checked affair, mode, and the fields it will disclose."""
 
@@ -104,20 +117,34 @@ class Policy:
         agencies: Iterable[Agency],
         source: str = "<memory>",
         authorities: Mapping[str, str] | None = None,
+        municipalities: Iterable[Municipality] = (),
     ) -> None:
         self.source = source
         self.authorities = dict(authorities or {})
         """{name: SHA-256 fingerprint} of the CAs the policy binds agencies to."""
         self._by_identity: dict[tuple[str, str], Agency] = {}
-        for agency in agencies:
-            identity = (agency.certificate_issuer, agency.certificate_subject)
-            if identity in self._by_identity:
-                other = self._by_identity[identity].code
-                raise PolicyError(
-                    f"{source}: agencies '{other}' and '{agency.code}' share the certificate "
-                    f"subject '{agency.certificate_subject}' from one CA"
+        self._municipalities: dict[tuple[str, str], Municipality] = {}
+        # One certificate names one caller: an agency and a municipality never share one.
+        named: dict[tuple[str, str], Agency | Municipality] = {}
+        callers: list[Agency | Municipality] = [*agencies, *municipalities]
+        for caller in callers:
+            identity = (caller.certificate_issuer, caller.certificate_subject)
+            other = named.get(identity)
+            if other is not None:
+                pair = (
+                    f"agencies '{other.code}' and '{caller.code}'"
+                    if isinstance(other, Agency) and isinstance(caller, Agency)
+                    else f"{_kind(other)} '{other.code}' and {_kind(caller)} '{caller.code}'"
                 )
-            self._by_identity[identity] = agency
+                raise PolicyError(
+                    f"{source}: {pair} share the certificate subject "
+                    f"'{caller.certificate_subject}' from one CA"
+                )
+            named[identity] = caller
+            if isinstance(caller, Agency):
+                self._by_identity[identity] = caller
+            else:
+                self._municipalities[identity] = caller
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Policy:
@@ -135,7 +162,7 @@ class Policy:
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any], source: str = "<memory>") -> Policy:
-        unknown = set(document) - {"agency", "certificate_authorities"}
+        unknown = set(document) - {"agency", "certificate_authorities", "municipality"}
         if unknown:
             raise PolicyError(f"policy {source}: unknown top-level keys {sorted(unknown)}")
         authorities = _authorities(document.get("certificate_authorities", {}), source)
@@ -150,11 +177,36 @@ class Policy:
                 raise PolicyError(f"policy {source}: agency '{agency.code}' is listed twice")
             seen.add(agency.code)
             parsed.append(agency)
-        return cls(parsed, source, authorities)
+        entries = document.get("municipality", [])
+        if not isinstance(entries, list):
+            raise PolicyError(f"policy {source}: 'municipality' must be an array of tables")
+        municipalities: dict[str, Municipality] = {}
+        for i, entry in enumerate(entries):
+            m = _municipality(entry, f"policy {source}: municipality #{i + 1}", authorities)
+            if m.code in municipalities:
+                raise PolicyError(f"policy {source}: municipality '{m.code}' is listed twice")
+            municipalities[m.code] = m
+        return cls(parsed, source, authorities, municipalities.values())
 
     @property
     def agencies(self) -> list[Agency]:
         return list(self._by_identity.values())
+
+    @property
+    def municipalities(self) -> list[Municipality]:
+        return list(self._municipalities.values())
+
+    def municipality_for(self, subject: str, issuer: str, key: str = "") -> Municipality:
+        """The municipality a certificate names (as `agency_for`); NotPermitted if none."""
+        municipality = self._municipalities.get((issuer, subject))
+        if municipality is None:
+            raise NotPermitted(f"certificate subject '{subject}' is not a registered municipality")
+        if municipality.key_pins and key not in municipality.key_pins:
+            raise NotPermitted(
+                f"certificate subject '{subject}' holds a key not pinned for municipality "
+                f"'{municipality.code}'"
+            )
+        return municipality
 
     def agency(self, code: str) -> Agency:
         """The agency with this code; KeyError if there is none."""
@@ -230,6 +282,10 @@ class Policy:
             level = "normalised" if "normalised" in affair.match_levels else "exact"
         _check_level(affair, level)
         return Grant(agency, affair, "search", facts, _in_schema_order(fields), level)
+
+
+def _kind(caller: Agency | Municipality) -> str:
+    return "agency" if isinstance(caller, Agency) else "municipality"
 
 
 def _affair_of(agency: Agency, affair_code: str) -> Affair:
@@ -332,6 +388,14 @@ def _agency(entry: Any, where: str, authorities: Mapping[str, str]) -> Agency:
         if affair.code in affairs:
             raise PolicyError(f"{where}: affair '{affair.code}' is listed twice")
         affairs[affair.code] = affair
+    subject, issuer, pins = _certificate(entry, where, authorities)
+    return Agency(code, _text(entry, "name", where), subject, affairs, issuer, pins)
+
+
+def _certificate(
+    entry: Mapping[str, Any], where: str, authorities: Mapping[str, str]
+) -> tuple[str, str, frozenset[str]]:
+    """A caller's certificate binding: canonical subject, issuing CA's fingerprint, key pins."""
     # Imported here: `cryptography` is a slow import that `import juki_engine` need not pay.
     from juki_engine.certs import canonical_subject
 
@@ -346,7 +410,24 @@ def _agency(entry: Any, where: str, authorities: Mapping[str, str]) -> Agency:
             f"certificate_authorities {sorted(authorities)}"
         )
     pins = _pins(entry.get("key_pins", []), f"{where}: 'key_pins'")
-    return Agency(code, _text(entry, "name", where), subject, affairs, authorities[issuer], pins)
+    return subject, authorities[issuer], pins
+
+
+def _municipality(entry: Any, where: str, authorities: Mapping[str, str]) -> Municipality:
+    if not isinstance(entry, dict):
+        raise PolicyError(f"{where} must be a table")
+    known = {"code", "name", "certificate_subject", "certificate_issuer", "key_pins"}
+    unknown = set(entry) - known
+    if unknown:
+        raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
+    code = _text(entry, "code", where)
+    where = f"{where.rsplit(': ', 1)[0]}: municipality '{code}'"
+    if not is_valid("local_government_code", code):
+        raise PolicyError(
+            f"{where}: 'code' must be a 全国地方公共団体コード: 6 digits, the last its check digit"
+        )
+    subject, issuer, pins = _certificate(entry, where, authorities)
+    return Municipality(code, _text(entry, "name", where), subject, issuer, pins)
 
 
 def _affair(entry: Any, where: str) -> Affair:

@@ -262,7 +262,7 @@ class Registry:
             *_cut(as_of, recorded_as_of),
         )
 
-    def apply(self, changes: Any, *, today: dt.date | None = None) -> pa.Table:
+    def apply(self, changes: Any, *, today: dt.date | None = None, first_row: int = 0) -> pa.Table:
         """Apply municipal changes (異動): any Arrow table of change records (docs/changes.md).
 
         One result row per change, in input order: `outcome` (`applied`; `duplicate`, for a
@@ -275,8 +275,11 @@ class Registry:
         Returns once the batch is durable in the change log beside the snapshot (a registry
         opened from one; a generated registry holds its changes in memory only). Queries keep
         running meanwhile and see the batch entirely or not at all. `today` (default: today,
-        UTC) is the date effective and reported dates may not pass."""
-        return self._core.apply(_as_table(changes), _days(today) if today is not None else None)
+        UTC) is the date effective and reported dates may not pass; `first_row` numbers the
+        rows in errors (a stream's rows after its earlier messages')."""
+        return self._core.apply(
+            _as_table(changes), _days(today) if today is not None else None, first_row
+        )
 
     def notices(self, municipality: str, *, after: int = 0, limit: int = 1000) -> pa.Table:
         """The 転入通知 (move-in notices) owed to `municipality` (its 6-digit code), oldest

@@ -16,8 +16,10 @@ from juki_engine.policy import Policy, example_path
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
-    agencies = {a.code: a.certificate_subject for a in Policy.load(example_path()).agencies}
-    certs.create_demo(directory, {**agencies, "stranger": STRANGER})
+    policy = Policy.load(example_path())
+    callers = {a.code: a.certificate_subject for a in policy.agencies}
+    callers |= {m.code: m.certificate_subject for m in policy.municipalities}
+    certs.create_demo(directory, {**callers, "stranger": STRANGER})
     certs.write_demo_policy(directory, example_path())
     return directory
 

@@ -50,8 +50,11 @@ def demo_certs(directory: Path, policy: Path) -> Path:
     from juki_engine import certs
     from juki_engine.policy import Policy
 
-    agencies = {a.code: a.certificate_subject for a in Policy.load(policy).agencies}
-    certs.create_demo(directory, agencies)
+    loaded = Policy.load(policy)
+    # Agencies and municipalities alike: one client certificate each, named by its code.
+    callers = {a.code: a.certificate_subject for a in loaded.agencies}
+    callers |= {m.code: m.certificate_subject for m in loaded.municipalities}
+    certs.create_demo(directory, callers)
     return certs.write_demo_policy(directory, policy)
 
 
@@ -77,11 +80,12 @@ def start_server(
     workers: int,
     crl: str | None = None,
     max_bulk_jobs: int | None = None,
+    notices_dir: Path | None = None,
 ) -> Any:
     from juki_engine.service import MAX_BULK_JOBS, Frontend, ServerTLS, start
 
     tls = ServerTLS.in_directory(certs_dir, crl)
-    frontend = Frontend.open(registry, policy, audit_dir, retention_days)
+    frontend = Frontend.open(registry, policy, audit_dir, retention_days, notices_dir)
     try:
         return start(frontend, tls, listen, workers, max_bulk_jobs or MAX_BULK_JOBS)
     except BaseException:
@@ -113,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.workers,
         args.crl,
         args.max_bulk_jobs,
+        # Beside the change log: the notices are its changes, the acknowledgements its readers'.
+        snapshot / "notices",
     )
     if args.port_file:
         # Written whole, then renamed: a watcher never reads half a number.
@@ -189,7 +195,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     policy = demo_certs(certs_dir, policy_path(None))
     audit_dir = Path(args.audit) if args.audit else base / DEMO_AUDIT.name
     server = start_server(
-        registry, policy, certs_dir, audit_dir, args.retention_days, "127.0.0.1:0", 4
+        registry,
+        policy,
+        certs_dir,
+        audit_dir,
+        args.retention_days,
+        "127.0.0.1:0",
+        4,
+        notices_dir=path / "notices",
     )
     address = f"127.0.0.1:{server.port}"
     try:

@@ -15,11 +15,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from juki_engine._core import InvalidInput
+from juki_engine._proto import changes_pb2 as cpb
+from juki_engine._proto import changes_pb2_grpc as cpb_grpc
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.service.bulk import MAX_BULK_JOBS, BulkVerificationService
+from juki_engine.service.changes import MAX_SUBMISSIONS, ChangeSubmissionService
 from juki_engine.service.frontend import Frontend
 from juki_engine.service.identity import TrustStore
+from juki_engine.service.notices import MAX_FOLLOWERS, NoticeService
 from juki_engine.service.verification import IdentityVerificationService
 from juki_engine.service.wire import MESSAGE_OPTIONS
 
@@ -32,6 +36,8 @@ RPC_WORKERS = 4
 SERVICES = (
     pb.DESCRIPTOR.services_by_name["IdentityVerificationService"].full_name,
     pb.DESCRIPTOR.services_by_name["BulkVerificationService"].full_name,
+    cpb.DESCRIPTOR.services_by_name["ChangeSubmissionService"].full_name,
+    cpb.DESCRIPTOR.services_by_name["NoticeService"].full_name,
 )
 # grpc lets a second server bind a port in use (SO_REUSEPORT) and share its calls: never; with
 # the option off, binding a port in use fails.
@@ -96,14 +102,14 @@ def start(
     max_bulk_jobs: int = MAX_BULK_JOBS,
 ) -> Server:
     """Start serving on `address` (port 0 picks a free one) with mutual TLS, health checking
-    and reflection. Typed calls keep `workers` threads whatever the bulk jobs do."""
+    and reflection. Typed calls keep `workers` threads whatever the streams do: bulk jobs,
+    change submissions and following notice streams each have threads of their own."""
     if frontend.trust is None:
         frontend.trust = tls.trust_store()
     frontend.trust.check_policy(frontend.policy)
+    streams = max_bulk_jobs + MAX_SUBMISSIONS + MAX_FOLLOWERS
     server = grpc.server(
-        futures.ThreadPoolExecutor(
-            max_workers=workers + max_bulk_jobs, thread_name_prefix="juki-rpc"
-        ),
+        futures.ThreadPoolExecutor(max_workers=workers + streams, thread_name_prefix="juki-rpc"),
         options=SERVER_OPTIONS,
     )
     bulk = BulkVerificationService(frontend, max_bulk_jobs)
@@ -111,6 +117,10 @@ def start(
         IdentityVerificationService(frontend), server
     )
     pb_grpc.add_BulkVerificationServiceServicer_to_server(bulk, server)
+    cpb_grpc.add_ChangeSubmissionServiceServicer_to_server(
+        ChangeSubmissionService(frontend), server
+    )
+    cpb_grpc.add_NoticeServiceServicer_to_server(NoticeService(frontend), server)
     checker = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     for name in ("", *SERVICES):

@@ -13,6 +13,7 @@ raised beneath it escapes as UNKNOWN or a traceback.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from juki_engine.audit import (
 from juki_engine.policy import (
     Agency,
     Grant,
+    Municipality,
     NotPermitted,
     Policy,
     PolicyError,
@@ -47,6 +49,7 @@ from juki_engine.policy import (
     start_of_today,
 )
 from juki_engine.registry import Registry
+from juki_engine.service.acknowledgements import Acknowledgements
 from juki_engine.service.identity import PeerCertificate, TrustStore
 from juki_engine.service.wire import (
     MAX_TEXT_CHARS,
@@ -186,6 +189,7 @@ class Frontend:
         quotas: Quotas | None = None,
         trust: TrustStore | None = None,
         audit_timeout: float = AUDIT_TIMEOUT_S,
+        acknowledgements: Acknowledgements | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -193,6 +197,10 @@ class Frontend:
         self.quotas = quotas or Quotas()
         self.trust = trust
         self.audit_timeout = audit_timeout
+        self.acknowledgements = acknowledgements
+        """Each municipality's last acknowledged notice; None: notices are not served."""
+        self.changed = threading.Condition()
+        """Notified once changes submitted here are durable (notice streams wait on it)."""
 
     @classmethod
     def open(
@@ -201,11 +209,15 @@ class Frontend:
         policy_path: str | Path,
         audit_dir: str | Path,
         retention_days: int = RETENTION_DAYS,
+        notices_dir: str | Path | None = None,
     ) -> Frontend:
-        """Load the policy, open the audit trail and restore today's quota use from it."""
+        """Load the policy, open the audit trail and restore today's quota use from it; with
+        `notices_dir`, serve move-in notices keeping acknowledgements there."""
         policy = Policy.load(policy_path)
         audit = AuditTrail(audit_dir, retention_days=retention_days)
-        return cls(registry, policy, audit, Quotas(counts_since(audit_dir, start_of_today())))
+        acks = Acknowledgements(notices_dir) if notices_dir is not None else None
+        quotas = Quotas(counts_since(audit_dir, start_of_today()))
+        return cls(registry, policy, audit, quotas, acknowledgements=acks)
 
     def reload(self, path: str | Path) -> None:
         """Load the policy (and the revocation list) again; a broken file leaves what is in
@@ -268,15 +280,34 @@ class Frontend:
 
     def agency_of(self, call: Call) -> Agency:
         """`identify` again for a call whose certificate is known (every bulk message)."""
+        peer = self._trusted_peer(call)
+        agency = self.policy.agency_for(peer.subject, peer.issuer, peer.key_pin)
+        call.caller = agency.code
+        return agency
+
+    def identify_municipality(self, context: grpc.ServicerContext, call: Call) -> Municipality:
+        """The municipality behind the call's client certificate under the policy in force."""
+        if call.peer is None and self.trust is not None:
+            call.peer = self.trust.peer(context)
+        return self.municipality_of(call)
+
+    def municipality_of(self, call: Call) -> Municipality:
+        """`identify_municipality` again for a call whose certificate is known (every message
+        of a stream, so a revocation or a policy change stops it at its next message)."""
+        peer = self._trusted_peer(call)
+        municipality = self.policy.municipality_for(peer.subject, peer.issuer, peer.key_pin)
+        call.caller = municipality.code
+        return municipality
+
+    def _trusted_peer(self, call: Call) -> PeerCertificate:
+        """The call's certificate, issued by a trusted CA and not revoked."""
         peer = call.peer
         if peer is None:
             raise NotPermitted("the call carries no client certificate")
         call.caller = f"unregistered: {_bounded(peer.subject)}"
         assert self.trust is not None
         self.trust.check(peer)
-        agency = self.policy.agency_for(peer.subject, peer.issuer, peer.key_pin)
-        call.caller = agency.code
-        return agency
+        return peer
 
     def authorize(
         self,

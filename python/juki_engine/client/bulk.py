@@ -1,4 +1,4 @@
-"""The agency side of the gRPC contract: mutual-TLS channels and the bulk job client.
+"""Mutual-TLS channels (agencies and municipalities alike) and the bulk job client.
 
 A bulk job (e.g. the pension status check, 年金受給権者の現況確認) streams claims to the server as
 Arrow IPC messages of 1–4 MiB and reads the results as one Arrow IPC stream cut into messages, one
@@ -47,7 +47,8 @@ DICTIONARY_CLAIMS = (
 
 @dataclass(frozen=True, slots=True)
 class AgencyTLS:
-    """An agency's client certificate and key, and the CA that signed the server's."""
+    """A caller's (an agency's or a municipality's) client certificate and key, and the CA that
+    signed the server's."""
 
     cert: Path
     key: Path

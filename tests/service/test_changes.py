@@ -1,0 +1,383 @@
+"""The change flow over a real server and real mutual TLS: municipalities submit changes
+(`ChangeSubmissionService`) and read the move-in notices owed to them (`NoticeService`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from calls import juki_serve, rpc_error, wait_for_port
+
+from juki_engine import Registry, audit, service
+from juki_engine._proto import changes_pb2 as cpb
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine.client import (
+    AgencyTLS,
+    acknowledge_notices,
+    read_notices,
+    submit_changes,
+)
+from juki_engine.policy import Policy
+from juki_engine.synthetic.changes import CHANGE_SCHEMA
+
+TOYAMA, TAKAOKA, IMIZU = "162019", "162027", "162116"
+D = dt.date
+TODAY = dt.datetime.now(dt.UTC).date()
+ADDRESS = {"address_town": "中央町", "address_block": "1-1"}
+
+Row = dict[str, Any]
+
+
+class Town:
+    """A Toyama registry served by a server of its own, with its notice state."""
+
+    def __init__(self, tmp: Path, pki: Path) -> None:
+        self.registry = Registry.generate(population=4_000, seed=3, prefecture="富山県")
+        self.rows = self.registry.to_arrow().to_pylist()
+        self.frontend = service.Frontend.open(
+            self.registry, pki / "policy.toml", tmp / "audit", notices_dir=tmp / "notices"
+        )
+        self.server = service.start(self.frontend, service.ServerTLS.in_directory(pki))
+        self.pki = pki
+        self.sequence = 0
+
+    def channel(self, caller: str) -> grpc.Channel:
+        tls = AgencyTLS.from_cert(self.pki / "agencies" / f"{caller}.pem")
+        return tls.channel(f"127.0.0.1:{self.server.port}")
+
+    def resident(self, municipality: str, i: int = 0) -> Row:
+        found = [
+            r
+            for r in self.rows
+            if r["municipality_code"] == municipality
+            and r["status"] == "resident"
+            and r["birth_date"] < D(2000, 1, 1)
+        ]
+        return found[i]
+
+    def change(self, reason: int, **fields: Any) -> cpb.Change:
+        self.sequence += 1
+        today = TODAY.isoformat()
+        dates = {"effective_date": today, "reported_date": today}
+        return cpb.Change(sequence=self.sequence, reason=reason, **(dates | fields))
+
+    def submit(self, municipality: str, *changes: cpb.Change | pa.Table) -> list[Row]:
+        with self.channel(municipality) as ch:
+            body = changes[0] if isinstance(changes[0], pa.Table) else list(changes)
+            result: list[Row] = submit_changes(ch, body, "clerk-7", timeout=30).to_pylist()
+            return result
+
+    def notices(self, municipality: str, **kw: Any) -> list[cpb.StreamNoticesResponse]:
+        with self.channel(municipality) as ch:
+            return list(read_notices(ch, "clerk-8", timeout=30, **kw))
+
+    def trail(self) -> pa.Table:
+        return audit.read(self.frontend.audit.directory)
+
+
+@pytest.fixture
+def town(tmp_path: Path, pki: Path) -> Iterator[Town]:
+    t = Town(tmp_path, pki)
+    try:
+        yield t
+    finally:
+        t.server.stop(grace=1)
+
+
+def key(r: Row) -> pb.Key:
+    return pb.Key(resident_code=r["resident_code"])
+
+
+def test_a_death_is_applied_durably_and_a_resend_is_a_duplicate(town: Town) -> None:
+    r = town.resident(TOYAMA)
+    death = town.change(cpb.CHANGE_REASON_DEATH, key=key(r))
+    (first,) = town.submit(TOYAMA, death)
+    assert (first["outcome"], first["code"], first["error"]) == ("applied", None, None)
+    assert first["resident_code"] == r["resident_code"] and first["row"] == 0
+    now = town.registry.lookup([r["resident_code"]], by="resident_code", columns=["status"])
+    assert now["status"].to_pylist() == ["deceased"]
+    (again,) = town.submit(TOYAMA, death)
+    assert again["outcome"] == "duplicate" and again["resident_code"] == r["resident_code"]
+    # Who submitted what for whom: the municipality, its official, the reason and the subject.
+    trail = town.trail().filter(pc.equal(town.trail()["mode"], "submit"))
+    assert trail.select(["agency", "operator", "affair", "subject", "outcome"]).to_pylist() == [
+        {
+            "agency": TOYAMA,
+            "operator": "clerk-7",
+            "affair": "death",
+            "subject": r["resident_code"],
+            "outcome": outcome,
+        }
+        for outcome in ("applied", "duplicate")
+    ]
+
+
+def test_a_birth_gets_codes_from_the_municipality(town: Town) -> None:
+    birth = town.change(
+        cpb.CHANGE_REASON_BIRTH,
+        family_name="森",
+        family_name_kana="モリ",
+        given_name="陽",
+        given_name_kana="ヒナタ",
+        birth_date=TODAY.isoformat(),
+        sex=pb.SEX_FEMALE,
+        **ADDRESS,
+    )
+    (born,) = town.submit(TOYAMA, birth)
+    assert born["outcome"] == "applied", born
+    found = town.registry.lookup([born["my_number"]], columns=["resident_code", "family_name"])
+    assert found.to_pylist()[0] | {"replaced": False} == {
+        "found": True,
+        "error": None,
+        "replaced": False,
+        "resident_code": born["resident_code"],
+        "family_name": "森",
+    }
+
+
+def test_refusals_are_per_row_name_nothing_of_the_resident_and_never_end_the_stream(
+    town: Town,
+) -> None:
+    theirs, ours = town.resident(TAKAOKA), town.resident(TOYAMA)
+    results = town.submit(
+        TOYAMA,
+        town.change(cpb.CHANGE_REASON_DEATH, key=key(theirs)),  # held by 高岡市
+        town.change(cpb.CHANGE_REASON_MOVE_IN, key=key(theirs), **ADDRESS),  # no move_out
+        town.change(cpb.CHANGE_REASON_DEATH, effective_date="2025-13-01", key=key(ours)),
+        town.change(cpb.CHANGE_REASON_DEATH, key=pb.Key(resident_code="12345678903")),
+        town.change(cpb.CHANGE_REASON_DEATH, key=key(ours)),
+    )
+    assert [(r["outcome"], r["code"]) for r in results] == [
+        ("rejected", "not_permitted"),
+        ("rejected", "not_permitted"),
+        ("rejected", "invalid"),
+        ("rejected", "not_found"),
+        ("applied", None),
+    ]
+    for r in results[:2]:
+        assert TAKAOKA not in r["error"] and "高岡" not in r["error"], r["error"]
+        assert r["resident_code"] is None and r["my_number"] is None
+    assert "effective_date '2025-13-01' is not a date" in results[2]["error"]
+    assert [r["row"] for r in results] == [0, 1, 2, 3, 4]
+    held = town.registry.lookup([theirs["resident_code"]], by="resident_code", columns=["status"])
+    assert held["status"].to_pylist() == ["resident"]
+    # The attempt on another municipality's resident is in the trail, under that resident.
+    trail = town.trail()
+    refused = trail.filter(pc.equal(trail["outcome"], "rejected")).to_pylist()
+    assert {(t["subject"], t["reason"]) for t in refused} >= {
+        (theirs["resident_code"], "not_permitted")
+    }
+
+
+def test_a_table_row_naming_another_municipality_is_refused_and_not_remembered(
+    town: Town,
+) -> None:
+    ours, theirs = town.resident(TOYAMA, 1), town.resident(TAKAOKA, 1)
+    rows = [
+        {"municipality": TAKAOKA, "sequence": 1, "reason": "death"}
+        | {"resident_code": theirs["resident_code"]},
+        {"municipality": None, "sequence": 2, "reason": "death"}
+        | {"resident_code": ours["resident_code"]},
+    ]
+    table = pa.Table.from_pylist(
+        [r | {"effective_date": TODAY, "reported_date": TODAY} for r in rows], schema=CHANGE_SCHEMA
+    )
+    forged, own = town.submit(TOYAMA, table)
+    assert (forged["outcome"], forged["code"]) == ("rejected", "not_permitted")
+    assert "a municipality submits its own changes" in forged["error"]
+    assert own["outcome"] == "applied"
+    # 高岡市's own sequence 1 is untouched: its first use applies.
+    table = pa.Table.from_pylist(
+        [rows[0] | {"effective_date": TODAY, "reported_date": TODAY}], schema=CHANGE_SCHEMA
+    )
+    (real,) = town.submit(TAKAOKA, table)
+    assert real["outcome"] == "applied"
+
+
+def test_an_agency_certificate_cannot_submit_and_a_municipality_cannot_verify(
+    town: Town,
+) -> None:
+    r = town.resident(TOYAMA)
+    with town.channel("nenkin") as ch:
+        error = rpc_error(
+            lambda: submit_changes(ch, [town.change(cpb.CHANGE_REASON_DEATH, key=key(r))], "x")
+        )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not a registered municipality" in str(error.details())
+    with town.channel(TOYAMA) as ch:
+        from juki_engine._proto import registry_pb2_grpc as pb_grpc
+        from juki_engine.client import request_context
+
+        stub = pb_grpc.IdentityVerificationServiceStub(ch)
+        request = pb.VerifyRequest(context=request_context("pension-benefit", "x"), key=key(r))
+        error = rpc_error(lambda: stub.Verify(request, timeout=10))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not a registered agency" in str(error.details())
+
+
+def move(town: Town, r: Row, to: str) -> None:
+    """`r` moves out of their municipality (submitted by it) and into `to` (by `to`)."""
+    out = town.change(cpb.CHANGE_REASON_MOVE_OUT, key=key(r), moving_to=to)
+    (moved_out,) = town.submit(r["municipality_code"], out)
+    (moved_in,) = town.submit(to, town.change(cpb.CHANGE_REASON_MOVE_IN, key=key(r), **ADDRESS))
+    assert (moved_out["outcome"], moved_in["outcome"]) == ("applied", "applied"), moved_in
+
+
+def test_the_former_municipality_alone_gets_its_notice_until_it_acknowledges(town: Town) -> None:
+    r = town.resident(TOYAMA)
+    move(town, r, TAKAOKA)
+    (notice,) = town.notices(TOYAMA)
+    assert notice.kind == "move_in" and notice.resident.resident_code == r["resident_code"]
+    assert (notice.from_municipality_code, notice.to_municipality_code) == (TOYAMA, TAKAOKA)
+    assert notice.to_address_town == "中央町" and notice.resident.family_name == r["family_name"]
+    assert notice.from_address_town == r["address_town"]
+    # Neither the new municipality nor a third one is sent it.
+    assert town.notices(TAKAOKA) == [] and town.notices(IMIZU) == []
+    # Not acknowledged: sent again; acknowledged: never again.
+    assert [n.notice for n in town.notices(TOYAMA)] == [notice.notice]
+    with town.channel(TOYAMA) as ch:
+        assert acknowledge_notices(ch, notice.notice) == notice.notice
+        assert acknowledge_notices(ch, notice.notice - 1) == notice.notice  # never undone
+    assert town.notices(TOYAMA) == []
+    assert [n.notice for n in town.notices(TOYAMA, after=notice.notice - 1)] == [notice.notice]
+    # Each sending was a disclosure, audited under the resident.
+    trail = town.trail()
+    sent = trail.filter(pc.equal(trail["mode"], "notice"))
+    assert sent["subject"].to_pylist() == [r["resident_code"]] * 3
+    assert set(sent["agency"].to_pylist()) == {TOYAMA}
+
+
+def test_an_acknowledgement_of_no_notice_owed_is_refused(town: Town) -> None:
+    r = town.resident(TOYAMA)
+    move(town, r, TAKAOKA)
+    (notice,) = town.notices(TOYAMA)
+    for through in (notice.notice + 1, 10**9):
+        with town.channel(TOYAMA) as ch:
+            error = rpc_error(lambda ch=ch, through=through: acknowledge_notices(ch, through))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not the number of a notice owed" in str(error.details())
+    # 高岡市 cannot acknowledge 富山市's notice either: it is not owed to it.
+    with town.channel(TAKAOKA) as ch:
+        error = rpc_error(lambda: acknowledge_notices(ch, notice.notice))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [n.notice for n in town.notices(TOYAMA)] == [notice.notice]
+
+
+def test_notices_come_in_order_and_a_following_stream_gets_new_ones(town: Town) -> None:
+    movers = [town.resident(TOYAMA, i) for i in range(3)]
+    move(town, movers[0], TAKAOKA)
+    received: list[cpb.StreamNoticesResponse] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        with town.channel(TOYAMA) as ch:
+            for n in read_notices(ch, "clerk", follow=True, timeout=60):
+                received.append(n)
+                if len(received) == 3:
+                    done.set()
+                    return
+
+    reader = threading.Thread(target=follow)
+    reader.start()
+    move(town, movers[1], IMIZU)
+    move(town, movers[2], TAKAOKA)
+    assert done.wait(30), [n.notice for n in received]
+    reader.join(10)
+    assert [n.resident.resident_code for n in received] == [m["resident_code"] for m in movers]
+    numbers = [n.notice for n in received]
+    assert numbers == sorted(numbers)
+    assert [n.to_municipality_code for n in received] == [TAKAOKA, IMIZU, TAKAOKA]
+
+
+def test_a_revoked_or_unknown_municipality_is_refused(town: Town, pki: Path) -> None:
+    policy = Policy.load(pki / "policy.toml")
+    town.frontend.policy = Policy(
+        policy.agencies, policy.source, policy.authorities, policy.municipalities[1:]
+    )
+    with town.channel(TOYAMA) as ch:
+        error = rpc_error(lambda: list(read_notices(ch, "clerk", timeout=10)))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not a registered municipality" in str(error.details())
+
+
+# ------------------------------------------------------------------- kill -9 of the server
+
+
+def test_kill_9_loses_no_acknowledged_change_applies_none_twice_and_keeps_notices(
+    tmp_path: Path, pki: Path
+) -> None:
+    snapshot = tmp_path / "registry"
+    registry = Registry.generate(population=4_000, seed=3, prefecture="富山県")
+    registry.save(snapshot)
+    rows = registry.to_arrow().to_pylist()
+    movers = [
+        r
+        for r in rows
+        if r["municipality_code"] == TOYAMA
+        and r["status"] == "resident"
+        and r["birth_date"] < D(2000, 1, 1)
+    ][:6]
+    del registry
+    sequence = iter(range(1, 1_000))
+
+    def change(reason: int, r: Row, **fields: Any) -> cpb.Change:
+        today = TODAY.isoformat()
+        return cpb.Change(
+            sequence=next(sequence),
+            reason=reason,
+            effective_date=today,
+            reported_date=today,
+            key=key(r),
+            **fields,
+        )
+
+    outs = [change(cpb.CHANGE_REASON_MOVE_OUT, r, moving_to=TAKAOKA) for r in movers]
+    ins = [change(cpb.CHANGE_REASON_MOVE_IN, r, **ADDRESS) for r in movers]
+    acknowledged: list[list[Row]] = []
+    numbers: list[int] = []
+    for attempt in range(3):
+        port_file = tmp_path / f"port{attempt}"
+        proc = juki_serve(snapshot, pki, tmp_path / "audit", port_file)
+        address = f"127.0.0.1:{wait_for_port(port_file, proc)}"
+        toyama = AgencyTLS.from_cert(pki / "agencies" / f"{TOYAMA}.pem")
+        takaoka = AgencyTLS.from_cert(pki / "agencies" / f"{TAKAOKA}.pem")
+        # Every attempt resends everything: what the last attempt applied comes back duplicate.
+        with toyama.channel(address) as ch:
+            first = submit_changes(ch, outs[: 2 * (attempt + 1)], "c", timeout=30).to_pylist()
+        with takaoka.channel(address) as ch:
+            second = submit_changes(ch, ins[: 2 * (attempt + 1)], "c", timeout=30).to_pylist()
+        acknowledged.append(first + second)
+        with toyama.channel(address) as ch:
+            notices = list(read_notices(ch, "c", timeout=30))
+            numbers = [n.notice for n in notices]
+            if attempt == 1:
+                acknowledge_notices(ch, numbers[0])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+        applied_before = 2 * attempt
+        expected = ["duplicate"] * applied_before + ["applied"] * 2
+        assert [r["outcome"] for r in first] == expected, first
+        assert [r["outcome"] for r in second] == expected, second
+        # Notices owed so far, the one acknowledged (in attempt 1) no longer sent.
+        skipped = 1 if attempt == 2 else 0
+        assert len(numbers) == 2 * (attempt + 1) - skipped
+    reopened = Registry.open(snapshot)
+    now = reopened.lookup(
+        [r["resident_code"] for r in movers], by="resident_code", columns=["municipality_code"]
+    )
+    assert now["municipality_code"].to_pylist() == [TAKAOKA] * 6
+    # Each move applied once: one move_out and one move_in in each history.
+    history = reopened.history([r["resident_code"] for r in movers], by="resident_code")
+    assert sorted(history["reason"].to_pylist()) == ["move_in"] * 6 + ["move_out"] * 6
+    assert len(reopened.notices(TOYAMA)) == 6
