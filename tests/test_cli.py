@@ -549,3 +549,70 @@ def test_search_over_grpc_under_the_agencys_grant(
     assert main([*argv, "--cert", str(pki / "agencies" / "moj.pem")]) == 2
     assert "PERMISSION_DENIED" in capsys.readouterr().out
     assert main(argv) == 2  # no certificate
+
+
+# ------------------------------------------------------------ a municipality: submit, notices
+
+
+@pytest.fixture
+def toyama_served(served: tuple[str, Path, Path], tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Toyama registry served with notice state: (address, certificate directory)."""
+    _, pki, _ = served
+    registry = Registry.generate(population=3_000, seed=3, prefecture="富山県")
+    frontend = service.Frontend.open(
+        registry, pki / "policy.toml", tmp_path / "audit", notices_dir=tmp_path / "notices"
+    )
+    running = service.start(frontend, service.ServerTLS.in_directory(pki))
+    try:
+        yield f"127.0.0.1:{running.port}", pki
+    finally:
+        running.stop(grace=1)
+
+
+def test_a_municipality_submits_a_file_and_reads_its_notices(
+    toyama_served: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime as dt
+
+    from juki_engine.synthetic.changes import CHANGE_SCHEMA
+
+    address, pki = toyama_served
+    registry = Registry.generate(population=3_000, seed=3, prefecture="富山県")
+    rows = registry.to_arrow(["resident_code", "municipality_code", "status"]).to_pylist()
+    mover = next(
+        r for r in rows if r["municipality_code"] == "162019" and r["status"] == "resident"
+    )
+    today = dt.datetime.now(dt.UTC).date()
+    common = {
+        "effective_date": today,
+        "reported_date": today,
+        "resident_code": mover["resident_code"],
+    }
+    files = {}
+    for name, record in {
+        "out": {"municipality": "162019", "sequence": 1, "reason": "move_out"},
+        "in": {"municipality": "162027", "sequence": 1, "reason": "move_in"}
+        | {"address_town": "末広町", "address_block": "1"},
+    }.items():
+        files[name] = tmp_path / f"{name}.csv"
+        pacsv.write_csv(pa.Table.from_pylist([record | common], schema=CHANGE_SCHEMA), files[name])
+    client = ["--server", address, "--certs", str(pki)]
+    capsys.readouterr()
+    assert main(["submit", str(files["out"]), "--municipality", "162019", *client]) == 0
+    # 高岡市 cannot submit 富山市's file: the row names another municipality.
+    assert main(["submit", str(files["out"]), "--municipality", "162027", *client]) == 1
+    out = capsys.readouterr().out
+    assert "is not the caller's" in out, out
+    assert main(["submit", str(files["in"]), "--municipality", "162027", *client]) == 0
+    capsys.readouterr()
+    notices = tmp_path / "notices.parquet"
+    argv = ["notices", "--municipality", "162019", *client, "--ack", "--out", str(notices)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert mover["resident_code"] in out and "acknowledged through" in out
+    table = pq.read_table(notices)
+    assert table["resident_code"].to_pylist() == [mover["resident_code"]]
+    assert table["kind"].to_pylist() == ["move_in"]
+    # Acknowledged: not sent again.
+    assert main(["notices", "--municipality", "162019", *client]) == 0
+    assert "0 notices" in capsys.readouterr().out

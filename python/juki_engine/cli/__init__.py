@@ -2,8 +2,9 @@
 serve agencies, read the audit trail, generate changes.
 
 One module per command group: `registry` (generate, stats, lookup), `jobs` (verify),
-`serving` (serve, certs, affairs, demo), `audit`, `policy`, `changes` (generate a year of
-changes); `output` and `outcomes` are what they share (formats, exit statuses and summaries).
+`serving` (serve, certs, affairs, demo), `audit`, `policy`, `changes` (apply, history,
+checkpoint, generate a year of changes), `municipality` (submit, notices: a municipality's side
+of a server); `output` and `outcomes` are what they share (formats, exit statuses and summaries).
 `juki demo` is the README's first command.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import grpc
 
 from juki_engine import JukiError
-from juki_engine.cli import audit, changes, jobs, policy, registry, serving
+from juki_engine.cli import audit, changes, jobs, municipality, policy, registry, serving
 from juki_engine.cli.outcomes import EXIT_ERROR
 from juki_engine.cli.output import console
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_parsers(sub)
     policy.add_parsers(sub)
     changes.add_parsers(sub)
+    municipality.add_parsers(sub)
     p = sub.add_parser("bench", help="lookup/verify benchmark against DuckDB, Polars, numpy")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     p.set_defaults(func=cmd_bench)

@@ -108,54 +108,70 @@ def _error_kind(error: str) -> str:
     return re.sub(r"\d{4}-\d{2}-\d{2}|\d{5,}", "…", text)
 
 
+class ChangeTally:
+    """Per reason, how many changes were applied, duplicate or rejected, and the rejections by
+    kind of error: what `juki apply` and `juki submit` print."""
+
+    def __init__(self) -> None:
+        self.outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def add(self, reasons: list[str], results: pa.Table) -> None:
+        for reason, outcome, error in zip(
+            reasons, results["outcome"].to_pylist(), results["error"].to_pylist(), strict=True
+        ):
+            self.outcomes[(str(reason), outcome)] += 1
+            if outcome == "rejected" and error:
+                self.errors[_error_kind(error)] += 1
+
+    def print(self, title: str, footer: str, args: argparse.Namespace) -> int:
+        """Print the tallies; the exit status (rows rejected: 1)."""
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "reason": r,
+                    **{o: self.outcomes[(r, o)] for o in ("applied", "duplicate", "rejected")},
+                }
+                for r in sorted({r for r, _ in self.outcomes})
+            ]
+        )
+        print_records(table, title, args.format, footer)
+        if self.errors:
+            print_records(
+                pa.Table.from_pylist(
+                    [{"error": e, "rows": n} for e, n in self.errors.most_common(args.errors)]
+                ),
+                "rejected rows, by error",
+                args.format,
+            )
+        return EXIT_ROWS_REJECTED if self.errors else EXIT_OK
+
+
+def progress_bar() -> Progress:
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*Progress.get_default_columns()[:1], *columns, console=console)
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     snapshot = Path(args.snapshot)
     registry = open_snapshot(snapshot)
     rows, batches = change_batches(Path(args.changes), args.batch_size)
     today = dt.date.fromisoformat(args.today) if args.today else None
-    outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
-    errors: collections.Counter[str] = collections.Counter()
+    tally = ChangeTally()
     started = time.perf_counter()
-    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*Progress.get_default_columns()[:1], *columns, console=console) as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"applying {args.changes}", total=rows)
         for batch in batches:
             result = registry.apply(pa.Table.from_batches([batch]), today=today)
-            reasons = batch.column("reason").to_pylist()
-            for reason, outcome, error in zip(
-                reasons, result["outcome"].to_pylist(), result["error"].to_pylist(), strict=True
-            ):
-                outcomes[(str(reason), outcome)] += 1
-                if outcome == "rejected" and error:
-                    errors[_error_kind(error)] += 1
+            tally.add(batch.column("reason").to_pylist(), result)
             progress.advance(task, batch.num_rows)
     elapsed = time.perf_counter() - started
-    per_reason = sorted({r for r, _ in outcomes})
-    table = pa.Table.from_pylist(
-        [
-            {
-                "reason": r,
-                **{o: outcomes[(r, o)] for o in ("applied", "duplicate", "rejected")},
-            }
-            for r in per_reason
-        ]
-    )
-    print_records(
-        table,
+    return tally.print(
         f"changes applied to {snapshot}",
-        args.format,
         f"{rows:,} changes in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):,.0f}/s), durable in "
         f"{snapshot / 'changes.log'}",
+        args,
     )
-    if errors:
-        print_records(
-            pa.Table.from_pylist(
-                [{"error": e, "rows": n} for e, n in errors.most_common(args.errors)]
-            ),
-            "rejected rows, by error",
-            args.format,
-        )
-    return EXIT_ROWS_REJECTED if errors else EXIT_OK
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -251,13 +251,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 console.print(f"refused: {e.code().name}: {e.details()}")
 
         _demo_names(registry, certs_dir, address)
-        _demo_changes(registry, certs_dir, address, pq.read_table(pensioners), path)
+        mover = _demo_changes(registry, certs_dir, address, pq.read_table(pensioners), path)
 
-        subject = table["resident_code"][0].as_py()
-        console.rule(f"who looked at resident {subject}")
+        # The mover's trail holds the whole flow: the pension service's retrievals, both
+        # municipalities' submissions and the notice sent to the former one.
+        subject = mover or table["resident_code"][0].as_py()
+        console.rule(f"who looked at and who changed resident {subject}")
         console.print(f"juki audit --dir {audit_dir} --subject {subject}")
         trail = audit.read(audit_dir, subject=subject)
-        columns = [0, 1, 2, 4, 6, 8]
+        columns = [0, 1, 2, 4, 5, 8]
         print_records(with_zone(trail, zone(None)).select(columns), "audit trail")
     finally:
         server.stop()
@@ -266,35 +268,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_changes(
     registry: Registry, certs_dir: Path, address: str, pensioners: pa.Table, path: Path
-) -> None:
-    """The demo's living registry: a death and a move applied while the server answers,
-    retrieved over gRPC before and after (each run applies new ones: sequence numbers are the
-    run's time)."""
+) -> str | None:
+    """The demo's living registry, end to end over gRPC: 富山市 submits a death and a move-out,
+    高岡市 the move-in, 富山市 reads the 転入通知 it is owed; the pension service retrieves both
+    residents before and after. Each run submits new changes (sequence numbers are the run's
+    time)."""
     import datetime as dt
     import time
 
+    from juki_engine._proto import changes_pb2 as cpb
     from juki_engine._proto import registry_pb2 as pb
     from juki_engine._proto import registry_pb2_grpc as pb_grpc
-    from juki_engine.client import AgencyTLS, request_context
-    from juki_engine.synthetic.changes import CHANGE_SCHEMA
+    from juki_engine.client import (
+        AgencyTLS,
+        acknowledge_notices,
+        read_notices,
+        request_context,
+        submit_changes,
+    )
 
-    codes = pensioners["resident_code"].to_pylist()[:2_000]
+    toyama, takaoka = "162019", "162027"
+    codes = pensioners["resident_code"].to_pylist()[:5_000]
     now = registry.lookup(codes, by="resident_code", columns=["status", "municipality_code"])
     living = [
-        (c, m)
+        c
         for c, s, m in zip(
             codes, now["status"].to_pylist(), now["municipality_code"].to_pylist(), strict=True
         )
-        if s == "resident"
+        if s == "resident" and m == toyama
     ]
     if len(living) < 2:
-        return
-    (dies, home), (moves, former) = living[0], living[1]
-    elsewhere = next(
-        m
-        for m in registry.to_arrow(["municipality_code"])["municipality_code"].to_pylist()
-        if m != former
-    )
+        return None
+    dies, moves = living[:2]
     fields = ["status", "status_date", "municipality_name", "address_town"]
     nenkin = AgencyTLS.from_cert(certs_dir / "agencies" / "nenkin.pem")
 
@@ -316,50 +321,51 @@ def _demo_changes(
                     f"{r.municipality_name} {r.address_town}"
                 )
 
-    console.rule("the registry is alive: a death and a move, applied while it serves")
+    console.rule("the registry is alive: 富山市 and 高岡市 submit changes over gRPC (mutual TLS)")
     show("before")
-    today = dt.datetime.now(dt.UTC).date()
-    # A sequence number per change, distinct across municipalities too (a death and a move_in
-    # may come from the same one): this run's time, times 3.
-    sequence = int(time.time()) * 3
-    base = {"effective_date": today, "reported_date": today}
-    changes = pa.Table.from_pylist(
-        schema=CHANGE_SCHEMA,
-        mapping=[
-            base
-            | {
-                "municipality": home,
-                "sequence": sequence,
-                "reason": "death",
-                "resident_code": dies,
-            },
-            base
-            | {
-                "municipality": former,
-                "sequence": sequence + 1,
-                "reason": "move_out",
-                "resident_code": moves,
-                "moving_to": elsewhere,
-            },
-            base
-            | {
-                "municipality": elsewhere,
-                "sequence": sequence + 2,
-                "reason": "move_in",
-                "resident_code": moves,
-                "address_town": "転入町",
-                "address_block": "1-2-3",
-            },
-        ],
-    )
-    applied = registry.apply(changes)
-    outcomes = ", ".join(
-        f"{r}: {o}"
-        for r, o in zip(changes["reason"].to_pylist(), applied["outcome"].to_pylist(), strict=True)
-    )
-    console.print(f"Registry.apply → {outcomes} (durable in the snapshot's change log)")
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    sequence = int(time.time())
+
+    def change(reason: cpb.ChangeReason, code: str, n: int) -> cpb.Change:
+        return cpb.Change(
+            sequence=sequence * 2 + n,
+            reason=reason,
+            effective_date=today,
+            reported_date=today,
+            key=pb.Key(resident_code=code),
+        )
+
+    move_out = change(cpb.CHANGE_REASON_MOVE_OUT, moves, 1)
+    move_out.moving_to = takaoka
+    move_in = change(cpb.CHANGE_REASON_MOVE_IN, moves, 0)
+    move_in.address_town, move_in.address_block = "末広町", "2-5"
+    submitted = [
+        (toyama, change(cpb.CHANGE_REASON_DEATH, dies, 0)),
+        (toyama, move_out),
+        (takaoka, move_in),
+    ]
+    for municipality, record in submitted:
+        tls = AgencyTLS.from_cert(certs_dir / "agencies" / f"{municipality}.pem")
+        with tls.channel(address) as channel:
+            (result,) = submit_changes(channel, [record], "demo-clerk", timeout=30).to_pylist()
+        reason = cpb.ChangeReason.Name(record.reason).removeprefix("CHANGE_REASON_").lower()
+        outcome = result["outcome"] if result["error"] is None else result["error"]
+        console.print(f"{municipality} submits {reason}: {outcome} (durable, audited)")
     show("after ")
+    console.rule("富山市 reads the 転入通知 it is owed (juki notices --municipality 162019 --ack)")
+    toyama_tls = AgencyTLS.from_cert(certs_dir / "agencies" / f"{toyama}.pem")
+    with toyama_tls.channel(address) as channel:
+        notices = list(read_notices(channel, "demo-clerk", timeout=30))
+        for n in notices[-1:]:
+            console.print(
+                f"notice {n.notice}: {n.resident.resident_code} {n.resident.family_name} "
+                f"{n.resident.given_name} moved from {n.from_address_town} to "
+                f"{n.to_municipality_name} {n.to_address_town} on {n.effective_date}"
+            )
+        if notices:
+            acknowledge_notices(channel, notices[-1].notice)
     console.print(f"their history: juki history {path} {moves} --by resident_code")
+    return str(moves)
 
 
 def _demo_names(registry: Registry, certs_dir: Path, address: str) -> None:
