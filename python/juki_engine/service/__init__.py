@@ -1,6 +1,7 @@
 """The gRPC edge: everything a remote caller can reach (protos/juki/v1).
 
-- `identity`: certificate → agency or municipality, the trust boundary (issuing CA, subject, key pins, CRL);
+- `identity`: certificate → agency or municipality, the trust boundary (issuing CA, subject,
+  key pins, CRL);
 - `wire`: message and string limits, Arrow IPC decoding and validation, result framing;
 - `frontend`: what every call shares and the one discipline that closes every call;
 - `verification`: the typed per-record API; `bulk`: the columnar streaming API;
