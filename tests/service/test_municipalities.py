@@ -381,3 +381,31 @@ def test_kill_9_loses_no_acknowledged_change_applies_none_twice_and_keeps_notice
     history = reopened.history([r["resident_code"] for r in movers], by="resident_code")
     assert sorted(history["reason"].to_pylist()) == ["move_in"] * 6 + ["move_out"] * 6
     assert len(reopened.notices(TOYAMA)) == 6
+
+
+def test_a_cancelled_submission_ends_quietly_with_what_it_sent_applied(town: Town) -> None:
+    from juki_engine._proto import changes_pb2_grpc as cpb_grpc
+
+    r = town.resident(TOYAMA, 2)
+    sent = threading.Event()
+
+    def requests() -> Iterator[cpb.SubmitChangesRequest]:
+        header = cpb.SubmitChangesHeader(operator_id="clerk", request_id="cancelled-1")
+        yield cpb.SubmitChangesRequest(header=header)
+        death = town.change(cpb.CHANGE_REASON_DEATH, key=key(r))
+        yield cpb.SubmitChangesRequest(changes=cpb.Changes(changes=[death]))
+        sent.set()
+        threading.Event().wait(30)  # the client never sends more; it cancels instead
+
+    with town.channel(TOYAMA) as ch:
+        replies = cpb_grpc.ChangeSubmissionServiceStub(ch).SubmitChanges(requests(), timeout=30)
+        first = next(replies)
+        assert [res.outcome for res in first.results] == [cpb.CHANGE_OUTCOME_APPLIED]
+        replies.cancel()
+    town.server.stop(grace=5)
+    trail = town.trail()
+    # The death is applied and audited once; the cancel is no fault of the server.
+    assert trail.filter(pc.equal(trail["request_id"], "cancelled-1"))["outcome"].to_pylist() == [
+        "applied"
+    ]
+    assert "failed" not in trail["outcome"].to_pylist()

@@ -92,7 +92,7 @@ class ChangeSubmissionService(cpb_grpc.ChangeSubmissionServiceServicer):
             check_text(header.operator_id, "header.operator_id")
             check_text(header.request_id, "header.request_id")
             row = 0
-            for i, message in enumerate(request_iterator, start=1):
+            for i, message in enumerate(_until_cancelled(request_iterator), start=1):
                 # Every message under the policy and trust in force when it arrives.
                 municipality = f.municipality_of(call)
                 body = message.WhichOneof("body")
@@ -177,6 +177,16 @@ class ChangeSubmissionService(cpb_grpc.ChangeSubmissionServiceServicer):
         mask[list(refused)] = True
         # A row refused here names another municipality's change: no lookup on its behalf.
         return pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), found)
+
+
+def _until_cancelled(messages: Iterator[cpb.SubmitChangesRequest]) -> Iterator[Any]:
+    """The stream's messages until it ends, or until the client cancels it: a cancelled
+    submission ends quietly (each message answered so far was durable and audited; the one in
+    flight, if any, is applied and audited and its answer has no one to go to)."""
+    try:
+        yield from messages
+    except grpc.RpcError:
+        return
 
 
 def typed_table(

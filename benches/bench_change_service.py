@@ -1,0 +1,330 @@
+"""The change service under load, every ratio against a baseline timed in the same run:
+
+- streamed submission over mutual TLS (`juki submit`'s path: Arrow IPC messages of 10,000
+  changes from a client in a child process; each result sent once durable and audited) against
+  in-process `Registry.apply` of the same kind and number of changes (goal ≥ 50,000 changes/s);
+- the latency from a move-in's acknowledgement to its 転入通知 on the former municipality's
+  following stream, with moves submitted at 1,000 changes a second (p50, p99; goal p99 ≤ 100 ms);
+- verify while a child process submits changes without pause, against read-only verify beside
+  it (goal ≥ 0.8);
+- peak RSS.
+
+The changes are 転居 (move_within) of the residents of the registry's largest municipality, and
+moves from it to the second largest: the kinds of change whose rules one municipality's stream
+can meet on its own, in any order.
+
+    .venv/bin/python benches/bench_change_service.py --population 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from cryptography import x509
+
+from juki_engine import Registry, certs, service
+from juki_engine._proto import changes_pb2 as cpb
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine.audit import AuditTrail
+from juki_engine.client import AgencyTLS, read_notices, submit_changes
+from juki_engine.policy import Policy
+from juki_engine.service.acknowledgements import Acknowledgements
+from juki_engine.synthetic.changes import CHANGE_SCHEMA
+
+GIB = 2**30
+TODAY = dt.datetime.now(dt.UTC).date()
+
+# The child that submits a change file over gRPC and prints its seconds: at full speed (rate 0,
+# 10,000 changes a message) or at `rate` changes a second (a message every 0.1 s), one stream.
+SUBMITTER = """
+import sys, time, uuid
+import pyarrow.parquet as pq
+from juki_engine._proto import changes_pb2 as cpb
+from juki_engine._proto import changes_pb2_grpc as cpb_grpc
+from juki_engine.client import AgencyTLS
+from juki_engine.service.wire import write_ipc
+tls = AgencyTLS.from_cert(sys.argv[1])
+table = pq.read_table(sys.argv[3])
+rate = int(sys.argv[4])
+rows = 10_000 if rate == 0 else max(rate // 10, 1)
+def requests():
+    header = cpb.SubmitChangesHeader(operator_id="bench", request_id=str(uuid.uuid4()))
+    yield cpb.SubmitChangesRequest(header=header)
+    next_at = time.perf_counter()
+    for i in range(0, table.num_rows, rows):
+        yield cpb.SubmitChangesRequest(table=write_ipc(table.slice(i, rows)))
+        if rate:
+            next_at += 0.1
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+with tls.channel(sys.argv[2]) as channel:
+    started = time.perf_counter()
+    stub = cpb_grpc.ChangeSubmissionServiceStub(channel)
+    n = sum(len(r.results) for r in stub.SubmitChanges(requests()))
+    print(time.perf_counter() - started, n, flush=True)
+"""
+
+
+def peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def moves_within(municipality: str, codes: list[str], first: int, n: int) -> pa.Table:
+    """`n` 転居 of the residents `codes` (round robin), sequence numbers from `first`."""
+    k = np.arange(n)
+    return pa.Table.from_pydict(
+        {
+            "municipality": [municipality] * n,
+            "sequence": pa.array(first + k, pa.int64()),
+            "reason": ["move_within"] * n,
+            "effective_date": pa.array([TODAY] * n, pa.date32()),
+            "reported_date": pa.array([TODAY] * n, pa.date32()),
+            "resident_code": [codes[i % len(codes)] for i in range(n)],
+            "address_town": [f"町{i % 97}" for i in range(n)],
+            "address_block": [f"{i % 1000}-{i % 7}" for i in range(n)],
+        },
+        schema=pa.schema(
+            [
+                CHANGE_SCHEMA.field(c)
+                for c in (
+                    "municipality",
+                    "sequence",
+                    "reason",
+                    "effective_date",
+                    "reported_date",
+                    "resident_code",
+                    "address_town",
+                    "address_block",
+                )
+            ]
+        ),
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--population", type=int, default=2_000_000)
+    p.add_argument("--changes", type=int, default=200_000, help="changes per submission round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--moves", type=int, default=2_000, help="moves for the latency phase")
+    p.add_argument("--claims", type=int, default=1_000_000)
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-change-service-"))
+    started = time.perf_counter()
+    Registry.generate(population=args.population, seed=1).save(tmp / "registry")
+    registry = Registry.open(tmp / "registry")
+    print(
+        f"registry: {len(registry):,} residents (generated and opened in "
+        f"{time.perf_counter() - started:.0f} s)"
+    )
+    rows = registry.to_arrow(["resident_code", "municipality_code", "status"])
+    living = rows.filter(pa.compute.equal(rows["status"], "resident"))
+    counts = Counter(living["municipality_code"].to_pylist())
+    (home, _), (away, _) = counts.most_common(2)
+    codes = [
+        c
+        for c, m in zip(
+            living["resident_code"].to_pylist(),
+            living["municipality_code"].to_pylist(),
+            strict=True,
+        )
+        if m == home
+    ]
+    print(f"municipalities: {home} ({counts[home]:,} residents), {away} ({counts[away]:,})")
+
+    names = {m: f"CN=m{m},O=bench,C=JP" for m in (home, away)}
+    certs.create_demo(tmp / "pki", names)
+    ca = certs.fingerprint(x509.load_pem_x509_certificate((tmp / "pki" / "ca.pem").read_bytes()))
+    policy = Policy.from_dict(
+        {
+            "certificate_authorities": {"bench": ca},
+            "municipality": [
+                {"code": m, "name": m, "certificate_subject": s, "certificate_issuer": "bench"}
+                for m, s in names.items()
+            ],
+        }
+    )
+    frontend = service.Frontend(
+        registry,
+        policy,
+        AuditTrail(tmp / "audit"),
+        acknowledgements=Acknowledgements(tmp / "notices"),
+    )
+    server = service.start(frontend, service.ServerTLS.in_directory(tmp / "pki"))
+    address = f"127.0.0.1:{server.port}"
+    cert = {m: tmp / "pki" / "agencies" / f"{m}.pem" for m in (home, away)}
+    sequence = 1
+
+    # -- submission over gRPC against in-process apply ------------------------------------
+    local_rates, wire_rates = [], []
+    for _ in range(args.rounds):
+        table = moves_within(home, codes, sequence, args.changes)
+        sequence += args.changes
+        t = time.perf_counter()
+        for batch in table.to_batches(max_chunksize=10_000):
+            registry.apply(pa.Table.from_batches([batch]))
+        local_rates.append(args.changes / (time.perf_counter() - t))
+        table = moves_within(home, codes, sequence, args.changes)
+        sequence += args.changes
+        pq.write_table(table, tmp / "changes.parquet")
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                SUBMITTER,
+                str(cert[home]),
+                address,
+                str(tmp / "changes.parquet"),
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        seconds, n = out.stdout.split()
+        assert int(n) == args.changes
+        wire_rates.append(args.changes / float(seconds))
+    local, wire = statistics.median(local_rates), statistics.median(wire_rates)
+    print(
+        f"submission over mTLS (10,000 a message, durable and audited): {wire:,.0f} changes/s "
+        f"= {wire / local:.2f}x in-process apply ({local:,.0f}/s) (goal >= 50,000/s); "
+        f"medians of {args.rounds}"
+    )
+
+    # -- latency from a move-in's acknowledgement to its notice ---------------------------
+    movers = codes[: args.moves]
+    received: dict[str, float] = {}
+    done = threading.Event()
+
+    def follow() -> None:
+        with AgencyTLS.from_cert(cert[home]).channel(address) as ch:
+            for n in read_notices(ch, "bench", follow=True, timeout=600):
+                received[n.resident.resident_code] = time.perf_counter()
+                if len(received) >= len(movers):
+                    done.set()
+                    return
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    acked: dict[str, float] = {}
+    today = TODAY.isoformat()
+
+    def change(reason: int, code: str, seq: int) -> cpb.Change:
+        c = cpb.Change(
+            sequence=seq,
+            reason=reason,
+            effective_date=today,
+            reported_date=today,
+            key=pb.Key(resident_code=code),
+        )
+        if reason == cpb.CHANGE_REASON_MOVE_IN:
+            c.address_town, c.address_block = "転入町", "1"
+        return c
+
+    # 1,000 changes a second: every 0.1 s, 50 move-outs from `home`, then their 50 move-ins.
+    with (
+        AgencyTLS.from_cert(cert[home]).channel(address) as out_ch,
+        AgencyTLS.from_cert(cert[away]).channel(address) as in_ch,
+    ):
+        next_at = time.perf_counter()
+        for i in range(0, len(movers), 50):
+            group = movers[i : i + 50]
+            submit_changes(
+                out_ch,
+                [change(cpb.CHANGE_REASON_MOVE_OUT, c, sequence + j) for j, c in enumerate(group)],
+                "bench",
+                timeout=60,
+            )
+            sequence += len(group)
+            result = submit_changes(
+                in_ch,
+                [change(cpb.CHANGE_REASON_MOVE_IN, c, sequence + j) for j, c in enumerate(group)],
+                "bench",
+                timeout=60,
+            )
+            at = time.perf_counter()
+            sequence += len(group)
+            for c, outcome in zip(group, result["outcome"].to_pylist(), strict=True):
+                if outcome == "applied":
+                    acked[c] = at
+            next_at += 0.1
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+    done.wait(60)
+    latencies = sorted((received[c] - acked[c]) * 1e3 for c in acked if c in received)
+    p50 = latencies[len(latencies) // 2]
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(
+        f"move-in acknowledged -> its notice on a following stream, at 1,000 changes/s: "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(latencies):,} notices (goal p99 <= 100 ms)"
+    )
+
+    # -- verify while a child submits without pause ----------------------------------------
+    sample = registry.to_arrow(["resident_code", "family_name", "birth_date"])
+    rng = np.random.default_rng(1)
+    claims = sample.take(pa.array(rng.integers(0, sample.num_rows, args.claims)))
+    claims = claims.set_column(1, "family_name", claims["family_name"].cast(pa.string()))
+
+    def verify_rate() -> float:
+        times = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            registry.verify(claims, by="resident_code")
+            times.append(time.perf_counter() - t)
+        return args.claims / statistics.median(times)
+
+    for rate in (1_000, 0):
+        quiet = verify_rate()
+        # Enough changes to outlast the measurement: 30 s at 1,000/s, or a full round.
+        n = 30_000 if rate else args.changes
+        table = moves_within(home, codes, sequence, n)
+        sequence += n
+        pq.write_table(table, tmp / "changes.parquet")
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SUBMITTER,
+                str(cert[home]),
+                address,
+                str(tmp / "changes.parquet"),
+                str(rate),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # Measured once the child's changes arrive.
+        applied = registry.applied_changes
+        while registry.applied_changes == applied and child.poll() is None:
+            time.sleep(0.01)
+        busy = verify_rate()
+        still = child.poll() is None
+        child.kill()
+        child.wait()
+        after = verify_rate()
+        speed = f"at {rate:,} changes/s" if rate else "at full speed"
+        print(
+            f"verify while a child submits {speed}: {busy / 1e6:.2f} M claims/s = "
+            f"{busy / statistics.mean([quiet, after]):.2f}x read-only beside it "
+            f"({quiet / 1e6:.2f} before, {after / 1e6:.2f} after; the child was "
+            f"{'still' if still else 'no longer'} submitting at the end) (goal >= 0.8)"
+        )
+    print(f"peak RSS {peak() / GIB:.2f} GiB; {registry.applied_changes:,} changes applied")
+    server.stop(grace=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
