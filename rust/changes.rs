@@ -872,9 +872,11 @@ fn check_row(ctx: &mut Ctx, t: &Table, i: usize, c: &Change) -> std::result::Res
             } else {
                 (REMOVED, "removed")
             };
+            // Any municipality may register a return: its refusal says no more than that the
+            // resident is not recorded so (not their status, which the holder alone may learn).
             if p.status != expected {
                 return Err(conflict(format!(
-                    "{r}: the resident's status is {status}, not {word}"
+                    "{r}: the resident is not recorded as {word}"
                 )));
             }
             ctx.set_address(s, c.mkey, need_address()?);

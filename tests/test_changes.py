@@ -600,3 +600,20 @@ def test_a_large_lookup_and_verify_over_changes_keep_every_row_in_place(town: To
     verified = town.registry.verify(pa.table({"my_number": keys}), columns=["my_number"])
     assert verified["status"].to_pylist() == want
     assert verified["my_number"].to_pylist() == keys
+
+
+def test_a_return_from_abroad_of_someone_living_here_names_not_their_status(town: Town) -> None:
+    """Any municipality may register a return; its refusal tells it nothing more than no."""
+    r = town.resident()
+    other = town.elsewhere(r["municipality_code"])
+    (out,) = town.apply(
+        town.change(
+            "return_from_abroad",
+            other,
+            resident_code=r["resident_code"],
+            address_town="港町",
+            address_block="1",
+        )
+    )
+    assert (out["outcome"], out["code"]) == ("rejected", "conflict")
+    assert "not recorded as moved_abroad" in out["error"] and "status" not in out["error"]
