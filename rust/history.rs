@@ -1322,7 +1322,7 @@ pub fn iso(days: i32) -> String {
 }
 
 /// The public fields of a group's values, as `history` shows them: (field, text).
-fn group_fields(view: &View, g: u16, v: &Values) -> Vec<(&'static str, Option<String>)> {
+pub(crate) fn group_fields(view: &View, g: u16, v: &Values) -> Vec<(&'static str, Option<String>)> {
     let (p, q) = (&v.resident.person, &v.resident.place);
     let d = &view.data.dicts;
     match g {

@@ -10,6 +10,7 @@
 
 pub mod changes;
 pub mod error;
+pub mod feed;
 pub mod generate;
 pub mod history;
 pub mod ids;

@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use crate::changes::{self, BatchRecord, Writer};
 use crate::error::{echo, guarded, JukiError, Result};
 use crate::generate::{self, Plan};
-use crate::history::{Live, View};
+use crate::history::{Live, Reason, View};
 use crate::ids::{self, IdKind};
 use crate::log::ChangeLog;
 use crate::normalize::{self as names, FoldedCache, Folding, Level};
@@ -854,6 +854,55 @@ impl PyRegistry {
         to_table(vec![out], schema)
     }
 
+    /// The person ids `keys` name (null: invalid or no one): a subscription's watch list, held
+    /// by the front end and never shown.
+    #[pyo3(signature = (keys, by = "my_number"))]
+    fn _persons(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        by: &str,
+    ) -> PyResult<PyArrowType<Table>> {
+        let kind = IdKind::from_name(by)?;
+        let keys = Imported::from_python(keys, "keys")?;
+        let view = self.view(None, None);
+        let out = detached(py, || {
+            crate::feed::persons(&view, kind, keys.array(Strings::Bytes)?.as_ref())
+        })?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
+    }
+
+    /// The changes of the persons `watch` holds (a bitmap over person ids, least significant
+    /// bit first) whose reason is one of `reasons`, numbered after `after`, oldest first, at
+    /// most `limit`; see `feed::watched_changes`.
+    #[pyo3(signature = (watch, reasons, after = 0, limit = 1000))]
+    fn _watched_changes(
+        &self,
+        py: Python<'_>,
+        watch: &[u8],
+        reasons: Vec<String>,
+        after: u64,
+        limit: usize,
+    ) -> PyResult<PyArrowType<Table>> {
+        let mut bits = 0u32;
+        for name in &reasons {
+            let reason = Reason::ALL[1..]
+                .iter()
+                .find(|r| r.name() == name)
+                .ok_or_else(|| {
+                    JukiError::InvalidInput(format!("unknown change reason '{name}'"))
+                })?;
+            bits |= 1 << *reason as u32;
+        }
+        let view = self.view(None, None);
+        let out = detached(py, || {
+            crate::feed::watched_changes(&view, watch, bits, after, limit)
+        })?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
+    }
+
     /// Changes applied since the registry was opened (or generated), and persons they created.
     #[getter]
     fn applied_changes(&self) -> usize {
@@ -880,6 +929,12 @@ impl PyRegistry {
     #[staticmethod]
     fn claimable_columns() -> Vec<&'static str> {
         query::CLAIMABLE.iter().map(|c| c.name()).collect()
+    }
+
+    /// Names of the change reasons (異動事由) of the change table, in code order.
+    #[staticmethod]
+    fn change_reasons() -> Vec<&'static str> {
+        Reason::ALL[1..].iter().map(|r| r.name()).collect()
     }
 
     /// Names of the facts a 4情報 search compares: the required ones, then the optional.

@@ -560,7 +560,7 @@ def toyama_served(served: tuple[str, Path, Path], tmp_path: Path) -> Iterator[tu
     _, pki, _ = served
     registry = Registry.generate(population=3_000, seed=3, prefecture="富山県")
     frontend = service.Frontend.open(
-        registry, pki / "policy.toml", tmp_path / "audit", notices_dir=tmp_path / "notices"
+        registry, pki / "policy.toml", tmp_path / "audit", state_dir=tmp_path
     )
     running = service.start(frontend, service.ServerTLS.in_directory(pki))
     try:

@@ -674,13 +674,16 @@ def affairs_and_requests(draw: st.DrawFn) -> tuple[dict[str, Any], str, str, lis
     inside = draw(st.booleans())
     keys = draw(st.lists(st.sampled_from(KEYS), unique=True))
     fields = draw(st.lists(st.sampled_from(COLUMNS), unique=True))
+    modes = draw(st.lists(st.sampled_from(MODES), unique=True, min_size=1 if inside else 0))
     entry = affair(
         code="a",
         keys=keys,
-        modes=draw(st.lists(st.sampled_from(MODES), unique=True, min_size=1 if inside else 0)),
+        modes=modes,
         fields=fields,
         daily_quota=draw(st.integers(0, 10)),
     )
+    if "subscribe" in modes:
+        entry["subscribe_reasons"] = ["death"]
     anything = st.sampled_from((*COLUMNS, "income"))
     claimable = [f for f in fields if f in CLAIMABLE]
     code = "a" if inside else draw(st.sampled_from(("a", "b", "")))

@@ -153,6 +153,18 @@ class Registry:
     def checkpoint(self) -> int:
         """Write a new snapshot with the changes folded in and kept as history; empty the log."""
 
+    def _persons(self, keys: pa.Array, by: str = "my_number") -> pa.Table:
+        """The person ids the keys name (null: invalid or no one); never shown."""
+
+    def _watched_changes(
+        self, watch: bytes, reasons: list[str], after: int = 0, limit: int = 1000
+    ) -> pa.Table:
+        """The changes of the watched persons, numbered after `after`, oldest first."""
+
+    @staticmethod
+    def change_reasons() -> list[str]:
+        """The change reasons of the change table, in code order."""
+
     def notices(self, municipality: str, after: int = 0, limit: int = 1000) -> pa.Table:
         """The move-in notices owed to a municipality, numbered after `after`, oldest first."""
 

@@ -60,13 +60,16 @@ OUTCOMES = (
     "applied",
     "duplicate",
     "rejected",
+    "redelivered",
 )
 """What happened to one record of a request: disclosed, or why not. `disclosed`, `not_found` and
 `invalid_key` are answers (the reply says so, row by row); `denied` (policy or identity),
 `quota_exhausted`, `invalid_request` (the request itself is malformed), `unavailable` (the
 server could not answer safely: its audit trail or capacity) and `failed` (an internal error,
 its id in `reason`) are refusals of the whole call. A municipality's submitted change is
-`applied`, `duplicate` or `rejected` (its refusal code in `reason`)."""
+`applied`, `duplicate` or `rejected` (its refusal code in `reason`). A change sent again to a
+subscription that did not acknowledge it is `redelivered`: disclosed again, but not an answer
+the daily quota counts a second time."""
 ANSWERED = ("disclosed", "not_found", "invalid_key")
 """The outcomes of records the server answered: what daily quotas count."""
 # Characters of a refusal's reason kept in its record.
@@ -80,6 +83,8 @@ MODES = (
     "submit",
     "notice",
     "acknowledge",
+    "watch",
+    "subscribe",
 )
 """What the caller asked for: verify claims (照合), retrieve fields (提供), both, a 4情報 search
 (its candidates' fields disclosed as a retrieve's), or the list of
@@ -87,7 +92,8 @@ its affairs (recorded only when refused: it discloses nothing of a resident). Ve
 exact match level is recorded with its level: `verify@normalised`, `verify+retrieve@reading`.
 A municipality submits changes (`submit`, the change's reason as the affair), is sent move-in
 notices (`notice`, a disclosure of the resident who moved) and acknowledges them
-(`acknowledge`, recorded only when refused)."""
+(`acknowledge`, recorded only when refused). An agency registers a watch list (`watch`, one
+record per call) and is sent its residents' changes (`subscribe`, one record per change)."""
 
 _TIME = pa.timestamp("us", tz="UTC")
 _CONTEXT_COLUMNS = ("agency", "operator", "request_id", "affair", "mode", "fields")

@@ -26,7 +26,9 @@ from juki_engine.names import LEVELS
 from juki_engine.registry import Registry
 
 KEYS = ("my_number", "resident_code")
-MODES = ("verify", "retrieve", "search")
+MODES = ("verify", "retrieve", "search", "subscribe")
+# The change reasons (異動事由) a subscription may be told of (docs/changes.md).
+CHANGE_REASONS = tuple(r for r in Registry.change_reasons() if r != "cancel")
 # Fields a claim can carry (verify mode); retrieve mode may disclose any public column.
 CLAIMABLE = tuple(Registry.claimable_columns())
 JST = dt.timezone(dt.timedelta(hours=9), "JST")
@@ -58,6 +60,9 @@ class Affair:
     daily_quota: int  # records per day (Japan time); 0 = unlimited
     match_levels: frozenset[str] = frozenset({"exact"})
     """The match levels claims may be verified at (docs/matching.md); exact always."""
+    subscribe_reasons: frozenset[str] = frozenset()
+    """With the subscribe mode: the change reasons a subscription is told of (and the cancels
+    of such changes), masked to `fields`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +288,27 @@ class Policy:
         _check_level(affair, level)
         return Grant(agency, affair, "search", facts, _in_schema_order(fields), level)
 
+    def authorize_subscription(
+        self, agency: Agency, affair_code: str, key: str | None = None
+    ) -> Grant:
+        """Check a subscription: the affair grants the subscribe mode and discloses an
+        identifier it may be queried by (each change delivered names the resident by it) —
+        `key`, for a watch list kept by that key. The grant's fields are the affair's: what a
+        delivered change may carry."""
+        affair = _affair_of(agency, affair_code)
+        if "subscribe" not in affair.modes:
+            raise NotPermitted(f"affair '{affair.code}' does not allow subscribe")
+        if key is not None:
+            if key not in affair.keys:
+                raise NotPermitted(f"affair '{affair.code}' may not be queried by {key}")
+            _check_fields(affair, (key,))
+        elif not any(k in affair.keys and k in affair.fields for k in KEYS):
+            raise NotPermitted(
+                f"affair '{affair.code}' discloses no identifier it may be queried by: a "
+                "subscription could not name the residents it is told of"
+            )
+        return Grant(agency, affair, "subscribe", (), affair.fields)
+
 
 def _kind(caller: Agency | Municipality) -> str:
     return "agency" if isinstance(caller, Agency) else "municipality"
@@ -442,6 +468,7 @@ def _affair(entry: Any, where: str) -> Affair:
         "fields",
         "daily_quota",
         "match_levels",
+        "subscribe_reasons",
     }
     unknown = set(entry) - known
     if unknown:
@@ -453,15 +480,27 @@ def _affair(entry: Any, where: str) -> Affair:
         raise PolicyError(f"{where}: 'daily_quota' must be a whole number ≥ 0 (0: unlimited)")
     fields = _strings(entry.get("fields", []), f"{where}: 'fields'", Registry.column_names())
     levels = _strings(entry.get("match_levels", []), f"{where}: 'match_levels'", LEVELS)
+    modes = frozenset(_strings(entry.get("modes"), f"{where}: 'modes'", MODES))
+    reasons = frozenset(
+        _strings(
+            entry.get("subscribe_reasons", []), f"{where}: 'subscribe_reasons'", CHANGE_REASONS
+        )
+    )
+    if ("subscribe" in modes) != bool(reasons):
+        raise PolicyError(
+            f"{where}: the subscribe mode and 'subscribe_reasons' go together: list the change "
+            "reasons a subscription is told of"
+        )
     return Affair(
         code=code,
         title=_text(entry, "title", where),
         legal_basis=_text(entry, "legal_basis", where),
         keys=frozenset(_strings(entry.get("keys"), f"{where}: 'keys'", KEYS)),
-        modes=frozenset(_strings(entry.get("modes"), f"{where}: 'modes'", MODES)),
+        modes=modes,
         fields=_in_schema_order(fields),
         daily_quota=quota,
         match_levels=frozenset({"exact", *levels}),
+        subscribe_reasons=reasons,
     )
 
 

@@ -295,6 +295,28 @@ class Registry:
         exactly when its change does: it is the change, durable with it (docs/changes.md)."""
         return self._core.notices(municipality, after, limit)
 
+    @staticmethod
+    def change_reasons() -> list[str]:
+        """The change reasons (異動事由) of the change table (docs/changes.md)."""
+        return _core.Registry.change_reasons()
+
+    def _persons(self, keys: Any, by: KeyKind = "my_number") -> pa.Array:
+        """The internal person ids `keys` name, null where a key is invalid or names no one: a
+        subscription's watch list. Person ids survive every change of identifier; they never
+        leave the engine."""
+        out: pa.Array = self._core._persons(_as_key_array(keys), by)["person"].combine_chunks()
+        return out
+
+    def _watched_changes(
+        self, watch: bytes, reasons: Sequence[str], after: int = 0, limit: int = 1000
+    ) -> pa.Table:
+        """The changes of the persons `watch` holds (a bitmap over person ids, least significant
+        bit first), of `reasons` (and the cancels of such changes), numbered after `after`,
+        oldest first: `change`, `reason`, `cancels`, the dates, `recorded_at`, the resident's
+        `resident_code` and `my_number` after it, and `fields`: the fields it set with their
+        values after it. For the front end, which masks them to an affair's fields."""
+        return self._core._watched_changes(watch, list(reasons), after, limit)
+
     def history(self, keys: Any, by: KeyKind = "my_number") -> pa.Table:
         """Each resident's changes, oldest first: one row per change with the key asked for,
         `reason`, `effective_date`, `reported_date`, `recorded_at`, the `municipality` that

@@ -202,3 +202,77 @@ class AcknowledgeNoticesResponse(_message.Message):
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
     acknowledged: int
     def __init__(self, acknowledged: _Optional[int] = ...) -> None: ...
+
+class WatchHeader(_message.Message):
+    __slots__ = ("context", "key", "remove")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    context: _registry_pb2.RequestContext
+    key: _registry_pb2.KeyKind
+    remove: bool
+    def __init__(self, context: _Optional[_Union[_registry_pb2.RequestContext, _Mapping]] = ..., key: _Optional[_Union[_registry_pb2.KeyKind, str]] = ..., remove: _Optional[bool] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("header", "keys")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    header: WatchHeader
+    keys: bytes
+    def __init__(self, header: _Optional[_Union[WatchHeader, _Mapping]] = ..., keys: _Optional[bytes] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("changed", "not_found", "invalid", "watched")
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    WATCHED_FIELD_NUMBER: _ClassVar[int]
+    changed: int
+    not_found: int
+    invalid: int
+    watched: int
+    def __init__(self, changed: _Optional[int] = ..., not_found: _Optional[int] = ..., invalid: _Optional[int] = ..., watched: _Optional[int] = ...) -> None: ...
+
+class StreamChangesRequest(_message.Message):
+    __slots__ = ("context", "after", "follow")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    context: _registry_pb2.RequestContext
+    after: int
+    follow: bool
+    def __init__(self, context: _Optional[_Union[_registry_pb2.RequestContext, _Mapping]] = ..., after: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class StreamChangesResponse(_message.Message):
+    __slots__ = ("change", "reason", "cancels", "resident", "fields", "effective_date", "reported_date", "recorded_at")
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_DATE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_DATE_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    change: int
+    reason: str
+    cancels: int
+    resident: _registry_pb2.Resident
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    effective_date: str
+    reported_date: str
+    recorded_at: str
+    def __init__(self, change: _Optional[int] = ..., reason: _Optional[str] = ..., cancels: _Optional[int] = ..., resident: _Optional[_Union[_registry_pb2.Resident, _Mapping]] = ..., fields: _Optional[_Iterable[str]] = ..., effective_date: _Optional[str] = ..., reported_date: _Optional[str] = ..., recorded_at: _Optional[str] = ...) -> None: ...
+
+class AcknowledgeChangesRequest(_message.Message):
+    __slots__ = ("context", "through")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_FIELD_NUMBER: _ClassVar[int]
+    context: _registry_pb2.RequestContext
+    through: int
+    def __init__(self, context: _Optional[_Union[_registry_pb2.RequestContext, _Mapping]] = ..., through: _Optional[int] = ...) -> None: ...
+
+class AcknowledgeChangesResponse(_message.Message):
+    __slots__ = ("acknowledged",)
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    acknowledged: int
+    def __init__(self, acknowledged: _Optional[int] = ...) -> None: ...

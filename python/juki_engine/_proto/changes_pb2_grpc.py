@@ -222,3 +222,176 @@ class NoticeService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SubscriptionServiceStub:
+    """Agencies told of changes: an affair granted the subscribe mode keeps a watch list of
+    residents and receives their changes of the reasons the policy lists, masked to the affair's
+    fields, in order, again until acknowledged. Every change sent is a disclosure: audited before
+    it leaves, counted against the daily quota once per change (a redelivery is free); when the
+    quota is spent the stream ends RESOURCE_EXHAUSTED and resumes where it stopped the next day.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Watch = channel.stream_unary(
+                '/juki.v1.SubscriptionService/Watch',
+                request_serializer=juki_dot_v1_dot_changes__pb2.WatchRequest.SerializeToString,
+                response_deserializer=juki_dot_v1_dot_changes__pb2.WatchResponse.FromString,
+                _registered_method=True)
+        self.StreamChanges = channel.unary_stream(
+                '/juki.v1.SubscriptionService/StreamChanges',
+                request_serializer=juki_dot_v1_dot_changes__pb2.StreamChangesRequest.SerializeToString,
+                response_deserializer=juki_dot_v1_dot_changes__pb2.StreamChangesResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeChanges = channel.unary_unary(
+                '/juki.v1.SubscriptionService/AcknowledgeChanges',
+                request_serializer=juki_dot_v1_dot_changes__pb2.AcknowledgeChangesRequest.SerializeToString,
+                response_deserializer=juki_dot_v1_dot_changes__pb2.AcknowledgeChangesResponse.FromString,
+                _registered_method=True)
+
+
+class SubscriptionServiceServicer:
+    """Agencies told of changes: an affair granted the subscribe mode keeps a watch list of
+    residents and receives their changes of the reasons the policy lists, masked to the affair's
+    fields, in order, again until acknowledged. Every change sent is a disclosure: audited before
+    it leaves, counted against the daily quota once per change (a redelivery is free); when the
+    quota is spent the stream ends RESOURCE_EXHAUSTED and resumes where it stopped the next day.
+    """
+
+    def Watch(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamChanges(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeChanges(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SubscriptionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Watch': grpc.stream_unary_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=juki_dot_v1_dot_changes__pb2.WatchRequest.FromString,
+                    response_serializer=juki_dot_v1_dot_changes__pb2.WatchResponse.SerializeToString,
+            ),
+            'StreamChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamChanges,
+                    request_deserializer=juki_dot_v1_dot_changes__pb2.StreamChangesRequest.FromString,
+                    response_serializer=juki_dot_v1_dot_changes__pb2.StreamChangesResponse.SerializeToString,
+            ),
+            'AcknowledgeChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeChanges,
+                    request_deserializer=juki_dot_v1_dot_changes__pb2.AcknowledgeChangesRequest.FromString,
+                    response_serializer=juki_dot_v1_dot_changes__pb2.AcknowledgeChangesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'juki.v1.SubscriptionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('juki.v1.SubscriptionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SubscriptionService:
+    """Agencies told of changes: an affair granted the subscribe mode keeps a watch list of
+    residents and receives their changes of the reasons the policy lists, masked to the affair's
+    fields, in order, again until acknowledged. Every change sent is a disclosure: audited before
+    it leaves, counted against the daily quota once per change (a redelivery is free); when the
+    quota is spent the stream ends RESOURCE_EXHAUSTED and resumes where it stopped the next day.
+    """
+
+    @staticmethod
+    def Watch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/juki.v1.SubscriptionService/Watch',
+            juki_dot_v1_dot_changes__pb2.WatchRequest.SerializeToString,
+            juki_dot_v1_dot_changes__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/juki.v1.SubscriptionService/StreamChanges',
+            juki_dot_v1_dot_changes__pb2.StreamChangesRequest.SerializeToString,
+            juki_dot_v1_dot_changes__pb2.StreamChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/juki.v1.SubscriptionService/AcknowledgeChanges',
+            juki_dot_v1_dot_changes__pb2.AcknowledgeChangesRequest.SerializeToString,
+            juki_dot_v1_dot_changes__pb2.AcknowledgeChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

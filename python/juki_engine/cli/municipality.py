@@ -133,7 +133,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "after the last one it acknowledged (or --after). They are sent again until "
         "acknowledged: --ack acknowledges those read.",
     )
-    n.add_argument("--after", type=int, default=0, help="start after this notice number")
+    n.add_argument(
+        "--after", type=int, help="start after this notice number (default: the last acknowledged)"
+    )
     n.add_argument("--ack", action="store_true", help="acknowledge the notices read")
     n.add_argument("--out", help="also write them to a file (.parquet, .csv …)")
     n.add_argument("--force", action="store_true", help="replace --out if it exists")

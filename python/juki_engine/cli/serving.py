@@ -80,12 +80,12 @@ def start_server(
     workers: int,
     crl: str | None = None,
     max_bulk_jobs: int | None = None,
-    notices_dir: Path | None = None,
+    state_dir: Path | None = None,
 ) -> Any:
     from juki_engine.service import MAX_BULK_JOBS, Frontend, ServerTLS, start
 
     tls = ServerTLS.in_directory(certs_dir, crl)
-    frontend = Frontend.open(registry, policy, audit_dir, retention_days, notices_dir)
+    frontend = Frontend.open(registry, policy, audit_dir, retention_days, state_dir)
     try:
         return start(frontend, tls, listen, workers, max_bulk_jobs or MAX_BULK_JOBS)
     except BaseException:
@@ -117,8 +117,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.workers,
         args.crl,
         args.max_bulk_jobs,
-        # Beside the change log: the notices are its changes, the acknowledgements its readers'.
-        snapshot / "notices",
+        # Beside the change log: notices and subscriptions read its changes; their cursors and
+        # watch lists live with it.
+        snapshot,
     )
     if args.port_file:
         # Written whole, then renamed: a watcher never reads half a number.
@@ -202,7 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.retention_days,
         "127.0.0.1:0",
         4,
-        notices_dir=path / "notices",
+        state_dir=path,
     )
     address = f"127.0.0.1:{server.port}"
     try:

@@ -106,12 +106,13 @@ def read_notices(
     channel: grpc.Channel,
     operator: str,
     *,
-    after: int = 0,
+    after: int | None = None,
     follow: bool = False,
     timeout: float | None = None,
 ) -> Iterator[cpb.StreamNoticesResponse]:
-    """The move-in notices owed to the channel's municipality, oldest first: after `after`, or
-    (0) after the last one acknowledged; with `follow`, new ones as they are recorded."""
+    """The move-in notices owed to the channel's municipality, oldest first: after `after` (0:
+    from the first), or after the last one acknowledged; with `follow`, new ones as they are
+    recorded."""
     stub = cpb_grpc.NoticeServiceStub(channel)
     request = cpb.StreamNoticesRequest(operator_id=operator, after=after, follow=follow)
     yield from stub.StreamNotices(request, timeout=timeout)

@@ -24,6 +24,7 @@ from juki_engine.service.changes import MAX_SUBMISSIONS, ChangeSubmissionService
 from juki_engine.service.frontend import Frontend
 from juki_engine.service.identity import TrustStore
 from juki_engine.service.notices import MAX_FOLLOWERS, NoticeService
+from juki_engine.service.subscriptions import SubscriptionService
 from juki_engine.service.verification import IdentityVerificationService
 from juki_engine.service.wire import MESSAGE_OPTIONS
 
@@ -38,6 +39,7 @@ SERVICES = (
     pb.DESCRIPTOR.services_by_name["BulkVerificationService"].full_name,
     cpb.DESCRIPTOR.services_by_name["ChangeSubmissionService"].full_name,
     cpb.DESCRIPTOR.services_by_name["NoticeService"].full_name,
+    cpb.DESCRIPTOR.services_by_name["SubscriptionService"].full_name,
 )
 # grpc lets a second server bind a port in use (SO_REUSEPORT) and share its calls: never; with
 # the option off, binding a port in use fails.
@@ -107,7 +109,8 @@ def start(
     if frontend.trust is None:
         frontend.trust = tls.trust_store()
     frontend.trust.check_policy(frontend.policy)
-    streams = max_bulk_jobs + MAX_SUBMISSIONS + MAX_FOLLOWERS
+    # Following notice streams and following subscriptions have a limit each.
+    streams = max_bulk_jobs + MAX_SUBMISSIONS + 2 * MAX_FOLLOWERS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers + streams, thread_name_prefix="juki-rpc"),
         options=SERVER_OPTIONS,
@@ -121,6 +124,7 @@ def start(
         ChangeSubmissionService(frontend), server
     )
     cpb_grpc.add_NoticeServiceServicer_to_server(NoticeService(frontend), server)
+    cpb_grpc.add_SubscriptionServiceServicer_to_server(SubscriptionService(frontend), server)
     checker = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     for name in ("", *SERVICES):

@@ -49,7 +49,7 @@ from juki_engine.policy import (
     start_of_today,
 )
 from juki_engine.registry import Registry
-from juki_engine.service.acknowledgements import Acknowledgements
+from juki_engine.service.acknowledgements import Acknowledgements, WatchLists
 from juki_engine.service.identity import PeerCertificate, TrustStore
 from juki_engine.service.wire import (
     MAX_TEXT_CHARS,
@@ -190,6 +190,7 @@ class Frontend:
         trust: TrustStore | None = None,
         audit_timeout: float = AUDIT_TIMEOUT_S,
         acknowledgements: Acknowledgements | None = None,
+        subscriptions: WatchLists | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -199,6 +200,8 @@ class Frontend:
         self.audit_timeout = audit_timeout
         self.acknowledgements = acknowledgements
         """Each municipality's last acknowledged notice; None: notices are not served."""
+        self.subscriptions = subscriptions
+        """Agencies' watch lists and cursors; None: subscriptions are not served."""
         self.changed = threading.Condition()
         """Notified once changes submitted here are durable (notice streams wait on it)."""
 
@@ -209,15 +212,26 @@ class Frontend:
         policy_path: str | Path,
         audit_dir: str | Path,
         retention_days: int = RETENTION_DAYS,
-        notices_dir: str | Path | None = None,
+        state_dir: str | Path | None = None,
     ) -> Frontend:
         """Load the policy, open the audit trail and restore today's quota use from it; with
-        `notices_dir`, serve move-in notices keeping acknowledgements there."""
+        `state_dir` (the snapshot's directory, beside its change log), serve move-in notices
+        and subscriptions, keeping their cursors (`notices/`) and watch lists
+        (`subscriptions/`) there."""
         policy = Policy.load(policy_path)
         audit = AuditTrail(audit_dir, retention_days=retention_days)
-        acks = Acknowledgements(notices_dir) if notices_dir is not None else None
         quotas = Quotas(counts_since(audit_dir, start_of_today()))
-        return cls(registry, policy, audit, quotas, acknowledgements=acks)
+        if state_dir is None:
+            return cls(registry, policy, audit, quotas)
+        state = Path(state_dir)
+        return cls(
+            registry,
+            policy,
+            audit,
+            quotas,
+            acknowledgements=Acknowledgements(state / "notices"),
+            subscriptions=WatchLists(state / "subscriptions"),
+        )
 
     def reload(self, path: str | Path) -> None:
         """Load the policy (and the revocation list) again; a broken file leaves what is in

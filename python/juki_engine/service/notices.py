@@ -63,7 +63,7 @@ class NoticeService(cpb_grpc.NoticeServiceServicer):
             municipality = f.identify_municipality(context, call)
             check_text(request.operator_id, "operator_id")
             acks = _acknowledgements(f)
-            after = request.after or acks.get(municipality.code)
+            after = request.after if request.HasField("after") else acks.get(municipality.code)
             if request.follow:
                 held.enter_context(self.followers.held())
             ctx = AuditContext(

@@ -61,7 +61,9 @@ _ENUMS: dict[str, Callable[[Any], int]] = {
 }
 
 
-def _resident(row: dict[str, Any], fields: Sequence[str]) -> pb.Resident:
+def resident_message(row: dict[str, Any], fields: Sequence[str]) -> pb.Resident:
+    """A result row's `fields` as a `Resident` message (enums and dates as the contract has
+    them; a null value stays unset)."""
     resident = pb.Resident()
     for field in fields:
         value = row[field]
@@ -120,7 +122,7 @@ class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
             if not row["found"]:
                 return pb.RetrieveResponse(found=False)
             return pb.RetrieveResponse(
-                found=True, resident=_resident(row, grant.retrieved), fields=grant.retrieved
+                found=True, resident=resident_message(row, grant.retrieved), fields=grant.retrieved
             )
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
@@ -151,7 +153,7 @@ class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
                 outcome=outcome,
                 candidates=[
                     pb.SearchCandidate(
-                        agreed=row["agreed"], resident=_resident(row, grant.retrieved)
+                        agreed=row["agreed"], resident=resident_message(row, grant.retrieved)
                     )
                     for row in found
                 ],

@@ -1,5 +1,6 @@
 """The change flow over a real server and real mutual TLS: municipalities submit changes
-(`ChangeSubmissionService`) and read the move-in notices owed to them (`NoticeService`)."""
+(`ChangeSubmissionService`) and read the move-in notices owed to them (`NoticeService`);
+agencies subscribe to their residents' changes (`SubscriptionService`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from juki_engine.client import (
     AgencyTLS,
     acknowledge_notices,
     read_notices,
+    stream_changes,
     submit_changes,
+    watch,
 )
 from juki_engine.policy import Policy
 from juki_engine.synthetic.changes import CHANGE_SCHEMA
@@ -44,7 +47,7 @@ class Town:
         self.registry = Registry.generate(population=4_000, seed=3, prefecture="富山県")
         self.rows = self.registry.to_arrow().to_pylist()
         self.frontend = service.Frontend.open(
-            self.registry, pki / "policy.toml", tmp / "audit", notices_dir=tmp / "notices"
+            self.registry, pki / "policy.toml", tmp / "audit", state_dir=tmp
         )
         self.server = service.start(self.frontend, service.ServerTLS.in_directory(pki))
         self.pki = pki
@@ -344,12 +347,17 @@ def test_kill_9_loses_no_acknowledged_change_applies_none_twice_and_keeps_notice
     ins = [change(cpb.CHANGE_REASON_MOVE_IN, r, **ADDRESS) for r in movers]
     acknowledged: list[list[Row]] = []
     numbers: list[int] = []
+    delivered = 0
     for attempt in range(3):
         port_file = tmp_path / f"port{attempt}"
         proc = juki_serve(snapshot, pki, tmp_path / "audit", port_file)
         address = f"127.0.0.1:{wait_for_port(port_file, proc)}"
         toyama = AgencyTLS.from_cert(pki / "agencies" / f"{TOYAMA}.pem")
         takaoka = AgencyTLS.from_cert(pki / "agencies" / f"{TAKAOKA}.pem")
+        nenkin = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
+        if attempt == 0:  # the pension service watches the movers (a durable watch list)
+            with nenkin.channel(address) as ch:
+                watch(ch, "pension-benefit", [r["my_number"] for r in movers], timeout=30)
         # Every attempt resends everything: what the last attempt applied comes back duplicate.
         with toyama.channel(address) as ch:
             first = submit_changes(ch, outs[: 2 * (attempt + 1)], "c", timeout=30).to_pylist()
@@ -361,6 +369,15 @@ def test_kill_9_loses_no_acknowledged_change_applies_none_twice_and_keeps_notice
             numbers = [n.notice for n in notices]
             if attempt == 1:
                 acknowledge_notices(ch, numbers[0])
+        with nenkin.channel(address) as ch:
+            # Its subscription is told of each move_in (move_out is not among its reasons),
+            # again until acknowledged, across the kills.
+            told = list(stream_changes(ch, "pension-benefit", timeout=30))
+            delivered += len(told)
+        assert [c.reason for c in told] == ["move_in"] * 2 * (attempt + 1)
+        assert [c.resident.my_number for c in told] == [r["my_number"] for r in movers][
+            : 2 * (attempt + 1)
+        ]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         assert proc.stderr is not None
@@ -381,6 +398,10 @@ def test_kill_9_loses_no_acknowledged_change_applies_none_twice_and_keeps_notice
     history = reopened.history([r["resident_code"] for r in movers], by="resident_code")
     assert sorted(history["reason"].to_pylist()) == ["move_in"] * 6 + ["move_out"] * 6
     assert len(reopened.notices(TOYAMA)) == 6
+    # No change reached the subscriber without its audit record.
+    trail = audit.read(tmp_path / "audit")
+    told_records = trail.filter(pc.equal(trail["mode"], "subscribe"))
+    assert told_records.num_rows == delivered
 
 
 def test_a_cancelled_submission_ends_quietly_with_what_it_sent_applied(town: Town) -> None:
@@ -409,3 +430,158 @@ def test_a_cancelled_submission_ends_quietly_with_what_it_sent_applied(town: Tow
         "applied"
     ]
     assert "failed" not in trail["outcome"].to_pylist()
+
+
+# --------------------------------------------------------------- agencies' subscriptions
+
+PENSION = "pension-benefit"
+
+
+def subscribe(town: Town, keys: list[str], by: str = "my_number", **kw: Any) -> Any:
+    from juki_engine.client import watch
+
+    with town.channel("nenkin") as ch:
+        return watch(ch, PENSION, keys, by, timeout=30, **kw)
+
+
+def changes(town: Town, agency: str = "nenkin", **kw: Any) -> list[cpb.StreamChangesResponse]:
+    from juki_engine.client import stream_changes
+
+    with town.channel(agency) as ch:
+        return list(stream_changes(ch, kw.pop("affair", PENSION), timeout=30, **kw))
+
+
+def test_a_subscription_is_told_of_its_residents_changes_only_in_its_affairs_fields(
+    town: Town,
+) -> None:
+    dies, moves, unwatched = (town.resident(TOYAMA, i) for i in range(3))
+    card = town.resident(TOYAMA, 3)
+    reply = subscribe(town, [dies["my_number"], moves["my_number"], card["my_number"]])
+    assert (reply.changed, reply.not_found, reply.invalid, reply.watched) == (3, 0, 0, 3)
+    # Card events are not among the affair's reasons; the unwatched resident's death is not sent.
+    town.submit(
+        TOYAMA,
+        town.change(cpb.CHANGE_REASON_DEATH, key=key(dies)),
+        town.change(cpb.CHANGE_REASON_DEATH, key=key(unwatched)),
+        town.change(cpb.CHANGE_REASON_CARD_APPLIED, key=key(card)),
+        town.change(cpb.CHANGE_REASON_MOVE_WITHIN, key=key(moves), **ADDRESS),
+    )
+    sent = changes(town)
+    assert [(c.reason, c.resident.my_number) for c in sent] == [
+        ("death", dies["my_number"]),
+        ("move_within", moves["my_number"]),
+    ]
+    death, move_within = sent
+    assert list(death.fields) == ["status", "status_date"]
+    assert death.resident.status == pb.RESIDENT_STATUS_DECEASED
+    assert death.resident.status_date == TODAY.isoformat()
+    assert death.resident.resident_code == dies["resident_code"]
+    assert not death.resident.HasField("family_name")  # not what the change set
+    assert list(move_within.fields) == [
+        "municipality_code",
+        "municipality_name",
+        "prefecture",
+        "address_town",
+        "address_block",
+    ]
+    assert (move_within.resident.address_town, move_within.resident.address_block) == (
+        "中央町",
+        "1-1",
+    )
+    assert move_within.resident.municipality_name == "富山市"
+    assert death.change < move_within.change
+    # Each sending was a disclosure, audited under its resident before it left.
+    trail = town.trail()
+    told = trail.filter(pc.equal(trail["mode"], "subscribe"))
+    assert told["subject"].to_pylist() == [dies["resident_code"], moves["resident_code"]]
+    assert set(told["outcome"].to_pylist()) == {"disclosed"}
+
+
+def test_a_change_is_sent_again_until_acknowledged_and_counted_once(town: Town) -> None:
+    from juki_engine.client import acknowledge_changes
+
+    r = town.resident(TOYAMA, 4)
+    subscribe(town, [r["resident_code"]], by="resident_code")
+    town.submit(TOYAMA, town.change(cpb.CHANGE_REASON_DEATH, key=key(r)))
+    (first,) = changes(town)
+    (again,) = changes(town)
+    assert again.change == first.change
+    assert town.frontend.quotas.used("nenkin", PENSION) == 1  # the redelivery is free
+    trail = town.trail()
+    told = trail.filter(pc.equal(trail["mode"], "subscribe"))
+    assert told["outcome"].to_pylist() == ["disclosed", "redelivered"]
+    with town.channel("nenkin") as ch:
+        error = rpc_error(lambda: acknowledge_changes(ch, PENSION, first.change + 1))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert acknowledge_changes(ch, PENSION, first.change) == first.change
+    assert changes(town) == []
+    assert [c.change for c in changes(town, after=first.change - 1)] == [first.change]
+
+
+def test_a_subscription_follows_its_resident_through_a_new_number(town: Town) -> None:
+    r = town.resident(TOYAMA, 5)
+    subscribe(town, [r["my_number"]])
+    (renumbered,) = town.submit(TOYAMA, town.change(cpb.CHANGE_REASON_MY_NUMBER_CHANGE, key=key(r)))
+    town.submit(TOYAMA, town.change(cpb.CHANGE_REASON_DEATH, key=key(r)))
+    # 個人番号変更 is not among the affair's reasons; the death is, under the new number.
+    (death,) = changes(town)
+    assert death.reason == "death"
+    assert death.resident.my_number == renumbered["my_number"] != r["my_number"]
+
+
+def test_an_affair_without_subscribe_or_a_municipality_cannot_subscribe(town: Town) -> None:
+    from juki_engine.client import watch
+
+    r = town.resident(TOYAMA)
+    with town.channel("moj") as ch:
+        error = rpc_error(lambda: watch(ch, "bar-exam", [r["resident_code"]], "resident_code"))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not allow subscribe" in str(error.details())
+    with town.channel(TOYAMA) as ch:
+        error = rpc_error(lambda: watch(ch, PENSION, [r["my_number"]]))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not a registered agency" in str(error.details())
+
+
+def test_a_watch_list_counts_what_it_could_not_watch_and_can_be_shrunk(town: Town) -> None:
+    a, b = town.resident(TOYAMA, 6), town.resident(TOYAMA, 7)
+    reply = subscribe(town, [a["my_number"], b["my_number"], "123456789018", "12345"])
+    assert (reply.changed, reply.not_found, reply.invalid, reply.watched) == (2, 1, 1, 2)
+    reply = subscribe(town, [b["my_number"]], remove=True)
+    assert (reply.changed, reply.watched) == (1, 1)
+    town.submit(
+        TOYAMA,
+        town.change(cpb.CHANGE_REASON_DEATH, key=key(a)),
+        town.change(cpb.CHANGE_REASON_DEATH, key=key(b)),
+    )
+    assert [c.resident.my_number for c in changes(town)] == [a["my_number"]]
+
+
+def test_a_spent_quota_pauses_delivery_and_drops_nothing(town: Town, pki: Path) -> None:
+    policy = Policy.load(pki / "policy.toml")
+    nenkin = next(a for a in policy.agencies if a.code == "nenkin")
+    import dataclasses
+
+    affair = dataclasses.replace(nenkin.affairs[PENSION], daily_quota=2)
+    tight = dataclasses.replace(nenkin, affairs={**nenkin.affairs, PENSION: affair})
+    others = [a for a in policy.agencies if a.code != "nenkin"]
+    town.frontend.policy = Policy(
+        [tight, *others], policy.source, policy.authorities, policy.municipalities
+    )
+    people = [town.resident(TOYAMA, i) for i in range(8, 11)]
+    subscribe(town, [p["my_number"] for p in people])
+    town.submit(TOYAMA, *(town.change(cpb.CHANGE_REASON_DEATH, key=key(p)) for p in people))
+    from juki_engine.client import stream_changes
+
+    received = []
+    with town.channel("nenkin") as ch:
+        stream = stream_changes(ch, PENSION, timeout=30)
+        error = rpc_error(lambda: received.extend(stream))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "none is dropped" in str(error.details())
+    assert [c.resident.my_number for c in received] == [p["my_number"] for p in people[:2]]
+    # The next day (a fresh count) the third arrives, after the two sent again for free.
+    town.frontend.quotas = service.frontend.Quotas()
+    again = changes(town)
+    assert [c.resident.my_number for c in again] == [p["my_number"] for p in people]
+    assert town.frontend.quotas.used("nenkin", PENSION) == 1
