@@ -282,10 +282,13 @@ def _demo_changes(
     from juki_engine._proto import registry_pb2_grpc as pb_grpc
     from juki_engine.client import (
         AgencyTLS,
+        acknowledge_changes,
         acknowledge_notices,
         read_notices,
         request_context,
+        stream_changes,
         submit_changes,
+        watch,
     )
 
     toyama, takaoka = "162019", "162027"
@@ -324,6 +327,11 @@ def _demo_changes(
 
     console.rule("the registry is alive: 富山市 and 高岡市 submit changes over gRPC (mutual TLS)")
     show("before")
+    # The pension service watches its pensioners: it will be told of the death and the move.
+    with nenkin.channel(address) as channel:
+        numbers = registry.lookup([dies, moves], by="resident_code", columns=["my_number"])
+        reply = watch(channel, "pension-benefit", numbers["my_number"], "my_number", timeout=30)
+    console.print(f"日本年金機構 watches {reply.watched:,} pensioners (SubscriptionService.Watch)")
     today = dt.datetime.now(dt.UTC).date().isoformat()
     sequence = int(time.time())
 
@@ -365,6 +373,17 @@ def _demo_changes(
             )
         if notices:
             acknowledge_notices(channel, notices[-1].notice)
+    console.rule("日本年金機構 is told of its pensioners' changes (StreamChanges), no 届出 needed")
+    with nenkin.channel(address) as channel:
+        told = list(stream_changes(channel, "pension-benefit", operator="demo-operator"))
+        for c in told[-2:]:
+            values = {f: getattr(c.resident, f) for f in c.fields}
+            if "status" in values:
+                values["status"] = pb.ResidentStatus.Name(c.resident.status)
+            shown = ", ".join(f"{f}={v}" for f, v in values.items())
+            console.print(f"change {c.change}: {c.reason} of {c.resident.my_number}: {shown}")
+        if told:
+            acknowledge_changes(channel, "pension-benefit", told[-1].change)
     console.print(f"their history: juki history {path} {moves} --by resident_code")
     return str(moves)
 

@@ -5,8 +5,9 @@
 - `wire`: message and string limits, Arrow IPC decoding and validation, result framing;
 - `frontend`: what every call shares and the one discipline that closes every call;
 - `verification`: the typed per-record API; `bulk`: the columnar streaming API;
-- `changes`: municipalities' change submissions; `notices`: their 転入通知 streams, with
-  `acknowledgements`, the durable cursors;
+- `changes`: municipalities' change submissions; `notices`: their 転入通知 streams;
+  `subscriptions`: agencies told of watched residents' changes; `acknowledgements`: the durable
+  cursors and watch lists of both;
 - `app`: building and running the server (ports, TLS, health, reflection, signals).
 """
 
