@@ -354,6 +354,23 @@ impl PyRegistry {
         View::new(&self.data, &self.live, cut)
     }
 
+    /// `f` over the current state and the identifiers `keys` of kind `by`, the GIL released:
+    /// the shape of every per-key read that answers one table.
+    fn by_keys(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        by: &str,
+        f: impl Fn(&View, IdKind, &dyn Array) -> Result<RecordBatch> + Send + Sync,
+    ) -> PyResult<PyArrowType<Table>> {
+        let kind = IdKind::from_name(by)?;
+        let keys = Imported::from_python(keys, "keys")?;
+        let view = self.view(None, None);
+        let out = detached(py, || f(&view, kind, keys.array(Strings::Bytes)?.as_ref()))?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
+    }
+
     /// The change log, opened for appending (and locked) at the first call.
     fn log(&self) -> Result<Option<&ChangeLog>> {
         let Some(path) = &self.log_path else {
@@ -815,14 +832,7 @@ impl PyRegistry {
         keys: &Bound<'_, PyAny>,
         by: &str,
     ) -> PyResult<PyArrowType<Table>> {
-        let kind = IdKind::from_name(by)?;
-        let keys = Imported::from_python(keys, "keys")?;
-        let view = self.view(None, None);
-        let out = detached(py, || {
-            crate::history::history_table(&view, kind, keys.array(Strings::Bytes)?.as_ref())
-        })?;
-        let schema = out.schema();
-        to_table(vec![out], schema)
+        self.by_keys(py, keys, by, crate::history::history_table)
     }
 
     /// 転入通知 owed to `municipality` (its code), numbered after `after`, oldest first, at
@@ -863,14 +873,7 @@ impl PyRegistry {
         keys: &Bound<'_, PyAny>,
         by: &str,
     ) -> PyResult<PyArrowType<Table>> {
-        let kind = IdKind::from_name(by)?;
-        let keys = Imported::from_python(keys, "keys")?;
-        let view = self.view(None, None);
-        let out = detached(py, || {
-            crate::feed::persons(&view, kind, keys.array(Strings::Bytes)?.as_ref())
-        })?;
-        let schema = out.schema();
-        to_table(vec![out], schema)
+        self.by_keys(py, keys, by, crate::feed::persons)
     }
 
     /// The changes of the persons `watch` holds (a bitmap over person ids, least significant

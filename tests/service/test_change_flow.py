@@ -585,3 +585,16 @@ def test_a_spent_quota_pauses_delivery_and_drops_nothing(town: Town, pki: Path) 
     again = changes(town)
     assert [c.resident.my_number for c in again] == [p["my_number"] for p in people]
     assert town.frontend.quotas.used("nenkin", PENSION) == 1
+
+
+def test_a_watch_list_larger_than_a_message_goes_in_several(town: Town) -> None:
+    numbers = [r["my_number"] for r in town.rows if r["status"] == "resident"]
+    keys = pa.array(numbers * (200_000 // len(numbers) + 1), pa.string())
+    assert keys.nbytes > 2 << 20  # more than one 2 MiB message
+    reply = subscribe(town, keys)
+    assert (reply.changed, reply.watched, reply.not_found, reply.invalid) == (
+        len(numbers),
+        len(numbers),
+        0,
+        0,
+    )

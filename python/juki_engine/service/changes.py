@@ -26,7 +26,7 @@ from juki_engine._proto import registry_pb2 as pb
 from juki_engine.audit import AuditContext
 from juki_engine.policy import Municipality
 from juki_engine.service.bulk import JobSlots
-from juki_engine.service.frontend import Call, Frontend, settle
+from juki_engine.service.frontend import Call, Frontend, settle, until_cancelled
 from juki_engine.service.wire import check_text, read_claims
 from juki_engine.synthetic.changes import CHANGE_SCHEMA
 
@@ -92,7 +92,7 @@ class ChangeSubmissionService(cpb_grpc.ChangeSubmissionServiceServicer):
             check_text(header.operator_id, "header.operator_id")
             check_text(header.request_id, "header.request_id")
             row = 0
-            for i, message in enumerate(_until_cancelled(request_iterator), start=1):
+            for i, message in enumerate(until_cancelled(request_iterator), start=1):
                 # Every message under the policy and trust in force when it arrives.
                 municipality = f.municipality_of(call)
                 body = message.WhichOneof("body")
@@ -177,16 +177,6 @@ class ChangeSubmissionService(cpb_grpc.ChangeSubmissionServiceServicer):
         mask[list(refused)] = True
         # A row refused here names another municipality's change: no lookup on its behalf.
         return pc.if_else(pa.array(mask), pa.scalar(None, pa.string()), found)
-
-
-def _until_cancelled(messages: Iterator[cpb.SubmitChangesRequest]) -> Iterator[Any]:
-    """The stream's messages until it ends, or until the client cancels it: a cancelled
-    submission ends quietly (each message answered so far was durable and audited; the one in
-    flight, if any, is applied and audited and its answer has no one to go to)."""
-    try:
-        yield from messages
-    except grpc.RpcError:
-        return
 
 
 def typed_table(

@@ -161,6 +161,16 @@ class Answer:
         withdraw(self.audit, self.commit, reason)
 
 
+def until_cancelled(messages: Iterator[Any]) -> Iterator[Any]:
+    """A client stream's messages until it ends, or until the client cancels it: a cancelled
+    stream ends quietly (what was answered so far was durable and audited; the message in
+    flight, if any, is done and audited and its answer has no one to go to), not as a fault."""
+    try:
+        yield from messages
+    except grpc.RpcError:
+        return
+
+
 def settle(audit: AuditTrail, commit: Commit, timeout: float) -> None:
     """Wait for a reply's audit records to be durable; AuditUnavailable if they are not within
     `timeout` seconds, the records then rewritten as `unavailable` (see `withdraw`)."""

@@ -33,7 +33,7 @@ from juki_engine.policy import Grant, QuotaExhausted
 from juki_engine.registry import Registry
 from juki_engine.service.acknowledgements import WatchLists
 from juki_engine.service.bulk import JobSlots
-from juki_engine.service.frontend import Call, Frontend, settle
+from juki_engine.service.frontend import Call, Frontend, settle, until_cancelled
 from juki_engine.service.notices import FOLLOW_POLL_S, MAX_FOLLOWERS
 from juki_engine.service.verification import resident_message
 from juki_engine.service.wire import KEY_NAMES, check_text, column_of, read_claims
@@ -79,7 +79,7 @@ class SubscriptionService(cpb_grpc.SubscriptionServiceServicer):
             lists = _lists(f)
             persons: list[np.ndarray] = []
             not_found = invalid = 0
-            for i, message in enumerate(request_iterator, start=1):
+            for i, message in enumerate(until_cancelled(request_iterator), start=1):
                 # Under the policy and trust in force when each message arrives.
                 f.policy.authorize_subscription(f.agency_of(call), header.context.affair, by)
                 if message.WhichOneof("body") != "keys":
