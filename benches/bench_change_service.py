@@ -123,19 +123,31 @@ def moves_within(municipality: str, codes: list[str], first: int, n: int) -> pa.
     )
 
 
-def main() -> int:
+def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--snapshot",
+        type=Path,
+        help="an existing snapshot (its change log is removed afterwards; default: generate one)",
+    )
     p.add_argument("--population", type=int, default=2_000_000)
     p.add_argument("--changes", type=int, default=200_000, help="changes per submission round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--moves", type=int, default=2_000, help="moves for the latency phase")
     p.add_argument("--claims", type=int, default=1_000_000)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def run(args: argparse.Namespace) -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-change-service-"))
     started = time.perf_counter()
-    Registry.generate(population=args.population, seed=1).save(tmp / "registry")
-    registry = Registry.open(tmp / "registry")
+    snapshot = args.snapshot or tmp / "registry"
+    if args.snapshot is None:
+        Registry.generate(population=args.population, seed=1).save(snapshot)
+    elif (snapshot / "changes.log").exists():
+        raise SystemExit(f"{snapshot} has a change log: the bench would add its changes to it")
+    registry = Registry.open(snapshot)
     print(
         f"registry: {len(registry):,} residents (generated and opened in "
         f"{time.perf_counter() - started:.0f} s)"
@@ -186,12 +198,13 @@ def main() -> int:
             ],
         }
     )
+    lists = WatchLists(tmp / "subscriptions")
     frontend = service.Frontend(
         registry,
         policy,
         AuditTrail(tmp / "audit"),
         acknowledgements=Acknowledgements(tmp / "notices"),
-        subscriptions=WatchLists(tmp / "subscriptions"),
+        subscriptions=lists,
     )
     server = service.start(frontend, service.ServerTLS.in_directory(tmp / "pki"))
     address = f"127.0.0.1:{server.port}"
@@ -244,7 +257,7 @@ def main() -> int:
         f"watch list of every resident ({reply.watched:,}, {len(numbers) // (1 << 20) + 1} "
         f"messages): registered in {time.perf_counter() - t:.1f} s; server RSS "
         f"{(rss() - before) / 2**20:+.0f} MiB after it (the list: "
-        f"{len(frontend.subscriptions.watch(subscription_name('nenkin', 'pension'))) / 2**10:.0f}"
+        f"{len(lists.watch(subscription_name('nenkin', 'pension'))) / 2**10:.0f}"
         f" KiB, a bit per person id: 16 MiB over the nation's 128 M, whatever its length)"
     )
     del numbers
@@ -328,8 +341,8 @@ def main() -> int:
             time.sleep(max(0.0, next_at - time.perf_counter()))
     done.wait(60)
     heard.wait(60)
-    for what, at in (("its notice", received), ("the watching subscription", told)):
-        latencies = sorted((at[c] - acked[c]) * 1e3 for c in acked if c in at)
+    for what, arrived in (("its notice", received), ("the watching subscription", told)):
+        latencies = sorted((arrived[c] - acked[c]) * 1e3 for c in acked if c in arrived)
         p50 = latencies[len(latencies) // 2]
         p99 = latencies[int(len(latencies) * 0.99) - 1]
         print(
@@ -354,9 +367,9 @@ def main() -> int:
     for rate in (1_000, 0):
         quiet = verify_rate()
         # Enough changes to outlast the measurement: 30 s at 1,000/s, or a full round.
-        n = 30_000 if rate else args.changes
-        table = moves_within(home, codes, sequence, n)
-        sequence += n
+        count = 30_000 if rate else args.changes
+        table = moves_within(home, codes, sequence, count)
+        sequence += count
         pq.write_table(table, tmp / "changes.parquet")
         child = subprocess.Popen(
             [
@@ -389,6 +402,15 @@ def main() -> int:
         )
     print(f"peak RSS {peak() / GIB:.2f} GiB; {registry.applied_changes:,} changes applied")
     server.stop(grace=1)
+
+
+def main() -> int:
+    args = parse()
+    try:
+        run(args)
+    finally:
+        if args.snapshot is not None:  # the registry is closed: its log can go
+            (args.snapshot / "changes.log").unlink(missing_ok=True)
     return 0
 
 

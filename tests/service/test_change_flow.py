@@ -598,3 +598,82 @@ def test_a_watch_list_larger_than_a_message_goes_in_several(town: Town) -> None:
         0,
         0,
     )
+
+
+@pytest.mark.parametrize("kill_after", [1, 4, 9])
+def test_kill_9_during_a_submission_stream_loses_no_acknowledged_change(
+    tmp_path: Path, pki: Path, kill_after: int
+) -> None:
+    """The server is killed while a stream of 12 messages is in flight, after the client has
+    received `kill_after` replies; a resend of everything then applies each change once: the
+    acknowledged ones come back duplicate."""
+    from juki_engine._proto import changes_pb2_grpc as cpb_grpc
+
+    snapshot = tmp_path / "registry"
+    registry = Registry.generate(population=4_000, seed=3, prefecture="富山県")
+    registry.save(snapshot)
+    people = [
+        r["resident_code"]
+        for r in registry.to_arrow(["resident_code", "municipality_code", "status"]).to_pylist()
+        if r["municipality_code"] == TOYAMA and r["status"] == "resident"
+    ][:300]
+    del registry
+    today = TODAY.isoformat()
+    changes = [
+        cpb.Change(
+            sequence=i + 1,
+            reason=cpb.CHANGE_REASON_MOVE_WITHIN,
+            effective_date=today,
+            reported_date=today,
+            key=pb.Key(resident_code=people[i % len(people)]),
+            address_town=f"町{i}",
+            address_block="1",
+        )
+        for i in range(1_200)
+    ]
+    messages = [changes[i : i + 100] for i in range(0, len(changes), 100)]
+
+    def requests() -> Iterator[cpb.SubmitChangesRequest]:
+        yield cpb.SubmitChangesRequest(
+            header=cpb.SubmitChangesHeader(operator_id="c", request_id="r")
+        )
+        for m in messages:
+            yield cpb.SubmitChangesRequest(changes=cpb.Changes(changes=m))
+
+    acknowledged: list[int] = []
+    port_file = tmp_path / "port"
+    proc = juki_serve(snapshot, pki, tmp_path / "audit", port_file)
+    address = f"127.0.0.1:{wait_for_port(port_file, proc)}"
+    tls = AgencyTLS.from_cert(pki / "agencies" / f"{TOYAMA}.pem")
+    with tls.channel(address) as ch:
+        replies = cpb_grpc.ChangeSubmissionServiceStub(ch).SubmitChanges(requests(), timeout=60)
+        try:
+            for i, reply in enumerate(replies):
+                acknowledged += [
+                    r.row for r in reply.results if r.outcome == cpb.CHANGE_OUTCOME_APPLIED
+                ]
+                if i + 1 == kill_after:
+                    os.kill(proc.pid, signal.SIGKILL)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE
+    proc.wait(10)
+    assert proc.stderr is not None
+    proc.stderr.close()
+    assert len(acknowledged) >= 100 * kill_after
+    port_file.unlink()
+    proc = juki_serve(snapshot, pki, tmp_path / "audit", port_file)
+    try:
+        address = f"127.0.0.1:{wait_for_port(port_file, proc)}"
+        with tls.channel(address) as ch:
+            again = submit_changes(ch, changes, "c", timeout=60).to_pylist()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+    for row in acknowledged:
+        assert again[row]["outcome"] == "duplicate", again[row]
+    assert {r["outcome"] for r in again} <= {"applied", "duplicate"}
+    # Every change is in the registry exactly once.
+    history = Registry.open(snapshot).history(people, by="resident_code")
+    assert len(history) == len(changes)
