@@ -20,7 +20,7 @@ use crate::error::Result;
 use crate::history::{group, group_fields, Reason, View};
 use crate::ids::IdKind;
 use crate::index::INVALID_KEY;
-use crate::notices::change_number;
+use crate::notices::{change_number, with_scanned};
 
 /// The person ids `keys` (identifiers of `kind`, current or former) name, null where a key is
 /// invalid or names no one this view sees: what a subscription's watch list holds.
@@ -75,6 +75,7 @@ pub fn watched_changes(
     let mut fields_b = ListBuilder::new(StructBuilder::from_fields(pair.clone(), 0));
     let mut at = (after + origins).min(u32::MAX as u64) as u32;
     let mut found = 0;
+    let mut scanned = after;
     while found < limit {
         let Some(e) = live.entries.get(at as usize) else {
             break;
@@ -85,6 +86,9 @@ pub fn watched_changes(
         }
         let here = at;
         at += 1;
+        if e.reason != Reason::Origin {
+            scanned = change_number(live, here);
+        }
         if e.reason == Reason::Origin || !watched(watch, e.person) {
             continue;
         }
@@ -173,5 +177,5 @@ pub fn watched_changes(
         Arc::new(mn_b.finish()),
         Arc::new(fields_b.finish()),
     ];
-    Ok(RecordBatch::try_new(Arc::new(schema), columns)?)
+    with_scanned(RecordBatch::try_new(Arc::new(schema), columns)?, scanned)
 }

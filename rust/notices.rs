@@ -91,8 +91,23 @@ pub fn change_number(live: &Live, at: u32) -> u64 {
     at as u64 - live.origins.load(Ordering::Acquire) as u64 + 1
 }
 
+/// The schema metadata key of a feed's answer: the number of the last change (or notice) it
+/// examined, whether it was the caller's or not. A reader with nothing found asks after it next
+/// time, so a quiet reader does not scan the same tail again at every wake-up.
+pub const SCANNED_THROUGH: &str = "juki.scanned_through";
+
+/// `batch` with [`SCANNED_THROUGH`] set to `scanned`.
+pub fn with_scanned(batch: RecordBatch, scanned: u64) -> Result<RecordBatch> {
+    let schema = batch.schema().as_ref().clone().with_metadata(
+        [(SCANNED_THROUGH.to_string(), scanned.to_string())]
+            .into_iter()
+            .collect::<std::collections::HashMap<String, String>>(),
+    );
+    Ok(batch.with_schema(Arc::new(schema))?)
+}
+
 /// The notices owed to municipality key `municipality` that `view` sees, numbered after
-/// `after`, oldest first, at most `limit`.
+/// `after`, oldest first, at most `limit` (and [`SCANNED_THROUGH`]).
 pub fn notices(view: &View, municipality: u16, after: u64, limit: usize) -> Result<RecordBatch> {
     let live = view.live;
     let origins = live.origins.load(Ordering::Acquire) as u64;
@@ -100,6 +115,7 @@ pub fn notices(view: &View, municipality: u16, after: u64, limit: usize) -> Resu
     let mut rows = Builders::default();
     let mut i = first_at(live, start);
     let mut found = 0;
+    let mut scanned = after;
     while found < limit {
         let Some(n) = live.notices.get(i).copied() else {
             break;
@@ -112,6 +128,7 @@ pub fn notices(view: &View, municipality: u16, after: u64, limit: usize) -> Resu
         if e.batch > view.cut.batch {
             break;
         }
+        scanned = change_number(live, n.entry);
         if n.municipality != municipality {
             continue;
         }
@@ -138,7 +155,7 @@ pub fn notices(view: &View, municipality: u16, after: u64, limit: usize) -> Resu
         rows.sequence.append_value(e.sequence());
         found += 1;
     }
-    rows.finish()
+    with_scanned(rows.finish()?, scanned)
 }
 
 /// The columns of [`notices`].

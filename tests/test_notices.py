@@ -138,3 +138,25 @@ def test_a_municipality_not_of_the_registry_is_named(code: str, message: str) ->
     with pytest.raises(InvalidInput) as info:
         registry.notices(code)
     assert message in str(info.value), str(info.value)
+
+
+def test_a_read_says_how_far_it_looked_so_a_quiet_reader_starts_there_next_time() -> None:
+    town = Town(Registry.generate(population=3_000, seed=5))
+    r = town.resident()
+    home, new = r["municipality_code"], town.elsewhere(r["municipality_code"])
+    third = next(
+        str(x["municipality_code"]) for x in town.rows if x["municipality_code"] not in (home, new)
+    )
+    move(town, r, new)
+    (notice,) = town.registry.notices(home).to_pylist()
+    # A municipality owed nothing still learns it looked through the notice that was not its.
+    quiet = town.registry.notices(third)
+    assert quiet.num_rows == 0
+    assert int(quiet.schema.metadata[b"juki.scanned_through"]) == notice["notice"]
+    # A subscription watching no one looked through every change.
+    changes = town.registry._watched_changes(b"", ["death", "move_in"])
+    assert changes.num_rows == 0
+    assert int(changes.schema.metadata[b"juki.scanned_through"]) == notice["notice"]
+    # Asked after that, nothing is left to look through.
+    again = town.registry.notices(third, after=notice["notice"])
+    assert int(again.schema.metadata[b"juki.scanned_through"]) == notice["notice"]

@@ -34,7 +34,7 @@ from juki_engine.registry import Registry
 from juki_engine.service.acknowledgements import WatchLists
 from juki_engine.service.bulk import JobSlots
 from juki_engine.service.frontend import Call, Frontend, settle, until_cancelled
-from juki_engine.service.notices import FOLLOW_POLL_S, MAX_FOLLOWERS
+from juki_engine.service.notices import FOLLOW_POLL_S, MAX_FOLLOWERS, scanned_through
 from juki_engine.service.verification import resident_message
 from juki_engine.service.wire import KEY_NAMES, check_text, column_of, read_claims
 
@@ -139,7 +139,12 @@ class SubscriptionService(cpb_grpc.SubscriptionServiceServicer):
                 changes = f.registry._watched_changes(
                     lists.watch(name), sorted(grant.affair.subscribe_reasons), after, CHANGE_BATCH
                 )
+                # What this read examined, the subscription's or not: where the next one starts
+                # once all of it has been sent, so a quiet subscription does not scan the same
+                # tail at every wake-up.
+                scanned = scanned_through(changes)
                 if changes.num_rows:
+                    read = changes.num_rows
                     changes = self._counted(grant, lists, name, changes)
                     rows = changes.to_pylist()
                     messages = [change_message(row, grant) for row in rows]
@@ -161,8 +166,9 @@ class SubscriptionService(cpb_grpc.SubscriptionServiceServicer):
                             settle(f.audit, commit, f.audit_timeout)
                     lists.advance(_sent_name(name), messages[-1].change)
                     yield from messages
-                    after = messages[-1].change
+                    after = scanned if len(messages) == read else messages[-1].change
                     continue
+                after = max(after, scanned)
                 if not request.follow:
                     return
                 with f.changed:
