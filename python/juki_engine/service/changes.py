@@ -81,7 +81,8 @@ class ChangeSubmissionService(cpb_grpc.ChangeSubmissionServiceServicer):
         f = self.frontend
         call = Call("submit")
         with f.guard(context, call), self.slots.held():
-            first = next(request_iterator, None)
+            messages = until_cancelled(request_iterator)
+            first = next(messages, None)
             header = first.header if first is not None else cpb.SubmitChangesHeader()
             call.request = pb.RequestContext(
                 operator_id=header.operator_id, request_id=header.request_id
@@ -92,7 +93,7 @@ class ChangeSubmissionService(cpb_grpc.ChangeSubmissionServiceServicer):
             check_text(header.operator_id, "header.operator_id")
             check_text(header.request_id, "header.request_id")
             row = 0
-            for i, message in enumerate(until_cancelled(request_iterator), start=1):
+            for i, message in enumerate(messages, start=1):
                 # Every message under the policy and trust in force when it arrives.
                 municipality = f.municipality_of(call)
                 body = message.WhichOneof("body")

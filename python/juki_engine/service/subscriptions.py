@@ -64,7 +64,8 @@ class SubscriptionService(cpb_grpc.SubscriptionServiceServicer):
         f = self.frontend
         call = Call("watch")
         with f.guard(context, call):
-            first = next(request_iterator, None)
+            messages = until_cancelled(request_iterator)
+            first = next(messages, None)
             header = first.header if first is not None else cpb.WatchHeader()
             call.request = header.context
             agency = f.identify(context, call)
@@ -79,7 +80,7 @@ class SubscriptionService(cpb_grpc.SubscriptionServiceServicer):
             lists = _lists(f)
             persons: list[np.ndarray] = []
             not_found = invalid = 0
-            for i, message in enumerate(until_cancelled(request_iterator), start=1):
+            for i, message in enumerate(messages, start=1):
                 # Under the policy and trust in force when each message arrives.
                 f.policy.authorize_subscription(f.agency_of(call), header.context.affair, by)
                 if message.WhichOneof("body") != "keys":
