@@ -1147,7 +1147,7 @@ impl<'a> View<'a> {
 
     /// Whether row `row` has entries this view may see (a clean base row reads the base).
     #[inline(always)]
-    fn changed(&self, row: u32) -> bool {
+    pub(crate) fn changed(&self, row: u32) -> bool {
         row >= self.live.base_len
             || (self.cut.batch > 0 && self.live.is_dirty(row))
             || (self.live.has_history.load(Ordering::Relaxed)

@@ -233,6 +233,8 @@ pub struct PyRegistry {
     folded: FoldedCache,
     /// The 4情報 index at the exact and the normalised level, built on first use.
     search: [OnceLock<SearchIndex>; 2],
+    /// Per level, the persons the search index misses since changes renamed them or made them.
+    search_delta: [Mutex<search::Delta>; 2],
 }
 
 /// The change log's file in a snapshot directory.
@@ -274,6 +276,7 @@ impl PyRegistry {
             last_recorded: AtomicI64::new(0),
             folded: FoldedCache::default(),
             search: Default::default(),
+            search_delta: Default::default(),
         }
     }
 
@@ -683,6 +686,12 @@ impl PyRegistry {
             // validated as bytes only, and merging their dictionaries would read them as text.
             let (batches, schema) = claims.batches(Strings::Bytes)?;
             let view = self.view(None, None);
+            // Persons changes renamed, corrected or created since the index was built: caught
+            // up to this call's view, and held for the call.
+            let mut delta = self.search_delta[level as usize]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            delta.catch_up(&view, folded, folding);
             // No batches at all still answers: one empty batch gives the reply's schema.
             let empty = [RecordBatch::new_empty(schema)];
             let batches: &[RecordBatch] = if batches.is_empty() { &empty } else { &batches };
@@ -691,7 +700,7 @@ impl PyRegistry {
             for b in batches {
                 out.push(search::search(
                     &self.data,
-                    Some(&view),
+                    Some((&view, &*delta)),
                     index,
                     folded,
                     folding,

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{JukiError, Result};
-use crate::history::View;
+use crate::history::{dict_text, group, Dict, Reason, View};
 use crate::index::{NOT_FOUND, ROW_BITS};
 use crate::memory::prefetch;
 use crate::normalize::{FoldedText, Folding, Level};
@@ -276,6 +276,76 @@ impl SearchIndex {
     }
 }
 
+/// The persons whose current names or birth date are not the snapshot's — renamed, corrected,
+/// born since — by the prefix of the key the index sorts on: what the index alone would miss.
+/// Kept current by catching up on the entries applied since it last looked, so a search costs
+/// one map probe a claim more, whatever the changes.
+#[derive(Default)]
+pub struct Delta {
+    /// Entries examined.
+    through: usize,
+    by_key: HashMap<u64, Vec<u32>>,
+    key_of: HashMap<u32, u64>,
+}
+
+impl Delta {
+    /// Take in the entries `view` sees that were applied since the last call.
+    pub fn catch_up(&mut self, view: &View, folded: &FoldedText, folding: Option<&Folding>) {
+        let live = view.live;
+        let persons = view.data.persons.rows();
+        let mut text = String::new();
+        let mut hash_of = |dict: Dict, k: u32, base: &StringArray| -> u64 {
+            if (k as usize) < base.len() {
+                return xxh3_64(base.value(k as usize).as_bytes());
+            }
+            let raw = dict_text(view, dict, k, false);
+            text.clear();
+            match folding {
+                Some(f) => f.fold(&raw, folded.level, &mut text),
+                None => text.push_str(&raw),
+            }
+            xxh3_64(text.as_bytes())
+        };
+        while let Some(e) = live.entries.get(self.through) {
+            if e.batch > view.cut.batch {
+                break;
+            }
+            self.through += 1;
+            let names = e.mask & (group::NAME | group::BIRTH) != 0 || e.reason == Reason::Cancel;
+            if !names || e.reason == Reason::Origin {
+                continue;
+            }
+            let p = e.person;
+            let current = view.resolve(p).map(|v| {
+                let q = v.resident.person;
+                let f = hash_of(Dict::Family, q.family, &folded.family_name);
+                let g = hash_of(Dict::Given, q.given, &folded.given_name);
+                key(f, g, q.birth_date) & !ROW_MASK
+            });
+            let base = persons.get(p as usize).map(|q| {
+                let f = hash_of(Dict::Family, q.family, &folded.family_name);
+                let g = hash_of(Dict::Given, q.given, &folded.given_name);
+                key(f, g, q.birth_date) & !ROW_MASK
+            });
+            if let Some(old) = self.key_of.remove(&p) {
+                if let Some(rows) = self.by_key.get_mut(&old) {
+                    rows.retain(|&x| x != p);
+                }
+            }
+            if let Some(k) = current.filter(|&k| Some(k) != base) {
+                self.by_key.entry(k).or_default().push(p);
+                self.key_of.insert(p, k);
+            }
+        }
+    }
+
+    fn rows(&self, key: u64) -> &[u32] {
+        self.by_key
+            .get(&(key & !ROW_MASK))
+            .map_or(&[], |v| v.as_slice())
+    }
+}
+
 /// A claim's optional facts, prepared.
 struct Optional {
     sex: Option<UInt16Array>,
@@ -309,7 +379,7 @@ fn text_column(claims: &RecordBatch, c: Column) -> Result<Option<TextColumn>> {
 #[allow(clippy::too_many_arguments)]
 pub fn search(
     data: &RegistryData,
-    view: Option<&View>,
+    view: Option<(&View, &Delta)>,
     index: &SearchIndex,
     folded: &FoldedText,
     folding: Option<&Folding>,
@@ -452,11 +522,17 @@ pub fn search(
                     prefetch(&persons[row as usize]);
                     hits.push((j as u32, row));
                 }
+                // And those whose current names or birth date a change made the claim's.
+                if let Some((_, delta)) = view {
+                    hits.extend(delta.rows(k).iter().map(|&p| (j as u32, p)));
+                }
             }
         }
         // Phase 5: prefetch what each candidate's names are compared through.
         for &(j, row) in &hits {
-            let p = &persons[row as usize];
+            let Some(p) = persons.get(row as usize) else {
+                continue;
+            };
             if let Some((f, g)) = &spans[j as usize] {
                 if f.canonical.is_some() {
                     prefetch(
@@ -521,10 +597,49 @@ pub fn search(
             while h < hits.len() && hits[h].0 == j as u32 {
                 let row = hits[h].1;
                 h += 1;
-                let p: &Person = &persons[row as usize];
-                if p.birth_date != date
-                    || !same(&f, p.family, &index.family, &folded.family_name)
-                    || !same(&g, p.given, &index.given, &folded.given_name)
+                // A person a change touched is compared as they are now, not as the snapshot
+                // has them (which the index was built from).
+                let resolved;
+                let touched = view.filter(|(v, _)| v.changed(row));
+                let p: &Person = match touched {
+                    None => &persons[row as usize],
+                    Some((v, _)) => {
+                        let Some(values) = v.resolve(row) else {
+                            continue; // a birth since cancelled
+                        };
+                        resolved = values.resident.person;
+                        if out[start..].iter().any(|c| c.row == row) {
+                            continue; // found by both its old and its new key's prefix
+                        }
+                        let names_agree = |name: &Name, dict: Dict, k: u32, base: &StringArray| {
+                            let claimed = match name.canonical {
+                                Some(c) => base.value(c as usize),
+                                None => &arena[name.span.0..name.span.1],
+                            };
+                            if (k as usize) < base.len() {
+                                return base.value(k as usize) == claimed;
+                            }
+                            let mut now = String::new();
+                            let raw = dict_text(v, dict, k, false);
+                            match folding {
+                                Some(fo) => fo.fold(&raw, level, &mut now),
+                                None => now.push_str(&raw),
+                            }
+                            now == claimed
+                        };
+                        if resolved.birth_date != date
+                            || !names_agree(&f, Dict::Family, resolved.family, &folded.family_name)
+                            || !names_agree(&g, Dict::Given, resolved.given, &folded.given_name)
+                        {
+                            continue;
+                        }
+                        &resolved
+                    }
+                };
+                if touched.is_none()
+                    && (p.birth_date != date
+                        || !same(&f, p.family, &index.family, &folded.family_name)
+                        || !same(&g, p.given, &index.given, &folded.given_name))
                 {
                     continue; // a hash collision
                 }
@@ -596,7 +711,7 @@ pub fn search(
     fields.extend(columns.iter().map(|c| c.field()));
     // The index holds the snapshot's names and birth dates; a candidate a change touched
     // discloses its current values, never the snapshot's.
-    let view = view.filter(|v| !v.plain());
+    let view = view.map(|(v, _)| v).filter(|v| !v.plain());
     let changed = view.map_or_else(Vec::new, |v| v.resolve_rows(&mut rows));
     arrays.extend(crate::query::disclose(
         data, view, columns, &rows, &changed,

@@ -419,3 +419,37 @@ def test_a_rewritten_history_of_the_same_entries_opens_the_same(saved: Path) -> 
     after = Registry.open(saved)
     assert after.history(keys).equals(history)
     assert after.to_arrow().equals(before.to_arrow())
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_a_renamed_person_is_searched_by_the_new_name_after_reopening(
+    saved: Path, checkpoint: bool
+) -> None:
+    registry = Registry.open(saved)
+    (r,) = residents(registry, 1)
+    rows = registry.lookup([r["my_number"]], columns=["given_name"]).to_pylist()
+    given = rows[0]["given_name"]
+    change = {
+        "municipality": str(r["municipality_code"]),
+        "sequence": 77,
+        "reason": "name_change",
+        "effective_date": D(2025, 4, 1),
+        "reported_date": D(2025, 4, 1),
+        "my_number": r["my_number"],
+        "family_name": "改名",
+        "family_name_kana": "カイメイ",
+    }
+    registry.apply(pa.Table.from_pylist([change]), today=TODAY)
+    if checkpoint:
+        registry.checkpoint()
+    del registry
+    again = Registry.open(saved)
+    facts = pa.table(
+        {
+            "family_name": ["改名"],
+            "given_name": [given],
+            "birth_date": pa.array([r["birth_date"]], pa.date32()),
+        }
+    )
+    found = again.search(facts, match="exact", columns=["my_number"]).to_pylist()
+    assert [(c["outcome"], c["my_number"]) for c in found] == [("unique", r["my_number"])]

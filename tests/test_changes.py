@@ -617,3 +617,64 @@ def test_a_return_from_abroad_of_someone_living_here_names_not_their_status(town
     )
     assert (out["outcome"], out["code"]) == ("rejected", "conflict")
     assert "not recorded as moved_abroad" in out["error"] and "status" not in out["error"]
+
+
+def _search(registry: Registry, family: str, given: str, birth: dt.date, level: str) -> list[str]:
+    facts = pa.table(
+        {
+            "family_name": [family],
+            "given_name": [given],
+            "birth_date": pa.array([birth], pa.date32()),
+        }
+    )
+    found = registry.search(facts, match=level, columns=["resident_code"]).to_pylist()
+    return [c["resident_code"] for c in found if c["outcome"] != "not_found"]
+
+
+@pytest.mark.parametrize("level", ["exact", "normalised"])
+def test_a_search_finds_people_as_they_are_now(town: Town, level: str) -> None:
+    """The 4情報 index is the snapshot's; a renamed person is found by the new name only, a
+    person born since is found, a cancelled birth is not."""
+    r = town.resident()
+    m, rc = r["municipality_code"], r["resident_code"]
+    old = (r["family_name"], r["given_name"], r["birth_date"])
+    assert rc in _search(town.registry, *old, level)
+    (renamed,) = town.apply(
+        town.change(
+            "name_change", m, resident_code=rc, family_name="髙橋", family_name_kana="タカハシ"
+        )
+    )
+    assert renamed["outcome"] == "applied"
+    assert rc not in _search(town.registry, *old, level)
+    assert rc in _search(town.registry, "髙橋", r["given_name"], r["birth_date"], level)
+    # At the normalised level the common spelling finds the registry's variant.
+    by_common = _search(town.registry, "高橋", r["given_name"], r["birth_date"], level)
+    assert (rc in by_common) == (level == "normalised")
+    born = town.change(
+        "birth",
+        m,
+        family_name="新生",
+        family_name_kana="シンセイ",
+        given_name="一花",
+        given_name_kana="イチカ",
+        birth_date=D(2025, 2, 1),
+        sex=2,
+        address_town="町",
+        address_block="1",
+        effective_date=D(2025, 2, 1),
+        reported_date=D(2025, 2, 3),
+    )
+    (baby,) = town.apply(born)
+    assert _search(town.registry, "新生", "一花", D(2025, 2, 1), level) == [baby["resident_code"]]
+    town.apply(town.change("cancel", m, cancels=born["sequence"]))
+    assert _search(town.registry, "新生", "一花", D(2025, 2, 1), level) == []
+    # A cancel of the name change: found by the former name again.
+    town.apply(town.change("cancel", m, cancels=renamed_sequence(town, m, rc)))
+    assert rc in _search(town.registry, *old, level)
+    assert rc not in _search(town.registry, "髙橋", r["given_name"], r["birth_date"], level)
+
+
+def renamed_sequence(town: Town, municipality: str, rc: str) -> int:
+    """The sequence number of the resident's name change."""
+    history = town.registry.history([rc], by="resident_code").to_pylist()
+    return int(next(h["sequence"] for h in history if h["reason"] == "name_change"))
