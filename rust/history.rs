@@ -1145,6 +1145,12 @@ impl<'a> View<'a> {
         ((v >> 32) as u32 <= self.cut.batch).then_some(v as u32)
     }
 
+    /// Start loading the chain head of `person` (a read about to resolve it).
+    #[inline(always)]
+    pub fn prefetch_head(&self, person: u32) {
+        self.heads.prefetch(person as u64);
+    }
+
     /// Whether row `row` has entries this view may see (a clean base row reads the base).
     #[inline(always)]
     pub(crate) fn changed(&self, row: u32) -> bool {

@@ -530,6 +530,10 @@ pub fn search(
         }
         // Phase 5: prefetch what each candidate's names are compared through.
         for &(j, row) in &hits {
+            // A candidate a change touched is resolved in phase 6: its chain head first.
+            if let Some((v, _)) = view.filter(|(v, _)| v.changed(row)) {
+                v.prefetch_head(row);
+            }
             let Some(p) = persons.get(row as usize) else {
                 continue;
             };
@@ -604,7 +608,8 @@ pub fn search(
                 let p: &Person = match touched {
                     None => &persons[row as usize],
                     Some((v, _)) => {
-                        let Some(values) = v.resolve(row) else {
+                        // The person's facts only: no identifier is read.
+                        let Some((values, _)) = v.resolve_parts(row, crate::history::NONE) else {
                             continue; // a birth since cancelled
                         };
                         resolved = values.resident.person;
