@@ -13,7 +13,7 @@ use arrow_array::builder::{
     Date32Builder, ListBuilder, StringBuilder, StructBuilder, TimestampMicrosecondBuilder,
     UInt32Builder, UInt64Builder,
 };
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 
 use crate::error::Result;
@@ -23,10 +23,12 @@ use crate::index::INVALID_KEY;
 use crate::notices::{change_number, with_scanned};
 
 /// The person ids `keys` (identifiers of `kind`, current or former) name, null where a key is
-/// invalid or names no one this view sees: what a subscription's watch list holds.
+/// invalid or names no one this view sees (what a subscription's watch list holds), and
+/// whether each key is a valid identifier at all.
 pub fn persons(view: &View, kind: IdKind, keys: &dyn Array) -> Result<RecordBatch> {
     let parsed = crate::query::parse_keys(kind, keys, 0)?;
     let mut out = UInt32Builder::with_capacity(parsed.bases.len());
+    let valid = BooleanArray::from_iter(parsed.bases.iter().map(|&b| Some(b != INVALID_KEY)));
     for &base in &parsed.bases {
         let person = (base != INVALID_KEY)
             .then(|| view.person_of(kind, kind.with_check_digit(base)))
@@ -34,10 +36,13 @@ pub fn persons(view: &View, kind: IdKind, keys: &dyn Array) -> Result<RecordBatc
             .filter(|&p| view.resolve_parts(p, crate::history::NONE).is_some());
         out.append_option(person);
     }
-    let schema = Schema::new(vec![Field::new("person", DataType::UInt32, true)]);
+    let schema = Schema::new(vec![
+        Field::new("person", DataType::UInt32, true),
+        Field::new("valid", DataType::Boolean, false),
+    ]);
     Ok(RecordBatch::try_new(
         Arc::new(schema),
-        vec![Arc::new(out.finish())],
+        vec![Arc::new(out.finish()), Arc::new(valid)],
     )?)
 }
 

@@ -325,15 +325,17 @@ def test_a_cancel_restores_the_values_before_unless_a_later_change_followed(town
     assert town.now(rc)["address_town"] == "甲"
 
 
-def test_a_cancelled_birth_is_not_found(town: Town) -> None:
-    m = town.resident()["municipality_code"]
-    birth = town.change(
+def a_birth(
+    town: Town, municipality: str, family: tuple[str, str], given: tuple[str, str]
+) -> dict[str, Any]:
+    """A girl born on 2025-02-01 in `municipality`, reported two days later."""
+    return town.change(
         "birth",
-        m,
-        family_name="森",
-        family_name_kana="モリ",
-        given_name="陽",
-        given_name_kana="ヨウ",
+        municipality,
+        family_name=family[0],
+        family_name_kana=family[1],
+        given_name=given[0],
+        given_name_kana=given[1],
         birth_date=D(2025, 2, 1),
         sex=2,
         address_town="町",
@@ -341,6 +343,11 @@ def test_a_cancelled_birth_is_not_found(town: Town) -> None:
         effective_date=D(2025, 2, 1),
         reported_date=D(2025, 2, 3),
     )
+
+
+def test_a_cancelled_birth_is_not_found(town: Town) -> None:
+    m = town.resident()["municipality_code"]
+    birth = a_birth(town, m, ("森", "モリ"), ("陽", "ヨウ"))
     (born,) = town.apply(birth)
     town.apply(town.change("cancel", m, cancels=birth["sequence"]))
     assert not town.now(born["my_number"], by="my_number")["found"]
@@ -650,20 +657,7 @@ def test_a_search_finds_people_as_they_are_now(town: Town, level: str) -> None:
     # At the normalised level the common spelling finds the registry's variant.
     by_common = _search(town.registry, "高橋", r["given_name"], r["birth_date"], level)
     assert (rc in by_common) == (level == "normalised")
-    born = town.change(
-        "birth",
-        m,
-        family_name="新生",
-        family_name_kana="シンセイ",
-        given_name="一花",
-        given_name_kana="イチカ",
-        birth_date=D(2025, 2, 1),
-        sex=2,
-        address_town="町",
-        address_block="1",
-        effective_date=D(2025, 2, 1),
-        reported_date=D(2025, 2, 3),
-    )
+    born = a_birth(town, m, ("新生", "シンセイ"), ("一花", "イチカ"))
     (baby,) = town.apply(born)
     assert _search(town.registry, "新生", "一花", D(2025, 2, 1), level) == [baby["resident_code"]]
     town.apply(town.change("cancel", m, cancels=born["sequence"]))

@@ -154,7 +154,7 @@ class Registry:
         """Write a new snapshot with the changes folded in and kept as history; empty the log."""
 
     def _persons(self, keys: pa.Array, by: str = "my_number") -> pa.Table:
-        """The person ids the keys name (null: invalid or no one); never shown."""
+        """The person ids the keys name (null: invalid or no one) and each key's validity."""
 
     def _watched_changes(
         self, watch: bytes, reasons: list[str], after: int = 0, limit: int = 1000

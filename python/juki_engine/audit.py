@@ -219,7 +219,7 @@ class _Segment:
         self.day = start_us // _DAY_US
         # O_EXCL: never append to (or truncate) a segment whose tail may be torn.
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
-        _fsync_directory(directory)
+        fsync_directory(directory)
         self.sink = pa.OSFile(str(self.path), "a")
         self.writer = pa.ipc.new_stream(self.sink, _STORED_SCHEMA, options=_WRITE_OPTIONS)
 
@@ -662,10 +662,11 @@ def _expire(directory: Path, retention_days: int, keep: Path | None) -> None:
             segment.path.unlink(missing_ok=True)
             removed = True
     if removed:
-        _fsync_directory(directory)
+        fsync_directory(directory)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make a directory's entries durable (a file created, renamed or removed in it)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -300,12 +300,11 @@ class Registry:
         """The change reasons (異動事由) of the change table (docs/changes.md)."""
         return _core.Registry.change_reasons()
 
-    def _persons(self, keys: Any, by: KeyKind = "my_number") -> pa.Array:
-        """The internal person ids `keys` name, null where a key is invalid or names no one: a
-        subscription's watch list. Person ids survive every change of identifier; they never
-        leave the engine."""
-        out: pa.Array = self._core._persons(_as_key_array(keys), by)["person"].combine_chunks()
-        return out
+    def _persons(self, keys: Any, by: KeyKind = "my_number") -> pa.Table:
+        """The internal person ids `keys` name (`person`, null where a key is invalid or names
+        no one) and whether each key is a valid identifier (`valid`): a subscription's watch
+        list. Person ids survive every change of identifier; they never leave the engine."""
+        return self._core._persons(_as_key_array(keys), by)
 
     def _watched_changes(
         self, watch: bytes, reasons: Sequence[str], after: int = 0, limit: int = 1000

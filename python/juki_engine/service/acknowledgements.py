@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from juki_engine._core import InvalidInput, SnapshotCorrupt
+from juki_engine.audit import fsync_directory
 
 # The largest number a file may hold: notice numbers are change numbers (u32 entries).
 _MAX_NUMBER = 1 << 40
@@ -43,11 +44,7 @@ def _replace(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_directory(path.parent)
 
 
 class Acknowledgements:

@@ -89,13 +89,9 @@ class SubscriptionService(cpb_grpc.SubscriptionServiceServicer):
                 if claims.to_arrow().column_names != [by]:
                     raise InvalidInput(f"message {i}: one column of keys, named {by}")
                 keys = column_of(claims, by)
-                found = f.registry._persons(keys, by)
-                invalid += (
-                    f.registry.lookup(keys, by, columns=[])["error"]
-                    .combine_chunks()
-                    .is_valid()
-                    .true_count
-                )
+                named = f.registry._persons(keys, by)
+                found = named["person"].combine_chunks()
+                invalid += len(keys) - named["valid"].combine_chunks().true_count
                 not_found += found.null_count
                 persons.append(found.drop_null().to_numpy())
             watched = np.concatenate(persons) if persons else np.zeros(0, np.uint32)
