@@ -677,3 +677,119 @@ def test_kill_9_during_a_submission_stream_loses_no_acknowledged_change(
     # Every change is in the registry exactly once.
     history = Registry.open(snapshot).history(people, by="resident_code")
     assert len(history) == len(changes)
+
+
+# ------------------------------------------------------ hostile input at the new services
+
+
+def refusals(town: Town, mode: str) -> list[dict[str, Any]]:
+    trail = town.trail()
+    rows: list[dict[str, Any]] = trail.filter(pc.equal(trail["mode"], mode)).to_pylist()
+    return [r for r in rows if r["outcome"] in ("invalid_request", "denied")]
+
+
+def raw_submit(town: Town, caller: str, messages: list[cpb.SubmitChangesRequest]) -> Any:
+    from juki_engine._proto import changes_pb2_grpc as cpb_grpc
+
+    with town.channel(caller) as ch:
+        stub = cpb_grpc.ChangeSubmissionServiceStub(ch)
+        return rpc_error(lambda: list(stub.SubmitChanges(iter(messages), timeout=30)))
+
+
+def ipc_of(table: pa.Table) -> bytes:
+    from juki_engine.service.wire import write_ipc
+
+    return write_ipc(table)
+
+
+HEADER = cpb.SubmitChangesRequest(
+    header=cpb.SubmitChangesHeader(operator_id="clerk", request_id="hostile")
+)
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        ([cpb.SubmitChangesRequest(changes=cpb.Changes())], "starts with a SubmitChangesHeader"),
+        (
+            [
+                cpb.SubmitChangesRequest(
+                    header=cpb.SubmitChangesHeader(operator_id="x" * 5_000, request_id="r")
+                )
+            ],
+            "header.operator_id is 5,000 characters",
+        ),
+        ([HEADER, cpb.SubmitChangesRequest(table=b"not arrow at all")], "message 1"),
+        ([HEADER, cpb.SubmitChangesRequest(header=HEADER.header)], "later messages hold changes"),
+        (
+            [HEADER, cpb.SubmitChangesRequest(table=ipc_of(pa.table({"salary": [1]})))],
+            "salary",
+        ),
+        (
+            [
+                HEADER,
+                cpb.SubmitChangesRequest(changes=cpb.Changes(changes=[cpb.Change()] * 10_001)),
+            ],
+            "10,001 changes in one message",
+        ),
+    ],
+)
+def test_a_malformed_submission_is_refused_bounded_and_audited(
+    town: Town, messages: list[cpb.SubmitChangesRequest], message: str
+) -> None:
+    error = raw_submit(town, TOYAMA, messages)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    details = str(error.details())
+    assert message in details and len(details) <= 1_100, details
+    (record,) = refusals(town, "submit")
+    assert record["agency"] == TOYAMA and record["outcome"] == "invalid_request"
+    assert len(record["operator"]) <= 130
+
+
+def test_a_hostile_record_is_refused_alone_with_a_bounded_echo(town: Town) -> None:
+    r = town.resident(TOYAMA)
+    long = "長" * 10_000
+    results = town.submit(
+        TOYAMA,
+        town.change(cpb.CHANGE_REASON_NAME_CHANGE, key=key(r), family_name=long),
+        town.change(cpb.CHANGE_REASON_DEATH, key=key(r), effective_date="9" * 5_000),
+        town.change(cpb.CHANGE_REASON_DEATH, key=pb.Key(resident_code="1" * 5_000)),
+        town.change(cpb.CHANGE_REASON_MOVE_OUT, key=key(r), moving_to="x" * 5_000),
+    )
+    assert [(x["outcome"], x["code"]) for x in results] == [("rejected", "invalid")] * 4
+    for x in results:
+        assert len(x["error"]) <= 300, x["error"]
+    assert town.registry.lookup([r["resident_code"]], by="resident_code")["found"].to_pylist() == [
+        True
+    ]
+
+
+def test_a_stranger_and_a_malformed_watch_are_refused_and_audited(town: Town) -> None:
+    from juki_engine._proto import changes_pb2_grpc as cpb_grpc
+    from juki_engine.client import request_context
+
+    with town.channel("stranger") as ch:
+        error = rpc_error(lambda: list(read_notices(ch, "x", timeout=10)))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    (denied,) = refusals(town, "notice")
+    assert denied["agency"].startswith("unregistered: ") and denied["outcome"] == "denied"
+    header = cpb.WatchHeader(context=request_context(PENSION, "op"), key=pb.KEY_KIND_MY_NUMBER)
+    two_columns = ipc_of(pa.table({"my_number": ["1"], "resident_code": ["2"]}))
+    with town.channel("nenkin") as ch:
+        stub = cpb_grpc.SubscriptionServiceStub(ch)
+        error = rpc_error(
+            lambda: stub.Watch(
+                iter([cpb.WatchRequest(header=header), cpb.WatchRequest(keys=two_columns)]),
+                timeout=10,
+            )
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "one column of keys, named my_number" in str(error.details())
+        long = cpb.StreamChangesRequest(context=request_context(PENSION, "o" * 5_000))
+        error = rpc_error(lambda: list(stub.StreamChanges(long, timeout=10)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert len(str(error.details())) <= 1_100
+    assert [r["outcome"] for r in refusals(town, "watch")] == ["invalid_request"]
+    assert [r["outcome"] for r in refusals(town, "subscribe")] == ["invalid_request"]
+    # Nothing was added to the watch list by the refused call.
+    assert changes(town) == []
