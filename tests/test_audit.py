@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from juki_engine import JukiError, audit
-from juki_engine.audit import AuditContext, AuditTrail, AuditUnavailable
+from juki_engine.audit import AuditContext, AuditTrail, AuditUnavailable, records
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Well before the real now, so segments' real mtimes never precede their records' times.
@@ -61,7 +61,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(audit, "_clock", clock.micros)
+    monkeypatch.setattr(records, "clock", clock.micros)
     return clock
 
 
@@ -612,10 +612,10 @@ def test_a_pending_commit_is_withdrawn_truthfully(
 def test_segments_written_before_reasons_read_with_none(tmp_path: Path) -> None:
     directory = tmp_path / "audit"
     directory.mkdir()
-    old = audit._STORED_SCHEMA_V1
+    old = records.STORED_SCHEMA_V1
     batch = pa.RecordBatch.from_arrays(
         [
-            pa.array([0], audit._TIME),
+            pa.array([0], records.TIME),
             *(
                 pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([value]))
                 for value in ("A", "op", "r", "77", "verify", "")

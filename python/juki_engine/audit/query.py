@@ -1,0 +1,163 @@
+"""Reading the trail: records by subject, agency, affair and time; what quotas count."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from juki_engine.audit.records import ANSWERED, SCHEMA, TIME, AuditUnavailable, micros
+from juki_engine.audit.segments import list_segments, read_segment
+
+
+def _batches(
+    directory: Path, since_us: int | None, until_us: int | None
+) -> Iterator[pa.RecordBatch]:
+    """The stored batches of segments that may hold records in [since, until)."""
+    try:
+        segments = list_segments(directory)
+    except OSError as error:
+        raise AuditUnavailable(f"cannot list the audit trail in {directory}: {error}") from error
+    for index, segment in enumerate(segments):
+        # Skip a segment only if both bounds on its last record (its mtime, the next segment's
+        # first record) say so: a missed audit record is worse than a slower read.
+        if since_us is not None and index + 1 < len(segments):
+            if max(segment.mtime_us, segments[index + 1].start_us) < since_us:
+                continue
+        if until_us is not None and segment.start_us >= until_us:
+            continue
+        yield from read_segment(segment.path)
+
+
+def _and(mask: pa.Array | None, other: pa.Array) -> pa.Array:
+    return other if mask is None else pc.and_(mask, other)
+
+
+def _matching(
+    batch: pa.RecordBatch,
+    *,
+    subject: str | None = None,
+    agency: str | None = None,
+    affair: str | None = None,
+    since_us: int | None = None,
+    until_us: int | None = None,
+) -> pa.RecordBatch | None:
+    """The batch's rows that pass every given filter; None if there are none."""
+    mask: pa.Array | None = None
+    for name, wanted in (("agency", agency), ("affair", affair)):
+        if wanted is None:
+            continue
+        column = batch.column(name)
+        values = column.dictionary.to_pylist()
+        if wanted not in values:
+            return None
+        if len(values) > 1 or column.null_count:  # else one entry settles the whole batch
+            codes = [code for code, value in enumerate(values) if value == wanted]
+            mask = _and(mask, pc.is_in(column.indices, pa.array(codes, column.indices.type)))
+    if since_us is not None or until_us is not None:
+        times = batch.column("time").view(pa.int64())
+        bounds = pc.min_max(times).as_py()
+        low = since_us if since_us is not None else bounds["min"]
+        high = until_us if until_us is not None else bounds["max"] + 1
+        if bounds["max"] < low or bounds["min"] >= high:
+            return None
+        if bounds["min"] < low or bounds["max"] >= high:
+            mask = _and(mask, pc.and_(pc.greater_equal(times, low), pc.less(times, high)))
+    if subject is not None:
+        mask = _and(mask, pc.equal(batch.column("subject"), subject))
+    if mask is None:
+        return batch
+    selected = batch.filter(mask)
+    return selected if selected.num_rows else None
+
+
+def _plain(column: pa.Array) -> pa.Array:
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def read(
+    directory: str | os.PathLike[str],
+    *,
+    subject: str | None = None,
+    agency: str | None = None,
+    affair: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """All records that match every given filter, in time order, as a table of `SCHEMA`.
+
+    `since` is inclusive and `until` exclusive; a naive datetime is taken as UTC. `columns`
+    selects and orders the columns returned (filters may use columns not returned). Reading while
+    a trail writes is safe: records still being written are left out.
+    """
+    names = list(SCHEMA.names if columns is None else columns)
+    for name in names:
+        if name not in SCHEMA.names:
+            raise ValueError(f"unknown audit column {name!r}; the columns are {SCHEMA.names}")
+    schema = pa.schema([SCHEMA.field(name) for name in names])
+    since_us = None if since is None else micros(since)
+    until_us = None if until is None else micros(until)
+    pieces, times = [], []
+    in_order, latest = True, None
+    for batch in _batches(Path(directory), since_us, until_us):
+        rows = _matching(
+            batch,
+            subject=subject,
+            agency=agency,
+            affair=affair,
+            since_us=since_us,
+            until_us=until_us,
+        )
+        if rows is None:
+            continue
+        stamps = rows.column("time").view(pa.int64()).to_numpy()
+        # Our batches come in time order, each in time order; only damage would break that.
+        in_order &= (latest is None or latest <= stamps[0]) and bool(
+            np.all(stamps[1:] >= stamps[:-1])
+        )
+        latest = stamps[-1] if latest is None else max(latest, int(stamps.max()))
+        times.append(rows.column("time"))
+        pieces.append(
+            pa.RecordBatch.from_arrays([_plain(rows.column(name)) for name in names], schema=schema)
+        )
+    table = pa.Table.from_batches(pieces, schema=schema)
+    if not in_order:
+        # A stable sort: records of one time keep their file order.
+        table = table.take(pc.sort_indices(pa.chunked_array(times, type=TIME)))
+    return table
+
+
+def counts_since(directory: str | os.PathLike[str], since: datetime) -> dict[tuple[str, str], int]:
+    """{(agency, affair): records answered since `since`} (outcomes in `ANSWERED`): what the
+    server's daily quotas count, live and when restored from the trail after a restart."""
+    since_us = micros(since)
+    counts: dict[tuple[str, str], int] = {}
+    for batch in _batches(Path(directory), since_us, None):
+        rows = _matching(batch, since_us=since_us)
+        if rows is None:
+            continue
+        outcome = rows.column("outcome")
+        values = outcome.dictionary.to_pylist()
+        answered = [code for code, value in enumerate(values) if value in ANSWERED]
+        if not answered:
+            continue
+        mask = pc.is_in(outcome.indices, pa.array(answered, outcome.indices.type))
+        agency, affair = rows.column("agency"), rows.column("affair")
+        if len(agency.dictionary) == 1 and len(affair.dictionary) == 1:
+            count = int(pc.sum(mask).as_py() or 0)
+            if count:
+                key = (agency.dictionary[0].as_py(), affair.dictionary[0].as_py())
+                counts[key] = counts.get(key, 0) + count
+            continue
+        table = pa.table({"agency": _plain(agency), "affair": _plain(affair)}).filter(mask)
+        groups = table.group_by(["agency", "affair"]).aggregate([([], "count_all")])
+        for group in groups.to_pylist():
+            key = (group["agency"], group["affair"])
+            counts[key] = counts.get(key, 0) + group["count_all"]
+    return counts
