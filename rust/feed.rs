@@ -20,7 +20,9 @@ use crate::error::Result;
 use crate::history::{group, group_fields, Reason, View};
 use crate::ids::IdKind;
 use crate::index::INVALID_KEY;
+use crate::index::NOT_FOUND;
 use crate::notices::{change_number, with_scanned};
+use crate::storage::Column;
 
 /// The person ids `keys` (identifiers of `kind`, current or former) name, null where a key is
 /// invalid or names no one this view sees (what a subscription's watch list holds), and
@@ -44,6 +46,24 @@ pub fn persons(view: &View, kind: IdKind, keys: &dyn Array) -> Result<RecordBatc
         Arc::new(schema),
         vec![Arc::new(out.finish()), Arc::new(valid)],
     )?)
+}
+
+/// The public `columns` of persons by id, as `view` sees them (null where an id names no one:
+/// past the last person, or a person whose creation was cancelled). The residents' view reads
+/// its caller's own record this way: the person a certificate was issued to, whatever their
+/// identifiers are now.
+pub fn by_person(view: &View, persons: &[u32], columns: &[Column]) -> Result<RecordBatch> {
+    let n = view.live.base_len as u64 + view.live.created.load(Ordering::Acquire) as u64;
+    let mut rows: Vec<u32> = persons
+        .iter()
+        .map(|&p| if (p as u64) < n { p } else { NOT_FOUND })
+        .collect();
+    let data = view.data;
+    let view = Some(view).filter(|v| !v.plain());
+    let changed = view.map_or_else(Vec::new, |v| v.resolve_rows(&mut rows));
+    let arrays = crate::query::disclose(data, view, columns, &rows, &changed)?;
+    let fields: Vec<Field> = columns.iter().map(|c| c.field()).collect();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
 }
 
 /// Whether bit `person` of `watch` (packed, least significant bit first) is set.

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use arrow_array::cast::AsArray;
 use arrow_array::ffi_stream::RecordBatchStreamReader;
-use arrow_array::types::{Date32Type, Int64Type, UInt8Type};
+use arrow_array::types::{Date32Type, Int64Type, UInt32Type, UInt8Type};
 use arrow_array::RecordBatchReader;
 use arrow_array::{
     Array, ArrayRef, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray, UInt8Array,
@@ -197,6 +197,11 @@ fn python_value<'py>(py: Python<'py>, array: &dyn Array) -> PyResult<Bound<'py, 
             .into_any(),
         DataType::UInt8 => array
             .as_primitive::<UInt8Type>()
+            .value(0)
+            .into_pyobject(py)?
+            .into_any(),
+        DataType::UInt32 => array
+            .as_primitive::<UInt32Type>()
             .value(0)
             .into_pyobject(py)?
             .into_any(),
@@ -883,6 +888,24 @@ impl PyRegistry {
         by: &str,
     ) -> PyResult<PyArrowType<Table>> {
         self.by_keys(py, keys, by, crate::feed::persons)
+    }
+
+    /// The public `columns` of persons by id (null where an id names no one now): the
+    /// residents' view reads its caller's own record by the person its certificate names.
+    #[pyo3(signature = (persons, columns = None))]
+    fn _by_person(
+        &self,
+        py: Python<'_>,
+        persons: Vec<u32>,
+        columns: Option<Vec<String>>,
+    ) -> PyResult<PyArrowType<Table>> {
+        let cols = columns_of(columns)?;
+        let view = self.view(None, None);
+        let out = run_sized(py, persons.len(), || {
+            crate::feed::by_person(&view, &persons, &cols)
+        })?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
     }
 
     /// The changes of the persons `watch` holds (a bitmap over person ids, least significant

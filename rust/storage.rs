@@ -306,6 +306,9 @@ pub enum Column {
     StatusDate,
     /// 個人番号カードの状態.
     CardState,
+    /// The internal person id: immutable through every change of identifier, never disclosed
+    /// (not a public column, so no policy can grant it). The audit trail keys records on it.
+    Person,
 }
 
 impl Column {
@@ -348,6 +351,7 @@ impl Column {
             Column::Status => "status",
             Column::StatusDate => "status_date",
             Column::CardState => "card_state",
+            Column::Person => "person",
         }
     }
 
@@ -355,6 +359,7 @@ impl Column {
     pub fn from_name(name: &str) -> Result<Column> {
         Column::ALL
             .into_iter()
+            .chain([Column::Person])
             .find(|c| c.name() == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = Column::ALL.iter().map(|c| c.name()).collect();
@@ -383,6 +388,7 @@ impl Column {
             Column::Status | Column::CardState => dict(DataType::UInt8),
             Column::BirthDate | Column::StatusDate => DataType::Date32,
             Column::Sex => DataType::UInt8,
+            Column::Person => DataType::UInt32,
         }
     }
 
@@ -889,6 +895,18 @@ impl RegistryData {
             Column::Status => enumeration!(person.status, STATUS_VALUES),
             Column::CardState => enumeration!(place.card, CARD_VALUES),
             Column::BirthDate => Arc::new(Date32Array::new(values!(person.birth_date), nulls)),
+            // A row is a person id (persons changes create take rows past the base's).
+            Column::Person => Arc::new(UInt32Array::new(
+                match rows {
+                    Rows::All => (0..c.resident_code.len() as u32).collect(),
+                    Rows::At(r) | Rows::Read { rows: r, .. } => ScalarBuffer::from(
+                        r.iter()
+                            .map(|&x| if x == NOT_FOUND { 0 } else { x })
+                            .collect::<Vec<u32>>(),
+                    ),
+                },
+                nulls,
+            )),
             Column::Sex => Arc::new(UInt8Array::new(values!(person.sex), nulls)),
             Column::StatusDate => {
                 let stored = c.status_date.nulls();

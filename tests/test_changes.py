@@ -672,3 +672,35 @@ def renamed_sequence(town: Town, municipality: str, rc: str) -> int:
     """The sequence number of the resident's name change."""
     history = town.registry.history([rc], by="resident_code").to_pylist()
     return int(next(h["sequence"] for h in history if h["reason"] == "name_change"))
+
+
+def test_persons_are_read_by_their_id_through_every_change(town: Town) -> None:
+    r = town.resident()
+    m = r["municipality_code"]
+    (person,) = town.registry._persons([r["my_number"]])["person"].to_pylist()
+    # The person id is what every read can return beside the public columns (never a public
+    # column itself: no policy can grant it).
+    assert "person" not in Registry.column_names()
+    looked = town.registry.lookup([r["resident_code"]], "resident_code", ["person"])
+    assert looked["person"].to_pylist() == [person]
+    (renamed,) = town.apply(
+        town.change("name_change", m, resident_code=r["resident_code"], family_name="改名")
+    )
+    (moved,) = town.apply(town.change("my_number_change", m, resident_code=r["resident_code"]))
+    assert renamed["outcome"] == moved["outcome"] == "applied"
+    verified = town.registry.verify(
+        pa.table({"my_number": [r["my_number"], moved["my_number"]]}), columns=["person"]
+    )
+    assert verified["person"].to_pylist() == [person, person]  # the old number names them too
+    (now,) = town.registry._by_person([person], ["family_name", "my_number"]).to_pylist()
+    assert now == {"family_name": "改名", "my_number": moved["my_number"]}
+    born = town.change("birth", m, family_name="森", given_name="光", birth_date=D(2025, 3, 1))
+    born |= {"family_name_kana": "モリ", "given_name_kana": "ヒカリ", "sex": 2}
+    born |= {"address_town": "誕生町", "address_block": "1"}
+    (baby,) = town.apply(born)
+    assert baby["outcome"] == "applied", baby["error"]
+    (baby_person,) = town.registry._persons([baby["my_number"]])["person"].to_pylist()
+    assert baby_person == len(town.rows)  # a new person takes the next id
+    far = [baby_person, baby_person + 1, 2**32 - 1]
+    shown = town.registry._by_person(far, ["resident_code"])["resident_code"].to_pylist()
+    assert shown == [baby["resident_code"], None, None]

@@ -616,3 +616,59 @@ def test_a_municipality_submits_a_file_and_reads_its_notices(
     # Acknowledged: not sent again.
     assert main(["notices", "--municipality", "162019", *client]) == 0
     assert "0 notices" in capsys.readouterr().out
+
+
+def test_audit_verify_checkpoint_and_keygen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "signing.key"
+    assert main(["audit", "keygen", str(key)]) == 0
+    assert main(["audit", "keygen", str(key)]) == 2  # never replaced in place
+    trail = tmp_path / "trail"
+    signed = ["--dir", str(trail), "--audit-key", str(key), "--operator", "op-9"]
+    for _ in range(3):  # three checkpoints, three segments: a chain to check
+        assert main(["audit", "checkpoint", *signed]) == 0
+    check = ["audit", "verify", "--dir", str(trail), "--public-key", str(key.with_suffix(".pub"))]
+    capsys.readouterr()
+    assert main(check) == 0
+    assert "intact" in capsys.readouterr().out
+    # Queries are operators' actions too, recorded beside the server's records.
+    assert main(["audit", *signed, "--agency", "operator", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in shown] == ["checkpoint"] * 3
+    assert {r["operator"] for r in shown} == {"op-9"}
+    queried = audit.read(trail, agency="operator").to_pylist()
+    assert queried[-1]["mode"] == "query" and "--agency operator: 3" in queried[-1]["reason"]
+    assert main(check) == 0
+
+    segments = sorted(trail.glob("audit-*.arrows"))
+    data = bytearray(segments[0].read_bytes())
+    data[len(data) // 2] ^= 1
+    segments[0].write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(check) == 1
+    assert f"{segments[0].name} was altered" in capsys.readouterr().out
+
+
+def test_certs_for_residents_are_bound_to_them(
+    snapshot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography import x509
+
+    from juki_engine.certs import fingerprint
+    from juki_engine.service.identity import BINDINGS, ResidentBindings
+
+    argv = ["certs", "--out", str(tmp_path / "certs"), "--residents", "2"]
+    assert main([*argv, "--snapshot", str(snapshot), "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    issued = json.loads(out[out.index("[\n") :])
+    assert len(issued) == 2
+    # Bound beside the snapshot, by certificate fingerprint, to the person each names.
+    bindings = ResidentBindings(snapshot / BINDINGS)
+    registry = Registry.open(snapshot)
+    for row in issued:
+        cert = x509.load_pem_x509_certificate(Path(row["certificate"]).read_bytes())
+        person = registry._persons([row["resident_code"]], "resident_code")["person"][0].as_py()
+        assert bindings.person_of(fingerprint(cert)) == person
+        assert row["resident_code"] not in cert.subject.rfc4514_string()  # names no one
+    assert main([*argv[:-1], "0", "--snapshot", str(snapshot)]) == 0  # none asked: none issued

@@ -40,6 +40,7 @@ EXAMPLE_AGENCIES = {
     "mlit": "国土交通省",
     "soumu": "総務省",
     "toyama-pref": "富山県",
+    "npa": "警察庁",
 }
 
 
@@ -126,7 +127,9 @@ def test_example_affairs_are_well_formed(example: Policy) -> None:
     for a in example.agencies:
         for code, x in a.affairs.items():
             assert x.code == code
-            assert x.legal_basis.startswith("住基法 別表"), (a.code, code)
+            # The one affair outside 住基法 別表 is the example of one withheld from residents.
+            basis = "刑事訴訟法" if x.withheld_from_residents_days else "住基法 別表"
+            assert x.legal_basis.startswith(basis), (a.code, code)
             assert x.title.strip()
             assert x.keys and x.keys <= set(KEYS)
             assert x.modes and x.modes <= set(MODES)
@@ -284,6 +287,22 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         "string quota",
         broken("affair", daily_quota="100"),
         r"affair 'pension-benefit': 'daily_quota' must be a whole number",
+    ),
+    (
+        "negative withholding",
+        broken("affair", withheld_from_residents_days=-1),
+        r"affair 'pension-benefit': 'withheld_from_residents_days' must be a whole number of "
+        r"days from 0 to 3653",
+    ),
+    (
+        "withheld past the trail",
+        broken("affair", withheld_from_residents_days=3654),
+        r"'withheld_from_residents_days' must be a whole number of days from 0 to 3653",
+    ),
+    (
+        "withheld as text",
+        broken("affair", withheld_from_residents_days="365"),
+        r"'withheld_from_residents_days' must be a whole number",
     ),
     (
         "missing title",

@@ -156,6 +156,9 @@ class Registry:
     def _persons(self, keys: pa.Array, by: str = "my_number") -> pa.Table:
         """The person ids the keys name (null: invalid or no one) and each key's validity."""
 
+    def _by_person(self, persons: list[int], columns: list[str] | None = None) -> pa.Table:
+        """The public columns of persons by id (null where an id names no one now)."""
+
     def _watched_changes(
         self, watch: bytes, reasons: list[str], after: int = 0, limit: int = 1000
     ) -> pa.Table:

@@ -12,6 +12,9 @@ Layout of a certificate directory::
     ca.pem  ca.key                  the CA
     <name>.pem  <name>.key          server certificates (default name "server")
     agencies/<name>.pem  .key       one client certificate per agency
+    audit-signing.key  .pub         the server's audit-trail signing key (Ed25519)
+    residents/ca.pem  ca.key        the residents' CA (`juki certs --residents`)
+    residents/issued/<name>.pem     one client certificate per demo resident
 
 Certificates are PEM; keys are unencrypted PKCS8 PEM with file mode 0600.
 
@@ -63,6 +66,13 @@ __all__ = [
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 AGENCY_DIRECTORY = "agencies"
+RESIDENTS_DIRECTORY = "residents"
+RESIDENTS_CA = f"{RESIDENTS_DIRECTORY}/{CA_CERT}"
+"""The residents' CA under a certificate directory: a root of its own, standing in for the
+J-LIS CA that issues the My Number card's 利用者証明用電子証明書."""
+AUDIT_SIGNING_KEY = "audit-signing.key"
+"""The server's Ed25519 key that signs the audit trail's checkpoints and manifest (its public
+half beside it, `audit-signing.pub`, is what `juki audit verify` checks with)."""
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 # Certificates start this far in the past so that a peer whose clock is a little behind ours
@@ -242,6 +252,32 @@ class CertificateAuthority:
             raise ValueError(f"a server certificate cannot be named {name!r}: that is the CA")
         return CertPaths(self._directory / f"{name}.pem", self._directory / f"{name}.key")
 
+    def issue_resident(self, name: str, *, days: int = 1825) -> CertPaths:
+        """Issue a resident's client certificate to ``issued/<name>.pem`` / ``.key``. Like the
+        card's 利用者証明用電子証明書 it names no one: its subject is a random serial; which
+        person it was issued to is the engine's record, not the certificate's."""
+        _check_file_name(name)
+        folder = self._directory / "issued"
+        paths = CertPaths(folder / f"{name}.pem", folder / f"{name}.key")
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "利用者証明用電子証明書 (demo)"),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"{x509.random_serial_number():x}"),
+            ]
+        )
+        uri = x509.UniformResourceIdentifier("urn:juki-engine:resident")
+        return self._issue(
+            paths,
+            subject,
+            [
+                (x509.SubjectAlternativeName([uri]), False),
+                (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+            ],
+            days=days,
+            not_before=None,
+        )
+
     def _client_paths(self, name: str) -> CertPaths:
         _check_file_name(name)
         folder = self._directory / AGENCY_DIRECTORY
@@ -418,6 +454,27 @@ def create_demo(
         if cert is None or _canonical(cert.subject) != subject:
             paths = ca.issue_client(name, subject)
         issued[name] = paths
+    key = directory / AUDIT_SIGNING_KEY
+    if not key.exists():
+        from juki_engine.audit.integrity import write_key_pair
+
+        write_key_pair(key)
+    return issued
+
+
+def issue_residents(directory: str | os.PathLike[str], names: Sequence[str]) -> dict[str, str]:
+    """A client certificate per name from the residents' CA under `directory` (made the first
+    time), replacing any of that name; {name: SHA-256 fingerprint of its certificate}, for the
+    engine to bind to the person it was issued to."""
+    folder = Path(directory) / RESIDENTS_DIRECTORY
+    if (folder / CA_KEY).exists():
+        ca = CertificateAuthority.load(folder)
+    else:
+        ca = CertificateAuthority.create(folder, common_name="juki_engine demo residents' CA")
+    issued = {}
+    for name in names:
+        paths = ca.issue_resident(name)
+        issued[name] = fingerprint(x509.load_pem_x509_certificate(paths.cert.read_bytes()))
     return issued
 
 

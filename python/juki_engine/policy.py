@@ -63,6 +63,9 @@ class Affair:
     subscribe_reasons: frozenset[str] = frozenset()
     """With the subscribe mode: the change reasons a subscription is told of (and the cancels
     of such changes), masked to `fields`."""
+    withheld_from_residents_days: int = 0
+    """Accesses under this affair are not shown to the resident concerned until this many days
+    have passed (a criminal investigation, say); 0: shown at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +459,11 @@ def _municipality(entry: Any, where: str, authorities: Mapping[str, str]) -> Mun
     return Municipality(code, _text(entry, "name", where), subject, issuer, pins)
 
 
+# Withholding an access from the resident for longer than the trail keeps it would hide it for
+# good; ten years bounds a typo.
+MAX_WITHHELD_DAYS = 3653
+
+
 def _affair(entry: Any, where: str) -> Affair:
     if not isinstance(entry, dict):
         raise PolicyError(f"{where} must be a table")
@@ -469,6 +477,7 @@ def _affair(entry: Any, where: str) -> Affair:
         "daily_quota",
         "match_levels",
         "subscribe_reasons",
+        "withheld_from_residents_days",
     }
     unknown = set(entry) - known
     if unknown:
@@ -486,6 +495,16 @@ def _affair(entry: Any, where: str) -> Affair:
             entry.get("subscribe_reasons", []), f"{where}: 'subscribe_reasons'", CHANGE_REASONS
         )
     )
+    withheld = entry.get("withheld_from_residents_days", 0)
+    if (
+        not isinstance(withheld, int)
+        or isinstance(withheld, bool)
+        or not 0 <= withheld <= MAX_WITHHELD_DAYS
+    ):
+        raise PolicyError(
+            f"{where}: 'withheld_from_residents_days' must be a whole number of days from 0 to "
+            f"{MAX_WITHHELD_DAYS} (0: residents see these accesses at once)"
+        )
     if ("subscribe" in modes) != bool(reasons):
         raise PolicyError(
             f"{where}: the subscribe mode and 'subscribe_reasons' go together: list the change "
@@ -501,6 +520,7 @@ def _affair(entry: Any, where: str) -> Affair:
         daily_quota=quota,
         match_levels=frozenset({"exact", *levels}),
         subscribe_reasons=reasons,
+        withheld_from_residents_days=withheld,
     )
 
 

@@ -306,6 +306,12 @@ class Registry:
         list. Person ids survive every change of identifier; they never leave the engine."""
         return self._core._persons(_as_key_array(keys), by)
 
+    def _by_person(self, persons: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
+        """The `columns` (default: every public column) of persons by their internal id, as
+        the registry holds them now; null where an id names no one (never issued, or a
+        creation cancelled). The residents' view reads its caller's own record this way."""
+        return self._core._by_person(list(persons), None if columns is None else list(columns))
+
     def _watched_changes(
         self, watch: bytes, reasons: Sequence[str], after: int = 0, limit: int = 1000
     ) -> pa.Table:

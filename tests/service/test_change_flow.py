@@ -112,12 +112,15 @@ def test_a_death_is_applied_durably_and_a_resend_is_a_duplicate(town: Town) -> N
     assert again["outcome"] == "duplicate" and again["resident_code"] == r["resident_code"]
     # Who submitted what for whom: the municipality, its official, the reason and the subject.
     trail = town.trail().filter(pc.equal(town.trail()["mode"], "submit"))
-    assert trail.select(["agency", "operator", "affair", "subject", "outcome"]).to_pylist() == [
+    person = town.registry._persons([r["resident_code"]], "resident_code")["person"][0].as_py()
+    columns = ["agency", "operator", "affair", "subject", "person", "outcome"]
+    assert trail.select(columns).to_pylist() == [
         {
             "agency": TOYAMA,
             "operator": "clerk-7",
             "affair": "death",
             "subject": r["resident_code"],
+            "person": person,
             "outcome": outcome,
         }
         for outcome in ("applied", "duplicate")

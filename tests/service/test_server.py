@@ -91,6 +91,8 @@ def test_verify_by_resident_code(pki: Path, running: service.Server, small_rows:
         "mode": "verify",
         "fields": "family_name,given_name,birth_date,sex",
         "subject": p["resident_code"],
+        # The record is keyed on the person, whatever identifiers they hold later.
+        "person": running.frontend.registry._persons([p["my_number"]])["person"][0].as_py(),
         "outcome": "disclosed",
         "reason": None,
     }

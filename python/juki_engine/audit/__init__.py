@@ -16,7 +16,9 @@ from juki_engine.audit.query import counts_since, read
 from juki_engine.audit.records import (
     ANSWERED,
     MODES,
+    OPERATOR,
     OUTCOMES,
+    RESIDENT,
     SCHEMA,
     AuditContext,
     AuditUnavailable,
@@ -27,7 +29,9 @@ from juki_engine.audit.writer import AuditTrail, Commit
 __all__ = [
     "ANSWERED",
     "MODES",
+    "OPERATOR",
     "OUTCOMES",
+    "RESIDENT",
     "SCHEMA",
     "AuditContext",
     "AuditTrail",

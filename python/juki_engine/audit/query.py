@@ -13,25 +13,30 @@ import pyarrow.compute as pc
 
 from juki_engine.audit.records import ANSWERED, SCHEMA, TIME, AuditUnavailable, micros
 from juki_engine.audit.segments import list_segments, read_segment
+from juki_engine.audit.writer import OPERATORS
 
 
 def _batches(
     directory: Path, since_us: int | None, until_us: int | None
 ) -> Iterator[pa.RecordBatch]:
-    """The stored batches of segments that may hold records in [since, until)."""
+    """The stored batches of segments that may hold records in [since, until): the server's,
+    then those of operators' actions outside it (`OPERATORS`)."""
     try:
-        segments = list_segments(directory)
+        trails = [list_segments(directory)]
+        if (directory / OPERATORS).is_dir():
+            trails.append(list_segments(directory / OPERATORS))
     except OSError as error:
         raise AuditUnavailable(f"cannot list the audit trail in {directory}: {error}") from error
-    for index, segment in enumerate(segments):
-        # Skip a segment only if both bounds on its last record (its mtime, the next segment's
-        # first record) say so: a missed audit record is worse than a slower read.
-        if since_us is not None and index + 1 < len(segments):
-            if max(segment.mtime_us, segments[index + 1].start_us) < since_us:
+    for segments in trails:
+        for index, segment in enumerate(segments):
+            # Skip a segment only if both bounds on its last record (its mtime, the next
+            # segment's first record) say so: a missed audit record is worse than a slower read.
+            if since_us is not None and index + 1 < len(segments):
+                if max(segment.mtime_us, segments[index + 1].start_us) < since_us:
+                    continue
+            if until_us is not None and segment.start_us >= until_us:
                 continue
-        if until_us is not None and segment.start_us >= until_us:
-            continue
-        yield from read_segment(segment.path)
+            yield from read_segment(segment.path)
 
 
 def _and(mask: pa.Array | None, other: pa.Array) -> pa.Array:
@@ -42,6 +47,7 @@ def _matching(
     batch: pa.RecordBatch,
     *,
     subject: str | None = None,
+    person: int | None = None,
     agency: str | None = None,
     affair: str | None = None,
     since_us: int | None = None,
@@ -70,6 +76,8 @@ def _matching(
             mask = _and(mask, pc.and_(pc.greater_equal(times, low), pc.less(times, high)))
     if subject is not None:
         mask = _and(mask, pc.equal(batch.column("subject"), subject))
+    if person is not None:
+        mask = _and(mask, pc.equal(batch.column("person"), pa.scalar(person, pa.uint32())))
     if mask is None:
         return batch
     selected = batch.filter(mask)
@@ -84,6 +92,7 @@ def read(
     directory: str | os.PathLike[str],
     *,
     subject: str | None = None,
+    person: int | None = None,
     agency: str | None = None,
     affair: str | None = None,
     since: datetime | None = None,
@@ -109,6 +118,7 @@ def read(
         rows = _matching(
             batch,
             subject=subject,
+            person=person,
             agency=agency,
             affair=affair,
             since_us=since_us,
@@ -131,6 +141,19 @@ def read(
         # A stable sort: records of one time keep their file order.
         table = table.take(pc.sort_indices(pa.chunked_array(times, type=TIME)))
     return table
+
+
+def history(
+    directory: str | os.PathLike[str],
+    person: int,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> pa.Table:
+    """One person's records, newest first (the residents' view): every record keyed on their
+    person id, whatever resident code it was made under."""
+    table = read(directory, person=person, since=since, until=until)
+    return table.take(pa.array(np.arange(table.num_rows - 1, -1, -1)))
 
 
 def counts_since(directory: str | os.PathLike[str], since: datetime) -> dict[tuple[str, str], int]:

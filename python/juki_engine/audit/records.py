@@ -61,6 +61,12 @@ MODES = (
     "acknowledge",
     "watch",
     "subscribe",
+    "checkpoint",
+    "reload",
+    "certify",
+    "query",
+    "export",
+    "resident",
 )
 """What the caller asked for: verify claims (照合), retrieve fields (提供), both, a 4情報 search
 (its candidates' fields disclosed as a retrieve's), or the list of
@@ -69,7 +75,11 @@ exact match level is recorded with its level: `verify@normalised`, `verify+retri
 A municipality submits changes (`submit`, the change's reason as the affair), is sent move-in
 notices (`notice`, a disclosure of the resident who moved) and acknowledges them
 (`acknowledge`, recorded only when refused). An agency registers a watch list (`watch`, one
-record per call) and is sent its residents' changes (`subscribe`, one record per change)."""
+record per call) and is sent its residents' changes (`subscribe`, one record per change).
+Operators' own actions are recorded too (agency `operator`, the operator id naming who): a
+signed checkpoint of the trail (`checkpoint`), a policy reload (`reload`), a certificate issued
+(`certify`), an audit query or export (`query`, `export`). A resident reading their own record
+or access history through the residents' service is `resident`."""
 
 TIME = pa.timestamp("us", tz="UTC")
 _CONTEXT_COLUMNS = ("agency", "operator", "request_id", "affair", "mode", "fields")
@@ -78,24 +88,41 @@ STORED_SCHEMA = pa.schema(
         ("time", TIME),
         *((name, pa.dictionary(pa.int32(), pa.string())) for name in _CONTEXT_COLUMNS),
         ("subject", pa.string()),
+        ("person", pa.uint32()),
         ("outcome", pa.dictionary(pa.int8(), pa.string())),
         ("reason", pa.dictionary(pa.int32(), pa.string())),
     ],
+    metadata={"juki_engine.audit": "3"},
+)
+"""A record as stored. `subject` is the resident code the record concerned when it was made;
+`person` the registry's immutable person id (null where no resident was found): what a
+resident's history follows through a new resident code or My Number."""
+# Segments written before records carried a person id (version 2), or a reason (version 1):
+# read with null ones. A version-2 record's resident can still be found by its subject.
+STORED_SCHEMA_V2 = pa.schema(
+    STORED_SCHEMA.remove(STORED_SCHEMA.get_field_index("person")),
     metadata={"juki_engine.audit": "2"},
 )
-# Segments written before records carried a reason: read with a null one.
 STORED_SCHEMA_V1 = pa.schema(
-    STORED_SCHEMA.remove(STORED_SCHEMA.get_field_index("reason")),
+    STORED_SCHEMA_V2.remove(STORED_SCHEMA_V2.get_field_index("reason")),
     metadata={"juki_engine.audit": "1"},
 )
 SCHEMA = pa.schema(
-    [(name, TIME if name == "time" else pa.string()) for name in STORED_SCHEMA.names]
+    [
+        (name, {"time": TIME, "person": pa.uint32()}.get(name, pa.string()))
+        for name in STORED_SCHEMA.names
+    ]
 )
 """The schema `read` returns (plain string columns; `fields` is comma-joined)."""
 
 # One dictionary for every batch: codes are positions in OUTCOMES.
 _OUTCOME_VALUES = pa.array(OUTCOMES, pa.string())
 _OUTCOME_CODES = pa.array(range(len(OUTCOMES)), pa.int8())
+OPERATOR = "operator"
+"""The agency column of records of operators' own actions (checkpoints, policy reloads,
+certificate issuance, audit queries): the operator id names who."""
+RESIDENT = "resident"
+"""The agency column of a resident's reads of their own record and history."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAY_US = 86_400_000_000
 
@@ -149,6 +176,7 @@ class Entry:
     outcomes: pa.Array | int  # int8 codes into OUTCOMES, or one code for every row
     commit: Commit
     reason: str | None
+    persons: pa.Array | None  # uint32 person ids, one per subject; None: unknown for all
 
 
 def subject_array(subjects: Any) -> pa.Array:
@@ -163,6 +191,24 @@ def subject_array(subjects: Any) -> pa.Array:
     if pa.types.is_null(subjects.type):
         return pa.nulls(len(subjects), pa.string())
     raise ValueError(f"subjects must be resident codes as strings, not {subjects.type}")
+
+
+def person_array(persons: Any, rows: int) -> pa.Array | None:
+    """`persons` as uint32 person ids, one per subject (None: unknown for every record)."""
+    if persons is None:
+        return None
+    if isinstance(persons, pa.ChunkedArray):
+        persons = persons.combine_chunks()
+    if not isinstance(persons, pa.Array) or not (
+        pa.types.is_integer(persons.type) or pa.types.is_null(persons.type)
+    ):
+        raise ValueError(f"persons must be a pyarrow array of person ids, not {persons!r:.80}")
+    if len(persons) != rows:
+        raise ValueError(f"persons has {len(persons)} rows but subjects has {rows}")
+    try:
+        return persons.cast(pa.uint32())  # checked: a negative or too large id raises
+    except pa.ArrowInvalid as error:
+        raise ValueError(f"persons must be person ids (0 to 2^32-1): {error}") from None
 
 
 def outcome_codes(outcomes: Any, rows: int) -> pa.Array | int:
@@ -246,6 +292,17 @@ def record_batch(entries: list[Entry]) -> pa.RecordBatch:
         subjects = entries[0].subjects
     else:
         subjects = pa.concat_arrays([entry.subjects for entry in entries])
+    if all(entry.persons is None for entry in entries):
+        persons = pa.nulls(rows, pa.uint32())
+    else:
+        persons = pa.concat_arrays(
+            [
+                pa.nulls(len(entry.subjects), pa.uint32())
+                if entry.persons is None
+                else entry.persons
+                for entry in entries
+            ]
+        )
     outcomes = [entry.outcomes for entry in entries]
     if len(outcomes) == 1 and isinstance(outcomes[0], pa.Array):
         codes = outcomes[0]
@@ -268,6 +325,7 @@ def record_batch(entries: list[Entry]) -> pa.RecordBatch:
             label([context.mode for context in contexts]),
             label([",".join(context.fields) for context in contexts]),
             subjects,
+            persons,
             pa.DictionaryArray.from_arrays(codes, _OUTCOME_VALUES, safe=False),
             reasons(),
         ],

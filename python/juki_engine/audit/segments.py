@@ -21,6 +21,7 @@ from juki_engine.audit.records import (
     EPOCH,
     STORED_SCHEMA,
     STORED_SCHEMA_V1,
+    STORED_SCHEMA_V2,
     AuditUnavailable,
     micros,
 )
@@ -71,14 +72,18 @@ class OpenSegment:
 
     __slots__ = ("day", "path", "sink", "writer")
 
-    def __init__(self, directory: Path, start_us: int, sequence: int) -> None:
+    def __init__(
+        self, directory: Path, start_us: int, sequence: int, chain: dict[str, str]
+    ) -> None:
+        """`chain`: the schema metadata that links it to its predecessor (see `integrity`)."""
         self.path = directory / segment_name(start_us, sequence)
         self.day = start_us // DAY_US
         # O_EXCL: never append to (or truncate) a segment whose tail may be torn.
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
         fsync_directory(directory)
         self.sink = pa.OSFile(str(self.path), "a")
-        self.writer = pa.ipc.new_stream(self.sink, STORED_SCHEMA, options=_WRITE_OPTIONS)
+        schema = STORED_SCHEMA.with_metadata({**(STORED_SCHEMA.metadata or {}), **chain})
+        self.writer = pa.ipc.new_stream(self.sink, schema, options=_WRITE_OPTIONS)
 
     def size(self) -> int:
         return int(self.sink.tell())
@@ -210,20 +215,28 @@ def read_segment(path: Path) -> list[pa.RecordBatch]:
         raise
 
 
+def _upgraded(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch of an older version, with null columns for what it did not record."""
+    return pa.RecordBatch.from_arrays(
+        [
+            batch.column(field.name)
+            if field.name in batch.schema.names
+            else pa.nulls(batch.num_rows, field.type)
+            for field in STORED_SCHEMA
+        ],
+        schema=STORED_SCHEMA,
+    )
+
+
 def _decode(data: bytes, end: int, path: Path) -> list[pa.RecordBatch]:
     """The record batches of the stream's first `end` bytes, which hold complete messages."""
     if end == 0:
         return []
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(data)[:end])
-        if reader.schema.equals(STORED_SCHEMA_V1):
-            reason = STORED_SCHEMA.field("reason").type
-            return [
-                pa.RecordBatch.from_arrays(
-                    [*batch.columns, pa.nulls(batch.num_rows, reason)], schema=STORED_SCHEMA
-                )
-                for batch in reader
-            ]
+        for older in (STORED_SCHEMA_V1, STORED_SCHEMA_V2):
+            if reader.schema.equals(older):
+                return [_upgraded(batch) for batch in reader]
         if not reader.schema.equals(STORED_SCHEMA):
             raise AuditUnavailable(f"{path} is not an audit segment (schema {reader.schema})")
         return list(reader)

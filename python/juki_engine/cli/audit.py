@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import zoneinfo
 from pathlib import Path
 
 import pyarrow as pa
 
 from juki_engine import JukiError, files, ids
-from juki_engine.cli.defaults import DEMO_PATH, SERVE_AUDIT
-from juki_engine.cli.outcomes import EXIT_OK
+from juki_engine.certs import AUDIT_SIGNING_KEY
+from juki_engine.cli.defaults import DEMO_CERTS, DEMO_PATH, SERVE_AUDIT
+from juki_engine.cli.outcomes import EXIT_OK, EXIT_PROBLEMS_FOUND
 from juki_engine.cli.output import add_format_option, console, print_records
 
 
@@ -101,6 +103,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
         since=parse_time(args.since, tz),
         until=parse_time(args.until, tz),
     )
+    asked = " ".join(
+        f"--{name} {value}"
+        for name, value in (
+            ("subject", subject),
+            ("agency", args.agency),
+            ("affair", args.affair),
+            ("since", args.since),
+            ("until", args.until),
+        )
+        if value
+    )
+    record_operator(
+        args, "export" if args.out else "query", f"{asked or 'every record'}: {records.num_rows:,}"
+    )
     if args.out:
         files.write_table(records, args.out)
         console.print(f"{records.num_rows:,} audit records → {args.out}")
@@ -113,13 +129,65 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def record_operator(args: argparse.Namespace, mode: str, reason: str) -> None:
+    """An operator's action, recorded in the trail (`operators/` beside the server's records),
+    signed with the trail's key where this operator holds it."""
+    from juki_engine.audit import OPERATOR, AuditContext
+    from juki_engine.audit.integrity import load_private_key
+    from juki_engine.audit.writer import record_operator_action
+
+    key_path = Path(args.audit_key) if args.audit_key else DEMO_CERTS / AUDIT_SIGNING_KEY
+    key = load_private_key(key_path) if key_path.exists() else None
+    context = AuditContext(OPERATOR, args.operator, "", "audit_trail", mode, ())
+    record_operator_action(args.dir, context, "applied", reason, key)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from juki_engine.audit import integrity
+
+    public = None
+    if not args.unsigned:
+        public = integrity.load_public_key(args.public_key)
+    report = integrity.verify(args.dir, public)
+    signed = "signatures checked" if report.signatures_checked else "signatures NOT checked"
+    console.print(
+        f"{args.dir}: {report.segments} segments, {report.checkpoints} checkpoints, "
+        f"{report.expired} expired by retention; {signed}; "
+        f"{report.unsigned_bytes:,} bytes written since the last checkpoint"
+    )
+    if report.intact:
+        console.print("intact: no file altered, removed outside retention, or reordered")
+        return EXIT_OK
+    for problem in report.problems:
+        console.print(f"[red]{problem}[/red]")
+    return EXIT_PROBLEMS_FOUND
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from juki_engine.audit import AuditTrail
+    from juki_engine.audit.integrity import load_private_key
+
+    key = load_private_key(args.audit_key or DEMO_CERTS / AUDIT_SIGNING_KEY)
+    with AuditTrail(args.dir, signing_key=key) as trail:
+        trail.checkpoint(args.operator)
+    console.print(f"signed a checkpoint of {args.dir}")
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from juki_engine.audit.integrity import write_key_pair
+
+    out = Path(args.file)
+    if out.exists():
+        raise JukiError(f"{out} exists: a signing key is never replaced in place")
+    public = write_key_pair(out)
+    console.print(f"audit signing key → {out} (mode 0600); its public half → {public}")
+    return EXIT_OK
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("audit", help="query the audit trail: who looked at whom, when, why")
-    p.add_argument(
-        "--dir",
-        default=str(SERVE_AUDIT),
-        help=f"audit trail directory (default: juki serve's, {SERVE_AUDIT})",
-    )
+    trail_options(p)
     p.add_argument(
         "--subject",
         help="every access to this resident: a resident code (11 digits) or a My Number (12)",
@@ -146,3 +214,48 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_format_option(p)
     p.set_defaults(func=cmd_audit)
+
+    actions = p.add_subparsers(dest="action", metavar="{verify,checkpoint,keygen}")
+    v = actions.add_parser(
+        "verify",
+        help="check the trail's hash chain, manifest and signatures; name the first file "
+        "altered, removed outside retention, or reordered (exit 1 if any)",
+    )
+    trail_options(v)
+    v.add_argument(
+        "--public-key",
+        default=str(DEMO_CERTS / AUDIT_SIGNING_KEY.replace(".key", ".pub")),
+        help="the signing key's public half (PEM; default: the demo's)",
+    )
+    v.add_argument(
+        "--unsigned", action="store_true", help="check the chain only, not the signatures"
+    )
+    v.set_defaults(func=cmd_verify)
+    c = actions.add_parser(
+        "checkpoint",
+        help="sign a checkpoint of a trail no server is writing (a running server: send it "
+        "SIGUSR1)",
+    )
+    trail_options(c)
+    c.set_defaults(func=cmd_checkpoint)
+    k = actions.add_parser("keygen", help="write a new Ed25519 audit signing key (and .pub)")
+    k.add_argument("file", help="where to write the private key")
+    k.set_defaults(func=cmd_keygen)
+
+
+def trail_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dir",
+        default=str(SERVE_AUDIT),
+        help=f"audit trail directory (default: juki serve's, {SERVE_AUDIT})",
+    )
+    p.add_argument(
+        "--operator",
+        default=getpass.getuser(),
+        help="who is acting, as the trail records it (default: this login)",
+    )
+    p.add_argument(
+        "--audit-key",
+        help="the trail's signing key (default: the demo's, where present); an operator "
+        "without it records unsigned",
+    )

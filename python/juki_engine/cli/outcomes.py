@@ -18,6 +18,8 @@ from juki_engine.client import JobSummary
 
 EXIT_OK = 0
 EXIT_ROWS_REJECTED = 1
+EXIT_PROBLEMS_FOUND = 1
+"""`juki audit verify`: it checked everything, and something was altered or missing."""
 EXIT_ERROR = 2
 
 

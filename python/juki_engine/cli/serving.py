@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from juki_engine import JukiError
+from juki_engine.certs import AUDIT_SIGNING_KEY
 from juki_engine.cli.audit import with_zone, zone
 from juki_engine.cli.defaults import (
     DEFAULT_LISTEN,
@@ -65,9 +67,36 @@ def cmd_certs(args: argparse.Namespace) -> int:
     console.print(
         f"demo CA, server certificate and agency certificates for the agencies of {policy} "
         f"in {out} (agency certificates under {out / 'agencies'}; not for production); "
-        f"the policy bound to this CA: {bound}"
+        f"the policy bound to this CA: {bound}; the audit trail's signing key: "
+        f"{out / AUDIT_SIGNING_KEY}"
     )
+    if args.residents:
+        snapshot = Path(args.snapshot)
+        shown = issue_resident_certs(
+            registry_at(snapshot, snapshot == DEMO_PATH, mmap=True), out, snapshot, args.residents
+        )
+        print_records(shown, f"residents' certificates (bound in {snapshot})", args.format)
     return EXIT_OK
+
+
+def issue_resident_certs(registry: Registry, certs_dir: Path, state: Path, count: int) -> pa.Table:
+    """Certificates from the residents' CA for the first `count` residents of `registry`, each
+    bound by the engine (in `state`, the snapshot's directory) to the person it was issued to;
+    named by resident code under `<certs_dir>/residents/issued/`."""
+    from juki_engine import certs
+    from juki_engine.service.identity import bind
+
+    if count <= 0:
+        raise JukiError(f"--residents must be a positive number of residents, not {count}")
+    people = registry.to_arrow(["resident_code", "family_name", "given_name", "person", "status"])
+    people = people.filter(pc.equal(people["status"], "resident")).slice(0, count)
+    codes = people["resident_code"].to_pylist()
+    fingerprints = certs.issue_residents(certs_dir, codes)
+    bind(state, dict(zip(fingerprints.values(), people["person"].to_pylist(), strict=True)))
+    folder = certs_dir / certs.RESIDENTS_DIRECTORY / "issued"
+    return people.select(["resident_code", "family_name", "given_name"]).append_column(
+        "certificate", pa.array([str(folder / f"{code}.pem") for code in codes])
+    )
 
 
 def start_server(
@@ -81,11 +110,20 @@ def start_server(
     crl: str | None = None,
     max_bulk_jobs: int | None = None,
     state_dir: Path | None = None,
+    audit_key: Path | None = None,
 ) -> Any:
+    from juki_engine.audit.integrity import load_private_key
     from juki_engine.service import MAX_BULK_JOBS, Frontend, ServerTLS, start
 
     tls = ServerTLS.in_directory(certs_dir, crl)
-    frontend = Frontend.open(registry, policy, audit_dir, retention_days, state_dir)
+    key_path = audit_key or certs_dir / AUDIT_SIGNING_KEY
+    if not key_path.exists():
+        raise JukiError(
+            f"no audit signing key at {key_path}: `juki certs` makes one for the demo, "
+            "`juki audit keygen FILE` one of your own (then --audit-key FILE)"
+        )
+    key = load_private_key(key_path)
+    frontend = Frontend.open(registry, policy, audit_dir, retention_days, state_dir, key)
     try:
         return start(frontend, tls, listen, workers, max_bulk_jobs or MAX_BULK_JOBS)
     except BaseException:
@@ -118,8 +156,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.crl,
         args.max_bulk_jobs,
         # Beside the change log: notices and subscriptions read its changes; their cursors and
-        # watch lists live with it.
+        # watch lists live with it, as do the bindings of residents' certificates.
         snapshot,
+        Path(args.audit_key) if args.audit_key else None,
     )
     if args.port_file:
         # Written whole, then renamed: a watcher never reads half a number.
@@ -489,11 +528,32 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--port-file", help="write the port here once listening (for --listen :0)")
     p.add_argument("--mmap", action="store_true", help="map the snapshot instead of loading it")
     audit_options(p, SERVE_AUDIT)
+    p.add_argument(
+        "--audit-key",
+        help=f"Ed25519 key signing the audit trail (default: {AUDIT_SIGNING_KEY} in --certs)",
+    )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("certs", help="create a demo CA, server and agency certificates")
+    p = sub.add_parser(
+        "certs",
+        help="create a demo CA, server and agency certificates, the audit signing key, and "
+        "residents' certificates",
+    )
     p.add_argument("--out", default=str(DEMO_CERTS), help="directory to write")
     p.add_argument("--policy", help="issue one certificate per agency of this policy")
+    p.add_argument(
+        "--residents",
+        type=int,
+        default=0,
+        help="also issue certificates from the residents' CA to this many residents of "
+        "--snapshot, bound to them by the engine (the residents' view, docs/residents.md)",
+    )
+    p.add_argument(
+        "--snapshot",
+        default=str(DEMO_PATH),
+        help=f"registry whose residents --residents binds (default: the demo, {DEMO_PATH})",
+    )
+    add_format_option(p)
     p.set_defaults(func=cmd_certs)
 
     p = sub.add_parser(

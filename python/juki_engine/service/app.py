@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -19,11 +20,16 @@ from juki_engine._proto import changes_pb2 as cpb
 from juki_engine._proto import changes_pb2_grpc as cpb_grpc
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine._proto import residents_pb2 as rpb
+from juki_engine._proto import residents_pb2_grpc as rpb_grpc
+from juki_engine.audit import AuditUnavailable
+from juki_engine.certs import RESIDENTS_CA, fingerprint
 from juki_engine.service.bulk import MAX_BULK_JOBS, BulkVerificationService
 from juki_engine.service.changes import MAX_SUBMISSIONS, ChangeSubmissionService
 from juki_engine.service.frontend import Frontend
-from juki_engine.service.identity import TrustStore
+from juki_engine.service.identity import ResidentAuthority, ResidentBindings, TrustStore
 from juki_engine.service.notices import MAX_FOLLOWERS, NoticeService
+from juki_engine.service.residents import ResidentService
 from juki_engine.service.subscriptions import SubscriptionService
 from juki_engine.service.verification import IdentityVerificationService
 from juki_engine.service.wire import MESSAGE_OPTIONS
@@ -40,6 +46,7 @@ SERVICES = (
     cpb.DESCRIPTOR.services_by_name["ChangeSubmissionService"].full_name,
     cpb.DESCRIPTOR.services_by_name["NoticeService"].full_name,
     cpb.DESCRIPTOR.services_by_name["SubscriptionService"].full_name,
+    rpb.DESCRIPTOR.services_by_name["ResidentService"].full_name,
 )
 # grpc lets a second server bind a port in use (SO_REUSEPORT) and share its calls: never; with
 # the option off, binding a port in use fails.
@@ -55,12 +62,22 @@ class ServerTLS:
     key: Path
     ca: Path
     crl: Path | None = None
+    residents_ca: Path | None = None
+    """The residents' CA (`juki certs --residents`), trusted beside the agencies' for the
+    residents' service only; None: no residents' view."""
 
     @classmethod
     def in_directory(cls, directory: str | Path, crl: str | Path | None = None) -> ServerTLS:
         """`server.pem`, `server.key` and `ca.pem` in a directory (as `juki certs` writes it)."""
         d = Path(directory)
-        tls = cls(d / "server.pem", d / "server.key", d / "ca.pem", Path(crl) if crl else None)
+        residents = d / RESIDENTS_CA
+        tls = cls(
+            d / "server.pem",
+            d / "server.key",
+            d / "ca.pem",
+            Path(crl) if crl else None,
+            residents if residents.exists() else None,
+        )
         missing = [str(p) for p in (tls.cert, tls.key, tls.ca, tls.crl) if p and not p.exists()]
         if missing:
             raise InvalidInput(f"certificate directory {d}: missing {', '.join(missing)}")
@@ -69,12 +86,25 @@ class ServerTLS:
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(
             [(self.key.read_bytes(), self.cert.read_bytes())],
-            root_certificates=self.ca.read_bytes(),
+            root_certificates=self._bundle(),
             require_client_auth=True,
         )
 
     def trust_store(self) -> TrustStore:
-        return TrustStore(self.ca.read_bytes(), self.crl)
+        return TrustStore(self._bundle(), self.crl)
+
+    def _bundle(self) -> bytes:
+        """The client CAs: the agencies' and, where there is one, the residents'."""
+        bundle = self.ca.read_bytes()
+        if self.residents_ca is not None:
+            bundle += b"\n" + self.residents_ca.read_bytes()
+        return bundle
+
+    def resident_authority(self, bindings: ResidentBindings | None) -> ResidentAuthority | None:
+        if self.residents_ca is None or bindings is None:
+            return None
+        ca = x509.load_pem_x509_certificate(self.residents_ca.read_bytes())
+        return ResidentAuthority(fingerprint(ca), bindings)
 
 
 @dataclass
@@ -108,6 +138,7 @@ def start(
     change submissions and following notice streams each have threads of their own."""
     if frontend.trust is None:
         frontend.trust = tls.trust_store()
+    frontend.residents = tls.resident_authority(frontend.resident_bindings)
     frontend.trust.check_policy(frontend.policy)
     # Following notice streams and following subscriptions have a limit each.
     streams = max_bulk_jobs + MAX_SUBMISSIONS + 2 * MAX_FOLLOWERS
@@ -125,6 +156,7 @@ def start(
     )
     cpb_grpc.add_NoticeServiceServicer_to_server(NoticeService(frontend), server)
     cpb_grpc.add_SubscriptionServiceServicer_to_server(SubscriptionService(frontend), server)
+    rpb_grpc.add_ResidentServiceServicer_to_server(ResidentService(frontend), server)
     checker = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     for name in ("", *SERVICES):
@@ -145,12 +177,22 @@ def start(
     return Server(server, port, frontend, checker, bulk)
 
 
+def _checkpoint(server: Server) -> None:
+    try:
+        server.frontend.audit.checkpoint("SIGUSR1")
+        log.info("audit trail checkpoint signed")
+    except AuditUnavailable as e:
+        log.error("audit trail checkpoint failed: %s", e)
+
+
 def serve_forever(server: Server, policy_path: str | Path) -> None:
-    """Block until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads the policy and CRL."""
+    """Block until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads the policy and CRL,
+    SIGUSR1 signs a checkpoint of the audit trail now (it also signs one a day)."""
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: server.frontend.reload(policy_path))
+    signal.signal(signal.SIGUSR1, lambda *_: _checkpoint(server))
     while not stopping.wait(0.5):
         pass
     log.info("shutting down: finishing calls in flight")

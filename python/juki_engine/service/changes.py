@@ -141,7 +141,7 @@ class ChangeSubmissionService(cpb_grpc.ChangeSubmissionServiceServicer):
                 "submit",
                 (),
             )
-            commits.append(f.audit.append(ctx, subjects.take(rows), outcome, code))
+            commits.append(f.audited(ctx, subjects.take(rows), outcome, code))
         for commit in commits:
             settle(f.audit, commit, f.audit_timeout)
         codes_out = out["resident_code"].to_pylist()

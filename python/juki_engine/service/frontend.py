@@ -25,12 +25,15 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from juki_engine import _core
 from juki_engine._core import Claims, InvalidIdentifier, InvalidInput, JukiError
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine.audit import (
+    OPERATOR,
     OUTCOMES,
+    RESIDENT,
     AuditContext,
     AuditTrail,
     AuditUnavailable,
@@ -50,7 +53,13 @@ from juki_engine.policy import (
 )
 from juki_engine.registry import Registry
 from juki_engine.service.acknowledgements import Acknowledgements, WatchLists
-from juki_engine.service.identity import PeerCertificate, TrustStore
+from juki_engine.service.identity import (
+    BINDINGS,
+    PeerCertificate,
+    ResidentAuthority,
+    ResidentBindings,
+    TrustStore,
+)
 from juki_engine.service.wire import (
     MAX_TEXT_CHARS,
     check_facts,
@@ -201,6 +210,7 @@ class Frontend:
         audit_timeout: float = AUDIT_TIMEOUT_S,
         acknowledgements: Acknowledgements | None = None,
         subscriptions: WatchLists | None = None,
+        resident_bindings: ResidentBindings | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -211,6 +221,10 @@ class Frontend:
         self.acknowledgements = acknowledgements
         """Each municipality's last acknowledged notice; None: notices are not served."""
         self.subscriptions = subscriptions
+        self.resident_bindings = resident_bindings
+        """Which person each residents' certificate was issued to; None: no residents' view."""
+        self.residents: ResidentAuthority | None = None
+        """The residents' CA and those bindings, once the server trusts that CA."""
         """Agencies' watch lists and cursors; None: subscriptions are not served."""
         self.changed = threading.Condition()
         """Notified once changes submitted here are durable (notice streams wait on it)."""
@@ -223,13 +237,14 @@ class Frontend:
         audit_dir: str | Path,
         retention_days: int = RETENTION_DAYS,
         state_dir: str | Path | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> Frontend:
-        """Load the policy, open the audit trail and restore today's quota use from it; with
-        `state_dir` (the snapshot's directory, beside its change log), serve move-in notices
-        and subscriptions, keeping their cursors (`notices/`) and watch lists
-        (`subscriptions/`) there."""
+        """Load the policy, open the audit trail (its checkpoints and manifest signed with
+        `signing_key`) and restore today's quota use from it; with `state_dir` (the snapshot's
+        directory, beside its change log), serve move-in notices and subscriptions, keeping
+        their cursors (`notices/`) and watch lists (`subscriptions/`) there."""
         policy = Policy.load(policy_path)
-        audit = AuditTrail(audit_dir, retention_days=retention_days)
+        audit = AuditTrail(audit_dir, retention_days=retention_days, signing_key=signing_key)
         quotas = Quotas(counts_since(audit_dir, start_of_today()))
         if state_dir is None:
             return cls(registry, policy, audit, quotas)
@@ -241,11 +256,13 @@ class Frontend:
             quotas,
             acknowledgements=Acknowledgements(state / "notices"),
             subscriptions=WatchLists(state / "subscriptions"),
+            resident_bindings=ResidentBindings(state / BINDINGS),
         )
 
-    def reload(self, path: str | Path) -> None:
+    def reload(self, path: str | Path, by: str = "SIGHUP") -> None:
         """Load the policy (and the revocation list) again; a broken file leaves what is in
-        force."""
+        force. Either way the reload is an operator record in the trail (`by` names who)."""
+        context = AuditContext(OPERATOR, by, "", "policy", "reload", ())
         try:
             policy = Policy.load(path)
             if self.trust is not None:
@@ -253,9 +270,43 @@ class Frontend:
                 self.trust.reload()
         except PolicyError as e:
             log.error("reload refused, keeping %s: %s", self.policy.source, e)
+            self._record_operator(context, "rejected", f"kept {self.policy.source}: {e}")
             return
         self.policy = policy
         log.info("policy reloaded from %s: %d agencies", path, len(policy.agencies))
+        self._record_operator(context, "applied", f"{path}: {len(policy.agencies)} agencies")
+
+    def _record_operator(self, context: AuditContext, outcome: str, reason: str) -> None:
+        try:
+            self.audit.record(context, pa.nulls(1, pa.string()), outcome, reason)
+        except AuditUnavailable as e:
+            log.error("an operator's action could not be audited (%s): %s", e, reason)
+
+    def audited(
+        self,
+        context: AuditContext,
+        subjects: pa.Array,
+        outcomes: str | pa.Array,
+        reason: str | None = None,
+        persons: pa.Array | None = None,
+    ) -> Commit:
+        """Append records of `subjects` (resident codes) to the trail, keyed on their person
+        ids: `persons` where the caller has them from the same read, else looked up (a former
+        code still names its person)."""
+        if persons is None:
+            persons = self.persons_of(subjects)
+        return self.audit.append(context, subjects, outcomes, reason, persons)
+
+    def persons_of(self, codes: pa.Array) -> pa.Array | None:
+        """The person ids behind resident codes (null where none; None if none can be read)."""
+        if isinstance(codes, pa.ChunkedArray):
+            codes = codes.combine_chunks()
+        if pa.types.is_null(codes.type) or codes.null_count == len(codes):
+            return None
+        try:
+            return self.registry._persons(codes, "resident_code")["person"].combine_chunks()
+        except JukiError:
+            return None
 
     # -- the call discipline ------------------------------------------------------------------
 
@@ -292,7 +343,7 @@ class Frontend:
         if subjects is None:
             subjects = pa.nulls(1, pa.string())
         try:
-            self.audit.record(call.context(), subjects, outcome, reason)
+            self.audited(call.context(), subjects, outcome, reason).wait()
         except AuditUnavailable as e:
             log.error("a refusal could not be audited (%s): %s", e, reason)
 
@@ -322,6 +373,22 @@ class Frontend:
         municipality = self.policy.municipality_for(peer.subject, peer.issuer, peer.key_pin)
         call.caller = municipality.code
         return municipality
+
+    def identify_resident(self, context: grpc.ServicerContext, call: Call) -> int:
+        """The person behind the call's certificate: issued by the residents' CA, not revoked,
+        bound by the engine to a person."""
+        if self.residents is None:
+            raise NotPermitted("this server has no residents' certificate authority")
+        if call.peer is None and self.trust is not None:
+            call.peer = self.trust.peer(context)
+        peer = self._trusted_peer(call)
+        if peer.issuer != self.residents.ca_fingerprint:
+            raise NotPermitted("the residents' service answers residents' certificates only")
+        person = self.residents.bindings.person_of(peer.fingerprint)
+        if person is None:
+            raise NotPermitted("this certificate is bound to no resident")
+        call.caller = RESIDENT
+        return person
 
     def _trusted_peer(self, call: Call) -> PeerCertificate:
         """The call's certificate, issued by a trusted CA and not revoked."""
@@ -392,7 +459,9 @@ class Frontend:
                 claims,
                 by,
                 first_row=first_row,
-                columns=retrieved if from_key else ["resident_code", *retrieved],
+                columns=[*retrieved, "person"]
+                if from_key
+                else ["resident_code", *retrieved, "person"],
                 match=grant.level,
             )
             if from_key:
@@ -401,7 +470,7 @@ class Frontend:
             subjects = out["resident_code"].combine_chunks()
             results = out.select(_kept(grant))
             ctx = AuditContext(grant.agency.code, *_ids(request), grant.audit_mode, grant.fields)
-            commit = self.audit.append(ctx, subjects, _outcomes(out))
+            commit = self.audited(ctx, subjects, _outcomes(out), persons=out["person"])
         return Answer(first_row, results, commit, self.audit)
 
     def authorize_search(
@@ -432,7 +501,9 @@ class Frontend:
         agreeing on every fact given (one `disclosed` record each), or one row without a
         resident (`not_found`, no partial candidate disclosed). Claims are numbered job-wide."""
         retrieved = [c for c in grant.retrieved if c != "resident_code"]
-        out = self.registry.search(facts, match=grant.level, columns=["resident_code", *retrieved])
+        out = self.registry.search(
+            facts, match=grant.level, columns=["resident_code", *retrieved, "person"]
+        )
         claim = out["claim"].to_numpy()
         starts = np.flatnonzero(np.r_[True, claim[1:] != claim[:-1]])
         rank = np.arange(len(claim)) - np.repeat(starts, np.diff(np.r_[starts, len(claim)]))
@@ -458,7 +529,8 @@ class Frontend:
         with self.reserved(grant, results.num_rows):
             outcomes = pc.if_else(found, "disclosed", "not_found")
             ctx = AuditContext(grant.agency.code, *_ids(request), grant.audit_mode, grant.fields)
-            commit = self.audit.append(ctx, shown[0].combine_chunks(), outcomes)
+            persons = pc.if_else(hidden, pa.scalar(None, pa.uint32()), out["person"])
+            commit = self.audited(ctx, shown[0].combine_chunks(), outcomes, persons=persons)
         return Answer(first_row, results, commit, self.audit)
 
     def answer_one(
@@ -476,7 +548,7 @@ class Frontend:
         retrieved = [c for c in grant.retrieved if c != "resident_code"]
         with self.reserved(grant, 1):
             row = self.registry.verify_one(
-                key, by, claims, columns=["resident_code", *retrieved], match=grant.level
+                key, by, claims, columns=["resident_code", *retrieved, "person"], match=grant.level
             )
             if row["found"]:
                 outcome = "disclosed"
@@ -484,8 +556,9 @@ class Frontend:
                 outcome = "not_found" if row["error"] is None else "invalid_key"
             kept = {name: row[name] for name in _kept(grant)}
             subjects = pa.array([row["resident_code"]], pa.string())
+            persons = pa.array([row["person"]], pa.uint32())
             ctx = AuditContext(grant.agency.code, *_ids(request), grant.audit_mode, grant.fields)
-            commit = self.audit.append(ctx, subjects, outcome)
+            commit = self.audited(ctx, subjects, outcome, persons=persons)
             call.recorded = True
         settle(self.audit, commit, self.audit_timeout)
         return kept

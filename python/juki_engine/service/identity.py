@@ -1,4 +1,5 @@
-"""The trust boundary: which agency a call comes from, read from its TLS client certificate.
+"""The trust boundary: which agency, municipality or resident a call comes from, read from its TLS
+client certificate.
 
 grpc's TLS layer has already checked that the certificate chains to a CA of the server's trust
 bundle. That alone does not name an agency: any CA in the bundle could sign a certificate with
@@ -7,26 +8,47 @@ the CA named by the SHA-256 fingerprint of its certificate, plus optional public
 certificate the CA has revoked (its CRL, named in the server's configuration and reloaded on
 SIGHUP) names no one. The check runs for every call, and for every message of a bulk job, so a
 revocation or a policy change stops a running job at its next message.
+
+A resident is a certificate of the residents' CA (a separate root, standing in for the My Number
+card's 利用者証明用電子証明書) that the engine bound to a person when it was issued
+(`ResidentBindings`): no agency can be bound to that CA's certificates by the policy, and no
+resident certificate names an agency.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import grpc
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from juki_engine.audit import fsync_directory
 from juki_engine.certs import certificate_subject, fingerprint, key_pin
 from juki_engine.policy import NotPermitted, Policy, PolicyError
 
 log = logging.getLogger("juki.server")
 
-__all__ = ["PeerCertificate", "TrustStore"]
+__all__ = ["PeerCertificate", "ResidentAuthority", "ResidentBindings", "TrustStore", "bind"]
+
+BINDINGS = Path("residents") / "bindings.parquet"
+"""Where, under the server's state directory, the certificate → person bindings live."""
+BINDINGS_SCHEMA = pa.schema(
+    [
+        ("fingerprint", pa.string()),  # SHA-256 of the certificate's DER, lower-case hex
+        ("person", pa.uint32()),
+        ("issued", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +61,8 @@ class PeerCertificate:
     """SHA-256 fingerprint of the trusted CA that signed it; "" if none of the bundle did."""
     key_pin: str
     serial: int
+    fingerprint: str = ""
+    """SHA-256 of the certificate itself: what binds a resident's certificate to a person."""
 
 
 class TrustStore:
@@ -127,7 +151,9 @@ class TrustStore:
                 continue
             issuer = fp
             break
-        return PeerCertificate(certificate_subject(pem), issuer, key_pin(cert), cert.serial_number)
+        return PeerCertificate(
+            certificate_subject(pem), issuer, key_pin(cert), cert.serial_number, fingerprint(cert)
+        )
 
     def check(self, peer: PeerCertificate) -> None:
         """Refuse a certificate no CA of the bundle issued, or one its CA has revoked."""
@@ -151,3 +177,80 @@ def _pem_blocks(data: bytes, label: bytes) -> list[bytes]:
     if not blocks:
         raise ValueError(f"no {label.decode()} block")
     return blocks
+
+
+# --- residents -------------------------------------------------------------------------------
+
+
+class ResidentBindings:
+    """Certificate fingerprint → person id, as issued; read again when the file changes, so a
+    certificate issued while the server runs works at once."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._persons: dict[str, int] = {}
+
+    def person_of(self, fingerprint: str) -> int | None:
+        with self._lock:
+            self._refresh()
+            return self._persons.get(fingerprint)
+
+    def _refresh(self) -> None:
+        try:
+            stat = self._path.stat()
+        except FileNotFoundError:
+            self._stamp, self._persons = None, {}
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            table = pq.read_table(self._path)
+            if not table.schema.equals(BINDINGS_SCHEMA) or table["person"].null_count:
+                raise ValueError(f"schema {table.schema}, expected {BINDINGS_SCHEMA}")
+        except (OSError, ValueError, pa.ArrowException) as e:
+            # Keep the bindings in force: a half-written or foreign file binds no one new.
+            log.error("resident bindings %s unreadable, keeping the last read: %s", self._path, e)
+            return
+        self._persons = dict(
+            zip(table["fingerprint"].to_pylist(), table["person"].to_pylist(), strict=True)
+        )
+        self._stamp = stamp
+
+
+def bind(state_dir: str | os.PathLike[str], bindings: dict[str, int]) -> Path:
+    """Record which person each certificate (by fingerprint) was issued to, beside what is
+    bound already (a fingerprint bound again is re-bound); written whole, then renamed."""
+    path = Path(state_dir) / BINDINGS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    now = pa.scalar(dt.datetime.now(dt.UTC), BINDINGS_SCHEMA.field("issued").type)
+    new = pa.table(
+        {
+            "fingerprint": pa.array(list(bindings), pa.string()),
+            "person": pa.array(list(bindings.values()), pa.uint32()),
+            "issued": pa.array([now.as_py()] * len(bindings), now.type),
+        },
+        schema=BINDINGS_SCHEMA,
+    )
+    if path.exists():
+        old = pq.read_table(path, schema=BINDINGS_SCHEMA)
+        old = old.filter(pc.invert(pc.is_in(old["fingerprint"], new["fingerprint"])))
+        new = pa.concat_tables([old, new])
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(new, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fsync_directory(path.parent)
+    return path
+
+
+@dataclass(frozen=True)
+class ResidentAuthority:
+    """The residents' CA (by the fingerprint of its certificate) and the bindings of what it
+    issued: the only way a call is a resident's."""
+
+    ca_fingerprint: str
+    bindings: ResidentBindings

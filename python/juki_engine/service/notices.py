@@ -82,7 +82,7 @@ class NoticeService(cpb_grpc.NoticeServiceServicer):
                 # does not scan the same tail at every wake-up.
                 after = max(after, scanned_through(notices))
                 if notices.num_rows:
-                    commit = f.audit.append(ctx, notices["resident_code"], "disclosed")
+                    commit = f.audited(ctx, notices["resident_code"], "disclosed")
                     settle(f.audit, commit, f.audit_timeout)
                     for row in notices.to_pylist():
                         yield notice_message(row)

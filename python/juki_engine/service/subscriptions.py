@@ -159,7 +159,7 @@ class SubscriptionService(cpb_grpc.SubscriptionServiceServicer):
                     )
                     for subjects, outcome in ((first, "disclosed"), (again, "redelivered")):
                         if subjects:
-                            commit = f.audit.append(ctx, pa.array(subjects, pa.string()), outcome)
+                            commit = f.audited(ctx, pa.array(subjects, pa.string()), outcome)
                             settle(f.audit, commit, f.audit_timeout)
                     lists.advance(_sent_name(name), messages[-1].change)
                     yield from messages

@@ -1,8 +1,7 @@
-"""Tests for the audit trail: durability, group commit, segments, crashes, reading (audit.py)."""
+"""Tests for the audit trail: durability, group commit, segments, crashes, reading."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import shutil
@@ -10,66 +9,17 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from auditing import EPOCH, T0, Clock, context, residents, segments
 
 from juki_engine import JukiError, audit
-from juki_engine.audit import AuditContext, AuditTrail, AuditUnavailable, records
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Well before the real now, so segments' real mtimes never precede their records' times.
-T0 = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
-
-
-BASE = AuditContext(
-    agency="JPN-PENSION",
-    operator="op-17",
-    request_id="req-1",
-    affair="77",
-    mode="verify+retrieve",
-    fields=("family_name", "birth_date"),
-)
-
-
-def context(**changes: Any) -> AuditContext:
-    return dataclasses.replace(BASE, **changes)
-
-
-def residents(count: int, first: int = 0) -> pa.Array:
-    return pa.array([f"{first + i:011d}" for i in range(count)], pa.string())
-
-
-def segments(directory: Path) -> list[Path]:
-    return sorted(directory.glob("audit-*.arrows"))
-
-
-class Clock:
-    """The trail's clock, set by the test."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def micros(self) -> int:
-        return (self.now - EPOCH) // timedelta(microseconds=1)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(records, "clock", clock.micros)
-    return clock
-
-
-@pytest.fixture
-def trail(tmp_path: Path) -> Iterator[AuditTrail]:
-    with AuditTrail(tmp_path / "audit") as trail:
-        yield trail
-
+from juki_engine.audit import AuditTrail, AuditUnavailable, records
 
 # --- recording and reading ---------------------------------------------------------------------
 
@@ -85,6 +35,7 @@ def test_round_trip_with_filters(tmp_path: Path, clock: Clock) -> None:
             context(agency="MOJ", request_id="b", affair="12", mode="verify", fields=()),
             pa.array(["00000000001", None]),
             pa.array(["disclosed", "invalid_key"]),
+            persons=pa.array([7, None], pa.int64()),
         )
         clock.now = times[2]
         trail.record(context(request_id="c", operator="op-2"), residents(1, first=1), "denied")
@@ -103,10 +54,12 @@ def test_round_trip_with_filters(tmp_path: Path, clock: Clock) -> None:
             "mode": "verify",
             "fields": "",
             "subject": "00000000001",
+            "person": 7,
             "outcome": "disclosed",
             "reason": None,
         }
     ]
+    assert table.column("person").to_pylist() == [None] * 3 + [7, None, None]
     assert table.column("fields")[0].as_py() == "family_name,birth_date"
     assert table.column("subject")[4].as_py() is None
 
@@ -117,6 +70,8 @@ def test_round_trip_with_filters(tmp_path: Path, clock: Clock) -> None:
     assert ids(subject="00000000001") == ["a", "b", "c"]
     assert ids(subject="00000000002") == ["a"]
     assert ids(subject="99999999999") == []
+    assert ids(person=7) == ["b"]
+    assert ids(person=8) == []
     assert ids(agency="MOJ") == ["b", "b"]
     assert ids(affair="77") == ["a", "a", "a", "c"]
     assert ids(agency="JPN-PENSION", subject="00000000001") == ["a", "c"]
@@ -205,6 +160,24 @@ def test_invalid_input_is_rejected_before_recording(
         trail.append(context(), subjects, outcomes)
     trail.record(context(request_id="after"), residents(1), "disclosed")
     assert audit.read(trail.directory).column("request_id").to_pylist() == ["after"]
+
+
+@pytest.mark.parametrize(
+    ("persons", "message"),
+    [
+        (pa.array([1, 2]), "persons has 2 rows"),
+        (pa.array(["1"]), "person ids"),
+        (pa.array([-1]), "person ids \\(0 to 2\\^32-1\\)"),
+        ([1], "person ids"),
+    ],
+    ids=["length", "type", "negative", "list"],
+)
+def test_invalid_persons_are_rejected_before_recording(
+    trail: AuditTrail, persons: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        trail.append(context(), residents(1), "disclosed", persons=persons)
+    assert audit.read(trail.directory).num_rows == 0
 
 
 def test_context_is_checked() -> None:
@@ -629,4 +602,4 @@ def test_segments_written_before_reasons_read_with_none(tmp_path: Path) -> None:
         with pa.ipc.new_stream(sink, old) as writer:
             writer.write_batch(batch)
     (row,) = audit.read(directory).to_pylist()
-    assert (row["outcome"], row["reason"]) == ("disclosed", None)
+    assert (row["outcome"], row["reason"], row["person"]) == ("disclosed", None, None)
