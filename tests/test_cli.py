@@ -293,11 +293,29 @@ def test_serve_reloads_on_sighup_and_stops_on_sigterm(
             ] != ["bar-exam-2"]:
                 assert time.monotonic() < deadline, "the policy was not reloaded"
                 time.sleep(0.05)
+        proc.send_signal(signal.SIGUSR1)  # a checkpoint of the audit trail, on demand
+        manifest = tmp_path / "audit" / "manifest.jsonl"
+        while "checkpoint" not in (manifest.read_text() if manifest.exists() else ""):
+            assert time.monotonic() < deadline, "no checkpoint was signed"
+            time.sleep(0.05)
+        # The hourly compaction ran once at the start, in a child process of its own.
+        while not (tmp_path / "audit" / "store" / "compaction.lock").exists():
+            assert time.monotonic() < deadline, "no compaction ran"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert proc.stderr is not None
         log = proc.stderr.read()
         assert "policy reloaded" in log and "stopped" in log
+        assert "checkpoint signed" in log
+        # Both were operators' actions, in the trail.
+        done = audit.read(tmp_path / "audit", agency="operator")["mode"].to_pylist()
+        assert {"reload", "checkpoint"} <= set(done)
+        public = pki / "audit-signing.pub"
+        assert (
+            main(["audit", "verify", "--dir", str(tmp_path / "audit"), "--public-key", str(public)])
+            == 0
+        )
         # Every line starts with its time in ISO 8601, UTC, the zone written out.
         stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
         assert all(stamp.match(line) for line in log.splitlines()), log

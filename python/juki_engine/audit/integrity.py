@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -111,44 +112,70 @@ def _canonical(entry: dict[str, Any], previous: str) -> bytes:
 
 
 class Manifest:
-    """The append side of `manifest.jsonl`: each entry chained to the last and signed."""
+    """The append side of `manifest.jsonl`: each entry chained to the last and signed. The
+    server's writer and a compaction (another process) both append: an append holds the file's
+    lock and chains to the line last written, whoever wrote it."""
 
-    __slots__ = ("_directory", "_head", "_key")
+    __slots__ = ("_key", "_path")
 
     def __init__(self, directory: Path, key: Ed25519PrivateKey | None) -> None:
-        self._directory = directory
+        self._path = directory / MANIFEST
         self._key = key
-        lines = _lines(directory / MANIFEST)
-        self._head = hashlib.sha256(lines[-1]).hexdigest() if lines else ""
 
     @property
     def head(self) -> str:
         """The SHA-256 of the last entry's line ("" before the first)."""
-        return self._head
+        try:
+            with open(self._path, "rb") as f:
+                return _head(f.fileno())
+        except FileNotFoundError:
+            return ""
 
     def append(self, entry: dict[str, Any]) -> None:
         """Add an entry, durable (fsync) before this returns."""
-        body = _canonical(entry, self._head)
-        signature = None if self._key is None else self._key.sign(body).hex()
-        line = json.dumps(
-            {"entry": entry, "previous": self._head, "signature": signature},
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        ).encode()
-        path = self._directory / MANIFEST
-        created = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        created = not self._path.exists()
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                # A line torn by a crash was never acknowledged: cut it, or it would swallow
+                # the start of this one.
+                data = os.pread(fd, size, 0)
+                os.ftruncate(fd, data.rfind(b"\n") + 1)
+            head = _head(fd)
+            body = _canonical(entry, head)
+            signature = None if self._key is None else self._key.sign(body).hex()
+            line = json.dumps(
+                {"entry": entry, "previous": head, "signature": signature},
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+            ).encode()
             os.write(fd, line + b"\n")
             os.fsync(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # and with it the lock
         if created:
             from juki_engine.audit.segments import fsync_directory
 
-            fsync_directory(self._directory)
-        self._head = hashlib.sha256(line).hexdigest()
+            fsync_directory(self._path.parent)
+
+
+def _head(fd: int) -> str:
+    """The SHA-256 of the last complete line of the open manifest ("" if none)."""
+    size = os.fstat(fd).st_size
+    tail = b""
+    position = size
+    while position > 0:
+        step = min(1 << 16, position)
+        position -= step
+        tail = os.pread(fd, step, position) + tail
+        lines = tail.split(b"\n")
+        complete = [line for line in lines[:-1] if line]
+        if len(lines) > 2 or (position == 0 and complete):
+            return hashlib.sha256(complete[-1]).hexdigest() if complete else ""
+    return ""
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -233,6 +260,19 @@ def _manifest_entries(
         yield _Entry(entry, previous)
 
 
+def compacted_sources(directory: Path) -> set[str]:
+    """The names of the files compactions recorded as their sources (removed, or about to be)."""
+    names: set[str] = set()
+    for line in _lines(directory / MANIFEST):
+        try:
+            entry = json.loads(line)["entry"]
+        except (ValueError, KeyError, TypeError):
+            continue  # `verify` reports damage; a compaction only needs what it can read
+        if isinstance(entry, dict) and entry.get("kind") == "compacted":
+            names.update(str(source[0]) for source in entry.get("sources", []))
+    return names
+
+
 def chain_metadata(path: Path) -> tuple[str, str]:
     """A segment's recorded predecessor link and manifest head ("" where none)."""
     try:
@@ -256,6 +296,7 @@ def verify(directory: str | os.PathLike[str], public: Ed25519PublicKey | None) -
     root = Path(directory)
     report = Report(signatures_checked=public is not None)
     removed: dict[str, str] = {}  # name → hash, of files the manifest removed by design
+    written: dict[str, str] = {}  # name → hash, of the store's files as compactions wrote them
     checkpoints: list[dict[str, Any]] = []
     manifest_heads = {""}
     for item in _manifest_entries(root, public, report):
@@ -270,6 +311,8 @@ def verify(directory: str | os.PathLike[str], public: Ed25519PublicKey | None) -
             for name, sha in files:
                 removed[str(name)] = str(sha)
             report.expired += len(files) if kind == "expired" else 0
+            for name, sha in entry.get("outputs", []):
+                written[str(name)] = str(sha)
     segments = list_segments(root)
     report.segments = len(segments)
     position = {s.path.name: i for i, s in enumerate(segments)}
@@ -308,6 +351,7 @@ def verify(directory: str | os.PathLike[str], public: Ed25519PublicKey | None) -
             )
     if segments:
         _check_head(root, segments[-1].path, position, removed, checkpoints, report)
+    _check_store(root, written, removed, report)
     from juki_engine.audit.writer import OPERATORS
 
     if (root / OPERATORS).is_dir():
@@ -317,6 +361,24 @@ def verify(directory: str | os.PathLike[str], public: Ed25519PublicKey | None) -
         report.expired += operators.expired
         report.problems += [f"{OPERATORS}/{problem}" for problem in operators.problems]
     return report
+
+
+def _check_store(
+    root: Path, written: dict[str, str], removed: dict[str, str], report: Report
+) -> None:
+    """Every file of the store is one a signed compaction wrote, as it wrote it; every file a
+    compaction wrote is there, or was merged or expired by design since."""
+    from juki_engine.audit.store import store_files
+
+    present = store_files(root)
+    report.compacted = len(present)
+    for name in present:
+        if name not in written:
+            report.problems.append(f"{name} was written by no recorded compaction (inserted)")
+        elif digest(root / name) != written[name]:
+            report.problems.append(f"{name} was altered (its hash differs from its compaction's)")
+    for name in sorted(set(written) - set(present) - set(removed)):
+        report.problems.append(f"{name} was removed outside retention (compacted)")
 
 
 def _check_head(

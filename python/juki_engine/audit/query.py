@@ -1,4 +1,6 @@
-"""Reading the trail: records by subject, agency, affair and time; what quotas count."""
+"""Reading the trail: records by subject, person, agency, affair and time; one resident's
+history; what quotas count. Records come from the store (compacted days and months) and from the
+segments of the days not compacted yet; a day is read from one or the other, never both."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from juki_engine.audit.records import ANSWERED, SCHEMA, TIME, AuditUnavailable, micros
+from juki_engine.audit.records import ANSWERED, DAY_US, SCHEMA, TIME, AuditUnavailable, micros
 from juki_engine.audit.segments import list_segments, read_segment
+from juki_engine.audit.store import period_records, person_records, stored_days
 from juki_engine.audit.writer import OPERATORS
 
 
@@ -22,7 +25,8 @@ def _batches(
     """The stored batches of segments that may hold records in [since, until): the server's,
     then those of operators' actions outside it (`OPERATORS`)."""
     try:
-        trails = [list_segments(directory)]
+        stored = stored_days(directory)
+        trails = [[s for s in list_segments(directory) if s.start_us // DAY_US not in stored]]
         if (directory / OPERATORS).is_dir():
             trails.append(list_segments(directory / OPERATORS))
     except OSError as error:
@@ -136,11 +140,70 @@ def read(
         pieces.append(
             pa.RecordBatch.from_arrays([_plain(rows.column(name)) for name in names], schema=schema)
         )
+    stored = _stored(
+        Path(directory),
+        _expression(subject, person, agency, affair, since_us, until_us),
+        person,
+        since_us,
+        until_us,
+    )
+    for part in stored:
+        if part.num_rows:
+            in_order = False
+            times.append(part["time"].combine_chunks())
+            pieces.extend(part.select(names).to_batches())
     table = pa.Table.from_batches(pieces, schema=schema)
     if not in_order:
         # A stable sort: records of one time keep their file order.
         table = table.take(pc.sort_indices(pa.chunked_array(times, type=TIME)))
     return table
+
+
+def _stored(
+    directory: Path,
+    expression: pc.Expression | None,
+    person: int | None,
+    since_us: int | None,
+    until_us: int | None,
+) -> Iterator[pa.Table]:
+    """The store's records matching `expression`: a person's from their bucket only."""
+    if person is not None:
+        parts = person_records(directory, person, since_us, until_us)
+    else:
+        parts = period_records(directory, since_us, until_us)
+    for part in parts:
+        yield part if expression is None else part.filter(expression)
+
+
+def _expression(
+    subject: str | None,
+    person: int | None,
+    agency: str | None,
+    affair: str | None,
+    since_us: int | None,
+    until_us: int | None,
+) -> pc.Expression | None:
+    terms = [
+        pc.field(name) == value
+        for name, value in (
+            ("subject", subject),
+            ("agency", agency),
+            ("affair", affair),
+        )
+        if value is not None
+    ]
+    if person is not None:
+        terms.append(pc.field("person") == pa.scalar(person, pa.uint32()))
+    if since_us is not None:
+        terms.append(pc.field("time") >= pa.scalar(since_us, pa.int64()).cast(TIME))
+    if until_us is not None:
+        terms.append(pc.field("time") < pa.scalar(until_us, pa.int64()).cast(TIME))
+    if not terms:
+        return None
+    expression = terms[0]
+    for term in terms[1:]:
+        expression = expression & term
+    return expression
 
 
 def history(
@@ -179,8 +242,17 @@ def counts_since(directory: str | os.PathLike[str], since: datetime) -> dict[tup
                 counts[key] = counts.get(key, 0) + count
             continue
         table = pa.table({"agency": _plain(agency), "affair": _plain(affair)}).filter(mask)
-        groups = table.group_by(["agency", "affair"]).aggregate([([], "count_all")])
-        for group in groups.to_pylist():
-            key = (group["agency"], group["affair"])
-            counts[key] = counts.get(key, 0) + group["count_all"]
+        _count(table, counts)
+    answered = pc.field("outcome").isin(list(ANSWERED))
+    since_expression = _expression(None, None, None, None, since_us, None)
+    assert since_expression is not None
+    for part in _stored(Path(directory), since_expression & answered, None, since_us, None):
+        _count(part.select(["agency", "affair"]), counts)
     return counts
+
+
+def _count(table: pa.Table, counts: dict[tuple[str, str], int]) -> None:
+    groups = table.group_by(["agency", "affair"]).aggregate([([], "count_all")])
+    for group in groups.to_pylist():
+        key = (group["agency"], group["affair"])
+        counts[key] = counts.get(key, 0) + group["count_all"]

@@ -192,6 +192,21 @@ def _damaged(path: Path, position: int) -> AuditUnavailable:
     return AuditUnavailable(f"audit segment {path} is damaged at byte {position}")
 
 
+def sealed(path: Path) -> bool:
+    """Whether a segment was closed: its stream ends with the end-of-stream marker, so no
+    writer appends to it any more (a segment a crash tore never grows again either, but only
+    a newer segment beside it says so)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 8:
+                return False
+            f.seek(-8, os.SEEK_END)
+            return f.read(8) == struct.pack("<Ii", _CONTINUATION, 0)
+    except FileNotFoundError:
+        return True
+
+
 def read_segment(path: Path) -> list[pa.RecordBatch]:
     """Every complete record batch of one segment."""
     try:

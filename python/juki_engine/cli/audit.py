@@ -174,6 +174,32 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from juki_engine.audit import store
+    from juki_engine.audit.integrity import load_private_key
+
+    if args.nice:
+        os.nice(19)  # beside a serving server: its CPU first
+    key = load_private_key(args.audit_key or DEMO_CERTS / AUDIT_SIGNING_KEY)
+    started = time.perf_counter()
+    done = store.compact(
+        args.dir,
+        signing_key=key,
+        memory_budget=args.memory_mib << 20,
+        retention_days=args.retention_days,
+    )
+    seconds = time.perf_counter() - started
+    console.print(
+        f"{args.dir}: {done.days} days compacted ({done.records:,} records, "
+        f"{done.records / max(seconds, 1e-9):,.0f}/s), {done.months} months merged, "
+        f"{done.expired} files past retention removed"
+    )
+    return EXIT_OK
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from juki_engine.audit.integrity import write_key_pair
 
@@ -215,7 +241,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add_format_option(p)
     p.set_defaults(func=cmd_audit)
 
-    actions = p.add_subparsers(dest="action", metavar="{verify,checkpoint,keygen}")
+    actions = p.add_subparsers(dest="action", metavar="{verify,checkpoint,compact,keygen}")
     v = actions.add_parser(
         "verify",
         help="check the trail's hash chain, manifest and signatures; name the first file "
@@ -238,6 +264,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     trail_options(c)
     c.set_defaults(func=cmd_checkpoint)
+    m = actions.add_parser(
+        "compact",
+        help="compact the closed days of the trail into its Parquet store (by person), merge "
+        "the months that are over, remove files past retention (juki serve runs it hourly)",
+    )
+    trail_options(m)
+    m.add_argument(
+        "--memory-mib", type=int, default=512, help="records held in memory at once (MiB)"
+    )
+    m.add_argument("--retention-days", type=int, default=7 * 366, help="retention (7 years)")
+    m.add_argument("--nice", action="store_true", help="run at the lowest CPU priority")
+    m.set_defaults(func=cmd_compact)
     k = actions.add_parser("keygen", help="write a new Ed25519 audit signing key (and .pub)")
     k.add_argument("file", help="where to write the private key")
     k.set_defaults(func=cmd_keygen)

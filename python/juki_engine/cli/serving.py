@@ -133,6 +133,7 @@ def start_server(
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from juki_engine.service import serve_forever
+    from juki_engine.service.app import Compaction
 
     snapshot = Path(args.snapshot)
     registry = registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
@@ -167,9 +168,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tmp.replace(args.port_file)
     console.print(
         f"serving {len(registry):,} residents on port {server.port} (mutual TLS; policy "
-        f"{policy}; certificates {certs_dir}; audit trail {args.audit}); SIGHUP reloads the policy"
+        f"{policy}; certificates {certs_dir}; audit trail {args.audit}); SIGHUP reloads the "
+        "policy, SIGUSR1 signs an audit checkpoint"
     )
-    serve_forever(server, policy)
+    compaction = None
+    if not args.no_compaction:
+        key = Path(args.audit_key) if args.audit_key else certs_dir / AUDIT_SIGNING_KEY
+        compaction = Compaction(Path(args.audit), key, args.retention_days)
+    try:
+        serve_forever(server, policy)
+    finally:
+        if compaction is not None:
+            compaction.stop()
     return EXIT_OK
 
 
@@ -531,6 +541,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--audit-key",
         help=f"Ed25519 key signing the audit trail (default: {AUDIT_SIGNING_KEY} in --certs)",
+    )
+    p.add_argument(
+        "--no-compaction",
+        action="store_true",
+        help="do not compact the audit trail's closed days hourly (then run `juki audit "
+        "compact` yourself, e.g. from cron)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -175,6 +177,64 @@ def start(
         raise InvalidInput(f"cannot listen on {address}")
     server.start()
     return Server(server, port, frontend, checker, bulk)
+
+
+COMPACTION_EVERY_S = 3600.0
+"""How often a serving server has the closed days of its trail compacted."""
+
+
+class Compaction:
+    """Compacts the trail's closed days into its store now and then, in a child process at the
+    lowest priority (`juki audit compact --nice`): its memory is its own, bounded, and never
+    the server's; a failure is logged and tried again next time."""
+
+    def __init__(
+        self,
+        audit_dir: Path,
+        key: Path,
+        retention_days: int,
+        every_s: float = COMPACTION_EVERY_S,
+    ) -> None:
+        self._command = [
+            sys.executable,
+            "-m",
+            "juki_engine.cli",
+            "audit",
+            "compact",
+            "--nice",
+            *("--dir", str(audit_dir), "--audit-key", str(key)),
+            *("--retention-days", str(retention_days), "--operator", "juki-serve"),
+        ]
+        self._every_s = every_s
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[str] | None = None
+        self._thread = threading.Thread(target=self._run, name="juki-compaction", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._child = subprocess.Popen(
+                    self._command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+            out, err = self._child.communicate()
+            if self._child.returncode and not self._stopping.is_set():
+                log.error("audit compaction failed (%d): %s", self._child.returncode, err[-2000:])
+            elif out.strip():
+                log.info("%s", " ".join(out.split()))
+            self._stopping.wait(self._every_s)
+
+    def stop(self) -> None:
+        """Stop, ending a compaction in progress (it resumes next time: an interrupted one
+        leaves nothing a reader sees)."""
+        self._stopping.set()
+        with self._lock:
+            if self._child is not None and self._child.poll() is None:
+                self._child.terminate()
+        self._thread.join()
 
 
 def _checkpoint(server: Server) -> None:
