@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from juki_engine.audit import records
 from juki_engine.audit.integrity import Manifest, compacted_sources, digest, now_text
-from juki_engine.audit.records import DAY_US, EPOCH, SCHEMA, AuditUnavailable
+from juki_engine.audit.records import DAY_US, EPOCH, SCHEMA, STORED_SCHEMA, AuditUnavailable
 from juki_engine.audit.segments import (
     SegmentFile,
     fsync_directory,
@@ -54,8 +54,10 @@ from juki_engine.audit.segments import (
 STORE = "store"
 BUCKETS = 256
 """Person buckets: a person's records are in bucket `person % BUCKETS` of each period."""
-ROW_GROUP = 16_384
-"""Rows per row group: a history read takes one or two of them per file."""
+ROW_GROUP = 4096
+"""Rows per row group: a history read decodes the person column of one or two of them per file,
+and the rest of the row group only where the person is there (BENCHMARKS.md: 4096 rows cost
+about half of 16,384 per file read, with a footer of a few tens of KiB)."""
 MEMORY_BUDGET = 512 << 20
 _DAY = "day"
 _MONTH = "month"
@@ -111,8 +113,9 @@ def person_records(
     directory: Path, person: int, since_us: int | None, until_us: int | None
 ) -> Iterator[pa.Table]:
     """The stored records of one person in [since, until): their bucket's file of each
-    period, row groups chosen by statistics."""
-    wanted = [("person", "=", person)]
+    period, of which the row groups whose statistics span the person (found by bisection: the
+    file is sorted by person) are read, their person column first and the rest only where the
+    person is there."""
     for period in periods(directory):
         if (since_us is not None and period.end_us <= since_us) or (
             until_us is not None and period.start_us >= until_us
@@ -120,7 +123,49 @@ def person_records(
             continue
         path = period.file(person % BUCKETS)
         if path.exists():
-            yield _read(path, wanted)
+            try:
+                found = _person_rows(pq.ParquetFile(path), person)
+            except (OSError, pa.ArrowException) as error:
+                raise AuditUnavailable(f"audit store file {path} is unreadable: {error}") from error
+            if found is not None:
+                yield found
+
+
+_PERSON = SCHEMA.get_field_index("person")
+
+
+def _person_rows(file: pq.ParquetFile, person: int) -> pa.Table | None:
+    metadata = file.metadata
+    if file.schema_arrow.names != SCHEMA.names:
+        raise AuditUnavailable(f"audit store file schema {file.schema_arrow} is not the trail's")
+
+    def bounds(group: int) -> tuple[int, int]:
+        statistics = metadata.row_group(group).column(_PERSON).statistics
+        if statistics is None or not statistics.has_min_max:  # all null (the none bucket)
+            return (2**32, 2**32)
+        return int(statistics.min), int(statistics.max)
+
+    # The first row group whose largest person is ≥ the person; then on while they start ≤ it.
+    low, high = 0, metadata.num_row_groups
+    while low < high:
+        middle = (low + high) // 2
+        if bounds(middle)[1] < person:
+            low = middle + 1
+        else:
+            high = middle
+    pieces = []
+    group = low
+    while group < metadata.num_row_groups and bounds(group)[0] <= person:
+        persons = file.read_row_group(group, columns=["person"])["person"].to_numpy(
+            zero_copy_only=False
+        )
+        rows = np.flatnonzero(persons == person)
+        if rows.size:
+            pieces.append(file.read_row_group(group).take(pa.array(rows)))
+        group += 1
+    if not pieces:
+        return None
+    return pa.concat_tables(pieces).cast(SCHEMA)
 
 
 def period_records(
@@ -133,15 +178,15 @@ def period_records(
         ):
             continue
         for path in period.files():
-            yield _read(path, None)
+            yield _read(path)
 
 
-def _read(path: Path, filters: list[tuple[str, str, int]] | None) -> pa.Table:
+def _read(path: Path) -> pa.Table:
+    """A store file's records as `SCHEMA` has them (plain strings)."""
     try:
-        table = pq.read_table(path, filters=filters, schema=SCHEMA)
+        return pq.read_table(path).cast(SCHEMA)
     except (OSError, pa.ArrowException) as error:
         raise AuditUnavailable(f"audit store file {path} is unreadable: {error}") from error
-    return table
 
 
 # --- compaction -------------------------------------------------------------------------------
@@ -164,16 +209,20 @@ def compact(
     memory_budget: int = MEMORY_BUDGET,
     retention_days: int = 7 * 366,
     months: bool = True,
+    until: datetime | None = None,
 ) -> Compacted:
-    """Compact every closed UTC day of the trail's segments into the store, merge every month
-    that is over into one file per bucket (with `months`), and remove store files older than
-    the retention period. Safe beside a writing server; one compaction at a time."""
+    """Compact every closed UTC day of the trail's segments into the store (those before
+    `until` only, if given), merge every month that is over into one file per bucket (with
+    `months`), and remove store files older than the retention period. Safe beside a writing
+    server; one compaction at a time."""
     root = Path(directory)
     manifest = Manifest(root, signing_key)  # type: ignore[arg-type]
     done = Compacted()
     with _compaction_lock(root):
         _finish_interrupted(root)
         today = records.clock() // DAY_US
+        if until is not None:
+            today = min(today, records.micros(until) // DAY_US)
         by_day: dict[int, list[SegmentFile]] = {}
         segments = list_segments(root)
         for segment in segments:
@@ -235,6 +284,8 @@ class _Buckets:
     one temporary Arrow file per bucket past it."""
 
     def __init__(self, spill: Path, budget: int) -> None:
+        # Records stay as the segments hold them, their strings dictionary-encoded: splitting
+        # and sorting move indices, never strings (BENCHMARKS.md).
         self.spill = spill
         self.budget = budget
         self.held: dict[int | None, list[pa.RecordBatch]] = {}
@@ -266,7 +317,7 @@ class _Buckets:
             writer = self.writers.get(bucket)
             if writer is None:
                 sink = pa.OSFile(str(self.spill / f"{_file_name(bucket)}.arrows"), "wb")
-                writer = pa.ipc.new_stream(sink, SCHEMA)
+                writer = pa.ipc.new_stream(sink, STORED_SCHEMA)
                 self.writers[bucket] = writer
             for piece in pieces:
                 writer.write_batch(piece)
@@ -284,18 +335,7 @@ class _Buckets:
                 with pa.OSFile(str(spilled), "rb") as source:
                     pieces = list(pa.ipc.open_stream(source)) + pieces
                 spilled.unlink()
-            yield bucket, pa.Table.from_batches(pieces, schema=SCHEMA)
-
-
-def _plain(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A stored batch as `SCHEMA` has it (dictionaries decoded: batches' dictionaries differ)."""
-    return pa.RecordBatch.from_arrays(
-        [
-            column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
-            for column in batch.columns
-        ],
-        schema=SCHEMA,
-    )
+            yield bucket, pa.Table.from_batches(pieces, schema=STORED_SCHEMA)
 
 
 def _compact_day(
@@ -310,7 +350,7 @@ def _compact_day(
         buckets = _Buckets(Path(spill), budget)
         for segment in segments:
             for batch in read_segment(segment.path):
-                buckets.add(_plain(batch))
+                buckets.add(batch.replace_schema_metadata(STORED_SCHEMA.metadata))
                 rows += batch.num_rows
         for bucket, table in buckets.tables():
             _write(building / _file_name(bucket), table)
@@ -339,7 +379,7 @@ def _merge_months(root: Path, manifest: Manifest, today: int) -> int:
         day_dirs = [root / STORE / _DAY / day_name for day_name, _ in sorted(days)]
         files = sorted({p.name for d in day_dirs for p in d.iterdir() if _FILE.fullmatch(p.name)})
         for file_name in files:  # one bucket in memory at a time
-            parts = [pq.read_table(d / file_name, schema=SCHEMA) for d in day_dirs]
+            parts = [pq.read_table(d / file_name) for d in day_dirs]
             _write(building / file_name, pa.concat_tables([p for p in parts if p.num_rows]))
         sources = [
             [f"{STORE}/{_DAY}/{d.name}/{p.name}", digest(p)]
@@ -356,7 +396,9 @@ def _merge_months(root: Path, manifest: Manifest, today: int) -> int:
 
 
 def _write(path: Path, table: pa.Table) -> None:
-    """One bucket of a period, sorted by person then time, fsync'd."""
+    """One bucket of a period, sorted by person then time, fsync'd; its strings stay
+    dictionary-encoded (one dictionary a file)."""
+    table = table.unify_dictionaries().combine_chunks()
     table = table.sort_by([("person", "ascending"), ("time", "ascending")])
     pq.write_table(
         table,

@@ -190,6 +190,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
         signing_key=key,
         memory_budget=args.memory_mib << 20,
         retention_days=args.retention_days,
+        until=parse_time(args.until, dt.UTC),
     )
     seconds = time.perf_counter() - started
     console.print(
@@ -275,6 +276,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     m.add_argument("--retention-days", type=int, default=7 * 366, help="retention (7 years)")
     m.add_argument("--nice", action="store_true", help="run at the lowest CPU priority")
+    m.add_argument("--until", help="compact only the days before this ISO 8601 date (UTC)")
     m.set_defaults(func=cmd_compact)
     k = actions.add_parser("keygen", help="write a new Ed25519 audit signing key (and .pub)")
     k.add_argument("file", help="where to write the private key")
