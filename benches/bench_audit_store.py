@@ -189,8 +189,9 @@ def compact_child(directory: Path, key: Path, memory_mib: int) -> tuple[float, f
     )
 
 
-def writes_per_second(directory: Path, seconds: float) -> float:
-    """1,000,000-record appends for `seconds`: records/s, each durable."""
+def writes_per_second(directory: Path, seconds: float, persons: bool = True) -> float:
+    """1,000,000-record appends for `seconds`: records/s, each durable (without `persons`,
+    records as format 2 wrote them: no person ids)."""
     rng = np.random.default_rng(5)
     codes, ids = subjects(rng.integers(0, RESIDENTS, BULK))
     context = affairs(rng)[1]
@@ -198,9 +199,23 @@ def writes_per_second(directory: Path, seconds: float) -> float:
     with AuditTrail(directory) as trail:
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
-            trail.record(context, codes, "disclosed", persons=ids)
+            trail.record(context, codes, "disclosed", persons=ids if persons else None)
             written += BULK
         return written / (time.perf_counter() - started)
+
+
+def person_cost(directory: Path, repeats: int) -> None:
+    """What keying records on the person costs the writer: appends with and without person
+    ids, alternated, medians of `repeats`."""
+    with_ids, without = [], []
+    for i in range(repeats):
+        with_ids.append(writes_per_second(directory / f"with-{i}", 4.0))
+        without.append(writes_per_second(directory / f"without-{i}", 4.0, persons=False))
+    a, b = statistics.median(with_ids), statistics.median(without)
+    print(
+        f"appends with person ids {a:,.0f} records/s, without {b:,.0f} ({a / b:.2f}x): "
+        f"{(1 / a - 1 / b) * 1e9:+.1f} ns a record"
+    )
 
 
 def main() -> None:
@@ -213,8 +228,14 @@ def main() -> None:
     parser.add_argument("--memory-mib", type=int, default=512)
     parser.add_argument("--rocksdb", type=float, default=0, help="records for design B")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--person-cost", type=int, default=0, help="only time appends with/without person ids"
+    )
     args = parser.parse_args()
     directory = Path(args.dir or tempfile.mkdtemp(prefix="audit-year-")) / "audit"
+    if args.person_cost:
+        person_cost(directory.parent / "person-cost", args.person_cost)
+        return
     key = directory.parent / "signing.key"
     rng = np.random.default_rng(args.seed + 1)
     if not args.reuse:
@@ -271,6 +292,8 @@ def main() -> None:
         half_reads(directory, rng, args.queries, half)
         seconds, rss, summary = compact_child(directory, key, args.memory_mib)
         print(f"compaction of the rest: {summary}; {seconds:.0f} s, peak RSS {rss:.2f} GiB")
+    else:
+        half_reads(directory, rng, args.queries, START + timedelta(days=args.days // 2))
     stored = [p for p in (directory / "store").rglob("*.parquet")]
     total = sum(pq_rows(p) for p in stored)
     print(

@@ -139,7 +139,9 @@ def test_key_files_are_0600(tmp_path: Path) -> None:
     paths = create_demo(tmp_path, AGENCIES)
     keys = sorted(tmp_path.rglob("*.key"))
     signing = tmp_path / "audit-signing.key"  # the audit trail's, Ed25519
-    assert keys == sorted([tmp_path / "ca.key", signing, *(p.key for p in paths.values())])
+    residents = tmp_path / "residents" / "ca.key"  # the residents' CA, issuing nothing yet
+    everything = [tmp_path / "ca.key", signing, residents, *(p.key for p in paths.values())]
+    assert keys == sorted(everything)
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
     # Reissuing replaces the key file and keeps it private, whatever mode the old file had.

@@ -122,7 +122,7 @@ def served(
 ) -> Iterator[tuple[str, Path, Path]]:
     """A server over the CLI's snapshot: (address, certificate directory, audit directory)."""
     base = tmp_path_factory.mktemp("served")
-    assert main(["certs", "--out", str(base / "certs")]) == 0
+    assert main(["certs", "--out", str(base / "certs"), "--audit", str(base / "audit")]) == 0
     policy = base / "certs" / "policy.toml"  # the example, bound to the demo CA by `juki certs`
     frontend = service.Frontend.open(Registry.open(snapshot), policy, base / "audit")
     running = service.start(frontend, service.ServerTLS.in_directory(base / "certs"))
@@ -135,11 +135,15 @@ def served(
 def test_certs_writes_a_ca_server_and_one_certificate_per_agency_and_municipality(
     served: tuple[str, Path, Path],
 ) -> None:
-    _, pki, _ = served
+    _, pki, trail = served
     assert {p.name for p in pki.iterdir()} >= {"ca.pem", "ca.key", "server.pem", "server.key"}
     names = {p.stem for p in (pki / "agencies").glob("*.pem")}
     policy = Policy.load(example_path())
     assert names == {a.code for a in policy.agencies} | {m.code for m in policy.municipalities}
+    # Issuing them was an operator's action, in the trail the server serves with.
+    operators = audit.read(trail, agency="operator").to_pylist()
+    (issued,) = [r for r in operators if r["mode"] == "certify"]
+    assert f"in {pki}" in issued["reason"]
 
 
 @pytest.mark.parametrize("fields", [None, "all", "status,address_town"])
@@ -676,7 +680,8 @@ def test_certs_for_residents_are_bound_to_them(
     from juki_engine.certs import fingerprint
     from juki_engine.service.identity import BINDINGS, ResidentBindings
 
-    argv = ["certs", "--out", str(tmp_path / "certs"), "--residents", "2"]
+    argv = ["certs", "--out", str(tmp_path / "certs"), "--audit", str(tmp_path / "audit")]
+    argv += ["--residents", "2"]
     assert main([*argv, "--snapshot", str(snapshot), "--format", "json"]) == 0
     out = capsys.readouterr().out
     issued = json.loads(out[out.index("[\n") :])

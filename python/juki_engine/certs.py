@@ -459,18 +459,22 @@ def create_demo(
         from juki_engine.audit.integrity import write_key_pair
 
         write_key_pair(key)
+    _residents_ca(directory)  # so a server started now trusts the certificates it issues later
     return issued
+
+
+def _residents_ca(directory: Path) -> CertificateAuthority:
+    folder = directory / RESIDENTS_DIRECTORY
+    if (folder / CA_KEY).exists():
+        return CertificateAuthority.load(folder)
+    return CertificateAuthority.create(folder, common_name="juki_engine demo residents' CA")
 
 
 def issue_residents(directory: str | os.PathLike[str], names: Sequence[str]) -> dict[str, str]:
     """A client certificate per name from the residents' CA under `directory` (made the first
     time), replacing any of that name; {name: SHA-256 fingerprint of its certificate}, for the
     engine to bind to the person it was issued to."""
-    folder = Path(directory) / RESIDENTS_DIRECTORY
-    if (folder / CA_KEY).exists():
-        ca = CertificateAuthority.load(folder)
-    else:
-        ca = CertificateAuthority.create(folder, common_name="juki_engine demo residents' CA")
+    ca = _residents_ca(Path(directory))
     issued = {}
     for name in names:
         paths = ca.issue_resident(name)

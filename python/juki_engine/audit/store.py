@@ -31,7 +31,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -115,7 +117,9 @@ def person_records(
     """The stored records of one person in [since, until): their bucket's file of each
     period, of which the row groups whose statistics span the person (found by bisection: the
     file is sorted by person) are read, their person column first and the rest only where the
-    person is there."""
+    person is there. The files are read at once by a few threads: a cold read waits on the
+    disk, and pyarrow waits without the GIL."""
+    paths = []
     for period in periods(directory):
         if (since_us is not None and period.end_us <= since_us) or (
             until_us is not None and period.start_us >= until_us
@@ -123,12 +127,31 @@ def person_records(
             continue
         path = period.file(person % BUCKETS)
         if path.exists():
-            try:
-                found = _person_rows(pq.ParquetFile(path), person)
-            except (OSError, pa.ArrowException) as error:
-                raise AuditUnavailable(f"audit store file {path} is unreadable: {error}") from error
-            if found is not None:
-                yield found
+            paths.append(path)
+    for found in _readers().map(lambda path: _person_file(path, person), paths):
+        if found is not None:
+            yield found
+
+
+_READERS: ThreadPoolExecutor | None = None
+_READERS_LOCK = threading.Lock()
+# Files one history reads at once (a year is twelve months and the current month's days).
+READ_THREADS = 8
+
+
+def _readers() -> ThreadPoolExecutor:
+    global _READERS
+    with _READERS_LOCK:
+        if _READERS is None:
+            _READERS = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="juki-audit-read")
+        return _READERS
+
+
+def _person_file(path: Path, person: int) -> pa.Table | None:
+    try:
+        return _person_rows(pq.ParquetFile(path), person)
+    except (OSError, pa.ArrowException) as error:
+        raise AuditUnavailable(f"audit store file {path} is unreadable: {error}") from error
 
 
 _PERSON = SCHEMA.get_field_index("person")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 
 from juki_engine import JukiError
 from juki_engine.certs import AUDIT_SIGNING_KEY
-from juki_engine.cli.audit import with_zone, zone
+from juki_engine.cli.audit import record_operator, with_zone, zone
 from juki_engine.cli.defaults import (
     DEFAULT_LISTEN,
     DEMO_AUDIT,
@@ -70,12 +71,17 @@ def cmd_certs(args: argparse.Namespace) -> int:
         f"the policy bound to this CA: {bound}; the audit trail's signing key: "
         f"{out / AUDIT_SIGNING_KEY}"
     )
+    issued = f"server and {len(list((out / 'agencies').glob('*.pem')))} agency certificates"
     if args.residents:
         snapshot = Path(args.snapshot)
         shown = issue_resident_certs(
             registry_at(snapshot, snapshot == DEMO_PATH, mmap=True), out, snapshot, args.residents
         )
         print_records(shown, f"residents' certificates (bound in {snapshot})", args.format)
+        issued += f", {shown.num_rows} residents' certificates bound in {snapshot}"
+    # Issuing certificates is an operator's action: recorded in the trail it will serve.
+    args.dir, args.audit_key = args.audit, str(out / AUDIT_SIGNING_KEY)
+    record_operator(args, "certify", f"{issued} in {out}")
     return EXIT_OK
 
 
@@ -309,11 +315,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.rule(f"who looked at and who changed resident {subject}")
         console.print(f"juki audit --dir {audit_dir} --subject {subject}")
         trail = audit.read(audit_dir, subject=subject)
-        columns = [0, 1, 2, 4, 5, 8]
-        print_records(with_zone(trail, zone(None)).select(columns), "audit trail")
+        columns = ["time", "agency", "operator", "affair", "mode", "outcome"]
+        print_records(with_zone(trail.select(columns), zone(None)), "audit trail")
+        _demo_resident_view(registry, certs_dir, path, address, subject)
     finally:
         server.stop()
     return EXIT_OK
+
+
+def _demo_resident_view(
+    registry: Registry, certs_dir: Path, state: Path, address: str, code: str
+) -> None:
+    """The resident sees for themselves: a certificate from the residents' CA bound to them,
+    and their access history over `ResidentService`."""
+    from juki_engine import certs
+    from juki_engine._proto import residents_pb2 as rpb
+    from juki_engine._proto import residents_pb2_grpc as rpb_grpc
+    from juki_engine.client import AgencyTLS
+    from juki_engine.service.identity import bind
+
+    console.rule(
+        f"resident {code} reads who looked at them (ResidentService, their own certificate)"
+    )
+    person = registry._persons([code], "resident_code")["person"][0].as_py()
+    (fingerprint,) = certs.issue_residents(certs_dir, [code]).values()
+    bind(state, {fingerprint: person})
+    cert = certs_dir / certs.RESIDENTS_DIRECTORY / "issued" / f"{code}.pem"
+    with AgencyTLS.from_cert(cert, ca=certs_dir / "ca.pem").channel(address) as channel:
+        stub = rpb_grpc.ResidentServiceStub(channel)
+        reply = stub.ListMyAccesses(rpb.ListMyAccessesRequest(page_size=20), timeout=30)
+    shown = pa.table(
+        {
+            "time (UTC)": [a.time[:19] for a in reply.accesses],
+            "who": [a.agency_name or a.agency for a in reply.accesses],
+            "affair": [a.affair_title or a.affair for a in reply.accesses],
+            "mode": [a.mode for a in reply.accesses],
+            "fields": [",".join(a.fields) for a in reply.accesses],
+        }
+    )
+    print_records(
+        shown, f"accesses to resident {code}'s record, newest first (juki certs --residents)"
+    )
 
 
 def _demo_changes(
@@ -568,6 +610,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--snapshot",
         default=str(DEMO_PATH),
         help=f"registry whose residents --residents binds (default: the demo, {DEMO_PATH})",
+    )
+    p.add_argument(
+        "--audit",
+        default=str(SERVE_AUDIT),
+        help=f"the audit trail that records the issuance (default: juki serve's, {SERVE_AUDIT})",
+    )
+    p.add_argument(
+        "--operator", default=getpass.getuser(), help="who is issuing (default: this login)"
     )
     add_format_option(p)
     p.set_defaults(func=cmd_certs)
