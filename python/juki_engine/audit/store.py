@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from juki_engine.audit import records
 from juki_engine.audit.integrity import Manifest, compacted_sources, digest, now_text
@@ -228,7 +229,7 @@ class Compacted:
 def compact(
     directory: str | os.PathLike[str],
     *,
-    signing_key: object | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
     memory_budget: int = MEMORY_BUDGET,
     retention_days: int = 7 * 366,
     months: bool = True,
@@ -239,7 +240,7 @@ def compact(
     `months`), and remove store files older than the retention period. Safe beside a writing
     server; one compaction at a time."""
     root = Path(directory)
-    manifest = Manifest(root, signing_key)  # type: ignore[arg-type]
+    manifest = Manifest(root, signing_key)
     done = Compacted()
     with _compaction_lock(root):
         _finish_interrupted(root)

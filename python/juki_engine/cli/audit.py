@@ -283,17 +283,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     k.set_defaults(func=cmd_keygen)
 
 
+def add_operator_option(p: argparse.ArgumentParser) -> None:
+    """Who is acting, as the trail records an operator's action."""
+    p.add_argument(
+        "--operator",
+        default=getpass.getuser(),
+        help="who is acting, as the trail records it (default: this login)",
+    )
+
+
 def trail_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dir",
         default=str(SERVE_AUDIT),
         help=f"audit trail directory (default: juki serve's, {SERVE_AUDIT})",
     )
-    p.add_argument(
-        "--operator",
-        default=getpass.getuser(),
-        help="who is acting, as the trail records it (default: this login)",
-    )
+    add_operator_option(p)
     p.add_argument(
         "--audit-key",
         help="the trail's signing key (default: the demo's, where present); an operator "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 
 from juki_engine import JukiError
 from juki_engine.certs import AUDIT_SIGNING_KEY
-from juki_engine.cli.audit import record_operator, with_zone, zone
+from juki_engine.cli.audit import add_operator_option, record_operator, with_zone, zone
 from juki_engine.cli.defaults import (
     DEFAULT_LISTEN,
     DEMO_AUDIT,
@@ -616,9 +615,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=str(SERVE_AUDIT),
         help=f"the audit trail that records the issuance (default: juki serve's, {SERVE_AUDIT})",
     )
-    p.add_argument(
-        "--operator", default=getpass.getuser(), help="who is issuing (default: this login)"
-    )
+    add_operator_option(p)
     add_format_option(p)
     p.set_defaults(func=cmd_certs)
 

@@ -221,11 +221,11 @@ class Frontend:
         self.acknowledgements = acknowledgements
         """Each municipality's last acknowledged notice; None: notices are not served."""
         self.subscriptions = subscriptions
+        """Agencies' watch lists and cursors; None: subscriptions are not served."""
         self.resident_bindings = resident_bindings
         """Which person each residents' certificate was issued to; None: no residents' view."""
         self.residents: ResidentAuthority | None = None
         """The residents' CA and those bindings, once the server trusts that CA."""
-        """Agencies' watch lists and cursors; None: subscriptions are not served."""
         self.changed = threading.Condition()
         """Notified once changes submitted here are durable (notice streams wait on it)."""
 

@@ -17,7 +17,6 @@ are audited (agency `resident`) but not shown back to them.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import zoneinfo
 
 import grpc
@@ -36,8 +35,6 @@ from juki_engine.registry import Registry
 from juki_engine.service.frontend import Call, Frontend, settle
 from juki_engine.service.verification import resident_message
 from juki_engine.service.wire import check_text
-
-log = logging.getLogger("juki.server")
 
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
