@@ -201,3 +201,20 @@ def test_one_compaction_at_a_time(tmp_path: Path, clock: Clock) -> None:
     fill(directory, clock, days=1)
     with store._compaction_lock(directory), pytest.raises(audit.AuditUnavailable, match="another"):
         store.compact(directory, signing_key=KEY)
+
+
+def test_a_damaged_store_file_is_named_never_read_as_records(tmp_path: Path, clock: Clock) -> None:
+    directory = tmp_path / "audit"
+    fill(directory, clock, days=2)
+    clock.now = START + timedelta(days=1, hours=12)
+    store.compact(directory, signing_key=KEY)
+    path = directory / "store" / "day" / "2025-05-29" / "003.parquet"
+    path.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")  # not Parquet any more
+    with pytest.raises(audit.AuditUnavailable, match=r"003\.parquet is unreadable"):
+        history(directory, 259)
+    with pytest.raises(audit.AuditUnavailable, match=r"003\.parquet is unreadable"):
+        audit.read(directory)
+    # A Parquet file of another shape is not the trail's either.
+    pl.DataFrame({"person": [259], "secret": ["x"]}).write_parquet(path)
+    with pytest.raises(audit.AuditUnavailable, match="not the trail's"):
+        history(directory, 259)

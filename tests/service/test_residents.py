@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from calls import rpc_error
 from town import Town
@@ -256,3 +257,17 @@ def test_only_bound_residents_certificates_reach_the_service(
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "not a registered agency" in error.details()
+
+
+def test_a_damaged_bindings_file_binds_no_one_new(tmp_path: Path, pki: Path) -> None:
+    fingerprints = certs.issue_residents(pki, ["dave"])
+    bind(tmp_path, {fingerprints["dave"]: 7})
+    bindings = ResidentBindings(tmp_path / BINDINGS)
+    assert bindings.person_of(fingerprints["dave"]) == 7
+    # Replaced by something that is not the engine's bindings: the bindings in force stay.
+    (tmp_path / BINDINGS).write_bytes(b"not parquet at all, and longer than before")
+    assert bindings.person_of(fingerprints["dave"]) == 7
+    pq.write_table(pa.table({"fingerprint": ["x"], "person": [-1]}), tmp_path / BINDINGS)
+    assert bindings.person_of("x") is None and bindings.person_of(fingerprints["dave"]) == 7
+    # A fresh reader of a damaged file binds no one at all.
+    assert ResidentBindings(tmp_path / BINDINGS).person_of(fingerprints["dave"]) is None
