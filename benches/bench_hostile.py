@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             [
                 *(sys.executable, "-m", "juki_engine.cli", "serve", "--snapshot"),
                 *(str(work / "snap"), "--certs", str(work / "pki"), "--audit"),
-                *(str(work / "audit"), "--listen", "127.0.0.1:0", "--port-file"),
+                *(str(work / "audit"), "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"),
+                "--port-file",
                 str(work / "port"),
             ],
             stdout=subprocess.DEVNULL,

@@ -121,6 +121,8 @@ def start_server(
                 str(trail),
                 "--listen",
                 "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
                 "--port-file",
                 str(port_file),
                 "--policy",

@@ -270,7 +270,7 @@ def test_serve_reloads_on_sighup_and_stops_on_sigterm(
         [
             *(sys.executable, "-m", "juki_engine.cli", "serve", "--snapshot", str(snapshot)),
             *("--certs", str(pki), "--policy", str(policy), "--audit", str(tmp_path / "audit")),
-            *("--listen", "127.0.0.1:0", "--port-file", str(port_file)),
+            *("--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--port-file", str(port_file)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

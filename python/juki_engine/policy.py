@@ -567,6 +567,12 @@ class Quotas:
             self._roll()
             self._used[key] = max(0, self._used.get(key, 0) - records)
 
+    def today(self) -> dict[tuple[str, str], int]:
+        """{(agency, affair): records counted today}: what the metrics show."""
+        with self._lock:
+            self._roll()
+            return dict(self._used)
+
     def used(self, agency: str, affair: str) -> int:
         with self._lock:
             self._roll()

@@ -81,7 +81,7 @@ def juki_serve(snapshot: Path, pki: Path, trail: Path, port_file: Path) -> subpr
         [
             *(sys.executable, "-m", "juki_engine.cli", "serve", "--snapshot", str(snapshot)),
             *("--certs", str(pki), "--audit", str(trail), "--listen", "127.0.0.1:0"),
-            *("--port-file", str(port_file)),
+            *("--metrics", "127.0.0.1:0", "--port-file", str(port_file)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -177,6 +177,7 @@ class Entry:
     commit: Commit
     reason: str | None
     persons: pa.Array | None  # uint32 person ids, one per subject; None: unknown for all
+    appended: float = 0.0  # time.monotonic() at append: what commit latency is measured from
 
 
 def subject_array(subjects: Any) -> pa.Array:

@@ -10,7 +10,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -92,6 +92,7 @@ class AuditTrail:
         "_segment_bytes",
         "_sequence",
         "_thread",
+        "on_durable",
     )
 
     def __init__(
@@ -119,6 +120,8 @@ class AuditTrail:
         self._failure: AuditUnavailable | None = None
         self._segment: OpenSegment | None = None
         self._checkpoints: list[tuple[str, Commit]] = []
+        self.on_durable: Callable[[float], None] | None = None
+        """Called by the writer with each append's seconds from append to fsync (metrics)."""
         self._checkpoint_every_us = int(checkpoint_every_s * 1e6)
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,11 @@ class AuditTrail:
     @property
     def directory(self) -> Path:
         return self._directory
+
+    @property
+    def failed(self) -> bool:
+        """Whether the trail failed closed (nothing may be disclosed any more)."""
+        return self._failure is not None
 
     def append(
         self,
@@ -182,7 +190,14 @@ class AuditTrail:
                 commit._settle(None)  # nothing to record
                 return commit
             commit.entry = Entry(
-                self._last_us, context, subject_values, codes, commit, reason, person_values
+                self._last_us,
+                context,
+                subject_values,
+                codes,
+                commit,
+                reason,
+                person_values,
+                time.monotonic(),
             )
             self._pending.append(commit.entry)
             # Wake the writer for the first entry of a pass, or one too large to wait; a wake per
@@ -261,8 +276,11 @@ class AuditTrail:
             except Exception as error:
                 self._fail(error, entries, [commit for _, commit in wanted])
                 return
+            durable = time.monotonic()
             for entry in entries:
                 entry.commit._settle(None)
+                if self.on_durable is not None:
+                    self.on_durable(durable - entry.appended)
             for _, commit in wanted:
                 commit._settle(None)
         if self._segment is not None:

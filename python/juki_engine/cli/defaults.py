@@ -16,6 +16,8 @@ SERVE_AUDIT = DEMO_DIR / "audit"
 DEMO_AUDIT = DEMO_DIR / "demo-audit"
 """`juki demo`'s own audit trail, so that the demo runs beside a `juki serve`."""
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_METRICS = "127.0.0.1:9464"
+"""`juki serve`'s Prometheus endpoint (9464: the OpenMetrics exporters' customary port)."""
 
 
 def add_client_options(p: argparse.ArgumentParser) -> None:

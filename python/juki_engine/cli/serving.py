@@ -16,6 +16,7 @@ from juki_engine.certs import AUDIT_SIGNING_KEY
 from juki_engine.cli.audit import add_operator_option, record_operator, with_zone, zone
 from juki_engine.cli.defaults import (
     DEFAULT_LISTEN,
+    DEFAULT_METRICS,
     DEMO_AUDIT,
     DEMO_CERTS,
     DEMO_PATH,
@@ -171,10 +172,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tmp = Path(f"{args.port_file}.tmp")
         tmp.write_text(f"{server.port}\n")
         tmp.replace(args.port_file)
+    metrics = ""
+    if args.metrics != "off":
+        metrics = f"; metrics on http://{args.metrics.rpartition(':')[0] or '127.0.0.1'}:"
+        metrics += f"{server.frontend.metrics.serve(args.metrics)}/metrics"
     console.print(
         f"serving {len(registry):,} residents on port {server.port} (mutual TLS; policy "
-        f"{policy}; certificates {certs_dir}; audit trail {args.audit}); SIGHUP reloads the "
-        "policy, SIGUSR1 signs an audit checkpoint"
+        f"{policy}; certificates {certs_dir}; audit trail {args.audit}{metrics}); SIGHUP "
+        "reloads the policy, SIGUSR1 signs an audit checkpoint"
     )
     compaction = None
     if not args.no_compaction:
@@ -582,6 +587,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--audit-key",
         help=f"Ed25519 key signing the audit trail (default: {AUDIT_SIGNING_KEY} in --certs)",
+    )
+    p.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS,
+        help=f"HOST:PORT of the Prometheus /metrics endpoint (default {DEFAULT_METRICS}; "
+        "port 0 picks one; off: none)",
     )
     p.add_argument(
         "--no-compaction",

@@ -30,6 +30,7 @@ from juki_engine.service.bulk import MAX_BULK_JOBS, BulkVerificationService
 from juki_engine.service.changes import MAX_SUBMISSIONS, ChangeSubmissionService
 from juki_engine.service.frontend import Frontend
 from juki_engine.service.identity import ResidentAuthority, ResidentBindings, TrustStore
+from juki_engine.service.metrics import Metrics
 from juki_engine.service.notices import MAX_FOLLOWERS, NoticeService
 from juki_engine.service.residents import ResidentService
 from juki_engine.service.subscriptions import SubscriptionService
@@ -124,6 +125,8 @@ class Server:
         close the audit trail."""
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if self.frontend.metrics is not None:
+            self.frontend.metrics.stop()
         self.bulk.pool.shutdown()
         self.frontend.audit.close()
 
@@ -144,9 +147,14 @@ def start(
     frontend.trust.check_policy(frontend.policy)
     # Following notice streams and following subscriptions have a limit each.
     streams = max_bulk_jobs + MAX_SUBMISSIONS + 2 * MAX_FOLLOWERS
+    if frontend.metrics is None:
+        frontend.metrics = Metrics()
+        frontend.metrics.watch(frontend)
+        frontend.audit.on_durable = frontend.metrics.audit_commit.observe
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers + streams, thread_name_prefix="juki-rpc"),
         options=SERVER_OPTIONS,
+        interceptors=[frontend.metrics.interceptor()],
     )
     bulk = BulkVerificationService(frontend, max_bulk_jobs)
     pb_grpc.add_IdentityVerificationServiceServicer_to_server(

@@ -60,6 +60,7 @@ from juki_engine.service.identity import (
     ResidentBindings,
     TrustStore,
 )
+from juki_engine.service.metrics import Metrics
 from juki_engine.service.wire import (
     MAX_TEXT_CHARS,
     check_facts,
@@ -226,6 +227,8 @@ class Frontend:
         """Which person each residents' certificate was issued to; None: no residents' view."""
         self.residents: ResidentAuthority | None = None
         """The residents' CA and those bindings, once the server trusts that CA."""
+        self.metrics: Metrics | None = None
+        """What the server counts for Prometheus, once `start` serves it."""
         self.changed = threading.Condition()
         """Notified once changes submitted here are durable (notice streams wait on it)."""
 
@@ -295,7 +298,10 @@ class Frontend:
         code still names its person)."""
         if persons is None:
             persons = self.persons_of(subjects)
-        return self.audit.append(context, subjects, outcomes, reason, persons)
+        commit = self.audit.append(context, subjects, outcomes, reason, persons)
+        if self.metrics is not None:
+            self.metrics.count(context, outcomes, len(subjects))
+        return commit
 
     def persons_of(self, codes: pa.Array) -> pa.Array | None:
         """The person ids behind resident codes (null where none; None if none can be read)."""
