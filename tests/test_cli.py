@@ -85,9 +85,10 @@ def test_bad_input_is_a_clear_error(
 def test_stats_lookup_and_demo(
     snapshot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["stats", str(snapshot)]) == 0
+    assert main(["stats", str(snapshot), "--report", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
     assert "富山市" in out and "issued" in out
+    assert {p.name for p in (tmp_path / "report").iterdir()} == {"cards.png", "index.html"}
     key = Registry.open(snapshot).to_arrow(["my_number"])["my_number"][0].as_py()
     assert main(["lookup", str(snapshot), key, "--columns", "my_number", "status"]) == 0
     assert key[:6] in capsys.readouterr().out

@@ -61,43 +61,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    registry = open_snapshot(Path(args.snapshot), args.mmap)
-    table = registry.to_arrow(["municipality_code", "municipality_name", "card_state", "status"])
-    plain = pa.table({name: pc.cast(table[name], pa.string()) for name in table.column_names})
-    counts = plain.group_by(["municipality_code", "municipality_name", "card_state"]).aggregate(
-        [("status", "count")]
-    )
-    per: dict[tuple[str, str], dict[str, int]] = {}
-    for r in counts.to_pylist():
-        per.setdefault((r["municipality_code"], r["municipality_name"]), {})[r["card_state"]] = r[
-            "status_count"
-        ]
+    from juki_engine import cards
 
-    def row(code: str, name: str, c: dict[str, int]) -> dict[str, object]:
-        total = sum(c.values())
-        issued = c.get("issued", 0)
+    registry = open_snapshot(Path(args.snapshot), args.mmap)
+    per = cards.by_municipality(registry).to_pylist()
+
+    def row(code: str, name: str, residents: int, applied: int, issued: int) -> dict[str, object]:
         return {
             "code": code,
             "municipality": name,
-            "residents": total,
-            "applied": c.get("applied", 0) + issued,
+            "residents": residents,
+            "applied": applied,
             "issued": issued,
-            "issued %": round(100 * issued / total, 2) if total else 0.0,
+            "issued %": round(100 * issued / residents, 2) if residents else 0.0,
         }
 
-    rows = [row(code, name, c) for (code, name), c in sorted(per.items())]
-    totals: dict[str, int] = {}
-    for c in per.values():
-        for state, n in c.items():
-            totals[state] = totals.get(state, 0) + n
+    rows = [
+        row(
+            r["municipality_code"],
+            r["municipality_name"],
+            r["residents"],
+            r["applications"],
+            r["cards_issued"],
+        )
+        for r in per
+    ]
     shown = rows[: args.limit]
-    shown.append(row("", f"total ({len(rows):,} municipalities)", totals))
-    statuses = plain.group_by("status").aggregate([("status", "count")]).to_pylist()
+    total = [sum(r[k] for r in per) for k in ("residents", "applications", "cards_issued")]
+    shown.append(row("", f"total ({len(rows):,} municipalities)", *total))
+    status = pc.cast(registry.to_arrow(["status"])["status"], pa.string())
+    statuses = pc.value_counts(status).to_pylist()
     hidden = len(rows) - len(shown) + 1
     note = "\n".join(
         [
             *([f"{hidden:,} more municipalities: --limit {len(rows)} shows all"] if hidden else []),
-            "statuses: " + ", ".join(f"{s['status']} {s['status_count']:,}" for s in statuses),
+            "statuses: " + ", ".join(f"{s['values']} {s['counts']:,}" for s in statuses),
             f"card figures: {CARD_FIGURES}",
             f"populations: {POPULATION_FIGURES}",
         ]
@@ -108,6 +106,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         args.format,
         note,
     )
+    if args.report:
+        written = cards.write_report(registry, args.report)
+        console.print(f"report: {', '.join(str(p) for p in written)}")
     return EXIT_OK
 
 
@@ -227,6 +228,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("snapshot")
     p.add_argument("--limit", type=int, default=60, help="municipalities to show (totals: all)")
     p.add_argument("--mmap", action="store_true", help="map the snapshot instead of loading it")
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="also write the card report there: charts (PNG) per municipality and over time, "
+        "and index.html",
+    )
     add_format_option(p)
     p.set_defaults(func=cmd_stats)
 
