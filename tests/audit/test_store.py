@@ -4,6 +4,7 @@ whole files; every read answers as before, and verification tells it all from ta
 from __future__ import annotations
 
 import shutil
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -218,3 +219,39 @@ def test_a_damaged_store_file_is_named_never_read_as_records(tmp_path: Path, clo
     pl.DataFrame({"person": [259], "secret": ["x"]}).write_parquet(path)
     with pytest.raises(audit.AuditUnavailable, match="not the trail's"):
         history(directory, 259)
+
+
+def test_a_read_beside_a_compaction_counts_every_day_once(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from juki_engine.audit import query
+
+    directory = tmp_path / "audit"
+    fill(directory, clock, days=3)
+    before = everything(directory)
+    person_before = sorted_history(directory, 259)
+    clock.now = START + timedelta(days=2, hours=12)
+    real, ran = query.read_segment, []
+
+    def compacting(path: Path) -> list[pa.RecordBatch]:
+        batches = real(path)
+        if not ran:  # the compaction finishes while the read is under way
+            ran.append(store.compact(directory, signing_key=KEY, months=False))
+        return batches
+
+    monkeypatch.setattr(query, "read_segment", compacting)
+    assert everything(directory).equals(before)
+    assert ran and ran[0].days == 2
+    # And a month merged while a history reads the days it replaces.
+    clock.now = datetime(2025, 7, 1, tzinfo=UTC)
+    real_rows, merged, once = store._person_rows, [], threading.Lock()
+
+    def merging(file: object, person: int) -> pa.Table | None:
+        with once:  # the files are read by several threads
+            if not merged:
+                merged.append(store.compact(directory, signing_key=KEY))
+        return real_rows(file, person)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_person_rows", merging)
+    assert sorted_history(directory, 259).equals(person_before)
+    assert merged and merged[0].months == 1

@@ -1,13 +1,19 @@
 """Reading the trail: records by subject, person, agency, affair and time; one resident's
 history; what quotas count. Records come from the store (compacted days and months) and from the
-segments of the days not compacted yet; a day is read from one or the other, never both."""
+segments of the days not compacted yet; a day is read from one or the other, never both.
+
+A read lists the store once and takes each day from where that listing says it is. A compaction
+running beside it may move a day into the store, or merge days into a month, while it reads: a
+file the read listed then vanishes, and the read starts again from a new listing (`Vanished`),
+so it never counts a day twice nor misses one."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -15,17 +21,40 @@ import pyarrow.compute as pc
 
 from juki_engine.audit.records import ANSWERED, DAY_US, SCHEMA, TIME, AuditUnavailable, micros
 from juki_engine.audit.segments import list_segments, read_segment
-from juki_engine.audit.store import period_records, person_records, stored_days
+from juki_engine.audit.store import (
+    Period,
+    Vanished,
+    days_of,
+    period_records,
+    periods,
+    person_records,
+)
 from juki_engine.audit.writer import OPERATORS
+
+T = TypeVar("T")
+# Reads started again because a compaction moved files under them, before giving up.
+_ATTEMPTS = 5
+
+
+def _consistent(read: Callable[[list[Period]], T], directory: Path) -> T:
+    """`read` given a listing of the store, again from a new listing while files vanish."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            return read(periods(directory))
+        except Vanished:
+            if attempt + 1 == _ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _batches(
-    directory: Path, since_us: int | None, until_us: int | None
+    directory: Path, listed: list[Period], since_us: int | None, until_us: int | None
 ) -> Iterator[pa.RecordBatch]:
-    """The stored batches of segments that may hold records in [since, until): the server's,
-    then those of operators' actions outside it (`OPERATORS`)."""
+    """The stored batches of segments that may hold records in [since, until), of the days
+    `listed` does not hold: the server's, then those of operators' actions outside it
+    (`OPERATORS`)."""
     try:
-        stored = stored_days(directory)
+        stored = days_of(listed)
         trails = [[s for s in list_segments(directory) if s.start_us // DAY_US not in stored]]
         if (directory / OPERATORS).is_dir():
             trails.append(list_segments(directory / OPERATORS))
@@ -40,7 +69,11 @@ def _batches(
                     continue
             if until_us is not None and segment.start_us >= until_us:
                 continue
-            yield from read_segment(segment.path)
+            batches = read_segment(segment.path)
+            if not batches and not segment.path.exists() and segments is trails[0]:
+                # Expired by retention, or compacted into the store since the listing.
+                raise Vanished(f"{segment.path} was removed while it was read")
+            yield from batches
 
 
 def _and(mask: pa.Array | None, other: pa.Array) -> pa.Array:
@@ -116,18 +149,31 @@ def read(
     schema = pa.schema([SCHEMA.field(name) for name in names])
     since_us = None if since is None else micros(since)
     until_us = None if until is None else micros(until)
+    expression = _expression(subject, person, agency, affair, since_us, until_us)
+    filters = {"subject": subject, "person": person, "agency": agency, "affair": affair}
+
+    def once(listed: list[Period]) -> pa.Table:
+        return _read_once(
+            Path(directory), listed, names, schema, filters, expression, since_us, until_us
+        )
+
+    return _consistent(once, Path(directory))
+
+
+def _read_once(
+    directory: Path,
+    listed: list[Period],
+    names: list[str],
+    schema: pa.Schema,
+    filters: dict[str, Any],
+    expression: pc.Expression | None,
+    since_us: int | None,
+    until_us: int | None,
+) -> pa.Table:
     pieces, times = [], []
     in_order, latest = True, None
-    for batch in _batches(Path(directory), since_us, until_us):
-        rows = _matching(
-            batch,
-            subject=subject,
-            person=person,
-            agency=agency,
-            affair=affair,
-            since_us=since_us,
-            until_us=until_us,
-        )
+    for batch in _batches(directory, listed, since_us, until_us):
+        rows = _matching(batch, **filters, since_us=since_us, until_us=until_us)
         if rows is None:
             continue
         stamps = rows.column("time").view(pa.int64()).to_numpy()
@@ -140,14 +186,7 @@ def read(
         pieces.append(
             pa.RecordBatch.from_arrays([_plain(rows.column(name)) for name in names], schema=schema)
         )
-    stored = _stored(
-        Path(directory),
-        _expression(subject, person, agency, affair, since_us, until_us),
-        person,
-        since_us,
-        until_us,
-    )
-    for part in stored:
+    for part in _stored(listed, expression, filters["person"], since_us, until_us):
         if part.num_rows:
             in_order = False
             times.append(part["time"].combine_chunks())
@@ -160,7 +199,7 @@ def read(
 
 
 def _stored(
-    directory: Path,
+    listed: list[Period],
     expression: pc.Expression | None,
     person: int | None,
     since_us: int | None,
@@ -168,9 +207,9 @@ def _stored(
 ) -> Iterator[pa.Table]:
     """The store's records matching `expression`: a person's from their bucket only."""
     if person is not None:
-        parts = person_records(directory, person, since_us, until_us)
+        parts = person_records(listed, person, since_us, until_us)
     else:
-        parts = period_records(directory, since_us, until_us)
+        parts = period_records(listed, since_us, until_us)
     for part in parts:
         yield part if expression is None else part.filter(expression)
 
@@ -223,8 +262,16 @@ def counts_since(directory: str | os.PathLike[str], since: datetime) -> dict[tup
     """{(agency, affair): records answered since `since`} (outcomes in `ANSWERED`): what the
     server's daily quotas count, live and when restored from the trail after a restart."""
     since_us = micros(since)
+    return _consistent(
+        lambda listed: _counts_once(Path(directory), listed, since_us), Path(directory)
+    )
+
+
+def _counts_once(
+    directory: Path, listed: list[Period], since_us: int
+) -> dict[tuple[str, str], int]:
     counts: dict[tuple[str, str], int] = {}
-    for batch in _batches(Path(directory), since_us, None):
+    for batch in _batches(directory, listed, since_us, None):
         rows = _matching(batch, since_us=since_us)
         if rows is None:
             continue
@@ -246,7 +293,7 @@ def counts_since(directory: str | os.PathLike[str], since: datetime) -> dict[tup
     answered = pc.field("outcome").isin(list(ANSWERED))
     since_expression = _expression(None, None, None, None, since_us, None)
     assert since_expression is not None
-    for part in _stored(Path(directory), since_expression & answered, None, since_us, None):
+    for part in _stored(listed, since_expression & answered, None, since_us, None):
         _count(part.select(["agency", "affair"]), counts)
     return counts
 

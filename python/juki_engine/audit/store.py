@@ -103,32 +103,34 @@ def periods(directory: Path) -> list[Period]:
     return sorted(months + days, key=lambda p: p.start_us)
 
 
-def stored_days(directory: Path) -> set[int]:
-    """The UTC days (days since the epoch) the store holds: their segments are not read."""
+class Vanished(AuditUnavailable):
+    """A file a read listed was removed while it read (a compaction put its records into
+    another file, or retention expired it): the read starts again from a new listing."""
+
+
+def days_of(listed: list[Period]) -> set[int]:
+    """The UTC days (days since the epoch) these periods hold: their segments are not read."""
     return {
         day
-        for period in periods(directory)
+        for period in listed
         for day in range(period.start_us // DAY_US, period.end_us // DAY_US)
     }
 
 
+def stored_days(directory: Path) -> set[int]:
+    """The UTC days the store holds now."""
+    return days_of(periods(directory))
+
+
 def person_records(
-    directory: Path, person: int, since_us: int | None, until_us: int | None
+    listed: list[Period], person: int, since_us: int | None, until_us: int | None
 ) -> Iterator[pa.Table]:
     """The stored records of one person in [since, until): their bucket's file of each
     period, of which the row groups whose statistics span the person (found by bisection: the
     file is sorted by person) are read, their person column first and the rest only where the
     person is there. The files are read at once by a few threads: a cold read waits on the
     disk, and pyarrow waits without the GIL."""
-    paths = []
-    for period in periods(directory):
-        if (since_us is not None and period.end_us <= since_us) or (
-            until_us is not None and period.start_us >= until_us
-        ):
-            continue
-        path = period.file(person % BUCKETS)
-        if path.exists():
-            paths.append(path)
+    paths = [period.file(person % BUCKETS) for period in _overlapping(listed, since_us, until_us)]
     for found in _readers().map(lambda path: _person_file(path, person), paths):
         if found is not None:
             yield found
@@ -151,6 +153,10 @@ def _readers() -> ThreadPoolExecutor:
 def _person_file(path: Path, person: int) -> pa.Table | None:
     try:
         return _person_rows(pq.ParquetFile(path), person)
+    except FileNotFoundError:
+        if path.parent.exists():
+            return None  # the person's bucket has no record that period
+        raise Vanished(f"{path.parent} was removed while it was read") from None
     except (OSError, pa.ArrowException) as error:
         raise AuditUnavailable(f"audit store file {path} is unreadable: {error}") from error
 
@@ -193,22 +199,34 @@ def _person_rows(file: pq.ParquetFile, person: int) -> pa.Table | None:
 
 
 def period_records(
-    directory: Path, since_us: int | None, until_us: int | None
+    listed: list[Period], since_us: int | None, until_us: int | None
 ) -> Iterator[pa.Table]:
     """Every stored record of the periods overlapping [since, until), file by file."""
-    for period in periods(directory):
-        if (since_us is not None and period.end_us <= since_us) or (
-            until_us is not None and period.start_us >= until_us
-        ):
-            continue
-        for path in period.files():
+    for period in _overlapping(listed, since_us, until_us):
+        try:
+            files = period.files()
+        except FileNotFoundError:
+            raise Vanished(f"{period.path} was removed while it was read") from None
+        for path in files:
             yield _read(path)
+
+
+def _overlapping(
+    listed: list[Period], since_us: int | None, until_us: int | None
+) -> Iterator[Period]:
+    for period in listed:
+        if (since_us is None or period.end_us > since_us) and (
+            until_us is None or period.start_us < until_us
+        ):
+            yield period
 
 
 def _read(path: Path) -> pa.Table:
     """A store file's records as `SCHEMA` has them (plain strings)."""
     try:
         return pq.read_table(path).cast(SCHEMA)
+    except FileNotFoundError:
+        raise Vanished(f"{path} was removed while it was read") from None
     except (OSError, pa.ArrowException) as error:
         raise AuditUnavailable(f"audit store file {path} is unreadable: {error}") from error
 
