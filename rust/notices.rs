@@ -158,6 +158,38 @@ pub fn notices(view: &View, municipality: u16, after: u64, limit: usize) -> Resu
     with_scanned(rows.finish()?, scanned)
 }
 
+/// How many notices `view` sees owed to each municipality key in `after` (a key's last
+/// acknowledged notice number) and numbered after it: the backlog an operator watches. One walk
+/// from the smallest cursor.
+pub fn backlog(view: &View, after: &[(u16, u64)]) -> Vec<u64> {
+    let live = view.live;
+    let origins = live.origins.load(Ordering::Acquire) as u64;
+    let mut counts = vec![0u64; after.len()];
+    let Some(lowest) = after.iter().map(|&(_, a)| a).min() else {
+        return counts;
+    };
+    let mut cursor = std::collections::HashMap::with_capacity(after.len());
+    for (slot, &(key, a)) in after.iter().enumerate() {
+        cursor.insert(key, (slot, a));
+    }
+    let mut i = first_at(live, (lowest + origins).min(u32::MAX as u64) as u32);
+    while let Some(n) = live.notices.get(i).copied() {
+        i += 1;
+        let Some(e) = live.entries.get(n.entry as usize) else {
+            break;
+        };
+        if e.batch > view.cut.batch {
+            break;
+        }
+        if let Some(&(slot, a)) = cursor.get(&n.municipality) {
+            if change_number(live, n.entry) > a {
+                counts[slot] += 1;
+            }
+        }
+    }
+    counts
+}
+
 /// The columns of [`notices`].
 #[derive(Default)]
 struct Builders {

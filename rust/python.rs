@@ -890,6 +890,37 @@ impl PyRegistry {
         self.by_keys(py, keys, by, crate::feed::persons)
     }
 
+    /// How many notices are owed to each municipality (code → its last acknowledged notice)
+    /// after that number: {code: count}; codes of no municipality of the registry count 0.
+    fn _notice_backlog(
+        &self,
+        py: Python<'_>,
+        acknowledged: std::collections::HashMap<String, u64>,
+    ) -> PyResult<std::collections::HashMap<String, u64>> {
+        let codes = &self.data.dicts.municipality_code;
+        let keyed: Vec<(String, Option<u16>, u64)> = acknowledged
+            .into_iter()
+            .map(|(code, after)| {
+                let key = (0..codes.len()).find(|&k| codes.value(k) == code);
+                (code, key.map(|k| k as u16), after)
+            })
+            .collect();
+        let after: Vec<(u16, u64)> = keyed
+            .iter()
+            .filter_map(|&(_, key, a)| key.map(|k| (k, a)))
+            .collect();
+        let view = self.view(None, None);
+        let counts = detached(py, || Ok(crate::notices::backlog(&view, &after)))?;
+        let mut by_key: std::collections::HashMap<u16, u64> = std::collections::HashMap::new();
+        for (&(key, _), &n) in after.iter().zip(&counts) {
+            by_key.insert(key, n);
+        }
+        Ok(keyed
+            .into_iter()
+            .map(|(code, key, _)| (code, key.and_then(|k| by_key.get(&k).copied()).unwrap_or(0)))
+            .collect())
+    }
+
     /// The public `columns` of persons by id (null where an id names no one now): the
     /// residents' view reads its caller's own record by the person its certificate names.
     #[pyo3(signature = (persons, columns = None))]

@@ -78,6 +78,12 @@ def test_notices_come_in_order_resume_after_a_number_and_stop_at_the_limit() -> 
     assert town.registry.notices(home, after=numbers[1]).to_pylist() == notices[2:]
     assert town.registry.notices(home, after=numbers[0], limit=2).to_pylist() == notices[1:3]
     assert town.registry.notices(home, limit=0).num_rows == 0
+    # The backlog the metrics show: what is owed after each municipality's acknowledgement.
+    backlog = town.registry._notice_backlog
+    assert backlog({home: 0, new: 0}) == {home: 4, new: 0}
+    assert backlog({home: numbers[1]}) == {home: 2}
+    assert backlog({home: numbers[-1], "999999": 0}) == {home: 0, "999999": 0}
+    assert backlog({}) == {}
 
 
 def test_a_cancelled_move_in_owes_a_second_notice_and_a_refused_one_none() -> None:

@@ -156,6 +156,9 @@ class Registry:
     def _persons(self, keys: pa.Array, by: str = "my_number") -> pa.Table:
         """The person ids the keys name (null: invalid or no one) and each key's validity."""
 
+    def _notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
+        """Notices owed to each municipality after its last acknowledged one."""
+
     def _by_person(self, persons: list[int], columns: list[str] | None = None) -> pa.Table:
         """The public columns of persons by id (null where an id names no one now)."""
 

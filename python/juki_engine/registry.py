@@ -306,6 +306,11 @@ class Registry:
         list. Person ids survive every change of identifier; they never leave the engine."""
         return self._core._persons(_as_key_array(keys), by)
 
+    def _notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
+        """{municipality code: notices owed to it numbered after its last acknowledged one
+        (`acknowledged[code]`, 0 for none)}: the backlog the server's metrics show."""
+        return self._core._notice_backlog(dict(acknowledged))
+
     def _by_person(self, persons: Sequence[int], columns: Sequence[str] | None = None) -> pa.Table:
         """The `columns` (default: every public column) of persons by their internal id, as
         the registry holds them now; null where an id names no one (never issued, or a

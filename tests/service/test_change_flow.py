@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from calls import juki_serve, rpc_error, wait_for_port
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from juki_engine import Registry, audit, service
 from juki_engine._proto import changes_pb2 as cpb
@@ -238,6 +240,18 @@ def move(town: Town, r: Row, to: str) -> None:
     assert (moved_out["outcome"], moved_in["outcome"]) == ("applied", "applied"), moved_in
 
 
+def backlog(town: Town) -> dict[str, float]:
+    """`juki_notice_backlog` by municipality, as a scrape of the server's metrics reads it."""
+    assert town.server.frontend.metrics is not None
+    text = generate_latest(town.server.frontend.metrics.registry).decode()
+    return {
+        sample.labels["municipality"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "juki_notice_backlog"
+    }
+
+
 def test_the_former_municipality_alone_gets_its_notice_until_it_acknowledges(town: Town) -> None:
     r = town.resident(TOYAMA)
     move(town, r, TAKAOKA)
@@ -250,10 +264,12 @@ def test_the_former_municipality_alone_gets_its_notice_until_it_acknowledges(tow
     assert town.notices(TAKAOKA) == [] and town.notices(IMIZU) == []
     # Not acknowledged: sent again; acknowledged: never again.
     assert [n.notice for n in town.notices(TOYAMA)] == [notice.notice]
+    assert backlog(town) == {TOYAMA: 1, TAKAOKA: 0, IMIZU: 0}  # what the metrics show
     with town.channel(TOYAMA) as ch:
         assert acknowledge_notices(ch, notice.notice) == notice.notice
         assert acknowledge_notices(ch, notice.notice - 1) == notice.notice  # never undone
     assert town.notices(TOYAMA) == []
+    assert backlog(town) == {TOYAMA: 0, TAKAOKA: 0, IMIZU: 0}
     assert [n.notice for n in town.notices(TOYAMA, after=notice.notice - 1)] == [notice.notice]
     # Each sending was a disclosure, audited under the resident.
     trail = town.trail()

@@ -9,7 +9,8 @@ What an operator watches, each from the one place it happens:
   status, and the latency of typed (unary) calls, from a server interceptor;
 - `juki_audit_commit_seconds`: how long replies wait for their audit records to be durable;
 - at each scrape: quota used and remaining per agency and affair, the registry's residents,
-  memory and changes applied, and the audit writer's state (`juki_audit_up`).
+  memory and changes applied, the move-in notices owed to each municipality and not yet
+  acknowledged (`juki_notice_backlog`), and the audit writer's state (`juki_audit_up`).
 
 A registry of its own per server (never the global one), so two servers in one process, or a
 test's, never share counters.
@@ -160,6 +161,16 @@ class _Scraped(Collector):
             "Changes applied to the registry",
             value=registry.applied_changes,
         )
+        if f.acknowledgements is not None and f.policy.municipalities:
+            acked = {m.code: f.acknowledgements.get(m.code) for m in f.policy.municipalities}
+            backlog = GaugeMetricFamily(
+                "juki_notice_backlog",
+                "Move-in notices owed to a municipality and not acknowledged yet",
+                labels=["municipality"],
+            )
+            for code, owed in sorted(registry._notice_backlog(acked).items()):
+                backlog.add_metric([code], owed)
+            yield backlog
         yield GaugeMetricFamily(
             "juki_audit_up", "1 while the audit trail records, 0 once it failed closed",
             value=0 if f.audit.failed else 1,
