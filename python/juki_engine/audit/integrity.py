@@ -208,6 +208,9 @@ class Report:
     expired: int = 0
     unsigned_bytes: int = 0
     """Bytes of the newest segment written after the last checkpoint (not yet signed)."""
+    unchained: int = 0
+    """Segments written before the chain existed (format 1 or 2): the first chained segment
+    covers the last of them by hash; the ones before it cannot be checked."""
     signatures_checked: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -273,6 +276,14 @@ def compacted_sources(directory: Path) -> set[str]:
     return names
 
 
+def _format(path: Path) -> int:
+    """A segment's format version, from its schema metadata (1 where it says none)."""
+    with pa.OSFile(str(path), "rb") as source:
+        meta = pa.ipc.open_stream(source).schema.metadata or {}
+    version = meta.get(b"juki_engine.audit", b"1").decode()
+    return int(version) if version.isdigit() else 0
+
+
 def chain_metadata(path: Path) -> tuple[str, str]:
     """A segment's recorded predecessor link and manifest head ("" where none)."""
     try:
@@ -323,6 +334,7 @@ def verify(directory: str | os.PathLike[str], public: Ed25519PublicKey | None) -
             hashes[name] = digest(root / name)
         return hashes[name]
 
+    chained = False
     for index, segment in enumerate(segments):
         name = segment.path.name
         previous, manifest_head = chain_metadata(segment.path)
@@ -331,9 +343,16 @@ def verify(directory: str | os.PathLike[str], public: Ed25519PublicKey | None) -
                 f"{MANIFEST} lost entries: {name} was written after an entry no longer there"
             )
         if not previous:
-            if index > 0:
-                report.problems.append(f"{name} names no predecessor (written before format 3)")
+            if chained:
+                report.problems.append(
+                    f"{name} names no predecessor, after segments that do (inserted or altered)"
+                )
+            elif _format(segment.path) < 3:
+                report.unchained += 1  # from before the chain: only its successor vouches for it
+            elif index > 0:
+                report.problems.append(f"{name} names no predecessor (inserted or altered)")
             continue
+        chained = True
         prev_name, _, prev_hash = previous.partition(" ")
         expected = segments[index - 1].path.name if index > 0 else None
         if prev_name in position and prev_name != expected:

@@ -155,6 +155,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         f"{report.expired} expired by retention; {signed}; "
         f"{report.unsigned_bytes:,} bytes written since the last checkpoint"
     )
+    if report.unchained:
+        console.print(
+            f"{report.unchained} segments were written before the chain (format 1 or 2): the "
+            "first chained segment vouches for the last of them by hash, not for the others"
+        )
     if report.intact:
         console.print("intact: no file altered, removed outside retention, or reordered")
         return EXIT_OK
