@@ -229,7 +229,9 @@ def test_audit_queries(
     argv += ["--affair", "onkyu", "--input", str(src), "--out", str(tmp_path / "o.parquet")]
     assert main([*argv, "--fields", "status"]) == 0
     capsys.readouterr()
-    assert main(["audit", "--dir", str(trail), "--subject", subject]) == 0
+    assert (
+        main(["audit", "--dir", str(trail), "--subject", subject, "--snapshot", str(snapshot)]) == 0
+    )
     out = capsys.readouterr().out
     assert "soumu" in out and "onkyu" in out
     assert (
@@ -741,3 +743,38 @@ def test_serve_logs_json_lines_with_the_audit_trails_request_ids(
     # The same request id the trail records for the job's records.
     recorded = audit.read(trail, agency="nenkin")["request_id"].to_pylist()
     assert set(recorded) == {"job-json-1"} and len(recorded) == 500
+
+
+def test_audit_subject_follows_the_person_through_a_new_resident_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import datetime as dt
+
+    from juki_engine.audit import AuditContext, AuditTrail
+    from juki_engine.synthetic.changes import CHANGE_SCHEMA
+
+    snap = tmp_path / "snap"
+    Registry.generate(population=2_000, seed=4).save(snap)
+    registry = Registry.open(snap)
+    row = registry.to_arrow(["resident_code", "municipality_code", "person"]).to_pylist()[10]
+    old = row["resident_code"]
+    context = AuditContext("nenkin", "op", "before-the-change", "pension-benefit", "verify", ())
+    with AuditTrail(tmp_path / "audit") as trail:
+        trail.record(context, pa.array([old]), "disclosed", persons=pa.array([row["person"]]))
+    change = {
+        "municipality": row["municipality_code"],
+        "sequence": 1,
+        "reason": "resident_code_change",
+        "effective_date": dt.date(2025, 3, 1),
+        "reported_date": dt.date(2025, 3, 1),
+        "resident_code": old,
+    }
+    (done,) = registry.apply(pa.Table.from_pylist([change], schema=CHANGE_SCHEMA)).to_pylist()
+    new = done["resident_code"]
+    assert done["outcome"] == "applied" and new != old
+    del registry  # its change log is durable; the command opens the snapshot itself
+    query = ["audit", "--dir", str(tmp_path / "audit"), "--snapshot", str(snap)]
+    assert main([*query, "--subject", new, "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["request_id"] for r in shown] == ["before-the-change"]
+    assert shown[0]["subject"] == old  # as it was when the record was made

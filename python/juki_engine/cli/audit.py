@@ -14,6 +14,7 @@ import zoneinfo
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from juki_engine import JukiError, files, ids
 from juki_engine.certs import AUDIT_SIGNING_KEY
@@ -58,10 +59,12 @@ def with_zone(records: pa.Table, tz: dt.tzinfo) -> pa.Table:
     return records.set_column(0, f"time ({zone_name(tz)})", column)
 
 
-def resolve_subject(subject: str, by: str | None, snapshot: Path) -> tuple[str, str]:
-    """The resident code the trail keys records on, and how `subject` was read: a resident
-    code as it is, a My Number through the snapshot's index. `by` forces the kind; otherwise
-    the length tells (11 digits: resident code, 12: My Number)."""
+def resolve_subject(subject: str, by: str | None, snapshot: Path) -> tuple[str, int | None, str]:
+    """Whose records `--subject` asks for: (the resident code, the person id where the
+    registry can say, how it was read). A resident code is taken as it is; a My Number, or any
+    key once the snapshot is there, is looked up in it, and the person id (which survives every
+    change of identifier) then finds records made under former codes too. `by` forces the kind;
+    otherwise the length tells (11 digits: resident code, 12: My Number)."""
     kind = by or {11: "resident_code", 12: "my_number"}.get(len(subject))
     if kind is None:
         raise JukiError(
@@ -69,40 +72,54 @@ def resolve_subject(subject: str, by: str | None, snapshot: Path) -> tuple[str, 
             "(or say which with --by)"
         )
     ids.validate(kind, subject)
-    if kind == "resident_code":
-        return subject, f"resident code {subject}"
-    from juki_engine.registry import Registry
-
     if not (snapshot / "CURRENT").exists():
+        if kind == "resident_code":
+            return subject, None, f"resident code {subject}"
         raise JukiError(
-            f"--subject {subject} is a My Number: the trail keys records on resident codes, and "
+            f"--subject {subject} is a My Number: the trail keys records on residents, and "
             f"translating it needs the registry (--snapshot; {snapshot} holds none)"
         )
-    found = Registry.open(snapshot, mmap=True).lookup([subject], "my_number", ["resident_code"])
-    code = found["resident_code"][0].as_py()
-    if code is None:
+    from juki_engine.registry import Registry
+
+    registry = Registry.open(snapshot, mmap=True)
+    person = registry._persons([subject], kind)["person"][0].as_py()
+    if person is None:
+        if kind == "resident_code":
+            return subject, None, f"resident code {subject} (no resident of {snapshot})"
         raise JukiError(f"no resident of {snapshot} holds My Number {subject}")
-    return code, f"My Number {subject} → resident code {code} (from {snapshot})"
+    (code,) = registry._by_person([person], ["resident_code"])["resident_code"].to_pylist()
+    code = code or subject
+    name = "resident code" if kind == "resident_code" else "My Number"
+    return code, person, f"{name} {subject} → the resident now {code}, under every code held"
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from juki_engine import audit
 
     tz = zone(args.tz)
-    subject, read_as = (None, "")
+    subject, person, read_as = (None, None, "")
     if args.subject is not None:
-        subject, read_as = resolve_subject(args.subject, args.by, Path(args.snapshot))
+        subject, person, read_as = resolve_subject(args.subject, args.by, Path(args.snapshot))
     if args.out:
         files.output_format(args.out)
         files.check_writable(args.out, args.force)
-    records = audit.read(
-        args.dir,
-        subject=subject,
-        agency=args.agency,
-        affair=args.affair,
-        since=parse_time(args.since, tz),
-        until=parse_time(args.until, tz),
-    )
+    filters = {
+        "agency": args.agency,
+        "affair": args.affair,
+        "since": parse_time(args.since, tz),
+        "until": parse_time(args.until, tz),
+    }
+    if person is None:
+        records = audit.read(args.dir, subject=subject, **filters)
+    else:
+        # The person's records (from the store's index), and records from before person ids
+        # (format 2) under the code.
+        records = audit.read(args.dir, person=person, **filters)
+        older = audit.read(args.dir, subject=subject, **filters)
+        older = older.filter(pc.is_null(older["person"]))
+        if older.num_rows:
+            records = pa.concat_tables([records, older])
+            records = records.take(pc.sort_indices(records["time"]))
     asked = " ".join(
         f"--{name} {value}"
         for name, value in (
