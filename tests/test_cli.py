@@ -97,6 +97,8 @@ def test_stats_lookup_and_demo(
     assert (demo / "CURRENT").exists()
     out = capsys.readouterr().out
     assert "5,000 claims" in out and "PERMISSION_DENIED" in out
+    assert "signed checkpoints — intact" in out  # the demo's trail verified at its end
+    assert "accesses to resident" in out  # and a resident read who looked at them
     # A variant name written the common way: no match exactly, a match at the normalised level,
     # and the same pensioner found by the four basic facts.
     assert "Verify at MATCH_LEVEL_EXACT: family_name no match" in out

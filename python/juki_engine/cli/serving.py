@@ -325,7 +325,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print_records(with_zone(trail.select(columns), zone(None)), "audit trail")
         _demo_resident_view(registry, certs_dir, path, address, subject)
     finally:
-        server.stop()
+        server.stop()  # closing the trail signs a checkpoint of all it holds
+    from juki_engine.audit import integrity
+
+    console.rule("the audit trail's signatures (juki audit verify)")
+    public = certs_dir / AUDIT_SIGNING_KEY.replace(".key", ".pub")
+    report = integrity.verify(audit_dir, integrity.load_public_key(public))
+    console.print(
+        f"juki audit verify --dir {audit_dir} --public-key {public}: {report.segments} "
+        f"segments, {report.checkpoints} signed checkpoints — "
+        + ("intact" if report.intact else "; ".join(report.problems))
+    )
     return EXIT_OK
 
 
