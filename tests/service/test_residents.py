@@ -200,6 +200,8 @@ def test_pages_and_periods(pki: Path, server: service.Server, people: dict[str, 
         ({"since": "yesterday"}, "since: 'yesterday' is not an ISO 8601 date or time"),
         ({"until": "2026-13-01"}, "until: '2026-13-01' is not an ISO 8601 date or time"),
         ({"my_number": "123"}, "my_number: "),
+        ({"page_token": "v1:99999999999999999999:0"}, "page_token is not one this service"),
+        ({"page_token": "v1:１２:0"}, "page_token is not one this service gave"),
     ],
 )
 def test_malformed_requests_are_refused_by_name(
@@ -209,6 +211,23 @@ def test_malformed_requests_are_refused_by_name(
     error = rpc_error(lambda: stub.ListMyAccesses(rpb.ListMyAccessesRequest(**request_fields)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.details()
+    # Refused, and audited as the resident's call with its reason.
+    trail = audit.read(server.frontend.audit.directory, agency="resident")
+    assert (
+        message
+        in trail.filter(pa.compute.equal(trail["outcome"], "invalid_request"))["reason"][-1].as_py()
+    )
+
+
+def test_periods_reaching_past_the_trails_times_answer(
+    pki: Path, server: service.Server, people: dict[str, Any]
+) -> None:
+    stub = resident(pki, server, "alice")
+    whole = accesses(stub)
+    assert accesses(stub, since="0001-01-01") == whole  # before 1970: from the start
+    assert accesses(stub, until="0001-01-02") == []
+    assert accesses(stub, since="9999-12-31") == []
+    assert accesses(stub, until="9999-12-31T23:59:59") == whole
 
 
 def test_never_anyone_elses(pki: Path, server: service.Server, people: dict[str, Any]) -> None:
@@ -237,6 +256,10 @@ def test_only_bound_residents_certificates_reach_the_service(
     error = rpc_error(lambda: carol.GetMyRecord(rpb.GetMyRecordRequest()))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "bound to no resident" in error.details()
+    trail = audit.read(server.frontend.audit.directory)
+    refused = trail.filter(pa.compute.equal(trail["reason"], error.details())).to_pylist()
+    assert refused and refused[-1]["outcome"] == "denied" and refused[-1]["mode"] == "resident"
+    assert refused[-1]["agency"].startswith("unregistered: ")  # who it was not, bounded
 
     nenkin = rpb_grpc.ResidentServiceStub(agency(pki, server, "nenkin"))
     error = rpc_error(lambda: nenkin.ListMyAccesses(rpb.ListMyAccessesRequest()))

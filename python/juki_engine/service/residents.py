@@ -76,19 +76,20 @@ class ResidentService(rpb_grpc.ResidentServiceServicer):
                 raise InvalidInput(f"page_size is {size}, at most {MAX_PAGE_SIZE}")
             since = _moment(request.since, "since")
             until = _moment(request.until, "until")
-            bound, offset = _page(request.page_token)
-            if bound is None:
-                # The first page fixes the newest access the listing shows: accesses recorded
-                # while the resident pages on do not shift the pages.
-                bound = records.clock() + 1
+            now = records.clock()
+            bound, offset = _page(request.page_token, now)
+            # The first page fixes the newest access the listing shows: accesses recorded while
+            # the resident pages on do not shift the pages.
             until_us = bound if until is None else min(bound, records.micros(until))
+            # A period reaching before 1970 (or ending there) is clamped to the trail's times.
+            since_us = 0 if since is None else min(max(records.micros(since), 0), until_us)
             trail = history(
                 f.audit.directory,
                 person,
-                since=since,
-                until=records.EPOCH + dt.timedelta(microseconds=until_us),
+                since=records.EPOCH + dt.timedelta(microseconds=since_us),
+                until=records.EPOCH + dt.timedelta(microseconds=max(until_us, 0)),
             )
-            shown = _shown(trail, f.policy, records.clock())
+            shown = _shown(trail, f.policy, now)
             page = shown.slice(offset, size)
             ctx = AuditContext(RESIDENT, "", "", "access_history", "resident", ())
             commit = f.audited(
@@ -148,13 +149,15 @@ def _moment(text: str, where: str) -> dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=JAPAN)
 
 
-def _page(token: str) -> tuple[int | None, int]:
-    """A page token's bound (the first page's newest time) and offset; (None, 0) for none."""
+def _page(token: str, now_us: int) -> tuple[int, int]:
+    """A page token's bound (the first page's newest time, never past now) and offset; for no
+    token, a bound just past now and offset 0."""
     if not token:
-        return None, 0
+        return now_us + 1, 0
     check_text(token, "page_token")
     bound, _, offset = token.removeprefix(_TOKEN_PREFIX).partition(":")
-    if not token.startswith(_TOKEN_PREFIX) or not (bound.isdigit() and offset.isdigit()):
+    numbers = (bound + offset).isascii() and bound.isdigit() and offset.isdigit()
+    if not (token.startswith(_TOKEN_PREFIX) and numbers and 0 < int(bound) <= now_us + 1):
         raise InvalidInput("page_token is not one this service gave: start again without one")
     return int(bound), int(offset)
 
