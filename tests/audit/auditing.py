@@ -47,3 +47,28 @@ class Clock:
 
     def micros(self) -> int:
         return (self.now - EPOCH) // timedelta(microseconds=1)
+
+
+def legacy_segment(directory: Path, name: str, version: int) -> Path:
+    """A one-record segment as format `version` (1: no reason; 2: no person) wrote it, unchained."""
+    from juki_engine.audit import records
+
+    old = records.STORED_SCHEMA_V1 if version == 1 else records.STORED_SCHEMA_V2
+    columns = [
+        pa.array([0], records.TIME),
+        *(
+            pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([value]))
+            for value in ("A", "op", "r", "77", "verify", "")
+        ),
+        pa.array(["00000000001"]),
+        pa.DictionaryArray.from_arrays(pa.array([0], pa.int8()), pa.array(["disclosed"])),
+    ]
+    if version == 2:
+        columns.append(
+            pa.DictionaryArray.from_arrays(pa.nulls(1, pa.int32()), pa.array([], pa.string()))
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, old) as writer:
+        writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=old))
+    return path

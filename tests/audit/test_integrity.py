@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from auditing import Clock, context, residents, segments
+from auditing import Clock, context, legacy_segment, residents, segments
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from juki_engine import audit
@@ -175,39 +175,12 @@ def test_a_daily_checkpoint_is_signed_without_being_asked(
         assert integrity.verify(directory, key.public_key()).checkpoints == 1
 
 
-def legacy_segment(directory: Path, name: str) -> Path:
-    """A segment as format 2 wrote it: no person, no chain."""
-    import pyarrow as pa
-
-    from juki_engine.audit import records
-
-    old = records.STORED_SCHEMA_V2
-    batch = pa.RecordBatch.from_arrays(
-        [
-            pa.array([0], records.TIME),
-            *(
-                pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([value]))
-                for value in ("A", "op", "r", "77", "verify", "")
-            ),
-            pa.array(["00000000001"]),
-            pa.DictionaryArray.from_arrays(pa.array([0], pa.int8()), pa.array(["disclosed"])),
-            pa.DictionaryArray.from_arrays(pa.nulls(1, pa.int32()), pa.array([], pa.string())),
-        ],
-        schema=old,
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, old) as writer:
-        writer.write_batch(batch)
-    return path
-
-
 def test_segments_from_before_the_chain_are_counted_not_blamed(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
     directory = tmp_path / "audit"
-    legacy_segment(directory, "audit-20200101T000000.000000Z-000001.arrows")
-    last = legacy_segment(directory, "audit-20200102T000000.000000Z-000002.arrows")
+    legacy_segment(directory, "audit-20200101T000000.000000Z-000001.arrows", 2)
+    last = legacy_segment(directory, "audit-20200102T000000.000000Z-000002.arrows", 2)
     for index in range(2):
         with AuditTrail(directory, signing_key=key) as trail:
             trail.record(context(request_id=str(index)), residents(3), "disclosed")
@@ -219,5 +192,5 @@ def test_segments_from_before_the_chain_are_counted_not_blamed(
     assert problems(directory, key)[0].startswith(f"{last.name} was altered")
     # A segment without the chain after chained ones is not from before it.
     last.unlink()
-    legacy_segment(directory, "audit-20991231T000000.000000Z-000099.arrows")
+    legacy_segment(directory, "audit-20991231T000000.000000Z-000099.arrows", 2)
     assert any("after segments that do" in p for p in problems(directory, key))

@@ -16,10 +16,10 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from auditing import EPOCH, T0, Clock, context, residents, segments
+from auditing import EPOCH, T0, Clock, context, legacy_segment, residents, segments
 
 from juki_engine import JukiError, audit
-from juki_engine.audit import AuditTrail, AuditUnavailable, records
+from juki_engine.audit import AuditTrail, AuditUnavailable
 
 # --- recording and reading ---------------------------------------------------------------------
 
@@ -584,22 +584,6 @@ def test_a_pending_commit_is_withdrawn_truthfully(
 
 def test_segments_written_before_reasons_read_with_none(tmp_path: Path) -> None:
     directory = tmp_path / "audit"
-    directory.mkdir()
-    old = records.STORED_SCHEMA_V1
-    batch = pa.RecordBatch.from_arrays(
-        [
-            pa.array([0], records.TIME),
-            *(
-                pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([value]))
-                for value in ("A", "op", "r", "77", "verify", "")
-            ),
-            pa.array(["00000000001"]),
-            pa.DictionaryArray.from_arrays(pa.array([0], pa.int8()), pa.array(["disclosed"])),
-        ],
-        schema=old,
-    )
-    with pa.OSFile(str(directory / "audit-19700101T000000.000000Z-000001.arrows"), "wb") as sink:
-        with pa.ipc.new_stream(sink, old) as writer:
-            writer.write_batch(batch)
+    legacy_segment(directory, "audit-19700101T000000.000000Z-000001.arrows", 1)
     (row,) = audit.read(directory).to_pylist()
     assert (row["outcome"], row["reason"], row["person"]) == ("disclosed", None, None)

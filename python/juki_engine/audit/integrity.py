@@ -203,7 +203,7 @@ class Report:
     """What `verify` found: `problems` empty means the trail is intact as far as it is signed."""
 
     segments: int = 0
-    compacted: int = 0
+    store_files: int = 0
     checkpoints: int = 0
     expired: int = 0
     unsigned_bytes: int = 0
@@ -390,7 +390,7 @@ def _check_store(
     from juki_engine.audit.store import store_files
 
     present = store_files(root)
-    report.compacted = len(present)
+    report.store_files = len(present)
     for name in present:
         if name not in written:
             report.problems.append(f"{name} was written by no recorded compaction (inserted)")

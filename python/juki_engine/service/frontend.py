@@ -368,8 +368,7 @@ class Frontend:
 
     def identify(self, context: grpc.ServicerContext, call: Call) -> Agency:
         """The agency behind the call's client certificate under the policy in force now."""
-        if call.peer is None and self.trust is not None:
-            call.peer = self.trust.peer(context)
+        self._read_peer(context, call)
         return self.agency_of(call)
 
     def agency_of(self, call: Call) -> Agency:
@@ -381,8 +380,7 @@ class Frontend:
 
     def identify_municipality(self, context: grpc.ServicerContext, call: Call) -> Municipality:
         """The municipality behind the call's client certificate under the policy in force."""
-        if call.peer is None and self.trust is not None:
-            call.peer = self.trust.peer(context)
+        self._read_peer(context, call)
         return self.municipality_of(call)
 
     def municipality_of(self, call: Call) -> Municipality:
@@ -398,8 +396,7 @@ class Frontend:
         bound by the engine to a person."""
         if self.residents is None:
             raise NotPermitted("this server has no residents' certificate authority")
-        if call.peer is None and self.trust is not None:
-            call.peer = self.trust.peer(context)
+        self._read_peer(context, call)
         peer = self._trusted_peer(call)
         if peer.issuer != self.residents.ca_fingerprint:
             raise NotPermitted("the residents' service answers residents' certificates only")
@@ -408,6 +405,11 @@ class Frontend:
             raise NotPermitted("this certificate is bound to no resident")
         call.caller = RESIDENT
         return person
+
+    def _read_peer(self, context: grpc.ServicerContext, call: Call) -> None:
+        """Read the call's certificate once, at its first identification."""
+        if call.peer is None and self.trust is not None:
+            call.peer = self.trust.peer(context)
 
     def _trusted_peer(self, call: Call) -> PeerCertificate:
         """The call's certificate, issued by a trusted CA and not revoked."""
