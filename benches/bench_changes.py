@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -52,7 +51,18 @@ def rss() -> int:
 
 
 def peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The process's peak RSS (VmHWM): since it started, or since `reset_peak`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak() -> None:
+    """Start the process's peak RSS (VmHWM, which `peak` reads) again from its RSS now."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def median_rate(f: object, n: int, rounds: int) -> float:
@@ -210,11 +220,14 @@ def measure(
         f"peak RSS {peak() / GIB:.2f} GiB"
     )
     if args.checkpoint:
+        before_checkpoint = rss()
+        reset_peak()
         started = time.perf_counter()
         entries = registry.checkpoint()
         print(
             f"checkpoint: {time.perf_counter() - started:.1f} s ({entries:,} history entries); "
-            f"peak RSS {peak() / GIB:.2f} GiB"
+            f"RSS {before_checkpoint / GIB:.2f} GiB before it, peak {peak() / GIB:.2f} GiB during "
+            f"it (+{(peak() - before_checkpoint) / GIB:.2f} GiB)"
         )
     return applied + fed[0], claims, before
 

@@ -1687,7 +1687,7 @@ impl Writer {
     }
 }
 
-/// Load a snapshot's history (`history.arrow`, see `history::history_batch`) and writer state
+/// Load a snapshot's history (`history.arrow`, see `history::write_history`) and writer state
 /// into a registry opened over it: every entry is checked (persons, keys, codes within the
 /// snapshot), pushed as history, and the former identifiers registered, so a lookup by one
 /// still finds the person (replaced). Returns the log generation the snapshot covers.
@@ -1695,7 +1695,7 @@ pub fn load_history(
     data: &RegistryData,
     live: &Live,
     w: &mut Writer,
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
     state: &WriterState,
     (what, state_what): (&str, &str),
 ) -> Result<u64> {
@@ -1721,111 +1721,117 @@ pub fn load_history(
                 ))
             })
     }
-    let person = col::<UInt32Type>(batch, "person", what)?;
-    let batch_no = col::<UInt32Type>(batch, "batch", what)?;
-    let recorded = col::<I64>(batch, "recorded", what)?;
-    let effective = col::<Int32Type>(batch, "effective", what)?;
-    let reported = col::<Int32Type>(batch, "reported", what)?;
-    let mask = col::<UInt16Type>(batch, "mask", what)?;
-    let reason = col::<UInt8Type>(batch, "reason", what)?;
-    let key = col::<UInt64Type>(batch, "key", what)?;
-    let cancels = col::<UInt32Type>(batch, "cancels", what)?;
-    let family = col::<UInt32Type>(batch, "family", what)?;
-    let given = col::<UInt32Type>(batch, "given", what)?;
-    let birth = col::<Int32Type>(batch, "birth_date", what)?;
-    let sex = col::<UInt8Type>(batch, "sex", what)?;
-    let municipality = col::<UInt16Type>(batch, "municipality", what)?;
-    let town = col::<UInt32Type>(batch, "town", what)?;
-    let block = col::<UInt32Type>(batch, "block", what)?;
-    let status = col::<UInt8Type>(batch, "status", what)?;
-    let status_date = col::<Int32Type>(batch, "status_date", what)?;
-    let dated = col::<UInt8Type>(batch, "dated", what)?;
-    let card = col::<UInt8Type>(batch, "card", what)?;
-    let rc = col::<UInt64Type>(batch, "resident_code", what)?;
-    let mn = col::<UInt64Type>(batch, "my_number", what)?;
-    let generation = col::<UInt8Type>(batch, "generation", what)?;
-    let moving_out = col::<Int32Type>(batch, "moving_out", what)?;
-    let moving_to = col::<UInt16Type>(batch, "moving_to", what)?;
     let mut last_batch = 0;
     let mut cancelled_creations = Vec::new();
     let first = live.entries.count() as u32;
-    for i in 0..batch.num_rows() {
-        let code = reason.value(i);
-        let reason =
-            Reason::from_code(code).ok_or_else(|| bad(format!("row {i}: reason {code}")))?;
-        let mut set = Values::default();
-        {
-            let (p, q) = (&mut set.resident.person, &mut set.resident.place);
-            (p.family, p.given, p.birth_date) = (family.value(i), given.value(i), birth.value(i));
-            (p.sex, p.municipality, p.status) =
-                (sex.value(i), municipality.value(i), status.value(i));
-            (q.town, q.block, q.status_date) =
-                (town.value(i), block.value(i), status_date.value(i));
-            (q.dated, q.card) = (dated.value(i), card.value(i));
-        }
-        (set.resident_code, set.my_number, set.generation) =
-            (rc.value(i), mn.value(i), generation.value(i));
-        (set.moving_out, set.moving_to) = (moving_out.value(i), moving_to.value(i));
-        let k = key.value(i);
-        let entry = Entry {
-            person: person.value(i),
-            prev: NONE,
-            batch: batch_no.value(i),
-            mask: mask.value(i),
-            reason,
-            cancels: cancels.value(i),
-            municipality: (k >> 43) as u32,
-            sequence: k & (MAX_SEQUENCE - 1),
-            effective: effective.value(i),
-            reported: reported.value(i),
-            recorded: recorded.value(i),
-            set,
-        };
-        // The snapshot's rows are every person now: checks as for a logged batch, with
-        // nothing created and no dictionary value added.
-        let rec = BatchRecord {
-            batch: entry.batch,
-            entries: vec![entry],
-            ..Default::default()
-        };
-        check_entries(data, live, 0, &rec, what, true).map_err(|e| bad(format!("row {i}: {e}")))?;
-        if entry.cancels != NONE && entry.cancels >= first + i as u32 {
-            return Err(bad(format!("row {i}: cancels a later entry")));
-        }
-        if reason == Reason::Cancel {
-            if let Some(target) = live.entries.get(entry.cancels as usize) {
-                if target.mask == group::ALL && target.reason != Reason::Origin {
-                    cancelled_creations.push(target.person);
+    let mut offset = 0;
+    for batch in batches {
+        let person = col::<UInt32Type>(batch, "person", what)?;
+        let batch_no = col::<UInt32Type>(batch, "batch", what)?;
+        let recorded = col::<I64>(batch, "recorded", what)?;
+        let effective = col::<Int32Type>(batch, "effective", what)?;
+        let reported = col::<Int32Type>(batch, "reported", what)?;
+        let mask = col::<UInt16Type>(batch, "mask", what)?;
+        let reason = col::<UInt8Type>(batch, "reason", what)?;
+        let key = col::<UInt64Type>(batch, "key", what)?;
+        let cancels = col::<UInt32Type>(batch, "cancels", what)?;
+        let family = col::<UInt32Type>(batch, "family", what)?;
+        let given = col::<UInt32Type>(batch, "given", what)?;
+        let birth = col::<Int32Type>(batch, "birth_date", what)?;
+        let sex = col::<UInt8Type>(batch, "sex", what)?;
+        let municipality = col::<UInt16Type>(batch, "municipality", what)?;
+        let town = col::<UInt32Type>(batch, "town", what)?;
+        let block = col::<UInt32Type>(batch, "block", what)?;
+        let status = col::<UInt8Type>(batch, "status", what)?;
+        let status_date = col::<Int32Type>(batch, "status_date", what)?;
+        let dated = col::<UInt8Type>(batch, "dated", what)?;
+        let card = col::<UInt8Type>(batch, "card", what)?;
+        let rc = col::<UInt64Type>(batch, "resident_code", what)?;
+        let mn = col::<UInt64Type>(batch, "my_number", what)?;
+        let generation = col::<UInt8Type>(batch, "generation", what)?;
+        let moving_out = col::<Int32Type>(batch, "moving_out", what)?;
+        let moving_to = col::<UInt16Type>(batch, "moving_to", what)?;
+        for (i, j) in (offset..).zip(0..batch.num_rows()) {
+            let code = reason.value(j);
+            let reason =
+                Reason::from_code(code).ok_or_else(|| bad(format!("row {i}: reason {code}")))?;
+            let mut set = Values::default();
+            {
+                let (p, q) = (&mut set.resident.person, &mut set.resident.place);
+                (p.family, p.given, p.birth_date) =
+                    (family.value(j), given.value(j), birth.value(j));
+                (p.sex, p.municipality, p.status) =
+                    (sex.value(j), municipality.value(j), status.value(j));
+                (q.town, q.block, q.status_date) =
+                    (town.value(j), block.value(j), status_date.value(j));
+                (q.dated, q.card) = (dated.value(j), card.value(j));
+            }
+            (set.resident_code, set.my_number, set.generation) =
+                (rc.value(j), mn.value(j), generation.value(j));
+            (set.moving_out, set.moving_to) = (moving_out.value(j), moving_to.value(j));
+            let k = key.value(j);
+            let entry = Entry {
+                person: person.value(j),
+                prev: NONE,
+                batch: batch_no.value(j),
+                mask: mask.value(j),
+                reason,
+                cancels: cancels.value(j),
+                municipality: (k >> 43) as u32,
+                sequence: k & (MAX_SEQUENCE - 1),
+                effective: effective.value(j),
+                reported: reported.value(j),
+                recorded: recorded.value(j),
+                set,
+            };
+            // The snapshot's rows are every person now: checks as for a logged batch, with
+            // nothing created and no dictionary value added.
+            let rec = BatchRecord {
+                batch: entry.batch,
+                entries: vec![entry],
+                ..Default::default()
+            };
+            check_entries(data, live, 0, &rec, what, true)
+                .map_err(|e| bad(format!("row {i}: {e}")))?;
+            if entry.cancels != NONE && entry.cancels >= first + i as u32 {
+                return Err(bad(format!("row {i}: cancels a later entry")));
+            }
+            if reason == Reason::Cancel {
+                if let Some(target) = live.entries.get(entry.cancels as usize) {
+                    if target.mask == group::ALL && target.reason != Reason::Origin {
+                        cancelled_creations.push(target.person);
+                    }
                 }
             }
+            // Origins lead the history (change numbers count the entries after them).
+            if reason == Reason::Origin
+                && live.entries.count() as u32
+                    != live.origins.load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(bad(format!("row {i}: an origin after a change")));
+            }
+            let at = crate::notices::push(data, live, entry, true);
+            if reason != Reason::Origin {
+                w.seen.insert(k, Seen::Applied(at), live);
+            }
+            last_batch = last_batch.max(entry.batch);
+            // A former identifier still names the person (answered as replaced).
+            let p = entry.person as usize;
+            if entry.mask & group::RESIDENT_CODE != 0
+                && entry.set.resident_code != data.cols.resident_code[p]
+            {
+                live.add_id(
+                    IdKind::ResidentCode,
+                    entry.set.resident_code,
+                    entry.person,
+                    0,
+                );
+            }
+            if entry.mask & group::MY_NUMBER != 0 && entry.set.my_number != data.cols.my_number[p] {
+                live.add_id(IdKind::MyNumber, entry.set.my_number, entry.person, 0);
+            }
         }
-        // Origins lead the history (change numbers count the entries after them).
-        if reason == Reason::Origin
-            && live.entries.count() as u32
-                != live.origins.load(std::sync::atomic::Ordering::Acquire)
-        {
-            return Err(bad(format!("row {i}: an origin after a change")));
-        }
-        let at = crate::notices::push(data, live, entry, true);
-        if reason != Reason::Origin {
-            w.seen.insert(k, Seen::Applied(at), live);
-        }
-        last_batch = last_batch.max(entry.batch);
-        // A former identifier still names the person (answered as replaced).
-        let p = entry.person as usize;
-        if entry.mask & group::RESIDENT_CODE != 0
-            && entry.set.resident_code != data.cols.resident_code[p]
-        {
-            live.add_id(
-                IdKind::ResidentCode,
-                entry.set.resident_code,
-                entry.person,
-                0,
-            );
-        }
-        if entry.mask & group::MY_NUMBER != 0 && entry.set.my_number != data.cols.my_number[p] {
-            live.add_id(IdKind::MyNumber, entry.set.my_number, entry.person, 0);
-        }
+        offset += batch.num_rows();
     }
     for (i, (k, message)) in state.rejections.iter().enumerate() {
         let code = state

@@ -31,11 +31,16 @@ use arc_swap::ArcSwap;
 
 use crate::ids::IdKind;
 use crate::index::{INVALID_KEY, NOT_FOUND};
+use crate::normalize::FoldedText;
 use arrow_array::Array;
+use std::collections::HashMap;
 
 use arrow_array::StringArray;
 
-use crate::storage::{Columns, Dictionaries, RegistryData, Resident};
+use crate::index::HashIndex;
+use crate::storage::{Dictionaries, RegistryData, Resident};
+use arrow_array::ArrayRef;
+use rayon::prelude::*;
 
 /// Field groups a change sets (an [`Entry`]'s `mask`).
 pub mod group {
@@ -939,6 +944,9 @@ pub struct View<'a> {
     ids: Arc<SlotMap>,
     /// What the read sees.
     pub cut: Cut,
+    /// Whether every base row reads as the base has it (the current state, no change applied
+    /// since the base): only a key the base lacks may need the changes (a former identifier).
+    clean: bool,
 }
 
 impl<'a> View<'a> {
@@ -953,15 +961,15 @@ impl<'a> View<'a> {
             live,
             heads: live.heads.load_full(),
             ids: live.ids.load_full(),
+            clean: cut.is_now() && cut.batch <= live.base_batch.load(Ordering::Acquire),
             cut,
         }
     }
 
-    /// Whether the base alone answers: the current state with no change applied since open.
+    /// Whether the base alone answers: the current state with no change applied since open,
+    /// and no former identifier to answer as replaced.
     pub fn plain(&self) -> bool {
-        self.cut.is_now()
-            && self.cut.batch <= self.live.base_batch.load(Ordering::Acquire)
-            && self.ids.is_empty()
+        self.clean && self.ids.is_empty()
     }
 
     /// The base's values of row `row`.
@@ -1154,11 +1162,14 @@ impl<'a> View<'a> {
     /// Whether row `row` has entries this view may see (a clean base row reads the base).
     #[inline(always)]
     pub(crate) fn changed(&self, row: u32) -> bool {
-        row >= self.live.base_len
-            || (self.cut.batch > 0 && self.live.is_dirty(row))
-            || (self.live.has_history.load(Ordering::Relaxed)
-                && !self.cut.is_now()
-                && self.heads.get(row as u64).is_some())
+        // A clean view (a checkpoint's snapshot reopened, with its former identifiers) reads
+        // no bit of the dirty map: at the nation's size it is 16 MiB, a cache miss a claim.
+        !self.clean
+            && (row >= self.live.base_len
+                || (self.cut.batch > 0 && self.live.is_dirty(row))
+                || (self.live.has_history.load(Ordering::Relaxed)
+                    && !self.cut.is_now()
+                    && self.heads.get(row as u64).is_some()))
     }
 
     /// The rows (base rows or persons) a search found, resolved where changes touched them:
@@ -1533,108 +1544,208 @@ pub fn history_table(
     )?)
 }
 
-/// The registry as `view` sees it (the current state), folded into row columns and dictionaries:
-/// the base's rows with the changes applied, then the persons changes created, each at its
-/// person id (a row is a person id, so ids stay valid across a checkpoint). A person whose
-/// creation was cancelled keeps the row its creation gave (reading it resolves it as not found,
-/// see [`Live::load_history`]).
-pub fn fold(view: &View) -> crate::error::Result<(Columns, Dictionaries)> {
-    use arrow_buffer::{NullBuffer, ScalarBuffer};
+/// The registry as `view` sees it (the current state), folded into row columns and dictionaries
+/// for a snapshot (see [`crate::snapshot::Rows`]): the base's rows with the changes applied, then
+/// the persons changes created, each at its person id (a row is a person id, so ids stay valid
+/// across a checkpoint). A person whose creation was cancelled keeps the row its creation gave
+/// (reading it resolves it as not found, see [`Live::load_history`]).
+///
+/// Each column is folded when the snapshot writes it and dropped after, so a checkpoint holds one
+/// column (and one index while that is written) beside the live registry: at the nation's size
+/// 1 GiB and 2 GiB, where folding every column first would hold a second registry (~14 GiB). The
+/// changed persons are resolved once per column: time (seconds at the nation's size) for memory.
+pub struct Folded<'v, 'a> {
+    view: &'v View<'a>,
+    rows: usize,
+    dicts: Dictionaries,
+}
 
-    let data = view.data;
-    let live = view.live;
-    let base = live.base_len as usize;
-    let n = base + live.created.load(Ordering::Acquire) as usize;
-    let c = &data.cols;
-    fn grown<T: Copy + Default>(src: &[T], n: usize) -> Vec<T> {
-        let mut v = Vec::with_capacity(n);
-        v.extend_from_slice(src);
-        v.resize(n, T::default());
-        v
-    }
-    let mut rc = grown(&c.resident_code, n);
-    let mut mn = grown(&c.my_number, n);
-    let mut family = grown(&c.family, n);
-    let mut given = grown(&c.given, n);
-    let mut birth = grown(&c.birth_date, n);
-    let mut sex = grown(&c.sex, n);
-    let mut municipality = grown(&c.municipality, n);
-    let mut town = grown(&c.town, n);
-    let mut block = grown(&c.block, n);
-    let mut status = grown(&c.status, n);
-    let mut status_date = grown(c.status_date.values(), n);
-    let mut dated: Vec<bool> = (0..n)
-        .map(|i| i < base && c.status_date.is_valid(i))
-        .collect();
-    let mut card = grown(&c.card, n);
-    for person in 0..n as u32 {
-        if person < live.base_len && !(view.cut.batch > 0 && live.is_dirty(person)) {
-            continue;
+impl<'v, 'a> Folded<'v, 'a> {
+    pub fn new(view: &'v View<'a>) -> Folded<'v, 'a> {
+        let live = view.live;
+        let d = &view.data.dicts;
+        let extended = |base: &StringArray, dict: Dict, reading: bool| -> StringArray {
+            base.iter()
+                .map(|v| v.map(str::to_string))
+                .chain(live.ext[dict as usize].values.iter().map(|(_, (v, r))| {
+                    Some(if reading {
+                        r.to_string()
+                    } else {
+                        v.to_string()
+                    })
+                }))
+                .collect()
+        };
+        let dicts = Dictionaries {
+            family_name: extended(&d.family_name, Dict::Family, false),
+            family_name_kana: extended(&d.family_name_kana, Dict::Family, true),
+            given_name: extended(&d.given_name, Dict::Given, false),
+            given_name_kana: extended(&d.given_name_kana, Dict::Given, true),
+            municipality_code: d.municipality_code.clone(),
+            municipality_name: d.municipality_name.clone(),
+            prefecture: d.prefecture.clone(),
+            address_town: extended(&d.address_town, Dict::Town, false),
+            address_block: extended(&d.address_block, Dict::Block, false),
+        };
+        Folded {
+            view,
+            rows: live.base_len as usize + live.created.load(Ordering::Acquire) as usize,
+            dicts,
         }
-        let values = view.resolve(person).or_else(|| {
+    }
+
+    /// A person's values, where a change made them differ from the base row (or there is none).
+    fn changed(&self, person: u32) -> Option<Values> {
+        let (view, live) = (self.view, self.view.live);
+        if person < live.base_len && !(view.cut.batch > 0 && live.is_dirty(person)) {
+            return None;
+        }
+        view.resolve(person).or_else(|| {
             // A cancelled creation: its row keeps what the creation set.
             let oldest = view.entries_of(person).into_iter().last()?;
             Some(live.values_of(oldest.1))
-        });
-        let Some(v) = values else { continue };
-        let i = person as usize;
-        let (p, q) = (&v.resident.person, &v.resident.place);
-        rc[i] = v.resident_code;
-        mn[i] = v.my_number;
-        family[i] = p.family;
-        given[i] = p.given;
-        birth[i] = p.birth_date;
-        sex[i] = p.sex;
-        municipality[i] = p.municipality;
-        town[i] = q.town;
-        block[i] = q.block;
-        status[i] = p.status;
-        status_date[i] = q.status_date;
-        dated[i] = q.dated == 1;
-        card[i] = q.card;
+        })
     }
-    let cols = Columns {
-        resident_code: ScalarBuffer::from(rc),
-        my_number: ScalarBuffer::from(mn),
-        family: ScalarBuffer::from(family),
-        given: ScalarBuffer::from(given),
-        birth_date: ScalarBuffer::from(birth),
-        sex: ScalarBuffer::from(sex),
-        municipality: ScalarBuffer::from(municipality),
-        town: ScalarBuffer::from(town),
-        block: ScalarBuffer::from(block),
-        status: ScalarBuffer::from(status),
-        status_date: arrow_array::Date32Array::new(
-            ScalarBuffer::from(status_date),
-            Some(NullBuffer::from(dated)),
-        ),
-        card: ScalarBuffer::from(card),
-    };
-    let d = &data.dicts;
-    let extended = |base: &StringArray, dict: Dict, reading: bool| -> StringArray {
-        base.iter()
-            .map(|v| v.map(str::to_string))
-            .chain(live.ext[dict as usize].values.iter().map(|(_, (v, r))| {
-                Some(if reading {
-                    r.to_string()
-                } else {
-                    v.to_string()
+
+    /// One column: the base's values, then each changed person's `pick` of their values.
+    fn values<T: Copy + Default + Send + Sync>(
+        &self,
+        base: &[T],
+        pick: impl Fn(&Values) -> T + Sync,
+    ) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.rows);
+        out.extend_from_slice(base);
+        out.resize(self.rows, T::default());
+        out.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(k, chunk)| {
+                let first = (k << 16) as u32;
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    if let Some(values) = self.changed(first + j as u32) {
+                        *v = pick(&values);
+                    }
+                }
+            });
+        out
+    }
+
+    fn ids(&self, kind: IdKind) -> Vec<u64> {
+        let c = &self.view.data.cols;
+        match kind {
+            IdKind::MyNumber => self.values(&c.my_number, |v| v.my_number),
+            _ => self.values(&c.resident_code, |v| v.resident_code),
+        }
+    }
+
+    /// The rows whose `kind` identifier is not the base's (new persons, replaced numbers): few
+    /// beside the rows, so an index is built from the base column and these, not a folded copy.
+    fn changed_ids(&self, kind: IdKind) -> HashMap<u32, u64> {
+        let base = match kind {
+            IdKind::MyNumber => &self.view.data.cols.my_number,
+            _ => &self.view.data.cols.resident_code,
+        };
+        (0..self.rows.div_ceil(1 << 16))
+            .into_par_iter()
+            .flat_map_iter(|k| {
+                let rows = (k << 16)..((k + 1) << 16).min(self.rows);
+                rows.filter_map(|row| {
+                    let v = self.changed(row as u32)?;
+                    let id = match kind {
+                        IdKind::MyNumber => v.my_number,
+                        _ => v.resident_code,
+                    };
+                    (base.get(row) != Some(&id)).then_some((row as u32, id))
                 })
-            }))
+                .collect::<Vec<_>>()
+            })
             .collect()
-    };
-    let dicts = Dictionaries {
-        family_name: extended(&d.family_name, Dict::Family, false),
-        family_name_kana: extended(&d.family_name_kana, Dict::Family, true),
-        given_name: extended(&d.given_name, Dict::Given, false),
-        given_name_kana: extended(&d.given_name_kana, Dict::Given, true),
-        municipality_code: d.municipality_code.clone(),
-        municipality_name: d.municipality_name.clone(),
-        prefecture: d.prefecture.clone(),
-        address_town: extended(&d.address_town, Dict::Town, false),
-        address_block: extended(&d.address_block, Dict::Block, false),
-    };
-    Ok((cols, dicts))
+    }
+}
+
+impl crate::snapshot::Rows for Folded<'_, '_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn dicts(&self) -> &Dictionaries {
+        &self.dicts
+    }
+
+    fn column(&self, name: &str) -> crate::error::Result<ArrayRef> {
+        use arrow_array::types::{Date32Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+        use arrow_array::PrimitiveArray;
+        use arrow_buffer::{NullBuffer, ScalarBuffer};
+        fn array<T: arrow_array::ArrowPrimitiveType>(v: Vec<T::Native>) -> ArrayRef {
+            Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(v), None))
+        }
+        let c = &self.view.data.cols;
+        Ok(match name {
+            "resident_code" => array::<UInt64Type>(self.ids(IdKind::ResidentCode)),
+            "my_number" => array::<UInt64Type>(self.ids(IdKind::MyNumber)),
+            "family" => array::<UInt32Type>(self.values(&c.family, |v| v.resident.person.family)),
+            "given" => array::<UInt32Type>(self.values(&c.given, |v| v.resident.person.given)),
+            "birth_date" => {
+                array::<Date32Type>(self.values(&c.birth_date, |v| v.resident.person.birth_date))
+            }
+            "sex" => array::<UInt8Type>(self.values(&c.sex, |v| v.resident.person.sex)),
+            "municipality" => array::<UInt16Type>(
+                self.values(&c.municipality, |v| v.resident.person.municipality),
+            ),
+            "town" => array::<UInt32Type>(self.values(&c.town, |v| v.resident.place.town)),
+            "block" => array::<UInt32Type>(self.values(&c.block, |v| v.resident.place.block)),
+            "status" => array::<UInt8Type>(self.values(&c.status, |v| v.resident.person.status)),
+            "status_date" => {
+                let dates = self.values(c.status_date.values(), |v| v.resident.place.status_date);
+                let base: Vec<bool> = (0..c.status_date.len())
+                    .map(|i| c.status_date.is_valid(i))
+                    .collect();
+                let dated = self.values(&base, |v| v.resident.place.dated == 1);
+                Arc::new(arrow_array::Date32Array::new(
+                    ScalarBuffer::from(dates),
+                    Some(NullBuffer::from(dated)),
+                ))
+            }
+            "card" => array::<UInt8Type>(self.values(&c.card, |v| v.resident.place.card)),
+            other => unreachable!("no row column '{other}'"),
+        })
+    }
+
+    fn with_index(
+        &self,
+        kind: IdKind,
+        f: &mut dyn FnMut(&HashIndex) -> crate::error::Result<crate::snapshot::FileEntry>,
+    ) -> crate::error::Result<crate::snapshot::FileEntry> {
+        let changed = self.changed_ids(kind);
+        let base = match kind {
+            IdKind::MyNumber => &self.view.data.cols.my_number,
+            _ => &self.view.data.cols.resident_code,
+        };
+        let index = HashIndex::build_by(kind, self.rows, |row| match changed.get(&(row as u32)) {
+            Some(&id) => id,
+            None => base[row],
+        })?;
+        drop(changed);
+        f(&index)
+    }
+
+    /// Built row by row (the base's, or a changed person's values), never from folded copies
+    /// of the columns.
+    fn search_entries(&self, folded: &FoldedText) -> Vec<u64> {
+        let c = &self.view.data.cols;
+        let base = c.len();
+        crate::search::entries_by(self.rows, folded, |row| match self.changed(row as u32) {
+            Some(v) => {
+                let p = &v.resident.person;
+                (p.family, p.given, p.birth_date)
+            }
+            None if row < base => (c.family[row], c.given[row], c.birth_date[row]),
+            None => (0, 0, 0), // unreachable: every row past the base is a changed person's
+        })
+    }
+
+    fn parallel(&self) -> bool {
+        false
+    }
 }
 
 /// The columns of a snapshot's history file (`history.arrow`): every entry, oldest first, with
@@ -1667,49 +1778,54 @@ pub const HISTORY_COLUMNS: [&str; 25] = [
     "moving_to",
 ];
 
-/// Every entry `view` sees, as the snapshot keeps them: the origins of persons first touched
-/// since the base was opened (their base values, before any change), then every entry in the
-/// order applied (cancel targets renumbered accordingly).
-pub fn history_batch(view: &View) -> crate::error::Result<arrow_array::RecordBatch> {
-    use arrow_array::{
-        ArrayRef, Int32Array, Int64Array, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
-    };
+/// Rows of a history file's record batches: a batch of them in memory while it is written.
+const HISTORY_BATCH_ROWS: usize = 1 << 20;
 
+/// Write every entry `view` sees to `w` as the snapshot keeps them (an Arrow IPC file of
+/// [`HISTORY_COLUMNS`], in record batches of at most [`HISTORY_BATCH_ROWS`]): the origins of
+/// persons first touched since the base was opened (their base values, before any change), then
+/// every entry in the order applied (cancel targets renumbered accordingly). Returns the rows
+/// written. Written a batch at a time: the nation's year (~46 M rows with its origins) would be
+/// gigabytes as one batch.
+pub fn write_history(view: &View, w: &mut dyn std::io::Write) -> crate::error::Result<usize> {
     let live = view.live;
-    let mut origins: Vec<u32> = Vec::new();
-    let mut has_origin = std::collections::HashSet::new();
+    // Persons touched since the base, and those whose history holds an origin already.
+    let persons = live.base_len as usize + live.created.load(Ordering::Acquire) as usize;
+    let mut has_origin = vec![0u64; persons.div_ceil(64)];
+    let mut touched = vec![0u64; persons.div_ceil(64)];
+    let bit = |set: &mut [u64], p: u32| set[p as usize / 64] |= 1 << (p % 64);
+    let has = |set: &[u64], p: u32| set[p as usize / 64] & (1 << (p % 64)) != 0;
     for e in live.entries.iter() {
         if e.reason == Reason::Origin {
-            has_origin.insert(e.person);
+            bit(&mut has_origin, e.person);
         }
     }
-    let mut seen = std::collections::HashSet::new();
+    let mut origins: Vec<u32> = Vec::new();
     for e in live.entries.iter() {
-        if e.person < live.base_len && !has_origin.contains(&e.person) && seen.insert(e.person) {
+        if e.person < live.base_len && !has(&has_origin, e.person) && !has(&touched, e.person) {
+            bit(&mut touched, e.person);
             origins.push(e.person);
         }
     }
+    drop((has_origin, touched));
     let shift = origins.len() as u32;
-    let mut rows: Vec<Entry> = Vec::with_capacity(origins.len() + live.entries.count());
-    for &person in &origins {
-        rows.push(Entry {
-            person,
-            prev: NONE,
-            batch: 0,
-            mask: group::ALL,
-            reason: Reason::Origin,
-            cancels: NONE,
-            municipality: 0,
-            sequence: 0,
-            effective: i32::MIN,
-            reported: i32::MIN,
-            recorded: i64::MIN,
-            set: view.base_values(person),
-        });
-    }
-    for e in live.entries.iter() {
+    let origin = |person: u32| Entry {
+        person,
+        prev: NONE,
+        batch: 0,
+        mask: group::ALL,
+        reason: Reason::Origin,
+        cancels: NONE,
+        municipality: 0,
+        sequence: 0,
+        effective: i32::MIN,
+        reported: i32::MIN,
+        recorded: i64::MIN,
+        set: view.base_values(person),
+    };
+    let entry = |e: &Stored| {
         let cancels = e.cancels();
-        rows.push(Entry {
+        Entry {
             person: e.person,
             prev: NONE,
             batch: e.batch,
@@ -1730,8 +1846,48 @@ pub fn history_batch(view: &View) -> crate::error::Result<arrow_array::RecordBat
                 live.recorded_at(e.batch)
             },
             set: live.values_of(e),
-        });
+        }
+    };
+    let failed = |e| crate::error::JukiError::arrow("history.arrow", e);
+    let mut writer =
+        arrow_ipc::writer::FileWriter::try_new(w, &history_schema()).map_err(failed)?;
+    let mut rows: Vec<Entry> = Vec::with_capacity(HISTORY_BATCH_ROWS);
+    let mut written = 0;
+    let all = origins
+        .iter()
+        .map(|&p| origin(p))
+        .chain(live.entries.iter().map(entry));
+    for e in all {
+        rows.push(e);
+        if rows.len() == HISTORY_BATCH_ROWS {
+            writer.write(&history_batch(&rows)?).map_err(failed)?;
+            written += rows.len();
+            rows.clear();
+        }
     }
+    if !rows.is_empty() || written == 0 {
+        writer.write(&history_batch(&rows)?).map_err(failed)?;
+        written += rows.len();
+    }
+    writer.finish().map_err(failed)?;
+    Ok(written)
+}
+
+/// The schema of [`HISTORY_COLUMNS`].
+fn history_schema() -> arrow_schema::Schema {
+    history_batch(&[])
+        .expect("an empty history batch")
+        .schema()
+        .as_ref()
+        .clone()
+}
+
+/// `rows` as a record batch of [`HISTORY_COLUMNS`].
+fn history_batch(rows: &[Entry]) -> crate::error::Result<arrow_array::RecordBatch> {
+    use arrow_array::{
+        ArrayRef, Int32Array, Int64Array, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
+    };
+
     let col = |f: &dyn Fn(&Entry) -> u64| -> Vec<u64> { rows.iter().map(f).collect() };
     let u32s = |f: &dyn Fn(&Entry) -> u32| -> ArrayRef {
         std::sync::Arc::new(UInt32Array::from(rows.iter().map(f).collect::<Vec<_>>()))

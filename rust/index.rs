@@ -139,15 +139,29 @@ impl HashIndex {
     /// Build an index over `values` (full identifier values, check digit included). Every value
     /// must be valid; a value seen twice is an error naming both rows.
     pub fn build(kind: IdKind, values: &[u64]) -> Result<HashIndex> {
-        let layout = Layout::for_capacity(capacity_for(values.len()));
-        HashIndex::build_with(kind, values, layout)
+        HashIndex::build_by(kind, values.len(), |row| values[row])
     }
 
-    fn build_with(kind: IdKind, values: &[u64], layout: Layout) -> Result<HashIndex> {
-        if values.len() > MAX_ROWS {
+    /// [`build`](Self::build) over `rows` values given by `value` (row → value), for a caller
+    /// that does not hold them as one column (a checkpoint: the base's, except where changed).
+    pub fn build_by(
+        kind: IdKind,
+        rows: usize,
+        value: impl Fn(usize) -> u64 + Sync,
+    ) -> Result<HashIndex> {
+        let layout = Layout::for_capacity(capacity_for(rows));
+        HashIndex::build_with(kind, rows, value, layout)
+    }
+
+    fn build_with(
+        kind: IdKind,
+        rows: usize,
+        value: impl Fn(usize) -> u64 + Sync,
+        layout: Layout,
+    ) -> Result<HashIndex> {
+        if rows > MAX_ROWS {
             return Err(JukiError::InvalidInput(format!(
-                "{} rows exceed the index's limit of {MAX_ROWS}",
-                values.len()
+                "{rows} rows exceed the index's limit of {MAX_ROWS}"
             )));
         }
         let cap = 1usize << (KEY_BITS - layout.rem_bits);
@@ -190,18 +204,18 @@ impl HashIndex {
             };
             // Each insertion's slot is prefetched PREFETCH_DISTANCE insertions ahead, as probes
             // do, so that the misses of one thread's inserts overlap.
-            values
-                .par_chunks(BUILD_CHUNK)
-                .enumerate()
-                .find_map_any(|(c, chunk)| {
-                    for &v in chunk.iter().take(PREFETCH_DISTANCE) {
-                        prefetch(&atomics[home(v)]);
+            (0..rows.div_ceil(BUILD_CHUNK))
+                .into_par_iter()
+                .find_map_any(|c| {
+                    let chunk = c * BUILD_CHUNK..((c + 1) * BUILD_CHUNK).min(rows);
+                    for row in chunk.clone().take(PREFETCH_DISTANCE) {
+                        prefetch(&atomics[home(value(row))]);
                     }
-                    for (k, &value) in chunk.iter().enumerate() {
-                        if let Some(&ahead) = chunk.get(k + PREFETCH_DISTANCE) {
-                            prefetch(&atomics[home(ahead)]);
+                    for row in chunk.clone() {
+                        if row + PREFETCH_DISTANCE < chunk.end {
+                            prefetch(&atomics[home(value(row + PREFETCH_DISTANCE))]);
                         }
-                        if let Some(failure) = insert(c * BUILD_CHUNK + k, value) {
+                        if let Some(failure) = insert(row, value(row)) {
                             return Some(failure);
                         }
                     }
@@ -213,19 +227,19 @@ impl HashIndex {
                 kind,
                 slots: table.into_buffer(),
                 layout,
-                len: values.len(),
+                len: rows,
             }),
             Some(Failure::Duplicate(a, b)) => {
                 let (a, b) = (a.min(b), a.max(b));
                 Err(JukiError::DuplicateIdentifier(format!(
                     "{} {} appears in rows {a} and {b}",
                     kind.name(),
-                    kind.format(values[a])
+                    kind.format(value(a))
                 )))
             }
             Some(Failure::OutOfDomain(row)) => Err(JukiError::InvalidInput(format!(
                 "row {row}: {} is not a {}",
-                values[row],
+                value(row),
                 kind.name()
             ))),
             Some(Failure::TooFar(row)) => Err(JukiError::ResourceExhausted(format!(
@@ -234,7 +248,7 @@ impl HashIndex {
                 kind.name(),
                 layout.max_displacement(),
                 layout.disp_bits,
-                values.len()
+                rows
             ))),
         }
     }
@@ -587,7 +601,7 @@ mod tests {
                 .collect()
         };
         let crowd = with_check(bases_at_home(MIN_SLOTS, 5, 4));
-        let err = HashIndex::build_with(kind, &crowd, narrow).unwrap_err();
+        let err = HashIndex::build_with(kind, crowd.len(), |r| crowd[r], narrow).unwrap_err();
         assert!(matches!(err, JukiError::ResourceExhausted(_)), "{err}");
         assert!(
             err.to_string().contains("2-bit displacement field"),
@@ -600,7 +614,7 @@ mod tests {
         let mut values = crowd[..3].to_vec();
         values.extend(with_check(bases_at_home(MIN_SLOTS, 8, 1)));
         values.extend(with_check(bases_at_home(MIN_SLOTS, 9, 1)));
-        let index = HashIndex::build_with(kind, &values, narrow).unwrap();
+        let index = HashIndex::build_with(kind, values.len(), |r| values[r], narrow).unwrap();
         check(&index, &values, &crowd[3..]);
     }
 

@@ -66,6 +66,8 @@ pub struct Folding {
     /// Per BMP code point, the code point it folds to, or 0 where it does not fold.
     bmp: Vec<u32>,
     map: HashMap<char, char>,
+    /// A hash of the resolved table: what a search index saved in a snapshot was folded with.
+    fingerprint: u64,
 }
 
 /// The longest chain of mappings a table may hold (the published tables chain at most 3).
@@ -139,7 +141,22 @@ impl Folding {
             }
             !dense
         });
-        Ok(Folding { bmp, map })
+        let mut rest: Vec<(u32, u32)> = map.iter().map(|(&f, &t)| (f as u32, t as u32)).collect();
+        rest.sort_unstable();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for v in bmp.iter().chain(rest.iter().flat_map(|(f, t)| [f, t])) {
+            hasher.update(&v.to_le_bytes());
+        }
+        Ok(Folding {
+            bmp,
+            map,
+            fingerprint: hasher.digest(),
+        })
+    }
+
+    /// A hash of the table as resolved: two tables fold every text alike when it is equal.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     pub fn len(&self) -> usize {

@@ -41,7 +41,7 @@ use crate::generate::{self, Plan};
 use crate::history::{Live, Reason, View};
 use crate::ids::{self, IdKind};
 use crate::log::ChangeLog;
-use crate::normalize::{self as names, FoldedCache, Folding, Level};
+use crate::normalize::{self as names, FoldedCache, FoldedText, Folding, Level};
 use crate::query::{self, ExactMatch};
 use crate::search::{self, SearchIndex};
 use crate::snapshot;
@@ -236,8 +236,13 @@ pub struct PyRegistry {
     last_recorded: AtomicI64,
     /// The registry's dictionaries folded for verify above the exact level, built on first use.
     folded: FoldedCache,
-    /// The 4情報 index at the exact and the normalised level, built on first use.
+    /// The 4情報 index at the exact and the normalised level: at first use, read from the
+    /// snapshot's file (the normalised level) or built.
     search: [OnceLock<SearchIndex>; 2],
+    /// The snapshot's file of the normalised level's index, if it has one.
+    search_file: Option<snapshot::SearchFile>,
+    /// Held while an index is read or built, so two first searches do it once.
+    search_building: Mutex<()>,
     /// Per level, the persons the search index misses since changes renamed them or made them.
     search_delta: [Mutex<search::Delta>; 2],
 }
@@ -281,18 +286,22 @@ impl PyRegistry {
             last_recorded: AtomicI64::new(0),
             folded: FoldedCache::default(),
             search: Default::default(),
+            search_file: None,
+            search_building: Mutex::new(()),
             search_delta: Default::default(),
         }
     }
 
     /// A registry opened from the snapshot at `dir`: the snapshot, then its change log's
     /// records redone.
-    fn opened(
-        data: RegistryData,
-        extras: snapshot::Extras,
-        dir: &std::path::Path,
-    ) -> Result<PyRegistry> {
+    fn opened(opened: snapshot::Opened, dir: &std::path::Path) -> Result<PyRegistry> {
+        let snapshot::Opened {
+            data,
+            extras,
+            search,
+        } = opened;
         let mut reg = PyRegistry::new(data);
+        reg.search_file = search;
         let extra = |name: &str| extras.iter().find(|(n, _)| n == name).map(|(_, b)| b);
         // The changes a checkpoint folded in, kept as history, and the log generation it covers.
         let mut covered = 0;
@@ -305,7 +314,7 @@ impl PyRegistry {
             _ => {}
         }
         if let (Some(history), Some(state)) = (extra(HISTORY), extra(STATE)) {
-            let batch = snapshot::read_ipc(history, HISTORY)?;
+            let batches = snapshot::read_ipc_batches(history, HISTORY)?;
             let state: changes::WriterState = serde_json::from_slice(state.as_slice())
                 .map_err(|e| JukiError::SnapshotCorrupt(format!("{STATE}: {e}")))?;
             let mut w = reg.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -313,7 +322,7 @@ impl PyRegistry {
                 &reg.data,
                 &reg.live,
                 &mut w,
-                &batch,
+                &batches,
                 &state,
                 (HISTORY, STATE),
             )?;
@@ -421,10 +430,35 @@ impl PyRegistry {
         detached(py, || {
             let folded = self.folded.text(&self.data.dicts, level)?;
             if search {
-                self.search[level as usize].get_or_init(|| SearchIndex::build(&self.data, folded));
+                self.search_index(folded)?;
             }
             Ok(())
         })
+    }
+
+    /// The 4情報 index at `folded.level`: read from the snapshot's file where it has one folded
+    /// with the installed table, built otherwise (the first call at a level).
+    fn search_index(&self, folded: &FoldedText) -> Result<&SearchIndex> {
+        let once = &self.search[folded.level as usize];
+        if let Some(index) = once.get() {
+            return Ok(index);
+        }
+        let _building = self
+            .search_building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = once.get() {
+            return Ok(index);
+        }
+        let saved = match (&self.search_file, folded.level) {
+            (Some(file), Level::Normalised) => file.load(names::installed()?)?,
+            _ => None,
+        };
+        let index = match saved {
+            Some(entries) => SearchIndex::from_entries(&self.data, folded, entries),
+            None => SearchIndex::build(&self.data, folded),
+        };
+        Ok(once.get_or_init(|| index))
     }
 }
 
@@ -465,8 +499,7 @@ impl PyRegistry {
     #[pyo3(signature = (path, mmap = false))]
     fn open(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyRegistry> {
         Ok(detached(py, || {
-            let (data, extras) = snapshot::open_with(&path, mmap)?;
-            PyRegistry::opened(data, extras, &path)
+            PyRegistry::opened(snapshot::open_with(&path, mmap)?, &path)
         })?)
     }
 
@@ -685,8 +718,7 @@ impl PyRegistry {
                 Level::Exact => None,
                 _ => Some(names::installed()?),
             };
-            let index =
-                self.search[level as usize].get_or_init(|| SearchIndex::build(&self.data, folded));
+            let index = self.search_index(folded)?;
             // Batch by batch (claim rows numbered across them): claims from this process are
             // validated as bytes only, and merging their dictionaries would read them as text.
             let (batches, schema) = claims.batches(Strings::Bytes)?;
@@ -815,24 +847,25 @@ impl PyRegistry {
                     effective: i32::MAX,
                 },
             );
-            let (cols, dicts) = crate::history::fold(&view)?;
-            let history = crate::history::history_batch(&view)?;
-            let entries = history.num_rows();
-            let mut ipc = Vec::new();
-            {
-                let mut writer =
-                    arrow_ipc::writer::FileWriter::try_new(&mut ipc, &history.schema())
-                        .map_err(|e| JukiError::arrow(HISTORY, e))?;
-                writer
-                    .write(&history)
-                    .map_err(|e| JukiError::arrow(HISTORY, e))?;
-                writer.finish().map_err(|e| JukiError::arrow(HISTORY, e))?;
-            }
+            let mut entries = 0;
             let state = serde_json::to_vec_pretty(&w.state(log.generation()))
                 .expect("the state serialises");
-            let folded = RegistryData::new(cols, dicts)?;
-            snapshot::save_with(&folded, &dir, &[(HISTORY, &ipc), (STATE, &state)])?;
-            drop(folded);
+            let history: snapshot::Extra = (
+                HISTORY,
+                Box::new(|out| {
+                    entries = crate::history::write_history(&view, out)?;
+                    Ok(())
+                }),
+            );
+            let state: snapshot::Extra = (
+                STATE,
+                Box::new(|out| {
+                    out.write_all(&state)
+                        .map_err(|e| JukiError::Io(format!("{STATE}: {e}")))
+                }),
+            );
+            let folded = crate::history::Folded::new(&view);
+            snapshot::save_with(&folded, &dir, vec![history, state])?;
             log.reset()?;
             Ok(entries)
         })?)

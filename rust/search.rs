@@ -17,6 +17,7 @@ use arrow_array::{
     Array, ArrayRef, DictionaryArray, RecordBatch, StringArray, UInt16Array, UInt32Array,
     UInt8Array,
 };
+use arrow_buffer::{Buffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
@@ -184,8 +185,9 @@ struct Name {
 /// The 4情報 index of one registry at one level.
 pub struct SearchIndex {
     level: Level,
-    /// Per resident, sorted: the hash's top bits above the row id.
-    entries: Vec<u64>,
+    /// Per resident, sorted: the hash's top bits above the row id (built, or read from a
+    /// snapshot's [`SEARCH_FILE`]).
+    entries: ScalarBuffer<u64>,
     /// For each value of an entry's top `64 - shift` bits ([`directory_bits`]), the first entry
     /// at or above it; one more at the end.
     directory: Vec<u32>,
@@ -194,27 +196,103 @@ pub struct SearchIndex {
     given: Names,
 }
 
+/// The snapshot file of the normalised level's entries (see [`write_entries`]): the level
+/// searches use unless told otherwise. The exact level's index is built at its first use.
+pub const SEARCH_FILE: &str = "search_normalised.u64";
+/// The file's first 8 bytes; the next 8 are the fingerprint of the folding table its names were
+/// folded with ([`Folding::fingerprint`]), then the entries.
+const SEARCH_MAGIC: &[u8; 8] = b"juki4jo1";
+
+/// The sorted entries of `rows` rows whose names (dictionary keys) and birth date `row` gives,
+/// the dictionaries folded as `folded`.
+pub fn entries_by(
+    rows: usize,
+    folded: &FoldedText,
+    row: impl Fn(usize) -> (u32, u32, i32) + Sync,
+) -> Vec<u64> {
+    let (fh, gh) = (hashes(&folded.family_name), hashes(&folded.given_name));
+    let mut entries: Vec<u64> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let (family, given, birth_date) = row(r);
+            let k = key(fh[family as usize], gh[given as usize], birth_date);
+            (k & !ROW_MASK) | r as u64
+        })
+        .collect();
+    entries.par_sort_unstable();
+    entries
+}
+
+/// Write `entries` (of the normalised level, folded with `folding`) as a snapshot's
+/// [`SEARCH_FILE`].
+pub fn write_entries(
+    entries: &[u64],
+    folding: &Folding,
+    w: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    w.write_all(SEARCH_MAGIC)?;
+    w.write_all(&folding.fingerprint().to_le_bytes())?;
+    // SAFETY: u64 has no padding; the file is little-endian, as every supported target.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(entries.as_ptr() as *const u8, entries.len() * 8) };
+    w.write_all(bytes)
+}
+
+/// The entries a [`SEARCH_FILE`] holds for a registry of `rows` rows, if they were folded with
+/// `folding` (None if with another table: they are then built again). Checked, since a file
+/// is outside input: sorted, and each row exactly once; a hash that is not its row's can only
+/// hide a resident from a search, never make a false candidate (every candidate is compared).
+pub fn read_entries(
+    buf: &Buffer,
+    rows: usize,
+    folding: &Folding,
+    name: &str,
+) -> Result<Option<ScalarBuffer<u64>>> {
+    let corrupt = |why: String| {
+        JukiError::SnapshotCorrupt(format!("snapshot file '{name}' is corrupt: {why}"))
+    };
+    if buf.len() < 16 || &buf[..8] != SEARCH_MAGIC {
+        return Err(corrupt("not a 4情報 index".into()));
+    }
+    if buf[8..16] != folding.fingerprint().to_le_bytes() {
+        return Ok(None);
+    }
+    if buf.len() != 16 + rows * 8 {
+        return Err(corrupt(format!("{} bytes for {rows} rows", buf.len())));
+    }
+    // Offset and length in entries: the 16-byte header is two.
+    let entries = ScalarBuffer::<u64>::new(buf.clone(), 2, rows);
+    let mut seen = vec![0u64; rows.div_ceil(64)];
+    let mut previous = 0u64;
+    for (i, &e) in entries.iter().enumerate() {
+        let row = (e & ROW_MASK) as usize;
+        if (i > 0 && e < previous) || row >= rows || seen[row / 64] & (1 << (row % 64)) != 0 {
+            return Err(corrupt(format!(
+                "entry {i} is out of order, out of range or repeated"
+            )));
+        }
+        seen[row / 64] |= 1 << (row % 64);
+        previous = e;
+    }
+    Ok(Some(entries))
+}
+
 impl SearchIndex {
     /// Build the index of `data` with its dictionaries folded at `folded.level`.
     pub fn build(data: &RegistryData, folded: &FoldedText) -> SearchIndex {
+        let entries = crate::snapshot::Rows::search_entries(data, folded);
+        SearchIndex::from_entries(data, folded, ScalarBuffer::from(entries))
+    }
+
+    /// The index of `data` over its sorted `entries` (built, or read from its snapshot).
+    pub fn from_entries(
+        data: &RegistryData,
+        folded: &FoldedText,
+        entries: ScalarBuffer<u64>,
+    ) -> SearchIndex {
         let (family, given) = (hashes(&folded.family_name), hashes(&folded.given_name));
         let family_names = Names::build(&data.dicts.family_name, &folded.family_name, &family);
         let given_names = Names::build(&data.dicts.given_name, &folded.given_name, &given);
-        let mut entries: Vec<u64> = data
-            .persons
-            .rows()
-            .par_iter()
-            .enumerate()
-            .map(|(row, p)| {
-                let k = key(
-                    family[p.family as usize],
-                    given[p.given as usize],
-                    p.birth_date,
-                );
-                (k & !ROW_MASK) | row as u64
-            })
-            .collect();
-        entries.par_sort_unstable();
         let shift = 64 - directory_bits(entries.len());
         let slots = 1usize << (64 - shift);
         let mut directory = vec![0u32; slots + 1];

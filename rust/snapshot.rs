@@ -2,17 +2,21 @@
 //! persisted indexes, with a manifest of sizes and checksums.
 //!
 //! Layout: `<dir>/CURRENT` names the live version directory `<dir>/v-<n>/`, which holds
-//! `manifest.json`, `residents.arrow` (the row columns), `dict_*.arrow` (the dictionaries) and
-//! `index_*.u64` (the hash tables' raw slots, which opening reads back as saved). Saving writes a
+//! `manifest.json`, `residents_<column>.arrow` (the row columns, a file each), `dict_*.arrow`
+//! (the dictionaries) and `index_*.u64` (the hash tables' raw slots, which opening reads back as
+//! saved), and any further files a living registry keeps there (its history). Saving writes a
 //! new version aside, fsyncs it, then atomically replaces `CURRENT`: a crash at any point leaves
 //! the previous snapshot intact and current. Opening checks every file's size and xxh3 checksum
 //! and every dictionary key's bounds; anything wrong raises `SnapshotCorrupt` naming the file.
 //!
-//! The manifest's `format` versions the layout. `juki-snapshot/2` holds the quotiented index
-//! slots of `index`. `juki-snapshot/1`, from builds whose slots packed the whole base above a
-//! 27-bit row id, still opens: its index files are neither read nor trusted, the indexes are
-//! rebuilt from the row columns (a note on stderr says so), and saving it writes format 2. Any
-//! other format is `SnapshotCorrupt` naming it.
+//! A file a column: a checkpoint folds and writes one column at a time, so its memory beside the
+//! live registry is one column and one index, never a second registry (see [`Rows`]).
+//!
+//! The manifest's `format` versions the layout; saving always writes `juki-snapshot/3`.
+//! `juki-snapshot/2` held every row column in one `residents.arrow`, and still opens as it is.
+//! `juki-snapshot/1`, from builds whose slots packed the whole base above a 27-bit row id, still
+//! opens too: its index files are neither read nor trusted, the indexes are rebuilt from the row
+//! columns (a note on stderr says so). Any other format is `SnapshotCorrupt` naming it.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -32,12 +36,17 @@ use crate::error::{JukiError, Result};
 use crate::ids::IdKind;
 use crate::index::HashIndex;
 use crate::memory::{map_file, read_file_huge};
+use crate::normalize::{FoldedText, Folding, Level};
+use crate::search;
 use crate::storage::{Columns, Dictionaries, RegistryData, CARD_VALUES, STATUS_VALUES};
 
 /// The format this build writes.
-const FORMAT: &str = "juki-snapshot/2";
-/// The format before the index slots were quotiented: its rows and dictionaries are as today's.
+const FORMAT: &str = "juki-snapshot/3";
+/// The format before the row columns were saved a file each: one `residents.arrow` held them.
+const FORMAT_2: &str = "juki-snapshot/2";
+/// The format before the index slots were quotiented: its rows and dictionaries are format 2's.
 const FORMAT_1: &str = "juki-snapshot/1";
+/// Formats 1 and 2's file of every row column.
 const RESIDENTS: &str = "residents.arrow";
 const INDEX_MY_NUMBER: &str = "index_my_number.u64";
 const INDEX_RESIDENT_CODE: &str = "index_resident_code.u64";
@@ -49,8 +58,9 @@ struct Manifest {
     files: Vec<FileEntry>,
 }
 
+/// A file of a snapshot as its manifest lists it.
 #[derive(Serialize, Deserialize, Clone)]
-struct FileEntry {
+pub struct FileEntry {
     name: String,
     bytes: u64,
     xxh3: String,
@@ -168,14 +178,118 @@ fn prim<T: ArrowPrimitiveType>(values: &ScalarBuffer<T::Native>) -> ArrayRef {
     Arc::new(PrimitiveArray::<T>::new(values.clone(), None))
 }
 
-/// Save a registry to `dir` atomically (see the module docs).
-pub fn save(data: &RegistryData, dir: &Path) -> Result<()> {
-    save_with(data, dir, &[])
+/// The row columns, in the order of the registry's schema. Format 3 saves each as a file of its
+/// own, `residents_<name>.arrow`, so that a checkpoint writes one folded column at a time.
+pub const ROW_COLUMNS: [&str; 12] = [
+    "resident_code",
+    "my_number",
+    "family",
+    "given",
+    "birth_date",
+    "sex",
+    "municipality",
+    "town",
+    "block",
+    "status",
+    "status_date",
+    "card",
+];
+
+fn column_file(name: &str) -> String {
+    format!("residents_{name}.arrow")
 }
 
-/// [`save`], with further files (name, contents) written into the same version, listed and
+/// The named row column of `c` (one of [`ROW_COLUMNS`]), zero-copy.
+pub fn column_array(c: &Columns, name: &str) -> ArrayRef {
+    match name {
+        "resident_code" => prim::<UInt64Type>(&c.resident_code),
+        "my_number" => prim::<UInt64Type>(&c.my_number),
+        "family" => prim::<UInt32Type>(&c.family),
+        "given" => prim::<UInt32Type>(&c.given),
+        "birth_date" => prim::<Date32Type>(&c.birth_date),
+        "sex" => prim::<UInt8Type>(&c.sex),
+        "municipality" => prim::<UInt16Type>(&c.municipality),
+        "town" => prim::<UInt32Type>(&c.town),
+        "block" => prim::<UInt32Type>(&c.block),
+        "status" => prim::<UInt8Type>(&c.status),
+        "status_date" => Arc::new(c.status_date.clone()),
+        "card" => prim::<UInt8Type>(&c.card),
+        other => unreachable!("no row column '{other}'"),
+    }
+}
+
+/// What a snapshot is saved from: a registry in memory, or a living registry's state folded
+/// column by column at a checkpoint (`history::Folded`).
+pub trait Rows: Sync {
+    /// Number of rows.
+    fn rows(&self) -> usize;
+    /// The dictionaries behind the key columns.
+    fn dicts(&self) -> &Dictionaries;
+    /// The named row column (one of [`ROW_COLUMNS`]).
+    fn column(&self, name: &str) -> Result<ArrayRef>;
+    /// Call `f` with the index on `kind`: the registry's own, or one built for the call.
+    fn with_index(
+        &self,
+        kind: IdKind,
+        f: &mut dyn FnMut(&HashIndex) -> Result<FileEntry>,
+    ) -> Result<FileEntry>;
+    /// The sorted entries of the 4情報 index of the rows, names folded as `folded`.
+    fn search_entries(&self, folded: &FoldedText) -> Vec<u64>;
+    /// Whether files may be written in parallel: not where each column is built for its write,
+    /// whose memory must stay one column's.
+    fn parallel(&self) -> bool;
+}
+
+impl Rows for RegistryData {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+
+    fn dicts(&self) -> &Dictionaries {
+        &self.dicts
+    }
+
+    fn column(&self, name: &str) -> Result<ArrayRef> {
+        Ok(column_array(&self.cols, name))
+    }
+
+    fn with_index(
+        &self,
+        kind: IdKind,
+        f: &mut dyn FnMut(&HashIndex) -> Result<FileEntry>,
+    ) -> Result<FileEntry> {
+        f(match kind {
+            IdKind::MyNumber => &self.by_my_number,
+            _ => &self.by_resident_code,
+        })
+    }
+
+    fn search_entries(&self, folded: &FoldedText) -> Vec<u64> {
+        let p = self.persons.rows();
+        search::entries_by(self.len(), folded, |row| {
+            (p[row].family, p[row].given, p[row].birth_date)
+        })
+    }
+
+    fn parallel(&self) -> bool {
+        true
+    }
+}
+
+/// A further file of a snapshot (see [`save_with`]): its name, and what writes its contents.
+pub type Extra<'a> = (
+    &'a str,
+    Box<dyn FnOnce(&mut dyn Write) -> Result<()> + Send + 'a>,
+);
+
+/// Save a registry to `dir` atomically (see the module docs).
+pub fn save(data: &RegistryData, dir: &Path) -> Result<()> {
+    save_with(data, dir, Vec::new())
+}
+
+/// [`save`] from any [`Rows`], with further files written into the same version, listed and
 /// checksummed in its manifest (a living registry's history, see `history`).
-pub fn save_with(data: &RegistryData, dir: &Path, extras: &[(&str, &[u8])]) -> Result<()> {
+pub fn save_with(rows: &dyn Rows, dir: &Path, extras: Vec<Extra<'_>>) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let next = versions(dir)?.last().map_or(1, |(n, _)| n + 1);
     let final_dir = dir.join(format!("v-{next}"));
@@ -185,30 +299,18 @@ pub fn save_with(data: &RegistryData, dir: &Path, extras: &[(&str, &[u8])]) -> R
     }
     fs::create_dir(&tmp).map_err(|e| io(&tmp, e))?;
 
-    let c = &data.cols;
-    let d = &data.dicts;
+    let d = rows.dicts();
     let s = |a: &StringArray| Arc::new(a.clone()) as ArrayRef;
-    let jobs: Vec<Box<dyn FnOnce() -> Result<FileEntry> + Send + '_>> = vec![
-        Box::new(|| {
-            write_ipc(
-                &tmp,
-                RESIDENTS,
-                vec![
-                    ("resident_code", prim::<UInt64Type>(&c.resident_code)),
-                    ("my_number", prim::<UInt64Type>(&c.my_number)),
-                    ("family", prim::<UInt32Type>(&c.family)),
-                    ("given", prim::<UInt32Type>(&c.given)),
-                    ("birth_date", prim::<Date32Type>(&c.birth_date)),
-                    ("sex", prim::<UInt8Type>(&c.sex)),
-                    ("municipality", prim::<UInt16Type>(&c.municipality)),
-                    ("town", prim::<UInt32Type>(&c.town)),
-                    ("block", prim::<UInt32Type>(&c.block)),
-                    ("status", prim::<UInt8Type>(&c.status)),
-                    ("status_date", Arc::new(c.status_date.clone())),
-                    ("card", prim::<UInt8Type>(&c.card)),
-                ],
-            )
-        }),
+    type Job<'j> = Box<dyn FnOnce() -> Result<FileEntry> + Send + 'j>;
+    let at = &tmp;
+    let mut jobs: Vec<Job<'_>> = ROW_COLUMNS
+        .iter()
+        .map(|&name| {
+            Box::new(move || write_ipc(at, &column_file(name), vec![(name, rows.column(name)?)]))
+                as Job<'_>
+        })
+        .collect();
+    jobs.extend([
         Box::new(|| {
             write_ipc(
                 &tmp,
@@ -218,7 +320,7 @@ pub fn save_with(data: &RegistryData, dir: &Path, extras: &[(&str, &[u8])]) -> R
                     ("kana", s(&d.family_name_kana)),
                 ],
             )
-        }),
+        }) as Job<'_>,
         Box::new(|| {
             write_ipc(
                 &tmp,
@@ -245,22 +347,42 @@ pub fn save_with(data: &RegistryData, dir: &Path, extras: &[(&str, &[u8])]) -> R
                 vec![("name", s(&d.address_block))],
             )
         }),
-        Box::new(|| write_slots(&tmp, INDEX_MY_NUMBER, &data.by_my_number)),
-        Box::new(|| write_slots(&tmp, INDEX_RESIDENT_CODE, &data.by_resident_code)),
-    ];
-    let mut files: Vec<FileEntry> = jobs
-        .into_par_iter()
-        .map(|job| job())
-        .collect::<Result<Vec<_>>>()?;
-    for (name, bytes) in extras {
-        let path = tmp.join(name);
-        files.push(write_file(&tmp, name, |w| {
-            w.write_all(bytes).map_err(|e| io(&path, e))
-        })?);
+    ]);
+    for (kind, name) in [
+        (IdKind::MyNumber, INDEX_MY_NUMBER),
+        (IdKind::ResidentCode, INDEX_RESIDENT_CODE),
+    ] {
+        jobs.push(Box::new(move || {
+            rows.with_index(kind, &mut |index| write_slots(at, name, index))
+        }));
     }
+    // The 4情報 index at the normalised level, where the folding table is installed (the
+    // Python API installs it before it saves); without it, the index is built at first use.
+    if let Ok(folding) = crate::normalize::installed() {
+        jobs.push(Box::new(move || {
+            let folded = FoldedText::build(rows.dicts(), folding, Level::Normalised);
+            let entries = rows.search_entries(&folded);
+            let path = at.join(search::SEARCH_FILE);
+            write_file(at, search::SEARCH_FILE, |w| {
+                search::write_entries(&entries, folding, w).map_err(|e| io(&path, e))
+            })
+        }));
+    }
+    for (name, fill) in extras {
+        jobs.push(Box::new(move || write_file(at, name, |w| fill(w))));
+    }
+    let files: Vec<FileEntry> = if rows.parallel() {
+        jobs.into_par_iter()
+            .map(|job| job())
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        jobs.into_iter()
+            .map(|job| job())
+            .collect::<Result<Vec<_>>>()?
+    };
     let manifest = Manifest {
         format: FORMAT.to_string(),
-        rows: data.len(),
+        rows: rows.rows(),
         files,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
@@ -288,6 +410,18 @@ pub fn save_with(data: &RegistryData, dir: &Path, extras: &[(&str, &[u8])]) -> R
 
 /// Parse one IPC file held in `buf` (zero-copy) into its single record batch.
 pub fn read_ipc(buf: &Buffer, name: &str) -> Result<RecordBatch> {
+    let mut batches = read_ipc_batches(buf, name)?;
+    if batches.len() != 1 {
+        return Err(corrupt(
+            name,
+            format!("{} record batches, expected 1", batches.len()),
+        ));
+    }
+    Ok(batches.remove(0))
+}
+
+/// Parse one IPC file held in `buf` (zero-copy) into its record batches (at least one).
+pub fn read_ipc_batches(buf: &Buffer, name: &str) -> Result<Vec<RecordBatch>> {
     let len = buf.len();
     if len < 10 {
         return Err(corrupt(name, "too short to be an Arrow IPC file"));
@@ -315,20 +449,19 @@ pub fn read_ipc(buf: &Buffer, name: &str) -> Result<RecordBatch> {
             .read_dictionary(block, &slice(block)?)
             .map_err(|e| corrupt(name, e))?;
     }
-    let batches = footer
+    let blocks = footer
         .recordBatches()
+        .filter(|b| !b.is_empty())
         .ok_or_else(|| corrupt(name, "no record batch"))?;
-    if batches.len() != 1 {
-        return Err(corrupt(
-            name,
-            format!("{} record batches, expected 1", batches.len()),
-        ));
-    }
-    let block = batches.get(0);
-    decoder
-        .read_record_batch(block, &slice(block)?)
-        .map_err(|e| corrupt(name, e))?
-        .ok_or_else(|| corrupt(name, "empty record batch"))
+    blocks
+        .iter()
+        .map(|block| {
+            decoder
+                .read_record_batch(block, &slice(block)?)
+                .map_err(|e| corrupt(name, e))?
+                .ok_or_else(|| corrupt(name, "empty record batch"))
+        })
+        .collect()
 }
 
 fn values<T: ArrowPrimitiveType>(
@@ -348,12 +481,12 @@ fn values<T: ArrowPrimitiveType>(
         })
 }
 
-/// A non-null row column of `residents.arrow`, zero-copy.
+/// A row column from its file's batch (and the file's name), zero-copy.
 fn row_values<T: ArrowPrimitiveType>(
-    batch: &RecordBatch,
+    (batch, file): (RecordBatch, String),
     col: &str,
 ) -> Result<ScalarBuffer<T::Native>> {
-    Ok(values::<T>(batch, RESIDENTS, col)?.values().clone())
+    Ok(values::<T>(&batch, &file, col)?.values().clone())
 }
 
 fn strings(batch: &RecordBatch, file: &str, col: &str) -> Result<StringArray> {
@@ -374,11 +507,12 @@ fn check_keys<T: Copy + Into<u64> + Send + Sync>(
     keys: &[T],
     bound: usize,
     what: &str,
+    file: &str,
 ) -> Result<()> {
     let max = keys.par_iter().map(|&k| k.into()).max().unwrap_or(0);
     if !keys.is_empty() && max >= bound as u64 {
         return Err(corrupt(
-            RESIDENTS,
+            file,
             format!("{what} key {max} outside its dictionary of {bound}"),
         ));
     }
@@ -389,14 +523,65 @@ fn check_keys<T: Copy + Into<u64> + Send + Sync>(
 /// the page cache); otherwise they are read into huge-page memory, which is faster for random
 /// lookups. The indexes are read into huge pages either way.
 pub fn open(dir: &Path, mmap: bool) -> Result<RegistryData> {
-    Ok(open_with(dir, mmap)?.0)
+    Ok(open_with(dir, mmap)?.data)
 }
 
 /// Files a snapshot holds beside the registry's own (see [`save_with`]), checked like them.
 pub type Extras = Vec<(String, Buffer)>;
 
-/// [`open`], returning the snapshot's further files too.
-pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
+/// A snapshot opened: the registry, its further files, and its 4情報 index file, read at the
+/// first search (a registry that is never searched holds none of it).
+pub struct Opened {
+    pub data: RegistryData,
+    pub extras: Extras,
+    pub search: Option<SearchFile>,
+}
+
+/// A snapshot's [`search::SEARCH_FILE`], as its manifest lists it.
+pub struct SearchFile {
+    path: PathBuf,
+    entry: FileEntry,
+    rows: usize,
+}
+
+impl SearchFile {
+    /// Its entries, checked like every snapshot file (size and checksum, then the index's own
+    /// checks); None where they were folded with another table than `folding`, or the file is
+    /// gone (a later save replaced the version): the index is then built.
+    pub fn load(&self, folding: &Folding) -> Result<Option<arrow_buffer::ScalarBuffer<u64>>> {
+        let shown = format!(
+            "{}/{}",
+            self.path
+                .parent()
+                .and_then(|p| p.file_name())
+                .map_or(String::new(), |n| n.to_string_lossy().to_string()),
+            self.entry.name
+        );
+        match fs::metadata(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&self.path, e)),
+            Ok(m) if m.len() != self.entry.bytes => {
+                return Err(corrupt(
+                    &shown,
+                    format!("{} bytes, the manifest says {}", m.len(), self.entry.bytes),
+                ))
+            }
+            Ok(_) => {}
+        }
+        let buf = read_file_huge(&self.path)?;
+        let sum = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(buf.as_slice()));
+        if sum != self.entry.xxh3 {
+            return Err(corrupt(
+                &shown,
+                format!("checksum {sum}, the manifest says {}", self.entry.xxh3),
+            ));
+        }
+        search::read_entries(&buf, self.rows, folding, &shown)
+    }
+}
+
+/// [`open`], returning the snapshot's further files and its search index file too.
+pub fn open_with(dir: &Path, mmap: bool) -> Result<Opened> {
     if !dir.is_dir() {
         return Err(JukiError::Io(format!(
             "snapshot '{}' does not exist",
@@ -428,21 +613,43 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
     let manifest: Manifest =
         serde_json::from_slice(&raw).map_err(|e| corrupt(&manifest_name, e))?;
     let is_index = |name: &str| [INDEX_MY_NUMBER, INDEX_RESIDENT_CODE].contains(&name);
-    let rebuild_indexes = match manifest.format.as_str() {
-        FORMAT => false,
-        FORMAT_1 => true,
+    let (rebuild_indexes, one_rows_file) = match manifest.format.as_str() {
+        FORMAT => (false, false),
+        FORMAT_2 => (false, true),
+        FORMAT_1 => (true, true),
         other => {
             return Err(corrupt(
                 &manifest_name,
-                format!("format '{other}' is not one this build reads ({FORMAT_1}, {FORMAT})"),
+                format!(
+                    "format '{other}' is not one this build reads ({FORMAT_1}, {FORMAT_2}, \
+                     {FORMAT})"
+                ),
             ))
         }
     };
+    let column_files: Vec<String> = ROW_COLUMNS.iter().map(|c| column_file(c)).collect();
+    let is_own = |name: &str| {
+        is_index(name)
+            || name == RESIDENTS
+            || column_files.iter().any(|f| f == name)
+            || name.starts_with("dict_")
+    };
+    let search = manifest
+        .files
+        .iter()
+        .find(|entry| entry.name == search::SEARCH_FILE)
+        .map(|entry| SearchFile {
+            path: vdir.join(&entry.name),
+            entry: entry.clone(),
+            rows: manifest.rows,
+        });
     let loaded: Vec<(String, Buffer)> = manifest
         .files
         .par_iter()
         // A format-1 index is in the old slot layout: it is rebuilt, so its file is not read.
         .filter(|entry| !(rebuild_indexes && is_index(&entry.name)))
+        // The search index is read at the first search.
+        .filter(|entry| entry.name != search::SEARCH_FILE)
         .map(|entry| {
             let shown = format!("{version}/{}", entry.name);
             // A listed name is a file of the version directory, never a path out of it.
@@ -474,7 +681,8 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
             // The indexes are probed at random: on the page cache's 4 KiB pages every probe
             // also walks the page tables, so they are read into huge pages even when the row
             // columns are mapped (the RSS is the same either way: their pages are all touched).
-            let buf = if mmap && !is_index(&entry.name) {
+            // Further files (a history) are read once at open: mapped, they leave no copy.
+            let buf = if !is_own(&entry.name) || (mmap && !is_index(&entry.name)) {
                 map_file(&path).map_err(|e| unreadable(&path, &shown, e))?
             } else {
                 read_file_huge(&path)?
@@ -496,13 +704,36 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
             .map(|(_, b)| b)
             .ok_or_else(|| corrupt(&manifest_name, format!("does not list '{name}'")))
     };
-    let rows = read_ipc(get(RESIDENTS)?, RESIDENTS)?;
+    // Each row column with its file's name: all in one file before format 3.
+    let rows = if one_rows_file {
+        Some(read_ipc(get(RESIDENTS)?, RESIDENTS)?)
+    } else {
+        None
+    };
+    let column = |name: &str| -> Result<(RecordBatch, String)> {
+        if let Some(rows) = &rows {
+            return Ok((rows.clone(), RESIDENTS.to_string()));
+        }
+        let file = column_file(name);
+        let batch = read_ipc(get(&file)?, &file)?;
+        if batch.num_rows() != manifest.rows {
+            return Err(corrupt(
+                &file,
+                format!(
+                    "{} rows, the manifest says {}",
+                    batch.num_rows(),
+                    manifest.rows
+                ),
+            ));
+        }
+        Ok((batch, file))
+    };
     let fam = read_ipc(get("dict_family.arrow")?, "dict_family.arrow")?;
     let giv = read_ipc(get("dict_given.arrow")?, "dict_given.arrow")?;
     let mun = read_ipc(get("dict_municipality.arrow")?, "dict_municipality.arrow")?;
     let town = read_ipc(get("dict_town.arrow")?, "dict_town.arrow")?;
     let block = read_ipc(get("dict_block.arrow")?, "dict_block.arrow")?;
-    if rows.num_rows() != manifest.rows {
+    if let Some(rows) = rows.as_ref().filter(|r| r.num_rows() != manifest.rows) {
         return Err(corrupt(
             RESIDENTS,
             format!(
@@ -513,18 +744,21 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
         ));
     }
     let cols = Columns {
-        resident_code: row_values::<UInt64Type>(&rows, "resident_code")?,
-        my_number: row_values::<UInt64Type>(&rows, "my_number")?,
-        family: row_values::<UInt32Type>(&rows, "family")?,
-        given: row_values::<UInt32Type>(&rows, "given")?,
-        birth_date: row_values::<Date32Type>(&rows, "birth_date")?,
-        sex: row_values::<UInt8Type>(&rows, "sex")?,
-        municipality: row_values::<UInt16Type>(&rows, "municipality")?,
-        town: row_values::<UInt32Type>(&rows, "town")?,
-        block: row_values::<UInt32Type>(&rows, "block")?,
-        status: row_values::<UInt8Type>(&rows, "status")?,
-        status_date: values::<Date32Type>(&rows, RESIDENTS, "status_date")?,
-        card: row_values::<UInt8Type>(&rows, "card")?,
+        resident_code: row_values::<UInt64Type>(column("resident_code")?, "resident_code")?,
+        my_number: row_values::<UInt64Type>(column("my_number")?, "my_number")?,
+        family: row_values::<UInt32Type>(column("family")?, "family")?,
+        given: row_values::<UInt32Type>(column("given")?, "given")?,
+        birth_date: row_values::<Date32Type>(column("birth_date")?, "birth_date")?,
+        sex: row_values::<UInt8Type>(column("sex")?, "sex")?,
+        municipality: row_values::<UInt16Type>(column("municipality")?, "municipality")?,
+        town: row_values::<UInt32Type>(column("town")?, "town")?,
+        block: row_values::<UInt32Type>(column("block")?, "block")?,
+        status: row_values::<UInt8Type>(column("status")?, "status")?,
+        status_date: {
+            let (batch, file) = column("status_date")?;
+            values::<Date32Type>(&batch, &file, "status_date")?
+        },
+        card: row_values::<UInt8Type>(column("card")?, "card")?,
     };
     let dicts = Dictionaries {
         family_name: strings(&fam, "dict_family.arrow", "name")?,
@@ -537,41 +771,56 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
         address_town: strings(&town, "dict_town.arrow", "name")?,
         address_block: strings(&block, "dict_block.arrow", "name")?,
     };
+    let file_of = |col: &str| {
+        if one_rows_file {
+            RESIDENTS.to_string()
+        } else {
+            column_file(col)
+        }
+    };
     check_keys(
         &cols.family,
         dicts.family_name.len().min(dicts.family_name_kana.len()),
         "family",
+        &file_of("family"),
     )?;
     check_keys(
         &cols.given,
         dicts.given_name.len().min(dicts.given_name_kana.len()),
         "given",
+        &file_of("given"),
     )?;
     let m = dicts
         .municipality_code
         .len()
         .min(dicts.municipality_name.len())
         .min(dicts.prefecture.len());
-    check_keys(&cols.municipality, m, "municipality")?;
-    check_keys(&cols.town, dicts.address_town.len(), "town")?;
-    check_keys(&cols.block, dicts.address_block.len(), "block")?;
-    check_keys(&cols.status, STATUS_VALUES.len(), "status")?;
-    check_keys(&cols.card, CARD_VALUES.len(), "card")?;
-    let own = [
-        RESIDENTS,
-        "dict_family.arrow",
-        "dict_given.arrow",
-        "dict_municipality.arrow",
-        "dict_town.arrow",
-        "dict_block.arrow",
-        INDEX_MY_NUMBER,
-        INDEX_RESIDENT_CODE,
-    ];
-    let extras = loaded
-        .iter()
-        .filter(|(n, _)| !own.contains(&n.as_str()))
-        .cloned()
-        .collect();
+    check_keys(
+        &cols.municipality,
+        m,
+        "municipality",
+        &file_of("municipality"),
+    )?;
+    check_keys(
+        &cols.town,
+        dicts.address_town.len(),
+        "town",
+        &file_of("town"),
+    )?;
+    check_keys(
+        &cols.block,
+        dicts.address_block.len(),
+        "block",
+        &file_of("block"),
+    )?;
+    check_keys(
+        &cols.status,
+        STATUS_VALUES.len(),
+        "status",
+        &file_of("status"),
+    )?;
+    check_keys(&cols.card, CARD_VALUES.len(), "card", &file_of("card"))?;
+    let extras = loaded.iter().filter(|(n, _)| !is_own(n)).cloned().collect();
     if rebuild_indexes {
         let data = RegistryData::new(cols, dicts).map_err(|e| match e {
             JukiError::DuplicateIdentifier(why) | JukiError::InvalidInput(why) => {
@@ -584,7 +833,11 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
              the rows; saving it writes {FORMAT}",
             dir.display()
         );
-        return Ok((data, extras));
+        return Ok(Opened {
+            data,
+            extras,
+            search: None,
+        });
     }
     let index = |kind: IdKind, name: &str| -> Result<HashIndex> {
         let buf = get(name)?.clone();
@@ -604,5 +857,9 @@ pub fn open_with(dir: &Path, mmap: bool) -> Result<(RegistryData, Extras)> {
         || index(IdKind::ResidentCode, INDEX_RESIDENT_CODE),
     );
     let data = RegistryData::with_indexes(cols, dicts, by_my_number?, by_resident_code?)?;
-    Ok((data, extras))
+    Ok(Opened {
+        data,
+        extras,
+        search,
+    })
 }

@@ -330,10 +330,10 @@ def replace_file(version: Path, name: str, data: bytes) -> None:
     path.write_text(json.dumps(manifest))
 
 
-def ipc_bytes(table: pa.Table) -> bytes:
+def ipc_bytes(table: pa.Table, batch_rows: int | None = None) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+        writer.write_table(table, max_chunksize=batch_rows)
     return bytes(sink.getvalue())
 
 
@@ -405,8 +405,13 @@ def test_a_manifest_listing_half_of_the_history_refuses_to_open(saved: Path, nam
     assert "history.arrow" in str(info.value) and "changes.json" in str(info.value)
 
 
-def test_a_rewritten_history_of_the_same_entries_opens_the_same(saved: Path) -> None:
-    """The rewriting above is sound on its own: the same entries, rewritten, open as before."""
+@pytest.mark.parametrize("batch_rows", [None, 1, 2], ids=["one-batch", "batches-of-1", "of-2"])
+def test_a_rewritten_history_of_the_same_entries_opens_the_same(
+    saved: Path, batch_rows: int | None
+) -> None:
+    """The rewriting above is sound on its own: the same entries, rewritten, open as before, in
+    one record batch or in many (a checkpoint writes a large history in batches; a cancel and
+    the entry it cancels then lie in different batches)."""
     version, keys = checkpointed(saved)
     before = Registry.open(saved)
     history = before.history(keys)
@@ -415,7 +420,7 @@ def test_a_rewritten_history_of_the_same_entries_opens_the_same(saved: Path) -> 
         ("cancel", False),
         ("death", False),
     ]
-    replace_file(version, "history.arrow", ipc_bytes(history_table(version)))
+    replace_file(version, "history.arrow", ipc_bytes(history_table(version), batch_rows))
     after = Registry.open(saved)
     assert after.history(keys).equals(history)
     assert after.to_arrow().equals(before.to_arrow())

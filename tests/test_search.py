@@ -3,14 +3,17 @@ the same registry; ambiguity is reported, never resolved by a guess."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import xxhash
 
-from juki_engine import InvalidInput, Registry, names
+from juki_engine import InvalidInput, Registry, SnapshotCorrupt, names
 
 COLUMNS = ["resident_code", "family_name", "given_name", "birth_date", "sex", "municipality_code"]
 
@@ -238,3 +241,106 @@ def test_a_name_that_is_not_utf8_names_no_one(registry: Registry, table: pa.Tabl
     for match in ("exact", "normalised"):
         out = registry.search(claims, match=match)
         assert out["outcome"].to_pylist() == ["not_found"]
+
+
+# ------------------------------------------------------------ the index kept in the snapshot
+
+
+def search_index_file(snap: Path) -> Path:
+    return snap / (snap / "CURRENT").read_text().strip() / "search_normalised.u64"
+
+
+def forge(snap: Path, name: str, data: bytes) -> None:
+    """Write `data` as the version's file `name`, with the manifest's size and checksum to match:
+    what a forged or buggy snapshot holds reaches the checks behind the checksums."""
+    version = snap / (snap / "CURRENT").read_text().strip()
+    (version / name).write_bytes(data)
+    manifest = json.loads((version / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["name"] == name:
+            entry["bytes"] = len(data)
+            entry["xxh3"] = xxhash.xxh3_64_hexdigest(data)
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def snap(registry: Registry, tmp_path: Path) -> Path:
+    path = tmp_path / "snap"
+    registry.save(path)
+    return path
+
+
+def claims_of(table: pa.Table, n: int) -> pa.Table:
+    return table.slice(0, n).select(["family_name", "given_name", "birth_date"])
+
+
+def test_a_saved_snapshot_keeps_the_normalised_index_and_searches_alike(
+    registry: Registry, table: pa.Table, snap: Path
+) -> None:
+    file = search_index_file(snap)
+    assert file.stat().st_size == 16 + 8 * len(registry)  # a header, then 8 bytes a resident
+    claims = claims_of(table, 300)
+    for mmap in (False, True):
+        opened = Registry.open(snap, mmap=mmap)
+        for match in ("normalised", "exact"):
+            assert opened.search(claims, match=match, columns=COLUMNS).equals(
+                registry.search(claims, match=match, columns=COLUMNS)
+            )
+
+
+def test_the_first_search_reads_the_saved_index(table: pa.Table, snap: Path) -> None:
+    """Entries in order, each row once, but every hash forged to 0: the file passes its checks
+    and is read (searches find no one at that level), and it can only hide residents, never
+    name a false candidate (each is compared on its folded names and birth date)."""
+    raw = search_index_file(snap).read_bytes()
+    rows = (len(raw) - 16) // 8
+    forge(snap, "search_normalised.u64", raw[:16] + np.arange(rows, dtype="<u8").tobytes())
+    found = Registry.open(snap).search(claims_of(table, 50), columns=COLUMNS)
+    assert set(found["outcome"].to_pylist()) == {"not_found"}
+    assert found["resident_code"].null_count == len(found)
+    # The exact level's index is built, not read: it finds them.
+    exact = Registry.open(snap).search(claims_of(table, 50), match="exact", columns=COLUMNS)
+    assert "not_found" not in exact["outcome"].to_pylist()
+
+
+def test_an_index_of_another_folding_table_is_built_again(
+    registry: Registry, table: pa.Table, snap: Path
+) -> None:
+    raw = bytearray(search_index_file(snap).read_bytes())
+    raw[8:16] = bytes(8)  # the fingerprint of a table that is not the installed one
+    forge(snap, "search_normalised.u64", bytes(raw))
+    claims = claims_of(table, 100)
+    assert (
+        Registry.open(snap)
+        .search(claims, columns=COLUMNS)
+        .equals(registry.search(claims, columns=COLUMNS))
+    )
+
+
+HOSTILE_INDEX: dict[str, Any] = {
+    "not an index": lambda raw: b"garbage!" + raw[8:],
+    "too short": lambda raw: raw[:-8],
+    "out of order": lambda raw: raw[:16] + raw[24:32] + raw[16:24] + raw[32:],
+    "a row twice": lambda raw: raw[:16] + raw[16:24] * 2 + raw[32:],
+    "a row out of range": lambda raw: raw[:-8] + (2**27).to_bytes(8, "little"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_INDEX))
+def test_a_hostile_index_file_is_refused_naming_it(table: pa.Table, snap: Path, case: str) -> None:
+    raw = search_index_file(snap).read_bytes()
+    forge(snap, "search_normalised.u64", HOSTILE_INDEX[case](raw))
+    opened = Registry.open(snap)  # read at the first search, not at open
+    with pytest.raises(SnapshotCorrupt, match=r"search_normalised\.u64"):
+        opened.search(claims_of(table, 5))
+    exact = opened.search(claims_of(table, 5), match="exact")  # its own index, built
+    assert "not_found" not in exact["outcome"].to_pylist()
+
+
+def test_a_damaged_index_file_is_refused_by_its_checksum(table: pa.Table, snap: Path) -> None:
+    file = search_index_file(snap)
+    raw = bytearray(file.read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    file.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotCorrupt, match=r"search_normalised\.u64.*checksum"):
+        Registry.open(snap).search(claims_of(table, 5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -14,6 +15,22 @@ import pytest
 from juki_engine import JukiError, Registry, SnapshotCorrupt, SnapshotIOError
 
 MMAP = pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+
+#: The row columns format 3 saves a file each (`residents_<name>.arrow`).
+ROW_COLUMNS = [
+    "resident_code",
+    "my_number",
+    "family",
+    "given",
+    "birth_date",
+    "sex",
+    "municipality",
+    "town",
+    "block",
+    "status",
+    "status_date",
+    "card",
+]
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +98,16 @@ def test_layout(snap: Path) -> None:
     version = current_version(snap)
     manifest = json.loads((version / "manifest.json").read_text())
     listed = {entry["name"] for entry in manifest["files"]}
-    assert "residents.arrow" in listed
+    columns = {f"residents_{c}.arrow" for c in ROW_COLUMNS}
+    assert columns <= listed and "residents.arrow" not in listed
     assert {"index_my_number.u64", "index_resident_code.u64"} <= listed
     assert listed | {"manifest.json"} == {p.name for p in version.iterdir()}
     assert manifest["rows"] == 3_000
-    assert manifest["format"] == "juki-snapshot/2"
+    assert manifest["format"] == "juki-snapshot/3"
+    for name in columns:  # each file holds its one column, every row
+        table = pa.ipc.open_file(version / name).read_all()
+        assert table.column_names == [name.removeprefix("residents_").removesuffix(".arrow")]
+        assert table.num_rows == 3_000
 
 
 def test_save_twice_keeps_only_the_newest(registry: Registry, other: Registry, snap: Path) -> None:
@@ -132,16 +154,17 @@ def drop_last_byte(path: Path) -> None:
 
 
 DAMAGE: dict[str, tuple[str, Callable[[Path], None]]] = {
-    "truncate-residents": ("residents.arrow", truncate),
+    "truncate-residents": ("residents_my_number.arrow", truncate),
     "truncate-index-my-number": ("index_my_number.u64", truncate),
     "truncate-index-resident-code": ("index_resident_code.u64", drop_last_byte),
-    "flip-residents": ("residents.arrow", flip_byte),
+    "flip-residents": ("residents_family.arrow", flip_byte),
+    "flip-status-date": ("residents_status_date.arrow", flip_byte),
     "flip-index": ("index_resident_code.u64", flip_byte),
     "flip-dictionary": ("dict_family.arrow", flip_byte),
-    "delete-residents": ("residents.arrow", Path.unlink),
+    "delete-residents": ("residents_card.arrow", Path.unlink),
     "delete-index": ("index_my_number.u64", Path.unlink),
     "delete-dictionary": ("dict_town.arrow", Path.unlink),
-    "empty-residents": ("residents.arrow", lambda p: p.write_bytes(b"")),
+    "empty-residents": ("residents_town.arrow", lambda p: p.write_bytes(b"")),
     "garbage-manifest": ("manifest.json", lambda p: p.write_text("{not json")),
     "empty-manifest": ("manifest.json", lambda p: p.write_bytes(b"")),
     "wrong-manifest": ("manifest.json", lambda p: p.write_text('{"format": "x"}')),
@@ -289,12 +312,12 @@ def test_format_1_opens_with_rebuilt_indexes(
     note = capfd.readouterr().err
     assert note.count("\n") == 1, note
     assert str(snap) in note and "juki-snapshot/1" in note, note
-    assert "indexes were rebuilt" in note and "saving it writes juki-snapshot/2" in note, note
+    assert "indexes were rebuilt" in note and "saving it writes juki-snapshot/3" in note, note
     assert_v1_residents(opened)
 
     opened.save(snap)
     manifest = json.loads((current_version(snap) / "manifest.json").read_text())
-    assert manifest["format"] == "juki-snapshot/2"
+    assert manifest["format"] == "juki-snapshot/3"
     reopened = Registry.open(snap, mmap=mmap)
     assert capfd.readouterr().err == ""
     assert_v1_residents(reopened)
@@ -304,12 +327,12 @@ def test_format_1_opens_with_rebuilt_indexes(
 def test_unknown_format_is_named(snap: Path) -> None:
     path = current_version(snap) / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["format"] = "juki-snapshot/3"
+    manifest["format"] = "juki-snapshot/9"
     path.write_text(json.dumps(manifest))
     with pytest.raises(SnapshotCorrupt) as info:
         Registry.open(snap)
     message = str(info.value)
-    assert "juki-snapshot/3" in message and "manifest.json" in message, message
+    assert "juki-snapshot/9" in message and "manifest.json" in message, message
 
 
 @pytest.mark.parametrize("name", ["../residents.arrow", "sub/residents.arrow", "/etc/passwd"])
@@ -322,3 +345,63 @@ def test_a_manifest_may_name_only_files_of_its_version(snap: Path, name: str) ->
     with pytest.raises(SnapshotCorrupt) as info:
         Registry.open(snap)
     assert name in str(info.value) and "manifest.json" in str(info.value), str(info.value)
+
+
+#: The same 200 residents saved in format 2 (every row column in one `residents.arrow`) by the
+#: build before the columns got a file each (commit 2572a83), after these changes were applied
+#: and checkpointed into it (so it holds `history.arrow` in one record batch, and `changes.json`):
+#: 成田 鉄矢 died; 高橋 麗那 died and that death was cancelled; 和田 寛和's My Number was replaced
+#: (635601609105 → 759532099176). Made with `tests/data/make_snapshot_v2.py`.
+SNAPSHOT_V2 = Path(__file__).parent / "data" / "snapshot_v2"
+V2_TODAY = dt.date(2025, 6, 30)
+
+
+def assert_v2_state(opened: Registry) -> None:
+    rows = opened.lookup(
+        ["267853505583", "627471591907", "635601609105"], columns=["my_number", "status"]
+    ).to_pylist()
+    assert [(r["status"], r["replaced"], r["my_number"]) for r in rows] == [
+        ("deceased", False, "267853505583"),
+        ("resident", False, "627471591907"),
+        ("resident", True, "759532099176"),
+    ]
+    history = opened.history(["627471591907"]).to_pylist()
+    assert [(h["reason"], h["cancelled"], h["sequence"]) for h in history] == [
+        ("death", True, 2),
+        ("cancel", False, 4),
+    ]
+
+
+@MMAP
+def test_format_2_opens_with_its_history_and_checkpoints_as_format_3(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], mmap: bool
+) -> None:
+    snap = tmp_path / "snap"
+    shutil.copytree(SNAPSHOT_V2, snap)
+    version = current_version(snap)
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["format"] == "juki-snapshot/2" and (version / "residents.arrow").exists()
+    capfd.readouterr()
+
+    opened = Registry.open(snap, mmap=mmap)
+    assert capfd.readouterr().err == ""  # format 2 is read as it is: nothing rebuilt
+    assert len(opened) == 200
+    assert_v2_state(opened)
+    # Its writer state came with it: the first change again is a duplicate, not a second death.
+    again = {"municipality": "312011", "sequence": 1, "reason": "death"}
+    again |= {"effective_date": dt.date(2025, 3, 1), "reported_date": dt.date(2025, 3, 2)}
+    again |= {"my_number": "267853505583"}
+    (result,) = opened.apply(pa.Table.from_pylist([again]), today=V2_TODAY).to_pylist()
+    assert result["outcome"] == "duplicate", result
+    before = opened.to_arrow()
+
+    opened.checkpoint()
+    version = current_version(snap)
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["format"] == "juki-snapshot/3"
+    assert {"history.arrow", "changes.json", "residents_status.arrow"} <= {
+        f["name"] for f in manifest["files"]
+    }
+    reopened = Registry.open(snap, mmap=mmap)
+    assert reopened.to_arrow().equals(before)
+    assert_v2_state(reopened)

@@ -125,7 +125,12 @@ class Registry:
         return cls(_core.Registry.open(os.fspath(path), mmap=mmap))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Save atomically: a crash mid-save leaves the previous snapshot intact."""
+        """Save atomically: a crash mid-save leaves the previous snapshot intact. The snapshot
+        keeps the 4情報 search index of the normalised level, which the first search after
+        opening it reads instead of building (docs/operations.md)."""
+        from juki_engine import names
+
+        names.install()
         self._core.save(os.fspath(path))
 
     @classmethod
@@ -340,6 +345,9 @@ class Registry:
         folded in, the changes kept as history (as-of reads, `history`, former identifiers and
         idempotency survive), then empty the change log it covered. Applies wait meanwhile;
         queries do not. Returns how many history entries the snapshot holds."""
+        from juki_engine import names
+
+        names.install()
         return self._core.checkpoint()
 
     @property
