@@ -305,6 +305,22 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
         r"'withheld_from_residents_days' must be a whole number",
     ),
     (
+        "partial candidates past the bound",
+        broken("affair", modes=["search"], search_partial_candidates=11),
+        r"affair 'pension-benefit': 'search_partial_candidates' must be a whole number from 0 "
+        r"to 10",
+    ),
+    (
+        "partial candidates as a boolean",
+        broken("affair", modes=["search"], search_partial_candidates=True),
+        r"'search_partial_candidates' must be a whole number from 0 to 10",
+    ),
+    (
+        "partial candidates without the search mode",
+        broken("affair", search_partial_candidates=3),
+        r"affair 'pension-benefit': 'search_partial_candidates' needs the search mode",
+    ),
+    (
         "missing title",
         {"agency": [agency(affair=[{k: v for k, v in affair().items() if k != "title"}])]},
         r"agency 'nenkin', affair 'pension-benefit': 'title' must be a non-empty string",

@@ -66,6 +66,10 @@ class Affair:
     withheld_from_residents_days: int = 0
     """Accesses under this affair are not shown to the resident concerned until this many days
     have passed (a criminal investigation, say); 0: shown at once."""
+    search_partial_candidates: int = 0
+    """A 4情報 search that finds no resident agreeing on every fact may disclose up to this many
+    partial candidates (sharing the names and birth date, not the sex or municipality), most
+    facts agreeing first; 0: none (the default: a near miss is another person as often as not)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +466,8 @@ def _municipality(entry: Any, where: str, authorities: Mapping[str, str]) -> Mun
 # Withholding an access from the resident for longer than the trail keeps it would hide it for
 # good; ten years bounds a typo.
 MAX_WITHHELD_DAYS = 3653
+#: The most partial candidates an affair may be granted per search that finds no one.
+MAX_PARTIAL_CANDIDATES = 10
 
 
 def _affair(entry: Any, where: str) -> Affair:
@@ -478,6 +484,7 @@ def _affair(entry: Any, where: str) -> Affair:
         "match_levels",
         "subscribe_reasons",
         "withheld_from_residents_days",
+        "search_partial_candidates",
     }
     unknown = set(entry) - known
     if unknown:
@@ -505,6 +512,20 @@ def _affair(entry: Any, where: str) -> Affair:
             f"{where}: 'withheld_from_residents_days' must be a whole number of days from 0 to "
             f"{MAX_WITHHELD_DAYS} (0: residents see these accesses at once)"
         )
+    partial = entry.get("search_partial_candidates", 0)
+    if (
+        not isinstance(partial, int)
+        or isinstance(partial, bool)
+        or not 0 <= partial <= MAX_PARTIAL_CANDIDATES
+    ):
+        raise PolicyError(
+            f"{where}: 'search_partial_candidates' must be a whole number from 0 to "
+            f"{MAX_PARTIAL_CANDIDATES} (0: a search that finds no one discloses no one)"
+        )
+    if partial and "search" not in modes:
+        raise PolicyError(
+            f"{where}: 'search_partial_candidates' needs the search mode, which the affair lacks"
+        )
     if ("subscribe" in modes) != bool(reasons):
         raise PolicyError(
             f"{where}: the subscribe mode and 'subscribe_reasons' go together: list the change "
@@ -521,6 +542,7 @@ def _affair(entry: Any, where: str) -> Affair:
         match_levels=frozenset({"exact", *levels}),
         subscribe_reasons=reasons,
         withheld_from_residents_days=withheld,
+        search_partial_candidates=partial,
     )
 
 

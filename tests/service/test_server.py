@@ -1147,6 +1147,77 @@ def test_a_bulk_search_reply_carries_no_value_of_a_resident_it_does_not_disclose
     assert p["address_town"].encode() not in payload
 
 
+def partial_candidates_allowed(pki: Path, policy: service.Frontend, tmp_path: Path, n: int) -> None:
+    """Install the example policy with the pension affair granting `n` partial candidates."""
+    text = (pki / "policy.toml").read_text()
+    levels = 'match_levels = ["normalised", "reading"]'
+    assert levels in text
+    path = tmp_path / "partial.toml"
+    path.write_text(text.replace(levels, f"{levels}\n  search_partial_candidates = {n}"))
+    policy.reload(path)
+    assert policy.policy.agency("nenkin").affairs[PENSION].search_partial_candidates == n
+
+
+def test_partial_candidates_are_disclosed_only_where_the_affair_grants_them(
+    pki: Path,
+    running: service.Server,
+    policy: service.Frontend,
+    tmp_path: Path,
+    small_rows: list[Row],
+) -> None:
+    """A claim of the wrong sex finds no one; with `search_partial_candidates` the residents
+    sharing its names and birth date are listed as partial candidates, each audited."""
+    p = person(small_rows)
+    facts = pb.Claims(
+        family_name=p["family_name"],
+        given_name=p["given_name"],
+        birth_date=p["birth_date"].isoformat(),
+        sex=3 - p["sex"],
+    )
+    fields = ["resident_code", "sex"]
+    withheld = search(pki, running, "nenkin", pb.SearchRequest(context=ctx(), facts=facts))
+    assert withheld.outcome == pb.SEARCH_OUTCOME_NOT_FOUND and not withheld.candidates
+
+    partial_candidates_allowed(pki, policy, tmp_path, 2)
+    request = pb.SearchRequest(context=ctx(), facts=facts, fields=fields)
+    reply = search(pki, running, "nenkin", request)
+    assert reply.outcome == pb.SEARCH_OUTCOME_NOT_FOUND
+    listed = [(c.resident.resident_code, c.resident.sex, c.agreed) for c in reply.candidates]
+    assert (p["resident_code"], p["sex"], 3) in listed  # names and birth date: not the sex
+    assert 1 <= len(listed) <= 2 and all(agreed == 3 for _, _, agreed in listed)
+    logged = records(running, request.context.request_id).to_pylist()
+    assert sorted((r["subject"], r["outcome"]) for r in logged) == sorted(
+        (code, "disclosed") for code, _, _ in listed
+    )
+    # A claim no one shares the names and birth date with still discloses no one.
+    nobody = pb.Claims(family_name="存在しない", given_name="名", birth_date="1900-01-01")
+    reply = search(pki, running, "nenkin", pb.SearchRequest(context=ctx(), facts=nobody))
+    assert reply.outcome == pb.SEARCH_OUTCOME_NOT_FOUND and not reply.candidates
+
+    # In bulk, the same claim's partial candidates ride in the reply, outcome not_found.
+    table = pa.table(
+        {
+            "family_name": [p["family_name"]],
+            "given_name": [p["given_name"]],
+            "birth_date": pa.array([p["birth_date"]], pa.date32()),
+            "sex": pa.array([3 - p["sex"]], pa.int8()),
+        }
+    )
+    header = pb.SearchStreamRequest(header=pb.SearchStreamHeader(context=ctx(), fields=fields))
+    with channel(pki, running, "nenkin") as ch:
+        replies = list(
+            pb_grpc.BulkVerificationServiceStub(ch).SearchStream(
+                iter([header, pb.SearchStreamRequest(facts=ipc(table))]), timeout=30
+            )
+        )
+    results = pa.ipc.open_stream(b"".join(r.results for r in replies)).read_all()
+    assert set(results["outcome"].to_pylist()) == {"not_found"}
+    assert sorted(results["resident_code"].to_pylist()) == sorted(c for c, _, _ in listed)
+    assert set(results["agreed"].to_pylist()) == {3}
+    logged = records(running, header.header.context.request_id)
+    assert set(logged["outcome"].to_pylist()) == {"disclosed"}
+
+
 def test_a_bulk_search_facts_column_the_contract_does_not_know_is_invalid_argument(
     pki: Path, running: service.Server
 ) -> None:

@@ -519,8 +519,10 @@ class Frontend:
         self, grant: Grant, request: pb.RequestContext, facts: pa.Table, first_row: int
     ) -> Answer:
         """Search one batch of facts under `grant` and audit it: per claim, the residents
-        agreeing on every fact given (one `disclosed` record each), or one row without a
-        resident (`not_found`, no partial candidate disclosed). Claims are numbered job-wide."""
+        agreeing on every fact given (one `disclosed` record each), or, where none does, the
+        partial candidates the affair allows (`search_partial_candidates`, most facts agreeing
+        first; each `disclosed`), or else one row without a resident (`not_found`). Claims are
+        numbered job-wide."""
         retrieved = [c for c in grant.retrieved if c != "resident_code"]
         out = self.registry.search(
             facts, match=grant.level, columns=["resident_code", *retrieved, "person"]
@@ -529,7 +531,11 @@ class Frontend:
         starts = np.flatnonzero(np.r_[True, claim[1:] != claim[:-1]])
         rank = np.arange(len(claim)) - np.repeat(starts, np.diff(np.r_[starts, len(claim)]))
         candidates = out["candidates"].to_numpy()
-        found = rank < candidates  # the first `candidates` rows of a claim agree on every fact
+        # The first `candidates` rows of a claim agree on every fact; where there are none, the
+        # rows after are partial candidates (ranked), a row without one has no resident at all.
+        partial = (candidates == 0) & (rank < grant.affair.search_partial_candidates)
+        partial &= out["resident_code"].is_valid().to_numpy(zero_copy_only=False)
+        found = (rank < candidates) | partial
         keep = found | (rank == 0)
         out = out.filter(pa.array(keep))
         found = pa.array(found[keep])

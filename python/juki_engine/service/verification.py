@@ -145,10 +145,15 @@ class IdentityVerificationService(pb_grpc.IdentityVerificationServiceServicer):
             answer = f.answer_search(grant, request.context, table, 0)
             call.recorded = True
             results = answer.released(f.audit_timeout)
-            found = [r for r in results.to_pylist() if r["outcome"] != "not_found"]
-            if not found:
-                return pb.SearchResponse(outcome=pb.SEARCH_OUTCOME_NOT_FOUND)
-            outcome = pb.SEARCH_OUTCOME_UNIQUE if len(found) == 1 else pb.SEARCH_OUTCOME_AMBIGUOUS
+            # Every row disclosing a resident agrees on the names and birth date at least; on a
+            # not_found claim these are the partial candidates the affair allows.
+            found = [r for r in results.to_pylist() if r["agreed"] > 0]
+            if results["outcome"][0].as_py() == "not_found":
+                outcome = pb.SEARCH_OUTCOME_NOT_FOUND
+            elif len(found) == 1:
+                outcome = pb.SEARCH_OUTCOME_UNIQUE
+            else:
+                outcome = pb.SEARCH_OUTCOME_AMBIGUOUS
             return pb.SearchResponse(
                 outcome=outcome,
                 candidates=[
