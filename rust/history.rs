@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use arrow_array::StringArray;
 
 use crate::index::HashIndex;
-use crate::storage::{Dictionaries, RegistryData, Resident};
+use crate::storage::{Column, Columns, Dictionaries, RegistryData, Resident};
 use arrow_array::ArrayRef;
 use rayon::prelude::*;
 
@@ -1592,6 +1592,71 @@ impl<'v, 'a> Folded<'v, 'a> {
             rows: live.base_len as usize + live.created.load(Ordering::Acquire) as usize,
             dicts,
         }
+    }
+
+    /// The dictionaries of the folded rows (the base's, with the values changes added).
+    pub fn dicts(&self) -> &Dictionaries {
+        &self.dicts
+    }
+
+    /// The row columns the public columns `which` read, folded; the others left empty (never
+    /// read): what `Registry.to_arrow` of a living registry answers from.
+    pub fn columns_for(&self, which: &[Column]) -> crate::error::Result<Columns> {
+        use crate::snapshot::Rows;
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Date32Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
+        let needs = |names: &[&str]| {
+            which.iter().any(|&c| {
+                let row = match c {
+                    Column::ResidentCode => "resident_code",
+                    Column::MyNumber => "my_number",
+                    Column::FamilyName | Column::FamilyNameKana => "family",
+                    Column::GivenName | Column::GivenNameKana => "given",
+                    Column::BirthDate => "birth_date",
+                    Column::Sex => "sex",
+                    Column::MunicipalityCode | Column::MunicipalityName | Column::Prefecture => {
+                        "municipality"
+                    }
+                    Column::AddressTown => "town",
+                    Column::AddressBlock => "block",
+                    Column::Status => "status",
+                    Column::StatusDate => "status_date",
+                    Column::CardState => "card",
+                    // Numbered 0..rows: its length is the resident codes'.
+                    Column::Person => "resident_code",
+                };
+                names.contains(&row)
+            })
+        };
+        macro_rules! fold {
+            ($name:literal, $t:ty) => {
+                if needs(&[$name]) {
+                    self.column($name)?.as_primitive::<$t>().values().clone()
+                } else {
+                    Default::default()
+                }
+            };
+        }
+        Ok(Columns {
+            resident_code: fold!("resident_code", UInt64Type),
+            my_number: fold!("my_number", UInt64Type),
+            family: fold!("family", UInt32Type),
+            given: fold!("given", UInt32Type),
+            birth_date: fold!("birth_date", Date32Type),
+            sex: fold!("sex", UInt8Type),
+            municipality: fold!("municipality", UInt16Type),
+            town: fold!("town", UInt32Type),
+            block: fold!("block", UInt32Type),
+            status: fold!("status", UInt8Type),
+            status_date: if needs(&["status_date"]) {
+                self.column("status_date")?
+                    .as_primitive::<Date32Type>()
+                    .clone()
+            } else {
+                arrow_array::Date32Array::from(Vec::<i32>::new())
+            },
+            card: fold!("card", UInt8Type),
+        })
     }
 
     /// A person's values, where a change made them differ from the base row (or there is none).

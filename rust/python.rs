@@ -535,7 +535,15 @@ impl PyRegistry {
         let cols = columns_of(columns)?;
         let schema = schema_of(&cols);
         let batch = detached(py, || {
-            let arrays = self.data.columns(&cols, Rows::All)?;
+            let view = self.view(None, None);
+            let arrays = if view.plain() {
+                self.data.columns(&cols, Rows::All)?
+            } else {
+                // The registry as it stands: changes folded in, persons created appended.
+                let folded = crate::history::Folded::new(&view);
+                let rows = folded.columns_for(&cols)?;
+                crate::storage::public_columns(&rows, folded.dicts(), &cols, Rows::All)?
+            };
             RecordBatch::try_new(schema.clone(), arrays).map_err(JukiError::from)
         })?;
         to_table(vec![batch], schema)

@@ -749,191 +749,20 @@ impl RegistryData {
 
     /// A public column for `rows`; rows not found come back null.
     pub fn column(&self, col: Column, rows: Rows) -> Result<ArrayRef> {
-        self.column_with(col, rows, &mut Compacted::default())
+        column_with(
+            &self.cols,
+            &self.dicts,
+            col,
+            rows,
+            &mut Compacted::default(),
+        )
     }
 
     /// Public columns for `rows`, each as [`column`](Self::column) builds it; columns that share
     /// a key (a name and its reading; a municipality's code, name and prefecture) share the work
     /// of their reply's dictionary.
     pub fn columns(&self, cols: &[Column], rows: Rows) -> Result<Vec<ArrayRef>> {
-        let mut compacted = Compacted::default();
-        cols.iter()
-            .map(|&c| self.column_with(c, rows, &mut compacted))
-            .collect()
-    }
-
-    fn column_with(&self, col: Column, rows: Rows, done: &mut Compacted) -> Result<ArrayRef> {
-        let c = &self.cols;
-        let d = &self.dicts;
-        let nulls = match rows {
-            Rows::All => None,
-            Rows::At(r) | Rows::Read { rows: r, .. } => found_validity(r),
-        };
-        // Identifiers are not packed in a Resident: they are gathered, or come with the rows.
-        let ids = |src: &ScalarBuffer<u64>, which: usize| match rows {
-            Rows::All => Ok(src.clone()),
-            Rows::Read { ids: Some(ids), .. } => Ok(ScalarBuffer::from(
-                ids.iter().map(|x| x[which]).collect::<Vec<u64>>(),
-            )),
-            Rows::At(r) | Rows::Read { rows: r, .. } => gather(src, r),
-        };
-        let live = match rows {
-            Rows::Read { live, .. } => live,
-            _ => None,
-        };
-        // The values of a field that the columns and a Resident's `$part` hold under one name.
-        macro_rules! values {
-            ($part:ident . $f:ident) => {
-                match rows {
-                    Rows::All => c.$f.clone(),
-                    Rows::At(r) => gather(&c.$f, r)?,
-                    Rows::Read { people, .. } => project(people, |p| p.$part.$f)?,
-                }
-            };
-        }
-        // A dictionary column of resident data. The whole registry (`Rows::All`) carries the
-        // whole dictionary; a reply carries only the values its found rows reference (see
-        // [`Compaction`]), computed once per key for the columns that share it.
-        macro_rules! dict {
-            ($kt:ty, $part:ident . $f:ident, $values:expr, $ext:expr) => {{
-                let (keys, values) = match rows {
-                    Rows::All => (c.$f.clone(), $values.clone()),
-                    _ => {
-                        let ext: Option<(Dict, bool)> = $ext;
-                        let ext = ext.and_then(|(d, r)| Some((live?, d, r)));
-                        let more = ext.map_or(0, |(l, d, _)| l.ext[d as usize].values.count());
-                        if done.$f.is_none() {
-                            let keys = values!($part.$f);
-                            done.$f =
-                                Some(Compaction::of(&keys, nulls.as_ref(), $values.len() + more)?);
-                        }
-                        let compaction = done.$f.as_ref().expect("computed above");
-                        let values = match ext {
-                            Some((l, d, reading)) if more > 0 => {
-                                compaction.values_with(&$values, |k| {
-                                    l.ext_value(d, k)
-                                        .map(|(v, r)| if reading { &**r } else { &**v })
-                                })?
-                            }
-                            _ => compaction.values(&$values)?,
-                        };
-                        (compaction.keys.clone(), values)
-                    }
-                };
-                let k = PrimitiveArray::<$kt>::new(keys, nulls);
-                // SAFETY: stored keys are always < the length of their dictionary: the builders
-                // (generation, import, snapshot checks) guarantee it, and a compaction's keys are
-                // < the number of values it keeps (`Compaction::of`).
-                Arc::new(unsafe { DictionaryArray::<$kt>::new_unchecked(k, Arc::new(values)) })
-                    as ArrayRef
-            }};
-        }
-        // The fixed enumerations (status, card state) are the schema's, not resident data: a
-        // reply carries them whole.
-        macro_rules! enumeration {
-            ($part:ident . $f:ident, $values:expr) => {{
-                let k = PrimitiveArray::<UInt8Type>::new(values!($part.$f), nulls);
-                // SAFETY: stored codes are < the length of their enumeration (checked when built
-                // or opened).
-                Arc::new(unsafe {
-                    DictionaryArray::<UInt8Type>::new_unchecked(k, Arc::new(small_dict(&$values)))
-                }) as ArrayRef
-            }};
-        }
-        Ok(match col {
-            Column::ResidentCode => Arc::new(render_ids(
-                IdKind::ResidentCode,
-                &ids(&c.resident_code, 0)?,
-                nulls,
-            )?),
-            Column::MyNumber => {
-                Arc::new(render_ids(IdKind::MyNumber, &ids(&c.my_number, 1)?, nulls)?)
-            }
-            Column::FamilyName => dict!(
-                UInt32Type,
-                person.family,
-                d.family_name,
-                Some((Dict::Family, false))
-            ),
-            Column::FamilyNameKana => dict!(
-                UInt32Type,
-                person.family,
-                d.family_name_kana,
-                Some((Dict::Family, true))
-            ),
-            Column::GivenName => dict!(
-                UInt32Type,
-                person.given,
-                d.given_name,
-                Some((Dict::Given, false))
-            ),
-            Column::GivenNameKana => dict!(
-                UInt32Type,
-                person.given,
-                d.given_name_kana,
-                Some((Dict::Given, true))
-            ),
-            Column::MunicipalityCode => {
-                dict!(UInt16Type, person.municipality, d.municipality_code, None)
-            }
-            Column::MunicipalityName => {
-                dict!(UInt16Type, person.municipality, d.municipality_name, None)
-            }
-            Column::Prefecture => dict!(UInt16Type, person.municipality, d.prefecture, None),
-            Column::AddressTown => dict!(
-                UInt32Type,
-                place.town,
-                d.address_town,
-                Some((Dict::Town, false))
-            ),
-            Column::AddressBlock => dict!(
-                UInt32Type,
-                place.block,
-                d.address_block,
-                Some((Dict::Block, false))
-            ),
-            Column::Status => enumeration!(person.status, STATUS_VALUES),
-            Column::CardState => enumeration!(place.card, CARD_VALUES),
-            Column::BirthDate => Arc::new(Date32Array::new(values!(person.birth_date), nulls)),
-            // A row is a person id (persons changes create take rows past the base's).
-            Column::Person => Arc::new(UInt32Array::new(
-                match rows {
-                    Rows::All => (0..c.resident_code.len() as u32).collect(),
-                    Rows::At(r) | Rows::Read { rows: r, .. } => ScalarBuffer::from(
-                        r.iter()
-                            .map(|&x| if x == NOT_FOUND { 0 } else { x })
-                            .collect::<Vec<u32>>(),
-                    ),
-                },
-                nulls,
-            )),
-            Column::Sex => Arc::new(UInt8Array::new(values!(person.sex), nulls)),
-            Column::StatusDate => {
-                let stored = c.status_date.nulls();
-                let (values, known) = match rows {
-                    Rows::All => (c.status_date.values().clone(), stored.cloned()),
-                    Rows::At(r) => (
-                        gather(c.status_date.values(), r)?,
-                        stored.map(|n| {
-                            NullBuffer::from(BooleanBuffer::collect_bool(r.len(), |i| {
-                                r[i] != NOT_FOUND && n.is_valid(r[i] as usize)
-                            }))
-                        }),
-                    ),
-                    Rows::Read { people, .. } => (
-                        project(people, |p| p.place.status_date)?,
-                        Some(NullBuffer::from(BooleanBuffer::collect_bool(
-                            people.len(),
-                            |i| people[i].place.dated == 1,
-                        ))),
-                    ),
-                };
-                Arc::new(Date32Array::new(
-                    values,
-                    NullBuffer::union(known.as_ref(), nulls.as_ref()),
-                ))
-            }
-        })
+        public_columns(&self.cols, &self.dicts, cols, rows)
     }
 
     /// Whether each row was found, as a boolean column.
@@ -943,6 +772,198 @@ impl RegistryData {
             None,
         )
     }
+}
+
+/// Public columns `which` of the rows `cols` holds (keys into `dicts`), for `rows`: each as
+/// [`RegistryData::column`] builds it; columns that share a key (a name and its reading; a
+/// municipality's code, name and prefecture) share the work of their reply's dictionary.
+pub fn public_columns(
+    cols: &Columns,
+    dicts: &Dictionaries,
+    which: &[Column],
+    rows: Rows,
+) -> Result<Vec<ArrayRef>> {
+    let mut compacted = Compacted::default();
+    which
+        .iter()
+        .map(|&c| column_with(cols, dicts, c, rows, &mut compacted))
+        .collect()
+}
+
+fn column_with(
+    c: &Columns,
+    d: &Dictionaries,
+    col: Column,
+    rows: Rows,
+    done: &mut Compacted,
+) -> Result<ArrayRef> {
+    let nulls = match rows {
+        Rows::All => None,
+        Rows::At(r) | Rows::Read { rows: r, .. } => found_validity(r),
+    };
+    // Identifiers are not packed in a Resident: they are gathered, or come with the rows.
+    let ids = |src: &ScalarBuffer<u64>, which: usize| match rows {
+        Rows::All => Ok(src.clone()),
+        Rows::Read { ids: Some(ids), .. } => Ok(ScalarBuffer::from(
+            ids.iter().map(|x| x[which]).collect::<Vec<u64>>(),
+        )),
+        Rows::At(r) | Rows::Read { rows: r, .. } => gather(src, r),
+    };
+    let live = match rows {
+        Rows::Read { live, .. } => live,
+        _ => None,
+    };
+    // The values of a field that the columns and a Resident's `$part` hold under one name.
+    macro_rules! values {
+        ($part:ident . $f:ident) => {
+            match rows {
+                Rows::All => c.$f.clone(),
+                Rows::At(r) => gather(&c.$f, r)?,
+                Rows::Read { people, .. } => project(people, |p| p.$part.$f)?,
+            }
+        };
+    }
+    // A dictionary column of resident data. The whole registry (`Rows::All`) carries the
+    // whole dictionary; a reply carries only the values its found rows reference (see
+    // [`Compaction`]), computed once per key for the columns that share it.
+    macro_rules! dict {
+        ($kt:ty, $part:ident . $f:ident, $values:expr, $ext:expr) => {{
+            let (keys, values) = match rows {
+                Rows::All => (c.$f.clone(), $values.clone()),
+                _ => {
+                    let ext: Option<(Dict, bool)> = $ext;
+                    let ext = ext.and_then(|(d, r)| Some((live?, d, r)));
+                    let more = ext.map_or(0, |(l, d, _)| l.ext[d as usize].values.count());
+                    if done.$f.is_none() {
+                        let keys = values!($part.$f);
+                        done.$f =
+                            Some(Compaction::of(&keys, nulls.as_ref(), $values.len() + more)?);
+                    }
+                    let compaction = done.$f.as_ref().expect("computed above");
+                    let values = match ext {
+                        Some((l, d, reading)) if more > 0 => {
+                            compaction.values_with(&$values, |k| {
+                                l.ext_value(d, k)
+                                    .map(|(v, r)| if reading { &**r } else { &**v })
+                            })?
+                        }
+                        _ => compaction.values(&$values)?,
+                    };
+                    (compaction.keys.clone(), values)
+                }
+            };
+            let k = PrimitiveArray::<$kt>::new(keys, nulls);
+            // SAFETY: stored keys are always < the length of their dictionary: the builders
+            // (generation, import, snapshot checks) guarantee it, and a compaction's keys are
+            // < the number of values it keeps (`Compaction::of`).
+            Arc::new(unsafe { DictionaryArray::<$kt>::new_unchecked(k, Arc::new(values)) })
+                as ArrayRef
+        }};
+    }
+    // The fixed enumerations (status, card state) are the schema's, not resident data: a
+    // reply carries them whole.
+    macro_rules! enumeration {
+        ($part:ident . $f:ident, $values:expr) => {{
+            let k = PrimitiveArray::<UInt8Type>::new(values!($part.$f), nulls);
+            // SAFETY: stored codes are < the length of their enumeration (checked when built
+            // or opened).
+            Arc::new(unsafe {
+                DictionaryArray::<UInt8Type>::new_unchecked(k, Arc::new(small_dict(&$values)))
+            }) as ArrayRef
+        }};
+    }
+    Ok(match col {
+        Column::ResidentCode => Arc::new(render_ids(
+            IdKind::ResidentCode,
+            &ids(&c.resident_code, 0)?,
+            nulls,
+        )?),
+        Column::MyNumber => Arc::new(render_ids(IdKind::MyNumber, &ids(&c.my_number, 1)?, nulls)?),
+        Column::FamilyName => dict!(
+            UInt32Type,
+            person.family,
+            d.family_name,
+            Some((Dict::Family, false))
+        ),
+        Column::FamilyNameKana => dict!(
+            UInt32Type,
+            person.family,
+            d.family_name_kana,
+            Some((Dict::Family, true))
+        ),
+        Column::GivenName => dict!(
+            UInt32Type,
+            person.given,
+            d.given_name,
+            Some((Dict::Given, false))
+        ),
+        Column::GivenNameKana => dict!(
+            UInt32Type,
+            person.given,
+            d.given_name_kana,
+            Some((Dict::Given, true))
+        ),
+        Column::MunicipalityCode => {
+            dict!(UInt16Type, person.municipality, d.municipality_code, None)
+        }
+        Column::MunicipalityName => {
+            dict!(UInt16Type, person.municipality, d.municipality_name, None)
+        }
+        Column::Prefecture => dict!(UInt16Type, person.municipality, d.prefecture, None),
+        Column::AddressTown => dict!(
+            UInt32Type,
+            place.town,
+            d.address_town,
+            Some((Dict::Town, false))
+        ),
+        Column::AddressBlock => dict!(
+            UInt32Type,
+            place.block,
+            d.address_block,
+            Some((Dict::Block, false))
+        ),
+        Column::Status => enumeration!(person.status, STATUS_VALUES),
+        Column::CardState => enumeration!(place.card, CARD_VALUES),
+        Column::BirthDate => Arc::new(Date32Array::new(values!(person.birth_date), nulls)),
+        // A row is a person id (persons changes create take rows past the base's).
+        Column::Person => Arc::new(UInt32Array::new(
+            match rows {
+                Rows::All => (0..c.resident_code.len() as u32).collect(),
+                Rows::At(r) | Rows::Read { rows: r, .. } => ScalarBuffer::from(
+                    r.iter()
+                        .map(|&x| if x == NOT_FOUND { 0 } else { x })
+                        .collect::<Vec<u32>>(),
+                ),
+            },
+            nulls,
+        )),
+        Column::Sex => Arc::new(UInt8Array::new(values!(person.sex), nulls)),
+        Column::StatusDate => {
+            let stored = c.status_date.nulls();
+            let (values, known) = match rows {
+                Rows::All => (c.status_date.values().clone(), stored.cloned()),
+                Rows::At(r) => (
+                    gather(c.status_date.values(), r)?,
+                    stored.map(|n| {
+                        NullBuffer::from(BooleanBuffer::collect_bool(r.len(), |i| {
+                            r[i] != NOT_FOUND && n.is_valid(r[i] as usize)
+                        }))
+                    }),
+                ),
+                Rows::Read { people, .. } => (
+                    project(people, |p| p.place.status_date)?,
+                    Some(NullBuffer::from(BooleanBuffer::collect_bool(
+                        people.len(),
+                        |i| people[i].place.dated == 1,
+                    ))),
+                ),
+            };
+            Arc::new(Date32Array::new(
+                values,
+                NullBuffer::union(known.as_ref(), nulls.as_ref()),
+            ))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -704,3 +704,49 @@ def test_persons_are_read_by_their_id_through_every_change(town: Town) -> None:
     far = [baby_person, baby_person + 1, 2**32 - 1]
     shown = town.registry._by_person(far, ["resident_code"])["resident_code"].to_pylist()
     assert shown == [baby["resident_code"], None, None]
+
+
+def test_to_arrow_is_the_registry_as_it_stands(town: Town) -> None:
+    """The whole table, as a checkpoint would write it: changed rows with their current values
+    (new names the changes brought included), persons created appended, cancelled ones kept as
+    their creation left them (reading them finds no one)."""
+    before = town.registry.to_arrow()
+    r, s = town.resident(0), town.resident(1)
+    rename = town.change(
+        "name_change", r["municipality_code"], resident_code=r["resident_code"]
+    ) | {"family_name": "渡邉", "family_name_kana": "ワタナベ"}
+    death = town.change("death", s["municipality_code"], resident_code=s["resident_code"])
+    birth = town.change("birth", r["municipality_code"]) | {
+        "family_name": "髙橋",
+        "family_name_kana": "タカハシ",
+        "given_name": "未来翔",
+        "given_name_kana": "ミライト",
+        "birth_date": D(2025, 4, 2),
+        "sex": 2,
+        "address_town": "誕生町",
+        "address_block": "1-2-3",
+        "effective_date": D(2025, 4, 2),
+        "reported_date": D(2025, 4, 10),
+    }
+    renamed, died, born = town.apply(rename, death, birth)
+    assert {renamed["outcome"], died["outcome"], born["outcome"]} == {"applied"}
+    now = town.registry.to_arrow()
+    assert now.num_rows == before.num_rows + 1
+    assert now.schema == before.schema
+    rows = {row["resident_code"]: row for row in now.to_pylist()}
+    assert (rows[r["resident_code"]]["family_name"], rows[r["resident_code"]]["given_name"]) == (
+        "渡邉",
+        r["given_name"],
+    )
+    assert rows[s["resident_code"]]["status"] == "deceased"
+    new = rows[born["resident_code"]]
+    assert (new["given_name"], new["address_town"], new["my_number"]) == (
+        "未来翔",
+        "誕生町",
+        born["my_number"],
+    )
+    # Every other row is as it was; a column chosen alone is the same column.
+    changed = {r["resident_code"], s["resident_code"], born["resident_code"]}
+    same = [row for row in now.to_pylist() if row["resident_code"] not in changed]
+    assert same == [row for row in before.to_pylist() if row["resident_code"] not in changed]
+    assert town.registry.to_arrow(["family_name"])["family_name"].equals(now["family_name"])

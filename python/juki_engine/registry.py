@@ -139,7 +139,10 @@ class Registry:
         return cls(_core.Registry.from_arrow(_as_table(table)))
 
     def to_arrow(self, columns: Sequence[str] | None = None) -> pa.Table:
-        """The registry as a table of the public schema (zero-copy except identifiers)."""
+        """The registry as it stands, as a table of the public schema: zero-copy but for the
+        identifiers while no change has been applied since it was opened; after changes, the
+        columns asked for are folded (changed rows with their current values, persons created
+        appended at their ids), as a checkpoint writes them."""
         return self._core.to_arrow(list(columns) if columns is not None else None)
 
     def lookup(
