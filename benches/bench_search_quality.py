@@ -69,10 +69,9 @@ def spelled(
 def report_lookalikes(registry: Registry, pairs: pa.Table) -> None:
     """Search each pair's original as the registry spells it: how often the look-alike is listed
     beside it (agreeing on every fact), per kind and level."""
-    people = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
-    index = {code: i for i, code in enumerate(people["resident_code"].to_pylist())}
-    rows = pa.array([index[c] for c in pairs["original"].to_pylist()])
-    claims = people.take(rows).drop_columns(["resident_code"])
+    claims = registry.lookup(
+        pairs["original"], by="resident_code", columns=["family_name", "given_name", "birth_date"]
+    ).select(["family_name", "given_name", "birth_date"])
     claims = pa.table(
         {
             n: claims[n].cast(pa.string()) if n != "birth_date" else claims[n]
