@@ -517,6 +517,34 @@ impl PyRegistry {
         Ok(())
     }
 
+    /// Save rows `start .. start + len` as a snapshot of their own (a shard); see
+    /// `juki_engine.distributed.shard`.
+    fn save_rows(&self, py: Python<'_>, path: PathBuf, start: usize, len: usize) -> PyResult<()> {
+        if self.live.entries.count() > 0 {
+            return Err(JukiError::InvalidInput(format!(
+                "this registry holds {} changes (applied, or kept as history by a checkpoint), \
+                 which a shard would not carry: only a registry without changes can be sharded",
+                self.live.entries.count()
+            ))
+            .into());
+        }
+        if start.checked_add(len).is_none_or(|end| end > self.data.len()) {
+            return Err(JukiError::InvalidInput(format!(
+                "rows {start}..{} lie outside the registry's {} rows",
+                start.saturating_add(len),
+                self.data.len()
+            ))
+            .into());
+        }
+        let rows = snapshot::Slice {
+            data: &self.data,
+            start,
+            len,
+        };
+        detached(py, || snapshot::save_with(&rows, &path, Vec::new()))?;
+        Ok(())
+    }
+
     /// Build from an Arrow table of the public schema.
     #[staticmethod]
     fn from_arrow(py: Python<'_>, table: &Bound<'_, PyAny>) -> PyResult<PyRegistry> {

@@ -276,6 +276,53 @@ impl Rows for RegistryData {
     }
 }
 
+/// Rows `start .. start + len` of a registry, saved as a snapshot of their own (a shard, see
+/// `juki_engine.distributed`): zero-copy slices of its columns, the whole dictionaries (keys
+/// stay valid), and indexes built over the slice (row ids from 0).
+pub struct Slice<'a> {
+    pub data: &'a RegistryData,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Rows for Slice<'_> {
+    fn rows(&self) -> usize {
+        self.len
+    }
+
+    fn dicts(&self) -> &Dictionaries {
+        &self.data.dicts
+    }
+
+    fn column(&self, name: &str) -> Result<ArrayRef> {
+        Ok(column_array(&self.data.cols, name).slice(self.start, self.len))
+    }
+
+    fn with_index(
+        &self,
+        kind: IdKind,
+        f: &mut dyn FnMut(&HashIndex) -> Result<FileEntry>,
+    ) -> Result<FileEntry> {
+        let c = &self.data.cols;
+        let values = match kind {
+            IdKind::MyNumber => &c.my_number[self.start..self.start + self.len],
+            _ => &c.resident_code[self.start..self.start + self.len],
+        };
+        f(&HashIndex::build(kind, values)?)
+    }
+
+    fn search_entries(&self, folded: &FoldedText) -> Vec<u64> {
+        let p = &self.data.persons.rows()[self.start..self.start + self.len];
+        search::entries_by(self.len, folded, |row| {
+            (p[row].family, p[row].given, p[row].birth_date)
+        })
+    }
+
+    fn parallel(&self) -> bool {
+        false
+    }
+}
+
 /// A further file of a snapshot (see [`save_with`]): its name, and what writes its contents.
 pub type Extra<'a> = (
     &'a str,

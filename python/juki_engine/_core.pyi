@@ -81,6 +81,10 @@ class Registry:
     def save(self, path: str) -> None:
         """Save atomically to a snapshot directory."""
 
+    def save_rows(self, path: str, start: int, len: int) -> None:
+        """Save rows `start .. start + len` as a snapshot of their own (a shard); see
+        `juki_engine.distributed.shard`."""
+
     @staticmethod
     def from_arrow(table: pa.Table) -> Registry:
         """Build from a table of the public schema (validated in full first)."""

@@ -60,6 +60,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_shard(args: argparse.Namespace) -> int:
+    from juki_engine.distributed import shard
+
+    registry = open_snapshot(Path(args.snapshot), mmap=True)
+    with spinner(f"writing {args.shards} shards to {args.out}") as progress:
+        progress.add_task("shard")
+        started = time.perf_counter()
+        shards = shard(registry, args.shards, args.out)
+    for s in shards.shards:
+        console.print(f"{s.path}: persons {s.first_person:,} … {s.first_person + s.rows - 1:,}")
+    console.print(
+        f"sharded {shards.rows:,} residents into {len(shards.shards)} shards in "
+        f"{time.perf_counter() - started:.1f} s, with routing tables (docs/sharding.md)"
+    )
+    return EXIT_OK
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from juki_engine import cards
 
@@ -223,6 +240,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--population", type=int, help="residents (default: the area's real figure)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "shard",
+        help="split a snapshot into shards (contiguous person ranges) with routing tables, to "
+        "serve on Ray",
+    )
+    p.add_argument("snapshot")
+    p.add_argument("--shards", type=int, required=True, help="how many (1–255)")
+    p.add_argument("--out", required=True, help="an empty directory for the shards")
+    p.set_defaults(func=cmd_shard)
 
     p = sub.add_parser("stats", help="card issuance and status statistics of a snapshot")
     p.add_argument("snapshot")

@@ -1,0 +1,178 @@
+"""The sharded registry on Ray: one actor per shard, each holding its shard's snapshot (mapped),
+and a front end that splits each call by shard and merges the answers in the caller's order.
+
+    registry = ShardedRegistry.start("nation-shards", address="auto")   # a running cluster
+    registry.verify(claims, by="my_number")      # the same answer as Registry.verify, row for row
+
+Claims reach exactly one shard each, by the routing tables (`shards.Routes`); the sub-tables
+travel through Ray's object store as Arrow (no copy into the actors' heaps beyond Ray's own). An
+actor that dies is restarted by Ray (it reopens its snapshot) and the call in flight is retried
+on it: reads are idempotent, so a retried call is still the whole, right answer. A call whose
+retries are spent raises `ShardUnavailable`, never a partial answer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from juki_engine.distributed.shards import ROUTES, Routes, ShardSet
+from juki_engine.registry import Registry
+
+__all__ = ["ShardUnavailable", "ShardedRegistry"]
+
+#: How often Ray restarts a dead actor, and retries a call on the restarted one.
+MAX_RESTARTS = -1
+MAX_TASK_RETRIES = 3
+_ROW = re.compile(r"^row (\d+): ")
+
+
+class ShardUnavailable(RuntimeError):
+    """A shard's actor could not answer (dead, and its retries spent): the call has no answer."""
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:  # pragma: no cover - the dev extra installs it
+        raise RuntimeError(
+            "the sharded registry runs on Ray: pip install 'juki_engine[ray]'"
+        ) from e
+    return ray
+
+
+class ShardActor:
+    """One shard's registry, in a Ray worker process."""
+
+    def __init__(self, path: str, first_person: int) -> None:
+        self.registry = Registry.open(path, mmap=True)
+        self.first_person = first_person
+
+    def verify(self, claims: pa.Table, by: str, match: str, columns: list[str]) -> pa.Table:
+        return self.registry.verify(claims, by=by, match=match, columns=columns)
+
+    def lookup(self, keys: pa.Array, by: str, columns: list[str] | None) -> pa.Table:
+        return self.registry.lookup(keys, by=by, columns=columns)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class ShardedRegistry:
+    """The read API of `Registry` (verify, lookup) over a shard directory served by Ray actors."""
+
+    def __init__(self, shards: ShardSet, routes: Routes, actors: list[Any]) -> None:
+        self.shards = shards
+        self.routes = routes
+        self.actors = actors
+
+    @classmethod
+    def start(
+        cls, directory: str | os.PathLike[str], *, address: str | None = None
+    ) -> ShardedRegistry:
+        """Connect to the Ray cluster at `address` (None: the one this process started, or a
+        new local one) and start an actor for each shard of `directory`."""
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        shards = ShardSet.load(directory)
+        routes = Routes.load(Path(directory) / ROUTES, len(shards.shards), shards.rows)
+        actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)(ShardActor)
+        actors = [actor.remote(str(s.path), s.first_person) for s in shards.shards]
+        ray.get([a.pid.remote() for a in actors])  # each has opened its snapshot
+        return cls(shards, routes, actors)
+
+    def __len__(self) -> int:
+        return self.shards.rows
+
+    def verify(
+        self,
+        claims: Any,
+        *,
+        by: str = "my_number",
+        match: str = "exact",
+        first_row: int = 0,
+        columns: list[str] | tuple[str, ...] = (),
+    ) -> pa.Table:
+        """As `Registry.verify`: each claim answered by the shard holding its key."""
+        table = claims if isinstance(claims, pa.Table) else pa.table(claims)
+        if by not in table.column_names:
+            raise ValueError(f"claims have no key column '{by}'")
+        keys = table[by].combine_chunks()
+        return self._scatter(
+            keys,
+            by,
+            first_row,
+            lambda a, rows: a.verify.remote(table.take(rows), by, match, list(columns)),
+        )
+
+    def lookup(
+        self, keys: Any, *, by: str = "my_number", columns: list[str] | None = None
+    ) -> pa.Table:
+        """As `Registry.lookup`: each key answered by the shard holding it."""
+        array = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else pa.array(keys)
+        return self._scatter(
+            array, by, 0, lambda a, rows: a.lookup.remote(array.take(rows), by, columns)
+        )
+
+    def _scatter(self, keys: pa.Array, by: str, first_row: int, call: Any) -> pa.Table:
+        """Route `keys`, call each shard with its rows (`call(actor, rows)`), and merge."""
+        ray = _ray()
+        owner = self.routes.route(keys, by)
+        calls: list[tuple[int, np.ndarray, Any]] = []
+        for k, actor in enumerate(self.actors):
+            rows = np.flatnonzero(owner == k)
+            # No keys at all: shard 0 still answers, for the reply's schema.
+            if len(rows) or (k == 0 and not len(keys)):
+                calls.append((k, rows, call(actor, pa.array(rows, pa.int64()))))
+        try:
+            answers = ray.get([ref for _, _, ref in calls])
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            raise ShardUnavailable(f"a shard could not answer: {e}") from e
+        offsets = [s.first_person for s in self.shards.shards]
+        parts = [
+            (rows, answer, offsets[k]) for (k, rows, _), answer in zip(calls, answers, strict=True)
+        ]
+        return _merged(parts, first_row)
+
+
+def _merged(parts: list[tuple[np.ndarray, pa.Table, int]], first_row: int) -> pa.Table:
+    """The shards' answers (each with the caller's rows it answers, and its shard's first
+    person id) as one table in the caller's row order: person ids global, each error's row
+    number the caller's."""
+    tables = []
+    for rows, answer, first_person in parts:
+        if "person" in answer.column_names:
+            i = answer.schema.get_field_index("person")
+            answer = answer.set_column(
+                i, "person", pc.add(answer["person"], pa.scalar(first_person, pa.uint32()))
+            )
+        if "error" in answer.column_names:
+            answer = _renumbered(answer, rows, first_row)
+        tables.append(answer)
+    merged = pa.concat_tables(tables).unify_dictionaries()
+    order = np.concatenate([rows for rows, _, _ in parts])
+    return merged.take(pa.array(np.argsort(order, kind="stable"))).combine_chunks()
+
+
+def _renumbered(answer: pa.Table, rows: np.ndarray, first_row: int) -> pa.Table:
+    """`answer`'s errors (each "row j: …" of the shard's sub-table) naming the caller's row."""
+    errors = answer["error"].combine_chunks()
+    bad = np.flatnonzero(errors.is_valid().to_numpy(zero_copy_only=False))
+    if not len(bad):
+        return answer
+    texts = errors.to_pylist()
+    for j in bad.tolist():
+        text = texts[j]
+        m = _ROW.match(text)
+        if m is None or int(m.group(1)) != j:
+            raise AssertionError(f"a shard's error does not name its row {j}: {text!r}")
+        texts[j] = f"row {first_row + int(rows[j])}: {text[m.end() :]}"
+    i = answer.schema.get_field_index("error")
+    return answer.set_column(i, answer.schema.field(i), pa.array(texts, errors.type))

@@ -1,0 +1,256 @@
+"""The registry sharded over a real local Ray cluster (`ray start --head`, two worker CPUs): the
+same answers as the single engine, row for row; an actor killed is restarted and the call still
+answered whole; shard files from outside validated before use."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from juki_engine import InvalidInput, Registry
+from juki_engine.cli import main
+from juki_engine.distributed import Routes, ShardedRegistry, ShardError, ShardSet, shard
+
+SHARDS = 3
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.generate(population=6_000, seed=21)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sharded") / "shards"
+    shard(registry, SHARDS, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A Ray head started as an operator would start it, in a short temp dir of its own (Ray's
+    socket paths must stay short)."""
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray_cli = [str(Path(sys.executable).parent / "ray")]
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run(
+        [
+            *ray_cli,
+            "start",
+            "--head",
+            "--num-cpus=2",
+            "--object-store-memory=200000000",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--port=0",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    try:
+        ray.init(address="auto", log_to_driver=False)
+        yield temp
+    finally:
+        ray.shutdown()
+        subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, env=env)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sharded(cluster: str, shard_dir: Path) -> ShardedRegistry:
+    return ShardedRegistry.start(shard_dir)
+
+
+def test_a_shard_directory_holds_contiguous_person_ranges_and_routes(
+    registry: Registry, shard_dir: Path
+) -> None:
+    shards = ShardSet.load(shard_dir)
+    assert [s.first_person for s in shards.shards] == [0, 2_000, 4_000]
+    assert shards.rows == len(registry)
+    # Each shard is a snapshot of its rows, opened like any other.
+    first = Registry.open(shards.shards[1].path)
+    assert first.to_arrow().equals(registry.to_arrow().slice(2_000, 2_000))
+    routes = Routes.load(shard_dir / "routes.arrow", SHARDS, len(registry))
+    for kind in ("my_number", "resident_code"):
+        keys = registry.to_arrow([kind])[kind].combine_chunks().cast(pa.string())
+        owner = routes.route(keys, kind)
+        assert owner.tolist() == np.repeat(np.arange(SHARDS), 2_000).tolist()
+        # A key of no one goes to shard 0, whatever its shape.
+        strays = pa.array(["123456789018", "12345678903", "x", None, "１２３"], pa.string())
+        assert routes.route(strays, kind).tolist() == [0] * 5
+
+
+def claims_table(registry: Registry, picks: list[tuple[int, str]], by: str) -> pa.Table:
+    """Claims of the residents at `picks` (row, how the key is spoiled), claiming their family
+    name and birth date, the odd one claimed wrongly."""
+    rows = registry.to_arrow([by, "family_name", "birth_date"]).to_pylist()
+    keys, family, birth = [], [], []
+    for i, (row, spoil) in enumerate(picks):
+        r = rows[row % len(rows)]
+        key = r[by]
+        key = {
+            "": key,
+            "nobody": "123456789018" if by == "my_number" else "12345678903",
+            "short": key[:-1],
+            "check": key[:-1] + str((int(key[-1]) + 1) % 10),
+            "null": None,
+            "wide": "１" + key[1:],
+        }[spoil]
+        keys.append(key)
+        family.append(r["family_name"] if i % 3 else r["family_name"] + "x")
+        birth.append(r["birth_date"])
+    return pa.table(
+        {
+            by: pa.array(keys, pa.string()),
+            "family_name": pa.array(family, pa.string()),
+            "birth_date": pa.array(birth, pa.date32()),
+        }
+    )
+
+
+SPOILS = st.sampled_from(["", "", "", "nobody", "short", "check", "null", "wide"])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    picks=st.lists(st.tuples(st.integers(0, 5_999), SPOILS), max_size=60),
+    by=st.sampled_from(["my_number", "resident_code"]),
+    first_row=st.integers(0, 10**6),
+)
+def test_sharded_verify_answers_as_the_single_engine_row_for_row(
+    registry: Registry,
+    sharded: ShardedRegistry,
+    picks: list[tuple[int, str]],
+    by: str,
+    first_row: int,
+) -> None:
+    claims = claims_table(registry, picks, by)
+    columns = ["person", "resident_code", "status"]
+    one = registry.verify(claims, by=by, first_row=first_row, columns=columns)  # type: ignore[arg-type]
+    many = sharded.verify(claims, by=by, first_row=first_row, columns=columns)
+    assert many.schema == one.schema
+    assert many.to_pylist() == one.to_pylist()
+
+
+@pytest.mark.parametrize("by", ["my_number", "resident_code"])
+def test_sharded_lookup_and_verify_above_exact_answer_as_the_single_engine(
+    registry: Registry, sharded: ShardedRegistry, by: str
+) -> None:
+    picks = [(i * 97, "" if i % 5 else "nobody") for i in range(300)]
+    claims = claims_table(registry, picks, by)
+    columns = ["person", "family_name", "address_town", "card_state"]
+    one = registry.lookup(claims[by], by=by, columns=columns)  # type: ignore[arg-type]
+    assert sharded.lookup(claims[by], by=by, columns=columns).to_pylist() == one.to_pylist()
+    spaced = claims.set_column(
+        1, "family_name", pa.array([f + " " for f in claims["family_name"].to_pylist()])
+    )
+    one = registry.verify(spaced, by=by, match="normalised")  # type: ignore[arg-type]
+    assert sharded.verify(spaced, by=by, match="normalised").to_pylist() == one.to_pylist()
+    empty = claims.slice(0, 0)
+    assert sharded.verify(empty, by=by).schema == registry.verify(empty, by=by).schema  # type: ignore[arg-type]
+
+
+def test_a_killed_actor_is_restarted_and_the_call_answered_whole(
+    registry: Registry, sharded: ShardedRegistry
+) -> None:
+    claims = claims_table(registry, [(i * 13, "") for i in range(400)], "my_number")
+    expected = registry.verify(claims, by="my_number").to_pylist()
+    victim = sharded.actors[1]
+    pid = ray.get(victim.pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    # Ray restarts the actor (it reopens its snapshot) and retries the call on it.
+    assert sharded.verify(claims, by="my_number").to_pylist() == expected
+    assert ray.get(victim.pid.remote()) != pid
+
+
+def test_a_registry_with_changes_is_not_sharded(tmp_path: Path) -> None:
+    r = Registry.generate(population=500, seed=3)
+    person = r.to_arrow(["my_number", "municipality_code", "status"]).to_pylist()[0]
+    death = {"municipality": person["municipality_code"], "sequence": 1, "reason": "death"}
+    death |= {"my_number": person["my_number"]}
+    day = dt.date(2025, 3, 1)
+    r.apply(pa.Table.from_pylist([death | {"effective_date": day, "reported_date": day}]))
+    with pytest.raises(InvalidInput, match="only a registry without changes can be sharded"):
+        shard(r, 2, tmp_path / "shards")
+
+
+def forged(shard_dir: Path, tmp_path: Path, edit: Any) -> Path:
+    copy = tmp_path / "forged"
+    shutil.copytree(shard_dir, copy)
+    edit(copy)
+    return copy
+
+
+HOSTILE: dict[str, Any] = {
+    "manifest not json": lambda d: (d / "shards.json").write_text("{"),
+    "another format": lambda d: (d / "shards.json").write_text('{"format": "x", "shards": []}'),
+    "a gap between shards": lambda d: (d / "shards.json").write_text(
+        json.dumps(
+            {
+                "format": "juki-shards/1",
+                "shards": [
+                    {"path": "shard-0", "first_person": 0, "rows": 2000},
+                    {"path": "shard-1", "first_person": 2500, "rows": 2000},
+                ],
+            }
+        )
+    ),
+    "a path out of the directory": lambda d: (d / "shards.json").write_text(
+        json.dumps(
+            {
+                "format": "juki-shards/1",
+                "shards": [{"path": "../../etc", "first_person": 0, "rows": 6000}],
+            }
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_manifest_is_refused_naming_it(
+    shard_dir: Path, tmp_path: Path, case: str
+) -> None:
+    with pytest.raises(ShardError, match=r"shards\.json"):
+        ShardSet.load(forged(shard_dir, tmp_path, HOSTILE[case]))
+
+
+def test_hostile_routes_are_refused_naming_them(shard_dir: Path, tmp_path: Path) -> None:
+    table = pa.ipc.open_file(shard_dir / "routes.arrow").read_all()
+    reversed_ = table.set_column(0, "my_number", pa.array(table["my_number"].to_numpy()[::-1]))
+    path = tmp_path / "routes.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(reversed_)
+    with pytest.raises(ShardError, match="sorted"):
+        Routes.load(path, SHARDS, 6_000)
+    with pytest.raises(ShardError, match="beyond the 2 there are"):
+        Routes.load(shard_dir / "routes.arrow", 2, 6_000)
+    path.write_bytes(b"not arrow")
+    with pytest.raises(ShardError, match="routing tables"):
+        Routes.load(path, SHARDS, 6_000)
+
+
+def test_juki_shard_splits_a_snapshot(registry: Registry, tmp_path: Path) -> None:
+    snap = tmp_path / "snap"
+    registry.save(snap)
+    assert main(["shard", str(snap), "--shards", "2", "--out", str(tmp_path / "out")]) == 0
+    assert [s.rows for s in ShardSet.load(tmp_path / "out").shards] == [3_000, 3_000]
+    assert main(["shard", str(snap), "--shards", "2", "--out", str(tmp_path / "out")]) == 2
