@@ -30,9 +30,26 @@ from juki_engine.distributed import Routes, ShardedRegistry, ShardError, ShardSe
 SHARDS = 3
 
 
+#: Residents made alike across shards (same names, readings and birth date): `(a, b)` rows.
+TWINS = [(0, 4_500), (1, 2_500), (2_001, 2_002)]
+
+
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    return Registry.generate(population=6_000, seed=21)
+    """6,000 residents, some alike across shards (and two alike within one)."""
+    table = Registry.generate(population=6_000, seed=21).to_arrow()
+    rows = table.to_pylist()
+    for a, b in TWINS:
+        for key in ("family_name", "family_name_kana", "given_name", "given_name_kana"):
+            rows[b][key] = rows[a][key]
+        rows[b]["birth_date"] = rows[a]["birth_date"]
+    plain = pa.schema(
+        [
+            f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+            for f in table.schema
+        ]
+    )
+    return Registry.from_arrow(pa.Table.from_pylist(rows, plain))
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +184,67 @@ def test_sharded_lookup_and_verify_above_exact_answer_as_the_single_engine(
     assert sharded.verify(spaced, by=by, match="normalised").to_pylist() == one.to_pylist()
     empty = claims.slice(0, 0)
     assert sharded.verify(empty, by=by).schema == registry.verify(empty, by=by).schema  # type: ignore[arg-type]
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    picks=st.lists(
+        st.tuples(
+            st.sampled_from([a for pair in TWINS for a in pair]) | st.integers(0, 5_999),
+            st.sampled_from(["", "sex", "municipality", "stranger", "space"]),
+        ),
+        max_size=40,
+    ),
+    match=st.sampled_from(["exact", "normalised"]),
+)
+def test_a_sharded_search_answers_as_the_single_engine(
+    registry: Registry,
+    sharded: ShardedRegistry,
+    picks: list[tuple[int, str]],
+    match: str,
+) -> None:
+    """Every shard searches every claim; the merge counts candidates across shards (twins on
+    two shards are ambiguous) and ranks them as one registry does."""
+    people = registry.to_arrow(
+        ["family_name", "given_name", "birth_date", "sex", "municipality_code"]
+    ).to_pylist()
+    facts: dict[str, list[Any]] = {
+        k: [] for k in ("family_name", "given_name", "birth_date", "sex", "municipality_code")
+    }
+    for row, how in picks:
+        p = people[row]
+        facts["family_name"].append(
+            p["family_name"] + ("　" if how == "space" else "" if how != "stranger" else "無")
+        )
+        facts["given_name"].append(p["given_name"])
+        facts["birth_date"].append(p["birth_date"])
+        facts["sex"].append(p["sex"] if how == "sex" else None)
+        facts["municipality_code"].append(p["municipality_code"] if how == "municipality" else None)
+    claims = pa.table(
+        {
+            "family_name": pa.array(facts["family_name"], pa.string()),
+            "given_name": pa.array(facts["given_name"], pa.string()),
+            "birth_date": pa.array(facts["birth_date"], pa.date32()),
+            "sex": pa.array(facts["sex"], pa.int8()),
+            "municipality_code": pa.array(facts["municipality_code"], pa.string()),
+        }
+    )
+    for columns in (["resident_code", "family_name"], ["person", "status"]):
+        one = registry.search(claims, match=match, columns=columns)
+        many = sharded.search(claims, match=match, columns=columns)
+        assert many.schema == one.schema
+        assert many.to_pylist() == one.to_pylist()
+
+
+def test_twins_on_two_shards_are_ambiguous(registry: Registry, sharded: ShardedRegistry) -> None:
+    people = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
+    twin = people.slice(0, 1).drop_columns(["resident_code"])
+    found = sharded.search(twin, columns=["resident_code"])
+    assert found["outcome"].to_pylist() == ["ambiguous", "ambiguous"]
+    codes = people["resident_code"].to_pylist()
+    assert found["resident_code"].to_pylist() == [codes[0], codes[4_500]]
 
 
 def test_a_killed_actor_is_restarted_and_the_call_answered_whole(

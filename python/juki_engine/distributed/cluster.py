@@ -60,6 +60,9 @@ class ShardActor:
     def lookup(self, keys: pa.Array, by: str, columns: list[str] | None) -> pa.Table:
         return self.registry.lookup(keys, by=by, columns=columns)
 
+    def search(self, claims: pa.Table, match: str, columns: list[str]) -> pa.Table:
+        return self.registry.search(claims, match=match, columns=columns)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -121,9 +124,34 @@ class ShardedRegistry:
             array, by, 0, lambda a, rows: a.lookup.remote(array.take(rows), by, columns)
         )
 
+    def search(
+        self, claims: Any, *, match: str = "normalised", columns: list[str] | tuple[str, ...] = ()
+    ) -> pa.Table:
+        """As `Registry.search`: a search has no key, so every shard searches every claim, and
+        the candidates are merged per claim: agreeing on every fact counted across shards (two
+        residents alike on two shards are `ambiguous`, never two `unique`s), most facts
+        agreeing first, then by person id, as one registry ranks them."""
+        table = claims if isinstance(claims, pa.Table) else pa.table(claims)
+        asked = list(columns) if "person" in columns else [*columns, "person"]
+        answers = self._gather([a.search.remote(table, match, asked) for a in self.actors])
+        offsets = [s.first_person for s in self.shards.shards]
+        merged = _merged_search(answers, offsets, table.num_rows)
+        return merged if "person" in columns else merged.drop_columns(["person"])
+
+    def _gather(self, refs: list[Any]) -> list[pa.Table]:
+        """The answers of `refs`; a shard that cannot answer is `ShardUnavailable`, a call it
+        refused raises what the single engine raises."""
+        ray = _ray()
+        try:
+            answers: list[pa.Table] = ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            raise e.cause from None
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            raise ShardUnavailable(f"a shard could not answer: {e}") from e
+        return answers
+
     def _scatter(self, keys: pa.Array, by: str, first_row: int, call: Any) -> pa.Table:
         """Route `keys`, call each shard with its rows (`call(actor, rows)`), and merge."""
-        ray = _ray()
         owner = self.routes.route(keys, by)
         calls: list[tuple[int, np.ndarray, Any]] = []
         for k, actor in enumerate(self.actors):
@@ -131,10 +159,7 @@ class ShardedRegistry:
             # No keys at all: shard 0 still answers, for the reply's schema.
             if len(rows) or (k == 0 and not len(keys)):
                 calls.append((k, rows, call(actor, pa.array(rows, pa.int64()))))
-        try:
-            answers = ray.get([ref for _, _, ref in calls])
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
-            raise ShardUnavailable(f"a shard could not answer: {e}") from e
+        answers = self._gather([ref for _, _, ref in calls])
         offsets = [s.first_person for s in self.shards.shards]
         parts = [
             (rows, answer, offsets[k]) for (k, rows, _), answer in zip(calls, answers, strict=True)
@@ -149,16 +174,66 @@ def _merged(parts: list[tuple[np.ndarray, pa.Table, int]], first_row: int) -> pa
     tables = []
     for rows, answer, first_person in parts:
         if "person" in answer.column_names:
-            i = answer.schema.get_field_index("person")
-            answer = answer.set_column(
-                i, "person", pc.add(answer["person"], pa.scalar(first_person, pa.uint32()))
-            )
+            answer = _globalised(answer, first_person)
         if "error" in answer.column_names:
             answer = _renumbered(answer, rows, first_row)
         tables.append(answer)
     merged = pa.concat_tables(tables).unify_dictionaries()
     order = np.concatenate([rows for rows, _, _ in parts])
     return merged.take(pa.array(np.argsort(order, kind="stable"))).combine_chunks()
+
+
+def _globalised(answer: pa.Table, first_person: int) -> pa.Table:
+    """`answer` with its shard's person ids made the registry's."""
+    i = answer.schema.get_field_index("person")
+    return answer.set_column(
+        i, "person", pc.add(answer["person"], pa.scalar(first_person, pa.uint32()))
+    )
+
+
+def _merged_search(answers: list[pa.Table], offsets: list[int], claims: int) -> pa.Table:
+    """Every shard's search answers as one registry's (see `ShardedRegistry.search`)."""
+    merged = pa.concat_tables(
+        [_globalised(a, first) for a, first in zip(answers, offsets, strict=True)]
+    ).unify_dictionaries()
+    claim = merged["claim"].to_numpy()
+    # A shard's `candidates` is its count of residents agreeing on every fact; summed over
+    # the shards (once per shard and claim), it is the registry's.
+    total = np.zeros(claims, np.int64)
+    for a in answers:
+        c = a["claim"].to_numpy()
+        first = np.r_[True, c[1:] != c[:-1]] if len(c) else np.zeros(0, bool)
+        np.add.at(total, c[first], a["candidates"].to_numpy()[first])
+    real = merged["person"].is_valid().to_numpy(zero_copy_only=False)
+    person = merged["person"].fill_null(0).to_numpy()
+    agreed = merged["agreed"].to_numpy().astype(np.int64)
+    rows = np.flatnonzero(real)
+    rows = rows[np.lexsort((person[rows], -agreed[rows], claim[rows]))]
+    # A claim no shard found anyone for: one row without a resident.
+    none = np.setdiff1d(np.arange(claims), claim[rows])
+    body = merged.take(pa.array(rows, pa.int64()))
+    if len(none):
+        indices = pa.array(np.r_[rows, np.zeros(len(none), np.int64)], pa.int64())
+        mask = pa.array(np.r_[np.zeros(len(rows), bool), np.ones(len(none), bool)])
+        body = merged.take(pc.if_else(mask, pa.scalar(None, pa.int64()), indices))
+    claim_out = np.r_[claim[rows], none].astype(np.uint32)
+    full = total[claim_out]
+    outcome = np.where(full == 0, 2, np.where(full == 1, 0, 1)).astype(np.uint8)
+    outcomes = pa.DictionaryArray.from_arrays(
+        pa.array(outcome, pa.uint8()), pa.array(["unique", "ambiguous", "not_found"])
+    )
+    agreed_out = np.r_[agreed[rows], np.zeros(len(none), np.int64)].astype(np.uint8)
+    columns = {
+        "claim": pa.array(claim_out, pa.uint32()),
+        "outcome": outcomes,
+        "candidates": pa.array(full.astype(np.uint32), pa.uint32()),
+        "agreed": pa.array(agreed_out, pa.uint8()),
+    }
+    out = pa.table(
+        {name: columns.get(name, body[name]) for name in merged.column_names},
+        schema=merged.schema,
+    )
+    return out.take(pa.array(np.argsort(claim_out, kind="stable"))).combine_chunks()
 
 
 def _renumbered(answer: pa.Table, rows: np.ndarray, first_row: int) -> pa.Table:
