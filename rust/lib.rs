@@ -22,6 +22,7 @@ pub mod normalize;
 pub mod notices;
 pub mod python;
 pub mod query;
+pub mod route;
 pub mod search;
 pub mod snapshot;
 pub mod storage;

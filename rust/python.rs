@@ -1138,6 +1138,69 @@ fn normalize(kind: &str, value: &str) -> PyResult<(String, bool, bool)> {
     Ok((n.value, n.folded_full_width, n.removed_separators))
 }
 
+/// The routing tables of a sharded registry; see `juki_engine.distributed.Routes`.
+#[pyclass(name = "Router", module = "juki_engine._core", frozen)]
+struct PyRouter {
+    router: crate::route::Router,
+}
+
+#[pymethods]
+impl PyRouter {
+    /// A router over the identifiers of persons 0..n (uint64 arrays, in person order) and the
+    /// first person id of each shard.
+    #[new]
+    fn new(
+        py: Python<'_>,
+        my_number: &Bound<'_, PyAny>,
+        resident_code: &Bound<'_, PyAny>,
+        firsts: Vec<u32>,
+    ) -> PyResult<PyRouter> {
+        let mn = Imported::from_python(my_number, "my_number")?;
+        let rc = Imported::from_python(resident_code, "resident_code")?;
+        let router = detached(py, || {
+            let (mn, rc) = (mn.array(Strings::Bytes)?, rc.array(Strings::Bytes)?);
+            let values = |a: &ArrayRef, what: &str| -> Result<Vec<u64>> {
+                let a = a
+                    .as_any()
+                    .downcast_ref::<arrow_array::UInt64Array>()
+                    .filter(|a| a.null_count() == 0)
+                    .ok_or_else(|| {
+                        JukiError::InvalidInput(format!("routes: {what} must be uint64, no nulls"))
+                    })?;
+                Ok(a.values().to_vec())
+            };
+            crate::route::Router::new(
+                &values(&mn, "my_number")?,
+                &values(&rc, "resident_code")?,
+                firsts,
+            )
+        })?;
+        Ok(PyRouter { router })
+    }
+
+    /// The shard of each key (uint8; 0 for a key of no one).
+    #[pyo3(signature = (keys, by = "my_number"))]
+    fn route(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        by: &str,
+    ) -> PyResult<PyArrowType<ArrayData>> {
+        let kind = IdKind::from_name(by)?;
+        let keys = Imported::from_python(keys, "keys")?;
+        let out = detached(py, || {
+            let keys = keys.array(Strings::Bytes)?;
+            Ok(arrow_array::UInt8Array::from(self.router.route(kind, keys.as_ref())?))
+        })?;
+        Ok(PyArrowType(out.into_data()))
+    }
+
+    #[getter]
+    fn memory_bytes(&self) -> usize {
+        self.router.memory_bytes()
+    }
+}
+
 /// Vectorised `is_valid` over an Arrow array of strings or integers; null stays null.
 #[pyfunction]
 fn is_valid_array(
@@ -1291,6 +1354,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyRegistry>()?;
     m.add_class::<PyClaims>()?;
+    m.add_class::<PyRouter>()?;
     m.add_function(wrap_pyfunction!(is_valid, m)?)?;
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(check_digit, m)?)?;

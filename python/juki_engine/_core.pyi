@@ -15,6 +15,7 @@ __all__ = [
     "JukiError",
     "Registry",
     "ResourceExhausted",
+    "Router",
     "SnapshotCorrupt",
     "SnapshotIOError",
     "check_digit",
@@ -250,3 +251,12 @@ def read_ipc_stream(payload: bytes, max_rows: int, max_bytes: int) -> Claims:
     from the views' lengths, decompressing a compressed views buffer, before any body is
     decoded). Delta dictionary batches are refused. Every decoded column is then validated in
     full, each dictionary once."""
+
+@final
+class Router:
+    """The routing tables of a sharded registry; see `juki_engine.distributed.Routes`."""
+
+    def __new__(cls, my_number: Any, resident_code: Any, firsts: list[int]) -> Router: ...
+    def route(self, keys: Any, by: str = "my_number") -> pa.UInt8Array: ...
+    @property
+    def memory_bytes(self) -> int: ...

@@ -104,7 +104,7 @@ def test_a_shard_directory_holds_contiguous_person_ranges_and_routes(
     # Each shard is a snapshot of its rows, opened like any other.
     first = Registry.open(shards.shards[1].path)
     assert first.to_arrow().equals(registry.to_arrow().slice(2_000, 2_000))
-    routes = Routes.load(shard_dir / "routes.arrow", SHARDS, len(registry))
+    routes = Routes.load(shard_dir / "routes.arrow", shards)
     for kind in ("my_number", "resident_code"):
         keys = registry.to_arrow([kind])[kind].combine_chunks().cast(pa.string())
         owner = routes.route(keys, kind)
@@ -312,18 +312,28 @@ def test_a_hostile_manifest_is_refused_naming_it(
 
 
 def test_hostile_routes_are_refused_naming_them(shard_dir: Path, tmp_path: Path) -> None:
+    shards = ShardSet.load(shard_dir)
     table = pa.ipc.open_file(shard_dir / "routes.arrow").read_all()
-    reversed_ = table.set_column(0, "my_number", pa.array(table["my_number"].to_numpy()[::-1]))
     path = tmp_path / "routes.arrow"
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-        w.write_table(reversed_)
-    with pytest.raises(ShardError, match="sorted"):
-        Routes.load(path, SHARDS, 6_000)
-    with pytest.raises(ShardError, match="beyond the 2 there are"):
-        Routes.load(shard_dir / "routes.arrow", 2, 6_000)
+
+    def write(t: pa.Table) -> None:
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, t.schema) as w:
+            w.write_table(t)
+
+    numbers = table["my_number"].to_numpy().copy()
+    numbers[7] = numbers[3]  # one My Number for two persons
+    write(table.set_column(0, "my_number", pa.array(numbers)))
+    with pytest.raises(ShardError, match=r"routes\.arrow.*appears in rows 3 and 7"):
+        Routes.load(path, shards)
+    write(table.slice(1))
+    with pytest.raises(ShardError, match="one a person"):
+        Routes.load(path, shards)
+    write(table.set_column(0, "my_number", table["my_number"].cast(pa.int64())))
+    with pytest.raises(ShardError, match="must be uint64"):
+        Routes.load(path, shards)
     path.write_bytes(b"not arrow")
     with pytest.raises(ShardError, match="routing tables"):
-        Routes.load(path, SHARDS, 6_000)
+        Routes.load(path, shards)
 
 
 def test_juki_shard_splits_a_snapshot(registry: Registry, tmp_path: Path) -> None:

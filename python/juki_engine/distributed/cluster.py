@@ -85,7 +85,7 @@ class ShardedRegistry:
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, include_dashboard=False)
         shards = ShardSet.load(directory)
-        routes = Routes.load(Path(directory) / ROUTES, len(shards.shards), shards.rows)
+        routes = Routes.load(Path(directory) / ROUTES, shards)
         actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)(ShardActor)
         actors = [actor.remote(str(s.path), s.first_person) for s in shards.shards]
         ray.get([a.pid.remote() for a in actors])  # each has opened its snapshot

@@ -4,8 +4,8 @@ the routing tables that send each identifier to the one shard holding it.
     shard(registry, 4, "nation-shards")     # or `juki shard SNAPSHOT --shards 4 --out DIR`
 
 `DIR/shards.json` names each shard's snapshot (`shard-<k>/`), the first person id it holds and
-its rows; `DIR/routes.arrow` holds, per identifier kind, every identifier of the registry sorted,
-with the shard that holds it (see `Routes`). A shard's row r is person `first_person + r`:
+its rows; `DIR/routes.arrow` holds every person's identifiers, from which the front end builds
+its routing index (see `Routes`). A shard's row r is person `first_person + r`:
 person ids stay those of the registry it was split from, so the audit trail and the residents'
 view key on the same ids whichever shard answers. docs/sharding.md gives the design.
 """
@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from juki_engine import _core
+from juki_engine._core import JukiError
 from juki_engine.registry import Registry
 
 __all__ = ["FORMAT", "KINDS", "Routes", "ShardInfo", "ShardSet", "shard"]
@@ -31,9 +33,6 @@ MANIFEST = "shards.json"
 ROUTES = "routes.arrow"
 #: A shard id is a byte in the routing tables.
 MAX_SHARDS = 255
-#: Each kind's digits: a key of another shape is no one's, and goes to shard 0 to be refused
-#: as the single engine refuses it.
-DIGITS = {"my_number": 12, "resident_code": 11}
 
 
 class ShardError(ValueError):
@@ -109,7 +108,7 @@ def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> Shard
     names.install()  # each shard keeps its 4情報 index, as a saved snapshot does
     for k in range(shards):
         registry._core.save_rows(str(root / f"shard-{k}"), bounds[k], bounds[k + 1] - bounds[k])
-    Routes.build(registry, bounds).save(root / ROUTES)
+    Routes.save(registry, root / ROUTES)
     manifest = {
         "format": FORMAT,
         "shards": [
@@ -125,74 +124,57 @@ def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> Shard
     return ShardSet.load(root)
 
 
-@dataclass(frozen=True, slots=True)
 class Routes:
-    """Per identifier kind, every identifier (its full value) sorted, and the shard holding it:
-    9 bytes a resident and kind (2.3 GB for the nation's two kinds; docs/sharding.md weighs a
-    minimal perfect hash for larger countries). A key in no table is no one's: it is sent to
-    shard 0, which answers it as the single engine would (not found, or why it is invalid)."""
+    """Per identifier kind, the index from identifier to person id, and the first person of
+    each shard: which shard holds the resident a key names (`_core.Router`, the registry's own
+    hash index kind: ~16 bytes a resident and kind, 4 GiB for the nation's two kinds;
+    docs/sharding.md weighs a minimal perfect hash for larger countries). Saved as the
+    identifiers in person order (`routes.arrow`), the index built when loaded. A key that names
+    no one goes to shard 0, which answers it as the single engine would (not found, or why it
+    is invalid)."""
 
-    values: dict[str, np.ndarray]
-    shards: dict[str, np.ndarray]
+    def __init__(self, router: _core.Router) -> None:
+        self.router = router
 
-    @classmethod
-    def build(cls, registry: Registry, bounds: list[int]) -> Routes:
-        sizes = [bounds[k + 1] - bounds[k] for k in range(len(bounds) - 1)]
-        owner = np.repeat(np.arange(len(sizes), dtype=np.uint8), sizes)
-        values, shards = {}, {}
-        for kind in KINDS:
-            ids = pc.cast(registry.to_arrow([kind])[kind], pa.uint64()).to_numpy()
-            order = np.argsort(ids, kind="stable")
-            values[kind], shards[kind] = ids[order], owner[order]
-        return cls(values, shards)
-
-    def save(self, path: Path) -> None:
-        columns = {}
-        for kind in KINDS:
-            columns[kind] = pa.array(self.values[kind], pa.uint64())
-            columns[f"{kind}_shard"] = pa.array(self.shards[kind], pa.uint8())
+    @staticmethod
+    def save(registry: Registry, path: Path) -> None:
+        """Write `registry`'s identifiers in person order to `path` (atomically)."""
+        table = pa.table(
+            {kind: pc.cast(registry.to_arrow([kind])[kind], pa.uint64()) for kind in KINDS}
+        )
         tmp = path.with_suffix(".tmp")
-        with pa.OSFile(str(tmp), "wb") as sink:
-            table = pa.table(columns)
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, shards: int, rows: int) -> Routes:
-        """The tables of `path`, mapped, for a set of `shards` shards of `rows` residents:
-        checked sorted, of the right length, naming only shards that exist."""
+    def load(cls, path: Path, shards: ShardSet) -> Routes:
+        """The routes of `path` for `shards`: checked (types, one identifier a person, no
+        identifier twice) before the index is built."""
         try:
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         except (OSError, pa.ArrowInvalid) as e:
             raise ShardError(f"{path}: cannot be read as routing tables: {e}") from e
-        values, owners = {}, {}
-        for kind in KINDS:
-            try:
-                v = table[kind].combine_chunks()
-                s = table[f"{kind}_shard"].combine_chunks()
-            except KeyError as e:
-                raise ShardError(f"{path}: no column {e}") from e
-            if v.type != pa.uint64() or s.type != pa.uint8() or v.null_count or s.null_count:
-                raise ShardError(f"{path}: {kind} must be uint64 with uint8 shards, no nulls")
-            va, sa = v.to_numpy(), s.to_numpy()
-            if len(va) != rows or (len(va) > 1 and not np.all(va[1:] > va[:-1])):
-                raise ShardError(f"{path}: {kind} must hold {rows:,} identifiers, sorted, once")
-            if len(sa) and int(sa.max()) >= shards:
-                raise ShardError(f"{path}: {kind} names a shard beyond the {shards} there are")
-            values[kind], owners[kind] = va, sa
-        return cls(values, owners)
+        if table.column_names != list(KINDS) or table.num_rows != shards.rows:
+            raise ShardError(
+                f"{path}: must hold columns {list(KINDS)} of {shards.rows:,} rows, one a person"
+            )
+        try:
+            router = _core.Router(
+                table["my_number"].combine_chunks(),
+                table["resident_code"].combine_chunks(),
+                [s.first_person for s in shards.shards],
+            )
+        except JukiError as e:
+            raise ShardError(f"{path}: {e}") from e
+        return cls(router)
 
     def route(self, keys: pa.Array, kind: str) -> np.ndarray:
-        """The shard of each key (`kind`'s strings); keys of no one (or of another shape) → 0."""
-        values, owners = self.values[kind], self.shards[kind]
-        if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
+        """The shard of each key (`kind`'s identifiers); keys of no one → 0."""
+        try:
+            shards: np.ndarray = self.router.route(keys, kind).to_numpy(zero_copy_only=False)
+            return shards
+        except JukiError:  # an array the engine does not take: shard 0 refuses it, as one does
             return np.zeros(len(keys), np.uint8)
-        shaped = pc.fill_null(pc.match_substring_regex(keys, f"^[0-9]{{{DIGITS[kind]}}}$"), False)
-        digits = pc.if_else(shaped, keys, pa.scalar("0", keys.type))
-        ids = pc.cast(digits, pa.uint64()).to_numpy(zero_copy_only=False)
-        at = np.minimum(np.searchsorted(values, ids), max(len(values) - 1, 0))
-        hit = values[at] == ids if len(values) else np.zeros(len(ids), bool)
-        return np.where(hit, owners[at], 0).astype(np.uint8)
