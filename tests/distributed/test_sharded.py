@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -23,9 +24,16 @@ import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from juki_engine import InvalidInput, Registry
+from juki_engine import InvalidInput, Registry, audit, certs, service
+from juki_engine._proto import registry_pb2 as pb
+from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine.audit import AuditTrail
 from juki_engine.cli import main
+from juki_engine.client import AgencyTLS, BulkJob, request_context
 from juki_engine.distributed import Routes, ShardedRegistry, ShardError, ShardSet, shard
+from juki_engine.distributed.cluster import NotSharded
+from juki_engine.policy import Policy, example_path
+from juki_engine.service.frontend import status_code
 
 SHARDS = 3
 
@@ -342,3 +350,98 @@ def test_juki_shard_splits_a_snapshot(registry: Registry, tmp_path: Path) -> Non
     assert main(["shard", str(snap), "--shards", "2", "--out", str(tmp_path / "out")]) == 0
     assert [s.rows for s in ShardSet.load(tmp_path / "out").shards] == [3_000, 3_000]
     assert main(["shard", str(snap), "--shards", "2", "--out", str(tmp_path / "out")]) == 2
+
+
+# ------------------------------------------------------------------ the gRPC contract on shards
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    policy = Policy.load(example_path())
+    certs.create_demo(directory, {a.code: a.certificate_subject for a in policy.agencies})
+    certs.write_demo_policy(directory, example_path())
+    return directory
+
+
+def serving(registry: Any, pki: Path, audit_dir: Path) -> service.Server:
+    frontend = service.Frontend(registry, Policy.load(pki / "policy.toml"), AuditTrail(audit_dir))
+    return service.start(frontend, service.ServerTLS.in_directory(pki))
+
+
+def test_the_grpc_contract_answers_from_shards_as_from_one_registry(
+    registry: Registry, sharded: ShardedRegistry, pki: Path, tmp_path: Path
+) -> None:
+    """`juki serve --shards`: typed calls, a bulk job and a search give the single engine's
+    answers; each disclosure is audited with the person's registry-wide id; changes are not
+    served (UNIMPLEMENTED), and say why."""
+    one, many = serving(registry, pki, tmp_path / "a"), serving(sharded, pki, tmp_path / "b")
+    rows = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
+    claims = rows.take(pa.array([5, 1_999, 2_000, 4_321, 5_999, 0]))
+    bulk = pa.table(
+        {
+            "resident_code": [*claims["resident_code"].to_pylist(), "12345678903", "bad"],
+            "family_name": [*claims["family_name"].cast(pa.string()).to_pylist(), "x", "y"],
+        }
+    )
+    answers = []
+    try:
+        for server in (one, many):
+            ch = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem").channel(
+                f"127.0.0.1:{server.port}"
+            )
+            with ch:
+                stub = pb_grpc.IdentityVerificationServiceStub(ch)
+                typed = stub.Retrieve(
+                    pb.RetrieveRequest(
+                        context=request_context("pension-benefit", "op", "typed"),
+                        key=pb.Key(resident_code=claims["resident_code"][2].as_py()),
+                        fields=["family_name", "address_town"],
+                    ),
+                    timeout=30,
+                )
+                job = BulkJob(
+                    ch,
+                    request_context("pension-benefit", "op", "bulk"),
+                    "resident_code",
+                    retrieve=["status"],
+                )
+                results = pa.concat_tables([r for _, r in job.run(bulk.to_batches())])
+                found = stub.Search(
+                    pb.SearchRequest(
+                        context=request_context("pension-benefit", "op", "search"),
+                        facts=pb.Claims(
+                            family_name=rows["family_name"][0].as_py(),
+                            given_name=rows["given_name"][0].as_py(),
+                            birth_date=rows["birth_date"][0].as_py().isoformat(),
+                        ),
+                        fields=["resident_code"],
+                    ),
+                    timeout=30,
+                )
+            trail = audit.read(server.frontend.audit.directory)
+            answers.append(
+                (
+                    typed,
+                    results.to_pylist(),
+                    found,
+                    sorted(
+                        zip(
+                            trail["request_id"].to_pylist(),
+                            trail["person"].to_pylist(),
+                            strict=True,
+                        ),
+                        key=str,
+                    ),
+                )
+            )
+        assert answers[0] == answers[1]
+        assert answers[1][2].outcome == pb.SEARCH_OUTCOME_AMBIGUOUS  # twins on two shards
+        assert len(answers[1][1]) == 8 and answers[1][1][-1]["error"].startswith("row 7: ")
+        # A municipality's change is not served by a sharded registry, and says why.
+        with pytest.raises(NotSharded, match="takes no changes") as refused:
+            many.frontend.registry.apply(pa.table({}))
+        assert status_code(refused.value) == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        one.stop(grace=1)
+        many.stop(grace=1)

@@ -28,6 +28,7 @@ from juki_engine.cli.logs import log_to_stderr
 from juki_engine.cli.outcomes import EXIT_OK
 from juki_engine.cli.output import add_format_option, console, print_records
 from juki_engine.cli.registry import generate, open_snapshot
+from juki_engine.distributed import ShardedRegistry
 from juki_engine.registry import Registry
 from juki_engine.synthetic import TOYAMA
 
@@ -107,7 +108,7 @@ def issue_resident_certs(registry: Registry, certs_dir: Path, state: Path, count
 
 
 def start_server(
-    registry: Registry,
+    registry: Registry | ShardedRegistry,
     policy: Path,
     certs_dir: Path,
     audit_dir: Path,
@@ -144,7 +145,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     log_to_stderr(args.log_format)
     snapshot = Path(args.snapshot)
-    registry = registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
+    registry: Registry | ShardedRegistry
+    if args.shards:
+        # The shards' actors hold the registry; this process routes, checks, audits, merges.
+        registry = ShardedRegistry.start(args.shards, address=args.ray)
+    else:
+        registry = registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
     if args.certs is None:
         certs_dir = DEMO_CERTS
         policy = demo_certs(certs_dir, policy_path(args.policy))
@@ -165,8 +171,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.crl,
         args.max_bulk_jobs,
         # Beside the change log: notices and subscriptions read its changes; their cursors and
-        # watch lists live with it, as do the bindings of residents' certificates.
-        snapshot,
+        # watch lists live with it, as do the bindings of residents' certificates. A sharded
+        # registry takes no changes yet: none of them is served.
+        None if args.shards else snapshot,
         Path(args.audit_key) if args.audit_key else None,
     )
     if args.port_file:
@@ -595,6 +602,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--port-file", help="write the port here once listening (for --listen :0)")
     p.add_argument("--mmap", action="store_true", help="map the snapshot instead of loading it")
+    p.add_argument(
+        "--shards",
+        metavar="DIR",
+        help="serve a shard directory (`juki shard`) from Ray actors instead of a snapshot; "
+        "verification, search and lookups only (docs/sharding.md)",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="with --shards: the Ray cluster to run the shards' actors on (e.g. auto, or "
+        "HOST:6379; default: a local one started here)",
+    )
     audit_options(p, SERVE_AUDIT)
     p.add_argument(
         "--audit-key",

@@ -37,6 +37,11 @@ class ShardUnavailable(RuntimeError):
     """A shard's actor could not answer (dead, and its retries spent): the call has no answer."""
 
 
+class NotSharded(RuntimeError):
+    """What a sharded registry does not do yet: take changes, owe notices, keep watch lists
+    (docs/sharding.md says how they will route)."""
+
+
 def _ray() -> Any:
     try:
         import ray
@@ -62,6 +67,20 @@ class ShardActor:
 
     def search(self, claims: pa.Table, match: str, columns: list[str]) -> pa.Table:
         return self.registry.search(claims, match=match, columns=columns)
+
+    def verify_one(
+        self, key: str, by: str, claims: dict[str, Any], columns: list[str], match: str
+    ) -> dict[str, Any]:
+        return self.registry.verify_one(key, by, claims, columns=columns, match=match)
+
+    def persons(self, keys: pa.Array, by: str) -> pa.Table:
+        return self.registry._persons(keys, by)
+
+    def by_person(self, persons: list[int], columns: list[str] | None) -> pa.Table:
+        return self.registry._by_person(persons, columns)
+
+    def memory_bytes(self) -> int:
+        return self.registry.memory_bytes
 
     def pid(self) -> int:
         return os.getpid()
@@ -94,19 +113,81 @@ class ShardedRegistry:
     def __len__(self) -> int:
         return self.shards.rows
 
+    @property
+    def memory_bytes(self) -> int:
+        """The shards' registries and the front end's routing index."""
+        shards: list[int] = self._gather([a.memory_bytes.remote() for a in self.actors])
+        return sum(shards) + self.routes.router.memory_bytes
+
+    applied_changes = 0
+
+    def verify_one(
+        self,
+        key: str,
+        by: str,
+        claims: dict[str, Any],
+        *,
+        columns: list[str] | tuple[str, ...] = (),
+        match: str = "exact",
+    ) -> dict[str, Any]:
+        """As `Registry.verify_one`: one key, answered by the shard holding it."""
+        k = int(self.routes.route(pa.array([key], pa.string()), by)[0])
+        (row,) = self._gather(
+            [self.actors[k].verify_one.remote(key, by, claims, list(columns), match)]
+        )
+        if row.get("person") is not None:
+            row["person"] += self.shards.shards[k].first_person
+        return row  # type: ignore[no-any-return]
+
+    def _persons(self, keys: Any, by: str = "my_number") -> pa.Table:
+        """The person ids `keys` name (null: invalid or no one), from the shards holding them."""
+        array = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else pa.array(keys)
+        return self._scatter(array, by, 0, lambda a, rows: a.persons.remote(array.take(rows), by))
+
+    def _by_person(self, persons: list[int], columns: list[str] | None = None) -> pa.Table:
+        """The records of persons by id, each from the shard whose range holds it (a person of
+        no shard is null, as the single engine answers an id past its last person)."""
+        firsts = np.array([s.first_person for s in self.shards.shards], np.int64)
+        ids = np.asarray(persons, np.int64)
+        owner = np.clip(np.searchsorted(firsts, ids, side="right") - 1, 0, None)
+        calls = []
+        for k, actor in enumerate(self.actors):
+            rows = np.flatnonzero(owner == k)
+            if len(rows) or (k == 0 and not len(ids)):
+                local = (ids[rows] - firsts[k]).tolist()
+                calls.append((k, rows, actor.by_person.remote(local, columns)))
+        answers = self._gather([ref for _, _, ref in calls])
+        parts = [
+            (rows, answer, int(firsts[k]))
+            for (k, rows, _), answer in zip(calls, answers, strict=True)
+        ]
+        return _merged(parts, 0)
+
+    def _not_sharded(self, *_: Any, **__: Any) -> Any:
+        raise NotSharded(
+            "this server serves a sharded registry, which takes no changes, owes no notices "
+            "and keeps no watch lists yet (docs/sharding.md)"
+        )
+
+    apply = notices = register = _watched_changes = _not_sharded
+
+    def _notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
+        return {}
+
     def verify(
         self,
         claims: Any,
-        *,
         by: str = "my_number",
+        *,
         match: str = "exact",
         first_row: int = 0,
         columns: list[str] | tuple[str, ...] = (),
     ) -> pa.Table:
         """As `Registry.verify`: each claim answered by the shard holding its key."""
-        table = claims if isinstance(claims, pa.Table) else pa.table(claims)
-        if by not in table.column_names:
-            raise ValueError(f"claims have no key column '{by}'")
+        # A table, or claims the core decoded from the wire (`_core.Claims`).
+        table = claims.to_arrow() if hasattr(claims, "to_arrow") else pa.table(claims)
+        if by not in table.column_names:  # the single engine names what is missing
+            return self._gather([self.actors[0].verify.remote(table, by, match, list(columns))])[0]
         keys = table[by].combine_chunks()
         return self._scatter(
             keys,
@@ -116,10 +197,10 @@ class ShardedRegistry:
         )
 
     def lookup(
-        self, keys: Any, *, by: str = "my_number", columns: list[str] | None = None
+        self, keys: Any, by: str = "my_number", *, columns: list[str] | None = None
     ) -> pa.Table:
         """As `Registry.lookup`: each key answered by the shard holding it."""
-        array = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else pa.array(keys)
+        array = _array(keys)
         return self._scatter(
             array, by, 0, lambda a, rows: a.lookup.remote(array.take(rows), by, columns)
         )
@@ -181,6 +262,13 @@ def _merged(parts: list[tuple[np.ndarray, pa.Table, int]], first_row: int) -> pa
     merged = pa.concat_tables(tables).unify_dictionaries()
     order = np.concatenate([rows for rows, _, _ in parts])
     return merged.take(pa.array(np.argsort(order, kind="stable"))).combine_chunks()
+
+
+def _array(keys: Any) -> pa.Array:
+    """Keys as one Arrow array (a list, an array or a chunked one)."""
+    if isinstance(keys, pa.ChunkedArray):
+        return keys.combine_chunks()
+    return keys if isinstance(keys, pa.Array) else pa.array(keys)
 
 
 def _globalised(answer: pa.Table, first_person: int) -> pa.Table:

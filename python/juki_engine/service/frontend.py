@@ -40,6 +40,7 @@ from juki_engine.audit import (
     Commit,
     counts_since,
 )
+from juki_engine.distributed.cluster import NotSharded, ShardedRegistry, ShardUnavailable
 from juki_engine.policy import (
     Agency,
     Grant,
@@ -94,6 +95,8 @@ STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     AuditUnavailable: grpc.StatusCode.UNAVAILABLE,
     _core.SnapshotIOError: grpc.StatusCode.UNAVAILABLE,
+    ShardUnavailable: grpc.StatusCode.UNAVAILABLE,
+    NotSharded: grpc.StatusCode.UNIMPLEMENTED,
 }
 # The audit outcome of a call refused with each status.
 _REFUSALS = {
@@ -203,7 +206,7 @@ class Frontend:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: Registry | ShardedRegistry,
         policy: Policy,
         audit: AuditTrail,
         quotas: Quotas | None = None,
@@ -235,7 +238,7 @@ class Frontend:
     @classmethod
     def open(
         cls,
-        registry: Registry,
+        registry: Registry | ShardedRegistry,
         policy_path: str | Path,
         audit_dir: str | Path,
         retention_days: int = RETENTION_DAYS,
