@@ -528,7 +528,10 @@ impl PyRegistry {
             ))
             .into());
         }
-        if start.checked_add(len).is_none_or(|end| end > self.data.len()) {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > self.data.len())
+        {
             return Err(JukiError::InvalidInput(format!(
                 "rows {start}..{} lie outside the registry's {} rows",
                 start.saturating_add(len),
@@ -1190,7 +1193,9 @@ impl PyRouter {
         let keys = Imported::from_python(keys, "keys")?;
         let out = detached(py, || {
             let keys = keys.array(Strings::Bytes)?;
-            Ok(arrow_array::UInt8Array::from(self.router.route(kind, keys.as_ref())?))
+            Ok(arrow_array::UInt8Array::from(
+                self.router.route(kind, keys.as_ref())?,
+            ))
         })?;
         Ok(PyArrowType(out.into_data()))
     }

@@ -36,7 +36,9 @@ impl Router {
         }
         if firsts.first() != Some(&0)
             || firsts.windows(2).any(|w| w[0] >= w[1])
-            || firsts.last().is_some_and(|&f| f as usize >= my_number.len().max(1))
+            || firsts
+                .last()
+                .is_some_and(|&f| f as usize >= my_number.len().max(1))
             || firsts.len() > u8::MAX as usize
         {
             return Err(JukiError::InvalidInput(
