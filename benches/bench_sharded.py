@@ -1,28 +1,35 @@
 """The Ray path's overhead: verify through a sharded registry against the single engine, at equal
 work, in one run.
 
-A registry is generated (or a snapshot opened), split into `--shards` shards (`juki shard`),
-and served by Ray actors on a local cluster started here (object store capped at
-`--object-store-gib`). The same claims are verified by the single engine in this process and by
-the sharded registry, alternating round by round; medians. Also printed: what the claims and the
-answers weigh in Arrow (bytes a claim, the Ray path's traffic), and the RSS of every process
-(the front end here, each shard's actor), for the capacity model in docs/sharding.md.
+A child process generates the registry (or opens a snapshot), splits it into `--shards` shards
+(`juki shard`), draws the claims and times the single engine's verify of them: the baseline,
+first, in a process of its own, since at the nation's size it does not fit beside the shards.
+Then this process serves the shards from Ray actors on a local cluster it starts (object store
+capped at `--object-store-gib`) and times the same claims through them; medians. Also printed:
+what the claims and the answers weigh in Arrow (bytes a claim, the Ray path's traffic), and the
+RSS of every process (the front end here, each shard's actor), for the capacity model in
+docs/sharding.md.
 
     python benches/bench_sharded.py --population 2000000 --shards 2 --claims 2000000
+    python benches/bench_sharded.py --snapshot /tmp/nation_snap --shards 4 --claims 4000000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from juki_engine import Registry
 from juki_engine.distributed import ShardedRegistry, shard
@@ -45,6 +52,38 @@ def arrow_bytes(table: pa.Table) -> int:
     return sink.getvalue().size
 
 
+def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, float]:
+    """In a child process (the single engine does not fit beside the shards at the nation's
+    size): open or generate the registry, shard it, draw the claims (saved for the parent) and
+    time the single engine's verify of them; returns its rate and memory."""
+    registry = (
+        Registry.open(args.snapshot)
+        if args.snapshot
+        else Registry.generate(args.population, seed=1)
+    )
+    started = time.perf_counter()
+    shard(registry, args.shards, scratch / "shards")
+    sharded_in = time.perf_counter() - started
+    rng = np.random.default_rng(7)
+    rows = pa.array(rng.integers(0, len(registry), args.claims))
+    claims = registry.to_arrow(["my_number", "family_name", "birth_date"]).take(rows)
+    claims = claims.set_column(1, "family_name", claims["family_name"].cast(pa.string()))
+    pq.write_table(claims, scratch / "claims.parquet")
+    times = []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        one = registry.verify(claims, by="my_number")
+        times.append(time.perf_counter() - t)
+    pq.write_table(one.slice(0, 1000), scratch / "expected.parquet")
+    return {
+        "residents": len(registry),
+        "sharded_s": sharded_in,
+        "rate": args.claims / statistics.median(times),
+        "rss": rss(),
+        "registry": registry.memory_bytes,
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--snapshot", type=Path, help="an existing snapshot (default: generate one)")
@@ -53,50 +92,51 @@ def main() -> int:
     p.add_argument("--claims", type=int, default=2_000_000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--object-store-gib", type=float, default=2.0)
+    p.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)  # the child's
     args = p.parse_args()
+    if args.scratch:
+        print(json.dumps(prepare(args, args.scratch)))
+        return 0
     import ray
 
     scratch = Path(tempfile.mkdtemp(prefix="juki-bench-sharded-"))
     try:
-        registry = (
-            Registry.open(args.snapshot, mmap=True)
-            if args.snapshot
-            else Registry.generate(args.population, seed=1)
+        child = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--scratch", str(scratch)],
+            check=True,
+            capture_output=True,
+            text=True,
         )
-        started = time.perf_counter()
-        shard(registry, args.shards, scratch / "shards")
+        base = json.loads(child.stdout.strip().splitlines()[-1])
         print(
-            f"{len(registry):,} residents split into {args.shards} shards in "
-            f"{time.perf_counter() - started:.1f} s"
+            f"{base['residents']:,} residents split into {args.shards} shards in "
+            f"{base['sharded_s']:.1f} s (in a child, with the single engine's baseline: "
+            f"{base['rate'] / 1e6:.2f} M claims/s, RSS {base['rss'] / GIB:.2f} GiB, registry "
+            f"{base['registry'] / GIB:.2f} GiB)"
         )
-        rng = np.random.default_rng(7)
-        rows = pa.array(rng.integers(0, len(registry), args.claims))
-        claims = registry.to_arrow(["my_number", "family_name", "birth_date"]).take(rows)
-        claims = claims.set_column(1, "family_name", claims["family_name"].cast(pa.string()))
+        claims = pq.read_table(scratch / "claims.parquet")
         ray.init(
             num_cpus=os.cpu_count(),
             object_store_memory=int(args.object_store_gib * GIB),
             include_dashboard=False,
             log_to_driver=False,
         )
+        started = time.perf_counter()
         sharded = ShardedRegistry.start(scratch / "shards")
-        one_times, many_times = [], []
+        print(f"shards started in {time.perf_counter() - started:.1f} s (routing index built)")
+        times = []
         for _ in range(args.rounds):
             t = time.perf_counter()
-            one = registry.verify(claims, by="my_number")
-            one_times.append(time.perf_counter() - t)
-            t = time.perf_counter()
             many = sharded.verify(claims, by="my_number")
-            many_times.append(time.perf_counter() - t)
-        assert many.to_pylist()[:1000] == one.to_pylist()[:1000]
-        one_rate = args.claims / statistics.median(one_times)
-        many_rate = args.claims / statistics.median(many_times)
-        print(f"verify, single engine: {one_rate / 1e6:.2f} M claims/s (median of {args.rounds})")
+            times.append(time.perf_counter() - t)
+        expected = pq.read_table(scratch / "expected.parquet")
+        assert many.slice(0, 1000).to_pylist() == expected.to_pylist()
+        many_rate = args.claims / statistics.median(times)
         print(
             f"verify, {args.shards} shards on Ray: {many_rate / 1e6:.2f} M claims/s = "
-            f"{many_rate / one_rate:.2f}x the single engine"
+            f"{many_rate / base['rate']:.2f}x the single engine (medians of {args.rounds})"
         )
-        sent, answered = arrow_bytes(claims), arrow_bytes(one)
+        sent, answered = arrow_bytes(claims), arrow_bytes(many)
         print(
             f"traffic a claim (Arrow IPC): {sent / args.claims:.1f} bytes out, "
             f"{answered / args.claims:.1f} bytes back"
@@ -104,10 +144,10 @@ def main() -> int:
         pids = ray.get([a.pid.remote() for a in sharded.actors])
         actors = [rss(pid) for pid in pids]
         print(
-            f"RSS: front end (this process, with the single engine and the claims) "
-            f"{rss() / GIB:.2f} GiB; shard actors "
-            + ", ".join(f"{r / GIB:.2f}" for r in actors)
-            + f" GiB; the registry alone {registry.memory_bytes / GIB:.2f} GiB"
+            f"RSS: front end {rss() / GIB:.2f} GiB (routing index "
+            f"{sharded.routes.router.memory_bytes / GIB:.2f} GiB, the claims and answers); shard "
+            "actors " + ", ".join(f"{r / GIB:.2f}" for r in actors) + f" GiB; all together "
+            f"{(rss() + sum(actors)) / GIB:.2f} GiB beside Ray's own processes"
         )
         ray.shutdown()
         return 0
