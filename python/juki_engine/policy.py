@@ -491,9 +491,7 @@ def _affair(entry: Any, where: str) -> Affair:
         raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
     code = _text(entry, "code", where)
     where = f"{where.rsplit(', ', 1)[0]}, affair '{code}'"
-    quota = entry.get("daily_quota", 0)
-    if not isinstance(quota, int) or isinstance(quota, bool) or quota < 0:
-        raise PolicyError(f"{where}: 'daily_quota' must be a whole number ≥ 0 (0: unlimited)")
+    quota = _whole(entry, "daily_quota", None, where, "a whole number ≥ 0 (0: unlimited)")
     fields = _strings(entry.get("fields", []), f"{where}: 'fields'", Registry.column_names())
     levels = _strings(entry.get("match_levels", []), f"{where}: 'match_levels'", LEVELS)
     modes = frozenset(_strings(entry.get("modes"), f"{where}: 'modes'", MODES))
@@ -502,26 +500,22 @@ def _affair(entry: Any, where: str) -> Affair:
             entry.get("subscribe_reasons", []), f"{where}: 'subscribe_reasons'", CHANGE_REASONS
         )
     )
-    withheld = entry.get("withheld_from_residents_days", 0)
-    if (
-        not isinstance(withheld, int)
-        or isinstance(withheld, bool)
-        or not 0 <= withheld <= MAX_WITHHELD_DAYS
-    ):
-        raise PolicyError(
-            f"{where}: 'withheld_from_residents_days' must be a whole number of days from 0 to "
-            f"{MAX_WITHHELD_DAYS} (0: residents see these accesses at once)"
-        )
-    partial = entry.get("search_partial_candidates", 0)
-    if (
-        not isinstance(partial, int)
-        or isinstance(partial, bool)
-        or not 0 <= partial <= MAX_PARTIAL_CANDIDATES
-    ):
-        raise PolicyError(
-            f"{where}: 'search_partial_candidates' must be a whole number from 0 to "
-            f"{MAX_PARTIAL_CANDIDATES} (0: a search that finds no one discloses no one)"
-        )
+    withheld = _whole(
+        entry,
+        "withheld_from_residents_days",
+        MAX_WITHHELD_DAYS,
+        where,
+        f"a whole number of days from 0 to {MAX_WITHHELD_DAYS} (0: residents see these "
+        "accesses at once)",
+    )
+    partial = _whole(
+        entry,
+        "search_partial_candidates",
+        MAX_PARTIAL_CANDIDATES,
+        where,
+        f"a whole number from 0 to {MAX_PARTIAL_CANDIDATES} (0: a search that finds no one "
+        "discloses no one)",
+    )
     if partial and "search" not in modes:
         raise PolicyError(
             f"{where}: 'search_partial_candidates' needs the search mode, which the affair lacks"
@@ -544,6 +538,20 @@ def _affair(entry: Any, where: str) -> Affair:
         withheld_from_residents_days=withheld,
         search_partial_candidates=partial,
     )
+
+
+def _whole(entry: dict[str, Any], key: str, most: int | None, where: str, what: str) -> int:
+    """`entry[key]` (default 0): a whole number from 0 to `most` (None: no bound), or an error
+    saying it must be `what`."""
+    value = entry.get(key, 0)
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or value < 0
+        or (most is not None and value > most)
+    ):
+        raise PolicyError(f"{where}: '{key}' must be {what}")
+    return value
 
 
 def example_path() -> Path:
