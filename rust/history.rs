@@ -972,6 +972,12 @@ impl<'a> View<'a> {
         self.clean && self.ids.is_empty()
     }
 
+    /// Whether every row reads as the base holds it (former identifiers aside, which only a
+    /// lookup by key needs): what reads the rows in order, such as `to_arrow`, may take them.
+    pub fn clean(&self) -> bool {
+        self.clean
+    }
+
     /// The base's values of row `row`.
     pub fn base_values(&self, row: u32) -> Values {
         let c = &self.data.cols;

@@ -567,7 +567,7 @@ impl PyRegistry {
         let schema = schema_of(&cols);
         let batch = detached(py, || {
             let view = self.view(None, None);
-            let arrays = if view.plain() {
+            let arrays = if view.clean() {
                 self.data.columns(&cols, Rows::All)?
             } else {
                 // The registry as it stands: changes folded in, persons created appended.
