@@ -31,7 +31,7 @@ from juki_engine.audit import AuditTrail
 from juki_engine.cli import main
 from juki_engine.client import AgencyTLS, BulkJob, request_context
 from juki_engine.distributed import Routes, ShardedRegistry, ShardError, ShardSet, shard
-from juki_engine.distributed.cluster import NotSharded
+from juki_engine.distributed.cluster import NotSharded, ShardUnavailable
 from juki_engine.policy import Policy, example_path
 from juki_engine.service.frontend import status_code
 
@@ -266,6 +266,27 @@ def test_a_killed_actor_is_restarted_and_the_call_answered_whole(
     # Ray restarts the actor (it reopens its snapshot) and retries the call on it.
     assert sharded.verify(claims, by="my_number").to_pylist() == expected
     assert ray.get(victim.pid.remote()) != pid
+
+
+def test_a_replica_answers_for_one_that_died_and_with_none_left_the_call_fails_whole(
+    registry: Registry, cluster: str, shard_dir: Path
+) -> None:
+    """Replicas not restarted (restarts=0), so only the other replica can answer: with two a
+    shard, every call is still answered after one dies; with one, a call to the dead shard is
+    ShardUnavailable — never a partial answer."""
+    claims = claims_table(registry, [(i * 17, "") for i in range(300)], "resident_code")
+    expected = registry.verify(claims, by="resident_code").to_pylist()
+    twice = ShardedRegistry.start(shard_dir, replicas=2, restarts=0)
+    assert [len(r) for r in twice.replicas] == [2] * SHARDS
+    os.kill(ray.get(twice.replicas[1][0].pid.remote()), signal.SIGKILL)
+    for _ in range(4):  # calls go round the replicas: the dead one's turns fail over
+        assert twice.verify(claims, by="resident_code").to_pylist() == expected
+    once = ShardedRegistry.start(shard_dir, replicas=1, restarts=0)
+    os.kill(ray.get(once.replicas[1][0].pid.remote()), signal.SIGKILL)
+    with pytest.raises(ShardUnavailable):
+        once.verify(claims, by="resident_code")
+    for actor in [a for r in twice.replicas + once.replicas for a in r]:
+        ray.kill(actor)
 
 
 def test_a_registry_with_changes_is_not_sharded(tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     registry: Registry | ShardedRegistry
     if args.shards:
         # The shards' actors hold the registry; this process routes, checks, audits, merges.
-        registry = ShardedRegistry.start(args.shards, address=args.ray)
+        registry = ShardedRegistry.start(args.shards, address=args.ray, replicas=args.replicas)
     else:
         registry = registry_at(snapshot, snapshot == DEMO_PATH, args.mmap)
     if args.certs is None:
@@ -613,6 +613,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="ADDRESS",
         help="with --shards: the Ray cluster to run the shards' actors on (e.g. auto, or "
         "HOST:6379; default: a local one started here)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="with --shards: actors a shard; calls go round them, and one that cannot answer is "
+        "answered by the next",
     )
     audit_options(p, SERVE_AUDIT)
     p.add_argument(

@@ -13,10 +13,13 @@ retries are spent raises `ShardUnavailable`, never a partial answer.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +34,7 @@ __all__ = ["ShardUnavailable", "ShardedRegistry"]
 MAX_RESTARTS = -1
 MAX_TASK_RETRIES = 3
 _ROW = re.compile(r"^row (\d+): ")
+T = TypeVar("T")
 
 
 class ShardUnavailable(RuntimeError):
@@ -86,28 +90,74 @@ class ShardActor:
         return os.getpid()
 
 
-class ShardedRegistry:
-    """The read API of `Registry` (verify, lookup) over a shard directory served by Ray actors."""
+def _failover(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a read on one replica of each shard, the next ones in turn (spreading calls); where
+    a shard cannot answer, again on the next replicas (reads are idempotent), until each
+    replica was tried."""
 
-    def __init__(self, shards: ShardSet, routes: Routes, actors: list[Any]) -> None:
+    @functools.wraps(method)
+    def read(self: ShardedRegistry, *args: Any, **kwargs: Any) -> T:
+        tries = max(len(r) for r in self.replicas)
+        for attempt in range(tries):
+            self._rotate()
+            try:
+                return method(self, *args, **kwargs)
+            except ShardUnavailable:
+                if attempt == tries - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return read
+
+
+class ShardedRegistry:
+    """The read API of `Registry` (verify, lookup, search) over a shard directory served by Ray
+    actors, with `replicas` actors a shard."""
+
+    def __init__(self, shards: ShardSet, routes: Routes, replicas: list[list[Any]]) -> None:
         self.shards = shards
         self.routes = routes
-        self.actors = actors
+        self.replicas = replicas
+        self._turn = itertools.count()
+        self._current = [r[0] for r in replicas]
+
+    @property
+    def actors(self) -> list[Any]:
+        """One replica of each shard: those calls go to now (any replica of a shard answers as
+        any other, so a call that mixes turns is still right)."""
+        return self._current
+
+    def _rotate(self) -> None:
+        turn = next(self._turn)
+        self._current = [r[turn % len(r)] for r in self.replicas]
 
     @classmethod
     def start(
-        cls, directory: str | os.PathLike[str], *, address: str | None = None
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        address: str | None = None,
+        replicas: int = 1,
+        restarts: int = MAX_RESTARTS,
     ) -> ShardedRegistry:
         """Connect to the Ray cluster at `address` (None: the one this process started, or a
-        new local one) and start an actor for each shard of `directory`."""
+        new local one) and start `replicas` actors for each shard of `directory`, each
+        restarted by Ray `restarts` times (-1: always) when it dies."""
+        if replicas < 1:
+            raise ValueError(f"replicas must be ≥ 1, not {replicas}")
         ray = _ray()
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False, include_dashboard=False)
         shards = ShardSet.load(directory)
         routes = Routes.load(Path(directory) / ROUTES, shards)
-        actor = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES)(ShardActor)
-        actors = [actor.remote(str(s.path), s.first_person) for s in shards.shards]
-        ray.get([a.pid.remote() for a in actors])  # each has opened its snapshot
+        actor = ray.remote(
+            max_restarts=restarts, max_task_retries=MAX_TASK_RETRIES if restarts else 0
+        )(ShardActor)
+        actors = [
+            [actor.remote(str(s.path), s.first_person) for _ in range(replicas)]
+            for s in shards.shards
+        ]
+        ray.get([a.pid.remote() for r in actors for a in r])  # each has opened its snapshot
         return cls(shards, routes, actors)
 
     def __len__(self) -> int:
@@ -115,12 +165,15 @@ class ShardedRegistry:
 
     @property
     def memory_bytes(self) -> int:
-        """The shards' registries and the front end's routing index."""
-        shards: list[int] = self._gather([a.memory_bytes.remote() for a in self.actors])
+        """The shards' registries (each replica's) and the front end's routing index."""
+        shards: list[int] = self._gather(
+            [a.memory_bytes.remote() for r in self.replicas for a in r]
+        )
         return sum(shards) + self.routes.router.memory_bytes
 
     applied_changes = 0
 
+    @_failover
     def verify_one(
         self,
         key: str,
@@ -139,11 +192,13 @@ class ShardedRegistry:
             row["person"] += self.shards.shards[k].first_person
         return row  # type: ignore[no-any-return]
 
+    @_failover
     def _persons(self, keys: Any, by: str = "my_number") -> pa.Table:
         """The person ids `keys` name (null: invalid or no one), from the shards holding them."""
         array = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else pa.array(keys)
         return self._scatter(array, by, 0, lambda a, rows: a.persons.remote(array.take(rows), by))
 
+    @_failover
     def _by_person(self, persons: list[int], columns: list[str] | None = None) -> pa.Table:
         """The records of persons by id, each from the shard whose range holds it (a person of
         no shard is null, as the single engine answers an id past its last person)."""
@@ -174,6 +229,7 @@ class ShardedRegistry:
     def _notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
         return {}
 
+    @_failover
     def verify(
         self,
         claims: Any,
@@ -196,6 +252,7 @@ class ShardedRegistry:
             lambda a, rows: a.verify.remote(table.take(rows), by, match, list(columns)),
         )
 
+    @_failover
     def lookup(
         self, keys: Any, by: str = "my_number", *, columns: list[str] | None = None
     ) -> pa.Table:
@@ -205,6 +262,7 @@ class ShardedRegistry:
             array, by, 0, lambda a, rows: a.lookup.remote(array.take(rows), by, columns)
         )
 
+    @_failover
     def search(
         self, claims: Any, *, match: str = "normalised", columns: list[str] | tuple[str, ...] = ()
     ) -> pa.Table:
