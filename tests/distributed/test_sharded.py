@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -266,6 +268,26 @@ def test_a_killed_actor_is_restarted_and_the_call_answered_whole(
     # Ray restarts the actor (it reopens its snapshot) and retries the call on it.
     assert sharded.verify(claims, by="my_number").to_pylist() == expected
     assert ray.get(victim.pid.remote()) != pid
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1])
+def test_an_actor_killed_during_a_call_gives_the_whole_answer(
+    registry: Registry, sharded: ShardedRegistry, delay: float
+) -> None:
+    """Killed while a call is in flight (whenever: before its task ran, during, after), the
+    actor is restarted and the call's task retried: the answer is whole and right."""
+    picks = [(i * 7, "" if i % 9 else "check") for i in range(200_000)]
+    claims = claims_table(registry, picks, "my_number")
+    expected = registry.verify(claims, by="my_number")
+    answer: list[pa.Table] = []
+    call = threading.Thread(target=lambda: answer.append(sharded.verify(claims, by="my_number")))
+    victim = sharded.actors[2]
+    pid = ray.get(victim.pid.remote())
+    call.start()
+    time.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+    call.join(timeout=120)
+    assert answer and answer[0].equals(expected)
 
 
 def test_a_replica_answers_for_one_that_died_and_with_none_left_the_call_fails_whole(
