@@ -30,6 +30,9 @@ from juki_engine.registry import Registry
 
 __all__ = ["ShardUnavailable", "ShardedRegistry"]
 
+#: Ray's object store, where a local Ray instance is started here: what the claims and answers
+#: in flight may take, so that the whole stays within the project's memory budget.
+OBJECT_STORE_BYTES = 2 * 2**30
 #: How often Ray restarts a dead actor, and retries a call on the restarted one.
 MAX_RESTARTS = -1
 MAX_TASK_RETRIES = 3
@@ -147,7 +150,10 @@ class ShardedRegistry:
             raise ValueError(f"replicas must be ≥ 1, not {replicas}")
         ray = _ray()
         if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False, include_dashboard=False)
+            # A cluster started elsewhere sized its own object store (`ray start
+            # --object-store-memory`); a local one started here is capped.
+            store = {"object_store_memory": OBJECT_STORE_BYTES} if address is None else {}
+            ray.init(address=address, log_to_driver=False, include_dashboard=False, **store)
         shards = ShardSet.load(directory)
         routes = Routes.load(Path(directory) / ROUTES, shards)
         actor = ray.remote(
