@@ -362,6 +362,19 @@ def test_a_hostile_manifest_is_refused_naming_it(
         ShardSet.load(forged(shard_dir, tmp_path, HOSTILE[case]))
 
 
+def test_a_damaged_shard_is_refused_at_start_naming_it(
+    cluster: str, shard_dir: Path, tmp_path: Path
+) -> None:
+    def damage(d: Path) -> None:
+        version = d / "shard-1" / (d / "shard-1" / "CURRENT").read_text().strip()
+        raw = bytearray((version / "residents_family.arrow").read_bytes())
+        raw[len(raw) // 2] ^= 0x55
+        (version / "residents_family.arrow").write_bytes(bytes(raw))
+
+    with pytest.raises(ShardError, match=r"shard-1: its actor could not open it.*checksum"):
+        ShardedRegistry.start(forged(shard_dir, tmp_path, damage))
+
+
 def test_hostile_routes_are_refused_naming_them(shard_dir: Path, tmp_path: Path) -> None:
     shards = ShardSet.load(shard_dir)
     table = pa.ipc.open_file(shard_dir / "routes.arrow").read_all()

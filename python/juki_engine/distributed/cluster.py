@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from juki_engine.distributed.shards import ROUTES, Routes, ShardSet
+from juki_engine.distributed.shards import ROUTES, Routes, ShardError, ShardSet
 from juki_engine.registry import Registry
 
 __all__ = ["ShardUnavailable", "ShardedRegistry"]
@@ -163,7 +163,17 @@ class ShardedRegistry:
             [actor.remote(str(s.path), s.first_person) for _ in range(replicas)]
             for s in shards.shards
         ]
-        ray.get([a.pid.remote() for r in actors for a in r])  # each has opened its snapshot
+        # Each has opened its snapshot, or says why it could not (a damaged shard file).
+        for info, replicas_of in zip(shards.shards, actors, strict=True):
+            try:
+                ray.get([a.pid.remote() for a in replicas_of])
+            except ray.exceptions.RayActorError as e:
+                for a in (a for r in actors for a in r):
+                    ray.kill(a)
+                # Ray's message ends with the actor's own error (e.g. SnapshotCorrupt naming
+                # the file): that line says why.
+                why = str(e).strip().splitlines()[-1]
+                raise ShardError(f"{info.path}: its actor could not open it: {why}") from e
         return cls(shards, routes, actors)
 
     def __len__(self) -> int:
