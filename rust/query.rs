@@ -416,7 +416,7 @@ pub fn lookup(
             // gathered in row order.
             let chunk = |c: usize, r: &mut [u32]| {
                 let (mut errs, mut out) = (Vec::new(), Vec::new());
-                let on_hit = |row: u32| view.live.prefetch_dirty(row);
+                let on_hit = |row: u32| view.prefetch_changed(row);
                 let changed = Some((view, &mut out));
                 resolve_chunk(&column, index, c * CHUNK, 0, r, &mut errs, on_hit, changed);
                 (errs, out)
@@ -887,7 +887,7 @@ pub fn verify<M: TextMatch>(
                     }
                 }
                 if let Some(view) = view {
-                    view.live.prefetch_dirty(row);
+                    view.prefetch_changed(row);
                 }
             },
             view.map(|v| (v, &mut changed)),
