@@ -12,6 +12,7 @@ docs/sharding.md.
 
     python benches/bench_sharded.py --population 2000000 --shards 2 --claims 2000000
     python benches/bench_sharded.py --snapshot /tmp/nation_snap --shards 4 --claims 4000000
+    python benches/bench_sharded.py --prefecture 富山県 --shards 2 --replicas 2
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, float]:
     """In a child process (the single engine does not fit beside the shards at the nation's
     size): open or generate the registry, shard it, draw the claims (saved for the parent) and
     time the single engine's verify of them; returns its rate and memory."""
-    registry = (
-        Registry.open(args.snapshot)
-        if args.snapshot
-        else Registry.generate(args.population, seed=1)
-    )
+    if args.snapshot:
+        registry = Registry.open(args.snapshot)
+    elif args.prefecture:
+        registry = Registry.generate(prefecture=args.prefecture, seed=1)
+    else:
+        registry = Registry.generate(args.population, seed=1)
     started = time.perf_counter()
     shard(registry, args.shards, scratch / "shards")
     sharded_in = time.perf_counter() - started
@@ -88,7 +90,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--snapshot", type=Path, help="an existing snapshot (default: generate one)")
     p.add_argument("--population", type=int, default=2_000_000)
+    p.add_argument("--prefecture", help="generate this prefecture (e.g. 富山県) instead")
     p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--replicas", type=int, default=1, help="actors a shard")
     p.add_argument("--claims", type=int, default=2_000_000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--object-store-gib", type=float, default=2.0)
@@ -122,7 +126,7 @@ def main() -> int:
             log_to_driver=False,
         )
         started = time.perf_counter()
-        sharded = ShardedRegistry.start(scratch / "shards")
+        sharded = ShardedRegistry.start(scratch / "shards", replicas=args.replicas)
         print(f"shards started in {time.perf_counter() - started:.1f} s (routing index built)")
         times = []
         for _ in range(args.rounds):
@@ -133,7 +137,8 @@ def main() -> int:
         assert many.slice(0, 1000).to_pylist() == expected.to_pylist()
         many_rate = args.claims / statistics.median(times)
         print(
-            f"verify, {args.shards} shards on Ray: {many_rate / 1e6:.2f} M claims/s = "
+            f"verify, {args.shards} shards × {args.replicas} on Ray: {many_rate / 1e6:.2f} M "
+            "claims/s = "
             f"{many_rate / base['rate']:.2f}x the single engine (medians of {args.rounds})"
         )
         sent, answered = arrow_bytes(claims), arrow_bytes(many)
@@ -141,7 +146,7 @@ def main() -> int:
             f"traffic a claim (Arrow IPC): {sent / args.claims:.1f} bytes out, "
             f"{answered / args.claims:.1f} bytes back"
         )
-        pids = ray.get([a.pid.remote() for a in sharded.actors])
+        pids = ray.get([a.pid.remote() for r in sharded.replicas for a in r])
         actors = [rss(pid) for pid in pids]
         print(
             f"RSS: front end {rss() / GIB:.2f} GiB (routing index "
