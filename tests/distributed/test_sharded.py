@@ -4,9 +4,11 @@ answered whole; shard files from outside validated before use."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,16 +71,29 @@ def shard_dir(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
+def processes_under(directory: str) -> list[int]:
+    """The pids of the processes whose command line names `directory` (a Ray cluster's own)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and directory in (proc / "cmdline").read_text(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    """A Ray head started as an operator would start it, in a short temp dir of its own (Ray's
-    socket paths must stay short)."""
+    """A Ray head started as an operator would start it (`ray start --head`), in a short temp
+    dir of its own (Ray's socket paths must stay short), and stopped by stopping the processes
+    under its temp dir: never another cluster on the machine (`ray stop` would stop every
+    one)."""
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray_cli = [str(Path(sys.executable).parent / "ray")]
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
-    subprocess.run(
+    started = subprocess.run(
         [
-            *ray_cli,
+            str(Path(sys.executable).parent / "ray"),
             "start",
             "--head",
             "--num-cpus=2",
@@ -89,14 +104,23 @@ def cluster() -> Iterator[str]:
         ],
         check=True,
         capture_output=True,
+        text=True,
         env=env,
     )
+    found = re.search(r"--address='([^']+)'", started.stdout + started.stderr)
+    assert found, f"ray start --head printed no address: {started.stdout}"
     try:
+        # "auto": the cluster `ray start` just recorded as this machine's current one, with its
+        # token authentication (Ray's default), which a bare address would not carry.
         ray.init(address="auto", log_to_driver=False)
-        yield temp
+        yield found.group(1)
     finally:
         ray.shutdown()
-        subprocess.run([*ray_cli, "stop", "--force"], capture_output=True, env=env)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in processes_under(temp):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            time.sleep(2)
         shutil.rmtree(temp, ignore_errors=True)
 
 
