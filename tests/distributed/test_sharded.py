@@ -29,11 +29,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from juki_engine import InvalidInput, Registry, audit, certs, service
+from juki_engine._proto import changes_pb2 as cpb
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
 from juki_engine.audit import AuditTrail
 from juki_engine.cli import main
-from juki_engine.client import AgencyTLS, BulkJob, request_context
+from juki_engine.client import AgencyTLS, BulkJob, request_context, submit_changes
 from juki_engine.distributed import Routes, ShardedRegistry, ShardError, ShardSet, shard
 from juki_engine.distributed.cluster import NotSharded, ShardUnavailable
 from juki_engine.policy import Policy, example_path
@@ -439,7 +440,9 @@ def test_juki_shard_splits_a_snapshot(registry: Registry, tmp_path: Path) -> Non
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
     policy = Policy.load(example_path())
-    certs.create_demo(directory, {a.code: a.certificate_subject for a in policy.agencies})
+    callers = {a.code: a.certificate_subject for a in policy.agencies}
+    callers |= {m.code: m.certificate_subject for m in policy.municipalities}
+    certs.create_demo(directory, callers)
     certs.write_demo_policy(directory, example_path())
     return directory
 
@@ -525,3 +528,97 @@ def test_the_grpc_contract_answers_from_shards_as_from_one_registry(
     finally:
         one.stop(grace=1)
         many.stop(grace=1)
+
+
+def refusals(server: service.Server, request_id: str) -> list[tuple[str, str]]:
+    trail = audit.read(server.frontend.audit.directory)
+    rows = [r for r in trail.to_pylist() if r["request_id"] == request_id]
+    return [(r["outcome"], r["reason"]) for r in rows]
+
+
+def test_a_sharded_server_refuses_changes_and_dead_shards_and_audits_both(
+    registry: Registry, cluster: str, shard_dir: Path, pki: Path, tmp_path: Path
+) -> None:
+    """The refusals a sharded server adds: a municipality's change (UNIMPLEMENTED: shards take
+    no changes yet) and a shard whose actor cannot answer (UNAVAILABLE) each end the call with
+    its status and an audit record saying why; the reply carries nothing."""
+    fragile = ShardedRegistry.start(shard_dir, restarts=0)
+    server = serving(fragile, pki, tmp_path / "audit")
+    try:
+        person = registry.to_arrow(["resident_code"])["resident_code"][2_500].as_py()
+        death = cpb.Change(
+            sequence=1,
+            reason=cpb.CHANGE_REASON_DEATH,
+            effective_date="2025-03-01",
+            reported_date="2025-03-01",
+            key=pb.Key(resident_code=person),
+        )
+        toyama = AgencyTLS.from_cert(pki / "agencies" / "162019.pem")
+        with toyama.channel(f"127.0.0.1:{server.port}") as ch, pytest.raises(grpc.RpcError) as e:
+            submit_changes(ch, [death], "clerk", request_id="change-1", timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "takes no changes" in (e.value.details() or "")
+        [(outcome, reason)] = refusals(server, "change-1")
+        assert outcome == "unavailable" and "takes no changes" in reason
+
+        os.kill(ray.get(fragile.replicas[1][0].pid.remote()), signal.SIGKILL)
+        nenkin = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
+        with nenkin.channel(f"127.0.0.1:{server.port}") as ch, pytest.raises(grpc.RpcError) as e:
+            pb_grpc.IdentityVerificationServiceStub(ch).Retrieve(
+                pb.RetrieveRequest(
+                    context=request_context("pension-benefit", "op", "dead-shard"),
+                    key=pb.Key(resident_code=person),
+                    fields=["family_name"],
+                ),
+                timeout=30,
+            )
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        [(outcome, reason)] = refusals(server, "dead-shard")
+        assert outcome == "unavailable" and "a shard could not answer" in reason
+    finally:
+        server.stop(grace=1)
+        for actor in (a for r in fragile.replicas for a in r):
+            ray.kill(actor)
+
+
+def test_a_sharded_search_reply_carries_no_value_of_a_resident_it_does_not_disclose(
+    registry: Registry, sharded: ShardedRegistry, pki: Path, tmp_path: Path
+) -> None:
+    """Twins on two shards, searched with the wrong sex: neither agrees on every fact, and
+    neither one's town rides in the reply's merged dictionaries."""
+    people = registry.to_arrow(
+        ["family_name", "given_name", "birth_date", "sex", "address_town"]
+    ).to_pylist()
+    twin = people[0]
+    facts = pa.table(
+        {
+            "family_name": [twin["family_name"]],
+            "given_name": [twin["given_name"]],
+            "birth_date": pa.array([twin["birth_date"]], pa.date32()),
+            "sex": pa.array([3 - twin["sex"]], pa.int8()),
+        }
+    )
+    header = pb.SearchStreamRequest(
+        header=pb.SearchStreamHeader(
+            context=request_context("pension-benefit", "op", "hidden"),
+            fields=["address_town", "family_name"],
+        )
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, facts.schema) as w:
+        w.write_table(facts)
+    messages = [header, pb.SearchStreamRequest(facts=sink.getvalue().to_pybytes())]
+    server = serving(sharded, pki, tmp_path / "audit")
+    try:
+        nenkin = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
+        with nenkin.channel(f"127.0.0.1:{server.port}") as ch:
+            replies = list(
+                pb_grpc.BulkVerificationServiceStub(ch).SearchStream(iter(messages), timeout=30)
+            )
+    finally:
+        server.stop(grace=1)
+    payload = b"".join(r.results for r in replies)
+    results = pa.ipc.open_stream(payload).read_all()
+    assert results["outcome"].to_pylist() == ["not_found"]
+    for town in {people[0]["address_town"], people[4_500]["address_town"]}:
+        assert town.encode() not in payload
