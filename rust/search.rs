@@ -223,6 +223,14 @@ pub fn entries_by(
     entries
 }
 
+/// The sorted entries of every row of `data`, names folded as `folded`.
+pub fn registry_entries(data: &RegistryData, folded: &FoldedText) -> Vec<u64> {
+    let p = data.persons.rows();
+    entries_by(data.len(), folded, |row| {
+        (p[row].family, p[row].given, p[row].birth_date)
+    })
+}
+
 /// Write `entries` (of the normalised level, folded with `folding`) as a snapshot's
 /// [`SEARCH_FILE`].
 pub fn write_entries(
@@ -280,8 +288,11 @@ pub fn read_entries(
 impl SearchIndex {
     /// Build the index of `data` with its dictionaries folded at `folded.level`.
     pub fn build(data: &RegistryData, folded: &FoldedText) -> SearchIndex {
-        let entries = crate::snapshot::Rows::search_entries(data, folded);
-        SearchIndex::from_entries(data, folded, ScalarBuffer::from(entries))
+        SearchIndex::from_entries(
+            data,
+            folded,
+            ScalarBuffer::from(registry_entries(data, folded)),
+        )
     }
 
     /// The index of `data` over its sorted `entries` (built, or read from its snapshot).

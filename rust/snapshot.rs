@@ -265,10 +265,7 @@ impl Rows for RegistryData {
     }
 
     fn search_entries(&self, folded: &FoldedText) -> Vec<u64> {
-        let p = self.persons.rows();
-        search::entries_by(self.len(), folded, |row| {
-            (p[row].family, p[row].given, p[row].birth_date)
-        })
+        search::registry_entries(self, folded)
     }
 
     fn parallel(&self) -> bool {

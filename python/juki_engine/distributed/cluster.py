@@ -221,18 +221,11 @@ class ShardedRegistry:
         firsts = np.array([s.first_person for s in self.shards.shards], np.int64)
         ids = np.asarray(persons, np.int64)
         owner = np.clip(np.searchsorted(firsts, ids, side="right") - 1, 0, None)
-        calls = []
-        for k, actor in enumerate(self.actors):
-            rows = np.flatnonzero(owner == k)
-            if len(rows) or (k == 0 and not len(ids)):
-                local = (ids[rows] - firsts[k]).tolist()
-                calls.append((k, rows, actor.by_person.remote(local, columns)))
-        answers = self._gather([ref for _, _, ref in calls])
-        parts = [
-            (rows, answer, int(firsts[k]))
-            for (k, rows, _), answer in zip(calls, answers, strict=True)
-        ]
-        return _merged(parts, 0)
+        return self._scattered(
+            owner,
+            0,
+            lambda k, a, rows: a.by_person.remote((ids[rows] - firsts[k]).tolist(), columns),
+        )
 
     def _not_sharded(self, *_: Any, **__: Any) -> Any:
         raise NotSharded(
@@ -307,13 +300,21 @@ class ShardedRegistry:
 
     def _scatter(self, keys: pa.Array, by: str, first_row: int, call: Any) -> pa.Table:
         """Route `keys`, call each shard with its rows (`call(actor, rows)`), and merge."""
-        owner = self.routes.route(keys, by)
+        return self._scattered(
+            self.routes.route(keys, by),
+            first_row,
+            lambda _, actor, rows: call(actor, pa.array(rows, pa.int64())),
+        )
+
+    def _scattered(self, owner: np.ndarray, first_row: int, call: Any) -> pa.Table:
+        """Call each shard with the caller's rows `owner` gives it (`call(k, actor, rows)`) and
+        merge the answers in the caller's order."""
         calls: list[tuple[int, np.ndarray, Any]] = []
         for k, actor in enumerate(self.actors):
             rows = np.flatnonzero(owner == k)
-            # No keys at all: shard 0 still answers, for the reply's schema.
-            if len(rows) or (k == 0 and not len(keys)):
-                calls.append((k, rows, call(actor, pa.array(rows, pa.int64()))))
+            # No rows at all: shard 0 still answers, for the reply's schema.
+            if len(rows) or (k == 0 and not len(owner)):
+                calls.append((k, rows, call(k, actor, rows)))
         answers = self._gather([ref for _, _, ref in calls])
         offsets = [s.first_person for s in self.shards.shards]
         parts = [
