@@ -368,6 +368,15 @@ HOSTILE: dict[str, Any] = {
             }
         )
     ),
+    "no routes checksum": lambda d: (d / "shards.json").write_text(
+        json.dumps(
+            {
+                k: v
+                for k, v in json.loads((d / "shards.json").read_text()).items()
+                if k != "routes_sha256"
+            }
+        )
+    ),
     "a path out of the directory": lambda d: (d / "shards.json").write_text(
         json.dumps(
             {
@@ -397,6 +406,21 @@ def test_a_damaged_shard_is_refused_at_start_naming_it(
         (version / "residents_family.arrow").write_bytes(bytes(raw))
 
     with pytest.raises(ShardError, match=r"shard-1: its actor could not open it.*checksum"):
+        ShardedRegistry.start(forged(shard_dir, tmp_path, damage))
+
+
+def test_damaged_routes_are_refused_at_start_naming_them(
+    cluster: str, shard_dir: Path, tmp_path: Path
+) -> None:
+    """A routing table that sent a key to the wrong shard would answer a resident as no one:
+    its file is checked against the manifest's SHA-256 before it is read."""
+
+    def damage(d: Path) -> None:
+        raw = bytearray((d / "routes.arrow").read_bytes())
+        raw[len(raw) // 2] ^= 0x55
+        (d / "routes.arrow").write_bytes(bytes(raw))
+
+    with pytest.raises(ShardError, match=r"routes\.arrow: SHA-256 [0-9a-f]+, shards\.json says"):
         ShardedRegistry.start(forged(shard_dir, tmp_path, damage))
 
 

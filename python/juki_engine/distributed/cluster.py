@@ -18,14 +18,13 @@ import itertools
 import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from juki_engine.distributed.shards import ROUTES, Routes, ShardError, ShardSet
+from juki_engine.distributed.shards import Routes, ShardError, ShardSet
 from juki_engine.registry import Registry
 
 __all__ = ["ShardUnavailable", "ShardedRegistry"]
@@ -155,7 +154,7 @@ class ShardedRegistry:
             store = {"object_store_memory": OBJECT_STORE_BYTES} if address is None else {}
             ray.init(address=address, log_to_driver=False, include_dashboard=False, **store)
         shards = ShardSet.load(directory)
-        routes = Routes.load(Path(directory) / ROUTES, shards)
+        routes = shards.routes()
         actor = ray.remote(
             max_restarts=restarts, max_task_retries=MAX_TASK_RETRIES if restarts else 0
         )(ShardActor)

@@ -12,8 +12,10 @@ view key on the same ids whichever shard answers. docs/sharding.md gives the des
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +54,25 @@ class ShardSet:
 
     directory: Path
     shards: tuple[ShardInfo, ...]
+    routes_sha256: str
+    """The SHA-256 of `routes.arrow` as `shard` wrote it, checked before the routes are read."""
 
     @property
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
+
+    def routes(self) -> Routes:
+        """The routing tables, their file checked against the manifest's SHA-256 first (as a
+        snapshot checks its files): a route to the wrong shard would answer a resident as no
+        one."""
+        path = self.directory / ROUTES
+        try:
+            digest = _sha256(path)
+        except OSError as e:
+            raise ShardError(f"{path}: cannot be read: {e}") from e
+        if digest != self.routes_sha256:
+            raise ShardError(f"{path}: SHA-256 {digest}, {MANIFEST} says otherwise")
+        return Routes.load(path, self)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ShardSet:
@@ -89,7 +106,19 @@ class ShardSet:
                 )
             shards.append(ShardInfo(root / name, expected, entry["rows"]))
             expected += entry["rows"]
-        return cls(root, tuple(shards))
+        digest = manifest.get("routes_sha256")
+        if not (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)):
+            raise ShardError(f"{path}: 'routes_sha256' must be the SHA-256 of {ROUTES}, in hex")
+        return cls(root, tuple(shards), digest)
+
+
+def _sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 16 MiB pieces (the nation's routes are 2 GiB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> ShardSet:
@@ -111,6 +140,7 @@ def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> Shard
     Routes.save(registry, root / ROUTES)
     manifest = {
         "format": FORMAT,
+        "routes_sha256": _sha256(root / ROUTES),
         "shards": [
             {"path": f"shard-{k}", "first_person": bounds[k], "rows": bounds[k + 1] - bounds[k]}
             for k in range(shards)
