@@ -158,6 +158,55 @@ pub struct Writer {
     dicts: Option<[DictMap; 4]>,
     codes: Permutation,
     numbers: Permutation,
+    /// Where this registry is one shard of several, its share of identifier issuance.
+    pub part: Option<Part>,
+}
+
+/// A shard's share of identifier issuance (docs/sharding.md): of each municipality's designated
+/// code positions it issues only `k, k + of, k + 2·of, …`, so no two shards issue one code; and
+/// it skips every identifier any person held when the registry was split (`held`, sorted), not
+/// only those of its own persons, so no shard issues one another shard's resident holds.
+/// A 個人番号 is converted from a code unique to its shard, so it is unique as well once the
+/// numbers held at the split are skipped.
+pub struct Part {
+    pub k: u64,
+    pub of: u64,
+    /// Per identifier kind (My Number, resident code), every one held at the split, ascending.
+    pub held: [arrow_buffer::ScalarBuffer<u64>; 2],
+}
+
+impl Part {
+    /// A share checked: `k < of`, each `held` strictly ascending (a damaged file is refused,
+    /// naming `what`).
+    pub fn new(
+        k: u64,
+        of: u64,
+        held: [arrow_buffer::ScalarBuffer<u64>; 2],
+        what: [&str; 2],
+    ) -> Result<Part> {
+        if of == 0 || k >= of {
+            return Err(JukiError::InvalidInput(format!(
+                "shard {k} of {of}: a shard is one of 1 or more, numbered from 0"
+            )));
+        }
+        for (values, what) in held.iter().zip(what) {
+            if let Some(i) = values.windows(2).position(|w| w[0] >= w[1]) {
+                return Err(JukiError::SnapshotCorrupt(format!(
+                    "{what}: identifiers not in ascending order at {}",
+                    i + 1
+                )));
+            }
+        }
+        Ok(Part { k, of, held })
+    }
+
+    fn held(&self, kind: IdKind, value: u64) -> bool {
+        let values = match kind {
+            IdKind::MyNumber => &self.held[0],
+            _ => &self.held[1],
+        };
+        values.binary_search(&value).is_ok()
+    }
 }
 
 impl Writer {
@@ -178,12 +227,29 @@ impl Writer {
             dicts: None,
             codes: Permutation::new(CODE_SPACE, key ^ 0x7263_6f64),
             numbers: Permutation::new(100_000_000_000, key ^ 0x6d6e_756d),
+            part: None,
         }
     }
 
     /// How many changes (applied or rejected) the writer has seen.
     pub fn seen_len(&self) -> usize {
         self.seen.len()
+    }
+
+    /// Whether the change (`municipality` code, `sequence`) was seen: 1 applied, 2 rejected,
+    /// 0 not seen (or not a change this registry could remember).
+    pub fn seen(&self, live: &Live, municipality: &str, sequence: i64) -> u8 {
+        let Ok(code) = IdKind::LocalGovernment.parse(municipality) else {
+            return 0;
+        };
+        let Some(sequence) = u64::try_from(sequence).ok().filter(|&s| s < MAX_SEQUENCE) else {
+            return 0;
+        };
+        match self.seen.get(seen_key(code as u32, sequence), live) {
+            Some(Seen::Applied(_)) => 1,
+            Some(Seen::Rejected(..)) => 2,
+            None => 0,
+        }
     }
 }
 
@@ -482,14 +548,17 @@ impl Ctx<'_> {
 
     fn in_use(&self, kind: IdKind, value: u64) -> bool {
         self.view().person_of(kind, value).is_some()
+            || self.w.part.as_ref().is_some_and(|p| p.held(kind, value))
     }
 
     /// The next unused 住民票コード designated to municipality `mkey`; an error once all of them
     /// have been issued.
     fn issue_code(&mut self, mkey: u16) -> std::result::Result<u64, RowErr> {
         let m = self.w.issued.len() as u64;
+        let (k, of) = self.w.part.as_ref().map_or((0, 1), |p| (p.k, p.of));
         loop {
-            let j = self.w.issued[mkey as usize];
+            // A shard's counter counts its own positions: k, k + of, …
+            let j = self.w.issued[mkey as usize] * of + k;
             if j >= designated(m, mkey) {
                 return Err(refuse(
                     Refusal::Conflict,

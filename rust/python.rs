@@ -1041,6 +1041,50 @@ impl PyRegistry {
         to_table(vec![out], schema)
     }
 
+    /// Make this registry shard `k` of `of` for identifier issuance: its share of each
+    /// municipality's designated codes, and the identifiers every shard held at the split
+    /// (`held`: files of ascending little-endian uint64, My Numbers then resident codes), which
+    /// it never issues; see `changes::Part`. At every open, before any change is applied.
+    fn _as_shard(&self, py: Python<'_>, k: u64, of: u64, held: [PathBuf; 2]) -> PyResult<()> {
+        let part = detached(py, || {
+            let mut values = Vec::with_capacity(2);
+            for path in &held {
+                let io = |e: std::io::Error| JukiError::Io(format!("{}: {e}", path.display()));
+                let buffer = crate::memory::map_file(path).map_err(io)?;
+                if buffer.len() % 8 != 0 {
+                    return Err(JukiError::SnapshotCorrupt(format!(
+                        "{}: {} bytes, not whole uint64s",
+                        path.display(),
+                        buffer.len()
+                    )));
+                }
+                let n = buffer.len() / 8;
+                values.push(arrow_buffer::ScalarBuffer::<u64>::new(buffer, 0, n));
+            }
+            let rc = values.pop().expect("two");
+            let mn = values.pop().expect("two");
+            let what = [held[0].display().to_string(), held[1].display().to_string()];
+            changes::Part::new(k, of, [mn, rc], [&what[0], &what[1]])
+        })?;
+        // Set at every open of the shard, before it serves (changes its log redoes issue
+        // nothing: their identifiers are in the log).
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).part = Some(part);
+        Ok(())
+    }
+
+    /// Per change (`municipalities[i]`, `sequences[i]`): 1 applied, 2 rejected, 0 not seen.
+    fn _seen(&self, municipalities: Vec<Option<String>>, sequences: Vec<Option<i64>>) -> Vec<u8> {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        municipalities
+            .iter()
+            .zip(&sequences)
+            .map(|(m, s)| match (m, s) {
+                (Some(m), Some(s)) => w.seen(&self.live, m, *s),
+                _ => 0,
+            })
+            .collect()
+    }
+
     /// Changes applied since the registry was opened (or generated), and persons they created.
     #[getter]
     fn applied_changes(&self) -> usize {
@@ -1141,6 +1185,18 @@ fn normalize(kind: &str, value: &str) -> PyResult<(String, bool, bool)> {
     Ok((n.value, n.folded_full_width, n.removed_separators))
 }
 
+/// A routing table's identifiers: uint64, one a person, no nulls.
+fn route_values<'a>(a: &'a ArrayRef, what: &str) -> Result<&'a [u64]> {
+    let a = a
+        .as_any()
+        .downcast_ref::<arrow_array::UInt64Array>()
+        .filter(|a| a.null_count() == 0)
+        .ok_or_else(|| {
+            JukiError::InvalidInput(format!("routes: {what} must be uint64, no nulls"))
+        })?;
+    Ok(a.values())
+}
+
 /// The routing tables of a sharded registry; see `juki_engine.distributed.Routes`.
 #[pyclass(name = "Router", module = "juki_engine._core", frozen)]
 struct PyRouter {
@@ -1152,36 +1208,46 @@ impl PyRouter {
     /// A router over the identifiers of persons 0..n (uint64 arrays, in person order) and the
     /// first person id of each shard.
     #[new]
+    #[pyo3(signature = (my_number, resident_code, firsts, functions = None))]
     fn new(
         py: Python<'_>,
         my_number: &Bound<'_, PyAny>,
         resident_code: &Bound<'_, PyAny>,
         firsts: Vec<u32>,
+        functions: Option<(Vec<u8>, Vec<u8>)>,
     ) -> PyResult<PyRouter> {
         let mn = Imported::from_python(my_number, "my_number")?;
         let rc = Imported::from_python(resident_code, "resident_code")?;
         let router = detached(py, || {
             let (mn, rc) = (mn.array(Strings::Bytes)?, rc.array(Strings::Bytes)?);
-            let values = |a: &ArrayRef, what: &str| -> Result<Vec<u64>> {
-                let a = a
-                    .as_any()
-                    .downcast_ref::<arrow_array::UInt64Array>()
-                    .filter(|a| a.null_count() == 0)
-                    .ok_or_else(|| {
-                        JukiError::InvalidInput(format!("routes: {what} must be uint64, no nulls"))
-                    })?;
-                Ok(a.values().to_vec())
-            };
             crate::route::Router::new(
-                &values(&mn, "my_number")?,
-                &values(&rc, "resident_code")?,
+                route_values(&mn, "my_number")?,
+                route_values(&rc, "resident_code")?,
                 firsts,
+                functions.as_ref().map(|(m, r)| (&m[..], &r[..])),
             )
         })?;
         Ok(PyRouter { router })
     }
 
-    /// The shard of each key (uint8; 0 for a key of no one).
+    /// The routing function of one kind's identifiers (uint64, one a person), as bytes to
+    /// save beside them: building it takes ~45 s a kind for the nation, reading it a moment.
+    #[staticmethod]
+    fn function<'py>(
+        py: Python<'py>,
+        values: &Bound<'py, PyAny>,
+        by: &str,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let kind = IdKind::from_name(by)?;
+        let values = Imported::from_python(values, "values")?;
+        let bytes = detached(py, || {
+            let values = values.array(Strings::Bytes)?;
+            crate::route::function(kind, route_values(&values, by)?)
+        })?;
+        Ok(pyo3::types::PyBytes::new(py, &bytes))
+    }
+
+    /// The shard of each key (uint8: its person's; any for a key of no one; 0 when invalid).
     #[pyo3(signature = (keys, by = "my_number"))]
     fn route(
         &self,
@@ -1198,6 +1264,30 @@ impl PyRouter {
             ))
         })?;
         Ok(PyArrowType(out.into_data()))
+    }
+
+    /// Route identifiers issued since the split (`values`: `by`'s, uint64) to `shards`.
+    fn add(
+        &self,
+        py: Python<'_>,
+        values: &Bound<'_, PyAny>,
+        by: &str,
+        shards: Vec<u8>,
+    ) -> PyResult<()> {
+        let kind = IdKind::from_name(by)?;
+        let values = Imported::from_python(values, "values")?;
+        Ok(detached(py, || {
+            let values = values.array(Strings::Bytes)?;
+            let values = route_values(&values, by)?;
+            if values.len() != shards.len() {
+                return Err(JukiError::InvalidInput(format!(
+                    "{} identifiers and {} shards",
+                    values.len(),
+                    shards.len()
+                )));
+            }
+            self.router.add(kind, values, &shards)
+        })?)
     }
 
     #[getter]

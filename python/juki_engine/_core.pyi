@@ -172,6 +172,12 @@ class Registry:
     ) -> pa.Table:
         """The changes of the watched persons, numbered after `after`, oldest first."""
 
+    def _as_shard(self, k: int, of: int, held: tuple[str, str] | list[str]) -> None:
+        """Make this registry shard k of `of` for identifier issuance (docs/sharding.md)."""
+
+    def _seen(self, municipalities: list[str | None], sequences: list[int | None]) -> bytes:
+        """Per change: 1 applied, 2 rejected, 0 not seen."""
+
     @staticmethod
     def change_reasons() -> list[str]:
         """The change reasons of the change table, in code order."""
@@ -256,7 +262,16 @@ def read_ipc_stream(payload: bytes, max_rows: int, max_bytes: int) -> Claims:
 class Router:
     """The routing tables of a sharded registry; see `juki_engine.distributed.Routes`."""
 
-    def __new__(cls, my_number: Any, resident_code: Any, firsts: list[int]) -> Router: ...
+    def __new__(
+        cls,
+        my_number: Any,
+        resident_code: Any,
+        firsts: list[int],
+        functions: tuple[bytes, bytes] | None = None,
+    ) -> Router: ...
+    @staticmethod
+    def function(values: Any, by: str) -> bytes: ...
     def route(self, keys: Any, by: str = "my_number") -> pa.UInt8Array: ...
+    def add(self, values: Any, by: str, shards: list[int]) -> None: ...
     @property
     def memory_bytes(self) -> int: ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -23,12 +24,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from juki_engine import InvalidInput, Registry, audit, certs, service
+from juki_engine import InvalidInput, Registry, _core, audit, certs, service
 from juki_engine._proto import changes_pb2 as cpb
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
@@ -39,6 +41,7 @@ from juki_engine.distributed import Routes, ShardedRegistry, ShardError, ShardSe
 from juki_engine.distributed.cluster import NotSharded, ShardUnavailable
 from juki_engine.policy import Policy, example_path
 from juki_engine.service.frontend import status_code
+from juki_engine.synthetic.changes import CHANGE_SCHEMA, generate_changes
 
 SHARDS = 3
 
@@ -144,9 +147,13 @@ def test_a_shard_directory_holds_contiguous_person_ranges_and_routes(
         keys = registry.to_arrow([kind])[kind].combine_chunks().cast(pa.string())
         owner = routes.route(keys, kind)
         assert owner.tolist() == np.repeat(np.arange(SHARDS), 2_000).tolist()
-        # A key of no one goes to shard 0, whatever its shape.
-        strays = pa.array(["123456789018", "12345678903", "x", None, "１２３"], pa.string())
-        assert routes.route(strays, kind).tolist() == [0] * 5
+        # An invalid key goes to shard 0, which says why; a key of no one to some shard, which
+        # says not found (the property tests below compare those answers with one engine's).
+        invalid = "12345678901" if kind == "my_number" else "1234567890"
+        strays = pa.array([invalid, "x", None, "１２３"], pa.string())
+        assert routes.route(strays, kind).tolist() == [0] * 4
+        nobody = pa.array(["123456789018" if kind == "my_number" else "12345678903"] * 3)
+        assert set(routes.route(nobody, kind).tolist()) < set(range(SHARDS))
 
 
 def claims_table(registry: Registry, picks: list[tuple[int, str]], by: str) -> pa.Table:
@@ -360,7 +367,7 @@ HOSTILE: dict[str, Any] = {
     "a gap between shards": lambda d: (d / "shards.json").write_text(
         json.dumps(
             {
-                "format": "juki-shards/1",
+                "format": "juki-shards/2",
                 "shards": [
                     {"path": "shard-0", "first_person": 0, "rows": 2000},
                     {"path": "shard-1", "first_person": 2500, "rows": 2000},
@@ -377,10 +384,25 @@ HOSTILE: dict[str, Any] = {
             }
         )
     ),
+    "no routing functions' checksums": lambda d: (d / "shards.json").write_text(
+        json.dumps(
+            {
+                k: v
+                for k, v in json.loads((d / "shards.json").read_text()).items()
+                if k != "functions_sha256"
+            }
+        )
+    ),
+    "a routing function's checksum not hex": lambda d: (d / "shards.json").write_text(
+        json.dumps(
+            json.loads((d / "shards.json").read_text())
+            | {"functions_sha256": {"my_number": "../x", "resident_code": "0" * 64}}
+        )
+    ),
     "a path out of the directory": lambda d: (d / "shards.json").write_text(
         json.dumps(
             {
-                "format": "juki-shards/1",
+                "format": "juki-shards/2",
                 "shards": [{"path": "../../etc", "first_person": 0, "rows": 6000}],
             }
         )
@@ -424,6 +446,57 @@ def test_damaged_routes_are_refused_at_start_naming_them(
         ShardedRegistry.start(forged(shard_dir, tmp_path, damage))
 
 
+def test_a_damaged_or_foreign_routing_function_is_refused_naming_it(
+    registry: Registry, shard_dir: Path, tmp_path: Path
+) -> None:
+    """A routing function is checked against the manifest's SHA-256, then, with a manifest
+    forged to match, by every person reaching a slot of their own."""
+
+    def damage(d: Path) -> None:
+        raw = bytearray((d / "routes_resident_code.phast").read_bytes())
+        raw[len(raw) // 2] ^= 0x55
+        (d / "routes_resident_code.phast").write_bytes(bytes(raw))
+
+    with pytest.raises(ShardError, match=r"routes_resident_code\.phast: SHA-256 [0-9a-f]+"):
+        ShardSet.load(forged(shard_dir, tmp_path, damage)).routes()
+
+    def foreign(d: Path) -> None:
+        # The function of another registry's resident codes, its checksum put in the manifest.
+        other = Registry.generate(len(registry), seed=99).to_arrow(["resident_code"])
+        path = d / "routes_resident_code.phast"
+        path.write_bytes(
+            _core.Router.function(
+                other["resident_code"].combine_chunks().cast(pa.uint64()), "resident_code"
+            )
+        )
+        manifest = json.loads((d / "shards.json").read_text())
+        manifest["functions_sha256"]["resident_code"] = hashlib.sha256(
+            path.read_bytes()
+        ).hexdigest()
+        (d / "shards.json").write_text(json.dumps(manifest))
+
+    shutil.rmtree(tmp_path / "forged")
+    with pytest.raises(ShardError, match="routing function of the resident_codes gives"):
+        ShardSet.load(forged(shard_dir, tmp_path, foreign)).routes()
+
+
+def test_shards_of_format_1_build_their_routing_functions_when_loaded(
+    registry: Registry, shard_dir: Path, tmp_path: Path
+) -> None:
+    def first_format(d: Path) -> None:
+        manifest = json.loads((d / "shards.json").read_text())
+        del manifest["functions_sha256"]
+        (d / "shards.json").write_text(json.dumps(manifest | {"format": "juki-shards/1"}))
+        for kind in ("my_number", "resident_code"):
+            (d / f"routes_{kind}.phast").unlink()
+
+    shards = ShardSet.load(forged(shard_dir, tmp_path, first_format))
+    assert shards.functions_sha256 is None
+    keys = registry.to_arrow(["my_number"])["my_number"].combine_chunks()
+    expected = ShardSet.load(shard_dir).routes().route(keys, "my_number")
+    assert shards.routes().route(keys, "my_number").tolist() == expected.tolist()
+
+
 def test_hostile_routes_are_refused_naming_them(shard_dir: Path, tmp_path: Path) -> None:
     shards = ShardSet.load(shard_dir)
     table = pa.ipc.open_file(shard_dir / "routes.arrow").read_all()
@@ -457,6 +530,195 @@ def test_juki_shard_splits_a_snapshot(registry: Registry, tmp_path: Path) -> Non
     assert main(["shard", str(snap), "--shards", "2", "--out", str(tmp_path / "out")]) == 2
 
 
+# ------------------------------------------------------------------ changes on shards
+
+TODAY = dt.date(2026, 1, 1)
+
+
+@pytest.fixture
+def living(cluster: str, shard_dir: Path, tmp_path: Path) -> Iterator[ShardedRegistry]:
+    """The shards copied (changes write each shard's change log) and served by their actors."""
+    shutil.copytree(shard_dir, tmp_path / "living")
+    sharded = ShardedRegistry.start(tmp_path / "living")
+    yield sharded
+    stop(sharded)
+
+
+def stop(sharded: ShardedRegistry) -> None:
+    for actor in (a for r in sharded.replicas for a in r):
+        ray.kill(actor)
+
+
+def one_engine(registry: Registry, tmp_path: Path) -> Registry:
+    """The single engine beside the shards: the same registry, opened with a change log."""
+    registry.save(tmp_path / "one")
+    return Registry.open(tmp_path / "one")
+
+
+def change(person: dict[str, Any], sequence: int, reason: str, **fields: Any) -> dict[str, Any]:
+    day = dt.date(2025, 3, 1)
+    return {
+        "municipality": person["municipality_code"],
+        "sequence": sequence,
+        "reason": reason,
+        "effective_date": day,
+        "reported_date": day,
+        **fields,
+    }
+
+
+def changes_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, CHANGE_SCHEMA)
+
+
+def test_a_year_of_changes_on_shards_answers_as_the_single_engine_row_for_row(
+    registry: Registry, living: ShardedRegistry, tmp_path: Path
+) -> None:
+    """A generated year (moves between municipalities on different shards, deaths, births,
+    name and card changes, moves abroad and back), in batches: every row's outcome, refusal
+    code and error is the single engine's; the residents read the same afterwards; the births'
+    identifiers are new, unique, and answer through the shards."""
+    one = one_engine(registry, tmp_path)
+    year = generate_changes(registry, 2025, seed=3)
+    assert {"birth", "move_in", "death", "return_from_abroad"} <= set(year["reason"].to_pylist())
+    answers = []
+    for start in range(0, year.num_rows, 300):
+        batch = year.slice(start, 300)
+        expected = one.apply(batch, today=TODAY, first_row=start)
+        got = living.apply(batch, today=TODAY, first_row=start)
+        for column in ("outcome", "code", "error"):
+            assert got[column].to_pylist() == expected[column].to_pylist(), column
+        answers.append(got)
+    assert len(living) == len(one) > len(registry)
+    assert living.applied_changes == one.applied_changes
+    columns = ["status", "family_name", "address_town", "municipality_code", "card_state"]
+    keys = registry.to_arrow(["my_number"])["my_number"]
+    assert living.lookup(keys, columns=columns).equals(one.lookup(keys, columns=columns))
+
+    births = pa.concat_tables(answers).filter(pc.equal(year["reason"], "birth"))
+    held = registry.to_arrow(["resident_code", "my_number"])
+    for kind in ("resident_code", "my_number"):
+        issued = births[kind].to_pylist()
+        assert len(set(issued)) == len(issued) and not set(issued) & set(held[kind].to_pylist())
+        found = living.lookup(births[kind], by=kind, columns=["person", "resident_code"])
+        assert found["resident_code"].to_pylist() == births["resident_code"].to_pylist()
+    # A newborn's person id lies past every person of the split, and reads back by it.
+    ids = found["person"].to_pylist()
+    assert min(ids) >= len(registry) and len(set(ids)) == len(ids)
+    assert (
+        living._by_person(ids, ["my_number"])["my_number"].to_pylist()
+        == births["my_number"].to_pylist()
+    )
+
+
+def test_an_identifier_change_routes_the_new_identifier_and_keeps_the_former(
+    registry: Registry, living: ShardedRegistry
+) -> None:
+    rows = registry.to_arrow(["resident_code", "my_number", "municipality_code"]).to_pylist()
+    a, b = rows[2_100], rows[5_500]  # on shards 1 and 2
+    out = living.apply(
+        changes_table(
+            [
+                change(a, 1, "resident_code_change", resident_code=a["resident_code"]),
+                change(b, 1, "my_number_change", my_number=b["my_number"]),
+                # A later row naming the resident by the identifier just replaced.
+                change(a, 2, "card_applied", resident_code=a["resident_code"]),
+            ]
+        ),
+        today=TODAY,
+    )
+    assert out["outcome"].to_pylist() == ["applied"] * 3
+    new_code, new_number = out["resident_code"][0].as_py(), out["my_number"][1].as_py()
+    assert new_code != a["resident_code"] and new_number != b["my_number"]
+    # The new identifiers answer at once; the former ones still reach their persons.
+    now = living.lookup([new_code, a["resident_code"]], by="resident_code", columns=["card_state"])
+    assert now["found"].to_pylist() == [True, True]
+    assert now["replaced"].to_pylist() == [False, True]
+    assert now["card_state"].to_pylist() == ["applied", "applied"]
+    now = living.lookup([new_number, b["my_number"]], by="my_number", columns=["resident_code"])
+    assert now["resident_code"].to_pylist() == [b["resident_code"]] * 2
+    assert now["replaced"].to_pylist() == [False, True]
+
+
+def test_a_change_is_remembered_across_shards_and_a_cancel_finds_its_change(
+    registry: Registry, living: ShardedRegistry
+) -> None:
+    rows = registry.to_arrow(["resident_code", "municipality_code"]).to_pylist()
+    a = rows[2_200]  # shard 1
+    b = rows[4_500]  # shard 2
+    death = change(a, 7, "death", resident_code=a["resident_code"])
+    first = living.apply(changes_table([death]), today=TODAY)
+    assert first["outcome"].to_pylist() == ["applied"]
+    # The same (municipality, sequence) naming a resident of another shard: a duplicate,
+    # answered with the first result; nothing happens to the other resident.
+    again = living.apply(changes_table([death | {"resident_code": b["resident_code"]}]))
+    assert again["outcome"].to_pylist() == ["duplicate"]
+    assert again["resident_code"].to_pylist() == [a["resident_code"]]
+    status = living.lookup(
+        [a["resident_code"], b["resident_code"]], by="resident_code", columns=["status"]
+    )
+    assert status["status"].to_pylist() == ["deceased", "resident"]
+    # A cancel carries no resident: it reaches the shard that applied the change it cancels.
+    cancel = change(a, 8, "cancel", cancels=7)
+    assert living.apply(changes_table([cancel]), today=TODAY)["outcome"].to_pylist() == ["applied"]
+    status = living.lookup([a["resident_code"]], by="resident_code", columns=["status"])
+    assert status["status"].to_pylist() == ["resident"]
+    # One of a change no shard applied is not found, as the single engine says.
+    missing = living.apply(changes_table([change(a, 9, "cancel", cancels=1234)]), today=TODAY)
+    assert missing["code"].to_pylist() == ["not_found"]
+
+
+def test_a_shard_killed_after_changes_reopens_with_them_and_a_new_front_end_routes_them(
+    registry: Registry, living: ShardedRegistry
+) -> None:
+    rows = registry.to_arrow(["resident_code", "municipality_code"]).to_pylist()
+    a = rows[2_300]
+    birth = change(
+        a,
+        1,
+        "birth",
+        family_name="山田",
+        family_name_kana="ヤマダ",
+        given_name="花子",
+        given_name_kana="ハナコ",
+        birth_date=dt.date(2025, 3, 1),
+        sex=2,
+        address_town="本町",
+        address_block="1-1",
+    )
+    out = living.apply(
+        changes_table([change(a, 2, "death", resident_code=a["resident_code"]), birth]),
+        today=TODAY,
+    )
+    assert out["outcome"].to_pylist() == ["applied"] * 2
+    baby = out["resident_code"][1].as_py()
+    for k in range(SHARDS):
+        os.kill(ray.get(living.actors[k].pid.remote()), signal.SIGKILL)
+    # Ray restarts each from its snapshot and its change log.
+    found = living.lookup([a["resident_code"], baby], by="resident_code", columns=["status"])
+    assert found["status"].to_pylist() == ["deceased", "resident"]
+    # A front end started afresh learns the newborn's identifiers from the shards' logs.
+    again = ShardedRegistry.start(living.shards.directory)
+    try:
+        found = again.lookup([baby], by="resident_code", columns=["family_name"])
+        assert found["family_name"].to_pylist() == ["山田"]
+        # And the changes already seen stay remembered.
+        out = again.apply(changes_table([birth]), today=TODAY)
+        assert out["outcome"].to_pylist() == ["duplicate"]
+        assert out["resident_code"].to_pylist() == [baby]
+    finally:
+        stop(again)
+
+
+def test_shards_with_replicas_or_of_format_1_take_no_changes(cluster: str, shard_dir: Path) -> None:
+    twice = ShardedRegistry.start(shard_dir, replicas=2)
+    try:
+        with pytest.raises(NotSharded, match="replicas"):
+            twice.apply(changes_table([]))
+    finally:
+        stop(twice)
+
+
 # ------------------------------------------------------------------ the gRPC contract on shards
 
 
@@ -480,8 +742,8 @@ def test_the_grpc_contract_answers_from_shards_as_from_one_registry(
     registry: Registry, sharded: ShardedRegistry, pki: Path, tmp_path: Path
 ) -> None:
     """`juki serve --shards`: typed calls, a bulk job and a search give the single engine's
-    answers; each disclosure is audited with the person's registry-wide id; changes are not
-    served (UNIMPLEMENTED), and say why."""
+    answers; each disclosure is audited with the person's registry-wide id; move-in notices are
+    not served (UNIMPLEMENTED), and say why."""
     one, many = serving(registry, pki, tmp_path / "a"), serving(sharded, pki, tmp_path / "b")
     rows = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
     claims = rows.take(pa.array([5, 1_999, 2_000, 4_321, 5_999, 0]))
@@ -545,9 +807,9 @@ def test_the_grpc_contract_answers_from_shards_as_from_one_registry(
         assert answers[0] == answers[1]
         assert answers[1][2].outcome == pb.SEARCH_OUTCOME_AMBIGUOUS  # twins on two shards
         assert len(answers[1][1]) == 8 and answers[1][1][-1]["error"].startswith("row 7: ")
-        # A municipality's change is not served by a sharded registry, and says why.
-        with pytest.raises(NotSharded, match="takes no changes") as refused:
-            many.frontend.registry.apply(pa.table({}))
+        # Move-in notices are not served by a sharded registry yet, and it says why.
+        with pytest.raises(NotSharded, match="owes no notices") as refused:
+            many.frontend.registry.notices("162019")
         assert status_code(refused.value) == grpc.StatusCode.UNIMPLEMENTED
     finally:
         one.stop(grace=1)
@@ -560,31 +822,38 @@ def refusals(server: service.Server, request_id: str) -> list[tuple[str, str]]:
     return [(r["outcome"], r["reason"]) for r in rows]
 
 
-def test_a_sharded_server_refuses_changes_and_dead_shards_and_audits_both(
+def test_a_sharded_server_refuses_changes_to_replicas_and_dead_shards_and_audits_both(
     registry: Registry, cluster: str, shard_dir: Path, pki: Path, tmp_path: Path
 ) -> None:
-    """The refusals a sharded server adds: a municipality's change (UNIMPLEMENTED: shards take
-    no changes yet) and a shard whose actor cannot answer (UNAVAILABLE) each end the call with
-    its status and an audit record saying why; the reply carries nothing."""
-    fragile = ShardedRegistry.start(shard_dir, restarts=0)
-    server = serving(fragile, pki, tmp_path / "audit")
+    """The refusals a sharded server adds: a municipality's change to shards with replicas
+    (UNIMPLEMENTED: the change log is not shipped between replicas) and a shard whose actor
+    cannot answer (UNAVAILABLE) each end the call with its status and an audit record saying
+    why; the reply carries nothing."""
+    person = registry.to_arrow(["resident_code"])["resident_code"][2_500].as_py()
+    death = cpb.Change(
+        sequence=1,
+        reason=cpb.CHANGE_REASON_DEATH,
+        effective_date="2025-03-01",
+        reported_date="2025-03-01",
+        key=pb.Key(resident_code=person),
+    )
+    toyama = AgencyTLS.from_cert(pki / "agencies" / "162019.pem")
+    twice = ShardedRegistry.start(shard_dir, replicas=2)
+    server = serving(twice, pki, tmp_path / "replicas")
     try:
-        person = registry.to_arrow(["resident_code"])["resident_code"][2_500].as_py()
-        death = cpb.Change(
-            sequence=1,
-            reason=cpb.CHANGE_REASON_DEATH,
-            effective_date="2025-03-01",
-            reported_date="2025-03-01",
-            key=pb.Key(resident_code=person),
-        )
-        toyama = AgencyTLS.from_cert(pki / "agencies" / "162019.pem")
         with toyama.channel(f"127.0.0.1:{server.port}") as ch, pytest.raises(grpc.RpcError) as e:
             submit_changes(ch, [death], "clerk", request_id="change-1", timeout=30)
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "takes no changes" in (e.value.details() or "")
+        assert "replicas" in (e.value.details() or "")
         [(outcome, reason)] = refusals(server, "change-1")
         assert outcome == "unavailable" and "takes no changes" in reason
+    finally:
+        server.stop(grace=1)
+        stop(twice)
 
+    fragile = ShardedRegistry.start(shard_dir, restarts=0)
+    server = serving(fragile, pki, tmp_path / "audit")
+    try:
         os.kill(ray.get(fragile.replicas[1][0].pid.remote()), signal.SIGKILL)
         nenkin = AgencyTLS.from_cert(pki / "agencies" / "nenkin.pem")
         with nenkin.channel(f"127.0.0.1:{server.port}") as ch, pytest.raises(grpc.RpcError) as e:
@@ -603,6 +872,62 @@ def test_a_sharded_server_refuses_changes_and_dead_shards_and_audits_both(
         server.stop(grace=1)
         for actor in (a for r in fragile.replicas for a in r):
             ray.kill(actor)
+
+
+def test_a_municipality_submits_changes_to_a_sharded_server(
+    registry: Registry, living: ShardedRegistry, pki: Path, tmp_path: Path
+) -> None:
+    """富山市 records a death and a birth over gRPC: each result arrives applied (the birth's
+    new identifiers in it) once its shard made it durable, each is audited, and the newborn
+    answers at once."""
+    person = registry.to_arrow(["resident_code", "municipality_code"]).to_pylist()[2_793]
+    assert person["municipality_code"] == "162019"
+    death = cpb.Change(
+        sequence=1,
+        reason=cpb.CHANGE_REASON_DEATH,
+        effective_date="2025-03-01",
+        reported_date="2025-03-02",
+        key=pb.Key(resident_code=person["resident_code"]),
+    )
+    birth = changes_table(
+        [
+            change(
+                person,
+                2,
+                "birth",
+                family_name="山田",
+                family_name_kana="ヤマダ",
+                given_name="花子",
+                given_name_kana="ハナコ",
+                birth_date=dt.date(2025, 3, 1),
+                sex=2,
+                address_town="本町",
+                address_block="1-1",
+            )
+        ]
+    )
+    server = serving(living, pki, tmp_path / "audit")
+    toyama = AgencyTLS.from_cert(pki / "agencies" / "162019.pem")
+    try:
+        with toyama.channel(f"127.0.0.1:{server.port}") as ch:
+            died = submit_changes(ch, [death], "clerk", request_id="death", timeout=30)
+            born = submit_changes(
+                ch, birth.drop_columns(["municipality"]), "clerk", request_id="birth", timeout=30
+            )
+        assert died["outcome"].to_pylist() == born["outcome"].to_pylist() == ["applied"]
+        baby = born["resident_code"][0].as_py()
+        trail = audit.read(server.frontend.audit.directory).to_pylist()
+        assert {(r["request_id"], r["outcome"], r["subject"]) for r in trail} >= {
+            ("death", "applied", person["resident_code"]),
+            ("birth", "applied", baby),
+        }
+        found = living.lookup(
+            [person["resident_code"], baby], by="resident_code", columns=["status", "given_name"]
+        )
+        assert found["status"].to_pylist() == ["deceased", "resident"]
+        assert found["given_name"].to_pylist()[1] == "花子"
+    finally:
+        server.stop(grace=1)
 
 
 def test_a_sharded_search_reply_carries_no_value_of_a_resident_it_does_not_disclose(

@@ -13,10 +13,12 @@ retries are spent raises `ShardUnavailable`, never a partial answer.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import itertools
 import os
 import re
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from juki_engine.distributed.shards import Routes, ShardError, ShardSet
+from juki_engine.distributed.shards import KINDS, Routes, ShardError, ShardSet
 from juki_engine.registry import Registry
 
 __all__ = ["ShardUnavailable", "ShardedRegistry"]
@@ -36,6 +38,11 @@ OBJECT_STORE_BYTES = 2 * 2**30
 MAX_RESTARTS = -1
 MAX_TASK_RETRIES = 3
 _ROW = re.compile(r"^row (\d+): ")
+#: Change reasons that may issue identifiers (a new person's, a new code or number): their
+#: applied rows' identifiers are added to the routes.
+ISSUING = frozenset(
+    {"birth", "return_from_abroad", "official_entry", "resident_code_change", "my_number_change"}
+)
 T = TypeVar("T")
 
 
@@ -59,11 +66,39 @@ def _ray() -> Any:
 
 
 class ShardActor:
-    """One shard's registry, in a Ray worker process."""
+    """One shard's registry, in a Ray worker process: its snapshot mapped, its change log
+    redone (an actor Ray restarts has every change it made durable)."""
 
-    def __init__(self, path: str, first_person: int) -> None:
+    def __init__(self, path: str, k: int, of: int, held: tuple[str, str] | None) -> None:
         self.registry = Registry.open(path, mmap=True)
-        self.first_person = first_person
+        if held is not None:
+            self.registry._core._as_shard(k, of, held)
+
+    def apply(self, changes: pa.Table, today: dt.date | None) -> pa.Table:
+        return self.registry.apply(changes, today=today)
+
+    def seen(self, municipalities: list[str | None], sequences: list[int | None]) -> bytes:
+        return self.registry._core._seen(municipalities, sequences)
+
+    def issued(self) -> pa.Table:
+        """The identifiers changes issued here since the snapshot (`my_number`,
+        `resident_code`), for the front end's routes."""
+        watch = b"\xff" * (len(self.registry) // 8 + 1)
+        parts, after = [], 0
+        while True:
+            page = self.registry._watched_changes(watch, sorted(ISSUING), after, 100_000)
+            if not page.num_rows:
+                break
+            parts.append(pa.table({kind: page[kind].cast(pa.string()) for kind in KINDS}))
+            after = int(page["change"][-1].as_py())
+        empty = pa.table({kind: pa.array([], pa.string()) for kind in KINDS})
+        return pa.concat_tables([empty, *parts]).drop_null()
+
+    def size(self) -> int:
+        return len(self.registry)
+
+    def applied_changes(self) -> int:
+        return self.registry.applied_changes
 
     def verify(self, claims: pa.Table, by: str, match: str, columns: list[str]) -> pa.Table:
         return self.registry.verify(claims, by=by, match=match, columns=columns)
@@ -120,8 +155,12 @@ class ShardedRegistry:
         self.shards = shards
         self.routes = routes
         self.replicas = replicas
+        self.persons = PersonIds(shards)
         self._turn = itertools.count()
         self._current = [r[0] for r in replicas]
+        # One change batch at a time across the shards (as one registry's writer): which shard
+        # saw a change is asked, then the batch applied, without another batch between.
+        self._applying = threading.Lock()
 
     @property
     def actors(self) -> list[Any]:
@@ -155,12 +194,14 @@ class ShardedRegistry:
             ray.init(address=address, log_to_driver=False, include_dashboard=False, **store)
         shards = ShardSet.load(directory)
         routes = shards.routes()
+        held = shards.held() if replicas == 1 else None  # replicas take no changes
         actor = ray.remote(
             max_restarts=restarts, max_task_retries=MAX_TASK_RETRIES if restarts else 0
         )(ShardActor)
+        n = len(shards.shards)
         actors = [
-            [actor.remote(str(s.path), s.first_person) for _ in range(replicas)]
-            for s in shards.shards
+            [actor.remote(str(s.path), k, n, held) for _ in range(replicas)]
+            for k, s in enumerate(shards.shards)
         ]
         # Each has opened its snapshot, or says why it could not (a damaged shard file).
         for info, replicas_of in zip(shards.shards, actors, strict=True):
@@ -173,10 +214,22 @@ class ShardedRegistry:
                 # the file): that line says why.
                 why = str(e).strip().splitlines()[-1]
                 raise ShardError(f"{info.path}: its actor could not open it: {why}") from e
-        return cls(shards, routes, actors)
+        sharded = cls(shards, routes, actors)
+        if held is not None:
+            # Identifiers changes issued since the split (in the shards' change logs) route to
+            # the shards that issued them.
+            for k, issued in enumerate(
+                sharded._gather([a.issued.remote() for a in sharded.actors])
+            ):
+                for kind in KINDS:
+                    values = issued[kind].combine_chunks().cast(pa.uint64())
+                    routes.router.add(values, kind, [k] * len(values))
+        return sharded
 
     def __len__(self) -> int:
-        return self.shards.rows
+        """Persons: the shards' at the split, and those changes created since."""
+        sizes: list[int] = self._gather([a.size.remote() for a in self.actors])
+        return sum(sizes)
 
     @property
     def memory_bytes(self) -> int:
@@ -186,7 +239,104 @@ class ShardedRegistry:
         )
         return sum(shards) + self.routes.router.memory_bytes
 
-    applied_changes = 0
+    @property
+    def applied_changes(self) -> int:
+        counts: list[int] = self._gather([a.applied_changes.remote() for a in self.actors])
+        return sum(counts)
+
+    def apply(self, changes: Any, *, today: dt.date | None = None, first_row: int = 0) -> pa.Table:
+        """As `Registry.apply`: each change applied by the shard holding its resident, one
+        result per row in the caller's order, durable in that shard's change log when this
+        returns (docs/sharding.md says how each row is routed).
+
+        A change seen before, by any shard, goes back to that shard, which answers it as a
+        duplicate; a cancel goes to the shard that applied the change it cancels; a new person
+        (a birth, an entry without identifiers) to the shard of the municipality's choosing
+        (its code modulo the shards). Identifiers a row issues are routed to its shard before
+        this returns: a 住民票コード変更 or 個人番号変更 is one change, and the new identifier
+        answers from the moment the caller learns it; the former one still reaches its person
+        (`replaced`). A call whose shard died and was restarted is retried there: rows its
+        first attempt made durable answer `duplicate`, with their first results, as a
+        municipality's own retry would."""
+        if self.shards.held_sha256 is None or any(len(r) > 1 for r in self.replicas):
+            raise NotSharded(
+                "this sharded registry takes no changes: its shards were split before shards "
+                "took changes (split it again), or it has replicas, which would need the change "
+                "log shipped between them (docs/sharding.md)"
+            )
+        table = changes if isinstance(changes, pa.Table) else pa.table(changes)
+        with self._applying:
+            owner = self._owners(table)
+            out = self._scattered(
+                owner,
+                first_row,
+                lambda k, a, rows: a.apply.remote(table.take(pa.array(rows, pa.int64())), today),
+            )
+            self._route_issued(table, out, owner)
+        return out
+
+    def _owners(self, table: pa.Table) -> np.ndarray:
+        """The shard each change row goes to (see `apply`)."""
+        n = table.num_rows
+
+        def column(name: str) -> list[Any]:
+            return table[name].to_pylist() if name in table.column_names else [None] * n
+
+        munis = [m if isinstance(m, str) else None for m in column("municipality")]
+        sequences = [_whole(v) for v in column("sequence")]
+        cancels = [_whole(v) for v in column("cancels")]
+        reasons = column("reason")
+        # Which shard saw each change before, and which applied each cancel's target.
+        answers: list[bytes] = self._gather(
+            [a.seen.remote(munis * 2, sequences + cancels) for a in self.actors]
+        )
+        seen = np.frombuffer(b"".join(answers), np.uint8).reshape(len(self.actors), 2 * n)
+        routed = {
+            kind: self.routes.route(table[kind].combine_chunks(), kind)
+            if kind in table.column_names
+            else np.zeros(n, np.uint8)
+            for kind in KINDS
+        }
+        named = {kind: column(kind) for kind in KINDS}
+        owner = np.zeros(n, np.int64)
+        placed: dict[tuple[str | None, int | None], int] = {}  # this batch's changes so far
+        for i in range(n):
+            key = (munis[i], sequences[i])
+            before = np.flatnonzero(seen[:, i])
+            if key in placed:
+                k = placed[key]
+            elif len(before):
+                k = int(before[0])
+            elif reasons[i] == "cancel":
+                target = (munis[i], cancels[i])
+                applied = np.flatnonzero(seen[:, n + i] == 1)
+                k = placed.get(target, int(applied[0]) if len(applied) else 0)
+            elif named["resident_code"][i] is not None:
+                k = int(routed["resident_code"][i])
+            elif named["my_number"][i] is not None:
+                k = int(routed["my_number"][i])
+            else:  # a new person
+                m = munis[i]
+                k = int(m) % len(self.actors) if m and m.isascii() and m.isdigit() else 0
+            owner[i] = k
+            if key[0] is not None and key[1] is not None:
+                placed.setdefault(key, k)
+        return owner
+
+    def _route_issued(self, table: pa.Table, out: pa.Table, owner: np.ndarray) -> None:
+        """Route the identifiers the applied rows of `table` may have issued to their shards."""
+        if "reason" not in table.column_names:
+            return
+        issuing = pc.and_(
+            pc.equal(out["outcome"].cast(pa.string()), "applied"),
+            pc.is_in(table["reason"].cast(pa.string()), pa.array(sorted(ISSUING))),
+        )
+        rows = np.flatnonzero(issuing.to_numpy(zero_copy_only=False))
+        if not len(rows):
+            return
+        for kind in KINDS:
+            values = out[kind].take(pa.array(rows, pa.int64())).combine_chunks()
+            self.routes.router.add(values.cast(pa.uint64()), kind, owner[rows].tolist())
 
     @_failover
     def verify_one(
@@ -204,7 +354,7 @@ class ShardedRegistry:
             [self.actors[k].verify_one.remote(key, by, claims, list(columns), match)]
         )
         if row.get("person") is not None:
-            row["person"] += self.shards.shards[k].first_person
+            row["person"] = self.persons.global_id(k, row["person"])
         return row  # type: ignore[no-any-return]
 
     @_failover
@@ -217,22 +367,18 @@ class ShardedRegistry:
     def _by_person(self, persons: list[int], columns: list[str] | None = None) -> pa.Table:
         """The records of persons by id, each from the shard whose range holds it (a person of
         no shard is null, as the single engine answers an id past its last person)."""
-        firsts = np.array([s.first_person for s in self.shards.shards], np.int64)
-        ids = np.asarray(persons, np.int64)
-        owner = np.clip(np.searchsorted(firsts, ids, side="right") - 1, 0, None)
+        owner, local = self.persons.local_ids(np.asarray(persons, np.int64))
         return self._scattered(
-            owner,
-            0,
-            lambda k, a, rows: a.by_person.remote((ids[rows] - firsts[k]).tolist(), columns),
+            owner, 0, lambda k, a, rows: a.by_person.remote(local[rows].tolist(), columns)
         )
 
     def _not_sharded(self, *_: Any, **__: Any) -> Any:
         raise NotSharded(
-            "this server serves a sharded registry, which takes no changes, owes no notices "
-            "and keeps no watch lists yet (docs/sharding.md)"
+            "this server serves a sharded registry, which owes no notices and keeps no watch "
+            "lists yet (docs/sharding.md)"
         )
 
-    apply = notices = register = _watched_changes = _not_sharded
+    notices = register = _watched_changes = _not_sharded
 
     def _notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
         return {}
@@ -281,8 +427,7 @@ class ShardedRegistry:
         table = claims if isinstance(claims, pa.Table) else pa.table(claims)
         asked = list(columns) if "person" in columns else [*columns, "person"]
         answers = self._gather([a.search.remote(table, match, asked) for a in self.actors])
-        offsets = [s.first_person for s in self.shards.shards]
-        merged = _merged_search(answers, offsets, table.num_rows)
+        merged = _merged_search(answers, self.persons, table.num_rows)
         return merged if "person" in columns else merged.drop_columns(["person"])
 
     def _gather(self, refs: list[Any]) -> list[pa.Table]:
@@ -315,21 +460,73 @@ class ShardedRegistry:
             if len(rows) or (k == 0 and not len(owner)):
                 calls.append((k, rows, call(k, actor, rows)))
         answers = self._gather([ref for _, _, ref in calls])
-        offsets = [s.first_person for s in self.shards.shards]
-        parts = [
-            (rows, answer, offsets[k]) for (k, rows, _), answer in zip(calls, answers, strict=True)
-        ]
-        return _merged(parts, first_row)
+        parts = [(rows, answer, k) for (k, rows, _), answer in zip(calls, answers, strict=True)]
+        return _merged(parts, first_row, self.persons)
 
 
-def _merged(parts: list[tuple[np.ndarray, pa.Table, int]], first_row: int) -> pa.Table:
-    """The shards' answers (each with the caller's rows it answers, and its shard's first
-    person id) as one table in the caller's row order: person ids global, each error's row
-    number the caller's."""
+class PersonIds:
+    """Person ids across the shards. Shard k's row r at the split is person `first_person(k) +
+    r`, the id the registry it was split from gave it; a person a change creates on shard k
+    (its j-th, counted from the split's rows) is `N + j·S + k`, past every person of the split
+    (N persons, S shards), so ids stay unique and never change whichever shard answers."""
+
+    def __init__(self, shards: ShardSet) -> None:
+        self.firsts = np.array([s.first_person for s in shards.shards], np.int64)
+        self.rows = np.array([s.rows for s in shards.shards], np.int64)
+        self.total, self.count = int(self.rows.sum()), len(self.rows)
+
+    def global_id(self, k: int, local: int) -> int:
+        if local < self.rows[k]:
+            return int(self.firsts[k] + local)
+        return self.total + (local - int(self.rows[k])) * self.count + k
+
+    def globalised(self, answer: pa.Table, k: int) -> pa.Table:
+        """`answer` (shard k's) with its person ids made the registry's."""
+        i = answer.schema.get_field_index("person")
+        local = answer["person"].combine_chunks()
+        at_split = pc.add(local, pa.scalar(int(self.firsts[k]), local.type))
+        # Unchecked: it wraps where the id is of the split, which `new` does not take.
+        created = pc.subtract(local, pa.scalar(int(self.rows[k]), local.type))
+        created = pc.add(
+            pc.multiply(created, pa.scalar(self.count, local.type)),
+            pa.scalar(self.total + k, local.type),
+        )
+        new = pc.greater_equal(local, pa.scalar(int(self.rows[k]), local.type))
+        return answer.set_column(
+            i, answer.schema.field(i), pc.if_else(pc.fill_null(new, False), created, at_split)
+        )
+
+    def local_ids(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each id's shard and its id there (an id of no one: shard 0, an id past its rows)."""
+        split = ids < self.total
+        owner = np.where(
+            split,
+            np.clip(np.searchsorted(self.firsts, ids, side="right") - 1, 0, None),
+            (ids - self.total) % self.count,
+        )
+        local = np.where(
+            split,
+            ids - self.firsts[owner],
+            self.rows[owner] + (ids - self.total) // self.count,
+        )
+        bad = ids < 0
+        return np.where(bad, 0, owner), np.where(bad, 2**32 - 1, local)
+
+
+def _whole(value: Any) -> int | None:
+    """`value` where it is a whole number (the core answers for anything else)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _merged(
+    parts: list[tuple[np.ndarray, pa.Table, int]], first_row: int, persons: PersonIds
+) -> pa.Table:
+    """The shards' answers (each with the caller's rows it answers, and its shard) as one table
+    in the caller's row order: person ids global, each error's row number the caller's."""
     tables = []
-    for rows, answer, first_person in parts:
+    for rows, answer, k in parts:
         if "person" in answer.column_names:
-            answer = _globalised(answer, first_person)
+            answer = persons.globalised(answer, k)
         if "error" in answer.column_names:
             answer = _renumbered(answer, rows, first_row)
         tables.append(answer)
@@ -345,18 +542,10 @@ def _array(keys: Any) -> pa.Array:
     return keys if isinstance(keys, pa.Array) else pa.array(keys)
 
 
-def _globalised(answer: pa.Table, first_person: int) -> pa.Table:
-    """`answer` with its shard's person ids made the registry's."""
-    i = answer.schema.get_field_index("person")
-    return answer.set_column(
-        i, "person", pc.add(answer["person"], pa.scalar(first_person, pa.uint32()))
-    )
-
-
-def _merged_search(answers: list[pa.Table], offsets: list[int], claims: int) -> pa.Table:
+def _merged_search(answers: list[pa.Table], persons: PersonIds, claims: int) -> pa.Table:
     """Every shard's search answers as one registry's (see `ShardedRegistry.search`)."""
     merged = pa.concat_tables(
-        [_globalised(a, first) for a, first in zip(answers, offsets, strict=True)]
+        [persons.globalised(a, k) for k, a in enumerate(answers)]
     ).unify_dictionaries()
     claim = merged["claim"].to_numpy()
     # A shard's `candidates` is its count of residents agreeing on every fact; summed over

@@ -4,18 +4,22 @@ the routing tables that send each identifier to the one shard holding it.
     shard(registry, 4, "nation-shards")     # or `juki shard SNAPSHOT --shards 4 --out DIR`
 
 `DIR/shards.json` names each shard's snapshot (`shard-<k>/`), the first person id it holds and
-its rows; `DIR/routes.arrow` holds every person's identifiers, from which the front end builds
-its routing index (see `Routes`). A shard's row r is person `first_person + r`:
+its rows; `DIR/routes.arrow` holds every person's identifiers and `DIR/routes_<kind>.phast` the
+routing function built from them, from which the front end fills its routing tables (see
+`Routes`); `DIR/held_<kind>.u64`, the same identifiers in ascending order, which the shards
+never issue to a new person. A shard's row r is person `first_person + r`:
 person ids stay those of the registry it was split from, so the audit trail and the residents'
 view key on the same ids whichever shard answers. docs/sharding.md gives the design.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +33,15 @@ from juki_engine.registry import Registry
 
 __all__ = ["FORMAT", "KINDS", "Routes", "ShardInfo", "ShardSet", "shard"]
 
-FORMAT = "juki-shards/1"
+FORMAT = "juki-shards/2"
+#: Format 1 had no saved routing functions: the front end builds them when it loads the routes.
+FORMATS = ("juki-shards/1", FORMAT)
 KINDS = ("my_number", "resident_code")
 MANIFEST = "shards.json"
 ROUTES = "routes.arrow"
+FUNCTION = "routes_{}.phast"
+#: Every identifier of a kind held at the split, ascending uint64: what no shard may issue.
+HELD = "held_{}.u64"
 #: A shard id is a byte in the routing tables.
 MAX_SHARDS = 255
 
@@ -56,6 +65,22 @@ class ShardSet:
     shards: tuple[ShardInfo, ...]
     routes_sha256: str
     """The SHA-256 of `routes.arrow` as `shard` wrote it, checked before the routes are read."""
+    functions_sha256: dict[str, str] | None
+    """Per identifier kind, the SHA-256 of its routing function's file (None: format 1, where
+    the front end builds the functions)."""
+    held_sha256: dict[str, str] | None
+    """Per identifier kind, the SHA-256 of the identifiers held at the split (`held_<kind>.u64`;
+    None: format 1, whose shards take no changes)."""
+
+    def held(self) -> tuple[str, str] | None:
+        """The held identifiers' files (My Numbers, resident codes), checked against the
+        manifest; None for a directory of format 1."""
+        if self.held_sha256 is None:
+            return None
+        files = [self.directory / HELD.format(kind) for kind in KINDS]
+        for file, kind in zip(files, KINDS, strict=True):
+            _check(file, self.held_sha256[kind])
+        return str(files[0]), str(files[1])
 
     @property
     def rows(self) -> int:
@@ -66,13 +91,14 @@ class ShardSet:
         snapshot checks its files): a route to the wrong shard would answer a resident as no
         one."""
         path = self.directory / ROUTES
-        try:
-            digest = _sha256(path)
-        except OSError as e:
-            raise ShardError(f"{path}: cannot be read: {e}") from e
-        if digest != self.routes_sha256:
-            raise ShardError(f"{path}: SHA-256 {digest}, {MANIFEST} says otherwise")
-        return Routes.load(path, self)
+        _check(path, self.routes_sha256)
+        functions = None
+        if self.functions_sha256 is not None:
+            files = [self.directory / FUNCTION.format(kind) for kind in KINDS]
+            for file, kind in zip(files, KINDS, strict=True):
+                _check(file, self.functions_sha256[kind])
+            functions = (files[0].read_bytes(), files[1].read_bytes())
+        return Routes.load(path, self, functions)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ShardSet:
@@ -82,8 +108,8 @@ class ShardSet:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise ShardError(f"{path}: cannot be read as a shard manifest: {e}") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise ShardError(f"{path}: not a {FORMAT} manifest")
+        if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
+            raise ShardError(f"{path}: not a manifest of {' or '.join(FORMATS)}")
         entries = manifest.get("shards")
         if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_SHARDS:
             raise ShardError(f"{path}: 'shards' must list 1 to {MAX_SHARDS} shards")
@@ -109,7 +135,23 @@ class ShardSet:
         digest = manifest.get("routes_sha256")
         if not (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)):
             raise ShardError(f"{path}: 'routes_sha256' must be the SHA-256 of {ROUTES}, in hex")
-        return cls(root, tuple(shards), digest)
+        if manifest["format"] == FORMATS[0]:
+            return cls(root, tuple(shards), digest, None, None)
+        sums = [manifest.get(key) for key in ("functions_sha256", "held_sha256")]
+        names = ("functions_sha256", "held_sha256")
+        for key, name, value in zip(names, (FUNCTION, HELD), sums, strict=True):
+            if not (
+                isinstance(value, dict)
+                and sorted(value) == sorted(KINDS)
+                and all(
+                    isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) for v in value.values()
+                )
+            ):
+                raise ShardError(
+                    f"{path}: '{key}' must give the SHA-256 of each of "
+                    f"{[name.format(kind) for kind in KINDS]}, in hex"
+                )
+        return cls(root, tuple(shards), digest, sums[0], sums[1])
 
 
 def _sha256(path: Path) -> str:
@@ -119,6 +161,17 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _check(path: Path, expected: str) -> None:
+    """`path` read whole and found as the manifest says (as a snapshot checks its files): a
+    route to the wrong shard would answer a resident as no one."""
+    try:
+        digest = _sha256(path)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot be read: {e}") from e
+    if digest != expected:
+        raise ShardError(f"{path}: SHA-256 {digest}, {MANIFEST} says otherwise")
 
 
 def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> ShardSet:
@@ -137,52 +190,75 @@ def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> Shard
     names.install()  # each shard keeps its 4情報 index, as a saved snapshot does
     for k in range(shards):
         registry._core.save_rows(str(root / f"shard-{k}"), bounds[k], bounds[k + 1] - bounds[k])
-    Routes.save(registry, root / ROUTES)
+    functions, held = Routes.save(registry, root / ROUTES)
     manifest = {
         "format": FORMAT,
         "routes_sha256": _sha256(root / ROUTES),
+        "functions_sha256": {kind: _sha256(path) for kind, path in functions.items()},
+        "held_sha256": {kind: _sha256(path) for kind, path in held.items()},
         "shards": [
             {"path": f"shard-{k}", "first_person": bounds[k], "rows": bounds[k + 1] - bounds[k]}
             for k in range(shards)
         ],
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(root / MANIFEST)
+    with _replacing(root / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
     return ShardSet.load(root)
 
 
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path to write `path`'s new content to; made durable and renamed over
+    `path` once written (a crash leaves the old file or none, never half of one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    yield tmp
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
 class Routes:
-    """Per identifier kind, the index from identifier to person id, and the first person of
-    each shard: which shard holds the resident a key names (`_core.Router`, the registry's own
-    hash index kind: ~16 bytes a resident and kind, 4 GiB for the nation's two kinds;
-    docs/sharding.md weighs a minimal perfect hash for larger countries). Saved as the
-    identifiers in person order (`routes.arrow`), the index built when loaded. A key that names
-    no one goes to shard 0, which answers it as the single engine would (not found, or why it
-    is invalid)."""
+    """Which shard holds the resident a key names (`_core.Router`): per identifier kind, a
+    minimal perfect hash of every person's identifier and a shard byte per slot, ~1.3 bytes a
+    resident and kind (0.32 GiB for the nation's two kinds). Saved as the identifiers in person
+    order (`routes.arrow`) and the hash built from them (`routes_<kind>.phast`: building it takes
+    ~45 s a kind for the nation, reading it a moment); the shard bytes are filled when loaded,
+    checking that every person has a slot of their own. A key that names no one goes to some
+    shard, which answers it as the single engine would (not found); an invalid key goes to
+    shard 0, which says why, as the single engine would."""
 
     def __init__(self, router: _core.Router) -> None:
         self.router = router
 
     @staticmethod
-    def save(registry: Registry, path: Path) -> None:
-        """Write `registry`'s identifiers in person order to `path` (atomically)."""
+    def save(registry: Registry, path: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+        """Write `registry`'s identifiers in person order to `path`, and beside it each kind's
+        routing function and its identifiers in ascending order (what no shard may issue), each
+        atomically; the functions' and the held identifiers' paths by kind."""
         table = pa.table(
             {kind: pc.cast(registry.to_arrow([kind])[kind], pa.uint64()) for kind in KINDS}
         )
-        tmp = path.with_suffix(".tmp")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        with tmp.open("rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        with _replacing(path) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+                w.write_table(table)
+        functions, held = {}, {}
+        for kind in KINDS:
+            values = table[kind].combine_chunks()
+            functions[kind] = path.parent / FUNCTION.format(kind)
+            with _replacing(functions[kind]) as tmp:
+                tmp.write_bytes(_core.Router.function(values, kind))
+            held[kind] = path.parent / HELD.format(kind)
+            with _replacing(held[kind]) as tmp:
+                np.sort(values.to_numpy()).astype("<u8").tofile(tmp)
+        return functions, held
 
     @classmethod
-    def load(cls, path: Path, shards: ShardSet) -> Routes:
-        """The routes of `path` for `shards`: checked (types, one identifier a person, no
-        identifier twice) before the index is built."""
+    def load(
+        cls, path: Path, shards: ShardSet, functions: tuple[bytes, bytes] | None = None
+    ) -> Routes:
+        """The routes of `path` for `shards` by `functions` (built here where None): checked
+        (types, one identifier a person, no identifier twice, a slot of their own for each
+        person) before they are used."""
         try:
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         except (OSError, pa.ArrowInvalid) as e:
@@ -196,13 +272,15 @@ class Routes:
                 table["my_number"].combine_chunks(),
                 table["resident_code"].combine_chunks(),
                 [s.first_person for s in shards.shards],
+                functions,
             )
         except JukiError as e:
             raise ShardError(f"{path}: {e}") from e
         return cls(router)
 
     def route(self, keys: pa.Array, kind: str) -> np.ndarray:
-        """The shard of each key (`kind`'s identifiers); keys of no one → 0."""
+        """The shard of each key (`kind`'s identifiers): its person's; any for a key of no one;
+        0 for an invalid key."""
         try:
             shards: np.ndarray = self.router.route(keys, kind).to_numpy(zero_copy_only=False)
             return shards
