@@ -176,26 +176,12 @@ pub struct Part {
 }
 
 impl Part {
-    /// A share checked: `k < of`, each `held` strictly ascending (a damaged file is refused,
-    /// naming `what`).
-    pub fn new(
-        k: u64,
-        of: u64,
-        held: [arrow_buffer::ScalarBuffer<u64>; 2],
-        what: [&str; 2],
-    ) -> Result<Part> {
+    /// A share checked: `k < of`; `held` as [`read_held`] gave them.
+    pub fn new(k: u64, of: u64, held: [arrow_buffer::ScalarBuffer<u64>; 2]) -> Result<Part> {
         if of == 0 || k >= of {
             return Err(JukiError::InvalidInput(format!(
                 "shard {k} of {of}: a shard is one of 1 or more, numbered from 0"
             )));
-        }
-        for (values, what) in held.iter().zip(what) {
-            if let Some(i) = values.windows(2).position(|w| w[0] >= w[1]) {
-                return Err(JukiError::SnapshotCorrupt(format!(
-                    "{what}: identifiers not in ascending order at {}",
-                    i + 1
-                )));
-            }
         }
         Ok(Part { k, of, held })
     }
@@ -207,6 +193,46 @@ impl Part {
         };
         values.binary_search(&value).is_ok()
     }
+}
+
+/// The identifiers of a `held_<kind>.u64` file (ascending little-endian uint64s), mapped. The
+/// file is read through once to check that they ascend strictly (a damaged file is refused,
+/// naming it), then mapped: the mapping's pages are touched only by the few binary searches
+/// issuing an identifier, so the process holds almost none of them.
+pub fn read_held(path: &std::path::Path) -> Result<arrow_buffer::ScalarBuffer<u64>> {
+    use std::io::Read;
+    let io = |e: std::io::Error| JukiError::Io(format!("{}: {e}", path.display()));
+    let corrupt = |why: String| JukiError::SnapshotCorrupt(format!("{}: {why}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len % 8 != 0 {
+        return Err(corrupt(format!("{len} bytes, not whole uint64s")));
+    }
+    let mut chunk = vec![0u8; 1 << 23];
+    let (mut left, mut last, mut at) = (len, None, 0u64);
+    while left > 0 {
+        let n = chunk.len().min(left as usize);
+        file.read_exact(&mut chunk[..n]).map_err(io)?;
+        left -= n as u64;
+        for v in chunk[..n].chunks_exact(8) {
+            let v = u64::from_le_bytes(v.try_into().expect("8 bytes"));
+            if last.is_some_and(|last| v <= last) {
+                return Err(corrupt(format!(
+                    "identifiers not in ascending order at {at}"
+                )));
+            }
+            (last, at) = (Some(v), at + 1);
+        }
+    }
+    if len == 0 {
+        return Ok(arrow_buffer::ScalarBuffer::from(Vec::<u64>::new()));
+    }
+    let buffer = crate::memory::map_file(path).map_err(io)?;
+    if buffer.len() as u64 != len {
+        return Err(corrupt("changed while it was read".into()));
+    }
+    let n = buffer.len() / 8;
+    Ok(arrow_buffer::ScalarBuffer::new(buffer, 0, n))
 }
 
 impl Writer {
@@ -1926,6 +1952,41 @@ pub fn load_history(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn held_identifiers_must_ascend_and_be_whole() {
+        let dir = std::env::temp_dir().join(format!("juki-held-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, values: &[u64], extra: &[u8]| {
+            let path = dir.join(name);
+            let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            bytes.extend_from_slice(extra);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let many: Vec<u64> = (0..2_000_000u64).map(|i| i * 3 + 1).collect();
+        let held = read_held(&write("ok", &many, &[])).unwrap();
+        assert_eq!(held.len(), many.len());
+        let part = Part::new(1, 3, [held.clone(), held]).unwrap();
+        assert!(part.held(IdKind::MyNumber, 4) && !part.held(IdKind::ResidentCode, 5));
+        let mut unsorted = many.clone();
+        unsorted.swap(1_500_000, 1_500_001);
+        let e = read_held(&write("unsorted", &unsorted, &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unsorted: identifiers not in ascending order at 1500001"),
+            "{e}"
+        );
+        let e = read_held(&write("torn", &many[..3], &[1, 2]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("26 bytes, not whole uint64s"), "{e}");
+        assert!(read_held(&dir.join("absent")).is_err());
+        let empty = read_held(&write("empty", &[], &[])).unwrap();
+        assert!(Part::new(3, 3, [empty.clone(), empty]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
 
     fn record() -> BatchRecord {

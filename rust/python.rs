@@ -1047,24 +1047,8 @@ impl PyRegistry {
     /// it never issues; see `changes::Part`. At every open, before any change is applied.
     fn _as_shard(&self, py: Python<'_>, k: u64, of: u64, held: [PathBuf; 2]) -> PyResult<()> {
         let part = detached(py, || {
-            let mut values = Vec::with_capacity(2);
-            for path in &held {
-                let io = |e: std::io::Error| JukiError::Io(format!("{}: {e}", path.display()));
-                let buffer = crate::memory::map_file(path).map_err(io)?;
-                if buffer.len() % 8 != 0 {
-                    return Err(JukiError::SnapshotCorrupt(format!(
-                        "{}: {} bytes, not whole uint64s",
-                        path.display(),
-                        buffer.len()
-                    )));
-                }
-                let n = buffer.len() / 8;
-                values.push(arrow_buffer::ScalarBuffer::<u64>::new(buffer, 0, n));
-            }
-            let rc = values.pop().expect("two");
-            let mn = values.pop().expect("two");
-            let what = [held[0].display().to_string(), held[1].display().to_string()];
-            changes::Part::new(k, of, [mn, rc], [&what[0], &what[1]])
+            let held = [changes::read_held(&held[0])?, changes::read_held(&held[1])?];
+            changes::Part::new(k, of, held)
         })?;
         // Set at every open of the shard, before it serves (changes its log redoes issue
         // nothing: their identifiers are in the log).

@@ -480,6 +480,35 @@ def test_a_damaged_or_foreign_routing_function_is_refused_naming_it(
         ShardSet.load(forged(shard_dir, tmp_path, foreign)).routes()
 
 
+def test_held_identifiers_damaged_or_out_of_order_are_refused_naming_them(
+    cluster: str, shard_dir: Path, tmp_path: Path
+) -> None:
+    """The identifiers no shard may issue are checked against the manifest by the front end,
+    and for their order by each actor (a binary search over a disordered file would let a
+    shard issue an identifier someone holds)."""
+
+    def damage(d: Path) -> None:
+        raw = bytearray((d / "held_my_number.u64").read_bytes())
+        raw[len(raw) // 2] ^= 0x55
+        (d / "held_my_number.u64").write_bytes(bytes(raw))
+
+    with pytest.raises(ShardError, match=r"held_my_number\.u64: SHA-256 [0-9a-f]+"):
+        ShardedRegistry.start(forged(shard_dir, tmp_path, damage))
+
+    def disorder(d: Path) -> None:
+        path = d / "held_resident_code.u64"
+        values = np.fromfile(path, "<u8")
+        values[[10, 11]] = values[[11, 10]]
+        values.tofile(path)
+        manifest = json.loads((d / "shards.json").read_text())
+        manifest["held_sha256"]["resident_code"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        (d / "shards.json").write_text(json.dumps(manifest))
+
+    shutil.rmtree(tmp_path / "forged")
+    with pytest.raises(ShardError, match=r"held_resident_code\.u64: .*ascending order at 11"):
+        ShardedRegistry.start(forged(shard_dir, tmp_path, disorder))
+
+
 def test_shards_of_format_1_build_their_routing_functions_when_loaded(
     registry: Registry, shard_dir: Path, tmp_path: Path
 ) -> None:
@@ -708,6 +737,50 @@ def test_a_shard_killed_after_changes_reopens_with_them_and_a_new_front_end_rout
         assert out["resident_code"].to_pylist() == [baby]
     finally:
         stop(again)
+
+
+def test_hostile_change_batches_get_the_single_engines_answers(
+    registry: Registry, living: ShardedRegistry, tmp_path: Path
+) -> None:
+    """Rows that route nowhere sensible (no or a bad municipality, a sequence out of range,
+    keys malformed or of no one, an unknown reason, a change twice in one batch, a cancel of a
+    change in the same batch) are answered row for row as by the single engine, and batches
+    of columns of the wrong type are refused as it refuses them."""
+    one = one_engine(registry, tmp_path)
+    rows = registry.to_arrow(["resident_code", "my_number", "municipality_code"]).to_pylist()
+    a, b = rows[100], rows[5_000]
+    batch = changes_table(
+        [
+            change(a, 1, "death", resident_code=a["resident_code"]),
+            change(a, 1, "death", resident_code=b["resident_code"]),  # the same change again
+            change(a, 2, "cancel", cancels=1),  # of the change just above
+            change(b, 3, "name_change", my_number=b["my_number"], family_name="川"),
+            change(a, 4, "death", resident_code="12345678903"),  # no one
+            change(a, 5, "death", resident_code="１２３"),
+            change(a, 6, "death", my_number="x"),
+            change(a, 2**50, "death", resident_code=a["resident_code"]),
+            change(a, 7, "marriage", resident_code=a["resident_code"]),
+            change(a, 8, "death"),  # no identifier: a new person's shard, which refuses it
+            {**change(a, 9, "death", resident_code=b["resident_code"]), "municipality": None},
+            {**change(a, 10, "death", resident_code=b["resident_code"]), "municipality": "999"},
+            {**change(a, 11, "death", resident_code=b["resident_code"]), "sequence": None},
+        ]
+    )
+    expected = one.apply(batch, today=TODAY, first_row=40)
+    got = living.apply(batch, today=TODAY, first_row=40)
+    assert got.equals(expected)
+    assert living.apply(batch, today=TODAY, first_row=40).equals(
+        one.apply(batch, today=TODAY, first_row=40)
+    )
+    for hostile in (
+        batch.set_column(1, "sequence", batch["sequence"].cast(pa.string())),
+        batch.drop_columns(["reason"]),
+        pa.table({"x": [1]}),
+    ):
+        with pytest.raises(Exception) as single:
+            one.apply(hostile, today=TODAY)
+        with pytest.raises(type(single.value), match=re.escape(str(single.value))):
+            living.apply(hostile, today=TODAY)
 
 
 def test_shards_with_replicas_or_of_format_1_take_no_changes(cluster: str, shard_dir: Path) -> None:

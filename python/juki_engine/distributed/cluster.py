@@ -6,9 +6,10 @@ and a front end that splits each call by shard and merges the answers in the cal
 
 Claims reach exactly one shard each, by the routing tables (`shards.Routes`); the sub-tables
 travel through Ray's object store as Arrow (no copy into the actors' heaps beyond Ray's own). An
-actor that dies is restarted by Ray (it reopens its snapshot) and the call in flight is retried
-on it: reads are idempotent, so a retried call is still the whole, right answer. A call whose
-retries are spent raises `ShardUnavailable`, never a partial answer.
+actor that dies is restarted by Ray (it reopens its snapshot and redoes its change log) and the
+call in flight is retried on it: reads are idempotent, so a retried call is still the whole,
+right answer. A call whose retries are spent raises `ShardUnavailable`, never a partial answer.
+Changes go to the shard holding their resident (`ShardedRegistry.apply`, docs/sharding.md).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class ShardUnavailable(RuntimeError):
 
 
 class NotSharded(RuntimeError):
-    """What a sharded registry does not do yet: take changes, owe notices, keep watch lists
-    (docs/sharding.md says how they will route)."""
+    """What a sharded registry does not do yet: owe notices, keep watch lists, take changes
+    with replicas (docs/sharding.md says why, and how they will come)."""
 
 
 def _ray() -> Any:
