@@ -13,11 +13,18 @@ docs/sharding.md.
     python benches/bench_sharded.py --population 2000000 --shards 2 --claims 2000000
     python benches/bench_sharded.py --snapshot /tmp/nation_snap --shards 4 --claims 4000000
     python benches/bench_sharded.py --prefecture 富山県 --shards 2 --replicas 2
+    python benches/bench_sharded.py --population 2000000 --shards 2 --changes 200000
+
+With `--changes N`, the first N changes of a generated year (`generate_changes`) are applied
+too, in batches of `--batch` rows, by the single engine (after its verify, in the child, with
+its change log in the scratch directory) and through the shards (each shard's log in its own
+directory): changes/s and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -34,8 +41,10 @@ import pyarrow.parquet as pq
 
 from juki_engine import Registry
 from juki_engine.distributed import ShardedRegistry, shard
+from juki_engine.synthetic.changes import generate_changes
 
 GIB = 2**30
+TODAY = dt.date(2026, 1, 1)
 
 
 def rss(pid: int | None = None) -> int:
@@ -57,7 +66,11 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, float]:
     """In a child process (the single engine does not fit beside the shards at the nation's
     size): open or generate the registry, shard it, draw the claims (saved for the parent) and
     time the single engine's verify of them; returns its rate and memory."""
-    if args.snapshot:
+    if args.snapshot and args.changes:
+        # Changes write a log beside the snapshot: apply them to a hard-linked copy.
+        subprocess.run(["cp", "-al", str(args.snapshot), str(scratch / "one")], check=True)
+        registry = Registry.open(scratch / "one")
+    elif args.snapshot:
         registry = Registry.open(args.snapshot)
     elif args.prefecture:
         registry = Registry.generate(prefecture=args.prefecture, seed=1)
@@ -77,13 +90,30 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, float]:
         one = registry.verify(claims, by="my_number")
         times.append(time.perf_counter() - t)
     pq.write_table(one.slice(0, 1000), scratch / "expected.parquet")
+    changes_rate = 0.0
+    if args.changes:
+        if not args.snapshot:
+            registry.save(scratch / "one")
+            registry = Registry.open(scratch / "one")
+        changes = generate_changes(registry, 2025, seed=1).slice(0, args.changes)
+        pq.write_table(changes, scratch / "changes.parquet")
+        changes_rate = args.changes / apply_all(registry, changes, args.batch)
     return {
+        "changes_rate": changes_rate,
         "residents": len(registry),
         "sharded_s": sharded_in,
         "rate": args.claims / statistics.median(times),
         "rss": rss(),
         "registry": registry.memory_bytes,
     }
+
+
+def apply_all(registry: Registry | ShardedRegistry, changes: pa.Table, batch: int) -> float:
+    """Seconds to apply `changes` in batches of `batch` rows, each durable before the next."""
+    started = time.perf_counter()
+    for start in range(0, changes.num_rows, batch):
+        registry.apply(changes.slice(start, batch), today=TODAY, first_row=start)
+    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -96,6 +126,8 @@ def main() -> int:
     p.add_argument("--claims", type=int, default=2_000_000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--object-store-gib", type=float, default=2.0)
+    p.add_argument("--changes", type=int, default=0, help="changes to apply both ways")
+    p.add_argument("--batch", type=int, default=10_000, help="change rows a batch")
     p.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)  # the child's
     args = p.parse_args()
     if args.scratch:
@@ -154,6 +186,14 @@ def main() -> int:
             "actors " + ", ".join(f"{r / GIB:.2f}" for r in actors) + f" GiB; all together "
             f"{(rss() + sum(actors)) / GIB:.2f} GiB beside Ray's own processes"
         )
+        if args.changes:
+            changes = pq.read_table(scratch / "changes.parquet")
+            rate = args.changes / apply_all(sharded, changes, args.batch)
+            print(
+                f"changes, {args.shards} shards on Ray: {rate:,.0f}/s against the single "
+                f"engine's {base['changes_rate']:,.0f}/s = {rate / base['changes_rate']:.2f}x "
+                f"({args.changes:,} changes in batches of {args.batch:,}, each durable)"
+            )
         ray.shutdown()
         return 0
     finally:

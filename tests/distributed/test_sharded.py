@@ -596,6 +596,23 @@ def change(person: dict[str, Any], sequence: int, reason: str, **fields: Any) ->
     }
 
 
+def newborn(parent: dict[str, Any], sequence: int) -> dict[str, Any]:
+    """山田花子's birth, recorded by `parent`'s municipality."""
+    return change(
+        parent,
+        sequence,
+        "birth",
+        family_name="山田",
+        family_name_kana="ヤマダ",
+        given_name="花子",
+        given_name_kana="ハナコ",
+        birth_date=dt.date(2025, 3, 1),
+        sex=2,
+        address_town="本町",
+        address_block="1-1",
+    )
+
+
 def changes_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, CHANGE_SCHEMA)
 
@@ -702,19 +719,7 @@ def test_a_shard_killed_after_changes_reopens_with_them_and_a_new_front_end_rout
 ) -> None:
     rows = registry.to_arrow(["resident_code", "municipality_code"]).to_pylist()
     a = rows[2_300]
-    birth = change(
-        a,
-        1,
-        "birth",
-        family_name="山田",
-        family_name_kana="ヤマダ",
-        given_name="花子",
-        given_name_kana="ハナコ",
-        birth_date=dt.date(2025, 3, 1),
-        sex=2,
-        address_town="本町",
-        address_block="1-1",
-    )
+    birth = newborn(a, 1)
     out = living.apply(
         changes_table([change(a, 2, "death", resident_code=a["resident_code"]), birth]),
         today=TODAY,
@@ -962,23 +967,7 @@ def test_a_municipality_submits_changes_to_a_sharded_server(
         reported_date="2025-03-02",
         key=pb.Key(resident_code=person["resident_code"]),
     )
-    birth = changes_table(
-        [
-            change(
-                person,
-                2,
-                "birth",
-                family_name="山田",
-                family_name_kana="ヤマダ",
-                given_name="花子",
-                given_name_kana="ハナコ",
-                birth_date=dt.date(2025, 3, 1),
-                sex=2,
-                address_town="本町",
-                address_block="1-1",
-            )
-        ]
-    )
+    birth = changes_table([newborn(person, 2)])
     server = serving(living, pki, tmp_path / "audit")
     toyama = AgencyTLS.from_cert(pki / "agencies" / "162019.pem")
     try:

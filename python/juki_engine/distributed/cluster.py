@@ -292,36 +292,34 @@ class ShardedRegistry:
             [a.seen.remote(munis * 2, sequences + cancels) for a in self.actors]
         )
         seen = np.frombuffer(b"".join(answers), np.uint8).reshape(len(self.actors), 2 * n)
-        routed = {
-            kind: self.routes.route(table[kind].combine_chunks(), kind)
-            if kind in table.column_names
-            else np.zeros(n, np.uint8)
-            for kind in KINDS
-        }
-        named = {kind: column(kind) for kind in KINDS}
-        owner = np.zeros(n, np.int64)
-        placed: dict[tuple[str | None, int | None], int] = {}  # this batch's changes so far
-        for i in range(n):
-            key = (munis[i], sequences[i])
-            before = np.flatnonzero(seen[:, i])
+        # Where each row goes by what it names: its resident's shard (by resident code, else
+        # My Number), a new person's municipality's, a cancel its change's (or shard 0).
+        count = len(self.actors)
+        owner = np.array(
+            [int(m) % count if m and m.isascii() and m.isdigit() else 0 for m in munis], np.int64
+        )
+        for kind in ("my_number", "resident_code"):  # the resident code wins where both are
+            if kind in table.column_names:
+                keys = table[kind].combine_chunks()
+                named = keys.is_valid().to_numpy(zero_copy_only=False)
+                owner = np.where(named, self.routes.route(keys, kind), owner)
+        cancelling = np.array([r == "cancel" for r in reasons], bool)
+        target = _first_shard(seen[:, n:] == 1)
+        owner = np.where(cancelling, np.maximum(target, 0), owner)
+        # A change seen before goes back to the shard that saw it.
+        before = _first_shard(seen[:, :n] > 0)
+        owner = np.where(before >= 0, before, owner)
+        # Within the batch: a change again goes where it went first; a cancel of a change
+        # earlier in the batch (seen by no shard yet) goes where that change went.
+        placed: dict[tuple[str | None, int | None], int] = {}
+        for i, key in enumerate(zip(munis, sequences, strict=True)):
             if key in placed:
-                k = placed[key]
-            elif len(before):
-                k = int(before[0])
-            elif reasons[i] == "cancel":
-                target = (munis[i], cancels[i])
-                applied = np.flatnonzero(seen[:, n + i] == 1)
-                k = placed.get(target, int(applied[0]) if len(applied) else 0)
-            elif named["resident_code"][i] is not None:
-                k = int(routed["resident_code"][i])
-            elif named["my_number"][i] is not None:
-                k = int(routed["my_number"][i])
-            else:  # a new person
-                m = munis[i]
-                k = int(m) % len(self.actors) if m and m.isascii() and m.isdigit() else 0
-            owner[i] = k
+                owner[i] = placed[key]
+                continue
+            if cancelling[i] and before[i] < 0 and target[i] < 0:
+                owner[i] = placed.get((munis[i], cancels[i]), owner[i])
             if key[0] is not None and key[1] is not None:
-                placed.setdefault(key, k)
+                placed[key] = int(owner[i])
         return owner
 
     def _route_issued(self, table: pa.Table, out: pa.Table, owner: np.ndarray) -> None:
@@ -512,6 +510,11 @@ class PersonIds:
         )
         bad = ids < 0
         return np.where(bad, 0, owner), np.where(bad, 2**32 - 1, local)
+
+
+def _first_shard(hits: np.ndarray) -> np.ndarray:
+    """Per column of `hits` (shards × rows), the first shard with a hit; -1 where none."""
+    return np.where(hits.any(axis=0), hits.argmax(axis=0), -1)
 
 
 def _whole(value: Any) -> int | None:
