@@ -40,16 +40,15 @@ type Slots = phast::Function<Bits8>;
 /// minimal perfect hash of their bases. An identifier held twice is refused (the hash cannot
 /// be built over it, and no shard could answer it right).
 pub fn function(kind: IdKind, values: &[u64]) -> Result<Vec<u8>> {
+    // Sorted to find a duplicate (the hash's build would never end on one); the build takes
+    // its keys in any order.
     let mut bases: Vec<u64> = values.par_iter().map(|&v| kind.base_of(v)).collect();
-    let mut sorted = bases.clone();
-    sorted.par_sort_unstable();
-    if sorted.windows(2).any(|w| w[0] == w[1]) {
+    bases.par_sort_unstable();
+    if bases.windows(2).any(|w| w[0] == w[1]) {
         return Err(duplicate(kind, values));
     }
-    drop(sorted);
     let mut bytes = Vec::new();
     if !bases.is_empty() {
-        bases.shrink_to_fit();
         Slots::from_vec_mt(bases)
             .write(&mut bytes)
             .map_err(|e| JukiError::Io(e.to_string()))?;

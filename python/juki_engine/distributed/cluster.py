@@ -248,7 +248,8 @@ class ShardedRegistry:
     def apply(self, changes: Any, *, today: dt.date | None = None, first_row: int = 0) -> pa.Table:
         """As `Registry.apply`: each change applied by the shard holding its resident, one
         result per row in the caller's order, durable in that shard's change log when this
-        returns (docs/sharding.md says how each row is routed).
+        returns (docs/sharding.md says how each row is routed; a batch is atomic on each shard,
+        not across them).
 
         A change seen before, by any shard, goes back to that shard, which answers it as a
         duplicate; a cancel goes to the shard that applied the change it cancels; a new person
