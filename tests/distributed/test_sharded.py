@@ -25,6 +25,7 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import ray
 from hypothesis import HealthCheck, given, settings
@@ -339,8 +340,8 @@ def test_a_replica_answers_for_one_that_died_and_with_none_left_the_call_fails_w
     os.kill(ray.get(once.replicas[1][0].pid.remote()), signal.SIGKILL)
     with pytest.raises(ShardUnavailable):
         once.verify(claims, by="resident_code")
-    for actor in [a for r in twice.replicas + once.replicas for a in r]:
-        ray.kill(actor)
+    twice.stop()
+    once.stop()
 
 
 def test_a_registry_with_changes_is_not_sharded(tmp_path: Path) -> None:
@@ -570,12 +571,7 @@ def living(cluster: str, shard_dir: Path, tmp_path: Path) -> Iterator[ShardedReg
     shutil.copytree(shard_dir, tmp_path / "living")
     sharded = ShardedRegistry.start(tmp_path / "living")
     yield sharded
-    stop(sharded)
-
-
-def stop(sharded: ShardedRegistry) -> None:
-    for actor in (a for r in sharded.replicas for a in r):
-        ray.kill(actor)
+    sharded.stop()
 
 
 def one_engine(registry: Registry, tmp_path: Path) -> Registry:
@@ -741,7 +737,7 @@ def test_a_shard_killed_after_changes_reopens_with_them_and_a_new_front_end_rout
         assert out["outcome"].to_pylist() == ["duplicate"]
         assert out["resident_code"].to_pylist() == [baby]
     finally:
-        stop(again)
+        again.stop()
 
 
 def test_hostile_change_batches_get_the_single_engines_answers(
@@ -788,13 +784,54 @@ def test_hostile_change_batches_get_the_single_engines_answers(
             living.apply(hostile, today=TODAY)
 
 
+def test_juki_apply_takes_a_change_file_to_shards(
+    registry: Registry, cluster: str, shard_dir: Path, tmp_path: Path
+) -> None:
+    """`juki apply DIR changes.parquet` on a shard directory: each change to its shard, durable
+    in the shards' logs, which actors started afterwards redo."""
+    shutil.copytree(shard_dir, tmp_path / "shards")
+    rows = registry.to_arrow(["resident_code", "municipality_code"]).to_pylist()
+    a, b = rows[1_000], rows[4_000]  # shards 0 and 2
+    file = tmp_path / "changes.parquet"
+    pq.write_table(
+        changes_table(
+            [
+                change(a, 1, "death", resident_code=a["resident_code"]),
+                change(
+                    b,
+                    1,
+                    "move_within",
+                    resident_code=b["resident_code"],
+                    address_town="本町",
+                    address_block="2-3",
+                ),
+                change(b, 2, "death", resident_code="12345678903"),  # no one: rejected
+            ]
+        ),
+        file,
+    )
+    status = main(["apply", str(tmp_path / "shards"), str(file), "--today", "2026-01-01"])
+    assert status == 1  # done, with a row rejected (docs/outcomes.md)
+    again = ShardedRegistry.start(tmp_path / "shards")
+    try:
+        found = again.lookup(
+            [a["resident_code"], b["resident_code"]],
+            by="resident_code",
+            columns=["status", "address_town"],
+        )
+        assert found["status"].to_pylist() == ["deceased", "resident"]
+        assert found["address_town"].to_pylist()[1] == "本町"
+    finally:
+        again.stop()
+
+
 def test_shards_with_replicas_or_of_format_1_take_no_changes(cluster: str, shard_dir: Path) -> None:
     twice = ShardedRegistry.start(shard_dir, replicas=2)
     try:
         with pytest.raises(NotSharded, match="replicas"):
             twice.apply(changes_table([]))
     finally:
-        stop(twice)
+        twice.stop()
 
 
 # ------------------------------------------------------------------ the gRPC contract on shards
@@ -927,7 +964,7 @@ def test_a_sharded_server_refuses_changes_to_replicas_and_dead_shards_and_audits
         assert outcome == "unavailable" and "takes no changes" in reason
     finally:
         server.stop(grace=1)
-        stop(twice)
+        twice.stop()
 
     fragile = ShardedRegistry.start(shard_dir, restarts=0)
     server = serving(fragile, pki, tmp_path / "audit")
@@ -948,8 +985,7 @@ def test_a_sharded_server_refuses_changes_to_replicas_and_dead_shards_and_audits
         assert outcome == "unavailable" and "a shard could not answer" in reason
     finally:
         server.stop(grace=1)
-        for actor in (a for r in fragile.replicas for a in r):
-            ray.kill(actor)
+        fragile.stop()
 
 
 def test_a_municipality_submits_changes_to_a_sharded_server(

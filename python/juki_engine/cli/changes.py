@@ -18,12 +18,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from juki_engine import JukiError
+from juki_engine import JukiError, Registry
 from juki_engine.cli.defaults import DEMO_PATH
 from juki_engine.cli.outcomes import EXIT_OK, EXIT_ROWS_REJECTED
 from juki_engine.cli.output import add_format_option, console, print_records, spinner
 from juki_engine.cli.registry import KEY_KINDS, open_snapshot
 from juki_engine.cli.serving import registry_at
+from juki_engine.distributed import ShardedRegistry
+from juki_engine.distributed.shards import MANIFEST
 from juki_engine.files import check_writable, output_format, write_table
 from juki_engine.synthetic.changes import (
     CHANGE_SCHEMA,
@@ -154,7 +156,13 @@ def progress_bar() -> Progress:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     snapshot = Path(args.snapshot)
-    registry = open_snapshot(snapshot)
+    registry: Registry | ShardedRegistry
+    if (snapshot / MANIFEST).is_file():  # a shard directory: each change to its shard
+        registry = ShardedRegistry.start(snapshot, address=args.ray)
+        logs = f"each shard's change log under {snapshot}"
+    else:
+        registry = open_snapshot(snapshot)
+        logs = str(snapshot / "changes.log")
     rows, batches = change_batches(Path(args.changes), args.batch_size)
     today = dt.date.fromisoformat(args.today) if args.today else None
     tally = ChangeTally()
@@ -166,10 +174,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
             tally.add(batch.column("reason").to_pylist(), result)
             progress.advance(task, batch.num_rows)
     elapsed = time.perf_counter() - started
+    if isinstance(registry, ShardedRegistry):
+        registry.stop()
     return tally.print(
         f"changes applied to {snapshot}",
         f"{rows:,} changes in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):,.0f}/s), durable in "
-        f"{snapshot / 'changes.log'}",
+        f"{logs}",
         args,
     )
 
@@ -214,14 +224,20 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a = sub.add_parser(
         "apply",
-        help="apply a change file (異動) to a snapshot: durable in its change log",
+        help="apply a change file (異動) to a snapshot or its shards: durable in a change log",
         description="Applies the changes of a Parquet or CSV file (docs/changes.md) in batches; "
-        "each batch is durable in the snapshot's change log before the next. Prints a summary "
+        "each batch is durable in the snapshot's change log (a shard directory's: each shard's, "
+        "docs/sharding.md) before the next. Prints a summary "
         "per reason and per error; a change already applied (same municipality and sequence) "
         "is a duplicate and changes nothing.",
     )
-    a.add_argument("snapshot", help="snapshot directory")
+    a.add_argument("snapshot", help="snapshot directory, or a shard directory (juki shard)")
     a.add_argument("changes", help="change file (.parquet or .csv)")
+    a.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="for a shard directory: the Ray cluster its actors run on (default: a local one)",
+    )
     a.add_argument("--batch-size", type=int, default=10_000, help="changes per batch")
     a.add_argument("--today", help="the date no effective or reported date may pass (ISO)")
     a.add_argument("--errors", type=int, default=10, help="how many kinds of error to list")

@@ -227,6 +227,12 @@ class ShardedRegistry:
                     routes.router.add(values, kind, [k] * len(values))
         return sharded
 
+    def stop(self) -> None:
+        """Stop every actor (their changes are durable in their shards' logs already)."""
+        ray = _ray()
+        for actor in (a for r in self.replicas for a in r):
+            ray.kill(actor)
+
     def __len__(self) -> int:
         """Persons: the shards' at the split, and those changes created since."""
         sizes: list[int] = self._gather([a.size.remote() for a in self.actors])
