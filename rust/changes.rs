@@ -1952,6 +1952,8 @@ pub fn load_history(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn held_identifiers_must_ascend_and_be_whole() {
         let dir = std::env::temp_dir().join(format!("juki-held-{}", std::process::id()));
@@ -1986,8 +1988,6 @@ mod tests {
         assert!(Part::new(3, 3, [empty.clone(), empty]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
-
-    use super::*;
 
     fn record() -> BatchRecord {
         BatchRecord {
