@@ -77,10 +77,15 @@ class ShardSet:
         manifest; None for a directory of format 1."""
         if self.held_sha256 is None:
             return None
-        files = [self.directory / HELD.format(kind) for kind in KINDS]
+        mn, rc = self._checked(HELD, self.held_sha256)
+        return str(mn), str(rc)
+
+    def _checked(self, name: str, sha256: dict[str, str]) -> list[Path]:
+        """Each kind's file of `name` (a template), checked against its SHA-256."""
+        files = [self.directory / name.format(kind) for kind in KINDS]
         for file, kind in zip(files, KINDS, strict=True):
-            _check(file, self.held_sha256[kind])
-        return str(files[0]), str(files[1])
+            _check(file, sha256[kind])
+        return files
 
     @property
     def rows(self) -> int:
@@ -94,10 +99,8 @@ class ShardSet:
         _check(path, self.routes_sha256)
         functions = None
         if self.functions_sha256 is not None:
-            files = [self.directory / FUNCTION.format(kind) for kind in KINDS]
-            for file, kind in zip(files, KINDS, strict=True):
-                _check(file, self.functions_sha256[kind])
-            functions = (files[0].read_bytes(), files[1].read_bytes())
+            mn, rc = self._checked(FUNCTION, self.functions_sha256)
+            functions = (mn.read_bytes(), rc.read_bytes())
         return Routes.load(path, self, functions)
 
     @classmethod
@@ -137,9 +140,8 @@ class ShardSet:
             raise ShardError(f"{path}: 'routes_sha256' must be the SHA-256 of {ROUTES}, in hex")
         if manifest["format"] == FORMATS[0]:
             return cls(root, tuple(shards), digest, None, None)
-        sums = [manifest.get(key) for key in ("functions_sha256", "held_sha256")]
-        names = ("functions_sha256", "held_sha256")
-        for key, name, value in zip(names, (FUNCTION, HELD), sums, strict=True):
+        for key, name in (("functions_sha256", FUNCTION), ("held_sha256", HELD)):
+            value = manifest.get(key)
             if not (
                 isinstance(value, dict)
                 and sorted(value) == sorted(KINDS)
@@ -151,7 +153,9 @@ class ShardSet:
                     f"{path}: '{key}' must give the SHA-256 of each of "
                     f"{[name.format(kind) for kind in KINDS]}, in hex"
                 )
-        return cls(root, tuple(shards), digest, sums[0], sums[1])
+        return cls(
+            root, tuple(shards), digest, manifest["functions_sha256"], manifest["held_sha256"]
+        )
 
 
 def _sha256(path: Path) -> str:
