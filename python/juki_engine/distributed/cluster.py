@@ -542,8 +542,12 @@ def _merged(
             answer = _renumbered(answer, rows, first_row)
         tables.append(answer)
     merged = pa.concat_tables(tables).unify_dictionaries()
+    # The answers hold the caller's rows shard by shard; put each back where it came from
+    # (the rows are a permutation of the caller's: inverted by one scatter, not a sort).
     order = np.concatenate([rows for rows, _, _ in parts])
-    return merged.take(pa.array(np.argsort(order, kind="stable"))).combine_chunks()
+    back = np.empty(len(order), np.int64)
+    back[order] = np.arange(len(order))
+    return merged.take(pa.array(back)).combine_chunks()
 
 
 def _array(keys: Any) -> pa.Array:
