@@ -825,6 +825,52 @@ def test_juki_apply_takes_a_change_file_to_shards(
         again.stop()
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1])  # the batch takes ~0.2 s unharmed
+def test_a_shard_killed_during_a_change_batch_applies_it_once(
+    registry: Registry, living: ShardedRegistry, tmp_path: Path, delay: float
+) -> None:
+    """Killed while a batch is in flight (before its task ran, or during it), the actor is
+    restarted from its snapshot and log and the task retried: each row's answer is the single
+    engine's, or, where the first attempt had made the shard's rows durable, `duplicate` with
+    the same code and error; sent again, every row is a duplicate; the residents end as the
+    single engine leaves them."""
+    one = one_engine(registry, tmp_path)
+    rows = registry.to_arrow(["resident_code", "municipality_code"]).to_pylist()
+    batch = changes_table(
+        [
+            change(
+                rows[2_000 + i % 2_000],
+                i,
+                "death",
+                resident_code=rows[2_000 + i % 2_000]["resident_code"],
+            )
+            for i in range(60_000)
+        ]
+    )
+    expected = one.apply(batch, today=TODAY)
+    answer: list[pa.Table] = []
+    call = threading.Thread(target=lambda: answer.append(living.apply(batch, today=TODAY)))
+    pid = ray.get(living.actors[1].pid.remote())
+    call.start()
+    time.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+    call.join(timeout=120)
+    assert answer, "the batch got no answer"
+    got = answer[0]
+    first = got["outcome"].to_pylist()
+    assert set(first) <= {"applied", "rejected"} or set(first) == {"duplicate"}
+    if first[0] != "duplicate":
+        assert first == expected["outcome"].to_pylist()
+    assert got["code"].to_pylist() == expected["code"].to_pylist()
+    assert got["error"].to_pylist() == expected["error"].to_pylist()
+    again = living.apply(batch, today=TODAY)
+    assert set(again["outcome"].to_pylist()) == {"duplicate"}
+    keys = [r["resident_code"] for r in rows[2_000:4_000]]
+    assert living.lookup(keys, by="resident_code", columns=["status"]).equals(
+        one.lookup(keys, by="resident_code", columns=["status"])
+    )
+
+
 def test_shards_with_replicas_or_of_format_1_take_no_changes(cluster: str, shard_dir: Path) -> None:
     twice = ShardedRegistry.start(shard_dir, replicas=2)
     try:
