@@ -355,6 +355,13 @@ def test_a_registry_with_changes_is_not_sharded(tmp_path: Path) -> None:
         shard(r, 2, tmp_path / "shards")
 
 
+def flip(path: Path) -> None:
+    """Damage `path`: one byte in its middle changed."""
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x55
+    path.write_bytes(bytes(raw))
+
+
 def forged(shard_dir: Path, tmp_path: Path, edit: Any) -> Path:
     copy = tmp_path / "forged"
     shutil.copytree(shard_dir, copy)
@@ -424,9 +431,7 @@ def test_a_damaged_shard_is_refused_at_start_naming_it(
 ) -> None:
     def damage(d: Path) -> None:
         version = d / "shard-1" / (d / "shard-1" / "CURRENT").read_text().strip()
-        raw = bytearray((version / "residents_family.arrow").read_bytes())
-        raw[len(raw) // 2] ^= 0x55
-        (version / "residents_family.arrow").write_bytes(bytes(raw))
+        flip(version / "residents_family.arrow")
 
     with pytest.raises(ShardError, match=r"shard-1: its actor could not open it.*checksum"):
         ShardedRegistry.start(forged(shard_dir, tmp_path, damage))
@@ -439,9 +444,7 @@ def test_damaged_routes_are_refused_at_start_naming_them(
     its file is checked against the manifest's SHA-256 before it is read."""
 
     def damage(d: Path) -> None:
-        raw = bytearray((d / "routes.arrow").read_bytes())
-        raw[len(raw) // 2] ^= 0x55
-        (d / "routes.arrow").write_bytes(bytes(raw))
+        flip(d / "routes.arrow")
 
     with pytest.raises(ShardError, match=r"routes\.arrow: SHA-256 [0-9a-f]+, shards\.json says"):
         ShardedRegistry.start(forged(shard_dir, tmp_path, damage))
@@ -454,9 +457,7 @@ def test_a_damaged_or_foreign_routing_function_is_refused_naming_it(
     forged to match, by every person reaching a slot of their own."""
 
     def damage(d: Path) -> None:
-        raw = bytearray((d / "routes_resident_code.phast").read_bytes())
-        raw[len(raw) // 2] ^= 0x55
-        (d / "routes_resident_code.phast").write_bytes(bytes(raw))
+        flip(d / "routes_resident_code.phast")
 
     with pytest.raises(ShardError, match=r"routes_resident_code\.phast: SHA-256 [0-9a-f]+"):
         ShardSet.load(forged(shard_dir, tmp_path, damage)).routes()
@@ -489,9 +490,7 @@ def test_held_identifiers_damaged_or_out_of_order_are_refused_naming_them(
     shard issue an identifier someone holds)."""
 
     def damage(d: Path) -> None:
-        raw = bytearray((d / "held_my_number.u64").read_bytes())
-        raw[len(raw) // 2] ^= 0x55
-        (d / "held_my_number.u64").write_bytes(bytes(raw))
+        flip(d / "held_my_number.u64")
 
     with pytest.raises(ShardError, match=r"held_my_number\.u64: SHA-256 [0-9a-f]+"):
         ShardedRegistry.start(forged(shard_dir, tmp_path, damage))
