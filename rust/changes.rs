@@ -464,6 +464,8 @@ pub struct BatchRecord {
     pub issued: Vec<(u16, u64)>,
     /// Persons created.
     pub created: u32,
+    /// Each entry's change number where a front end numbers them (a shard's); else empty.
+    pub numbers: Vec<u64>,
 }
 
 /// Per-row outcome of `apply`.
@@ -1170,7 +1172,10 @@ fn read_change(w: &Writer, t: &Table, i: usize) -> std::result::Result<Change, R
 }
 
 /// Check and apply a batch of change rows (the writer lock held): entries appended (not yet
-/// published), the batch's record filled for the log, one result per row.
+/// published), the batch's record filled for the log, one result per row. `numbers`: each row's
+/// change number where a front end numbers the changes (a shard's), ascending and past every
+/// change the registry holds; a registry takes numbered batches only or unnumbered ones only.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     data: &RegistryData,
     live: &Live,
@@ -1179,8 +1184,10 @@ pub fn apply(
     rec: &mut BatchRecord,
     today: i32,
     first_row: usize,
+    numbers: Option<&[u64]>,
 ) -> Result<Vec<RowResult>> {
     let t = Table::new(batch)?;
+    check_numbers(live, numbers, t.n, "numbers").map_err(JukiError::InvalidInput)?;
     let mut ctx = Ctx {
         data,
         live,
@@ -1224,8 +1231,10 @@ pub fn apply(
         let ids_before = ctx.rec.ids.len();
         match check_row(&mut ctx, &t, i, &change) {
             Ok(entry) => {
-                let at = crate::notices::push(ctx.data, ctx.live, entry, false);
+                let number = numbers.map(|n| n[i]);
+                let at = crate::notices::push(ctx.data, ctx.live, entry, false, number);
                 ctx.rec.entries.push(entry);
+                ctx.rec.numbers.extend(number);
                 // Identifiers issued become findable at once: later rows of the batch may
                 // name the person (readers see them only once the batch is published).
                 for &(kind, value, person) in &ctx.rec.ids[ids_before..] {
@@ -1274,8 +1283,8 @@ pub fn redo(data: &RegistryData, live: &Live, w: &mut Writer, rec: &BatchRecord)
             maps[*dict as usize].insert((value.as_str().into(), reading.as_str().into()), k);
         }
     }
-    for e in &rec.entries {
-        let at = crate::notices::push(data, live, *e, false);
+    for (i, e) in rec.entries.iter().enumerate() {
+        let at = crate::notices::push(data, live, *e, false, rec.numbers.get(i).copied());
         w.seen.insert(
             seen_key(e.municipality, e.sequence),
             Seen::Applied(at),
@@ -1298,6 +1307,53 @@ pub fn redo(data: &RegistryData, live: &Live, w: &mut Writer, rec: &BatchRecord)
     live.created
         .fetch_add(rec.created, std::sync::atomic::Ordering::Relaxed);
     w.next_batch = w.next_batch.max(rec.batch + 1);
+}
+
+/// Whether `numbers` (for `rows` entries, or none) may number the next changes of `live`: one
+/// per row, ascending, past its newest change, and given exactly where its changes so far were
+/// numbered (by a front end) or there were none. Says what is wrong, naming `what`.
+fn check_numbers(
+    live: &Live,
+    numbers: Option<&[u64]>,
+    rows: usize,
+    what: &str,
+) -> std::result::Result<(), String> {
+    let origins = live.origins.load(std::sync::atomic::Ordering::Acquire) as usize;
+    let changes = live.entries.count() - origins;
+    let numbered = live.numbered.load(std::sync::atomic::Ordering::Acquire);
+    let Some(numbers) = numbers else {
+        return match numbered {
+            true => Err(format!(
+                "{what}: this registry's changes are numbered by its front end (a shard's), \
+                 and a batch without numbers would break their order"
+            )),
+            false => Ok(()),
+        };
+    };
+    if changes > 0 && !numbered {
+        return Err(format!(
+            "{what}: this registry numbers its {changes} changes by position, so it takes no \
+             numbered batch (only a shard's registry, numbered from its first change, does)"
+        ));
+    }
+    if numbers.len() != rows {
+        return Err(format!("{what}: {} numbers for {rows} rows", numbers.len()));
+    }
+    if let Some(i) = numbers.windows(2).position(|p| p[0] >= p[1]) {
+        return Err(format!(
+            "{what}: not ascending at {}: {} then {}",
+            i + 1,
+            numbers[i],
+            numbers[i + 1]
+        ));
+    }
+    let last = crate::notices::last_number(live);
+    match numbers.first() {
+        Some(&first) if first <= last => Err(format!(
+            "{what}: {first} does not follow the newest change, {last}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The result table of `apply`: outcome, error, and the person's identifiers after the row.
@@ -1374,12 +1430,16 @@ pub fn encode(rec: &BatchRecord) -> Vec<u8> {
         b.extend_from_slice(&k.to_le_bytes());
         b.extend_from_slice(&n.to_le_bytes());
     }
+    b.extend_from_slice(&(rec.numbers.len() as u32).to_le_bytes());
+    for n in &rec.numbers {
+        b.extend_from_slice(&n.to_le_bytes());
+    }
     b
 }
 
-/// Version 2 records each rejection's [`Refusal`]; version 1 records (the build before) are
-/// read with every rejection `invalid`.
-const RECORD_VERSION: u32 = 2;
+/// Version 3 records the entries' change numbers (a shard's; none elsewhere); version 2 each
+/// rejection's [`Refusal`]; version 1 records are read with every rejection `invalid`.
+const RECORD_VERSION: u32 = 3;
 
 /// One entry's fixed encoding (`prev` is not stored: replay recomputes it).
 pub fn encode_entry(b: &mut Vec<u8>, e: &Entry) {
@@ -1578,6 +1638,11 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<BatchRecord> {
     for _ in 0..c.count(10)? {
         rec.issued.push((c.u16()?, c.u64()?));
     }
+    if version >= 3 {
+        for _ in 0..c.count(8)? {
+            rec.numbers.push(c.u64()?);
+        }
+    }
     Ok(rec)
 }
 
@@ -1590,7 +1655,14 @@ pub fn check_record(
     rec: &BatchRecord,
     what: &str,
 ) -> Result<()> {
-    check_entries(data, live, w.next_batch, rec, what, false)
+    check_entries(data, live, w.next_batch, rec, what, false)?;
+    let numbers = (!rec.numbers.is_empty()).then_some(rec.numbers.as_slice());
+    // A record of rejections only numbers nothing, in a numbered registry too.
+    if !rec.entries.is_empty() || numbers.is_some() {
+        check_numbers(live, numbers, rec.entries.len(), what)
+            .map_err(JukiError::SnapshotCorrupt)?;
+    }
+    Ok(())
 }
 
 /// [`check_record`], the record's batch no older than `first_batch`; `historic`: entries of a
@@ -1905,7 +1977,7 @@ pub fn load_history(
             {
                 return Err(bad(format!("row {i}: an origin after a change")));
             }
-            let at = crate::notices::push(data, live, entry, true);
+            let at = crate::notices::push(data, live, entry, true, None);
             if reason != Reason::Origin {
                 w.seen.insert(k, Seen::Applied(at), live);
             }
@@ -2011,9 +2083,35 @@ mod tests {
     }
 
     #[test]
+    fn a_record_keeps_its_change_numbers_and_a_version_2_one_has_none() {
+        let numbered = BatchRecord {
+            numbers: vec![5, 9, 1 << 40],
+            ..record()
+        };
+        assert_eq!(
+            decode(&encode(&numbered), "test").unwrap().numbers,
+            numbered.numbers
+        );
+        // Version 2 ended with the issued counters: no count of numbers.
+        let mut bytes = encode(&record());
+        bytes[..4].copy_from_slice(&2u32.to_le_bytes());
+        bytes.truncate(bytes.len() - 4);
+        let back = decode(&bytes, "test").unwrap();
+        assert!(back.numbers.is_empty());
+        assert_eq!(back.issued, vec![(3, 11)]);
+        // A count of numbers past the record's end is damage, not an allocation.
+        let mut bytes = encode(&record());
+        let at = bytes.len() - 4;
+        bytes[at..].copy_from_slice(&1000u32.to_le_bytes());
+        let err = decode(&bytes, "log at 40").err().unwrap().to_string();
+        assert!(err.contains("count of 1000 exceeds"), "{err}");
+    }
+
+    #[test]
     fn a_version_1_record_reads_with_every_rejection_invalid() {
         // Version 1 wrote each rejection as municipality, sequence, message: no code byte.
         let mut bytes = encode(&record());
+        bytes.truncate(bytes.len() - 4);
         bytes[..4].copy_from_slice(&1u32.to_le_bytes());
         let first = 4 + 4 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 8;
         assert_eq!(bytes[first], Refusal::NotPermitted as u8);
@@ -2030,9 +2128,9 @@ mod tests {
     #[test]
     fn an_unknown_version_or_refusal_code_is_corrupt() {
         let mut bytes = encode(&record());
-        bytes[..4].copy_from_slice(&3u32.to_le_bytes());
+        bytes[..4].copy_from_slice(&4u32.to_le_bytes());
         let err = decode(&bytes, "log at 40").err().unwrap().to_string();
-        assert!(err.contains("record version 3"), "{err}");
+        assert!(err.contains("record version 4"), "{err}");
         let mut bytes = encode(&record());
         let first = 4 + 4 + 8 + 4 + 4 + 4 + 4 + 4 + 4 + 8;
         bytes[first] = 9;

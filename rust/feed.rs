@@ -21,7 +21,7 @@ use crate::history::{group, group_fields, Reason, View};
 use crate::ids::IdKind;
 use crate::index::INVALID_KEY;
 use crate::index::NOT_FOUND;
-use crate::notices::{change_number, with_scanned};
+use crate::notices::{change_number, first_after, with_scanned};
 use crate::storage::Column;
 
 /// The person ids `keys` (identifiers of `kind`, current or former) name, null where a key is
@@ -84,7 +84,6 @@ pub fn watched_changes(
     limit: usize,
 ) -> Result<RecordBatch> {
     let live = view.live;
-    let origins = live.origins.load(Ordering::Acquire) as u64;
     let pair = Fields::from(vec![
         Field::new("field", DataType::Utf8, false),
         Field::new("value", DataType::Utf8, true),
@@ -98,7 +97,7 @@ pub fn watched_changes(
     let mut rc_b = StringBuilder::new();
     let mut mn_b = StringBuilder::new();
     let mut fields_b = ListBuilder::new(StructBuilder::from_fields(pair.clone(), 0));
-    let mut at = (after + origins).min(u32::MAX as u64) as u32;
+    let mut at = first_after(live, after);
     let mut found = 0;
     let mut scanned = after;
     while found < limit {

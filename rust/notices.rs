@@ -7,7 +7,9 @@
 //! in the same atomic step, is durable exactly when the change is, and is never owed for a change
 //! that did not happen. Notices are numbered by their change's number (entries counted from the
 //! registry's first change, origins excluded), which stays the same across restarts and
-//! checkpoints: a municipality's cursor is the number of the last notice it acknowledged.
+//! checkpoints: a municipality's cursor is the number of the last notice it acknowledged. A
+//! shard of a sharded registry numbers its changes as its front end says (numbers of the whole
+//! registry's changes, logged with them), so that every shard's notices merge in order.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,8 +33,15 @@ pub struct Notice {
 
 /// Push `entry` into `live` (a snapshot's history entry where `historic`), noting the notice it
 /// owes: a `move_in` to the municipality that held the resident before it, a `cancel` of one to
-/// the same municipality. Every path that adds an entry goes through here.
-pub fn push(data: &RegistryData, live: &Live, entry: Entry, historic: bool) -> u32 {
+/// the same municipality; `number`: its change number where a front end numbers them (checked
+/// by the caller to follow the last). Every path that adds an entry goes through here.
+pub fn push(
+    data: &RegistryData,
+    live: &Live,
+    entry: Entry,
+    historic: bool,
+    number: Option<u64>,
+) -> u32 {
     let owed = match entry.reason {
         Reason::MoveIn => {
             let cut = Cut {
@@ -47,6 +56,11 @@ pub fn push(data: &RegistryData, live: &Live, entry: Entry, historic: bool) -> u
         Reason::Cancel => find(live, entry.cancels).map(|n| n.municipality),
         _ => None,
     };
+    if let Some(number) = number {
+        // Before the entry: a reader that sees the entry finds its number.
+        live.numbers.push(number);
+        live.numbered.store(true, Ordering::Release);
+    }
     let at = if historic {
         live.push_historic(entry)
     } else {
@@ -86,9 +100,46 @@ fn find(live: &Live, at: u32) -> Option<Notice> {
         .filter(|n| n.entry == at)
 }
 
-/// The change number of entry `at`: entries counted from 1, origins excluded.
+/// The change number of entry `at`: the number its front end gave it, or else entries counted
+/// from 1, origins excluded.
 pub fn change_number(live: &Live, at: u32) -> u64 {
-    at as u64 - live.origins.load(Ordering::Acquire) as u64 + 1
+    let after_origins = at as u64 - live.origins.load(Ordering::Acquire) as u64;
+    if live.numbered.load(Ordering::Acquire) {
+        return live
+            .numbers
+            .get(after_origins as usize)
+            .copied()
+            .unwrap_or(u64::MAX);
+    }
+    after_origins + 1
+}
+
+/// The number of the newest change (0 if none).
+pub fn last_number(live: &Live) -> u64 {
+    let count = live.entries.count() as u32;
+    if count == live.origins.load(Ordering::Acquire) {
+        return 0;
+    }
+    change_number(live, count - 1)
+}
+
+/// The position of the first entry whose change number is after `after` (past the last entry
+/// where none is).
+pub fn first_after(live: &Live, after: u64) -> u32 {
+    let origins = live.origins.load(Ordering::Acquire);
+    if !live.numbered.load(Ordering::Acquire) {
+        return (after + origins as u64).min(u32::MAX as u64) as u32;
+    }
+    let (mut lo, mut hi) = (0usize, live.numbers.count());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if live.numbers.get(mid).is_some_and(|&n| n <= after) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    origins + lo as u32
 }
 
 /// The schema metadata key of a feed's answer: the number of the last change (or notice) it
@@ -110,10 +161,8 @@ pub fn with_scanned(batch: RecordBatch, scanned: u64) -> Result<RecordBatch> {
 /// `after`, oldest first, at most `limit` (and [`SCANNED_THROUGH`]).
 pub fn notices(view: &View, municipality: u16, after: u64, limit: usize) -> Result<RecordBatch> {
     let live = view.live;
-    let origins = live.origins.load(Ordering::Acquire) as u64;
-    let start = (after + origins).min(u32::MAX as u64) as u32;
     let mut rows = Builders::default();
-    let mut i = first_at(live, start);
+    let mut i = first_at(live, first_after(live, after));
     let mut found = 0;
     let mut scanned = after;
     while found < limit {
@@ -163,7 +212,6 @@ pub fn notices(view: &View, municipality: u16, after: u64, limit: usize) -> Resu
 /// from the smallest cursor.
 pub fn backlog(view: &View, after: &[(u16, u64)]) -> Vec<u64> {
     let live = view.live;
-    let origins = live.origins.load(Ordering::Acquire) as u64;
     let mut counts = vec![0u64; after.len()];
     let Some(lowest) = after.iter().map(|&(_, a)| a).min() else {
         return counts;
@@ -172,7 +220,7 @@ pub fn backlog(view: &View, after: &[(u16, u64)]) -> Vec<u64> {
     for (slot, &(key, a)) in after.iter().enumerate() {
         cursor.insert(key, (slot, a));
     }
-    let mut i = first_at(live, (lowest + origins).min(u32::MAX as u64) as u32);
+    let mut i = first_at(live, first_after(live, lowest));
     while let Some(n) = live.notices.get(i).copied() {
         i += 1;
         let Some(e) = live.entries.get(n.entry as usize) else {

@@ -793,13 +793,14 @@ impl PyRegistry {
     }
 
     /// Apply a table of changes; see `juki_engine.Registry.apply`.
-    #[pyo3(signature = (changes, today = None, first_row = 0))]
+    #[pyo3(signature = (changes, today = None, first_row = 0, numbers = None))]
     fn apply(
         &self,
         py: Python<'_>,
         changes: &Bound<'_, PyAny>,
         today: Option<i32>,
         first_row: usize,
+        numbers: Option<Vec<u64>>,
     ) -> PyResult<PyArrowType<Table>> {
         let table = ImportedTable::from_python(changes, "changes")?;
         let out = detached(py, || {
@@ -818,7 +819,14 @@ impl PyRegistry {
                 ..Default::default()
             };
             let rows = changes::apply(
-                &self.data, &self.live, &mut w, &batch, &mut rec, today, first_row,
+                &self.data,
+                &self.live,
+                &mut w,
+                &batch,
+                &mut rec,
+                today,
+                first_row,
+                numbers.as_deref(),
             )?;
             let changed = !rec.entries.is_empty()
                 || !rec.rejections.is_empty()
@@ -856,6 +864,12 @@ impl PyRegistry {
         })?;
         let schema = out.schema();
         to_table(vec![out], schema)
+    }
+
+    /// The number of the newest change (0 if none): where a front end numbering a shard's
+    /// changes resumes.
+    fn _last_change(&self) -> u64 {
+        crate::notices::last_number(&self.live)
     }
 
     /// Write a new snapshot holding the changes (folded in, and kept as history) and empty

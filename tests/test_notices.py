@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from town import Town
+from town import Town, table
 
 from juki_engine import InvalidInput, Registry
 from juki_engine.ids import local_government_code_check_digit
@@ -166,3 +166,66 @@ def test_a_read_says_how_far_it_looked_so_a_quiet_reader_starts_there_next_time(
     # Asked after that, nothing is left to look through.
     again = town.registry.notices(third, after=notice["notice"])
     assert int(again.schema.metadata[b"juki.scanned_through"]) == notice["notice"]
+
+
+def test_a_shard_numbers_its_changes_as_its_front_end_says_and_keeps_the_numbers(
+    tmp_path: Path,
+) -> None:
+    """A shard's changes carry the numbers its front end gives (numbers of the whole sharded
+    registry's changes, with gaps): its notices and its change feed use them, its change log
+    keeps them, and a batch that would break their order is refused, saying why."""
+    path = tmp_path / "shard"
+    Registry.generate(population=3_000, seed=5).save(path)
+    town = Town(Registry.open(path))
+    r, other = town.resident(0), town.resident(1)
+    home, new = str(r["municipality_code"]), town.elsewhere(str(r["municipality_code"]))
+    rc = r["resident_code"]
+    rows = [
+        town.change("move_out", home, resident_code=rc, moving_to=new),
+        town.change("move_in", new, resident_code=rc, **ADDRESS),
+        town.change("death", home, resident_code="12345678903"),  # no one: rejected
+    ]
+    out = town.registry._apply(table(*rows), numbers=[10, 11, 12])
+    assert out["outcome"].to_pylist() == ["applied", "applied", "rejected"]
+    (notice,) = town.registry.notices(home).to_pylist()
+    assert notice["notice"] == 11
+    # A rejected row's number is a gap: the newest change is the move_in's.
+    assert town.registry._last_change() == 11
+    death = town.change(
+        "death", str(other["municipality_code"]), resident_code=other["resident_code"]
+    )
+    town.registry._apply(table(death), numbers=[40])
+    watch = bytes([0xFF]) * (3_000 // 8 + 1)
+    feed = town.registry._watched_changes(watch, ["move_out", "move_in", "death"])
+    assert feed["change"].to_pylist() == [10, 11, 40]
+    assert town.registry._watched_changes(watch, ["death"], after=11)["change"].to_pylist() == [40]
+    assert town.registry.notices(home, after=11).num_rows == 0
+    # The change log keeps the numbers.
+    before = town.registry.notices(home)
+    town.registry = again = Registry.open(path)
+    assert again.notices(home).equals(before)
+    assert again._last_change() == 40
+    third = town.resident(2)
+    later = town.change(
+        "death", str(third["municipality_code"]), resident_code=third["resident_code"]
+    )
+    cases = [
+        (None, "numbered by its front end"),
+        ([40], "40 does not follow the newest change, 40"),
+        ([41, 42], "2 numbers for 1 rows"),
+    ]
+    for numbers, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            again._apply(table(later), numbers=numbers)
+    with pytest.raises(InvalidInput, match="not ascending at 1: 50 then 50"):
+        again._apply(table(later, later | {"sequence": later["sequence"] + 1}), numbers=[50, 50])
+    # Nothing of the refused batches was applied; a right one is.
+    assert again._apply(table(later), numbers=[41])["outcome"].to_pylist() == ["applied"]
+    # A shard's checkpoint would lose the numbers: not built yet, and it says so.
+    with pytest.raises(InvalidInput, match="checkpoint"):
+        again.checkpoint()
+    # A registry that numbers its own changes takes no numbered batch.
+    plain = Town(Registry.generate(population=3_000, seed=5))
+    plain.apply(plain.change("death", home, resident_code=rc))
+    with pytest.raises(InvalidInput, match="numbers its 1 changes by position"):
+        plain.registry._apply(table(later), numbers=[100])

@@ -150,7 +150,11 @@ class Registry:
         result row as a dict."""
 
     def apply(
-        self, changes: pa.Table | Claims, today: int | None = None, first_row: int = 0
+        self,
+        changes: pa.Table | Claims,
+        today: int | None = None,
+        first_row: int = 0,
+        numbers: list[int] | None = None,
     ) -> pa.Table:
         """Apply change records (docs/changes.md); durable in the change log before it
         returns. Per row: `outcome`, `code`, `error`, `resident_code`, `my_number`."""
@@ -160,6 +164,9 @@ class Registry:
 
     def _persons(self, keys: pa.Array, by: str = "my_number") -> pa.Table:
         """The person ids the keys name (null: invalid or no one) and each key's validity."""
+
+    def _last_change(self) -> int:
+        """The number of the newest change (0 if none)."""
 
     def _notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
         """Notices owed to each municipality after its last acknowledged one."""

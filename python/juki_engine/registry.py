@@ -285,9 +285,30 @@ class Registry:
         running meanwhile and see the batch entirely or not at all. `today` (default: today,
         UTC) is the date effective and reported dates may not pass; `first_row` numbers the
         rows in errors (a stream's rows after its earlier messages')."""
+        return self._apply(changes, today, first_row)
+
+    def _apply(
+        self,
+        changes: Any,
+        today: dt.date | None = None,
+        first_row: int = 0,
+        numbers: Sequence[int] | None = None,
+    ) -> pa.Table:
+        """`apply`; `numbers`: for a shard of a sharded registry, each row's change number in
+        the whole registry (ascending, past every change this shard holds), given by its front
+        end so that every shard's notices and change feeds merge in order. A registry numbered
+        so takes numbered batches only, and one that numbers its changes itself, unnumbered
+        ones only."""
         return self._core.apply(
-            _as_table(changes), _days(today) if today is not None else None, first_row
+            _as_table(changes),
+            _days(today) if today is not None else None,
+            first_row,
+            None if numbers is None else list(numbers),
         )
+
+    def _last_change(self) -> int:
+        """The number of the newest change (0 if none): where a shard's front end resumes."""
+        return self._core._last_change()
 
     def notices(self, municipality: str, *, after: int = 0, limit: int = 1000) -> pa.Table:
         """The 転入通知 (move-in notices) owed to `municipality` (its 6-digit code), oldest
@@ -383,3 +404,15 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({len(self):,} residents)"
+
+
+#: The schema metadata key of a feed's page (notices, watched changes): the number of the last
+#: change (or notice) the read examined, the caller's or not.
+SCANNED_THROUGH = "juki.scanned_through"
+
+
+def scanned_through(table: pa.Table) -> int:
+    """Where the next read of a feed's reader starts: the number of the last change (or
+    notice) the read of `table` examined, so that a quiet reader does not scan the same tail
+    again."""
+    return int(table.schema.metadata[SCANNED_THROUGH.encode()])

@@ -35,13 +35,25 @@ from juki_engine import InvalidInput, Registry, _core, audit, certs, service
 from juki_engine._proto import changes_pb2 as cpb
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine._proto import registry_pb2_grpc as pb_grpc
+from juki_engine._proto import residents_pb2 as rpb
+from juki_engine._proto import residents_pb2_grpc as rpb_grpc
 from juki_engine.audit import AuditTrail
 from juki_engine.cli import main
-from juki_engine.client import AgencyTLS, BulkJob, request_context, submit_changes
+from juki_engine.client import (
+    AgencyTLS,
+    BulkJob,
+    acknowledge_notices,
+    read_notices,
+    request_context,
+    stream_changes,
+    submit_changes,
+    watch,
+)
 from juki_engine.distributed import Routes, ShardedRegistry, ShardError, ShardSet, shard
 from juki_engine.distributed.cluster import NotSharded, ShardUnavailable
 from juki_engine.policy import Policy, example_path
-from juki_engine.service.frontend import status_code
+from juki_engine.registry import scanned_through
+from juki_engine.service.identity import BINDINGS, ResidentBindings, bind
 from juki_engine.synthetic.changes import CHANGE_SCHEMA, generate_changes
 
 SHARDS = 3
@@ -554,14 +566,18 @@ def test_hostile_routes_are_refused_naming_them(shard_dir: Path, tmp_path: Path)
 def test_juki_shard_splits_a_snapshot(registry: Registry, tmp_path: Path) -> None:
     snap = tmp_path / "snap"
     registry.save(snap)
+    bind(snap, {"ab" * 32: 4_500})  # a resident's certificate, bound beside the snapshot
     assert main(["shard", str(snap), "--shards", "2", "--out", str(tmp_path / "out")]) == 0
     assert [s.rows for s in ShardSet.load(tmp_path / "out").shards] == [3_000, 3_000]
+    # The binding moves with the split: person ids stay the registry's.
+    assert ResidentBindings(tmp_path / "out" / BINDINGS).person_of("ab" * 32) == 4_500
     assert main(["shard", str(snap), "--shards", "2", "--out", str(tmp_path / "out")]) == 2
 
 
 # ------------------------------------------------------------------ changes on shards
 
 TODAY = dt.date(2026, 1, 1)
+TOYAMA_ADDRESS = {"address_town": "中央町", "address_block": "1-1"}
 
 
 @pytest.fixture
@@ -650,6 +666,70 @@ def test_a_year_of_changes_on_shards_answers_as_the_single_engine_row_for_row(
         living._by_person(ids, ["my_number"])["my_number"].to_pylist()
         == births["my_number"].to_pylist()
     )
+    assert_same_feeds(
+        registry, one, living, pa.concat_tables(answers), set(year["reason"].to_pylist())
+    )
+
+
+def assert_same_feeds(
+    registry: Registry,
+    one: Registry,
+    living: ShardedRegistry,
+    answers: pa.Table,
+    reasons: set[str],
+) -> None:
+    """Every municipality's move-in notices and a watch list's changes read through the shards
+    as from the single engine, in the same order: the shards number a change by its row among
+    every row submitted (`answers`, from a fresh start), the single engine by its place among
+    the changes applied."""
+    applied = np.flatnonzero(pc.equal(answers["outcome"], "applied").to_numpy(False)) + 1
+    as_rows = {int(n): int(row) for n, row in enumerate(applied, start=1)}
+
+    def rows_of(table: pa.Table, *columns: str) -> list[dict[str, Any]]:
+        out = table.drop_columns(["recorded_at"]).to_pylist()
+        for row in out:
+            for c in columns:
+                row[c] = None if row[c] is None else as_rows[row[c]]
+        return out
+
+    codes = sorted(set(registry.to_arrow(["municipality_code"])["municipality_code"].to_pylist()))
+    everything = 1_000_000
+    counts = {}
+    for code in codes:
+        expected = one.notices(code, limit=everything)
+        got = living.notices(code, limit=everything)
+        assert got.drop_columns(["recorded_at"]).to_pylist() == rows_of(expected, "notice"), code
+        counts[code] = got.num_rows
+    assert living._notice_backlog(dict.fromkeys(codes, 0)) == counts
+    busiest = max(counts, key=lambda c: counts[c])
+    assert counts[busiest] >= 3 and sum(counts.values()) > 20
+    # Read in small pages from a cursor, as the notice service reads: the same notices, once.
+    pages, after = [], 0
+    while True:
+        page = living.notices(busiest, after=after, limit=2)
+        assert page.num_rows <= 2
+        pages.append(page)
+        if not page.num_rows and scanned_through(page) == after:
+            break
+        after = scanned_through(page)
+    assert pa.concat_tables(pages).equals(living.notices(busiest, limit=everything))
+    # A watch list over persons of the split: the same changes, numbered as their rows.
+    bits = np.zeros(len(registry), np.uint8)
+    bits[::7] = 1
+    watch = np.packbits(bits, bitorder="little").tobytes()
+    expected = one._watched_changes(watch, sorted(reasons - {"cancel"}), 0, everything)
+    got = living._watched_changes(watch, sorted(reasons - {"cancel"}), 0, everything)
+    assert got.num_rows > 100
+    assert got.drop_columns(["recorded_at"]).to_pylist() == rows_of(expected, "change", "cancels")
+    pages, after = [], 0
+    while page := living._watched_changes(watch, ["move_in", "death"], after, 9):
+        pages.append(page)
+        if not page.num_rows and scanned_through(page) == after:
+            break
+        after = scanned_through(page)
+    assert pa.concat_tables(pages).equals(
+        living._watched_changes(watch, ["move_in", "death"], 0, everything)
+    )
 
 
 def test_an_identifier_change_routes_the_new_identifier_and_keeps_the_former(
@@ -735,6 +815,45 @@ def test_a_shard_killed_after_changes_reopens_with_them_and_a_new_front_end_rout
         out = again.apply(changes_table([birth]), today=TODAY)
         assert out["outcome"].to_pylist() == ["duplicate"]
         assert out["resident_code"].to_pylist() == [baby]
+    finally:
+        again.stop()
+
+
+def test_notices_stay_in_order_across_shards_restarted_and_a_new_front_end(
+    registry: Registry, living: ShardedRegistry, tmp_path: Path
+) -> None:
+    """The shards log each change's number with it: actors killed and restarted give the
+    same notices, and a front end started afresh numbers its changes after every one before,
+    so each municipality's notices still read in the order they were recorded."""
+    one = one_engine(registry, tmp_path)
+    year = generate_changes(registry, 2025, seed=5)
+    half = year.num_rows // 2
+    for start in range(0, half, 500):
+        batch = year.slice(start, min(500, half - start))
+        one.apply(batch, today=TODAY, first_row=start)
+        living.apply(batch, today=TODAY, first_row=start)
+    codes = sorted(set(year["municipality"].to_pylist()))
+    before = {code: living.notices(code, limit=10_000) for code in codes}
+    for k in range(SHARDS):
+        os.kill(ray.get(living.actors[k].pid.remote()), signal.SIGKILL)
+    assert all(living.notices(code, limit=10_000).equals(before[code]) for code in codes)
+    again = ShardedRegistry.start(living.shards.directory)
+    try:
+        for start in range(half, year.num_rows, 500):
+            batch = year.slice(start, 500)
+            one.apply(batch, today=TODAY, first_row=start)
+            again.apply(batch, today=TODAY, first_row=start)
+        later = 0
+        for code in codes:
+            got, expected = again.notices(code, limit=10_000), one.notices(code, limit=10_000)
+            numbers = got["notice"].to_pylist()
+            assert numbers == sorted(set(numbers)), code
+            assert got.drop_columns(["notice", "recorded_at"]).equals(
+                expected.drop_columns(["notice", "recorded_at"])
+            ), code
+            assert got.slice(0, before[code].num_rows).equals(before[code])
+            later += got.num_rows - before[code].num_rows
+        assert later > 5
     finally:
         again.stop()
 
@@ -902,8 +1021,7 @@ def test_the_grpc_contract_answers_from_shards_as_from_one_registry(
     registry: Registry, sharded: ShardedRegistry, pki: Path, tmp_path: Path
 ) -> None:
     """`juki serve --shards`: typed calls, a bulk job and a search give the single engine's
-    answers; each disclosure is audited with the person's registry-wide id; move-in notices are
-    not served (UNIMPLEMENTED), and say why."""
+    answers; each disclosure is audited with the person's registry-wide id."""
     one, many = serving(registry, pki, tmp_path / "a"), serving(sharded, pki, tmp_path / "b")
     rows = registry.to_arrow(["resident_code", "family_name", "given_name", "birth_date"])
     claims = rows.take(pa.array([5, 1_999, 2_000, 4_321, 5_999, 0]))
@@ -967,10 +1085,6 @@ def test_the_grpc_contract_answers_from_shards_as_from_one_registry(
         assert answers[0] == answers[1]
         assert answers[1][2].outcome == pb.SEARCH_OUTCOME_AMBIGUOUS  # twins on two shards
         assert len(answers[1][1]) == 8 and answers[1][1][-1]["error"].startswith("row 7: ")
-        # Move-in notices are not served by a sharded registry yet, and it says why.
-        with pytest.raises(NotSharded, match="owes no notices") as refused:
-            many.frontend.registry.notices("162019")
-        assert status_code(refused.value) == grpc.StatusCode.UNIMPLEMENTED
     finally:
         one.stop(grace=1)
         many.stop(grace=1)
@@ -1069,6 +1183,158 @@ def test_a_municipality_submits_changes_to_a_sharded_server(
         )
         assert found["status"].to_pylist() == ["deceased", "resident"]
         assert found["given_name"].to_pylist()[1] == "花子"
+    finally:
+        server.stop(grace=1)
+
+
+def test_a_sharded_server_sends_notices_and_watched_changes_in_the_order_recorded(
+    registry: Registry, living: ShardedRegistry, pki: Path, tmp_path: Path
+) -> None:
+    """Three 富山市 residents, one on each shard, move to 高岡市 in the order shard 2, 0, 1 (an
+    agency watching them): 富山市 is sent the three notices in that order, acknowledges them
+    once across shards, and the agency is sent their changes in the same order."""
+    rows = registry.to_arrow().to_pylist()
+
+    def adult(first: int) -> dict[str, Any]:
+        return next(
+            r
+            for r in rows[first:]
+            if r["status"] == "resident" and r["birth_date"] < dt.date(2000, 1, 1)
+        )
+
+    movers = [adult(4_100), adult(100), adult(2_796)]  # shards 2, 0, 1
+    # Only shard 1 holds residents of 富山市 (the policy's municipality): two move there first.
+    for i, m in enumerate(movers[:2]):
+        moved = living.apply(
+            changes_table(
+                [
+                    change(m, 1, "move_out", resident_code=m["resident_code"], moving_to="162019"),
+                    change(m, 1, "move_in", resident_code=m["resident_code"], **TOYAMA_ADDRESS)
+                    | {"municipality": "162019", "sequence": 50 + i},
+                ]
+            ),
+            today=TODAY,
+        )
+        assert moved["outcome"].to_pylist() == ["applied"] * 2, moved["error"]
+        m["municipality_code"] = "162019"
+    assert movers[2]["municipality_code"] == "162019"
+    frontend = service.Frontend.open(
+        living, pki / "policy.toml", tmp_path / "audit", state_dir=tmp_path / "state"
+    )
+    server = service.start(frontend, service.ServerTLS.in_directory(pki))
+    address = f"127.0.0.1:{server.port}"
+
+    def channel(caller: str) -> grpc.Channel:
+        return AgencyTLS.from_cert(pki / "agencies" / f"{caller}.pem").channel(address)
+
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    try:
+        with channel("nenkin") as ch:
+            reply = watch(ch, "pension-benefit", [m["my_number"] for m in movers], timeout=30)
+        assert reply.watched == 3
+        for i, m in enumerate(movers):
+            key = pb.Key(resident_code=m["resident_code"])
+            for caller, message in (
+                ("162019", cpb.Change(reason=cpb.CHANGE_REASON_MOVE_OUT, moving_to="162027")),
+                (
+                    "162027",
+                    cpb.Change(
+                        reason=cpb.CHANGE_REASON_MOVE_IN,
+                        address_town="中央町",
+                        address_block="1-1",
+                    ),
+                ),
+            ):
+                message.MergeFrom(
+                    cpb.Change(sequence=100 + i, key=key, effective_date=today, reported_date=today)
+                )
+                with channel(caller) as ch:
+                    out = submit_changes(ch, [message], "clerk", timeout=30)
+                assert out["outcome"].to_pylist() == ["applied"]
+        with channel("162019") as ch:
+            notices = list(read_notices(ch, "clerk", timeout=30))
+            assert [n.resident.resident_code for n in notices] == [
+                m["resident_code"] for m in movers
+            ]
+            numbers = [n.notice for n in notices]
+            assert numbers == sorted(numbers)
+            assert acknowledge_notices(ch, numbers[1]) == numbers[1]
+            assert [n.notice for n in read_notices(ch, "clerk", timeout=30)] == numbers[2:]
+            assert living._notice_backlog({"162019": numbers[1]}) == {"162019": 1}
+        with channel("162027") as ch:
+            assert list(read_notices(ch, "clerk", timeout=30)) == []
+        with channel("nenkin") as ch:
+            sent = list(stream_changes(ch, "pension-benefit", timeout=30))
+        # The affair is told of move_ins (not move_outs): the two into 富山市 first.
+        assert [(c.reason, c.resident.my_number) for c in sent] == [
+            ("move_in", m["my_number"]) for m in [*movers[:2], *movers]
+        ]
+        assert [c.change for c in sent] == sorted(c.change for c in sent)
+        trail = audit.read(frontend.audit.directory)
+        told = trail.filter(pc.equal(trail["mode"], "notice"))
+        assert told["subject"].to_pylist() == [
+            *(m["resident_code"] for m in movers),
+            movers[2]["resident_code"],
+        ]
+    finally:
+        server.stop(grace=1)
+
+
+def test_a_resident_reads_their_own_record_and_accesses_from_shards(
+    registry: Registry, living: ShardedRegistry, pki: Path, tmp_path: Path
+) -> None:
+    """The residents' view on a sharded server: a resident of shard 2, bound by person id,
+    reads their own record from the shards and who looked at them, through a change of My
+    Number applied by their shard; a resident of shard 0 sees none of it."""
+    own_pki = tmp_path / "pki"
+    shutil.copytree(pki, own_pki)
+    fingerprints = certs.issue_residents(own_pki, ["alice", "bob"])
+    alice, bob = (registry.to_arrow().to_pylist()[i] for i in (4_500, 10))
+    state = tmp_path / "state"
+    bind(state, {fingerprints["alice"]: 4_500, fingerprints["bob"]: 10})
+    frontend = service.Frontend.open(
+        living, own_pki / "policy.toml", tmp_path / "audit", state_dir=state
+    )
+    server = service.start(frontend, service.ServerTLS.in_directory(own_pki))
+    address = f"127.0.0.1:{server.port}"
+
+    def resident(name: str) -> rpb_grpc.ResidentServiceStub:
+        tls = AgencyTLS.from_cert(
+            own_pki / "residents" / "issued" / f"{name}.pem", ca=own_pki / "ca.pem"
+        )
+        return rpb_grpc.ResidentServiceStub(tls.channel(address))
+
+    def verify(my_number: str) -> None:
+        with AgencyTLS.from_cert(own_pki / "agencies" / "nenkin.pem").channel(address) as ch:
+            reply = pb_grpc.IdentityVerificationServiceStub(ch).Verify(
+                pb.VerifyRequest(
+                    context=request_context("pension-benefit", "op"),
+                    key=pb.Key(my_number=my_number),
+                    claims=pb.Claims(family_name="誰か"),
+                ),
+                timeout=30,
+            )
+        assert reply.found
+
+    try:
+        verify(alice["my_number"])
+        changed = living.apply(
+            changes_table([change(alice, 1, "my_number_change", my_number=alice["my_number"])]),
+            today=TODAY,
+        )
+        new_number = changed["my_number"][0].as_py()
+        assert new_number != alice["my_number"]
+        verify(new_number)
+        record = resident("alice").GetMyRecord(rpb.GetMyRecordRequest(), timeout=30).resident
+        assert (record.resident_code, record.my_number) == (alice["resident_code"], new_number)
+        seen = resident("alice").ListMyAccesses(rpb.ListMyAccessesRequest(), timeout=30)
+        assert [(a.agency, a.mode) for a in seen.accesses] == [("nenkin", "verify")] * 2
+        theirs = resident("bob").ListMyAccesses(rpb.ListMyAccessesRequest(), timeout=30)
+        assert list(theirs.accesses) == []
+        assert (
+            resident("bob").GetMyRecord(rpb.GetMyRecordRequest(), timeout=30).resident.my_number
+            == bob["my_number"]
+        )
     finally:
         server.stop(grace=1)
 

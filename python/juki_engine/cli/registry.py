@@ -62,12 +62,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_shard(args: argparse.Namespace) -> int:
     from juki_engine.distributed import shard
+    from juki_engine.service.identity import BINDINGS
 
     registry = open_snapshot(Path(args.snapshot), mmap=True)
     with spinner(f"writing {args.shards} shards to {args.out}") as progress:
         progress.add_task("shard")
         started = time.perf_counter()
         shards = shard(registry, args.shards, args.out)
+    # The residents' certificates bind person ids, which the split keeps: they bind the same
+    # residents served from the shards (their directory is the sharded server's state).
+    bindings = Path(args.snapshot) / BINDINGS
+    if bindings.exists():
+        (Path(args.out) / BINDINGS).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bindings, Path(args.out) / BINDINGS)
     for s in shards.shards:
         console.print(f"{s.path}: persons {s.first_person:,} … {s.first_person + s.rows - 1:,}")
     console.print(

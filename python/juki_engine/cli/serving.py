@@ -170,10 +170,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.workers,
         args.crl,
         args.max_bulk_jobs,
-        # Beside the change log: notices and subscriptions read its changes; their cursors and
-        # watch lists live with it, as do the bindings of residents' certificates. A sharded
-        # registry takes no changes yet: none of them is served.
-        None if args.shards else snapshot,
+        # Beside the change log (a sharded registry's: beside its shards): notices and
+        # subscriptions read its changes; their cursors and watch lists live with it, as do the
+        # bindings of residents' certificates.
+        Path(args.shards) if args.shards else snapshot,
         Path(args.audit_key) if args.audit_key else None,
     )
     if args.port_file:

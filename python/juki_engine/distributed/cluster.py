@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from juki_engine.distributed.shards import KINDS, Routes, ShardError, ShardSet
-from juki_engine.registry import Registry
+from juki_engine.registry import SCANNED_THROUGH, Registry, scanned_through
 
 __all__ = ["ShardUnavailable", "ShardedRegistry"]
 
@@ -52,8 +52,8 @@ class ShardUnavailable(RuntimeError):
 
 
 class NotSharded(RuntimeError):
-    """What a sharded registry does not do yet: owe notices, keep watch lists, take changes
-    with replicas (docs/sharding.md says why, and how they will come)."""
+    """What a sharded registry does not do yet: take changes with replicas (docs/sharding.md
+    says why, and how it will come)."""
 
 
 def _ray() -> Any:
@@ -75,8 +75,20 @@ class ShardActor:
         if held is not None:
             self.registry._core._as_shard(k, of, held)
 
-    def apply(self, changes: pa.Table, today: dt.date | None) -> pa.Table:
-        return self.registry.apply(changes, today=today)
+    def apply(self, changes: pa.Table, today: dt.date | None, numbers: list[int]) -> pa.Table:
+        return self.registry._apply(changes, today, numbers=numbers)
+
+    def last_change(self) -> int:
+        return self.registry._last_change()
+
+    def notices(self, municipality: str, after: int, limit: int) -> pa.Table:
+        return self.registry.notices(municipality, after=after, limit=limit)
+
+    def notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
+        return self.registry._notice_backlog(acknowledged)
+
+    def watched_changes(self, watch: bytes, reasons: list[str], after: int, limit: int) -> pa.Table:
+        return self.registry._watched_changes(watch, reasons, after, limit)
 
     def seen(self, municipalities: list[str | None], sequences: list[int | None]) -> bytes:
         return self.registry._core._seen(municipalities, sequences)
@@ -160,8 +172,12 @@ class ShardedRegistry:
         self._turn = itertools.count()
         self._current = [r[0] for r in replicas]
         # One change batch at a time across the shards (as one registry's writer): which shard
-        # saw a change is asked, then the batch applied, without another batch between.
+        # saw a change is asked, then the batch applied, without another batch between. Feeds
+        # (notices, watched changes) are read between batches, never during one.
         self._applying = threading.Lock()
+        # The number of the next change row: every row of the registry is numbered, across the
+        # shards, in the order batches were applied (see `apply`).
+        self._next_number = 1
 
     @property
     def actors(self) -> list[Any]:
@@ -216,6 +232,9 @@ class ShardedRegistry:
                 why = str(e).strip().splitlines()[-1]
                 raise ShardError(f"{info.path}: its actor could not open it: {why}") from e
         sharded = cls(shards, routes, actors)
+        # Numbering resumes past every change any shard holds.
+        last: list[int] = sharded._gather([a.last_change.remote() for a in sharded.actors])
+        sharded._next_number = max(last) + 1
         if held is not None:
             # Identifiers changes issued since the split (in the shards' change logs) route to
             # the shards that issued them.
@@ -265,7 +284,12 @@ class ShardedRegistry:
         answers from the moment the caller learns it; the former one still reaches its person
         (`replaced`). A call whose shard died and was restarted is retried there: rows its
         first attempt made durable answer `duplicate`, with their first results, as a
-        municipality's own retry would."""
+        municipality's own retry would.
+
+        The rows are numbered across the shards, in the order batches are applied (the
+        registry's change numbers, with gaps where a row was rejected or a duplicate): each shard
+        logs its rows' numbers with them, so that a municipality's notices and an agency's
+        watched changes merge from every shard in the order they were recorded."""
         if self.shards.held_sha256 is None or any(len(r) > 1 for r in self.replicas):
             raise NotSharded(
                 "this sharded registry takes no changes: its shards were split before shards "
@@ -275,10 +299,16 @@ class ShardedRegistry:
         table = changes if isinstance(changes, pa.Table) else pa.table(changes)
         with self._applying:
             owner = self._owners(table)
+            numbers = np.arange(self._next_number, self._next_number + table.num_rows)
+            # Past this batch whatever happens: a shard may have applied its part of a batch
+            # that fails on another, and numbers are never given twice.
+            self._next_number += table.num_rows
             out = self._scattered(
                 owner,
                 first_row,
-                lambda k, a, rows: a.apply.remote(table.take(pa.array(rows, pa.int64())), today),
+                lambda k, a, rows: a.apply.remote(
+                    table.take(pa.array(rows, pa.int64())), today, numbers[rows].tolist()
+                ),
             )
             self._route_issued(table, out, owner)
         return out
@@ -378,16 +408,46 @@ class ShardedRegistry:
             owner, 0, lambda k, a, rows: a.by_person.remote(local[rows].tolist(), columns)
         )
 
-    def _not_sharded(self, *_: Any, **__: Any) -> Any:
-        raise NotSharded(
-            "this server serves a sharded registry, which owes no notices and keeps no watch "
-            "lists yet (docs/sharding.md)"
-        )
+    @_failover
+    def notices(self, municipality: str, *, after: int = 0, limit: int = 1000) -> pa.Table:
+        """As `Registry.notices`: the notices every shard owes `municipality`, merged in the
+        order their changes were recorded (their numbers are the registry's, see `apply`)."""
+        with self._applying:
+            pages = self._gather(
+                [a.notices.remote(municipality, after, limit) for a in self.actors]
+            )
+        return _merged_feed(pages, "notice", limit)
 
-    notices = register = _watched_changes = _not_sharded
-
+    @_failover
     def _notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
-        return {}
+        with self._applying:
+            counts: list[dict[str, int]] = self._gather(
+                [a.notice_backlog.remote(acknowledged) for a in self.actors]
+            )
+        return {code: sum(c.get(code, 0) for c in counts) for code in acknowledged}
+
+    @_failover
+    def _watched_changes(
+        self, watch: bytes, reasons: list[str], after: int = 0, limit: int = 1000
+    ) -> pa.Table:
+        """As `Registry._watched_changes`: `watch` (a bitmap over the registry's person ids)
+        split into each shard's, and their changes merged in the order they were recorded."""
+        ids = np.flatnonzero(np.unpackbits(np.frombuffer(watch, np.uint8), bitorder="little"))
+        owner, local = self.persons.local_ids(ids)
+        watches = []
+        for k in range(len(self.actors)):
+            mine = local[owner == k]
+            bits = np.zeros(int(mine.max()) + 1 if len(mine) else 0, np.uint8)
+            bits[mine] = 1
+            watches.append(np.packbits(bits, bitorder="little").tobytes())
+        with self._applying:
+            pages = self._gather(
+                [
+                    a.watched_changes.remote(w, list(reasons), after, limit)
+                    for a, w in zip(self.actors, watches, strict=True)
+                ]
+            )
+        return _merged_feed(pages, "change", limit)
 
     @_failover
     def verify(
@@ -517,6 +577,23 @@ class PersonIds:
         )
         bad = ids < 0
         return np.where(bad, 0, owner), np.where(bad, 2**32 - 1, local)
+
+
+def _merged_feed(pages: list[pa.Table], column: str, limit: int) -> pa.Table:
+    """The shards' pages of one feed (a municipality's notices, a watch list's changes: each
+    shard's numbered after one cursor, in order, at most `limit`) as the registry's page: in
+    number order, at most `limit`, and only through the number every shard was read to (a shard
+    whose page is full may hold more before another shard's last), which is what the page says
+    it scanned through."""
+    scanned = [scanned_through(p) for p in pages]
+    full = [s for p, s in zip(pages, scanned, strict=True) if p.num_rows >= limit]
+    through = min(full) if full else max(scanned)
+    merged = pa.concat_tables([p.replace_schema_metadata(None) for p in pages])
+    merged = merged.filter(pc.less_equal(merged[column], through)).sort_by(column)
+    if merged.num_rows > limit:
+        merged = merged.slice(0, limit)
+        through = merged[column][-1].as_py()
+    return merged.replace_schema_metadata({SCANNED_THROUGH: str(through)})
 
 
 def _first_shard(hits: np.ndarray) -> np.ndarray:

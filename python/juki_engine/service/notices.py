@@ -22,6 +22,7 @@ from juki_engine._proto import changes_pb2 as cpb
 from juki_engine._proto import changes_pb2_grpc as cpb_grpc
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine.audit import AuditContext
+from juki_engine.registry import scanned_through
 from juki_engine.service.bulk import JobSlots
 from juki_engine.service.frontend import Call, Frontend, settle
 from juki_engine.service.wire import check_text
@@ -113,12 +114,6 @@ class NoticeService(cpb_grpc.NoticeServiceServicer):
             acknowledged = acks.advance(municipality.code, through)
             call.recorded = True  # an acknowledgement discloses nothing: only refusals are audited
             return cpb.AcknowledgeNoticesResponse(acknowledged=acknowledged)
-
-
-def scanned_through(table: Any) -> int:
-    """The number of the last change (or notice) a feed read examined (the core's
-    `juki.scanned_through`): where the next read of the same reader starts."""
-    return int(table.schema.metadata[b"juki.scanned_through"])
 
 
 def _acknowledgements(f: Frontend) -> Any:

@@ -30,11 +30,11 @@ from juki_engine._proto import changes_pb2_grpc as cpb_grpc
 from juki_engine._proto import registry_pb2 as pb
 from juki_engine.audit import AuditContext
 from juki_engine.policy import Grant, QuotaExhausted
-from juki_engine.registry import Registry
+from juki_engine.registry import Registry, scanned_through
 from juki_engine.service.acknowledgements import WatchLists
 from juki_engine.service.bulk import JobSlots
 from juki_engine.service.frontend import Call, Frontend, settle, until_cancelled
-from juki_engine.service.notices import FOLLOW_POLL_S, MAX_FOLLOWERS, scanned_through
+from juki_engine.service.notices import FOLLOW_POLL_S, MAX_FOLLOWERS
 from juki_engine.service.verification import resident_message
 from juki_engine.service.wire import KEY_NAMES, check_text, column_of, read_claims
 
