@@ -292,9 +292,9 @@ impl PyRegistry {
         }
     }
 
-    /// A registry opened from the snapshot at `dir`: the snapshot, then its change log's
-    /// records redone.
-    fn opened(opened: snapshot::Opened, dir: &std::path::Path) -> Result<PyRegistry> {
+    /// A registry opened from the snapshot at `dir`: the snapshot, then the records of its
+    /// change log (`log`, a file in `dir`) redone.
+    fn opened(opened: snapshot::Opened, dir: &std::path::Path, log: &str) -> Result<PyRegistry> {
         let snapshot::Opened {
             data,
             extras,
@@ -328,7 +328,7 @@ impl PyRegistry {
             )?;
         }
         reg.covered = covered;
-        let path = dir.join(CHANGE_LOG);
+        let path = dir.join(log);
         if path.exists() {
             let recovered = ChangeLog::read(&path)?;
             if let Some(message) = &recovered.dropped_tail {
@@ -494,12 +494,33 @@ impl PyRegistry {
         Ok(PyRegistry::new(data))
     }
 
-    /// Open a snapshot directory written by `save`.
+    /// Open a snapshot directory written by `save`; `log`: the name of its change log there
+    /// (a replica's own beside the shard's snapshot), `changes.log` by default.
     #[staticmethod]
-    #[pyo3(signature = (path, mmap = false))]
-    fn open(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyRegistry> {
+    #[pyo3(signature = (path, mmap = false, log = None))]
+    fn open(
+        py: Python<'_>,
+        path: PathBuf,
+        mmap: bool,
+        log: Option<String>,
+    ) -> PyResult<PyRegistry> {
+        let log = log.unwrap_or_else(|| CHANGE_LOG.to_string());
+        let plain = log.len() <= 64
+            && log.ends_with(".log")
+            && !log.starts_with('.')
+            && log
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !plain {
+            return Err(JukiError::InvalidInput(format!(
+                "log: {:?} is not a change log's file name (letters, digits, '.', '_', '-', \
+                 ending .log, at most 64)",
+                log.chars().take(80).collect::<String>()
+            ))
+            .into());
+        }
         Ok(detached(py, || {
-            PyRegistry::opened(snapshot::open_with(&path, mmap)?, &path)
+            PyRegistry::opened(snapshot::open_with(&path, mmap)?, &path, &log)
         })?)
     }
 
@@ -793,7 +814,7 @@ impl PyRegistry {
     }
 
     /// Apply a table of changes; see `juki_engine.Registry.apply`.
-    #[pyo3(signature = (changes, today = None, first_row = 0, numbers = None))]
+    #[pyo3(signature = (changes, today = None, first_row = 0, numbers = None, recorded = None))]
     fn apply(
         &self,
         py: Python<'_>,
@@ -801,6 +822,7 @@ impl PyRegistry {
         today: Option<i32>,
         first_row: usize,
         numbers: Option<Vec<u64>>,
+        recorded: Option<i64>,
     ) -> PyResult<PyArrowType<Table>> {
         let table = ImportedTable::from_python(changes, "changes")?;
         let out = detached(py, || {
@@ -812,7 +834,7 @@ impl PyRegistry {
                 .last_recorded
                 .load(Ordering::Relaxed)
                 .saturating_add(1)
-                .max(now_micros());
+                .max(recorded.unwrap_or_else(now_micros));
             let mut rec = BatchRecord {
                 batch: w.next_batch,
                 recorded,
@@ -870,6 +892,74 @@ impl PyRegistry {
     /// changes resumes.
     fn _last_change(&self) -> u64 {
         crate::notices::last_number(&self.live)
+    }
+
+    /// The newest batch applied (0 if none): how far a replica has come.
+    fn _last_batch(&self) -> u32 {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.next_batch.saturating_sub(1)
+    }
+
+    /// The change log's records of the batches after `batch`, durable, in order: what a
+    /// replica of the same shard that stopped at `batch` lacks (log shipping).
+    fn _log_since(&self, py: Python<'_>, batch: u32) -> PyResult<Vec<Vec<u8>>> {
+        Ok(detached(py, || {
+            let Some(log) = self.log()? else {
+                return Err(JukiError::InvalidInput(
+                    "a registry without a change log has no records to ship".into(),
+                ));
+            };
+            let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            log.sync_through(log.len())?;
+            let recovered = ChangeLog::read(log.path())?;
+            let mut out = Vec::new();
+            for (i, bytes) in recovered.records().enumerate() {
+                let what = format!("change log '{}' record {i}", log.path().display());
+                if changes::decode(bytes, &what)?.batch > batch {
+                    out.push(bytes.to_vec());
+                }
+            }
+            Ok(out)
+        })?)
+    }
+
+    /// Redo `records` shipped from a replica of the same shard (`_log_since`), each checked as
+    /// the change log's own are and made durable in this registry's log before it is seen:
+    /// they must continue this registry's batches exactly. Returns how many were redone.
+    fn _redo_shipped(&self, py: Python<'_>, records: Vec<Vec<u8>>) -> PyResult<usize> {
+        Ok(detached(py, || {
+            let Some(log) = self.log()? else {
+                return Err(JukiError::InvalidInput(
+                    "a registry without a change log cannot take shipped records".into(),
+                ));
+            };
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = None;
+            for (i, bytes) in records.iter().enumerate() {
+                let what = format!("shipped record {i}");
+                let rec = changes::decode(bytes, &what)?;
+                if rec.batch != w.next_batch {
+                    return Err(JukiError::InvalidInput(format!(
+                        "{what} is of batch {}, and this registry's next batch is {}: it is \
+                         not the record that follows (a replica that diverged, or records \
+                         out of order)",
+                        rec.batch, w.next_batch
+                    )));
+                }
+                changes::check_record(&self.data, &self.live, &w, &rec, &what)?;
+                let at = log.append(bytes)?;
+                changes::redo(&self.data, &self.live, &mut w, &rec);
+                self.last_recorded
+                    .fetch_max(rec.recorded, Ordering::Relaxed);
+                last = Some((rec.batch, at));
+            }
+            // Durable, then seen (as an applied batch is).
+            if let Some((batch, at)) = last {
+                log.sync_through(at)?;
+                self.live.publish(batch);
+            }
+            Ok(records.len())
+        })?)
     }
 
     /// Write a new snapshot holding the changes (folded in, and kept as history) and empty

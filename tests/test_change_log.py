@@ -497,3 +497,53 @@ def test_a_checkpoint_writes_the_registry_as_it_stands(saved: Path) -> None:
     born = again.lookup([results[0]["my_number"]], columns=["given_name"]).to_pylist()[0]
     assert born["found"] and born["given_name"] == "一"
     assert not again.lookup([results[1]["my_number"]]).to_pylist()[0]["found"]
+
+
+def test_a_replica_keeps_its_own_log_and_catches_up_by_records_shipped_from_another(
+    saved: Path,
+) -> None:
+    """Two replicas of one snapshot, each with its own change log: the same batches at the same
+    commit time make the same registry; one that missed batches takes the other's records
+    (log shipping), durable in its own log, and then reads the same, reopened too. Records
+    that do not continue its batches, or are damaged, are refused, naming them."""
+    leader = Registry.open(saved, log="changes.replica-0.log")
+    people = residents(leader, 30)
+    behind = Registry.open(saved, log="changes.replica-1.log")
+    first, second = deaths(people[:10], 0), deaths(people[10:20], 100)
+    for replica in (leader, behind):
+        replica._apply(first, TODAY, recorded=1_750_000_000_000_000)
+    leader._apply(second, TODAY, recorded=1_750_000_000_000_001)
+    leader._apply(deaths(people[20:], 200), TODAY)
+    assert (leader._last_batch(), behind._last_batch()) == (3, 1)
+    assert statuses(behind, people) == ["deceased"] * 10 + ["resident"] * 20
+    shipped = leader._log_since(behind._last_batch())
+    assert len(shipped) == 2 and leader._log_since(3) == []
+    # Out of order, or damaged: refused, and nothing of them applied.
+    with pytest.raises(JukiError, match=r"shipped record 0 is of batch 3, .* next batch is 2"):
+        behind._redo_shipped(shipped[1:])
+    damaged = bytearray(shipped[0])
+    damaged[4:8] = (2).to_bytes(4, "little")
+    with pytest.raises(SnapshotCorrupt, match="shipped record 0"):
+        behind._redo_shipped([bytes(damaged[:-9])])
+    assert behind._last_batch() == 1
+    assert behind._redo_shipped(shipped) == 2
+    columns = ["status", "status_date", "municipality_code"]
+    keys = [str(r["my_number"]) for r in people]
+    assert behind.lookup(keys, columns=columns).equals(leader.lookup(keys, columns=columns))
+    assert behind.history(keys).equals(leader.history(keys))
+    # Durable in its own log: reopened, it is the same; the leader's log is untouched by it.
+    del behind
+    again = Registry.open(saved, log="changes.replica-1.log")
+    assert again.history(keys).equals(leader.history(keys))
+    assert (saved / "changes.replica-0.log").stat().st_size == (
+        saved / "changes.replica-1.log"
+    ).stat().st_size
+    assert not (saved / "changes.log").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["../changes.log", "changes", ".log", "x/y.log", "a" * 70 + ".log"]
+)
+def test_a_change_log_name_that_is_not_a_plain_file_name_is_refused(saved: Path, name: str) -> None:
+    with pytest.raises(JukiError, match="is not a change log's file name"):
+        Registry.open(saved, log=name)

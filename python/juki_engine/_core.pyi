@@ -75,7 +75,7 @@ class Registry:
         """Draw a synthetic registry from a plan built by `juki_engine.synthetic`."""
 
     @staticmethod
-    def open(path: str, mmap: bool = False) -> Registry:
+    def open(path: str, mmap: bool = False, log: str | None = None) -> Registry:
         """Open a snapshot directory (read into huge-page memory, or its columns mapped with
         `mmap`; the indexes are always read)."""
 
@@ -155,6 +155,7 @@ class Registry:
         today: int | None = None,
         first_row: int = 0,
         numbers: list[int] | None = None,
+        recorded: int | None = None,
     ) -> pa.Table:
         """Apply change records (docs/changes.md); durable in the change log before it
         returns. Per row: `outcome`, `code`, `error`, `resident_code`, `my_number`."""
@@ -167,6 +168,15 @@ class Registry:
 
     def _last_change(self) -> int:
         """The number of the newest change (0 if none)."""
+
+    def _last_batch(self) -> int:
+        """The newest batch applied (0 if none)."""
+
+    def _log_since(self, batch: int) -> list[bytes]:
+        """The change log's records of the batches after `batch`."""
+
+    def _redo_shipped(self, records: list[bytes]) -> int:
+        """Redo records shipped from a replica of the same shard."""
 
     def _notice_backlog(self, acknowledged: dict[str, int]) -> dict[str, int]:
         """Notices owed to each municipality after its last acknowledged one."""

@@ -119,10 +119,14 @@ class Registry:
         )
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mmap: bool = False) -> Registry:
+    def open(
+        cls, path: str | os.PathLike[str], *, mmap: bool = False, log: str | None = None
+    ) -> Registry:
         """Open a snapshot directory. `mmap=True` maps the column files instead of loading them
-        (the indexes, probed at random, are read into huge pages either way)."""
-        return cls(_core.Registry.open(os.fspath(path), mmap=mmap))
+        (the indexes, probed at random, are read into huge pages either way). `log`: the file
+        name of its change log in the directory (`changes.log`; a shard's replica keeps its
+        own beside the others')."""
+        return cls(_core.Registry.open(os.fspath(path), mmap=mmap, log=log))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save atomically: a crash mid-save leaves the previous snapshot intact. The snapshot
@@ -293,22 +297,40 @@ class Registry:
         today: dt.date | None = None,
         first_row: int = 0,
         numbers: Sequence[int] | None = None,
+        recorded: int | None = None,
     ) -> pa.Table:
         """`apply`; `numbers`: for a shard of a sharded registry, each row's change number in
         the whole registry (ascending, past every change this shard holds), given by its front
         end so that every shard's notices and change feeds merge in order. A registry numbered
         so takes numbered batches only, and one that numbers its changes itself, unnumbered
-        ones only."""
+        ones only. `recorded`: the batch's commit time (µs since the epoch; it still follows
+        the last batch's), given by a front end so that a shard's replicas record the same."""
         return self._core.apply(
             _as_table(changes),
             _days(today) if today is not None else None,
             first_row,
             None if numbers is None else list(numbers),
+            recorded,
         )
 
     def _last_change(self) -> int:
         """The number of the newest change (0 if none): where a shard's front end resumes."""
         return self._core._last_change()
+
+    def _last_batch(self) -> int:
+        """The newest batch applied (0 if none): how far a shard's replica has come."""
+        return self._core._last_batch()
+
+    def _log_since(self, batch: int) -> list[bytes]:
+        """The change log's records (durable) of the batches after `batch`: what a replica of
+        the same shard that stopped at `batch` lacks."""
+        return self._core._log_since(batch)
+
+    def _redo_shipped(self, records: list[bytes]) -> int:
+        """Redo records another replica of the same shard shipped (`_log_since`): each checked
+        as the change log's own are, made durable in this registry's log, then seen; they must
+        continue its batches exactly. Returns how many."""
+        return self._core._redo_shipped(list(records))
 
     def notices(self, municipality: str, *, after: int = 0, limit: int = 1000) -> pa.Table:
         """The 転入通知 (move-in notices) owed to `municipality` (its 6-digit code), oldest

@@ -50,7 +50,7 @@ from juki_engine.client import (
     watch,
 )
 from juki_engine.distributed import Routes, ShardedRegistry, ShardError, ShardSet, shard
-from juki_engine.distributed.cluster import NotSharded, ShardUnavailable
+from juki_engine.distributed.cluster import ShardUnavailable
 from juki_engine.policy import Policy, example_path
 from juki_engine.registry import scanned_through
 from juki_engine.service.identity import BINDINGS, ResidentBindings, bind
@@ -521,16 +521,19 @@ def test_held_identifiers_damaged_or_out_of_order_are_refused_naming_them(
         ShardedRegistry.start(forged(shard_dir, tmp_path, disorder))
 
 
+def first_format(d: Path) -> None:
+    """Shards as format 1 wrote them: no routing functions, no held identifiers."""
+    manifest = json.loads((d / "shards.json").read_text())
+    del manifest["functions_sha256"], manifest["held_sha256"]
+    (d / "shards.json").write_text(json.dumps(manifest | {"format": "juki-shards/1"}))
+    for kind in ("my_number", "resident_code"):
+        (d / f"routes_{kind}.phast").unlink()
+        (d / f"held_{kind}.u64").unlink()
+
+
 def test_shards_of_format_1_build_their_routing_functions_when_loaded(
     registry: Registry, shard_dir: Path, tmp_path: Path
 ) -> None:
-    def first_format(d: Path) -> None:
-        manifest = json.loads((d / "shards.json").read_text())
-        del manifest["functions_sha256"]
-        (d / "shards.json").write_text(json.dumps(manifest | {"format": "juki-shards/1"}))
-        for kind in ("my_number", "resident_code"):
-            (d / f"routes_{kind}.phast").unlink()
-
     shards = ShardSet.load(forged(shard_dir, tmp_path, first_format))
     assert shards.functions_sha256 is None
     keys = registry.to_arrow(["my_number"])["my_number"].combine_chunks()
@@ -989,13 +992,99 @@ def test_a_shard_killed_during_a_change_batch_applies_it_once(
     )
 
 
-def test_shards_with_replicas_or_of_format_1_take_no_changes(cluster: str, shard_dir: Path) -> None:
-    twice = ShardedRegistry.start(shard_dir, replicas=2)
+def replica_answers(sharded: ShardedRegistry, k: int, call: Any) -> list[Any]:
+    """Each replica's own answer of shard k to `call(actor)` (a remote call)."""
+    return [ray.get(call(actor)) for actor in sharded.replicas[k]]
+
+
+def test_replicas_take_changes_and_each_answers_as_the_single_engine(
+    registry: Registry, cluster: str, shard_dir: Path, tmp_path: Path
+) -> None:
+    """Shards with two replicas each: every replica applies its shard's rows (the same rows,
+    numbers, day and commit time), each in its own change log, and reads as every other: the
+    answers, the residents, their history and the notices are the single engine's."""
+    one = one_engine(registry, tmp_path)
+    shutil.copytree(shard_dir, tmp_path / "twice")
+    twice = ShardedRegistry.start(tmp_path / "twice", replicas=2)
     try:
-        with pytest.raises(NotSharded, match="replicas"):
-            twice.apply(changes_table([]))
+        year = generate_changes(registry, 2025, seed=7).slice(0, 1_500)
+        for start in range(0, year.num_rows, 500):
+            batch = year.slice(start, 500)
+            expected = one.apply(batch, today=TODAY, first_row=start)
+            got = twice.apply(batch, today=TODAY, first_row=start)
+            assert got.select(["outcome", "code", "error"]).equals(
+                expected.select(["outcome", "code", "error"])
+            )
+        keys = registry.to_arrow(["my_number"])["my_number"].combine_chunks()
+        columns = ["status", "family_name", "address_town", "municipality_code"]
+        for k in range(SHARDS):
+            mine = keys.take(np.flatnonzero(twice.routes.route(keys, "my_number") == k))
+            a, b = replica_answers(
+                twice, k, lambda r, mine=mine: r.lookup.remote(mine, "my_number", columns)
+            )
+            assert a.equals(b) and a.equals(one.lookup(mine, columns=columns))
+            notices = replica_answers(twice, k, lambda r: r.notices.remote("131041", 0, 10_000))
+            assert notices[0].equals(notices[1])
+            logs = [
+                twice.shards.shards[k].path / name
+                for name in ("changes.log", "changes.replica-1.log")
+            ]
+            assert logs[0].read_bytes()[28:] == logs[1].read_bytes()[28:]  # past the header
+        codes = sorted(set(year["municipality"].to_pylist()))
+        got = [
+            twice.notices(c, limit=10_000).drop_columns(["notice", "recorded_at"]) for c in codes
+        ]
+        assert got == [
+            one.notices(c, limit=10_000).drop_columns(["notice", "recorded_at"]) for c in codes
+        ]
     finally:
         twice.stop()
+
+
+def test_a_replica_that_missed_a_batch_is_left_out_and_caught_up_by_log_shipping(
+    registry: Registry, cluster: str, shard_dir: Path, tmp_path: Path
+) -> None:
+    """A replica dead during a batch (Ray not restarting it): the batch is answered by the
+    shard's other replica and reads go there; a front end started afresh ships the records the
+    replica missed from the other's change log before serving, and both read the same."""
+    shutil.copytree(shard_dir, tmp_path / "twice")
+    twice = ShardedRegistry.start(tmp_path / "twice", replicas=2, restarts=0)
+    rows = registry.to_arrow(["resident_code", "municipality_code"]).to_pylist()
+    a, b = rows[2_300], rows[2_400]  # shard 1
+    try:
+        first = twice.apply(
+            changes_table([change(a, 1, "death", resident_code=a["resident_code"])]), today=TODAY
+        )
+        assert first["outcome"].to_pylist() == ["applied"]
+        os.kill(ray.get(twice.replicas[1][1].pid.remote()), signal.SIGKILL)
+        second = twice.apply(
+            changes_table([change(b, 2, "death", resident_code=b["resident_code"]), newborn(b, 3)]),
+            today=TODAY,
+        )
+        assert second["outcome"].to_pylist() == ["applied"] * 2
+        baby = second["resident_code"][1].as_py()
+        for _ in range(4):  # every turn of the replicas: the one left out is never asked
+            now = twice.lookup([b["resident_code"], baby], by="resident_code", columns=["status"])
+            assert now["status"].to_pylist() == ["deceased", "resident"]
+    finally:
+        twice.stop()
+    logs = [twice.shards.shards[1].path / n for n in ("changes.log", "changes.replica-1.log")]
+    assert logs[1].stat().st_size < logs[0].stat().st_size
+    again = ShardedRegistry.start(tmp_path / "twice", replicas=2)
+    try:
+        assert logs[0].read_bytes()[28:] == logs[1].read_bytes()[28:]
+        keys = pa.array([a["resident_code"], b["resident_code"], baby])
+        both = replica_answers(
+            again, 1, lambda r: r.lookup.remote(keys, "resident_code", ["status", "given_name"])
+        )
+        assert both[0].equals(both[1])
+        assert both[1]["status"].to_pylist() == ["deceased", "deceased", "resident"]
+        # Both take the next batch in step.
+        out = again.apply(changes_table([change(a, 4, "cancel", cancels=1)]), today=TODAY)
+        assert out["outcome"].to_pylist() == ["applied"]
+        assert logs[0].read_bytes()[28:] == logs[1].read_bytes()[28:]
+    finally:
+        again.stop()
 
 
 # ------------------------------------------------------------------ the gRPC contract on shards
@@ -1099,10 +1188,10 @@ def refusals(server: service.Server, request_id: str) -> list[tuple[str, str]]:
 def test_a_sharded_server_refuses_changes_to_replicas_and_dead_shards_and_audits_both(
     registry: Registry, cluster: str, shard_dir: Path, pki: Path, tmp_path: Path
 ) -> None:
-    """The refusals a sharded server adds: a municipality's change to shards with replicas
-    (UNIMPLEMENTED: the change log is not shipped between replicas) and a shard whose actor
-    cannot answer (UNAVAILABLE) each end the call with its status and an audit record saying
-    why; the reply carries nothing."""
+    """The refusals a sharded server adds: a municipality's change to shards of the first
+    format (UNIMPLEMENTED: split them again) and a shard whose actor cannot answer
+    (UNAVAILABLE) each end the call with its status and an audit record saying why; the reply
+    carries nothing."""
     person = registry.to_arrow(["resident_code"])["resident_code"][2_500].as_py()
     death = cpb.Change(
         sequence=1,
@@ -1112,18 +1201,18 @@ def test_a_sharded_server_refuses_changes_to_replicas_and_dead_shards_and_audits
         key=pb.Key(resident_code=person),
     )
     toyama = AgencyTLS.from_cert(pki / "agencies" / "162019.pem")
-    twice = ShardedRegistry.start(shard_dir, replicas=2)
-    server = serving(twice, pki, tmp_path / "replicas")
+    old = ShardedRegistry.start(forged(shard_dir, tmp_path, first_format))
+    server = serving(old, pki, tmp_path / "first-format")
     try:
         with toyama.channel(f"127.0.0.1:{server.port}") as ch, pytest.raises(grpc.RpcError) as e:
             submit_changes(ch, [death], "clerk", request_id="change-1", timeout=30)
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "replicas" in (e.value.details() or "")
+        assert "split it again" in (e.value.details() or "")
         [(outcome, reason)] = refusals(server, "change-1")
         assert outcome == "unavailable" and "takes no changes" in reason
     finally:
         server.stop(grace=1)
-        twice.stop()
+        old.stop()
 
     fragile = ShardedRegistry.start(shard_dir, restarts=0)
     server = serving(fragile, pki, tmp_path / "audit")

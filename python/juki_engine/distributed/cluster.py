@@ -17,9 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import itertools
+import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from juki_engine._core import JukiError
 from juki_engine.distributed.shards import KINDS, Routes, ShardError, ShardSet
 from juki_engine.registry import SCANNED_THROUGH, Registry, scanned_through
 
@@ -45,6 +48,7 @@ ISSUING = frozenset(
     {"birth", "return_from_abroad", "official_entry", "resident_code_change", "my_number_change"}
 )
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ShardUnavailable(RuntimeError):
@@ -52,8 +56,8 @@ class ShardUnavailable(RuntimeError):
 
 
 class NotSharded(RuntimeError):
-    """What a sharded registry does not do yet: take changes with replicas (docs/sharding.md
-    says why, and how it will come)."""
+    """What a sharded registry of the first format does not do: take changes (split it
+    again, docs/sharding.md)."""
 
 
 def _ray() -> Any:
@@ -70,13 +74,26 @@ class ShardActor:
     """One shard's registry, in a Ray worker process: its snapshot mapped, its change log
     redone (an actor Ray restarts has every change it made durable)."""
 
-    def __init__(self, path: str, k: int, of: int, held: tuple[str, str] | None) -> None:
-        self.registry = Registry.open(path, mmap=True)
+    def __init__(
+        self, path: str, k: int, of: int, held: tuple[str, str] | None, log: str | None
+    ) -> None:
+        self.registry = Registry.open(path, mmap=True, log=log)
         if held is not None:
             self.registry._core._as_shard(k, of, held)
 
-    def apply(self, changes: pa.Table, today: dt.date | None, numbers: list[int]) -> pa.Table:
-        return self.registry._apply(changes, today, numbers=numbers)
+    def apply(
+        self, changes: pa.Table, today: dt.date, numbers: list[int], recorded: int
+    ) -> pa.Table:
+        return self.registry._apply(changes, today, numbers=numbers, recorded=recorded)
+
+    def last_batch(self) -> int:
+        return self.registry._last_batch()
+
+    def log_since(self, batch: int) -> list[bytes]:
+        return self.registry._log_since(batch)
+
+    def redo_shipped(self, records: list[bytes]) -> int:
+        return self.registry._redo_shipped(records)
 
     def last_change(self) -> int:
         return self.registry._last_change()
@@ -171,6 +188,13 @@ class ShardedRegistry:
         self.persons = PersonIds(shards)
         self._turn = itertools.count()
         self._current = [r[0] for r in replicas]
+        # Replicas (shard, replica) not called: behind their shard (they missed a batch, until
+        # the records are shipped to them) or unreachable; those whose answer differed from
+        # their shard's, for good. Shards whose replicas may differ are settled before the next
+        # batch (and at start).
+        self._out: set[tuple[int, int]] = set()
+        self._diverged: set[tuple[int, int]] = set()
+        self._unsettled = set(range(len(replicas)))
         # One change batch at a time across the shards (as one registry's writer): which shard
         # saw a change is asked, then the batch applied, without another batch between. Feeds
         # (notices, watched changes) are read between batches, never during one.
@@ -185,9 +209,18 @@ class ShardedRegistry:
         any other, so a call that mixes turns is still right)."""
         return self._current
 
+    def _in_step(self, k: int) -> list[tuple[int, Any]]:
+        """Shard k's replicas in step with each other, by replica number (replica 0 if none
+        is: a call to it fails, and says so)."""
+        replicas = [(r, a) for r, a in enumerate(self.replicas[k]) if (k, r) not in self._out]
+        return replicas or [(0, self.replicas[k][0])]
+
     def _rotate(self) -> None:
         turn = next(self._turn)
-        self._current = [r[turn % len(r)] for r in self.replicas]
+        self._current = []
+        for k in range(len(self.replicas)):
+            replicas = self._in_step(k)
+            self._current.append(replicas[turn % len(replicas)][1])
 
     @classmethod
     def start(
@@ -211,13 +244,18 @@ class ShardedRegistry:
             ray.init(address=address, log_to_driver=False, include_dashboard=False, **store)
         shards = ShardSet.load(directory)
         routes = shards.routes()
-        held = shards.held() if replicas == 1 else None  # replicas take no changes
+        held = shards.held()
         actor = ray.remote(
             max_restarts=restarts, max_task_retries=MAX_TASK_RETRIES if restarts else 0
         )(ShardActor)
         n = len(shards.shards)
+        # Each replica keeps its own change log beside the shard's snapshot (replica 0 the
+        # shard's own: the same shards served without replicas have its changes).
         actors = [
-            [actor.remote(str(s.path), k, n, held) for _ in range(replicas)]
+            [
+                actor.remote(str(s.path), k, n, held, f"changes.replica-{r}.log" if r else None)
+                for r in range(replicas)
+            ]
             for k, s in enumerate(shards.shards)
         ]
         # Each has opened its snapshot, or says why it could not (a damaged shard file).
@@ -232,6 +270,8 @@ class ShardedRegistry:
                 why = str(e).strip().splitlines()[-1]
                 raise ShardError(f"{info.path}: its actor could not open it: {why}") from e
         sharded = cls(shards, routes, actors)
+        sharded._settle()
+        sharded._rotate()
         # Numbering resumes past every change any shard holds.
         last: list[int] = sharded._gather([a.last_change.remote() for a in sharded.actors])
         sharded._next_number = max(last) + 1
@@ -290,28 +330,128 @@ class ShardedRegistry:
         registry's change numbers, with gaps where a row was rejected or a duplicate): each shard
         logs its rows' numbers with them, so that a municipality's notices and an agency's
         watched changes merge from every shard in the order they were recorded."""
-        if self.shards.held_sha256 is None or any(len(r) > 1 for r in self.replicas):
+        if self.shards.held_sha256 is None:
             raise NotSharded(
                 "this sharded registry takes no changes: its shards were split before shards "
-                "took changes (split it again), or it has replicas, which would need the change "
-                "log shipped between them (docs/sharding.md)"
+                "took changes (split it again, docs/sharding.md)"
             )
         table = changes if isinstance(changes, pa.Table) else pa.table(changes)
         with self._applying:
+            self._settle()
+            self._rotate()
             owner = self._owners(table)
             numbers = np.arange(self._next_number, self._next_number + table.num_rows)
             # Past this batch whatever happens: a shard may have applied its part of a batch
             # that fails on another, and numbers are never given twice.
             self._next_number += table.num_rows
-            out = self._scattered(
-                owner,
-                first_row,
-                lambda k, a, rows: a.apply.remote(
-                    table.take(pa.array(rows, pa.int64())), today, numbers[rows].tolist()
-                ),
-            )
+            # One day and one commit time for every replica: each makes the same registry.
+            today = today or dt.datetime.now(dt.UTC).date()
+            out = self._applied(owner, first_row, table, today, numbers, time.time_ns() // 1000)
             self._route_issued(table, out, owner)
         return out
+
+    def _applied(
+        self,
+        owner: np.ndarray,
+        first_row: int,
+        table: pa.Table,
+        today: dt.date,
+        numbers: np.ndarray,
+        recorded: int,
+    ) -> pa.Table:
+        """Each shard's rows applied by each of its replicas in step: the same rows, numbers,
+        day and commit time make the same registry on each (each logs them in its own change
+        log). A replica that cannot answer is left out and its shard settled before the next
+        batch; the shard answers if one replica did."""
+        ray = _ray()
+        calls = []
+        for k in range(len(self.replicas)):
+            rows = np.flatnonzero(owner == k)
+            # No rows at all: shard 0 still answers, for the reply's schema.
+            if not (len(rows) or (k == 0 and not len(owner))):
+                continue
+            part = ray.put(table.take(pa.array(rows, pa.int64())))
+            mine = numbers[rows].tolist()
+            refs = [(r, a.apply.remote(part, today, mine, recorded)) for r, a in self._in_step(k)]
+            calls.append((k, rows, refs))
+        parts = []
+        for k, rows, refs in calls:
+            answers: dict[int, pa.Table] = {}
+            for r, ref in refs:
+                try:
+                    (answers[r],) = self._gather([ref])
+                except ShardUnavailable as e:
+                    log.warning("replica %d of shard %d missed a change batch: %s", r, k, e)
+                    self._out.add((k, r))
+                    self._unsettled.add(k)
+            if not answers:
+                raise ShardUnavailable(f"no replica of shard {k} could apply its rows")
+            parts.append((rows, self._agreed(k, answers), k))
+        return _merged(parts, first_row, self.persons)
+
+    def _agreed(self, k: int, answers: dict[int, pa.Table]) -> pa.Table:
+        """Shard k's answer from its replicas' (by replica number), which must agree: one that
+        does not has diverged and is left out for good (docs/sharding.md)."""
+        first, *others = sorted(answers)
+        agreed = answers[first]
+        facts = ["code", "error", "resident_code", "my_number"]
+        for r in others:
+            answer = answers[r]
+            if not answer.select(facts).equals(agreed.select(facts)):
+                log.error("replica %d of shard %d answered a change batch differently", r, k)
+                self._diverged.add((k, r))
+                self._out.add((k, r))
+                continue
+            # A replica whose first attempt made the rows durable (Ray retried it) answers them
+            # `duplicate`, with the first results: another's `applied` or `rejected` stands.
+            outcome = pc.if_else(
+                pc.equal(agreed["outcome"], "duplicate"), answer["outcome"], agreed["outcome"]
+            )
+            agreed = agreed.set_column(0, agreed.schema.field(0), outcome)
+        return agreed
+
+    def _settle(self) -> None:
+        """Bring the replicas of each unsettled shard (at start; after a replica missed a batch)
+        to the most advanced one's batches, shipping each the change log records it lacks
+        (log shipping). One that cannot be reached stays out and its shard unsettled, tried
+        again before the next batch; one that refuses the records (it diverged) is left out
+        for good."""
+        for k in sorted(self._unsettled):
+            replicas = [
+                (r, a) for r, a in enumerate(self.replicas[k]) if (k, r) not in self._diverged
+            ]
+            batches: dict[int, int] = {}
+            for r, a in replicas:
+                try:
+                    (batches[r],) = self._gather([a.last_batch.remote()])
+                except ShardUnavailable:
+                    self._out.add((k, r))
+            settled = len(batches) == len(replicas)
+            if not batches:
+                continue
+            lead = max(batches, key=lambda r: batches[r])
+            for r, last in batches.items():
+                if last < batches[lead]:
+                    try:
+                        (records,) = self._gather([self.replicas[k][lead].log_since.remote(last)])
+                    except ShardUnavailable:
+                        settled = False  # the leader went: the next settling finds another
+                        break
+                    try:
+                        self._gather([self.replicas[k][r].redo_shipped.remote(records)])
+                    except ShardUnavailable:
+                        self._out.add((k, r))
+                        settled = False
+                        continue
+                    except JukiError as e:
+                        log.error("replica %d of shard %d diverged: %s", r, k, e)
+                        self._diverged.add((k, r))
+                        self._out.add((k, r))
+                        continue
+                    log.info("replica %d of shard %d caught up to batch %d", r, k, batches[lead])
+                self._out.discard((k, r))
+            if settled:
+                self._unsettled.discard(k)
 
     def _owners(self, table: pa.Table) -> np.ndarray:
         """The shard each change row goes to (see `apply`)."""
