@@ -1918,6 +1918,15 @@ pub fn load_history(
         let generation = col::<UInt8Type>(batch, "generation", what)?;
         let moving_out = col::<Int32Type>(batch, "moving_out", what)?;
         let moving_to = col::<UInt16Type>(batch, "moving_to", what)?;
+        // A shard's history keeps its changes' numbers (null for origins).
+        let numbers = match batch.column_by_name("number") {
+            None => None,
+            Some(a) => Some(
+                a.as_any()
+                    .downcast_ref::<PrimitiveArray<UInt64Type>>()
+                    .ok_or_else(|| bad("column 'number' is not uint64".into()))?,
+            ),
+        };
         for (i, j) in (offset..).zip(0..batch.num_rows()) {
             let code = reason.value(j);
             let reason =
@@ -1977,7 +1986,17 @@ pub fn load_history(
             {
                 return Err(bad(format!("row {i}: an origin after a change")));
             }
-            let at = crate::notices::push(data, live, entry, true, None);
+            let number = numbers.and_then(|n| n.is_valid(j).then(|| n.value(j)));
+            if (reason == Reason::Origin) == number.is_some() && numbers.is_some() {
+                return Err(bad(format!(
+                    "row {i}: a number where the entry is an origin, or none where it is a change"
+                )));
+            }
+            if reason != Reason::Origin {
+                check_numbers(live, number.as_ref().map(std::slice::from_ref), 1, "number")
+                    .map_err(|e| bad(format!("row {i}: {e}")))?;
+            }
+            let at = crate::notices::push(data, live, entry, true, number);
             if reason != Reason::Origin {
                 w.seen.insert(k, Seen::Applied(at), live);
             }

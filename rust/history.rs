@@ -1874,20 +1874,12 @@ const HISTORY_BATCH_ROWS: usize = 1 << 20;
 /// Write every entry `view` sees to `w` as the snapshot keeps them (an Arrow IPC file of
 /// [`HISTORY_COLUMNS`], in record batches of at most [`HISTORY_BATCH_ROWS`]): the origins of
 /// persons first touched since the base was opened (their base values, before any change), then
-/// every entry in the order applied (cancel targets renumbered accordingly). Returns the rows
-/// written. Written a batch at a time: the nation's year (~46 M rows with its origins) would be
-/// gigabytes as one batch.
+/// every entry in the order applied (cancel targets renumbered accordingly). A registry whose
+/// changes a front end numbers (a shard's) keeps the numbers in one more column, `number`
+/// (null for origins). Returns the rows written. Written a batch at a time: the nation's year
+/// (~46 M rows with its origins) would be gigabytes as one batch.
 pub fn write_history(view: &View, w: &mut dyn std::io::Write) -> crate::error::Result<usize> {
     let live = view.live;
-    if live.numbered.load(Ordering::Acquire) {
-        // A snapshot's history numbers its entries by position: a shard's numbers would be lost.
-        return Err(crate::error::JukiError::InvalidInput(
-            "this registry is a shard whose changes its front end numbers; a shard's \
-             checkpoint (keeping those numbers, and the identifiers it issued for the front \
-             end's routes) is not built yet (docs/sharding.md)"
-                .into(),
-        ));
-    }
     // Persons touched since the base, and those whose history holds an origin already.
     let persons = live.base_len as usize + live.created.load(Ordering::Acquire) as usize;
     let mut has_origin = vec![0u64; persons.div_ceil(64)];
@@ -1948,44 +1940,63 @@ pub fn write_history(view: &View, w: &mut dyn std::io::Write) -> crate::error::R
         }
     };
     let failed = |e| crate::error::JukiError::arrow("history.arrow", e);
+    let numbered = live.numbered.load(Ordering::Acquire);
+    let number = |at: usize, e: &Stored| {
+        (numbered && e.reason != Reason::Origin)
+            .then(|| crate::notices::change_number(live, at as u32))
+    };
     let mut writer =
-        arrow_ipc::writer::FileWriter::try_new(w, &history_schema()).map_err(failed)?;
-    let mut rows: Vec<Entry> = Vec::with_capacity(HISTORY_BATCH_ROWS);
+        arrow_ipc::writer::FileWriter::try_new(w, &history_schema(numbered)).map_err(failed)?;
+    let mut rows: Vec<(Entry, Option<u64>)> = Vec::with_capacity(HISTORY_BATCH_ROWS);
     let mut written = 0;
-    let all = origins
-        .iter()
-        .map(|&p| origin(p))
-        .chain(live.entries.iter().map(entry));
+    let all = origins.iter().map(|&p| (origin(p), None)).chain(
+        live.entries
+            .iter()
+            .enumerate()
+            .map(|(at, e)| (entry(e), number(at, e))),
+    );
     for e in all {
         rows.push(e);
         if rows.len() == HISTORY_BATCH_ROWS {
-            writer.write(&history_batch(&rows)?).map_err(failed)?;
+            writer
+                .write(&history_batch(&rows, numbered)?)
+                .map_err(failed)?;
             written += rows.len();
             rows.clear();
         }
     }
     if !rows.is_empty() || written == 0 {
-        writer.write(&history_batch(&rows)?).map_err(failed)?;
+        writer
+            .write(&history_batch(&rows, numbered)?)
+            .map_err(failed)?;
         written += rows.len();
     }
     writer.finish().map_err(failed)?;
     Ok(written)
 }
 
-/// The schema of [`HISTORY_COLUMNS`].
-fn history_schema() -> arrow_schema::Schema {
-    history_batch(&[])
+/// The schema of [`HISTORY_COLUMNS`] (and `number`, where `numbered`).
+fn history_schema(numbered: bool) -> arrow_schema::Schema {
+    history_batch(&[], numbered)
         .expect("an empty history batch")
         .schema()
         .as_ref()
         .clone()
 }
 
-/// `rows` as a record batch of [`HISTORY_COLUMNS`].
-fn history_batch(rows: &[Entry]) -> crate::error::Result<arrow_array::RecordBatch> {
+/// `rows` (entries, and their change numbers where `numbered`) as a record batch of
+/// [`HISTORY_COLUMNS`] (and `number`, where `numbered`).
+fn history_batch(
+    rows: &[(Entry, Option<u64>)],
+    numbered: bool,
+) -> crate::error::Result<arrow_array::RecordBatch> {
     use arrow_array::{
         ArrayRef, Int32Array, Int64Array, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
     };
+    let numbers: ArrayRef = std::sync::Arc::new(UInt64Array::from(
+        rows.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+    ));
+    let rows: Vec<Entry> = rows.iter().map(|(e, _)| *e).collect();
 
     let col = |f: &dyn Fn(&Entry) -> u64| -> Vec<u64> { rows.iter().map(f).collect() };
     let u32s = |f: &dyn Fn(&Entry) -> u32| -> ArrayRef {
@@ -2031,8 +2042,14 @@ fn history_batch(rows: &[Entry]) -> crate::error::Result<arrow_array::RecordBatc
         i32s(&|e| e.set.moving_out),
         u16s(&|e| e.set.moving_to),
     ];
-    Ok(arrow_array::RecordBatch::try_from_iter(
-        HISTORY_COLUMNS.iter().zip(arrays).map(|(n, a)| (*n, a)),
+    // Origins have no number: the column is nullable, whatever one batch holds.
+    let numbers = numbered.then_some(("number", numbers, true));
+    Ok(arrow_array::RecordBatch::try_from_iter_with_nullable(
+        HISTORY_COLUMNS
+            .iter()
+            .zip(arrays)
+            .map(|(n, a)| (*n, a, false))
+            .chain(numbers),
     )?)
 }
 

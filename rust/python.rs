@@ -327,14 +327,18 @@ impl PyRegistry {
                 (HISTORY, STATE),
             )?;
         }
-        reg.covered = covered;
+        // A checkpoint records the generation of the snapshot's own log that it covers. A
+        // replica's log (another file) is told by its records' batches instead: those the
+        // snapshot holds (written by the shard's own replica) are skipped.
+        let own = log == CHANGE_LOG;
+        reg.covered = if own { covered } else { 0 };
         let path = dir.join(log);
         if path.exists() {
             let recovered = ChangeLog::read(&path)?;
             if let Some(message) = &recovered.dropped_tail {
                 eprintln!("juki: {message}");
             }
-            if recovered.generation <= covered {
+            if own && recovered.generation <= covered {
                 // A crash between a checkpoint and its reset of the log: the snapshot holds
                 // these records already; the first apply resets the log.
                 reg.log_path = Some(path);
@@ -345,6 +349,9 @@ impl PyRegistry {
             for (i, bytes) in recovered.records().enumerate() {
                 let what = format!("change log '{}' record {i}", path.display());
                 let rec = changes::decode(bytes, &what)?;
+                if !own && rec.batch < w.next_batch {
+                    continue;
+                }
                 changes::check_record(&reg.data, &reg.live, &w, &rec, &what)?;
                 changes::redo(&reg.data, &reg.live, &mut w, &rec);
                 last = last.max(rec.batch);
@@ -909,17 +916,48 @@ impl PyRegistry {
                     "a registry without a change log has no records to ship".into(),
                 ));
             };
-            let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             log.sync_through(log.len())?;
             let recovered = ChangeLog::read(log.path())?;
             let mut out = Vec::new();
+            let mut first = w.next_batch;
             for (i, bytes) in recovered.records().enumerate() {
                 let what = format!("change log '{}' record {i}", log.path().display());
-                if changes::decode(bytes, &what)?.batch > batch {
+                let rec = changes::decode(bytes, &what)?;
+                if rec.batch > batch {
+                    first = first.min(rec.batch);
                     out.push(bytes.to_vec());
                 }
             }
+            if first > batch.saturating_add(1) {
+                return Err(JukiError::InvalidInput(format!(
+                    "this log begins after batch {batch} (a checkpoint holds the batches up to \
+                     {}): a replica at batch {batch} reopens from the snapshot",
+                    first - 1
+                )));
+            }
             Ok(out)
+        })?)
+    }
+
+    /// Empty this replica's change log: the shard's snapshot now holds every batch up to
+    /// `batch` (its own replica checkpointed), and this registry holds none past it.
+    fn _log_covered(&self, py: Python<'_>, batch: u32) -> PyResult<()> {
+        Ok(detached(py, || {
+            let Some(log) = self.log()? else {
+                return Err(JukiError::InvalidInput(
+                    "a registry without a change log".into(),
+                ));
+            };
+            let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let last = w.next_batch.saturating_sub(1);
+            if last != batch {
+                return Err(JukiError::InvalidInput(format!(
+                    "this replica's last batch is {last}, not {batch}: its log is not covered \
+                     by the snapshot, and is kept"
+                )));
+            }
+            log.reset()
         })?)
     }
 

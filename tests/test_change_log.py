@@ -547,3 +547,34 @@ def test_a_replica_keeps_its_own_log_and_catches_up_by_records_shipped_from_anot
 def test_a_change_log_name_that_is_not_a_plain_file_name_is_refused(saved: Path, name: str) -> None:
     with pytest.raises(JukiError, match="is not a change log's file name"):
         Registry.open(saved, log=name)
+
+
+def test_a_checkpoint_by_the_shards_own_replica_covers_the_others_logs(saved: Path) -> None:
+    """The shard's own replica (its `changes.log`) checkpoints: another replica reopened skips
+    the records of its own log that the snapshot holds and redoes the rest; one behind the
+    checkpoint cannot be shipped what the snapshot holds (it reopens from it), and a log is
+    emptied as covered only at the snapshot's batch."""
+    own = Registry.open(saved)
+    other = Registry.open(saved, log="changes.replica-1.log")
+    people = residents(own, 30)
+    for i, replica in enumerate((own, other)):
+        replica._apply(deaths(people[:10], 0), TODAY, recorded=1_750_000_000_000_000 + i)
+    behind = other._last_batch()
+    for replica in (own, other):
+        replica._apply(deaths(people[10:20], 100), TODAY, recorded=1_750_000_000_000_005)
+    own.checkpoint()
+    with pytest.raises(JukiError, match=r"begins after batch 1 .* up to 2"):
+        own._log_since(behind)
+    with pytest.raises(JukiError, match="last batch is 2, not 1"):
+        other._log_covered(1)
+    # Crashed before emptying its log, it reopens from the new snapshot, skipping both records.
+    keys = [str(r["my_number"]) for r in people]
+    del other
+    reopened = Registry.open(saved, log="changes.replica-1.log")
+    assert reopened._last_batch() == 2
+    assert reopened.history(keys).equals(own.history(keys))
+    # Taking the next batch in step, and then emptied as covered, it keeps only what follows.
+    for replica in (own, reopened):
+        replica._apply(deaths(people[20:], 200), TODAY, recorded=1_750_000_000_000_009)
+    reopened._log_covered(3)
+    assert (saved / "changes.replica-1.log").stat().st_size == 28

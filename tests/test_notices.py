@@ -172,8 +172,9 @@ def test_a_shard_numbers_its_changes_as_its_front_end_says_and_keeps_the_numbers
     tmp_path: Path,
 ) -> None:
     """A shard's changes carry the numbers its front end gives (numbers of the whole sharded
-    registry's changes, with gaps): its notices and its change feed use them, its change log
-    keeps them, and a batch that would break their order is refused, saying why."""
+    registry's changes, with gaps): its notices and its change feed use them, its change log and
+    its checkpoints keep them, and a batch that would break their order is refused, saying
+    why."""
     path = tmp_path / "shard"
     Registry.generate(population=3_000, seed=5).save(path)
     town = Town(Registry.open(path))
@@ -221,9 +222,23 @@ def test_a_shard_numbers_its_changes_as_its_front_end_says_and_keeps_the_numbers
         again._apply(table(later, later | {"sequence": later["sequence"] + 1}), numbers=[50, 50])
     # Nothing of the refused batches was applied; a right one is.
     assert again._apply(table(later), numbers=[41])["outcome"].to_pylist() == ["applied"]
-    # A shard's checkpoint would lose the numbers: not built yet, and it says so.
-    with pytest.raises(InvalidInput, match="checkpoint"):
-        again.checkpoint()
+    # A checkpoint keeps the numbers in the history: reopened, the notices, the change feed
+    # and the newest number are the same, and numbering goes on after it.
+    feed = again._watched_changes(watch, ["move_out", "move_in", "death"])
+    notices = again.notices(home)
+    again.checkpoint()
+    town.registry = again = Registry.open(path)
+    assert again.notices(home).equals(notices)
+    assert again._watched_changes(watch, ["move_out", "move_in", "death"]).equals(feed)
+    assert again._last_change() == 41
+    with pytest.raises(InvalidInput, match="41 does not follow the newest change, 41"):
+        again._apply(table(later), numbers=[41])
+    fourth = town.resident(3)
+    last = town.change(
+        "death", str(fourth["municipality_code"]), resident_code=fourth["resident_code"]
+    )
+    assert again._apply(table(last), numbers=[90])["outcome"].to_pylist() == ["applied"]
+    assert again._watched_changes(watch, ["death"], after=41)["change"].to_pylist() == [90]
     # A registry that numbers its own changes takes no numbered batch.
     plain = Town(Registry.generate(population=3_000, seed=5))
     plain.apply(plain.change("death", home, resident_code=rc))

@@ -175,6 +175,9 @@ class Registry:
     def _log_since(self, batch: int) -> list[bytes]:
         """The change log's records of the batches after `batch`."""
 
+    def _log_covered(self, batch: int) -> None:
+        """Empty this replica's change log, which the snapshot covers through `batch`."""
+
     def _redo_shipped(self, records: list[bytes]) -> int:
         """Redo records shipped from a replica of the same shard."""
 

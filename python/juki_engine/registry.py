@@ -326,6 +326,11 @@ class Registry:
         the same shard that stopped at `batch` lacks."""
         return self._core._log_since(batch)
 
+    def _log_covered(self, batch: int) -> None:
+        """Empty this replica's change log: its shard's snapshot holds every batch up to
+        `batch` now (its own replica checkpointed), and this registry holds none past it."""
+        self._core._log_covered(batch)
+
     def _redo_shipped(self, records: list[bytes]) -> int:
         """Redo records another replica of the same shard shipped (`_log_since`): each checked
         as the change log's own are, made durable in this registry's log, then seen; they must

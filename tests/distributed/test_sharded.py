@@ -909,7 +909,8 @@ def test_juki_apply_takes_a_change_file_to_shards(
     registry: Registry, cluster: str, shard_dir: Path, tmp_path: Path
 ) -> None:
     """`juki apply DIR changes.parquet` on a shard directory: each change to its shard, durable
-    in the shards' logs, which actors started afterwards redo."""
+    in the shards' logs; `juki checkpoint DIR` folds them into the shards' snapshots, which
+    actors started afterwards open."""
     shutil.copytree(shard_dir, tmp_path / "shards")
     rows = registry.to_arrow(["resident_code", "municipality_code"]).to_pylist()
     a, b = rows[1_000], rows[4_000]  # shards 0 and 2
@@ -933,6 +934,10 @@ def test_juki_apply_takes_a_change_file_to_shards(
     )
     status = main(["apply", str(tmp_path / "shards"), str(file), "--today", "2026-01-01"])
     assert status == 1  # done, with a row rejected (docs/outcomes.md)
+    # `juki checkpoint DIR` folds each shard's log into its snapshot.
+    assert main(["checkpoint", str(tmp_path / "shards")]) == 0
+    for k in range(SHARDS):
+        assert (tmp_path / "shards" / f"shard-{k}" / "changes.log").stat().st_size == 28
     again = ShardedRegistry.start(tmp_path / "shards")
     try:
         found = again.lookup(
@@ -1039,6 +1044,58 @@ def test_replicas_take_changes_and_each_answers_as_the_single_engine(
         ]
     finally:
         twice.stop()
+
+
+def test_a_checkpoint_of_shards_with_replicas_keeps_their_changes_numbers_and_routes(
+    registry: Registry, cluster: str, shard_dir: Path, tmp_path: Path
+) -> None:
+    """Every shard's own replica folds its changes into a new snapshot (history and change
+    numbers kept) and the other replicas empty their logs; a front end started afresh routes
+    the identifiers issued before it, reads the same notices and history, numbers on, and
+    the replicas stay in step."""
+    shutil.copytree(shard_dir, tmp_path / "twice")
+    twice = ShardedRegistry.start(tmp_path / "twice", replicas=2)
+    full = generate_changes(registry, 2025, seed=9)
+    year = full.slice(0, 1_200)
+    codes = sorted(set(full["municipality"].to_pylist()))
+    try:
+        answers = pa.concat_tables(
+            [twice.apply(year.slice(s, 400), today=TODAY, first_row=s) for s in (0, 400, 800)]
+        )
+        births = answers.filter(pc.equal(year["reason"], "birth"))
+        assert births.num_rows > 0
+        notices = {c: twice.notices(c, limit=10_000) for c in codes}
+        keys = registry.to_arrow(["my_number"])["my_number"].combine_chunks()
+        history = twice.lookup(keys, columns=["status", "municipality_code"])
+        last = twice._next_number
+        entries = twice.checkpoint()
+        assert (
+            entries >= answers.num_rows - pc.sum(pc.equal(answers["outcome"], "rejected")).as_py()
+        )
+    finally:
+        twice.stop()
+    for info in twice.shards.shards:
+        assert (info.path / "changes.log").stat().st_size == 28  # the header alone
+        assert (info.path / "changes.replica-1.log").stat().st_size == 28
+    again = ShardedRegistry.start(tmp_path / "twice", replicas=2)
+    try:
+        assert again._next_number >= last - 400
+        found = again.lookup(births["resident_code"], by="resident_code", columns=["status"])
+        assert found["found"].to_pylist() == [True] * births.num_rows
+        assert again.lookup(keys, columns=["status", "municipality_code"]).equals(history)
+        assert all(again.notices(c, limit=10_000).equals(notices[c]) for c in codes)
+        more = again.apply(full.slice(1_200, 300), today=TODAY, first_row=1_200)
+        assert "applied" in more["outcome"].to_pylist()
+        for c in codes:
+            numbers = again.notices(c, limit=10_000)["notice"].to_pylist()
+            assert numbers == sorted(set(numbers))
+        for k in range(SHARDS):
+            logs = [
+                again.shards.shards[k].path / n for n in ("changes.log", "changes.replica-1.log")
+            ]
+            assert logs[0].read_bytes()[28:] == logs[1].read_bytes()[28:]
+    finally:
+        again.stop()
 
 
 def test_a_replica_that_missed_a_batch_is_left_out_and_caught_up_by_log_shipping(

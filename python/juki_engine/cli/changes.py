@@ -208,15 +208,23 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     snapshot = Path(args.snapshot)
-    registry = open_snapshot(snapshot)
+    registry: Registry | ShardedRegistry
+    if (snapshot / MANIFEST).is_file():  # a shard directory: each shard, every replica's log
+        registry = ShardedRegistry.start(snapshot, address=args.ray, replicas=args.replicas)
+    else:
+        registry = open_snapshot(snapshot)
     pending = registry.applied_changes
     with spinner(f"writing a snapshot of {snapshot} with {pending:,} changes folded in") as p:
         p.add_task("checkpoint")
         started = time.perf_counter()
-        entries = registry.checkpoint()
+        try:
+            entries = registry.checkpoint()
+        finally:
+            if isinstance(registry, ShardedRegistry):
+                registry.stop()
     console.print(
         f"checkpoint: {snapshot} now holds {pending:,} more changes ({entries:,} history "
-        f"entries) in {time.perf_counter() - started:.1f} s; its change log is empty"
+        f"entries) in {time.perf_counter() - started:.1f} s; its change logs are empty"
     )
     return EXIT_OK
 
@@ -256,7 +264,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "checkpoint",
         help="fold a snapshot's change log into a new snapshot (history kept), empty the log",
     )
-    c.add_argument("snapshot", help="snapshot directory")
+    c.add_argument("snapshot", help="snapshot directory, or a shard directory (juki shard)")
+    c.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="for a shard directory: the Ray cluster its actors run on (default: a local one)",
+    )
+    c.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="for a shard directory: the replicas a shard is served with (their logs are "
+        "brought in step, then emptied)",
+    )
     c.set_defaults(func=cmd_checkpoint)
 
     p = sub.add_parser("changes", help="changes (異動): generate a year of them")

@@ -95,6 +95,14 @@ class ShardActor:
     def redo_shipped(self, records: list[bytes]) -> int:
         return self.registry._redo_shipped(records)
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Checkpoint the shard (its own replica): the history entries, and the last batch
+        the snapshot holds."""
+        return self.registry.checkpoint(), self.registry._last_batch()
+
+    def log_covered(self, batch: int) -> None:
+        self.registry._log_covered(batch)
+
     def last_change(self) -> int:
         return self.registry._last_change()
 
@@ -437,6 +445,14 @@ class ShardedRegistry:
                     except ShardUnavailable:
                         settled = False  # the leader went: the next settling finds another
                         break
+                    except JukiError as e:
+                        # A checkpoint holds what it lacks: it reopens from the snapshot (Ray
+                        # restarts it), and the next settling ships it the rest.
+                        log.warning("replica %d of shard %d reopens: %s", r, k, e)
+                        _ray().kill(self.replicas[k][r], no_restart=False)
+                        self._out.add((k, r))
+                        settled = False
+                        continue
                     try:
                         self._gather([self.replicas[k][r].redo_shipped.remote(records)])
                     except ShardUnavailable:
@@ -513,6 +529,31 @@ class ShardedRegistry:
         for kind in KINDS:
             values = out[kind].take(pa.array(rows, pa.int64())).combine_chunks()
             self.routes.router.add(values.cast(pa.uint64()), kind, owner[rows].tolist())
+
+    def checkpoint(self) -> int:
+        """As `Registry.checkpoint`, for every shard: its own replica (replica 0, whose change
+        log is the shard's) writes a new snapshot of the shard with its changes folded in and
+        kept as history (their numbers too), and empties its log; the shard's other replicas in
+        step then empty theirs, which the snapshot covers (one that was out skips, when it
+        reopens, the records the snapshot holds). Changes wait meanwhile. Returns the history
+        entries the shards' snapshots hold."""
+        if self.shards.held_sha256 is None:
+            raise NotSharded("shards of the first format take no changes: none to checkpoint")
+        with self._applying:
+            self._settle()
+            late = [k for k in range(len(self.replicas)) if (k, 0) in self._out]
+            if late:
+                raise ShardUnavailable(
+                    f"the own replica of shards {late} is not in step; checkpoint later"
+                )
+            done: list[tuple[int, int]] = self._gather(
+                [replicas[0].checkpoint.remote() for replicas in self.replicas]
+            )
+            for k, (_, batch) in enumerate(done):
+                for r, actor in self._in_step(k):
+                    if r:
+                        self._gather([actor.log_covered.remote(batch)])
+        return sum(entries for entries, _ in done)
 
     @_failover
     def verify_one(
