@@ -1171,11 +1171,31 @@ fn read_change(w: &Writer, t: &Table, i: usize) -> std::result::Result<Change, R
     })
 }
 
+/// How a batch's rows are numbered: in messages, and as changes.
+#[derive(Clone, Copy, Default)]
+pub struct Numbering<'a> {
+    /// The caller's number of the batch's first row (a stream's rows after its earlier ones').
+    pub first_row: usize,
+    /// Where a front end split the caller's rows (a shard's): each row's number in the
+    /// caller's table, which messages name instead.
+    pub rows: Option<&'a [u64]>,
+    /// Where a front end numbers the changes (a shard's): each row's change number, ascending
+    /// and past every change the registry holds; a registry takes numbered batches only or
+    /// unnumbered ones only.
+    pub numbers: Option<&'a [u64]>,
+}
+
+impl Numbering<'_> {
+    /// The caller's number of row `i`.
+    fn row(&self, i: usize) -> u64 {
+        self.rows
+            .and_then(|r| r.get(i).copied())
+            .unwrap_or((self.first_row + i) as u64)
+    }
+}
+
 /// Check and apply a batch of change rows (the writer lock held): entries appended (not yet
-/// published), the batch's record filled for the log, one result per row. `numbers`: each row's
-/// change number where a front end numbers the changes (a shard's), ascending and past every
-/// change the registry holds; a registry takes numbered batches only or unnumbered ones only.
-#[allow(clippy::too_many_arguments)]
+/// published), the batch's record filled for the log, one result per row.
 pub fn apply(
     data: &RegistryData,
     live: &Live,
@@ -1183,11 +1203,18 @@ pub fn apply(
     batch: &RecordBatch,
     rec: &mut BatchRecord,
     today: i32,
-    first_row: usize,
-    numbers: Option<&[u64]>,
+    numbering: Numbering,
 ) -> Result<Vec<RowResult>> {
     let t = Table::new(batch)?;
+    let numbers = numbering.numbers;
     check_numbers(live, numbers, t.n, "numbers").map_err(JukiError::InvalidInput)?;
+    if let Some(rows) = numbering.rows.filter(|r| r.len() != t.n) {
+        return Err(JukiError::InvalidInput(format!(
+            "rows: {} row numbers for {} rows",
+            rows.len(),
+            t.n
+        )));
+    }
     let mut ctx = Ctx {
         data,
         live,
@@ -1203,7 +1230,7 @@ pub fn apply(
                 // A row without a usable (municipality, sequence) cannot be remembered.
                 out.push(RowResult {
                     outcome: 2,
-                    error: Some((e.code, format!("row {}: {e}", first_row + i))),
+                    error: Some((e.code, format!("row {}: {e}", numbering.row(i)))),
                     person: NONE,
                     entry: NONE,
                 });
@@ -1250,7 +1277,7 @@ pub fn apply(
             }
             Err(e) => {
                 ctx.rec.ids.truncate(ids_before);
-                let msg = format!("row {}: {e}", first_row + i);
+                let msg = format!("row {}: {e}", numbering.row(i));
                 ctx.w
                     .seen
                     .insert(key, Seen::Rejected(e.code, msg.as_str().into()), ctx.live);

@@ -203,3 +203,49 @@ pub fn watched_changes(
     ];
     with_scanned(RecordBatch::try_new(Arc::new(schema), columns)?, scanned)
 }
+
+/// Every identifier a person held before their current one, as this registry's history shows
+/// (origins' and changes' values that differ from the person's row): `kind`
+/// (`resident_code`, `my_number`), `value`, `person`, each pair once. What the routes of a
+/// registry split with history must still send to the person's shard (which answers
+/// `replaced`), and what no shard may issue again. Read from a checkpoint's rows (current).
+pub fn former_identifiers(view: &View) -> Result<RecordBatch> {
+    let live = view.live;
+    let cols = &view.data.cols;
+    let mut found: Vec<(u8, u64, u32)> = Vec::new();
+    for e in live.entries.iter() {
+        let p = e.person as usize;
+        if p >= cols.resident_code.len() || e.reason == Reason::Cancel {
+            continue;
+        }
+        let v = live.values_of(e);
+        if e.mask & group::RESIDENT_CODE != 0 && v.resident_code != cols.resident_code[p] {
+            found.push((0, v.resident_code, e.person));
+        }
+        if e.mask & group::MY_NUMBER != 0 && v.my_number != cols.my_number[p] {
+            found.push((1, v.my_number, e.person));
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    let names = ["resident_code", "my_number"];
+    let schema = Schema::new(vec![
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("value", DataType::UInt64, false),
+        Field::new("person", DataType::UInt32, false),
+    ]);
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(arrow_array::StringArray::from_iter_values(
+                found.iter().map(|f| names[f.0 as usize]),
+            )),
+            Arc::new(arrow_array::UInt64Array::from_iter_values(
+                found.iter().map(|f| f.1),
+            )),
+            Arc::new(arrow_array::UInt32Array::from_iter_values(
+                found.iter().map(|f| f.2),
+            )),
+        ],
+    )?)
+}

@@ -1879,7 +1879,20 @@ const HISTORY_BATCH_ROWS: usize = 1 << 20;
 /// (null for origins). Returns the rows written. Written a batch at a time: the nation's year
 /// (~46 M rows with its origins) would be gigabytes as one batch.
 pub fn write_history(view: &View, w: &mut dyn std::io::Write) -> crate::error::Result<usize> {
+    write_history_of(view, None, w)
+}
+
+/// [`write_history`] of the persons `range` only (a shard's, split from this registry): their
+/// ids counted from its start, and every change numbered (the registry's change numbers, so
+/// that the numbers municipalities and subscribers hold stay right across the split).
+pub fn write_history_of(
+    view: &View,
+    range: Option<std::ops::Range<u32>>,
+    w: &mut dyn std::io::Write,
+) -> crate::error::Result<usize> {
     let live = view.live;
+    let keep = |p: u32| range.as_ref().is_none_or(|r| r.contains(&p));
+    let first = range.as_ref().map_or(0, |r| r.start);
     // Persons touched since the base, and those whose history holds an origin already.
     let persons = live.base_len as usize + live.created.load(Ordering::Acquire) as usize;
     let mut has_origin = vec![0u64; persons.div_ceil(64)];
@@ -1893,15 +1906,38 @@ pub fn write_history(view: &View, w: &mut dyn std::io::Write) -> crate::error::R
     }
     let mut origins: Vec<u32> = Vec::new();
     for e in live.entries.iter() {
-        if e.person < live.base_len && !has(&has_origin, e.person) && !has(&touched, e.person) {
+        if e.person < live.base_len
+            && keep(e.person)
+            && !has(&has_origin, e.person)
+            && !has(&touched, e.person)
+        {
             bit(&mut touched, e.person);
             origins.push(e.person);
         }
     }
     drop((has_origin, touched));
+    // Where each kept entry lands: after the new origins, in order (a cancel names its target,
+    // of the same person, so kept too, by where it lands).
     let shift = origins.len() as u32;
+    let mut landed = Vec::new();
+    if range.is_some() {
+        let mut next = shift;
+        landed = live
+            .entries
+            .iter()
+            .map(|e| {
+                let at = next;
+                next += keep(e.person) as u32;
+                if keep(e.person) {
+                    at
+                } else {
+                    NONE
+                }
+            })
+            .collect();
+    }
     let origin = |person: u32| Entry {
-        person,
+        person: person - first,
         prev: NONE,
         batch: 0,
         mask: group::ALL,
@@ -1917,13 +1953,15 @@ pub fn write_history(view: &View, w: &mut dyn std::io::Write) -> crate::error::R
     let entry = |e: &Stored| {
         let cancels = e.cancels();
         Entry {
-            person: e.person,
+            person: e.person - first,
             prev: NONE,
             batch: e.batch,
             mask: e.mask,
             reason: e.reason,
             cancels: if cancels == NONE {
                 NONE
+            } else if range.is_some() {
+                landed.get(cancels as usize).copied().unwrap_or(NONE)
             } else {
                 cancels + shift
             },
@@ -1940,7 +1978,7 @@ pub fn write_history(view: &View, w: &mut dyn std::io::Write) -> crate::error::R
         }
     };
     let failed = |e| crate::error::JukiError::arrow("history.arrow", e);
-    let numbered = live.numbered.load(Ordering::Acquire);
+    let numbered = live.numbered.load(Ordering::Acquire) || range.is_some();
     let number = |at: usize, e: &Stored| {
         (numbered && e.reason != Reason::Origin)
             .then(|| crate::notices::change_number(live, at as u32))
@@ -1953,6 +1991,7 @@ pub fn write_history(view: &View, w: &mut dyn std::io::Write) -> crate::error::R
         live.entries
             .iter()
             .enumerate()
+            .filter(|(_, e)| keep(e.person))
             .map(|(at, e)| (entry(e), number(at, e))),
     );
     for e in all {

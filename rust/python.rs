@@ -230,6 +230,9 @@ pub struct PyRegistry {
     log: OnceLock<ChangeLog>,
     /// Records replayed at open (the log must still hold exactly these when opened to write).
     replayed: usize,
+    /// The next batch when the snapshot was opened: a registry past it holds changes no
+    /// snapshot holds (`save_rows` refuses to split it).
+    opened_batch: u32,
     /// The change log generation the snapshot covers (a log of it or older is reset).
     covered: u64,
     /// The newest commit time given (commit times never go back).
@@ -282,6 +285,7 @@ impl PyRegistry {
             log_path: None,
             log: OnceLock::new(),
             replayed: 0,
+            opened_batch: 1,
             covered: 0,
             last_recorded: AtomicI64::new(0),
             folded: FoldedCache::default(),
@@ -332,6 +336,11 @@ impl PyRegistry {
         // snapshot holds (written by the shard's own replica) are skipped.
         let own = log == CHANGE_LOG;
         reg.covered = if own { covered } else { 0 };
+        reg.opened_batch = reg
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_batch;
         let path = dir.join(log);
         if path.exists() {
             let recovered = ChangeLog::read(&path)?;
@@ -545,16 +554,31 @@ impl PyRegistry {
         Ok(())
     }
 
-    /// Save rows `start .. start + len` as a snapshot of their own (a shard); see
-    /// `juki_engine.distributed.shard`.
-    fn save_rows(&self, py: Python<'_>, path: PathBuf, start: usize, len: usize) -> PyResult<()> {
-        if self.live.entries.count() > 0 {
-            return Err(JukiError::InvalidInput(format!(
-                "this registry holds {} changes (applied, or kept as history by a checkpoint), \
-                 which a shard would not carry: only a registry without changes can be sharded",
-                self.live.entries.count()
-            ))
+    /// Save rows `start .. start + len` as a snapshot of their own, shard `k` of `of`; see
+    /// `juki_engine.distributed.shard`. A registry with history (a checkpoint's) gives the
+    /// shard its persons' history, numbered as the registry numbers its changes, and the
+    /// writer's state: the batch to go on from, its share of each municipality's designated
+    /// codes past those issued, and (shard 0) the rejected changes to answer as duplicates.
+    fn save_rows(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        start: usize,
+        len: usize,
+        k: u64,
+        of: u64,
+    ) -> PyResult<()> {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.replayed > 0 || w.next_batch != self.opened_batch {
+            return Err(JukiError::InvalidInput(
+                "this registry holds changes its snapshot does not (in its change log, or \
+                 applied since it was opened): checkpoint it first, then split it"
+                    .into(),
+            )
             .into());
+        }
+        if of == 0 || k >= of {
+            return Err(JukiError::InvalidInput(format!("shard {k} of {of}: not a shard")).into());
         }
         if start
             .checked_add(len)
@@ -572,7 +596,37 @@ impl PyRegistry {
             start,
             len,
         };
-        detached(py, || snapshot::save_with(&rows, &path, Vec::new()))?;
+        if self.live.entries.count() == 0 {
+            drop(w);
+            detached(py, || snapshot::save_with(&rows, &path, Vec::new()))?;
+            return Ok(());
+        }
+        let mut state = w.state(0);
+        // Shard k's counter counts its own positions k, k + of, …: past every one issued.
+        for issued in state.issued.iter_mut() {
+            *issued = (*issued + of - 1 - k) / of;
+        }
+        if k > 0 {
+            (state.rejections, state.rejection_codes) = (Vec::new(), Vec::new());
+        }
+        let state = serde_json::to_vec_pretty(&state).expect("the state serialises");
+        drop(w);
+        let view = self.view(None, None);
+        let range = start as u32..(start + len) as u32;
+        let history: snapshot::Extra = (
+            HISTORY,
+            Box::new(|out| crate::history::write_history_of(&view, Some(range), out).map(|_| ())),
+        );
+        let state: snapshot::Extra = (
+            STATE,
+            Box::new(|out| {
+                out.write_all(&state)
+                    .map_err(|e| JukiError::Io(format!("{STATE}: {e}")))
+            }),
+        );
+        detached(py, || {
+            snapshot::save_with(&rows, &path, vec![history, state])
+        })?;
         Ok(())
     }
 
@@ -821,7 +875,8 @@ impl PyRegistry {
     }
 
     /// Apply a table of changes; see `juki_engine.Registry.apply`.
-    #[pyo3(signature = (changes, today = None, first_row = 0, numbers = None, recorded = None))]
+    #[pyo3(signature = (changes, today = None, first_row = 0, numbers = None, recorded = None, rows = None))]
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
         py: Python<'_>,
@@ -830,6 +885,7 @@ impl PyRegistry {
         first_row: usize,
         numbers: Option<Vec<u64>>,
         recorded: Option<i64>,
+        rows: Option<Vec<u64>>,
     ) -> PyResult<PyArrowType<Table>> {
         let table = ImportedTable::from_python(changes, "changes")?;
         let out = detached(py, || {
@@ -854,8 +910,11 @@ impl PyRegistry {
                 &batch,
                 &mut rec,
                 today,
-                first_row,
-                numbers.as_deref(),
+                changes::Numbering {
+                    first_row,
+                    rows: rows.as_deref(),
+                    numbers: numbers.as_deref(),
+                },
             )?;
             let changed = !rec.entries.is_empty()
                 || !rec.rejections.is_empty()
@@ -891,6 +950,14 @@ impl PyRegistry {
             );
             changes::results(&view, &rows)
         })?;
+        let schema = out.schema();
+        to_table(vec![out], schema)
+    }
+
+    /// Identifiers persons held before their current ones; see `feed::former_identifiers`.
+    fn _former_identifiers(&self, py: Python<'_>) -> PyResult<PyArrowType<Table>> {
+        let view = self.view(None, None);
+        let out = detached(py, || crate::feed::former_identifiers(&view))?;
         let schema = out.schema();
         to_table(vec![out], schema)
     }

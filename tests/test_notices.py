@@ -186,8 +186,10 @@ def test_a_shard_numbers_its_changes_as_its_front_end_says_and_keeps_the_numbers
         town.change("move_in", new, resident_code=rc, **ADDRESS),
         town.change("death", home, resident_code="12345678903"),  # no one: rejected
     ]
-    out = town.registry._apply(table(*rows), numbers=[10, 11, 12])
+    out = town.registry._apply(table(*rows), numbers=[10, 11, 12], rows=[3, 7, 9])
     assert out["outcome"].to_pylist() == ["applied", "applied", "rejected"]
+    # Messages name the rows as the front end that split its caller's table numbers them.
+    assert out["error"][2].as_py().startswith("row 9: ")
     (notice,) = town.registry.notices(home).to_pylist()
     assert notice["notice"] == 11
     # A rejected row's number is a gap: the newest change is the move_in's.
@@ -218,6 +220,8 @@ def test_a_shard_numbers_its_changes_as_its_front_end_says_and_keeps_the_numbers
     for numbers, message in cases:
         with pytest.raises(InvalidInput, match=message):
             again._apply(table(later), numbers=numbers)
+    with pytest.raises(InvalidInput, match="rows: 2 row numbers for 1 rows"):
+        again._apply(table(later), numbers=[41], rows=[1, 2])
     with pytest.raises(InvalidInput, match="not ascending at 1: 50 then 50"):
         again._apply(table(later, later | {"sequence": later["sequence"] + 1}), numbers=[50, 50])
     # Nothing of the refused batches was applied; a right one is.

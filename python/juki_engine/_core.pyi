@@ -82,7 +82,7 @@ class Registry:
     def save(self, path: str) -> None:
         """Save atomically to a snapshot directory."""
 
-    def save_rows(self, path: str, start: int, len: int) -> None:
+    def save_rows(self, path: str, start: int, len: int, k: int, of: int) -> None:
         """Save rows `start .. start + len` as a snapshot of their own (a shard); see
         `juki_engine.distributed.shard`."""
 
@@ -156,6 +156,7 @@ class Registry:
         first_row: int = 0,
         numbers: list[int] | None = None,
         recorded: int | None = None,
+        rows: list[int] | None = None,
     ) -> pa.Table:
         """Apply change records (docs/changes.md); durable in the change log before it
         returns. Per row: `outcome`, `code`, `error`, `resident_code`, `my_number`."""
@@ -168,6 +169,9 @@ class Registry:
 
     def _last_change(self) -> int:
         """The number of the newest change (0 if none)."""
+
+    def _former_identifiers(self) -> pa.Table:
+        """Identifiers persons held before their current ones: kind, value, person."""
 
     def _last_batch(self) -> int:
         """The newest batch applied (0 if none)."""

@@ -298,19 +298,23 @@ class Registry:
         first_row: int = 0,
         numbers: Sequence[int] | None = None,
         recorded: int | None = None,
+        rows: Sequence[int] | None = None,
     ) -> pa.Table:
         """`apply`; `numbers`: for a shard of a sharded registry, each row's change number in
         the whole registry (ascending, past every change this shard holds), given by its front
         end so that every shard's notices and change feeds merge in order. A registry numbered
         so takes numbered batches only, and one that numbers its changes itself, unnumbered
         ones only. `recorded`: the batch's commit time (µs since the epoch; it still follows
-        the last batch's), given by a front end so that a shard's replicas record the same."""
+        the last batch's), given by a front end so that a shard's replicas record the same.
+        `rows`: each row's number in the table a front end split (messages name it, instead of
+        `first_row` on)."""
         return self._core.apply(
             _as_table(changes),
             _days(today) if today is not None else None,
             first_row,
             None if numbers is None else list(numbers),
             recorded,
+            None if rows is None else list(rows),
         )
 
     def _last_change(self) -> int:

@@ -356,14 +356,14 @@ def test_a_replica_answers_for_one_that_died_and_with_none_left_the_call_fails_w
     once.stop()
 
 
-def test_a_registry_with_changes_is_not_sharded(tmp_path: Path) -> None:
+def test_a_registry_with_changes_no_snapshot_holds_is_not_sharded(tmp_path: Path) -> None:
     r = Registry.generate(population=500, seed=3)
     person = r.to_arrow(["my_number", "municipality_code", "status"]).to_pylist()[0]
     death = {"municipality": person["municipality_code"], "sequence": 1, "reason": "death"}
     death |= {"my_number": person["my_number"]}
     day = dt.date(2025, 3, 1)
     r.apply(pa.Table.from_pylist([death | {"effective_date": day, "reported_date": day}]))
-    with pytest.raises(InvalidInput, match="only a registry without changes can be sharded"):
+    with pytest.raises(InvalidInput, match="checkpoint it first"):
         shard(r, 2, tmp_path / "shards")
 
 
@@ -859,6 +859,77 @@ def test_notices_stay_in_order_across_shards_restarted_and_a_new_front_end(
         assert later > 5
     finally:
         again.stop()
+
+
+def test_a_living_registry_split_after_a_checkpoint_answers_as_it_did(
+    registry: Registry, cluster: str, tmp_path: Path
+) -> None:
+    """A registry that took a year's first changes (births, moves, identifier changes, a
+    rejection), checkpointed, then split: the shards answer as it does — residents, their
+    history, former identifiers (`replaced`), every municipality's notices with the same
+    numbers —, remember its changes (a resend is a duplicate, a rejection too), take a cancel
+    of one, and issue identifiers no one held."""
+    one = one_engine(registry, tmp_path)
+    rows = registry.to_arrow(["resident_code", "my_number", "municipality_code"]).to_pylist()
+    a, b = rows[2_100], rows[5_500]
+    year = generate_changes(registry, 2025, seed=11).slice(0, 1_500)
+    extra = changes_table(
+        [
+            change(a, 900_001, "resident_code_change", resident_code=a["resident_code"]),
+            change(b, 900_001, "my_number_change", my_number=b["my_number"]),
+            change(a, 900_002, "death", resident_code="12345678903"),  # no one: rejected
+        ]
+    )
+    for start in range(0, year.num_rows, 500):
+        one.apply(year.slice(start, 500), today=TODAY, first_row=start)
+    before = one.apply(extra, today=TODAY)
+    assert before["outcome"].to_pylist() == ["applied", "applied", "rejected"]
+    with pytest.raises(InvalidInput, match="checkpoint it first"):
+        shard(one, SHARDS, tmp_path / "refused")
+    one.checkpoint()
+    one = Registry.open(tmp_path / "one")
+    shard(one, SHARDS, tmp_path / "split")
+    split = ShardedRegistry.start(tmp_path / "split")
+    try:
+        people = one.to_arrow(["my_number", "resident_code"])
+        columns = ["status", "family_name", "address_town", "municipality_code", "card_state"]
+        assert split.lookup(people["my_number"], columns=columns).equals(
+            one.lookup(people["my_number"], columns=columns)
+        )
+        assert split.history(people["my_number"]).equals(one.history(people["my_number"]))
+        # The identifiers replaced before the split still find their persons.
+        for key, by in ((a["resident_code"], "resident_code"), (b["my_number"], "my_number")):
+            found = split.lookup([key], by=by, columns=["status"])
+            assert found.equals(one.lookup([key], by=by, columns=["status"]))
+            assert found["replaced"].to_pylist() == [True]
+        codes = sorted(set(one.to_arrow(["municipality_code"])["municipality_code"].to_pylist()))
+        assert sum(one.notices(code, limit=10_000).num_rows for code in codes) > 10
+        for code in codes:
+            assert split.notices(code, limit=10_000).equals(one.notices(code, limit=10_000))
+        # Changes made before the split are remembered: sent again, duplicates with their
+        # first results; a rejection too.
+        again = split.apply(pa.concat_tables([year.slice(0, 200), extra]), today=TODAY)
+        assert set(again["outcome"].to_pylist()) == {"duplicate"}
+        assert again["code"].to_pylist()[-1] == "not_found"
+        # A cancel of a change made before the split, and births after it.
+        undo = changes_table([change(b, 900_004, "cancel", cancels=900_001)])
+        assert split.apply(undo, today=TODAY).equals(one.apply(undo, today=TODAY))
+        numbers = [b["my_number"], before["my_number"][1].as_py()]
+        assert split.lookup(numbers, columns=["status"]).equals(
+            one.lookup(numbers, columns=["status"])
+        )
+        out = split.apply(changes_table([newborn(a, 900_003)]), today=TODAY)
+        assert out["outcome"].to_pylist() == ["applied"]
+        ever = set(people["resident_code"].to_pylist()) | {a["resident_code"]}
+        baby = out["resident_code"][0].as_py()
+        assert baby not in ever
+        assert split.lookup([baby], by="resident_code")["found"].to_pylist() == [True]
+    finally:
+        split.stop()
+    # The former identifiers' file is checked as the other routes are.
+    damaged = forged(tmp_path / "split", tmp_path, lambda d: flip(d / "routes_former.arrow"))
+    with pytest.raises(ShardError, match=r"routes_former\.arrow: SHA-256"):
+        ShardSet.load(damaged).routes()
 
 
 def test_hostile_change_batches_get_the_single_engines_answers(

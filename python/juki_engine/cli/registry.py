@@ -251,7 +251,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser(
         "shard",
         help="split a snapshot into shards (contiguous person ranges) with routing tables, to "
-        "serve on Ray",
+        "serve on Ray (a living registry: checkpoint it first)",
     )
     p.add_argument("snapshot")
     p.add_argument("--shards", type=int, required=True, help="how many (1–255)")

@@ -82,9 +82,9 @@ class ShardActor:
             self.registry._core._as_shard(k, of, held)
 
     def apply(
-        self, changes: pa.Table, today: dt.date, numbers: list[int], recorded: int
+        self, changes: pa.Table, today: dt.date, numbers: list[int], recorded: int, rows: list[int]
     ) -> pa.Table:
-        return self.registry._apply(changes, today, numbers=numbers, recorded=recorded)
+        return self.registry._apply(changes, today, numbers=numbers, recorded=recorded, rows=rows)
 
     def last_batch(self) -> int:
         return self.registry._last_batch()
@@ -143,6 +143,9 @@ class ShardActor:
 
     def lookup(self, keys: pa.Array, by: str, columns: list[str] | None) -> pa.Table:
         return self.registry.lookup(keys, by=by, columns=columns)
+
+    def history(self, keys: pa.Array, by: str) -> pa.Table:
+        return self.registry.history(keys, by)
 
     def search(self, claims: pa.Table, match: str, columns: list[str]) -> pa.Table:
         return self.registry.search(claims, match=match, columns=columns)
@@ -380,7 +383,12 @@ class ShardedRegistry:
                 continue
             part = ray.put(table.take(pa.array(rows, pa.int64())))
             mine = numbers[rows].tolist()
-            refs = [(r, a.apply.remote(part, today, mine, recorded)) for r, a in self._in_step(k)]
+            # Messages name the caller's rows at the source: a duplicate resent later gives the
+            # first result's message word for word, as the single engine does.
+            named = (rows + first_row).tolist()
+            refs = [
+                (r, a.apply.remote(part, today, mine, recorded, named)) for r, a in self._in_step(k)
+            ]
             calls.append((k, rows, refs))
         parts = []
         for k, rows, refs in calls:
@@ -395,7 +403,7 @@ class ShardedRegistry:
             if not answers:
                 raise ShardUnavailable(f"no replica of shard {k} could apply its rows")
             parts.append((rows, self._agreed(k, answers), k))
-        return _merged(parts, first_row, self.persons)
+        return _merged(parts, None, self.persons)
 
     def _agreed(self, k: int, answers: dict[int, pa.Table]) -> pa.Table:
         """Shard k's answer from its replicas' (by replica number), which must agree: one that
@@ -664,6 +672,27 @@ class ShardedRegistry:
         )
 
     @_failover
+    def history(self, keys: Any, by: str = "my_number") -> pa.Table:
+        """As `Registry.history`: each key's changes from the shard holding its resident, the
+        keys in the caller's order."""
+        array = _array(keys)
+        owner = self.routes.route(array, by)
+        calls = [
+            (k, np.flatnonzero(owner == k)) for k in range(len(self.actors)) if (owner == k).any()
+        ] or [(0, np.array([], np.int64))]
+        answers = self._gather(
+            [
+                self.actors[k].history.remote(array.take(pa.array(rows, pa.int64())), by)
+                for k, rows in calls
+            ]
+        )
+        merged = pa.concat_tables(answers)
+        # Each shard's rows come key by key in its keys' order: put the keys in the caller's
+        # (a stable sort keeps each key's changes oldest first).
+        at = pc.index_in(merged[by], value_set=array.cast(merged.schema.field(by).type))
+        return merged.take(pc.sort_indices(pa.table({"at": at}), [("at", "ascending")]))
+
+    @_failover
     def search(
         self, claims: Any, *, match: str = "normalised", columns: list[str] | tuple[str, ...] = ()
     ) -> pa.Table:
@@ -788,15 +817,16 @@ def _whole(value: Any) -> int | None:
 
 
 def _merged(
-    parts: list[tuple[np.ndarray, pa.Table, int]], first_row: int, persons: PersonIds
+    parts: list[tuple[np.ndarray, pa.Table, int]], first_row: int | None, persons: PersonIds
 ) -> pa.Table:
     """The shards' answers (each with the caller's rows it answers, and its shard) as one table
-    in the caller's row order: person ids global, each error's row number the caller's."""
+    in the caller's row order: person ids global, each error's row number the caller's (from
+    `first_row`; None: the shards named the caller's rows already)."""
     tables = []
     for rows, answer, k in parts:
         if "person" in answer.column_names:
             answer = persons.globalised(answer, k)
-        if "error" in answer.column_names:
+        if "error" in answer.column_names and first_row is not None:
             answer = _renumbered(answer, rows, first_row)
         tables.append(answer)
     merged = pa.concat_tables(tables).unify_dictionaries()

@@ -6,8 +6,11 @@ the routing tables that send each identifier to the one shard holding it.
 `DIR/shards.json` names each shard's snapshot (`shard-<k>/`), the first person id it holds and
 its rows; `DIR/routes.arrow` holds every person's identifiers and `DIR/routes_<kind>.phast` the
 routing function built from them, from which the front end fills its routing tables (see
-`Routes`); `DIR/held_<kind>.u64`, the same identifiers in ascending order, which the shards
-never issue to a new person. A shard's row r is person `first_person + r`:
+`Routes`); `DIR/held_<kind>.u64`, the same identifiers in ascending order (and those persons
+held before, for a registry split with history), which the shards never issue to a new person;
+`DIR/routes_former.arrow`, for a registry split with history, the identifiers persons held
+before their current ones, which still route to their shards. A shard's row r is person
+`first_person + r`:
 person ids stay those of the registry it was split from, so the audit trail and the residents'
 view key on the same ids whichever shard answers. docs/sharding.md gives the design.
 """
@@ -42,6 +45,15 @@ ROUTES = "routes.arrow"
 FUNCTION = "routes_{}.phast"
 #: Every identifier of a kind held at the split, ascending uint64: what no shard may issue.
 HELD = "held_{}.u64"
+#: Identifiers persons held before their current ones (a registry split with history).
+FORMER = "routes_former.arrow"
+FORMER_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), False),
+        pa.field("value", pa.uint64(), False),
+        pa.field("person", pa.uint32(), False),
+    ]
+)
 #: A shard id is a byte in the routing tables.
 MAX_SHARDS = 255
 
@@ -71,6 +83,8 @@ class ShardSet:
     held_sha256: dict[str, str] | None
     """Per identifier kind, the SHA-256 of the identifiers held at the split (`held_<kind>.u64`;
     None: format 1, whose shards take no changes)."""
+    former_sha256: str | None = None
+    """The SHA-256 of `routes_former.arrow`: a registry split with history (None: without)."""
 
     def held(self) -> tuple[str, str] | None:
         """The held identifiers' files (My Numbers, resident codes), checked against the
@@ -101,7 +115,11 @@ class ShardSet:
         if self.functions_sha256 is not None:
             mn, rc = self._checked(FUNCTION, self.functions_sha256)
             functions = (mn.read_bytes(), rc.read_bytes())
-        return Routes.load(path, self, functions)
+        routes = Routes.load(path, self, functions)
+        if self.former_sha256 is not None:
+            _check(self.directory / FORMER, self.former_sha256)
+            routes.add_former(self.directory / FORMER, self)
+        return routes
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ShardSet:
@@ -153,8 +171,18 @@ class ShardSet:
                     f"{path}: '{key}' must give the SHA-256 of each of "
                     f"{[name.format(kind) for kind in KINDS]}, in hex"
                 )
+        former = manifest.get("former_sha256")
+        if former is not None and not (
+            isinstance(former, str) and re.fullmatch("[0-9a-f]{64}", former)
+        ):
+            raise ShardError(f"{path}: 'former_sha256' must be the SHA-256 of {FORMER}, in hex")
         return cls(
-            root, tuple(shards), digest, manifest["functions_sha256"], manifest["held_sha256"]
+            root,
+            tuple(shards),
+            digest,
+            manifest["functions_sha256"],
+            manifest["held_sha256"],
+            former,
         )
 
 
@@ -179,8 +207,11 @@ def _check(path: Path, expected: str) -> None:
 
 
 def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> ShardSet:
-    """Split `registry` (one without changes) into `shards` snapshots of contiguous person
-    ranges of near-equal size under `out`, with their manifest and routing tables."""
+    """Split `registry` into `shards` snapshots of contiguous person ranges of near-equal size
+    under `out`, with their manifest and routing tables. A registry with history (opened from
+    a checkpoint, with nothing in its change log) gives each shard its persons' history,
+    numbered as the registry numbered its changes, and its share of the writer's state
+    (docs/sharding.md)."""
     n = len(registry)
     if not 1 <= shards <= min(MAX_SHARDS, n):
         raise ValueError(f"shards must be 1 to {min(MAX_SHARDS, n)} for {n:,} residents")
@@ -193,9 +224,11 @@ def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> Shard
 
     names.install()  # each shard keeps its 4情報 index, as a saved snapshot does
     for k in range(shards):
-        registry._core.save_rows(str(root / f"shard-{k}"), bounds[k], bounds[k + 1] - bounds[k])
-    functions, held = Routes.save(registry, root / ROUTES)
-    manifest = {
+        registry._core.save_rows(
+            str(root / f"shard-{k}"), bounds[k], bounds[k + 1] - bounds[k], k, shards
+        )
+    functions, held, former = Routes.save(registry, root / ROUTES)
+    manifest: dict[str, object] = {
         "format": FORMAT,
         "routes_sha256": _sha256(root / ROUTES),
         "functions_sha256": {kind: _sha256(path) for kind, path in functions.items()},
@@ -205,6 +238,8 @@ def shard(registry: Registry, shards: int, out: str | os.PathLike[str]) -> Shard
             for k in range(shards)
         ],
     }
+    if former is not None:
+        manifest["former_sha256"] = _sha256(former)
     with _replacing(root / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2))
     return ShardSet.load(root)
@@ -235,13 +270,24 @@ class Routes:
         self.router = router
 
     @staticmethod
-    def save(registry: Registry, path: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    def save(
+        registry: Registry, path: Path
+    ) -> tuple[dict[str, Path], dict[str, Path], Path | None]:
         """Write `registry`'s identifiers in person order to `path`, and beside it each kind's
-        routing function and its identifiers in ascending order (what no shard may issue), each
-        atomically; the functions' and the held identifiers' paths by kind."""
+        routing function and its identifiers in ascending order with those persons held before
+        (what no shard may issue), and those former identifiers by person (a registry with
+        history), each atomically; the functions' and the held identifiers' paths by kind, and
+        the former identifiers' (None: none)."""
         table = pa.table(
             {kind: pc.cast(registry.to_arrow([kind])[kind], pa.uint64()) for kind in KINDS}
         )
+        former = registry._core._former_identifiers()
+        former_path = None
+        if former.num_rows:
+            former_path = path.parent / FORMER
+            with _replacing(former_path) as tmp:
+                with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, FORMER_SCHEMA) as w:
+                    w.write_table(former.cast(FORMER_SCHEMA))
         with _replacing(path) as tmp:
             with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
                 w.write_table(table)
@@ -252,9 +298,11 @@ class Routes:
             with _replacing(functions[kind]) as tmp:
                 tmp.write_bytes(_core.Router.function(values, kind))
             held[kind] = path.parent / HELD.format(kind)
+            before = former.filter(pc.equal(former["kind"], kind))["value"].to_numpy()
+            ever = np.unique(np.concatenate([values.to_numpy(), before]))
             with _replacing(held[kind]) as tmp:
-                np.sort(values.to_numpy()).astype("<u8").tofile(tmp)
-        return functions, held
+                ever.astype("<u8").tofile(tmp)
+        return functions, held, former_path
 
     @classmethod
     def load(
@@ -281,6 +329,30 @@ class Routes:
         except JukiError as e:
             raise ShardError(f"{path}: {e}") from e
         return cls(router)
+
+    def add_former(self, path: Path, shards: ShardSet) -> None:
+        """Route the identifiers persons held before their current ones (`path`, as `save`
+        wrote it) to their persons' shards: they answer `replaced` there."""
+        try:
+            table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        except (OSError, pa.ArrowInvalid) as e:
+            raise ShardError(f"{path}: cannot be read as former identifiers: {e}") from e
+        if not table.schema.equals(FORMER_SCHEMA) or not table.column("kind").is_valid().equals(
+            pc.is_in(table["kind"], pa.array(KINDS))
+        ):
+            raise ShardError(f"{path}: must hold {FORMER_SCHEMA} of kinds {list(KINDS)}")
+        persons = table["person"].to_numpy()
+        if len(persons) and persons.max() >= shards.rows:
+            raise ShardError(f"{path}: names person {persons.max()}, past the split's persons")
+        firsts = np.array([s.first_person for s in shards.shards])
+        owner = np.searchsorted(firsts, persons, side="right") - 1
+        for kind in KINDS:
+            mine = pc.equal(table["kind"], kind).to_numpy(zero_copy_only=False)
+            values = table["value"].filter(pa.array(mine)).combine_chunks()
+            try:
+                self.router.add(values, kind, owner[mine].tolist())
+            except JukiError as e:
+                raise ShardError(f"{path}: {e}") from e
 
     def route(self, keys: pa.Array, kind: str) -> np.ndarray:
         """The shard of each key (`kind`'s identifiers): its person's; any for a key of no one;
