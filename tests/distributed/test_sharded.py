@@ -30,6 +30,8 @@ import pytest
 import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from juki_engine import InvalidInput, Registry, _core, audit, certs, service
 from juki_engine._proto import changes_pb2 as cpb
@@ -54,6 +56,7 @@ from juki_engine.distributed.cluster import ShardUnavailable
 from juki_engine.policy import Policy, example_path
 from juki_engine.registry import scanned_through
 from juki_engine.service.identity import BINDINGS, ResidentBindings, bind
+from juki_engine.service.metrics import Metrics
 from juki_engine.synthetic.changes import CHANGE_SCHEMA, generate_changes
 
 SHARDS = 3
@@ -1169,6 +1172,25 @@ def test_a_checkpoint_of_shards_with_replicas_keeps_their_changes_numbers_and_ro
         again.stop()
 
 
+def scraped(sharded: ShardedRegistry) -> dict[tuple[str, str], float]:
+    """`juki_shard_replicas` by (shard, state), as a scrape of a server's metrics reads it."""
+    frontend = service.Frontend(
+        sharded, Policy.load(example_path()), AuditTrail(tempfile.mkdtemp(prefix="audit-"))
+    )
+    metrics = Metrics()
+    metrics.watch(frontend)
+    try:
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        frontend.audit.close()
+    return {
+        (sample.labels["shard"], sample.labels["state"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "juki_shard_replicas"
+    }
+
+
 def test_a_replica_that_missed_a_batch_is_left_out_and_caught_up_by_log_shipping(
     registry: Registry, cluster: str, shard_dir: Path, tmp_path: Path
 ) -> None:
@@ -1191,6 +1213,8 @@ def test_a_replica_that_missed_a_batch_is_left_out_and_caught_up_by_log_shipping
         )
         assert second["outcome"].to_pylist() == ["applied"] * 2
         baby = second["resident_code"][1].as_py()
+        assert (1, 1, "out") in twice.replica_states()
+        assert scraped(twice)[("1", "out")] == 1 and scraped(twice)[("0", "in_step")] == 2
         for _ in range(4):  # every turn of the replicas: the one left out is never asked
             now = twice.lookup([b["resident_code"], baby], by="resident_code", columns=["status"])
             assert now["status"].to_pylist() == ["deceased", "resident"]

@@ -220,6 +220,25 @@ class ShardedRegistry:
         any other, so a call that mixes turns is still right)."""
         return self._current
 
+    def replica_states(self) -> list[tuple[int, int, str]]:
+        """(shard, replica, state) for every replica: `in_step`; `out` (it missed a batch or
+        could not be reached: caught up before the next batch, or when it answers again); or
+        `diverged` (left out for good: remove its change log, and the next start rebuilds it
+        from a peer's)."""
+        return [
+            (
+                k,
+                r,
+                "diverged"
+                if (k, r) in self._diverged
+                else "out"
+                if (k, r) in self._out
+                else "in_step",
+            )
+            for k, replicas in enumerate(self.replicas)
+            for r in range(len(replicas))
+        ]
+
     def _in_step(self, k: int) -> list[tuple[int, Any]]:
         """Shard k's replicas in step with each other, by replica number (replica 0 if none
         is: a call to it fails, and says so)."""
@@ -310,9 +329,13 @@ class ShardedRegistry:
 
     @property
     def memory_bytes(self) -> int:
-        """The shards' registries (each replica's) and the front end's routing index."""
+        """The shards' registries (each replica's in step) and the front end's routing index."""
         shards: list[int] = self._gather(
-            [a.memory_bytes.remote() for r in self.replicas for a in r]
+            [
+                a.memory_bytes.remote()
+                for k in range(len(self.replicas))
+                for _, a in self._in_step(k)
+            ]
         )
         return sum(shards) + self.routes.router.memory_bytes
 

@@ -10,7 +10,8 @@ What an operator watches, each from the one place it happens:
 - `juki_audit_commit_seconds`: how long replies wait for their audit records to be durable;
 - at each scrape: quota used and remaining per agency and affair, the registry's residents,
   memory and changes applied, the move-in notices owed to each municipality and not yet
-  acknowledged (`juki_notice_backlog`), and the audit writer's state (`juki_audit_up`).
+  acknowledged (`juki_notice_backlog`), the audit writer's state (`juki_audit_up`), and a
+  sharded registry's replicas by shard and state (`juki_shard_replicas`).
 
 A registry of its own per server (never the global one), so two servers in one process, or a
 test's, never share counters.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from juki_engine._core import InvalidInput
+from juki_engine.distributed.cluster import ShardedRegistry
 
 if TYPE_CHECKING:
     from juki_engine.audit import AuditContext
@@ -171,6 +174,18 @@ class _Scraped(Collector):
             for code, owed in sorted(registry._notice_backlog(acked).items()):
                 backlog.add_metric([code], owed)
             yield backlog
+        if isinstance(registry, ShardedRegistry):
+            replicas = GaugeMetricFamily(
+                "juki_shard_replicas",
+                "A sharded registry's replicas by shard and state (in_step; out: missed a "
+                "batch or unreachable, caught up before the next; diverged: left out for good)",
+                labels=["shard", "state"],
+            )
+            states = Tally((k, state) for k, _, state in registry.replica_states())
+            for k in range(len(registry.replicas)):
+                for state in ("in_step", "out", "diverged"):
+                    replicas.add_metric([str(k), state], states[(k, state)])
+            yield replicas
         yield GaugeMetricFamily(
             "juki_audit_up", "1 while the audit trail records, 0 once it failed closed",
             value=0 if f.audit.failed else 1,
