@@ -9,7 +9,10 @@ travel through Ray's object store as Arrow (no copy into the actors' heaps beyon
 actor that dies is restarted by Ray (it reopens its snapshot and redoes its change log) and the
 call in flight is retried on it: reads are idempotent, so a retried call is still the whole,
 right answer. A call whose retries are spent raises `ShardUnavailable`, never a partial answer.
-Changes go to the shard holding their resident (`ShardedRegistry.apply`, docs/sharding.md).
+Changes go to the shard holding their resident (`ShardedRegistry.apply`), numbered across the
+shards so that notices and watched changes merge in order; every replica of a shard applies them
+with its own change log, and one that missed some is caught up by log shipping
+(docs/sharding.md).
 """
 
 from __future__ import annotations
@@ -189,8 +192,9 @@ def _failover(method: Callable[..., T]) -> Callable[..., T]:
 
 
 class ShardedRegistry:
-    """The read API of `Registry` (verify, lookup, search) over a shard directory served by Ray
-    actors, with `replicas` actors a shard."""
+    """`Registry`'s API over a shard directory served by Ray actors, `replicas` actors a shard:
+    reads (verify, lookup, search, history), changes (`apply`, numbered across the shards),
+    the feeds they owe (notices, watched changes) and `checkpoint`."""
 
     def __init__(self, shards: ShardSet, routes: Routes, replicas: list[list[Any]]) -> None:
         self.shards = shards
