@@ -14,11 +14,15 @@ docs/sharding.md.
     python benches/bench_sharded.py --snapshot /tmp/nation_snap --shards 4 --claims 4000000
     python benches/bench_sharded.py --prefecture 富山県 --shards 2 --replicas 2
     python benches/bench_sharded.py --population 2000000 --shards 2 --changes 200000
+    python benches/bench_sharded.py --population 2000000 --shards 2 --living
 
 With `--changes N`, the first N changes of a generated year (`generate_changes`) are applied
 too, in batches of `--batch` rows, by the single engine (after its verify, in the child, with
 its change log in the scratch directory) and through the shards (each shard's log in its own
-directory): changes/s and the ratio.
+directory): changes/s and the ratio. With `--living`, the registry first takes a generated year
+of changes and a checkpoint, and is then split with its history (`juki shard` of a living
+registry): the split's time against the same registry's split before the year; the verify
+through the shards is then of the living registry's.
 """
 
 from __future__ import annotations
@@ -76,6 +80,13 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, float]:
         registry = Registry.generate(prefecture=args.prefecture, seed=1)
     else:
         registry = Registry.generate(args.population, seed=1)
+    plain_in, year = 0.0, 0
+    if args.living:
+        started = time.perf_counter()
+        shard(registry, args.shards, scratch / "plain-shards")
+        plain_in = time.perf_counter() - started
+        shutil.rmtree(scratch / "plain-shards")
+        registry, year = lived_a_year(registry, scratch / "living")
     started = time.perf_counter()
     shard(registry, args.shards, scratch / "shards")
     sharded_in = time.perf_counter() - started
@@ -99,6 +110,8 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, float]:
         pq.write_table(changes, scratch / "changes.parquet")
         changes_rate = args.changes / apply_all(registry, changes, args.batch)
     return {
+        "plain_s": plain_in,
+        "year": year,
         "changes_rate": changes_rate,
         "residents": len(registry),
         "sharded_s": sharded_in,
@@ -106,6 +119,17 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, float]:
         "rss": rss(),
         "registry": registry.memory_bytes,
     }
+
+
+def lived_a_year(registry: Registry, path: Path) -> tuple[Registry, int]:
+    """`registry` saved at `path`, a generated year of changes applied and checkpointed, and
+    opened again (a registry that took changes, ready to be split); and the year's changes."""
+    registry.save(path)
+    registry = Registry.open(path)
+    changes = generate_changes(registry, 2025, seed=1)
+    apply_all(registry, changes, 100_000)
+    registry.checkpoint()
+    return Registry.open(path, mmap=True), changes.num_rows
 
 
 def apply_all(registry: Registry | ShardedRegistry, changes: pa.Table, batch: int) -> float:
@@ -128,6 +152,9 @@ def main() -> int:
     p.add_argument("--object-store-gib", type=float, default=2.0)
     p.add_argument("--changes", type=int, default=0, help="changes to apply both ways")
     p.add_argument("--batch", type=int, default=10_000, help="change rows a batch")
+    p.add_argument(
+        "--living", action="store_true", help="split the registry after a year of changes"
+    )
     p.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)  # the child's
     args = p.parse_args()
     if args.scratch:
@@ -144,6 +171,12 @@ def main() -> int:
             text=True,
         )
         base = json.loads(child.stdout.strip().splitlines()[-1])
+        if args.living:
+            print(
+                f"a registry with a year of {base['year']:,} changes (checkpointed) split in "
+                f"{base['sharded_s']:.1f} s, against {base['plain_s']:.1f} s before the year: "
+                f"{base['sharded_s'] / base['plain_s']:.2f}x"
+            )
         print(
             f"{base['residents']:,} residents split into {args.shards} shards in "
             f"{base['sharded_s']:.1f} s (in a child, with the single engine's baseline: "
