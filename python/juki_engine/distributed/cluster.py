@@ -473,7 +473,11 @@ class ShardedRegistry:
             if not batches:
                 continue
             lead = max(batches, key=lambda r: batches[r])
+            self._diverged |= {(k, r) for r in self._unlike(k, lead, batches)}
             for r, last in batches.items():
+                if (k, r) in self._diverged:
+                    self._out.add((k, r))
+                    continue
                 if last < batches[lead]:
                     try:
                         (records,) = self._gather([self.replicas[k][lead].log_since.remote(last)])
@@ -503,6 +507,25 @@ class ShardedRegistry:
                 self._out.discard((k, r))
             if settled:
                 self._unsettled.discard(k)
+
+    def _unlike(self, k: int, lead: int, batches: dict[int, int]) -> list[int]:
+        """Shard k's replicas at the leader's last batch whose record of it differs from the
+        leader's: replicas in step log the same bytes, so one that does not has diverged
+        (where a checkpoint emptied the logs, there is no record left to compare)."""
+        last = batches[lead]
+        same = [r for r, b in batches.items() if b == last and r != lead]
+        if not last or not same:
+            return []
+        try:
+            records = self._gather(
+                [self.replicas[k][r].log_since.remote(last - 1) for r in (lead, *same)]
+            )
+        except (ShardUnavailable, JukiError):
+            return []
+        unlike = [r for r, mine in zip(same, records[1:], strict=True) if mine != records[0]]
+        for r in unlike:
+            log.error("replica %d of shard %d logged batch %d unlike replica %d", r, k, last, lead)
+        return unlike
 
     def _owners(self, table: pa.Table) -> np.ndarray:
         """The shard each change row goes to (see `apply`)."""
