@@ -358,7 +358,26 @@ HOSTILE_HISTORY: dict[str, Callable[[pa.Table], bytes]] = {
     "a cancel of a later entry": lambda t: ipc_bytes(
         with_column(t, "cancels", [t.num_rows + 5] * t.num_rows)
     ),
+    # A shard's history numbers its changes (null for origins): checked as a log's numbers are.
+    "a number on an origin": lambda t: ipc_bytes(
+        t.append_column("number", pa.array(range(1, t.num_rows + 1), pa.uint64()))
+    ),
+    "numbers that do not ascend": lambda t: ipc_bytes(
+        t.append_column("number", numbered_backwards(t))
+    ),
+    "numbers not uint64": lambda t: ipc_bytes(
+        t.append_column("number", numbered_backwards(t).cast(pa.int64()))
+    ),
 }
+
+
+def numbered_backwards(t: pa.Table) -> pa.Array:
+    """A `number` column for history `t`: null for origins, descending numbers for changes."""
+    origin = t["reason"].to_pylist()[0]
+    return pa.array(
+        [None if r == origin else 100 - i for i, r in enumerate(t["reason"].to_pylist())],
+        pa.uint64(),
+    )
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_HISTORY))

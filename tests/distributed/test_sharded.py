@@ -422,6 +422,9 @@ HOSTILE: dict[str, Any] = {
             | {"functions_sha256": {"my_number": "../x", "resident_code": "0" * 64}}
         )
     ),
+    "the former identifiers' checksum not hex": lambda d: (d / "shards.json").write_text(
+        json.dumps(json.loads((d / "shards.json").read_text()) | {"former_sha256": "../x"})
+    ),
     "a path out of the directory": lambda d: (d / "shards.json").write_text(
         json.dumps(
             {
@@ -542,6 +545,52 @@ def test_shards_of_format_1_build_their_routing_functions_when_loaded(
     keys = registry.to_arrow(["my_number"])["my_number"].combine_chunks()
     expected = ShardSet.load(shard_dir).routes().route(keys, "my_number")
     assert shards.routes().route(keys, "my_number").tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (pa.table({"kind": ["my_number"], "value": pa.array([1], pa.int64())}), "must hold"),
+        (
+            pa.table(
+                {
+                    "kind": pa.array(["passport"], pa.string()),
+                    "value": pa.array([1], pa.uint64()),
+                    "person": pa.array([1], pa.uint32()),
+                }
+            ),
+            "must hold",
+        ),
+        (
+            pa.table(
+                {
+                    "kind": pa.array(["my_number"], pa.string()),
+                    "value": pa.array([1], pa.uint64()),
+                    "person": pa.array([6_000], pa.uint32()),
+                }
+            ),
+            "past the split's persons",
+        ),
+    ],
+)
+def test_hostile_former_identifiers_are_refused_naming_them(
+    shard_dir: Path, tmp_path: Path, table: pa.Table, message: str
+) -> None:
+    """A forged `routes_former.arrow` whose checksum the manifest agrees with: its schema,
+    kinds and persons are checked before anything is routed by it."""
+
+    def forge(d: Path) -> None:
+        fields = [pa.field(f.name, f.type, nullable=False) for f in table.schema]
+        with pa.OSFile(str(d / "routes_former.arrow"), "wb") as sink:
+            with pa.ipc.new_file(sink, pa.schema(fields)) as w:
+                w.write_table(table.cast(pa.schema(fields)))
+        digest = hashlib.sha256((d / "routes_former.arrow").read_bytes()).hexdigest()
+        manifest = json.loads((d / "shards.json").read_text()) | {"former_sha256": digest}
+        (d / "shards.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(ShardError, match=message) as info:
+        ShardSet.load(forged(shard_dir, tmp_path, forge)).routes()
+    assert "routes_former.arrow" in str(info.value)
 
 
 def test_hostile_routes_are_refused_naming_them(shard_dir: Path, tmp_path: Path) -> None:
