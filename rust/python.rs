@@ -233,6 +233,10 @@ pub struct PyRegistry {
     /// The next batch when the snapshot was opened: a registry past it holds changes no
     /// snapshot holds (`save_rows` refuses to split it).
     opened_batch: u32,
+    /// The batch and xxh3 of the last change log record this registry wrote or redid (none
+    /// yet since it was opened): what replicas of a shard compare, since in step they log the
+    /// same bytes.
+    last_record: Mutex<Option<(u32, u64)>>,
     /// The change log generation the snapshot covers (a log of it or older is reset).
     covered: u64,
     /// The newest commit time given (commit times never go back).
@@ -286,6 +290,7 @@ impl PyRegistry {
             log: OnceLock::new(),
             replayed: 0,
             opened_batch: 1,
+            last_record: Mutex::new(None),
             covered: 0,
             last_recorded: AtomicI64::new(0),
             folded: FoldedCache::default(),
@@ -363,6 +368,7 @@ impl PyRegistry {
                 }
                 changes::check_record(&reg.data, &reg.live, &w, &rec, &what)?;
                 changes::redo(&reg.data, &reg.live, &mut w, &rec);
+                reg.logged(rec.batch, bytes);
                 last = last.max(rec.batch);
                 reg.last_recorded.fetch_max(rec.recorded, Ordering::Relaxed);
             }
@@ -372,6 +378,23 @@ impl PyRegistry {
         }
         reg.log_path = Some(path);
         Ok(reg)
+    }
+
+    /// The change log of a shard's replica (the calls between replicas need one).
+    fn replica_log(&self) -> Result<&ChangeLog> {
+        self.log()?.ok_or_else(|| {
+            JukiError::InvalidInput(
+                "a registry without a change log (not opened from a snapshot) is no shard's \
+                 replica: it has no records to ship, take or cover"
+                    .into(),
+            )
+        })
+    }
+
+    /// Note `bytes` as the last change log record written or redone, of `batch`.
+    fn logged(&self, batch: u32, bytes: &[u8]) {
+        *self.last_record.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((batch, xxhash_rust::xxh3::xxh3_64(bytes)));
     }
 
     /// The view of the current state, or of `as_of` (days since the epoch) and `recorded_as_of`
@@ -925,7 +948,9 @@ impl PyRegistry {
                 w.next_batch += 1;
                 self.last_recorded.store(recorded, Ordering::Relaxed);
                 if let Some(log) = log {
-                    durable_at = Some(log.append(&changes::encode(&rec))?);
+                    let bytes = changes::encode(&rec);
+                    durable_at = Some(log.append(&bytes)?);
+                    self.logged(rec.batch, &bytes);
                 }
             } else if let Some(log) = log {
                 // Only duplicates: their first results must be durable before they are acked.
@@ -968,6 +993,12 @@ impl PyRegistry {
         crate::notices::last_number(&self.live)
     }
 
+    /// The batch and xxh3 of the last change log record written or redone since the registry
+    /// was opened (None: none): replicas of a shard in step hold the same.
+    fn _last_record(&self) -> Option<(u32, u64)> {
+        *self.last_record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The newest batch applied (0 if none): how far a replica has come.
     fn _last_batch(&self) -> u32 {
         let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -978,11 +1009,7 @@ impl PyRegistry {
     /// replica of the same shard that stopped at `batch` lacks (log shipping).
     fn _log_since(&self, py: Python<'_>, batch: u32) -> PyResult<Vec<Vec<u8>>> {
         Ok(detached(py, || {
-            let Some(log) = self.log()? else {
-                return Err(JukiError::InvalidInput(
-                    "a registry without a change log has no records to ship".into(),
-                ));
-            };
+            let log = self.replica_log()?;
             let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             log.sync_through(log.len())?;
             let recovered = ChangeLog::read(log.path())?;
@@ -1011,11 +1038,7 @@ impl PyRegistry {
     /// `batch` (its own replica checkpointed), and this registry holds none past it.
     fn _log_covered(&self, py: Python<'_>, batch: u32) -> PyResult<()> {
         Ok(detached(py, || {
-            let Some(log) = self.log()? else {
-                return Err(JukiError::InvalidInput(
-                    "a registry without a change log".into(),
-                ));
-            };
+            let log = self.replica_log()?;
             let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let last = w.next_batch.saturating_sub(1);
             if last != batch {
@@ -1033,11 +1056,7 @@ impl PyRegistry {
     /// they must continue this registry's batches exactly. Returns how many were redone.
     fn _redo_shipped(&self, py: Python<'_>, records: Vec<Vec<u8>>) -> PyResult<usize> {
         Ok(detached(py, || {
-            let Some(log) = self.log()? else {
-                return Err(JukiError::InvalidInput(
-                    "a registry without a change log cannot take shipped records".into(),
-                ));
-            };
+            let log = self.replica_log()?;
             let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut last = None;
             for (i, bytes) in records.iter().enumerate() {
@@ -1054,6 +1073,7 @@ impl PyRegistry {
                 changes::check_record(&self.data, &self.live, &w, &rec, &what)?;
                 let at = log.append(bytes)?;
                 changes::redo(&self.data, &self.live, &mut w, &rec);
+                self.logged(rec.batch, bytes);
                 self.last_recorded
                     .fetch_max(rec.recorded, Ordering::Relaxed);
                 last = Some((rec.batch, at));

@@ -173,6 +173,9 @@ class Registry:
     def _former_identifiers(self) -> pa.Table:
         """Identifiers persons held before their current ones: kind, value, person."""
 
+    def _last_record(self) -> tuple[int, int] | None:
+        """The batch and xxh3 of the last change log record written or redone."""
+
     def _last_batch(self) -> int:
         """The newest batch applied (0 if none)."""
 

@@ -321,6 +321,11 @@ class Registry:
         """The number of the newest change (0 if none): where a shard's front end resumes."""
         return self._core._last_change()
 
+    def _last_record(self) -> tuple[int, int] | None:
+        """The batch and xxh3 of the last change log record written or redone since the
+        registry was opened (None: none): a shard's replicas in step hold the same."""
+        return self._core._last_record()
+
     def _last_batch(self) -> int:
         """The newest batch applied (0 if none): how far a shard's replica has come."""
         return self._core._last_batch()

@@ -92,6 +92,9 @@ class ShardActor:
     def last_batch(self) -> int:
         return self.registry._last_batch()
 
+    def last_record(self) -> tuple[int, int] | None:
+        return self.registry._last_record()
+
     def log_since(self, batch: int) -> list[bytes]:
         return self.registry._log_since(batch)
 
@@ -510,19 +513,26 @@ class ShardedRegistry:
 
     def _unlike(self, k: int, lead: int, batches: dict[int, int]) -> list[int]:
         """Shard k's replicas at the leader's last batch whose record of it differs from the
-        leader's: replicas in step log the same bytes, so one that does not has diverged
-        (where a checkpoint emptied the logs, there is no record left to compare)."""
+        leader's (their digests, kept by each since it opened): replicas in step log the same
+        bytes, so one that does not has diverged (one reopened from a checkpoint has no record
+        to compare until the next batch)."""
         last = batches[lead]
         same = [r for r, b in batches.items() if b == last and r != lead]
         if not last or not same:
             return []
         try:
             records = self._gather(
-                [self.replicas[k][r].log_since.remote(last - 1) for r in (lead, *same)]
+                [self.replicas[k][r].last_record.remote() for r in (lead, *same)]
             )
-        except (ShardUnavailable, JukiError):
+        except ShardUnavailable:
             return []
-        unlike = [r for r, mine in zip(same, records[1:], strict=True) if mine != records[0]]
+        if records[0] is None or records[0][0] != last:
+            return []
+        unlike = [
+            r
+            for r, mine in zip(same, records[1:], strict=True)
+            if mine is not None and mine[0] == last and tuple(mine) != tuple(records[0])
+        ]
         for r in unlike:
             log.error("replica %d of shard %d logged batch %d unlike replica %d", r, k, last, lead)
         return unlike
