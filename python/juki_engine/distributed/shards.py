@@ -337,8 +337,9 @@ class Routes:
             table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         except (OSError, pa.ArrowInvalid) as e:
             raise ShardError(f"{path}: cannot be read as former identifiers: {e}") from e
-        if not table.schema.equals(FORMER_SCHEMA) or not table.column("kind").is_valid().equals(
-            pc.is_in(table["kind"], pa.array(KINDS))
+        if (
+            not table.schema.equals(FORMER_SCHEMA)
+            or pc.any(pc.invert(pc.is_in(table["kind"], value_set=pa.array(KINDS)))).as_py()
         ):
             raise ShardError(f"{path}: must hold {FORMER_SCHEMA} of kinds {list(KINDS)}")
         persons = table["person"].to_numpy()
